@@ -1,0 +1,1 @@
+"""The gateway's HTTP adapter (Flask/werkzeug), over the transport-agnostic services."""

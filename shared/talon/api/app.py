@@ -1,0 +1,174 @@
+"""The gateway: one callable from a Flask request to a Flask response.
+
+functions-framework hands every path to the `gateway` function; this class routes it with a
+werkzeug URL map built from the route table, authenticates, enforces namespace isolation
+(an invisible namespace is indistinguishable from a missing one), and maps errors to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import flask
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, Rule
+
+from talon.api.openapi import build_openapi
+from talon.api.resources import resource_routes
+from talon.api.routing import Context, Route
+from talon.api.tokens import token_routes
+from talon.auth.principal import Principal
+from talon.errors import NotFound, PermissionDenied, TalonError, Unauthenticated
+from talon.services import Services
+
+log = logging.getLogger("talon.gateway")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def json_response(
+    status: int, payload: Any, headers: dict[str, str] | None = None
+) -> flask.Response:
+    return flask.Response(
+        json.dumps(payload, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+class Gateway:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.routes: list[Route] = [
+            Route(
+                "GET",
+                "/healthz",
+                self._healthz,
+                "Liveness and database check.",
+                role=None,
+                tags=("meta",),
+            ),
+            Route(
+                "GET",
+                "/v1/openapi.json",
+                self._openapi,
+                "This OpenAPI document.",
+                role=None,
+                tags=("meta",),
+            ),
+            *token_routes(),
+            *resource_routes(),
+        ]
+        self._by_endpoint = {r.endpoint: r for r in self.routes}
+        self.url_map = Map(
+            [
+                Rule(r.rule, endpoint=r.endpoint, methods=[r.method], strict_slashes=False)
+                for r in self.routes
+            ],
+            merge_slashes=False,
+        )
+        self._openapi_doc = build_openapi(self.routes)
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        started = time.perf_counter()
+        given_id = request.headers.get("X-Request-Id", "")
+        request_id = given_id if _REQUEST_ID_RE.match(given_id) else uuid.uuid4().hex
+        principal: Principal | None = None
+        try:
+            endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            route = self._by_endpoint[endpoint]
+            if route.role is not None:
+                principal = self._authenticate(request)
+                namespace = args.get("ns")
+                if namespace is not None and not principal.can_see(namespace):
+                    raise NotFound(f"namespace {namespace!r} not found")
+                if not principal.has_role(route.role):
+                    raise PermissionDenied(
+                        f"this route needs the {route.role} role; the token has {principal.role}"
+                    )
+            ctx = Context(request, self.services, principal, request_id)
+            response = self._to_response(route, route.handler(ctx, **args))
+        except TalonError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            response = json_response(exc.status, exc.to_dict(), headers)
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or []))
+            response = json_response(
+                405,
+                {
+                    "error": {
+                        "code": "method_not_allowed",
+                        "message": f"{request.method} is not allowed here; use {allowed}",
+                        "details": [],
+                    }
+                },
+                {"Allow": allowed},
+            )
+        except HTTPException as exc:
+            code = exc.code or 400
+            name = "not_found" if code == 404 else "bad_request"
+            message = (
+                f"no route for {request.method} {request.path}"
+                if code == 404
+                else (exc.description or "bad request")
+            )
+            response = json_response(
+                code, {"error": {"code": name, "message": message, "details": []}}
+            )
+        except Exception:
+            log.exception("unhandled error (request %s)", request_id)
+            response = json_response(
+                500,
+                {
+                    "error": {
+                        "code": "internal",
+                        "message": f"internal error; request id {request_id}",
+                        "details": [],
+                    }
+                },
+            )
+        response.headers["X-Request-Id"] = request_id
+        log.info(
+            "%s %s -> %d",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "request_id": request_id,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "token_id": principal.token_id if principal else None,
+            },
+        )
+        return response
+
+    def _authenticate(self, request: flask.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+        return self.services.tokens.authenticate(secret.strip())
+
+    @staticmethod
+    def _to_response(route: Route, result: Any) -> flask.Response:
+        if isinstance(result, flask.Response):
+            return result
+        if isinstance(result, tuple):
+            status, payload = result
+            return json_response(status, payload)
+        return json_response(route.response_status, result)
+
+    def _healthz(self, ctx: Context) -> tuple[int, dict[str, Any]]:
+        try:
+            with self.services.db.transaction() as tx:
+                tx.scalar("SELECT 1")
+        except TalonError as exc:
+            return 503, {"status": "unavailable", "database": exc.message}
+        return 200, {"status": "ok"}
+
+    def _openapi(self, ctx: Context) -> dict[str, Any]:
+        return self._openapi_doc

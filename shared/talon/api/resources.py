@@ -1,0 +1,289 @@
+"""Handlers for resource CRUD under /v1/ns/{ns}/..., /v1/namespaces, and /v1/apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from talon import API_VERSION
+from talon.api.body import parse_body
+from talon.api.routing import Context, Route
+from talon.errors import Invalid, NotFound, PermissionDenied, TalonError
+from talon.resources.meta import Resource
+from talon.resources.registry import BY_NAME, KINDS, Kind, parse_manifest
+from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from talon.store.resources import Record, parse_label_selector
+
+NAMESPACE = BY_NAME["Namespace"]
+NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
+MAX_APPLY_ITEMS = 500
+
+
+def _manifest(kind: Kind, record: Record) -> dict[str, Any]:
+    return record.to_manifest(kind.body_field)
+
+
+def _limit(ctx: Context) -> int:
+    return ctx.query_int("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+
+
+def list_resources(ctx: Context, kind: Kind, ns: str | None = None) -> dict[str, Any]:
+    assert ctx.principal is not None
+    selector = parse_label_selector(ctx.request.args.get("labelSelector", ""))
+    page = ctx.services.resources.list(
+        kind,
+        ns,
+        limit=_limit(ctx),
+        page_token=ctx.request.args.get("pageToken") or None,
+        selector=selector,
+        visible_namespaces=ctx.principal.visible_namespaces if not ns else None,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": f"{kind.name}List",
+        "items": [_manifest(kind, r) for r in page.records],
+        "nextPageToken": page.next_page_token,
+    }
+
+
+def _body_resource(ctx: Context, kind: Kind, ns: str | None, name: str | None = None) -> Resource:
+    body = parse_body(ctx.request, ctx.services.settings.gateway.max_body_bytes)
+    if isinstance(body, dict) and name is not None:
+        body = dict(body)
+        meta = body.get("metadata")
+        if meta is None and "name" not in body:
+            body["metadata"] = {"name": name}
+        elif isinstance(meta, dict) and "name" not in meta:
+            body["metadata"] = {**meta, "name": name}
+    resource = parse_manifest(body, expected_kind=kind, namespace=ns)
+    if name is not None and resource.metadata.name != name:
+        raise Invalid(
+            "metadata.name does not match the name in the URL",
+            [{"path": "metadata.name", "message": f"must be {name!r}"}],
+        )
+    return resource
+
+
+def create_resource(ctx: Context, kind: Kind, ns: str | None = None) -> tuple[int, Any]:
+    resource = _body_resource(ctx, kind, ns)
+    record = ctx.services.resources.create(resource)
+    return 201, _manifest(kind, record)
+
+
+def get_resource(ctx: Context, kind: Kind, ns: str, name: str) -> dict[str, Any]:
+    return _manifest(kind, ctx.services.resources.get(kind, ns, name))
+
+
+def replace_resource(ctx: Context, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:
+    resource = _body_resource(ctx, kind, ns, name)
+    return _manifest(kind, ctx.services.resources.replace(resource))
+
+
+def patch_resource(ctx: Context, kind: Kind, ns: str, name: str) -> dict[str, Any]:
+    patch = parse_body(ctx.request, ctx.services.settings.gateway.max_body_bytes)
+    if not isinstance(patch, dict):
+        raise Invalid(
+            "a merge patch must be an object", [{"path": "(body)", "message": "expected an object"}]
+        )
+    return _manifest(kind, ctx.services.resources.patch(kind, ns, name, patch))
+
+
+def delete_resource(ctx: Context, kind: Kind, ns: str, name: str) -> dict[str, Any]:
+    return _manifest(kind, ctx.services.resources.delete(kind, ns, name))
+
+
+def apply_manifests(ctx: Context) -> dict[str, Any]:
+    assert ctx.principal is not None
+    body = parse_body(
+        ctx.request, ctx.services.settings.gateway.max_body_bytes, multi_document=True
+    )
+    if (isinstance(body, dict) and "items" in body and "kind" not in body) or (
+        isinstance(body, dict) and body.get("kind") == "List"
+    ):
+        body = body.get("items")
+    documents = body if isinstance(body, list) else [body]
+    if not documents:
+        raise Invalid("nothing to apply", [{"path": "items", "message": "empty"}])
+    if len(documents) > MAX_APPLY_ITEMS:
+        raise Invalid(
+            f"at most {MAX_APPLY_ITEMS} manifests per apply",
+            [{"path": "items", "message": f"{len(documents)} items"}],
+        )
+    resources: list[Resource] = []
+    problems: list[dict[str, str]] = []
+    for index, document in enumerate(documents):
+        try:
+            resources.append(parse_manifest(document, path=f"items[{index}]"))
+        except TalonError as exc:
+            problems.extend(exc.details)
+    if problems:
+        raise Invalid(
+            f"{len(problems)} problem(s) in the manifests: "
+            + "; ".join(f"{p['path']}: {p['message']}" for p in problems[:5]),
+            problems,
+        )
+    for index, resource in enumerate(resources):
+        namespace = resource.metadata.namespace
+        if namespace is not None and not ctx.principal.can_see(namespace):
+            raise NotFound(
+                f"namespace {namespace!r} not found",
+                [{"path": f"items[{index}].metadata.namespace", "message": "not found"}],
+            )
+        if resource.kind == "Namespace" and not ctx.principal.has_role("admin"):
+            raise PermissionDenied(
+                "creating or changing namespaces needs an admin token",
+                [{"path": f"items[{index}].kind", "message": "needs the admin role"}],
+            )
+    dry_run = ctx.query_bool("dryRun")
+    results = ctx.services.resources.apply(resources, dry_run=dry_run)
+    items = []
+    for result in results:
+        kind = BY_NAME[result.record.kind]
+        items.append(
+            {
+                "kind": kind.name,
+                "namespace": result.record.namespace or None,
+                "name": result.record.name,
+                "action": result.action,
+                "resourceVersion": str(result.record.resource_version),
+                "object": _manifest(kind, result.record),
+            }
+        )
+    return {"dryRun": dry_run, "items": items}
+
+
+def _bind(handler: Any, kind: Kind, rename: dict[str, str] | None = None) -> Any:
+    def bound(ctx: Context, **args: str) -> Any:
+        for source, target in (rename or {}).items():
+            args[target] = args[source]
+            if source != "ns":
+                args.pop(source)
+        if kind.name == "Namespace":
+            args["ns"] = ""
+        return handler(ctx, kind, **args)
+
+    bound.__name__ = f"{handler.__name__}_{kind.plural}"
+    return bound
+
+
+def resource_routes() -> list[Route]:
+    routes = [
+        Route(
+            "POST",
+            "/v1/apply",
+            apply_manifests,
+            "Create or update a list of manifests in one transaction (server-side apply).",
+            role="write",
+            request_schema="ApplyRequest",
+            tags=("apply",),
+            query=("dryRun",),
+        ),
+    ]
+    ns_kind = NAMESPACE
+    routes += [
+        Route(
+            "GET",
+            "/v1/namespaces",
+            _bind(list_resources, ns_kind),
+            "List namespaces.",
+            tags=("namespaces",),
+            query=("limit", "pageToken", "labelSelector"),
+        ),
+        Route(
+            "POST",
+            "/v1/namespaces",
+            _bind(create_resource, ns_kind),
+            "Create a namespace.",
+            role="admin",
+            request_schema="Namespace",
+            response_status=201,
+            tags=("namespaces",),
+        ),
+        Route(
+            "GET",
+            "/v1/namespaces/<ns>",
+            _bind(get_resource, ns_kind, {"ns": "name"}),
+            "Get a namespace.",
+            tags=("namespaces",),
+        ),
+        Route(
+            "PUT",
+            "/v1/namespaces/<ns>",
+            _bind(replace_resource, ns_kind, {"ns": "name"}),
+            "Replace a namespace.",
+            role="admin",
+            request_schema="Namespace",
+            tags=("namespaces",),
+        ),
+        Route(
+            "PATCH",
+            "/v1/namespaces/<ns>",
+            _bind(patch_resource, ns_kind, {"ns": "name"}),
+            "Merge-patch a namespace.",
+            role="admin",
+            request_schema="MergePatch",
+            tags=("namespaces",),
+        ),
+        Route(
+            "DELETE",
+            "/v1/namespaces/<ns>",
+            _bind(delete_resource, ns_kind, {"ns": "name"}),
+            "Delete an empty namespace.",
+            role="admin",
+            tags=("namespaces",),
+        ),
+    ]
+    for kind in KINDS:
+        if not kind.namespaced:
+            continue
+        for prefix in NAMESPACE_PREFIXES:
+            base = f"{prefix}/{kind.plural}"
+            item = f"{base}/<name>"
+            tags = (kind.plural,)
+            routes += [
+                Route(
+                    "GET",
+                    base,
+                    _bind(list_resources, kind),
+                    f"List {kind.name} resources.",
+                    tags=tags,
+                    query=("limit", "pageToken", "labelSelector"),
+                ),
+                Route(
+                    "POST",
+                    base,
+                    _bind(create_resource, kind),
+                    f"Create a {kind.name}.",
+                    role="write",
+                    request_schema=kind.name,
+                    response_status=201,
+                    tags=tags,
+                ),
+                Route("GET", item, _bind(get_resource, kind), f"Get a {kind.name}.", tags=tags),
+                Route(
+                    "PUT",
+                    item,
+                    _bind(replace_resource, kind),
+                    f"Replace a {kind.name}.",
+                    role="write",
+                    request_schema=kind.name,
+                    tags=tags,
+                ),
+                Route(
+                    "PATCH",
+                    item,
+                    _bind(patch_resource, kind),
+                    f"Merge-patch (RFC 7386) a {kind.name}.",
+                    role="write",
+                    request_schema="MergePatch",
+                    tags=tags,
+                ),
+                Route(
+                    "DELETE",
+                    item,
+                    _bind(delete_resource, kind),
+                    f"Delete a {kind.name} (409 while others depend on it).",
+                    role="write",
+                    tags=tags,
+                ),
+            ]
+    return routes

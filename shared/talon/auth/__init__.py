@@ -1,0 +1,1 @@
+"""Bearer-token authentication and the principal each request acts as."""

@@ -1,0 +1,190 @@
+"""API tokens: minted with a role and namespace scope, stored as SHA-256 hashes.
+
+Secrets are 256-bit random values, so a fast hash is sufficient (no password stretching
+needed); the plaintext is returned once at creation and never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from talon.auth.principal import ROLE_RANK, Principal
+from talon.errors import NotFound, PermissionDenied, Unauthenticated
+from talon.resources.meta import DnsLabel, StrictModel
+from talon.store.database import Database, Tx
+
+BOOTSTRAP_TOKEN_ID = "bootstrap-admin"
+ALL_NAMESPACES = "*"
+_COLUMNS = "id, name, role, namespaces, created_by, created_at, expires_at, revoked_at"
+
+
+class TokenRequest(StrictModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    role: Literal["admin", "write", "read"]
+    namespaces: list[DnsLabel | Literal["*"]] = Field(min_length=1)
+    expiresAt: datetime | None = None
+    ttlSeconds: int | None = Field(default=None, ge=60, le=366 * 86400)
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenRequest:
+        if ALL_NAMESPACES in self.namespaces and len(self.namespaces) > 1:
+            raise ValueError("'*' (all namespaces) cannot be combined with names")
+        if self.expiresAt is not None and self.ttlSeconds is not None:
+            raise ValueError("set at most one of expiresAt and ttlSeconds")
+        if self.expiresAt is not None:
+            if self.expiresAt.tzinfo is None:
+                raise ValueError("expiresAt needs a time zone offset")
+            if self.expiresAt <= datetime.now(UTC):
+                raise ValueError("expiresAt is in the past")
+        return self
+
+    @property
+    def scope(self) -> tuple[str, ...] | None:
+        return None if self.namespaces == [ALL_NAMESPACES] else tuple(sorted(self.namespaces))
+
+    @property
+    def expiry(self) -> datetime | None:
+        if self.ttlSeconds is not None:
+            return datetime.now(UTC) + timedelta(seconds=self.ttlSeconds)
+        return self.expiresAt
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    name: str
+    role: str
+    namespaces: list[str] | None
+    created_by: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat().replace("+00:00", "Z") if value else None
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "namespaces": self.namespaces if self.namespaces is not None else [ALL_NAMESPACES],
+            "createdBy": self.created_by,
+            "createdAt": iso(self.created_at),
+            "expiresAt": iso(self.expires_at),
+            "revokedAt": iso(self.revoked_at),
+        }
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class TokenService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def authenticate(self, secret: str) -> Principal:
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT id, name, role, namespaces FROM api_tokens WHERE secret_hash=%s "
+                "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+                (hash_secret(secret),),
+            )
+        if row is None:
+            raise Unauthenticated("invalid, expired or revoked token")
+        namespaces = tuple(row["namespaces"]) if row["namespaces"] is not None else None
+        return Principal(row["id"], row["name"], row["role"], namespaces)
+
+    def bootstrap_admin(self, secret: str) -> None:
+        """Install `secret` as the all-namespace admin token (TALON_ADMIN_TOKEN).
+
+        A changed secret replaces the old one and lifts a revocation; an unchanged one keeps
+        a revocation in place, so revoking the bootstrap token survives restarts.
+        """
+        digest = hash_secret(secret)
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO api_tokens (id, name, secret_hash, role, namespaces, created_by) "
+                "VALUES (%s, 'bootstrap admin (TALON_ADMIN_TOKEN)', %s, 'admin', NULL, 'system') "
+                "ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, "
+                "revoked_at = CASE WHEN api_tokens.secret_hash = EXCLUDED.secret_hash "
+                "THEN api_tokens.revoked_at ELSE NULL END",
+                (BOOTSTRAP_TOKEN_ID, digest),
+            )
+
+    def create(self, principal: Principal, request: TokenRequest) -> tuple[TokenInfo, str]:
+        if ROLE_RANK[request.role] > ROLE_RANK[principal.role]:
+            raise PermissionDenied(f"a {principal.role} token cannot mint a {request.role} token")
+        if not principal.covers(request.scope):
+            raise PermissionDenied(
+                "a token can only be minted for namespaces its creator can see",
+                [{"path": "namespaces", "message": "outside the caller's namespaces"}],
+            )
+        secret = "tln_" + secrets.token_urlsafe(32)
+        token_id = "tok_" + secrets.token_hex(8)
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "INSERT INTO api_tokens (id, name, secret_hash, role, namespaces, created_by, "
+                f"expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (
+                    token_id,
+                    request.name,
+                    hash_secret(secret),
+                    request.role,
+                    list(request.scope) if request.scope is not None else None,
+                    principal.token_id,
+                    request.expiry,
+                ),
+            )
+        assert row is not None
+        return TokenInfo(**row), secret
+
+    def list(self, principal: Principal, *, after: str | None, limit: int) -> list[TokenInfo]:
+        where, params = self._visibility(principal)
+        if after:
+            where += " AND id > %s"
+            params.append(after)
+        params.append(limit)
+        with self.db.transaction() as tx:
+            rows = tx.all(
+                f"SELECT {_COLUMNS} FROM api_tokens WHERE {where} ORDER BY id LIMIT %s", params
+            )
+        return [TokenInfo(**r) for r in rows]
+
+    def get(self, principal: Principal, token_id: str) -> TokenInfo:
+        with self.db.transaction() as tx:
+            return self._get(tx, principal, token_id)
+
+    def revoke(self, principal: Principal, token_id: str) -> TokenInfo:
+        with self.db.transaction() as tx:
+            self._get(tx, principal, token_id)
+            row = tx.one(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id=%s "
+                f"RETURNING {_COLUMNS}",
+                (token_id,),
+            )
+        assert row is not None
+        return TokenInfo(**row)
+
+    def _get(self, tx: Tx, principal: Principal, token_id: str) -> TokenInfo:
+        where, params = self._visibility(principal)
+        row = tx.one(
+            f"SELECT {_COLUMNS} FROM api_tokens WHERE id=%s AND {where}", [token_id, *params]
+        )
+        if row is None:
+            raise NotFound(f"token {token_id!r} not found")
+        return TokenInfo(**row)
+
+    @staticmethod
+    def _visibility(principal: Principal) -> tuple[str, list[Any]]:
+        # An all-namespace admin manages every token; a scoped admin only those it minted.
+        if principal.namespaces is None:
+            return "TRUE", []
+        return "created_by = %s", [principal.token_id]

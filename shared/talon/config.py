@@ -1,0 +1,150 @@
+"""`talon.yaml` plus environment overrides, read into one typed `Settings` object.
+
+Every leaf value has an environment variable derived from its path, e.g.
+`control_plane.database.url` -> `TALON_CONTROL_PLANE_DATABASE_URL` and
+`worker.pullMode` -> `TALON_WORKER_PULL_MODE`. Lists are comma-separated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from talon.errors import ConfigError, details_from_validation_error
+
+ENV_PREFIX = "TALON_"
+CONFIG_FILE_ENV = "TALON_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class GatewaySettings(_Section):
+    http_addr: str = "0.0.0.0:8080"
+    # The seed reserves a gRPC surface; Talon serves HTTP only, so this is accepted, unused.
+    grpc_addr: str = ""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    public_url: str = ""
+
+
+class DatabaseSettings(_Section):
+    driver: Literal["postgres"] = "postgres"
+    url: str = "postgresql://talon@127.0.0.1:5432/talon"
+    # When set, connections go through the Cloud SQL Python Connector instead of `url`.
+    instance_connection_name: str = ""
+    user: str = "talon"
+    password: str = ""
+    name: str = "talon"
+    ip_type: Literal["private", "public", "psc"] = "private"
+    iam_auth: bool = False
+    pool_size: int = Field(default=5, ge=1, le=100)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class MessageBrokerSettings(_Section):
+    driver: Literal["postgres", "gcp_pubsub"] = "postgres"
+    project: str = ""
+    dispatch_topic: str = "talon-session-dispatch"
+    lifecycle_topic: str = "talon-lifecycle"
+
+
+class SchedulerSettings(_Section):
+    backend: Literal["postgres", "cloud_tasks"] = "postgres"
+    project: str = ""
+    location: str = ""
+    queue: str = "talon-scheduler"
+    callback_url: str = ""
+    service_account_email: str = ""
+
+
+class ControlPlaneSettings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    message_broker: MessageBrokerSettings = Field(
+        default=MessageBrokerSettings(), alias="message_broker"
+    )
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+
+class WorkerSettings(_Section):
+    pull_mode: bool = True
+    mcp_routes: list[str] = ["/mcp/talon-ops"]
+
+
+class Settings(_Section):
+    gateway: GatewaySettings = GatewaySettings()
+    control_plane: ControlPlaneSettings = Field(
+        default=ControlPlaneSettings(), alias="control_plane"
+    )
+    worker: WorkerSettings = WorkerSettings()
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def env_variables(model: type[BaseModel] = Settings) -> Iterator[tuple[str, str, Any]]:
+    """Yield (ENV_VAR, yaml.path, default) for every leaf setting."""
+
+    def walk(m: type[BaseModel], path: list[str]) -> Iterator[tuple[str, str, Any]]:
+        for name, field in m.model_fields.items():
+            alias = field.alias or name
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                yield from walk(annotation, [*path, alias])
+            else:
+                parts = [*path, alias]
+                env = ENV_PREFIX + "_".join(_snake(p) for p in parts).upper()
+                yield env, ".".join(parts), field.default
+
+    yield from walk(model, [])
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        node = tree.get(key)
+        if not isinstance(node, dict):
+            node = {}
+            tree[key] = node
+        tree = node
+    tree[path[-1]] = value
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from `path` (or $TALON_CONFIG, or ./talon.yaml if present) and the env."""
+    environ = os.environ if environ is None else environ
+    candidate = path or environ.get(CONFIG_FILE_ENV)
+    raw: dict[str, Any] = {}
+    if candidate is None and Path("talon.yaml").is_file():
+        candidate = "talon.yaml"
+    if candidate is not None:
+        try:
+            loaded = yaml.safe_load(Path(candidate).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {candidate}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {candidate} must be a mapping at the top level")
+        raw = loaded
+    for env, dotted, default in env_variables():
+        if env in environ:
+            value: Any = environ[env]
+            if isinstance(default, list):
+                value = [item.strip() for item in value.split(",") if item.strip()]
+            _set_path(raw, dotted.split("."), value)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        details = details_from_validation_error(exc)
+        summary = "; ".join(f"{d['path']}: {d['message']}" for d in details)
+        raise ConfigError(f"invalid configuration: {summary}", details) from exc

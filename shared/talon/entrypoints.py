@@ -1,0 +1,39 @@
+"""Process-wide singletons for the Cloud Run function shims in `functions/*/main.py`.
+
+Built on first use, not at import, so a cold start that fails (database down) is retried on
+the next request instead of leaving a broken process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from talon.logs import configure_logging
+from talon.services import Services
+
+# Reentrant: building the gateway builds the services first, under the same lock.
+_lock = threading.RLock()
+_instances: dict[str, Any] = {}
+
+
+def _once(name: str, build: Any) -> Any:
+    instance = _instances.get(name)
+    if instance is None:
+        with _lock:
+            instance = _instances.get(name)
+            if instance is None:
+                configure_logging()
+                instance = build()
+                _instances[name] = instance
+    return instance
+
+
+def services() -> Services:
+    return _once("services", Services.start)
+
+
+def gateway() -> Any:
+    from talon.api.app import Gateway
+
+    return _once("gateway", lambda: Gateway(services()))

@@ -1,0 +1,39 @@
+"""Logging: JSON lines on Cloud Run (picked up as structured logs), plain text locally."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+            **{k: v for k, v in vars(record).items() if k not in _STANDARD},
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging() -> None:
+    """Idempotent; format from TALON_LOG_FORMAT (json|text), level from TALON_LOG_LEVEL."""
+    root = logging.getLogger()
+    if getattr(root, "_talon_configured", False):
+        return
+    fmt = os.environ.get("TALON_LOG_FORMAT") or ("json" if os.environ.get("K_SERVICE") else "text")
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(os.environ.get("TALON_LOG_LEVEL", "INFO").upper())
+    root._talon_configured = True  # type: ignore[attr-defined]

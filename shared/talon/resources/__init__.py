@@ -1,0 +1,1 @@
+"""Resource kinds, manifest parsing and template resolution."""

@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: connections, migrations and the SQL behind each port."""

@@ -1,0 +1,197 @@
+"""A small pool of DB-API connections (pg8000 directly or via the Cloud SQL connector).
+
+Every unit of work runs in `Database.transaction()`: commit on success, rollback on error,
+so a state change is durable before any caller acknowledges it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pg8000.dbapi
+
+from talon.config import DatabaseSettings
+from talon.errors import Conflict, TalonError
+
+log = logging.getLogger(__name__)
+
+Connection = pg8000.dbapi.Connection
+Params = Sequence[Any] | None
+
+
+class Unavailable(TalonError):
+    code, status = "unavailable", 503
+
+
+class RollbackOnly(Exception):
+    """Raised inside a transaction to discard it without an error (dry runs)."""
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    return _sqlstate(exc) == "23505"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, pg8000.dbapi.DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return exc.args[0].get("C")
+    return None
+
+
+def jsonb(value: Any) -> str:
+    """Serialise for a `%s::jsonb` parameter."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class Tx:
+    """A cursor bound to one open transaction, returning rows as dicts."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._cursor = connection.cursor()
+
+    def execute(self, sql: str, params: Params = None) -> int:
+        self._cursor.execute(sql, params or ())
+        return self._cursor.rowcount
+
+    def all(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
+        self._cursor.execute(sql, params or ())
+        if self._cursor.description is None:
+            return []
+        names = [d[0] for d in self._cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+
+    def one(self, sql: str, params: Params = None) -> dict[str, Any] | None:
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+    def scalar(self, sql: str, params: Params = None) -> Any:
+        self._cursor.execute(sql, params or ())
+        row = self._cursor.fetchone()
+        return row[0] if row else None
+
+
+def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
+    """postgresql://user:pass@host:port/db[?unix_sock=/path/.s.PGSQL.5432]"""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise TalonError(f"database url must start with postgresql://, got {parsed.scheme!r}")
+    query = parse_qs(parsed.query)
+    kwargs: dict[str, Any] = {
+        "user": unquote(parsed.username or "postgres"),
+        "password": unquote(parsed.password) if parsed.password else None,
+        "database": (parsed.path or "/").lstrip("/") or "postgres",
+        "timeout": timeout,
+        "application_name": "talon",
+    }
+    if "unix_sock" in query:
+        kwargs["unix_sock"] = query["unix_sock"][0]
+    else:
+        kwargs["host"] = parsed.hostname or "127.0.0.1"
+        kwargs["port"] = parsed.port or 5432
+    return lambda: pg8000.dbapi.connect(**kwargs)
+
+
+def connector_from_settings(settings: DatabaseSettings) -> Callable[[], Connection]:
+    if settings.instance_connection_name:
+        from talon.store.cloudsql import cloud_sql_connector
+
+        return cloud_sql_connector(settings)
+    return connector_from_url(settings.url, settings.connect_timeout_seconds)
+
+
+class Database:
+    def __init__(self, connect: Callable[[], Connection], pool_size: int = 5) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings) -> Database:
+        return cls(connector_from_settings(settings), settings.pool_size)
+
+    def _acquire(self) -> Connection:
+        if not self._slots.acquire(timeout=30):
+            raise Unavailable("database connection pool exhausted")
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return self._connect()
+        except Exception as exc:
+            self._slots.release()
+            log.error("database connection failed: %s", exc)
+            raise Unavailable("database is unavailable") from exc
+
+    def _release(self, connection: Connection, healthy: bool) -> None:
+        try:
+            if healthy and not self._closed:
+                self._idle.put(connection)
+            else:
+                _close_quietly(connection)
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        connection = self._acquire()
+        healthy = True
+        try:
+            tx = Tx(connection)
+            try:
+                yield tx
+                connection.commit()
+            except RollbackOnly:
+                connection.rollback()
+            except BaseException:
+                try:
+                    connection.rollback()
+                except Exception:
+                    healthy = False
+                raise
+        except pg8000.dbapi.InterfaceError as exc:
+            healthy = False
+            raise Unavailable("lost the database connection") from exc
+        except pg8000.dbapi.DatabaseError as exc:
+            if is_unique_violation(exc):
+                raise Conflict("a concurrent change conflicted with this one; retry") from exc
+            if _sqlstate(exc) in ("40001", "40P01"):
+                raise Conflict("a concurrent change conflicted with this one; retry") from exc
+            raise
+        finally:
+            self._release(connection, healthy)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A raw autocommit-free connection for session-level work (advisory locks)."""
+        connection = self._acquire()
+        healthy = True
+        try:
+            yield connection
+        except pg8000.dbapi.InterfaceError:
+            healthy = False
+            raise
+        finally:
+            self._release(connection, healthy)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                _close_quietly(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close_quietly(connection: Connection) -> None:
+    with contextlib.suppress(Exception):
+        connection.close()

@@ -37,3 +37,13 @@ def gateway() -> Any:
     from talon.api.app import Gateway
 
     return _once("gateway", lambda: Gateway(services()))
+
+
+def reset() -> None:
+    """Drop the singletons (closing their pools) so the next request rebuilds them from the
+    environment. Used by tests that point the same function at a fresh database."""
+    with _lock:
+        built = _instances.get("services")
+        _instances.clear()
+    if built is not None:
+        built.close()

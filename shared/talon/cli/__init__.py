@@ -1,0 +1,1 @@
+"""The `talon` command: kubectl-like verbs against a gateway, and `talon dev`."""

@@ -1,0 +1,194 @@
+"""`talon dev`: PostgreSQL in a folder plus the gateway, in one command, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import httpx
+
+import talon
+from talon.cli.apply import apply_documents, summary_lines
+from talon.cli.client import CliError, TalonClient
+from talon.cli.manifest_files import read_documents
+from talon.services import ADMIN_TOKEN_ENV
+from talon.store.local_postgres import LocalPostgres
+
+DATABASE = "talon"
+APPLIED_MARKER = "manifests-applied"
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class DevOptions:
+    host: str
+    port: int
+    data_dir: Path
+    manifests: Path | None
+    config: Path | None
+
+
+def functions_dir() -> Path:
+    """The Cloud Run function shims: from the working tree, else beside the installed package."""
+    for candidate in (
+        Path.cwd() / "functions",
+        Path(talon.__file__).resolve().parents[2] / "functions",
+    ):
+        if (candidate / "gateway" / "main.py").is_file():
+            return candidate
+    raise CliError("cannot find functions/gateway/main.py; run `talon dev` from the Talon checkout")
+
+
+def _admin_token(data_dir: Path) -> str:
+    from_env = os.environ.get(ADMIN_TOKEN_ENV)
+    if from_env:
+        return from_env
+    saved = data_dir / "admin-token"
+    if saved.is_file():
+        return saved.read_text().strip()
+    token = "tln_" + secrets.token_urlsafe(32)
+    saved.write_text(token + "\n")
+    saved.chmod(0o600)
+    return token
+
+
+def _ensure_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"{host}:{port} is in use ({exc.strerror}); pass --port") from exc
+
+
+class DevStack:
+    def __init__(self, options: DevOptions, out: TextIO = sys.stdout) -> None:
+        self.options = options
+        self.out = out
+        self.url = f"http://{options.host}:{options.port}"
+        self.postgres = LocalPostgres(options.data_dir / "postgres", durable=True)
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def run(self) -> int:
+        previous = signal.signal(signal.SIGTERM, _raise_stop)
+        try:
+            self.start()
+            return self.wait()
+        except (KeyboardInterrupt, _Stop):
+            self.say("talon dev: stopping")
+            return 0
+        finally:
+            # A second Ctrl-C or SIGTERM must not cut the shutdown short.
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                self.stop()
+            finally:
+                signal.signal(signal.SIGINT, previous_int)
+                signal.signal(signal.SIGTERM, previous)
+
+    def start(self) -> None:
+        options = self.options
+        _ensure_port_free(options.host, options.port)
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        self.say(f"talon dev: PostgreSQL in {options.data_dir / 'postgres'}")
+        self.postgres.start()
+        self.postgres.ensure_database(DATABASE)
+        token = _admin_token(options.data_dir)
+        env = {
+            **os.environ,
+            "TALON_CONTROL_PLANE_DATABASE_URL": self.postgres.url(DATABASE),
+            ADMIN_TOKEN_ENV: token,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if options.config is not None:
+            env["TALON_CONFIG"] = str(options.config.resolve())
+        self._spawn("gateway", env)
+        self._wait_healthy()
+        self._apply_manifests_once(token)
+        self.say(
+            f"\nTalon is running.\n  gateway  {self.url}\n  token    {token}\n\n"
+            f"  export TALON_URL={self.url} TALON_TOKEN={token}\n"
+            "  talon get agents -n acme\n\nCtrl-C stops everything."
+        )
+
+    def _spawn(self, target: str, env: dict[str, str]) -> None:
+        source = functions_dir() / target / "main.py"
+        command = [
+            sys.executable, "-m", "functions_framework", "--target", target,
+            "--source", str(source), "--host", self.options.host, "--port", str(self.options.port),
+        ]  # fmt: skip
+        # A new session: Ctrl-C reaches only this process, which then stops children in order.
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+        self.processes.append((target, process))
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise CliError(f"{name} exited with code {process.returncode} while starting")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise CliError(f"the gateway did not answer {self.url}/healthz within {timeout:.0f}s")
+
+    def _apply_manifests_once(self, token: str) -> None:
+        folder = self.options.manifests
+        marker = self.options.data_dir / APPLIED_MARKER
+        if folder is None or marker.exists():
+            return
+        if not folder.is_dir():
+            self.say(f"talon dev: no manifests folder at {folder}; nothing applied")
+            return
+        client = TalonClient(self.url, token)
+        try:
+            result = apply_documents(client, read_documents([str(folder)]))
+        finally:
+            client.close()
+        for line in summary_lines(result):
+            self.say(f"  {line}")
+        marker.write_text(f"{folder.resolve()}\n")
+
+    def wait(self) -> int:
+        while True:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    self.say(f"talon dev: {name} exited with code {process.returncode}")
+                    return 1
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for _, process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        self.postgres.stop()
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()

@@ -1,0 +1,207 @@
+"""Entry point of the `talon` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from talon import __version__
+from talon.cli.apply import apply_documents, summary_lines
+from talon.cli.client import CliError, TalonClient
+from talon.cli.manifest_files import read_documents
+from talon.cli.output import dump, resource_table, table
+from talon.errors import TalonError
+from talon.resources.registry import KINDS, Kind, kind_for_alias
+
+
+def _kind(alias: str) -> Kind:
+    kind = kind_for_alias(alias)
+    if kind is None:
+        known = ", ".join(k.plural for k in KINDS)
+        raise CliError(f"unknown kind {alias!r}; known kinds: {known}")
+    return kind
+
+
+def _collection_path(kind: Kind, namespace: str | None) -> str:
+    if not kind.namespaced:
+        return f"/v1/{kind.plural}"
+    if not namespace:
+        raise CliError(f"{kind.plural} live in a namespace: pass -n NAMESPACE")
+    return f"/v1/ns/{namespace}/{kind.plural}"
+
+
+def cmd_apply(client: TalonClient, args: argparse.Namespace) -> int:
+    result = apply_documents(client, read_documents(args.filename), dry_run=args.dry_run)
+    for line in summary_lines(result):
+        print(line)
+    return 0
+
+
+def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    path = _collection_path(kind, args.namespace)
+    if args.name:
+        item = client.request("GET", f"{path}/{args.name}")
+        print(dump(item, args.output) if args.output else resource_table(kind.name, [item]))
+        return 0
+    params = {"labelSelector": args.selector} if args.selector else None
+    items = list(client.paginate(path, params))
+    if args.output:
+        listing = {"apiVersion": "talon.dev/v1alpha1", "kind": f"{kind.name}List", "items": items}
+        print(dump(listing, args.output))
+    elif items:
+        print(resource_table(kind.name, items))
+    else:
+        where = f" in namespace {args.namespace}" if kind.namespaced else ""
+        print(f"No {kind.plural} found{where}.", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(client: TalonClient, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    client.request("DELETE", f"{_collection_path(kind, args.namespace)}/{args.name}")
+    print(f"{kind.name.lower()}/{args.name} deleted")
+    return 0
+
+
+def cmd_tokens_create(client: TalonClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "role": args.role,
+        "namespaces": args.namespace or ["*"],
+    }
+    if args.ttl is not None:
+        body["ttlSeconds"] = args.ttl
+    created = client.request("POST", "/v1/tokens", json=body)
+    if args.output:
+        print(dump(created, args.output))
+    else:
+        print(f"token {created['id']} created; the secret is shown only once:")
+        print(created["token"])
+    return 0
+
+
+def cmd_tokens_list(client: TalonClient, args: argparse.Namespace) -> int:
+    items = list(client.paginate("/v1/tokens"))
+    if args.output:
+        print(dump({"items": items}, args.output))
+        return 0
+    rows = [
+        [
+            t["id"],
+            t["name"],
+            t["role"],
+            ",".join(t["namespaces"]),
+            t.get("expiresAt") or "",
+            "revoked" if t.get("revokedAt") else "active",
+        ]
+        for t in items
+    ]
+    print(table(rows, ["ID", "NAME", "ROLE", "NAMESPACES", "EXPIRES", "STATE"]))
+    return 0
+
+
+def cmd_tokens_revoke(client: TalonClient, args: argparse.Namespace) -> int:
+    client.request("DELETE", f"/v1/tokens/{args.id}")
+    print(f"token {args.id} revoked")
+    return 0
+
+
+def cmd_whoami(client: TalonClient, args: argparse.Namespace) -> int:
+    print(dump(client.request("GET", "/v1/whoami"), args.output or "yaml"))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from talon.cli.dev import DevOptions, DevStack
+
+    manifests = None if args.no_manifests else Path(args.manifests)
+    config = Path(args.config) if args.config else None
+    if config is None and Path("talon.yaml").is_file():
+        config = Path("talon.yaml")
+    options = DevOptions(args.host, args.port, Path(args.data_dir), manifests, config)
+    return DevStack(options).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="talon", description="Talon: a control plane for durable AI agents."
+    )
+    parser.add_argument("--version", action="version", version=f"talon {__version__}")
+    parser.add_argument("--url", help="gateway URL (default: $TALON_URL or http://127.0.0.1:8080)")
+    parser.add_argument("--token", help="bearer token (default: $TALON_TOKEN)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=["yaml", "json"], help="print the full object")
+
+    dev = commands.add_parser("dev", help="run the local stack (PostgreSQL + gateway)")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--data-dir", default=".talon", help="where PostgreSQL keeps its data")
+    dev.add_argument("--manifests", default="manifests", help="applied on the first start")
+    dev.add_argument("--no-manifests", action="store_true", help="apply nothing")
+    dev.add_argument("--config", help="talon.yaml to use (default: ./talon.yaml if present)")
+    dev.set_defaults(local=cmd_dev)
+
+    apply = commands.add_parser("apply", help="create or update resources from manifests")
+    apply.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    apply.add_argument("--dry-run", action="store_true", help="validate without saving")
+    apply.set_defaults(remote=cmd_apply)
+
+    get = commands.add_parser("get", parents=[output], help="list or show resources")
+    get.add_argument("kind", help="agents, agent-templates, schedules, namespaces, ...")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-n", "--namespace")
+    get.add_argument("-l", "--selector", help="label selector, e.g. app=support,tier!=free")
+    get.set_defaults(remote=cmd_get)
+
+    delete = commands.add_parser("delete", help="delete a resource")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.add_argument("-n", "--namespace")
+    delete.set_defaults(remote=cmd_delete)
+
+    whoami = commands.add_parser("whoami", parents=[output], help="show the current token")
+    whoami.set_defaults(remote=cmd_whoami)
+
+    tokens = commands.add_parser("tokens", help="manage API tokens (admin)")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", parents=[output], help="create a token")
+    create.add_argument("name")
+    create.add_argument("--role", choices=["read", "write", "admin"], default="read")
+    create.add_argument(
+        "-n", "--namespace", action="append", help="repeat for several; default: all namespaces"
+    )
+    create.add_argument("--ttl", type=int, help="lifetime in seconds")
+    create.set_defaults(remote=cmd_tokens_create)
+    listing = token_commands.add_parser("list", parents=[output], help="list tokens")
+    listing.set_defaults(remote=cmd_tokens_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("id")
+    revoke.set_defaults(remote=cmd_tokens_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "local"):
+            return int(args.local(args))
+        client = TalonClient.from_env(args.url, args.token)
+        try:
+            return int(args.remote(client, args))
+        finally:
+            client.close()
+    except (CliError, TalonError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

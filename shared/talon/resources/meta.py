@@ -23,7 +23,7 @@ def _dns_label(value: str) -> str:
     return value
 
 
-def _label_key(value: str) -> str:
+def check_label_key(value: str) -> str:
     prefix, _, name = value.rpartition("/")
     if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
         raise ValueError(f"label key prefix {prefix!r} must be a DNS subdomain")
@@ -32,15 +32,15 @@ def _label_key(value: str) -> str:
     return value
 
 
-def _label_value(value: str) -> str:
+def check_label_value(value: str) -> str:
     if value and (len(value) > 63 or not _LABEL_NAME_RE.match(value)):
         raise ValueError(f"label value {value!r} must be 0-63 alphanumerics, '-', '_' or '.'")
     return value
 
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-LabelKey = Annotated[str, AfterValidator(_label_key)]
-LabelValue = Annotated[str, AfterValidator(_label_value)]
+LabelKey = Annotated[str, AfterValidator(check_label_key)]
+LabelValue = Annotated[str, AfterValidator(check_label_value)]
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from talon import API_VERSION
 from talon.errors import BadRequest, Conflict
+from talon.resources.meta import check_label_key, check_label_value
 from talon.store.database import Tx, is_unique_violation, jsonb
 
 _COLUMNS = (
@@ -76,20 +77,25 @@ def parse_label_selector(text: str) -> list[LabelRequirement]:
     for raw in filter(None, (part.strip() for part in text.split(","))):
         if "!=" in raw:
             key, value = raw.split("!=", 1)
-            requirements.append(LabelRequirement(key.strip(), "!=", value.strip()))
+            requirement = LabelRequirement(key.strip(), "!=", value.strip())
         elif "=" in raw:
             key, value = raw.split("=", 1)
-            requirements.append(LabelRequirement(key.strip().rstrip("="), "=", value.strip()))
+            value = value[1:] if value.startswith("=") else value  # `==` is accepted too
+            requirement = LabelRequirement(key.strip(), "=", value.strip())
         elif raw.startswith("!"):
-            requirements.append(LabelRequirement(raw[1:].strip(), "!exists"))
+            requirement = LabelRequirement(raw[1:].strip(), "!exists")
         else:
-            requirements.append(LabelRequirement(raw, "exists"))
-    for req in requirements:
-        if not req.key:
+            requirement = LabelRequirement(raw, "exists")
+        try:
+            check_label_key(requirement.key)
+            if requirement.value is not None:
+                check_label_value(requirement.value)
+        except ValueError as exc:
             raise BadRequest(
-                f"invalid label selector {text!r}",
-                [{"path": "labelSelector", "message": "empty label key"}],
-            )
+                f"invalid label selector {text!r}: {exc}",
+                [{"path": "labelSelector", "message": str(exc)}],
+            ) from exc
+        requirements.append(requirement)
     return requirements
 
 

@@ -1,0 +1,190 @@
+"""Shared fixtures: a real PostgreSQL cluster, a migrated template database cloned per test,
+and the gateway function served over real HTTP by functions-framework's Flask app."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import functions_framework
+import httpx
+import pg8000.dbapi
+import pytest
+from werkzeug.serving import make_server
+
+from talon import entrypoints
+from talon.config import Settings
+from talon.store.database import Database, connector_from_url
+from talon.store.local_postgres import LocalPostgres
+from talon.store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_TOKEN = "test-admin-token-0123456789"
+TEMPLATE_DB = "talon_test_template"
+_counter = itertools.count()
+
+
+class Cluster:
+    """Creates and drops databases on one server (ours, or $TALON_TEST_DATABASE_URL's)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def url_for(self, database: str) -> str:
+        return urlunparse(urlparse(self.url)._replace(path=f"/{database}"))
+
+    def admin(self, sql: str) -> None:
+        connection = connector_from_url(self.url, 10)()
+        connection.autocommit = True
+        try:
+            connection.cursor().execute(sql)
+        finally:
+            connection.close()
+
+    def create(self, name: str, template: str | None = None) -> str:
+        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        self.admin(f'CREATE DATABASE "{name}"{suffix}')
+        return self.url_for(name)
+
+    def drop(self, name: str) -> None:
+        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("TALON_TEST_DATABASE_URL")
+    if external:
+        yield Cluster(external)
+        return
+    # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="talon-test-pg-"))
+    server = LocalPostgres(root, durable=False)
+    server.start()
+    try:
+        yield Cluster(server.url("postgres"))
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(cluster: Cluster) -> str:
+    url = cluster.create(TEMPLATE_DB)
+    db = Database(connector_from_url(url, 10), 1)
+    try:
+        migrate(db)
+    finally:
+        db.close()
+    return url
+
+
+@pytest.fixture
+def database_url(cluster: Cluster, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test (a cheap copy of the template)."""
+    name = f"talon_test_{os.getpid()}_{next(_counter)}"
+    url = cluster.create(name, template=TEMPLATE_DB)
+    yield url
+    cluster.drop(name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(connector_from_url(database_url, 10), 4)
+    yield database
+    database.close()
+
+
+def raw_connection(url: str) -> pg8000.dbapi.Connection:
+    return connector_from_url(url, 10)()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings.model_validate({"control_plane": {"database": {"url": database_url}}})
+
+
+# --- the gateway over HTTP -------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self) -> None:
+        app = functions_framework.create_app(
+            target="gateway", source=str(ROOT / "functions" / "gateway" / "main.py")
+        )
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[_Server]:
+    server = _Server()
+    yield server
+    server.close()
+
+
+class Api:
+    """An httpx client with a token, plus helpers that keep tests short."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=30)
+        self.base_url = base_url
+
+    def as_token(self, token: str | None) -> Api:
+        return Api(self.base_url, token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.http, name)
+
+    def ok(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        assert response.status_code == expect, (response.status_code, response.text)
+        return response.json()
+
+    def token(self, role: str = "read", namespaces: list[str] | None = None) -> str:
+        body = {"name": f"t-{next(_counter)}", "role": role, "namespaces": namespaces or ["*"]}
+        return self.ok("POST", "/v1/tokens", 201, json=body)["token"]
+
+
+@pytest.fixture
+def gateway_url(
+    http_server: _Server, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The session's gateway, re-pointed at this test's database."""
+    monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", database_url)
+    monkeypatch.setenv("TALON_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("TALON_CONFIG", str(ROOT / "tests" / "data" / "talon-test.yaml"))
+    entrypoints.reset()
+    yield http_server.url
+    entrypoints.reset()
+
+
+@pytest.fixture
+def api(gateway_url: str) -> Iterator[Api]:
+    client = Api(gateway_url, ADMIN_TOKEN)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def acme(api: Api) -> Api:
+    """The example manifests applied, as `talon dev` does on first start."""
+    from talon.cli.manifest_files import read_documents
+
+    documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
+    api.ok("POST", "/v1/apply", json={"items": documents})
+    return api

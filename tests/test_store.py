@@ -1,0 +1,94 @@
+"""The PostgreSQL adapter: migrations under an advisory lock, transactions, the pool."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import Cluster
+from talon.errors import Conflict
+from talon.store.database import Database, RollbackOnly, connector_from_url
+from talon.store.migrate import migrate, migration_files
+
+
+@pytest.fixture
+def blank_url(cluster: Cluster) -> str:
+    url = cluster.create("talon_blank_migrations")
+    yield url
+    cluster.drop("talon_blank_migrations")
+
+
+def test_concurrent_migrations_apply_each_file_once(blank_url: str) -> None:
+    databases = [Database(connector_from_url(blank_url, 10), 1) for _ in range(4)]
+    start = threading.Barrier(len(databases))
+    applied: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run(db: Database) -> None:
+        start.wait()
+        try:
+            applied.append(migrate(db))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(db,)) for db in databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    versions = [version for version, _ in migration_files()]
+    # Exactly one migrator applied everything; the others found nothing left to do.
+    assert sorted(applied, key=len) == [[], [], [], versions]
+    with databases[0].transaction() as tx:
+        rows = tx.all("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == versions
+        assert tx.scalar("SELECT count(*) FROM resources") == 0
+    assert migrate(databases[0]) == []
+    for db in databases:
+        db.close()
+
+
+def test_transaction_rolls_back_on_error(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO resources (kind, namespace, name, uid, resource_version, body) "
+            "VALUES ('Namespace', '', 'gone', gen_random_uuid(), 1, '{}')"
+        )
+        raise RuntimeError("boom")
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM resources WHERE name = 'gone'") == 0
+
+
+def test_rollback_only_discards_without_error(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO resources (kind, namespace, name, uid, resource_version, body) "
+            "VALUES ('Namespace', '', 'dry', gen_random_uuid(), 1, '{}')"
+        )
+        raise RollbackOnly
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM resources WHERE name = 'dry'") == 0
+
+
+def test_unique_violation_becomes_conflict(db: Database) -> None:
+    insert = (
+        "INSERT INTO resources (kind, namespace, name, uid, resource_version, body) "
+        "VALUES ('Namespace', '', 'dup', gen_random_uuid(), 1, '{}')"
+    )
+    with db.transaction() as tx:
+        tx.execute(insert)
+    with pytest.raises(Conflict), db.transaction() as tx:
+        tx.execute(insert)
+    # The connection that saw the error went back to the pool in a usable state.
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM resources WHERE name = 'dup'") == 1
+
+
+def test_pool_reuses_connections(db: Database) -> None:
+    pids = set()
+    for _ in range(5):
+        with db.transaction() as tx:
+            pids.add(tx.scalar("SELECT pg_backend_pid()"))
+    assert len(pids) == 1

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-
 import samples
+import yaml
 from conftest import Api
 
 NS = "team"
@@ -164,7 +163,8 @@ def test_url_and_body_must_agree(team: Api) -> None:
         ("agents", samples.agent(NS, "x", template_ref="missing"), "spec.templateRef"),
         ("mcp-bindings", samples.binding(NS, "x", server="missing"), "spec.server"),
         ("schedules", samples.schedule(NS, "x", agent_name="missing"), "spec.target.agent"),
-        ("agent-templates", samples.template(NS, "x", servers=["missing"]), "definition.mcpServerRefs[0]"),
+        ("agent-templates", samples.template(NS, "x", servers=["missing"]),
+         "definition.mcpServerRefs[0]"),
     ],
 )  # fmt: skip
 def test_references_must_exist(team: Api, plural: str, body: dict, path: str) -> None:
@@ -239,7 +239,8 @@ def test_template_change_that_breaks_an_agent_marks_it_failed(team: Api) -> None
     ("path", "blockers"),
     [
         (f"/v1/ns/{NS}/agent-templates/support", {"Agent/bot"}),
-        (f"/v1/ns/{NS}/mcp-servers/tools", {"AgentTemplate/support", "Agent/bot", "MCPBinding/bind"}),
+        (f"/v1/ns/{NS}/mcp-servers/tools",
+         {"AgentTemplate/support", "Agent/bot", "MCPBinding/bind"}),
         # A binding names agents as policy subjects (like RBAC subjects), not as a dependency.
         (f"/v1/ns/{NS}/agents/bot", {"Schedule/wake"}),
         (f"/v1/namespaces/{NS}", {"Agent/bot", "AgentTemplate/support", "Knowledge/faq",

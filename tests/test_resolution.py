@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from talon.errors import Invalid
 from talon.resources.kinds import Agent, AgentTemplate
 from talon.resources.registry import parse_manifest
@@ -23,7 +22,9 @@ def template() -> VersionedTemplate:
                 {"name": "tier", "type": "string", "default": "standard"},
                 {"name": "max_refund", "type": "number"},
             ]},
-            "modelPolicy": {"profiles": [{"name": "primary", "model": {"provider": "openai", "name": "gpt-4o"}}]},
+            "modelPolicy": {"profiles": [
+                {"name": "primary", "model": {"provider": "openai", "name": "gpt-4o"}},
+            ]},
             "systemPrompt": "You are support.",
             "mcpServerRefs": ["stripe"],
         },
@@ -56,7 +57,9 @@ def test_overrides_win() -> None:
     overrides = {
         "systemPrompt": "Be brief.",
         "mcpServerRefs": [],
-        "modelPolicy": {"profiles": [{"name": "cheap", "model": {"provider": "demo", "name": "echo"}}]},
+        "modelPolicy": {
+            "profiles": [{"name": "cheap", "model": {"provider": "demo", "name": "echo"}}]
+        },
     }  # fmt: skip
     result = resolve_agent(
         agent(features={"customer_id": "c"}, overrides=overrides), template(), {}

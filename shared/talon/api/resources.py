@@ -65,6 +65,13 @@ def _body_resource(ctx: Context, kind: Kind, ns: str | None, name: str | None = 
 
 def create_resource(ctx: Context, kind: Kind, ns: str | None = None) -> tuple[int, Any]:
     resource = _body_resource(ctx, kind, ns)
+    assert ctx.principal is not None
+    if kind.name == "Namespace" and not ctx.principal.can_see(resource.metadata.name):
+        # Refused before looking, so a scoped token cannot probe which namespaces exist.
+        raise PermissionDenied(
+            "this token may only create the namespaces it is scoped to",
+            [{"path": "metadata.name", "message": "outside the token's namespaces"}],
+        )
     record = ctx.services.resources.create(resource)
     return 201, _manifest(kind, record)
 

@@ -301,6 +301,9 @@ def _resolved_status(resolution: Resolution, current: Record | None) -> dict[str
 
 
 def _not_found_message(kind: Kind, namespace: str, name: str) -> str:
+    if kind.name == "Namespace":
+        # Same words as the gateway's isolation answer, so the two cannot be told apart.
+        return f"namespace {name!r} not found"
     where = f" in namespace {namespace!r}" if kind.namespaced else ""
     return f"{kind.name} {name!r} not found{where}"
 

@@ -61,8 +61,8 @@ def test_revoked_and_expired_tokens_are_refused(api: Api, database_url: str) -> 
     assert revoked["revokedAt"] is not None
     assert user.get("/v1/namespaces").status_code == 401
 
-    soon = api.ok("POST", "/v1/tokens", 201, json={"name": "y", "role": "read",
-                                                   "namespaces": ["*"], "ttlSeconds": 60})  # fmt: skip
+    body = {"name": "y", "role": "read", "namespaces": ["*"], "ttlSeconds": 60}
+    soon = api.ok("POST", "/v1/tokens", 201, json=body)
     assert soon["expiresAt"] is not None
     later = api.as_token(soon["token"])
     assert later.get("/v1/namespaces").status_code == 200

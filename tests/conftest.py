@@ -17,12 +17,13 @@ import functions_framework
 import httpx
 import pg8000.dbapi
 import pytest
+from werkzeug.serving import make_server
+
 from talon import entrypoints
 from talon.config import Settings
 from talon.store.database import Database, connector_from_url
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
-from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import samples
 import yaml
+
+import samples
 from conftest import Api
 
 NS = "team"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 import samples
 from conftest import ADMIN_TOKEN, Api, raw_connection
 from talon.api.app import Gateway

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from talon.config import env_variables, load_settings
 from talon.errors import ConfigError
 

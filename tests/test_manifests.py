@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from talon.cli.manifest_files import read_documents
 from talon.errors import Invalid
 from talon.resources.kinds import Agent, AgentTemplate, Schedule

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from talon.errors import Invalid
 from talon.resources.kinds import Agent, AgentTemplate
 from talon.resources.registry import parse_manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from conftest import Cluster
 from talon.errors import Conflict
 from talon.store.database import Database, RollbackOnly, connector_from_url

@@ -2,6 +2,7 @@
 
 import flask
 import functions_framework
+
 from talon import entrypoints
 
 

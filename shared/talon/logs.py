@@ -23,17 +23,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, not when configured, so a
+    swapped stream (test capture, a daemonised process) never receives a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """Idempotent; format from TALON_LOG_FORMAT (json|text), level from TALON_LOG_LEVEL."""
     root = logging.getLogger()
     if getattr(root, "_talon_configured", False):
         return
     fmt = os.environ.get("TALON_LOG_FORMAT") or ("json" if os.environ.get("K_SERVICE") else "text")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers = [handler]
     root.setLevel(os.environ.get("TALON_LOG_LEVEL", "INFO").upper())
+    # One line per outbound request from the HTTP client library is noise at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     root._talon_configured = True  # type: ignore[attr-defined]

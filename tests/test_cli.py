@@ -1,0 +1,138 @@
+"""The `talon` CLI against a live gateway over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ADMIN_TOKEN, ROOT
+from talon.cli.main import main
+
+MANIFESTS = str(ROOT / "manifests")
+
+
+@pytest.fixture
+def cli(gateway_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("TALON_URL", gateway_url)
+    monkeypatch.setenv("TALON_TOKEN", ADMIN_TOKEN)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
+def one_error_line(err: str) -> str:
+    # The gateway runs in this process, so its log lines share stderr; leave them out.
+    lines = [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_apply_get_delete_round_trip(cli) -> None:
+    code, out, _ = cli("apply", "-f", MANIFESTS)
+    assert code == 0
+    assert "namespace/acme created" in out
+    assert "agent/customer-support -n acme created" in out
+    assert "schedule/renewal-check -n acme created" in out
+
+    code, out, _ = cli("get", "agents", "-n", "acme")
+    assert code == 0
+    header, row = out.strip().splitlines()
+    assert header.split() == ["NAME", "TEMPLATE", "PHASE", "AGE"]
+    assert row.split()[:3] == ["customer-support", "customer-support", "Resolved"]
+
+    code, out, _ = cli("get", "agent", "customer-support", "-n", "acme", "-o", "yaml")
+    agent = yaml.safe_load(out)
+    assert agent["kind"] == "Agent" and agent["status"]["phase"] == "Resolved"
+
+    code, out, _ = cli("get", "schedules", "-n", "acme", "-o", "json")
+    listing = json.loads(out)
+    assert listing["kind"] == "ScheduleList"
+    assert listing["items"][0]["spec"]["timezone"] == "America/Los_Angeles"
+
+    code, out, _ = cli("get", "mcp-bindings", "-n", "acme", "-l", "app=nothing")
+    assert code == 0 and out == ""
+
+    code, out, _ = cli("apply", "-f", MANIFESTS)
+    assert code == 0 and "created" not in out and "unchanged" in out
+
+    code, out, _ = cli("delete", "schedule", "renewal-check", "-n", "acme")
+    assert (code, out.strip()) == (0, "schedule/renewal-check deleted")
+    code, _, err = cli("get", "schedule", "renewal-check", "-n", "acme")
+    assert code == 1
+    assert "not found" in one_error_line(err) and "HTTP 404" in err
+
+
+def test_errors_are_one_line_with_non_zero_exit(cli, tmp_path: Path) -> None:
+    cli("apply", "-f", MANIFESTS)
+    code, _, err = cli("delete", "template", "customer-support", "-n", "acme")
+    assert code == 1
+    assert "still in use by Agent/customer-support" in one_error_line(err)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: talon.dev/v1alpha1\nkind: Namespace\nmetadata: {name: ok}\n---\n"
+        "apiVersion: talon.dev/v1alpha1\nkind: Schedule\nmetadata: {name: s, namespace: acme}\n"
+        "spec: {cron: 'nope', target: {agent: customer-support, sessionId: x}, inputMessage: hi}\n"
+    )
+    code, _, err = cli("apply", "-f", str(bad))
+    assert code == 1
+    assert f"{bad}#2: spec.cron" in one_error_line(err)
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    code, _, err = cli("apply", "-f", str(broken))
+    assert code == 1 and f"{broken}: not valid YAML" in one_error_line(err)
+
+    for argv in (
+        ("get", "agents"),
+        ("get", "widgets", "-n", "acme"),
+        ("apply", "-f", str(tmp_path / "missing.yaml")),
+        ("--token", "wrong", "get", "namespaces"),
+        ("--url", "http://127.0.0.1:9", "get", "namespaces"),
+    ):
+        code, _, err = cli(*argv)
+        assert code == 1, argv
+        one_error_line(err)
+
+
+def test_dry_run_saves_nothing(cli) -> None:
+    code, out, _ = cli("apply", "-f", MANIFESTS, "--dry-run")
+    assert code == 0 and "namespace/acme created (dry run)" in out
+    code, _, err = cli("get", "namespaces")
+    assert code == 0 and "No namespaces found" in err
+
+
+def test_tokens_create_list_revoke(cli) -> None:
+    cli("apply", "-f", MANIFESTS)
+    code, out, _ = cli("tokens", "create", "support-bot", "--role", "write", "-n", "acme")
+    assert code == 0
+    token_id = out.split()[1]
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("tln_")
+
+    code, out, _ = cli("--token", secret, "whoami")
+    who = yaml.safe_load(out)
+    assert (who["tokenId"], who["role"], who["namespaces"]) == (token_id, "write", ["acme"])
+    code, out, _ = cli("--token", secret, "get", "agents", "-n", "acme")
+    assert code == 0 and "customer-support" in out
+
+    code, out, _ = cli("tokens", "list")
+    row = next(line for line in out.splitlines() if line.startswith(token_id))
+    assert row.split()[1:5] == ["support-bot", "write", "acme", "active"]
+
+    code, out, _ = cli("tokens", "revoke", token_id)
+    assert (code, out.strip()) == (0, f"token {token_id} revoked")
+    code, _, err = cli("--token", secret, "get", "agents", "-n", "acme")
+    assert code == 1 and "HTTP 401" in one_error_line(err)

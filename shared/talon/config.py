@@ -28,7 +28,8 @@ class _Section(BaseModel):
 
 
 class GatewaySettings(_Section):
-    http_addr: str = "0.0.0.0:8080"
+    # Where `talon dev` serves; on Cloud Run the platform sets the port ($PORT) instead.
+    http_addr: str = "127.0.0.1:8080"
     # The seed reserves a gRPC surface; Talon serves HTTP only, so this is accepted, unused.
     grpc_addr: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

@@ -13,6 +13,7 @@ from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, TalonClient
 from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, resource_table, table
+from talon.config import load_settings
 from talon.errors import TalonError
 from talon.resources.registry import KINDS, Kind, kind_for_alias
 
@@ -122,7 +123,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else None
     if config is None and Path("talon.yaml").is_file():
         config = Path("talon.yaml")
-    options = DevOptions(args.host, args.port, Path(args.data_dir), manifests, config)
+    # --host/--port win; otherwise gateway.httpAddr from the config (and its env override).
+    default_host, _, default_port = load_settings(config).gateway.http_addr.rpartition(":")
+    try:
+        port = args.port if args.port is not None else int(default_port)
+    except ValueError as exc:
+        raise CliError(f"gateway.httpAddr must be HOST:PORT, not {default_port!r}") from exc
+    host = args.host or default_host or "127.0.0.1"
+    options = DevOptions(host, port, Path(args.data_dir), manifests, config)
     return DevStack(options).run()
 
 
@@ -139,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-o", "--output", choices=["yaml", "json"], help="print the full object")
 
     dev = commands.add_parser("dev", help="run the local stack (PostgreSQL + gateway)")
-    dev.add_argument("--port", type=int, default=8080)
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, help="default: the port of gateway.httpAddr (8080)")
+    dev.add_argument("--host", help="default: the host of gateway.httpAddr")
     dev.add_argument("--data-dir", default=".talon", help="where PostgreSQL keeps its data")
     dev.add_argument("--manifests", default="manifests", help="applied on the first start")
     dev.add_argument("--no-manifests", action="store_true", help="apply nothing")

@@ -1,0 +1,46 @@
+# Shared setup for scripts/dev and scripts/test: a virtualenv with Talon installed and a
+# PostgreSQL server binary on the machine. Sourced, not run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+pick_python() {
+  for candidate in python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "Talon needs Python 3.11 or newer on PATH" >&2
+  return 1
+}
+
+# ensure_venv EXTRAS: create .venv and (re)install Talon when pyproject.toml changed.
+ensure_venv() {
+  local extras="$1" stamp="$VENV/.talon-install" want
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$(pick_python)" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  fi
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+# PostgreSQL from Debian packages when missing (as root); otherwise the bundled pgserver wheel.
+ensure_postgres() {
+  have_postgres && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing PostgreSQL from Debian packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  have_postgres || "$VENV/bin/python" -m pip install --quiet "pgserver>=0.1.4"
+}

@@ -92,3 +92,19 @@ def test_pool_reuses_connections(db: Database) -> None:
         with db.transaction() as tx:
             pids.add(tx.scalar("SELECT pg_backend_pid()"))
     assert len(pids) == 1
+
+
+def test_pool_replaces_a_connection_the_server_closed(database_url: str) -> None:
+    db = Database(connector_from_url(database_url, 10), 2, ping_after_idle_seconds=0)
+    try:
+        with db.transaction() as tx:
+            victim = tx.scalar("SELECT pg_backend_pid()")
+        killer = connector_from_url(database_url, 10)()
+        killer.autocommit = True
+        killer.cursor().execute("SELECT pg_terminate_backend(%s)", (victim,))
+        killer.close()
+        # The pooled connection is dead; the caller still gets a working transaction.
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT pg_backend_pid()") != victim
+    finally:
+        db.close()

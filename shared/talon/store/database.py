@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -108,9 +109,17 @@ def connector_from_settings(settings: DatabaseSettings) -> Callable[[], Connecti
 
 
 class Database:
-    def __init__(self, connect: Callable[[], Connection], pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        pool_size: int = 5,
+        *,
+        ping_after_idle_seconds: float = 30.0,
+    ) -> None:
         self._connect = connect
-        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        # (connection, monotonic time it was returned to the pool)
+        self._idle: queue.LifoQueue[tuple[Connection, float]] = queue.LifoQueue()
+        self._ping_after = ping_after_idle_seconds
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
 
@@ -121,10 +130,16 @@ class Database:
     def _acquire(self) -> Connection:
         if not self._slots.acquire(timeout=30):
             raise Unavailable("database connection pool exhausted")
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:
+            try:
+                connection, since = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            # A connection idle for a while may have been cut by the server, a proxy or a
+            # restart; check it rather than fail the caller's first statement.
+            if time.monotonic() - since < self._ping_after or _alive(connection):
+                return connection
+            _close_quietly(connection)
         try:
             return self._connect()
         except Exception as exc:
@@ -135,7 +150,7 @@ class Database:
     def _release(self, connection: Connection, healthy: bool) -> None:
         try:
             if healthy and not self._closed:
-                self._idle.put(connection)
+                self._idle.put((connection, time.monotonic()))
             else:
                 _close_quietly(connection)
         finally:
@@ -187,9 +202,20 @@ class Database:
         self._closed = True
         while True:
             try:
-                _close_quietly(self._idle.get_nowait())
+                _close_quietly(self._idle.get_nowait()[0])
             except queue.Empty:
                 return
+
+
+def _alive(connection: Connection) -> bool:
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+        connection.rollback()
+        return True
+    except Exception:
+        return False
 
 
 def _close_quietly(connection: Connection) -> None:

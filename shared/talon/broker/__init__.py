@@ -1,0 +1,1 @@
+"""Message broker: a transactional outbox plus two drivers (PostgreSQL queue, Pub/Sub)."""

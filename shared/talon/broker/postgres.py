@@ -1,0 +1,92 @@
+"""The embedded broker: the outbox table is the queue.
+
+Consumers claim the oldest available row with `FOR UPDATE SKIP LOCKED` and hide it for a
+visibility timeout; a crash makes the row visible again, so delivery is at least once.
+LISTEN/NOTIFY wakes idle consumers without polling the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from talon.broker.base import Delivery, Handler, Outcome, Result
+from talon.broker.outbox import OUTBOX_CHANNEL
+from talon.store.database import Database
+from talon.store.notify import Listener
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = timedelta(seconds=60)
+
+
+class PostgresBroker:
+    def __init__(self, db: Database, *, visibility_seconds: float = 60.0) -> None:
+        self.db = db
+        self.visibility = timedelta(seconds=visibility_seconds)
+
+    def claim(self, topics: tuple[str, ...]) -> Delivery | None:
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "UPDATE outbox SET attempts = attempts + 1, claimed_until = now() + %s "
+                "WHERE id = (SELECT id FROM outbox WHERE published_at IS NULL "
+                "AND topic = ANY(%s) AND available_at <= now() "
+                "AND (claimed_until IS NULL OR claimed_until < now()) "
+                "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, topic, payload, attempts",
+                (self.visibility, list(topics)),
+            )
+        if row is None:
+            return None
+        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"]))
+
+    def settle(self, delivery: Delivery, result: Result) -> None:
+        with self.db.transaction() as tx:
+            if result.outcome == Outcome.ACK:
+                tx.execute("DELETE FROM outbox WHERE id = %s", (int(delivery.id),))
+                return
+            at = result.retry_at or datetime.now(UTC) + min(
+                MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(delivery.attempt, 10))
+            )
+            tx.execute(
+                "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
+                (at, int(delivery.id)),
+            )
+
+    def next_due_in(self, topics: tuple[str, ...]) -> float | None:
+        """Seconds until the next row becomes available (None: the queue is empty)."""
+        with self.db.transaction() as tx:
+            seconds = tx.scalar(
+                "SELECT EXTRACT(EPOCH FROM min(GREATEST(available_at, "
+                "COALESCE(claimed_until, available_at))) - now()) FROM outbox "
+                "WHERE published_at IS NULL AND topic = ANY(%s)",
+                (list(topics),),
+            )
+        return None if seconds is None else max(0.0, float(seconds))
+
+    def run(
+        self,
+        topics: tuple[str, ...],
+        handler: Handler,
+        listener: Listener,
+        stop: threading.Event,
+        *,
+        idle_wait: float = 5.0,
+    ) -> None:
+        """Consume until `stop` is set."""
+        while not stop.is_set():
+            # Note the wake-up count before looking, so a row committed in between still wakes us.
+            seen = listener.count(OUTBOX_CHANNEL)
+            delivery = self.claim(topics)
+            if delivery is None:
+                due = self.next_due_in(topics)
+                wait = idle_wait if due is None else min(idle_wait, due)
+                listener.wait(OUTBOX_CHANNEL, wait, since=seen)
+                continue
+            try:
+                result = handler(delivery)
+            except Exception:
+                log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
+                result = Result.retry()
+            self.settle(delivery, result)
+

@@ -1,0 +1,1 @@
+"""Sessions: durable threads around an agent (messages, turns, step journal, event log)."""

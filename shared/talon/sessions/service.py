@@ -1,0 +1,341 @@
+"""Session operations for the gateway: create/get/list/delete, post a message, cancel.
+
+Every write commits the message, the turn, its events and the dispatch outbox row in one
+transaction before the caller is answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from talon.broker.outbox import DISPATCH_TOPIC, enqueue
+from talon.errors import Conflict, Invalid, NotFound
+from talon.sessions import events
+from talon.sessions.models import CreateSession, PostMessage
+from talon.store.database import Database, Tx, jsonb
+
+RECENT_MESSAGES = 20
+OPEN_STATES = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    turn_id: str
+    message_seq: int
+    state: str
+    replayed: bool  # an Idempotency-Key retry: nothing new was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"turnId": self.turn_id, "messageSeq": self.message_seq, "state": self.state}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def turn_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "seq": int(row["seq"]),
+        "state": row["state"],
+        "source": row["source"],
+        "attempts": int(row["attempts"]),
+        "provider": row["provider"],
+        "error": row["error"],
+        "createdAt": _iso(row["created_at"]),
+        "startedAt": _iso(row["started_at"]),
+        "finishedAt": _iso(row["finished_at"]),
+    }
+
+
+def message_view(row: dict[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {"seq": int(row["seq"]), "role": row["role"], "content": row["content"]}
+    if row.get("tool_calls"):
+        view["toolCalls"] = row["tool_calls"]
+    if row.get("tool_call_id"):
+        view["toolCallId"] = row["tool_call_id"]
+    view["turnId"] = str(row["turn_id"]) if row.get("turn_id") else None
+    view["createdAt"] = _iso(row["created_at"])
+    return view
+
+
+class SessionService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def create(self, namespace: str, agent: str, request: CreateSession) -> tuple[bool, dict]:
+        """Return (created, view). An existing id for the same agent is returned as is."""
+        session_id = request.id or f"s-{secrets.token_hex(8)}"
+        with self.db.transaction() as tx:
+            self._require_agent(tx, namespace, agent)
+            row = tx.one(
+                "INSERT INTO sessions (uid, namespace, id, agent, metadata) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (namespace, id) DO NOTHING "
+                "RETURNING uid",
+                (uuid.uuid4(), namespace, session_id, agent, jsonb(request.metadata)),
+            )
+            created = row is not None
+            session = self._session(tx, namespace, session_id)
+            assert session is not None
+            if session["agent"] != agent:
+                raise Conflict(
+                    f"session {session_id!r} already exists for agent {session['agent']!r}",
+                    [{"path": "id", "message": f"belongs to agent {session['agent']!r}"}],
+                )
+            return created, self._view(tx, session)
+
+    def get(self, namespace: str, agent: str, session_id: str) -> dict[str, Any]:
+        with self.db.transaction() as tx:
+            return self._view(tx, self._require(tx, namespace, agent, session_id))
+
+    def list(
+        self, namespace: str, agent: str, *, limit: int, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        with self.db.transaction() as tx:
+            self._require_agent(tx, namespace, agent)
+            rows = tx.all(
+                "SELECT * FROM sessions WHERE namespace = %s AND agent = %s AND id > %s "
+                "ORDER BY id LIMIT %s",
+                (namespace, agent, after or "", limit + 1),
+            )
+            views = [self._summary(tx, r) for r in rows[:limit]]
+        return views, (rows[limit - 1]["id"] if len(rows) > limit else None)
+
+    def delete(self, namespace: str, agent: str, session_id: str) -> dict[str, Any]:
+        with self.db.transaction() as tx:
+            session = self._require(tx, namespace, agent, session_id, lock=True)
+            view = self._summary(tx, session)
+            tx.execute("DELETE FROM sessions WHERE uid = %s", (session["uid"],))
+        return view
+
+    def messages(
+        self, namespace: str, agent: str, session_id: str, *, after: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        with self.db.transaction() as tx:
+            session = self._require(tx, namespace, agent, session_id)
+            rows = tx.all(
+                "SELECT * FROM messages WHERE session_uid = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (session["uid"], after, limit + 1),
+            )
+        items = [message_view(r) for r in rows[:limit]]
+        return items, (items[-1]["seq"] if len(rows) > limit else None)
+
+    def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> dict[str, Any]:
+        with self.db.transaction() as tx:
+            session = self._require(tx, namespace, agent, session_id)
+            row = tx.one(
+                "SELECT * FROM turns WHERE session_uid = %s AND id::text = %s",
+                (session["uid"], turn_id),
+            )
+            if row is None:
+                raise NotFound(f"turn {turn_id!r} not found in session {session_id!r}")
+            view = turn_view(row)
+            view["steps"] = _steps(tx, row["id"])
+            return view
+
+    # -- messages and turns ------------------------------------------------------------------
+
+    def post_message(
+        self,
+        namespace: str,
+        agent: str,
+        session_id: str,
+        request: PostMessage,
+        *,
+        idempotency_key: str | None = None,
+        source: str = "api",
+    ) -> Accepted:
+        request_hash = hashlib.sha256(
+            json.dumps([request.content, request.multitask_strategy]).encode()
+        ).digest()
+        with self.db.transaction() as tx:
+            session = self._require(tx, namespace, agent, session_id, lock=True)
+            uid = session["uid"]
+            if idempotency_key is not None:
+                previous = tx.one(
+                    "SELECT id, input_seq, state, request_hash FROM turns "
+                    "WHERE session_uid = %s AND idempotency_key = %s",
+                    (uid, idempotency_key),
+                )
+                if previous is not None:
+                    if bytes(previous["request_hash"]) != request_hash:
+                        raise Invalid(
+                            "Idempotency-Key was already used with a different request",
+                            [{"path": "Idempotency-Key", "message": "reused with another body"}],
+                        )
+                    return Accepted(
+                        str(previous["id"]), int(previous["input_seq"]), previous["state"], True
+                    )
+            open_turns = tx.all(
+                "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
+                "('queued', 'running') ORDER BY seq FOR UPDATE",
+                (uid,),
+            )
+            pending: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
+            if open_turns and request.multitask_strategy == "reject":
+                raise Conflict(
+                    f"session {session_id!r} has a turn in progress; retry later or use "
+                    "multitask_strategy 'enqueue' or 'interrupt'",
+                    [{"path": "multitask_strategy", "message": "a turn is in progress"}],
+                )
+            if open_turns and request.multitask_strategy == "interrupt":
+                for turn in open_turns:
+                    _cancel_turn(tx, turn["id"], "interrupted by a newer message")
+                    pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
+            seq = tx.scalar(
+                "UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1 "
+                "WHERE uid = %s RETURNING last_message",
+                (uid,),
+            )
+            turn_seq = tx.scalar("SELECT last_turn FROM sessions WHERE uid = %s", (uid,))
+            turn_id = uuid.uuid4()
+            tx.execute(
+                "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+                "VALUES (%s, %s, 'user', %s, %s)",
+                (uid, seq, request.content, turn_id),
+            )
+            tx.execute(
+                "INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, "
+                "input_seq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (turn_id, uid, turn_seq, source, idempotency_key, request_hash, seq),
+            )
+            for event_type, data, cancelled in pending:
+                events.append(tx, uid, [(event_type, data)], cancelled)
+            events.append(
+                tx,
+                uid,
+                [
+                    ("message.created", {"seq": seq, "role": "user", "content": request.content}),
+                    ("turn.queued", {"seq": turn_seq, "source": source}),
+                ],
+                turn_id,
+            )
+            enqueue(tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)},
+                    key=str(uid))  # fmt: skip
+        return Accepted(str(turn_id), int(seq), "queued", False)
+
+    def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
+        """Cancel every open turn of the session; return their ids."""
+        with self.db.transaction() as tx:
+            session = self._require(tx, namespace, agent, session_id, lock=True)
+            open_turns = tx.all(
+                "SELECT id FROM turns WHERE session_uid = %s AND state IN ('queued', 'running') "
+                "ORDER BY seq FOR UPDATE",
+                (session["uid"],),
+            )
+            for turn in open_turns:
+                _cancel_turn(tx, turn["id"], "cancelled by request")
+                events.append(
+                    tx, session["uid"], [("turn.cancelled", {"reason": "requested"})], turn["id"]
+                )
+        return [str(t["id"]) for t in open_turns]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_agent(tx: Tx, namespace: str, agent: str) -> None:
+        found = tx.scalar(
+            "SELECT 1 FROM resources WHERE kind = 'Agent' AND namespace = %s AND name = %s",
+            (namespace, agent),
+        )
+        if found is None:
+            raise NotFound(f"Agent {agent!r} not found in namespace {namespace!r}")
+
+    @staticmethod
+    def _session(tx: Tx, namespace: str, session_id: str, lock: bool = False):  # type: ignore[no-untyped-def]
+        suffix = " FOR UPDATE" if lock else ""
+        return tx.one(
+            f"SELECT * FROM sessions WHERE namespace = %s AND id = %s{suffix}",
+            (namespace, session_id),
+        )
+
+    def _require(
+        self, tx: Tx, namespace: str, agent: str, session_id: str, *, lock: bool = False
+    ) -> dict[str, Any]:
+        session = self._session(tx, namespace, session_id, lock)
+        if session is None or session["agent"] != agent:
+            self._require_agent(tx, namespace, agent)
+            raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
+        return session
+
+    @staticmethod
+    def _summary(tx: Tx, session: dict[str, Any]) -> dict[str, Any]:
+        active = tx.one(
+            "SELECT * FROM turns WHERE session_uid = %s AND state IN ('queued', 'running') "
+            "ORDER BY seq LIMIT 1",
+            (session["uid"],),
+        )
+        queued = tx.scalar(
+            "SELECT count(*) FROM turns WHERE session_uid = %s AND state = 'queued'",
+            (session["uid"],),
+        )
+        return {
+            "id": session["id"],
+            "agent": session["agent"],
+            "ns": session["namespace"],
+            "status": session["status"],
+            "metadata": session["metadata"],
+            "activeTurn": turn_view(active) if active else None,
+            "queuedTurns": int(queued),
+            "messageCount": int(session["last_message"]),
+            "lastEventId": int(session["last_event_id"]),
+            "createdAt": _iso(session["created_at"]),
+            "updatedAt": _iso(session["updated_at"]),
+        }
+
+    def _view(self, tx: Tx, session: dict[str, Any]) -> dict[str, Any]:
+        """The seed's shape: summary plus recent messages and the latest turn's steps."""
+        view = self._summary(tx, session)
+        recent = tx.all(
+            "SELECT * FROM (SELECT * FROM messages WHERE session_uid = %s ORDER BY seq DESC "
+            "LIMIT %s) m ORDER BY seq",
+            (session["uid"], RECENT_MESSAGES),
+        )
+        view["messages"] = [
+            {"role": m["role"], "content": m["content"]} for m in recent if m["role"] != "tool"
+        ]
+        latest = tx.one(
+            "SELECT id FROM turns WHERE session_uid = %s ORDER BY seq DESC LIMIT 1",
+            (session["uid"],),
+        )
+        view["stream"] = (
+            [{"step": s["name"], "state": s["state"]} for s in _steps(tx, latest["id"])]
+            if latest
+            else []
+        )
+        return view
+
+
+def _steps(tx: Tx, turn_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = tx.all(
+        "SELECT idx, name, kind, state, started_at, completed_at FROM turn_steps "
+        "WHERE turn_id = %s ORDER BY idx",
+        (turn_id,),
+    )
+    return [
+        {
+            "index": r["idx"],
+            "name": r["name"],
+            "kind": r["kind"],
+            "state": r["state"],
+            "startedAt": _iso(r["started_at"]),
+            "completedAt": _iso(r["completed_at"]),
+        }
+        for r in rows
+    ]
+
+
+def _cancel_turn(tx: Tx, turn_id: uuid.UUID, reason: str) -> None:
+    # Bumping the fencing token makes any worker still running this turn fail its next write.
+    tx.execute(
+        "UPDATE turns SET state = 'cancelled', fencing_token = fencing_token + 1, "
+        "finished_at = now(), error = %s::jsonb, lease_owner = NULL WHERE id = %s",
+        (jsonb({"code": "cancelled", "message": reason}), turn_id),
+    )

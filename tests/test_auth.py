@@ -156,9 +156,20 @@ def _isolation_requests(gateway: Gateway, ns: str) -> list[tuple[str, str, dict 
             continue
         parts = route.rule.split("/")
         plural = parts[4] if len(parts) > 4 else ""
-        path = route.rule.replace("<ns>", ns).replace("<name>", SAMPLE_NAMES.get(plural, ""))
+        path = (
+            route.rule.replace("<ns>", ns)
+            .replace("<name>", SAMPLE_NAMES.get(plural, ""))
+            .replace("<agent>", "bot")
+            .replace("<session_id>", "s1")
+            .replace("<turn_id>", "00000000-0000-0000-0000-000000000000")
+        )
         body: dict | None = None
-        if route.method in ("POST", "PUT"):
+        if "/sessions" in route.rule:
+            if route.rule.endswith("/message"):
+                body = {"content": "hello"}
+            elif route.method == "POST" and route.rule.endswith("/sessions"):
+                body = {"id": "s1"}
+        elif route.method in ("POST", "PUT"):
             body = SAMPLE_BODIES[plural](ns) if plural else samples.namespace(ns)
         elif route.method == "PATCH":
             body = {"metadata": {"labels": {"touched": "yes"}}}
@@ -172,7 +183,8 @@ def test_isolation_matrix_a_token_of_ns_a_never_sees_ns_b(two: Api) -> None:
     scoped = two.as_token(two.token("admin", [A]))
     gateway = entrypoints.gateway()
     requests = _isolation_requests(gateway, B)
-    assert len(requests) == 6 * 2 * 6 + 4  # six kinds x two prefixes x six routes + namespace
+    # six kinds x two prefixes x six routes, four namespace routes, nine session routes x two
+    assert len(requests) == 6 * 2 * 6 + 4 + 9 * 2
     for method, path, body in requests:
         response = scoped.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.status_code)

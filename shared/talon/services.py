@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from talon.auth.tokens import TokenService
 from talon.config import Settings, load_settings
 from talon.resources.service import ResourceService
+from talon.sessions.events import EVENTS_CHANNEL
+from talon.sessions.service import SessionService
 from talon.store.database import Database
 from talon.store.migrate import migrate
+from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "TALON_ADMIN_TOKEN"
@@ -22,6 +26,9 @@ class Services:
     db: Database
     resources: ResourceService
     tokens: TokenService
+    sessions: SessionService
+    _listener: Listener | None = field(default=None, repr=False)
+    _listener_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def start(cls, settings: Settings | None = None, *, run_migrations: bool = True) -> Services:
@@ -31,11 +38,20 @@ class Services:
             applied = migrate(db)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-        services = cls(settings, db, ResourceService(db), TokenService(db))
+        services = cls(settings, db, ResourceService(db), TokenService(db), SessionService(db))
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)
         return services
 
+    def listener(self) -> Listener:
+        """The process's LISTEN connection for session events, started on first use."""
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = Listener(self.db.raw_connect, (EVENTS_CHANNEL,))
+            return self._listener
+
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self.db.close()

@@ -35,9 +35,14 @@ def read_raw(request: flask.Request, limit: int) -> bytes:
     return data
 
 
-def parse_body(request: flask.Request, limit: int, *, multi_document: bool = False) -> Any:
-    """Return the decoded body; YAML streams give a list when `multi_document`."""
+def parse_body(
+    request: flask.Request, limit: int, *, multi_document: bool = False, optional: bool = False
+) -> Any:
+    """Return the decoded body; YAML streams give a list when `multi_document`. An empty
+    body is an error, or None when `optional`."""
     raw = read_raw(request, limit)
+    if not raw.strip() and optional:
+        return None
     if not raw.strip():
         raise BadRequest("request body is empty", [{"path": "(body)", "message": "required"}])
     mimetype = request.mimetype

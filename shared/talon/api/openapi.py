@@ -11,6 +11,7 @@ from talon import __version__
 from talon.api.routing import Route
 from talon.auth.tokens import TokenRequest
 from talon.resources.registry import KINDS
+from talon.sessions.models import CreateSession, PostMessage
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "limit": {
@@ -25,6 +26,22 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "Comma-separated `k=v`, `k!=v`, `k`, `!k` requirements.",
     },
     "dryRun": {"type": "boolean", "description": "Validate and report, but change nothing."},
+    "after": {"type": "integer", "minimum": 0, "description": "Only messages after this seq."},
+    "lastEventId": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Replay events after this id (0: all); same as the Last-Event-ID header.",
+    },
+    "untilTurnEnd": {
+        "type": "boolean",
+        "description": "End the stream once no turn is queued or running.",
+    },
+    "heartbeat": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 60,
+        "description": "Seconds between keep-alive comments (default 15).",
+    },
 }
 
 _ERROR_SCHEMA = {
@@ -51,7 +68,11 @@ _ERROR_SCHEMA = {
 
 
 def build_openapi(routes: list[Route]) -> dict[str, Any]:
-    models = [(k.model, "validation") for k in KINDS] + [(TokenRequest, "validation")]
+    models = [(k.model, "validation") for k in KINDS] + [
+        (TokenRequest, "validation"),
+        (CreateSession, "validation"),
+        (PostMessage, "validation"),
+    ]
     _, schemas = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = dict(schemas.get("$defs", {}))
     components["Error"] = _ERROR_SCHEMA

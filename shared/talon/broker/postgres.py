@@ -89,4 +89,3 @@ class PostgresBroker:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
             self.settle(delivery, result)
-

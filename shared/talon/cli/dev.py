@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -80,6 +81,8 @@ class DevStack:
         self.url = f"http://{options.host}:{options.port}"
         self.postgres = LocalPostgres(options.data_dir / "postgres", durable=True)
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.demo = True
+        self._lock: TextIO | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -106,6 +109,7 @@ class DevStack:
         options = self.options
         _ensure_port_free(options.host, options.port)
         options.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         self.say(f"talon dev: PostgreSQL in {options.data_dir / 'postgres'}")
         self.postgres.start()
         self.postgres.ensure_database(DATABASE)
@@ -118,24 +122,50 @@ class DevStack:
         }
         if options.config is not None:
             env["TALON_CONFIG"] = str(options.config.resolve())
-        self._spawn("gateway", env)
+        self._spawn_gateway(env)
         self._wait_healthy()
+        # Offline by design: without credentials the example agent answers with the demo model.
+        self.demo = not os.environ.get("OPENAI_API_KEY")
+        self._spawn_worker(env)
         self._apply_manifests_once(token)
+        model = "demo provider (no OPENAI_API_KEY set)" if self.demo else "OpenAI (OPENAI_API_KEY)"
         self.say(
-            f"\nTalon is running.\n  gateway  {self.url}\n  token    {token}\n\n"
+            f"\nTalon is running.\n  gateway  {self.url}\n  token    {token}\n"
+            f"  model    {model}\n\n"
             f"  export TALON_URL={self.url} TALON_TOKEN={token}\n"
             "  talon get agents -n acme\n\nCtrl-C stops everything."
         )
 
-    def _spawn(self, target: str, env: dict[str, str]) -> None:
-        source = functions_dir() / target / "main.py"
+    def _lock_data_dir(self) -> None:
+        """One `talon dev` per data dir: a second would share, then stop, the same cluster."""
+        self._lock = (self.options.data_dir / "dev.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            self._lock = None
+            raise CliError(
+                f"another `talon dev` is using {self.options.data_dir}; stop it first"
+            ) from exc
+
+    def _spawn_gateway(self, env: dict[str, str]) -> None:
+        source = functions_dir() / "gateway" / "main.py"
         command = [
-            sys.executable, "-m", "functions_framework", "--target", target,
+            sys.executable, "-m", "functions_framework", "--target", "gateway",
             "--source", str(source), "--host", self.options.host, "--port", str(self.options.port),
         ]  # fmt: skip
+        self._spawn("gateway", command, env)
+
+    def _spawn_worker(self, env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "talon.cli.main", "worker"]
+        if self.demo:
+            command.append("--demo-fallback")
+        self._spawn("worker", command, env)
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         # A new session: Ctrl-C reaches only this process, which then stops children in order.
         process = subprocess.Popen(command, env=env, start_new_session=True)
-        self.processes.append((target, process))
+        self.processes.append((name, process))
 
     def _wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -187,7 +217,10 @@ class DevStack:
                 process.kill()
                 process.wait()
         self.processes.clear()
-        self.postgres.stop()
+        if self._lock is not None:  # only the holder of the data dir stops its cluster
+            self.postgres.stop()
+            self._lock.close()
+            self._lock = None
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:

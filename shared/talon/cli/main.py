@@ -134,6 +134,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return DevStack(options).run()
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from talon.cli.worker import run_worker
+
+    return run_worker(concurrency=args.concurrency, demo_fallback=args.demo_fallback)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="talon", description="Talon: a control plane for durable AI agents."
@@ -154,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-manifests", action="store_true", help="apply nothing")
     dev.add_argument("--config", help="talon.yaml to use (default: ./talon.yaml if present)")
     dev.set_defaults(local=cmd_dev)
+
+    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
+    worker.add_argument("--concurrency", type=int, default=4, help="turns run in parallel")
+    worker.add_argument(
+        "--demo-fallback",
+        action="store_true",
+        help="answer with the built-in demo model when a profile has no credentials",
+    )
+    worker.set_defaults(local=cmd_worker)
 
     apply = commands.add_parser("apply", help="create or update resources from manifests")
     apply.add_argument("-f", "--filename", action="append", required=True, help="file or folder")

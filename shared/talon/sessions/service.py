@@ -29,9 +29,15 @@ class Accepted:
     message_seq: int
     state: str
     replayed: bool  # an Idempotency-Key retry: nothing new was written
+    stream_from: int  # stream with Last-Event-ID = this to see the turn from its first event
 
     def to_dict(self) -> dict[str, Any]:
-        return {"turnId": self.turn_id, "messageSeq": self.message_seq, "state": self.state}
+        return {
+            "turnId": self.turn_id,
+            "messageSeq": self.message_seq,
+            "state": self.state,
+            "streamFrom": self.stream_from,
+        }
 
 
 def _iso(value: Any) -> str | None:
@@ -160,7 +166,8 @@ class SessionService:
             uid = session["uid"]
             if idempotency_key is not None:
                 previous = tx.one(
-                    "SELECT id, input_seq, state, request_hash FROM turns "
+                    "SELECT id, input_seq, state, request_hash, (SELECT min(id) - 1 FROM "
+                    "session_events e WHERE e.turn_id = turns.id) AS stream_from FROM turns "
                     "WHERE session_uid = %s AND idempotency_key = %s",
                     (uid, idempotency_key),
                 )
@@ -171,7 +178,11 @@ class SessionService:
                             [{"path": "Idempotency-Key", "message": "reused with another body"}],
                         )
                     return Accepted(
-                        str(previous["id"]), int(previous["input_seq"]), previous["state"], True
+                        str(previous["id"]),
+                        int(previous["input_seq"]),
+                        previous["state"],
+                        True,
+                        int(previous["stream_from"] or 0),
                     )
             open_turns = tx.all(
                 "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
@@ -208,7 +219,7 @@ class SessionService:
             )
             for event_type, data, cancelled in pending:
                 events.append(tx, uid, [(event_type, data)], cancelled)
-            events.append(
+            last_event = events.append(
                 tx,
                 uid,
                 [
@@ -219,7 +230,25 @@ class SessionService:
             )
             enqueue(tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)},
                     key=str(uid))  # fmt: skip
-        return Accepted(str(turn_id), int(seq), "queued", False)
+        return Accepted(str(turn_id), int(seq), "queued", False, last_event - 2)
+
+    def locate(self, namespace: str, agent: str, session_id: str) -> uuid.UUID:
+        with self.db.transaction() as tx:
+            return self._require(tx, namespace, agent, session_id)["uid"]
+
+    def read_events(self, session_uid: uuid.UUID, after: int) -> list[events.Event]:
+        with self.db.transaction() as tx:
+            return events.read_after(tx, session_uid, after)
+
+    def open_turns(self, session_uid: uuid.UUID) -> int | None:
+        """Open turns of the session, or None if it no longer exists."""
+        with self.db.transaction() as tx:
+            row = tx.one(
+                "SELECT (SELECT count(*) FROM turns t WHERE t.session_uid = s.uid AND t.state "
+                "IN ('queued', 'running')) AS open FROM sessions s WHERE s.uid = %s",
+                (session_uid,),
+            )
+        return None if row is None else int(row["open"])
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
         """Cancel every open turn of the session; return their ids."""
@@ -246,6 +275,12 @@ class SessionService:
             (namespace, agent),
         )
         if found is None:
+            namespace_exists = tx.scalar(
+                "SELECT 1 FROM resources WHERE kind = 'Namespace' AND namespace = '' AND name = %s",
+                (namespace,),
+            )
+            if namespace_exists is None:
+                raise NotFound(f"namespace {namespace!r} not found")
             raise NotFound(f"Agent {agent!r} not found in namespace {namespace!r}")
 
     @staticmethod

@@ -123,6 +123,10 @@ class Database:
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
 
+    def raw_connect(self) -> Connection:
+        """A new connection outside the pool (for LISTEN, which holds one for good)."""
+        return self._connect()
+
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> Database:
         return cls(connector_from_settings(settings), settings.pool_size)

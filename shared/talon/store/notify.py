@@ -8,6 +8,7 @@ threads waiting on their channel.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -95,10 +96,8 @@ class Listener:
                     backoff = min(backoff * 2, 5.0)
             finally:
                 if connection is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         connection.close()
-                    except Exception:
-                        pass
 
     def _deliver(self, received: list[tuple[str, str | None]]) -> None:
         with self._cond:

@@ -1,0 +1,175 @@
+"""Handlers for sessions: create/list/get/delete, messages, cancel, turns, and the SSE stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import flask
+from pydantic import ValidationError
+
+from talon.api.body import parse_body
+from talon.api.routing import Context, Route
+from talon.errors import BadRequest, Invalid, details_from_validation_error
+from talon.sessions.events import EVENTS_CHANNEL, TERMINAL_TURN_EVENTS
+from talon.sessions.models import CreateSession, PostMessage
+
+NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def _model(ctx: Context, model: Any, *, allow_empty: bool = False) -> Any:
+    body = parse_body(
+        ctx.request, ctx.services.settings.gateway.max_body_bytes, optional=allow_empty
+    )
+    if body is None:
+        body = {}
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        details = details_from_validation_error(exc)
+        raise Invalid(f"invalid request: {details[0]['path']}: {details[0]['message']}",
+                      details) from exc  # fmt: skip
+
+
+def create_session(ctx: Context, ns: str, agent: str) -> tuple[int, dict[str, Any]]:
+    request = _model(ctx, CreateSession, allow_empty=True)
+    created, view = ctx.services.sessions.create(ns, agent, request)
+    return (201 if created else 200), view
+
+
+def list_sessions(ctx: Context, ns: str, agent: str) -> dict[str, Any]:
+    limit = ctx.query_int("limit", 100, 1, 500)
+    items, next_id = ctx.services.sessions.list(
+        ns, agent, limit=limit, after=ctx.request.args.get("pageToken") or None
+    )
+    return {"items": items, "nextPageToken": next_id}
+
+
+def get_session(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
+    return ctx.services.sessions.get(ns, agent, session_id)
+
+
+def delete_session(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
+    return ctx.services.sessions.delete(ns, agent, session_id)
+
+
+def list_messages(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
+    limit = ctx.query_int("limit", 100, 1, 500)
+    after = ctx.query_int("after", 0, 0, 2**62)
+    items, next_after = ctx.services.sessions.messages(
+        ns, agent, session_id, after=after, limit=limit
+    )
+    return {"items": items, "nextAfter": next_after}
+
+
+def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> tuple[int, Any]:
+    key = ctx.request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+            [{"path": "Idempotency-Key", "message": "bad length"}],
+        )
+    request = _model(ctx, PostMessage)
+    accepted = ctx.services.sessions.post_message(
+        ns, agent, session_id, request, idempotency_key=key
+    )
+    return (200 if accepted.replayed else 202), accepted.to_dict()
+
+
+def cancel(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
+    return {"cancelled": ctx.services.sessions.cancel(ns, agent, session_id)}
+
+
+def get_turn(ctx: Context, ns: str, agent: str, session_id: str, turn_id: str) -> dict[str, Any]:
+    return ctx.services.sessions.turn(ns, agent, session_id, turn_id)
+
+
+def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response:
+    sessions = ctx.services.sessions
+    uid = sessions.locate(ns, agent, session_id)
+    header = ctx.request.headers.get("Last-Event-ID")
+    if header is not None and ctx.request.args.get("lastEventId") is None:
+        try:
+            after = int(header)
+            if after < 0:
+                raise ValueError
+        except ValueError as exc:
+            raise BadRequest(
+                "Last-Event-ID must be a non-negative integer",
+                [{"path": "Last-Event-ID", "message": "not an event id"}],
+            ) from exc
+    else:
+        after = ctx.query_int("lastEventId", -1, 0, 2**62)
+    if after < 0:
+        after = sessions.get(ns, agent, session_id)["lastEventId"]  # only new events
+    until_turn_end = ctx.query_bool("untilTurnEnd")
+    heartbeat = ctx.query_int("heartbeat", 15, 1, 60)
+    listener = ctx.services.listener()
+
+    def events() -> Iterator[str]:
+        last = after
+        yield "retry: 2000\n\n"
+        if until_turn_end and sessions.open_turns(uid) == 0:
+            batch = sessions.read_events(uid, last)
+            yield from (_format(e.to_dict()) for e in batch)
+            return
+        while True:
+            seen = listener.count(EVENTS_CHANNEL, str(uid))
+            batch = sessions.read_events(uid, last)
+            for event in batch:
+                last = event.id
+                yield _format(event.to_dict())
+            if batch:
+                turn_ended = any(e.type in TERMINAL_TURN_EVENTS for e in batch)
+                if until_turn_end and turn_ended and sessions.open_turns(uid) == 0:
+                    return
+                continue  # there may be more than one batch
+            if not listener.wait(EVENTS_CHANNEL, heartbeat, payload=str(uid), since=seen):
+                if sessions.open_turns(uid) is None:
+                    return  # the session was deleted
+                yield ": keep-alive\n\n"
+
+    return flask.Response(
+        events(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _format(event: dict[str, Any]) -> str:
+    data = json.dumps(event, separators=(",", ":"))
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
+
+
+def session_routes() -> list[Route]:
+    routes = []
+    for prefix in NAMESPACE_PREFIXES:
+        base = f"{prefix}/agents/<agent>/sessions"
+        item = f"{base}/<session_id>"
+        tags = ("sessions",)
+        routes += [
+            Route("POST", base, create_session,
+                  "Create a session (an existing id for the same agent is returned, 200).",
+                  role="write", request_schema="CreateSession", response_status=201, tags=tags),
+            Route("GET", base, list_sessions, "List the agent's sessions.", tags=tags,
+                  query=("limit", "pageToken")),
+            Route("GET", item, get_session,
+                  "Get a session: status, recent messages, the latest turn's steps.", tags=tags),
+            Route("DELETE", item, delete_session, "Delete a session and its history.",
+                  role="write", tags=tags),
+            Route("GET", f"{item}/messages", list_messages, "Messages, oldest first.",
+                  tags=tags, query=("after", "limit")),
+            Route("POST", f"{item}/message", post_message,
+                  "Post a user message; a turn is queued (202).", role="write",
+                  request_schema="PostMessage", response_status=202, tags=tags),
+            Route("POST", f"{item}/cancel", cancel, "Cancel the session's open turns.",
+                  role="write", tags=tags),
+            Route("GET", f"{item}/turns/<turn_id>", get_turn, "A turn with its steps.",
+                  tags=tags),
+            Route("GET", f"{item}/stream", stream,
+                  "Server-Sent Events; resume with Last-Event-ID (0 replays everything).",
+                  tags=tags, query=("lastEventId", "untilTurnEnd", "heartbeat")),
+        ]  # fmt: skip
+    return routes

@@ -1,0 +1,29 @@
+"""`talon worker`: the pull-mode worker (worker.pullMode) as a long-running process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from talon.logs import configure_logging
+
+
+def run_worker(*, concurrency: int, demo_fallback: bool) -> int:
+    from talon.runtime.worker import Worker
+    from talon.services import Services
+
+    configure_logging()
+    services = Services.start()
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        Worker(services, demo_fallback=demo_fallback).run_pull(stop, concurrency=concurrency)
+    finally:
+        services.close()
+    return 0

@@ -1,0 +1,98 @@
+"""What a turn runs with: the agent's effective spec, knowledge and the message history."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from talon.runtime.tools.base import AgentContext
+from talon.store.database import Tx
+
+HISTORY_TURNS = 40  # earlier turns sent to the model; whole turns, so tool pairs stay intact
+KNOWLEDGE_BUDGET_CHARS = 32_000
+
+
+class TurnFailure(Exception):
+    """The turn cannot complete; it is marked failed with this code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def agent_context(tx: Tx, session: dict[str, Any]) -> AgentContext:
+    row = tx.one(
+        "SELECT labels, status FROM resources WHERE kind = 'Agent' AND namespace = %s "
+        "AND name = %s",
+        (session["namespace"], session["agent"]),
+    )
+    if row is None:
+        raise TurnFailure("agent_not_found", f"agent {session['agent']!r} no longer exists")
+    status = row["status"] or {}
+    if status.get("phase") != "Resolved":
+        raise TurnFailure(
+            "agent_not_resolved",
+            f"agent {session['agent']!r} does not resolve: {status.get('message', '')}",
+        )
+    return AgentContext(
+        session["namespace"], session["agent"], session["id"], status["effective"], row["labels"]
+    )
+
+
+def load_knowledge(tx: Tx, namespace: str) -> dict[str, Any]:
+    """The namespace's knowledge documents, in name order, within a size budget."""
+    rows = tx.all(
+        "SELECT name, resource_version, body FROM resources WHERE kind = 'Knowledge' "
+        "AND namespace = %s ORDER BY name",
+        (namespace,),
+    )
+    parts, documents, used = [], [], 0
+    for row in rows:
+        body = row["body"]
+        text = f"## {body.get('title') or row['name']}\n{body['content']}"
+        if used + len(text) > KNOWLEDGE_BUDGET_CHARS:
+            break
+        used += len(text)
+        parts.append(text)
+        documents.append({"name": row["name"], "resourceVersion": str(row["resource_version"])})
+    return {"documents": documents, "context": "\n\n".join(parts)}
+
+
+def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:
+    """Messages of earlier turns and of this one, turn by turn, in OpenAI chat format."""
+    rows = tx.all(
+        "SELECT m.role, m.content, m.tool_calls, m.tool_call_id FROM messages m "
+        "JOIN turns t ON t.id = m.turn_id "
+        "WHERE m.session_uid = %s AND t.seq <= %s AND t.seq > %s "
+        "ORDER BY t.seq, m.seq",
+        (session_uid, turn_seq, turn_seq - HISTORY_TURNS - 1),
+    )
+    return [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
+
+
+def to_chat(
+    role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role, "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in tool_calls
+        ]  # fmt: skip
+    if tool_call_id:
+        message["tool_call_id"] = tool_call_id
+    return message
+
+
+def system_prompt(context: AgentContext, knowledge: dict[str, Any]) -> str:
+    effective = context.effective
+    parts = [effective.get("systemPrompt", "").strip()]
+    features = effective.get("features") or {}
+    if features:
+        parts.append("Agent features:\n" + json.dumps(features, sort_keys=True))
+    if knowledge.get("context"):
+        parts.append("Knowledge for this namespace:\n\n" + knowledge["context"])
+    return "\n\n".join(p for p in parts if p)

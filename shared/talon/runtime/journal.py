@@ -1,0 +1,103 @@
+"""The step journal of one turn, written under the turn's lease and fencing token."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from talon.sessions import events
+from talon.store.database import Tx, jsonb
+
+
+class Fenced(Exception):
+    """The turn was cancelled, deleted or taken over by another worker: stop writing."""
+
+
+@dataclass(frozen=True)
+class Step:
+    idx: int
+    name: str
+    kind: str
+    state: str
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lease:
+    turn_id: uuid.UUID
+    session_uid: uuid.UUID
+    token: int
+    seconds: float
+
+
+def renew(tx: Tx, lease: Lease) -> None:
+    """Check the fence and extend the lease; raise Fenced if this worker lost the turn."""
+    ok = tx.scalar(
+        "UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) "
+        "WHERE id = %s AND fencing_token = %s AND state = 'running' RETURNING 1",
+        (lease.seconds, lease.turn_id, lease.token),
+    )
+    if ok is None:
+        raise Fenced(str(lease.turn_id))
+
+
+def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:
+    rows = tx.all(
+        "SELECT idx, name, kind, state, output FROM turn_steps WHERE turn_id = %s ORDER BY idx",
+        (turn_id,),
+    )
+    return [Step(r["idx"], r["name"], r["kind"], r["state"], r["output"]) for r in rows]
+
+
+def record(tx: Tx, lease: Lease, done: Step | None, starting: Step | None = None) -> None:
+    """In the caller's transaction: journal the step that just finished and announce the next.
+
+    A tool step is also journaled when it starts: if the worker dies during the call, the
+    resumed turn must not run it again (its effect may have happened) but answer it with an
+    error result instead.
+    """
+    renew(tx, lease)
+    batch: list[tuple[str, dict[str, Any]]] = []
+    if done is not None:
+        _upsert(tx, lease, done)
+        batch.append((f"step.{done.state}", _step_event(done, summary=True)))
+    if starting is not None:
+        if starting.kind == "tool":
+            _upsert(tx, lease, starting)
+        batch.append(("step.started", _step_event(starting)))
+    if batch:
+        events.append(tx, lease.session_uid, batch, lease.turn_id)
+
+
+def _upsert(tx: Tx, lease: Lease, step: Step) -> None:
+    tx.execute(
+        "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
+        "completed_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
+        "CASE WHEN %s = 'started' THEN NULL ELSE now() END) "
+        "ON CONFLICT (turn_id, idx) DO UPDATE SET state = EXCLUDED.state, "
+        "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
+        "completed_at = EXCLUDED.completed_at",
+        (
+            lease.turn_id,
+            step.idx,
+            step.name,
+            step.kind,
+            step.state,
+            jsonb(step.output),
+            lease.token,
+            step.state,
+        ),
+    )
+
+
+def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {"step": step.name, "index": step.idx, "kind": step.kind}
+    if summary and step.kind == "model":
+        data["provider"] = step.output.get("provider")
+        data["toolCalls"] = [c["name"] for c in step.output.get("toolCalls", [])]
+    if summary and step.kind == "tool":
+        data["isError"] = bool(step.output.get("isError"))
+    if summary and step.kind == "knowledge":
+        data["documents"] = step.output.get("documents", [])
+    return data

@@ -1,0 +1,81 @@
+"""The built-in `demo` provider: deterministic, offline, follows the tool-calling protocol.
+
+It exists so `talon dev` runs end to end on a machine with no model credentials. It is used
+only when a profile names it, or by `talon dev` when no credentials are configured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from talon.runtime.providers.base import ModelRequest, ModelResponse, ToolCall, ToolSpec
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class DemoModel:
+    def __init__(self, profile: str = "demo", model: str = "demo") -> None:
+        self.label = f"{profile}/demo:{model}"
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        messages = request.messages
+        last = messages[-1] if messages else {"role": "user", "content": ""}
+        if last.get("role") == "tool":
+            results = _tool_results_of_this_round(messages)
+            summary = "; ".join(f"{name}: {_clip(text, 160)}" for name, text in results)
+            return ModelResponse(
+                f"(demo model) Here is what the tools returned. {summary}", [], self.label
+            )
+        text = str(last.get("content") or "")
+        tool = _best_tool(text, request.tools)
+        if tool is not None:
+            call = ToolCall(f"call_{len(messages)}_{tool.name}", tool.name, _arguments(tool))
+            return ModelResponse("", [call], self.label)
+        return ModelResponse(f"(demo model) Received: {_clip(text, 400)}", [], self.label)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _best_tool(text: str, tools: list[ToolSpec]) -> ToolSpec | None:
+    """The tool whose name shares the most words (4+ letters) with the message."""
+    words = {w for w in _WORD.findall(text.lower()) if len(w) >= 4}
+    words |= {w.rstrip("s") for w in words}
+    best, score = None, 0
+    for tool in tools:
+        parts = {p for p in _WORD.findall(tool.name.lower()) if len(p) >= 4}
+        parts |= {p.rstrip("s") for p in parts}
+        overlap = len(words & parts)
+        if overlap > score:
+            best, score = tool, overlap
+    return best
+
+
+def _arguments(tool: ToolSpec) -> str:
+    """Placeholder values for required arguments, by JSON type."""
+    properties: dict[str, Any] = tool.parameters.get("properties", {})
+    values: dict[str, Any] = {}
+    for name in tool.parameters.get("required", []):
+        kind = properties.get(name, {}).get("type", "string")
+        values[name] = {"integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}.get(
+            kind, "demo"
+        )
+    return json.dumps(values)
+
+
+def _tool_results_of_this_round(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    names = {}
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            names[call["id"]] = call["function"]["name"]
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        name = names.get(message.get("tool_call_id", ""), "tool")
+        results.append((name, str(message.get("content", ""))))
+    return list(reversed(results))

@@ -1,0 +1,87 @@
+"""The `openai` provider: any OpenAI-compatible chat completions endpoint via the openai client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+
+from talon.runtime.providers.base import (
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+)
+
+
+class OpenAIChatModel:
+    def __init__(
+        self,
+        *,
+        profile: str,
+        model: str,
+        api_key: str,
+        base_url: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> None:
+        self.label = f"{profile}/openai:{model}"
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        # Retries are ours (policy-driven, across profiles), so the client must not add its own.
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            kwargs["max_tokens"] = self.max_tokens
+        try:
+            completion = self._client.chat.completions.create(
+                **kwargs, timeout=max(0.1, request.timeout)
+            )
+        except openai.APIStatusError as exc:
+            retryable = exc.status_code == 429 or exc.status_code >= 500
+            raise ModelError(
+                f"{self.label}: HTTP {exc.status_code}: {_short(exc.message)}",
+                retryable=retryable,
+                status=exc.status_code,
+            ) from exc
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise ModelError(f"{self.label}: {type(exc).__name__}", retryable=True) from exc
+        if not completion.choices:
+            raise ModelError(f"{self.label}: the response has no choices", retryable=True)
+        message = completion.choices[0].message
+        calls = [
+            ToolCall(c.id, c.function.name, c.function.arguments or "{}")
+            for c in (message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = {}
+        if completion.usage is not None:
+            usage = {
+                "promptTokens": completion.usage.prompt_tokens,
+                "completionTokens": completion.usage.completion_tokens,
+            }
+        return ModelResponse(message.content or "", calls, self.label, usage)
+
+
+def _short(text: Any) -> str:
+    if not isinstance(text, str):
+        text = json.dumps(text)
+    return text if len(text) <= 200 else text[:199] + "…"

@@ -1,0 +1,355 @@
+"""Runs a session's turns as journaled steps: load-knowledge, call-model, call-<tool>, ...,
+write-next-message. A redelivered turn resumes after its last completed step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from talon.runtime import context as ctx
+from talon.runtime.journal import Fenced, Lease, Step, load, record, renew
+from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.providers.base import ModelRequest
+from talon.runtime.tools.base import AgentContext, ToolSource
+from talon.sessions import events
+from talon.store.database import Database, Tx, jsonb
+
+log = logging.getLogger(__name__)
+
+KNOWLEDGE = "load-knowledge"
+MODEL = "call-model"
+WRITE = "write-next-message"
+INTERRUPTED = (
+    "error: the worker running this tool call stopped before it returned; the call was not "
+    "retried because it may already have taken effect"
+)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    worker_id: str
+    lease_seconds: float = 30.0
+    max_attempts: int = 5  # deliveries of one turn before it is failed
+    max_rounds: int = 8  # model calls per turn
+    demo_fallback: bool = False
+
+
+@dataclass(frozen=True)
+class _Claim:
+    lease: Lease
+    turn: dict[str, Any]
+    session: dict[str, Any]
+
+
+class TurnRunner:
+    def __init__(self, db: Database, tools: ToolSource, settings: RunnerSettings) -> None:
+        self.db = db
+        self.tools = tools
+        self.settings = settings
+
+    def drive(self, session_uid: uuid.UUID) -> datetime | None:
+        """Run the session's turns until none is runnable. If another worker holds the head
+        turn, return when its lease expires (look again then); otherwise None."""
+        while True:
+            claimed = self._claim(session_uid)
+            if claimed is None or isinstance(claimed, datetime):
+                return claimed
+            self._run(claimed)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def _claim(self, session_uid: uuid.UUID) -> _Claim | datetime | None:
+        with self.db.transaction() as tx:
+            session = tx.one("SELECT * FROM sessions WHERE uid = %s FOR UPDATE", (session_uid,))
+            if session is None:
+                return None
+            while True:
+                head = tx.one(
+                    "SELECT *, lease_expires_at > now() AS leased FROM turns "
+                    "WHERE session_uid = %s AND state IN ('queued', 'running') "
+                    "ORDER BY seq LIMIT 1 FOR UPDATE",
+                    (session_uid,),
+                )
+                if head is None:
+                    return None
+                if head["state"] == "running" and head["leased"]:
+                    return head["lease_expires_at"]
+                if head["attempts"] >= self.settings.max_attempts:
+                    _finish_failed(
+                        tx, session_uid, head["id"], "too_many_attempts",
+                        f"gave up after {head['attempts']} attempts",
+                    )  # fmt: skip
+                    continue
+                break
+            turn = tx.one(
+                "UPDATE turns SET state = 'running', fencing_token = fencing_token + 1, "
+                "lease_owner = %s, lease_expires_at = now() + make_interval(secs => %s), "
+                "attempts = attempts + 1, started_at = COALESCE(started_at, now()) "
+                "WHERE id = %s RETURNING *",
+                (self.settings.worker_id, self.settings.lease_seconds, head["id"]),
+            )
+            assert turn is not None
+            lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]),
+                          self.settings.lease_seconds)  # fmt: skip
+            started = [("turn.started", {"attempt": turn["attempts"],
+                                         "resumed": turn["attempts"] > 1})]  # fmt: skip
+            if not load(tx, turn["id"]):
+                started.append(("step.started", {"step": KNOWLEDGE, "index": 0,
+                                                 "kind": "knowledge"}))  # fmt: skip
+            events.append(tx, session_uid, started, turn["id"])
+            return _Claim(lease, turn, session)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _run(self, claim: _Claim) -> None:
+        lease, turn = claim.lease, claim.turn
+        heartbeat = _Heartbeat(self.db, lease)
+        try:
+            with self.db.transaction() as tx:
+                agent = ctx.agent_context(tx, claim.session)
+                journal = {s.idx: s for s in load(tx, turn["id"])}
+                history = ctx.history(tx, lease.session_uid, int(turn["seq"]))
+            timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
+            started_at = turn["started_at"].timestamp()
+            deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
+            self._steps(lease, agent, journal, history, deadline, heartbeat)
+        except Fenced:
+            log.info("turn %s: lost the lease or was cancelled; stopping", turn["id"])
+        except ctx.TurnFailure as failure:
+            self._fail(lease, failure.code, failure.message)
+        except PolicyError as exc:
+            self._fail(lease, "model_unavailable", str(exc), attempts=exc.attempts)
+        finally:
+            heartbeat.stop()
+
+    def _steps(
+        self,
+        lease: Lease,
+        agent: AgentContext,
+        journal: dict[int, Step],
+        history: list[dict[str, Any]],
+        deadline: float,
+        heartbeat: _Heartbeat,
+    ) -> None:
+        knowledge_step = journal.get(0)
+        if knowledge_step is None or knowledge_step.state != "completed":
+            with self.db.transaction() as tx:
+                output = ctx.load_knowledge(tx, agent.namespace)
+                knowledge_step = Step(0, KNOWLEDGE, "knowledge", "completed", output)
+                record(tx, lease, knowledge_step, Step(1, MODEL, "model", "started", {}))
+        messages = [
+            {"role": "system", "content": ctx.system_prompt(agent, knowledge_step.output)},
+            *history,
+        ]
+        tools = self.tools.tools_for(agent)
+        clients = build_clients(
+            agent.effective["modelPolicy"], demo_fallback=self.settings.demo_fallback
+        )
+        written: list[dict[str, Any]] = []  # messages this turn adds to the session
+        idx = 1
+        for _ in range(self.settings.max_rounds):
+            heartbeat.check()
+            if time.monotonic() >= deadline:
+                raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
+            step = journal.get(idx)
+            if step is None or step.state != "completed":
+                response = complete_with_policy(
+                    clients,
+                    agent.effective["modelPolicy"].get("retry", {}),
+                    ModelRequest(messages, tools, deadline - time.monotonic()),
+                    deadline=deadline,
+                )
+                output = {
+                    "content": response.content,
+                    "toolCalls": [c.to_dict() for c in response.tool_calls],
+                    "provider": response.provider,
+                    "usage": response.usage,
+                }
+                step = Step(idx, MODEL, "model", "completed", output)
+                calls = output["toolCalls"]
+                following = (
+                    Step(idx + 1, f"call-{calls[0]['name']}", "tool", "started", {"call": calls[0]})
+                    if calls
+                    else None
+                )
+                with self.db.transaction() as tx:
+                    record(tx, lease, step, following)
+                    if following is not None:
+                        journal[idx + 1] = following
+            calls = step.output.get("toolCalls", [])
+            assistant = ctx.to_chat("assistant", step.output.get("content", ""), calls, None)
+            messages.append(assistant)
+            written.append({"role": "assistant", "content": step.output.get("content", ""),
+                            "tool_calls": calls or None, "tool_call_id": None,
+                            "provider": step.output.get("provider")})  # fmt: skip
+            idx += 1
+            if not calls:
+                self._write(lease, written, idx)
+                return
+            for position, call in enumerate(calls):
+                heartbeat.check()
+                result = self._tool_step(lease, agent, journal, idx, call, calls, position)
+                messages.append(ctx.to_chat("tool", result, None, call["id"]))
+                written.append({"role": "tool", "content": result, "tool_calls": None,
+                                "tool_call_id": call["id"]})  # fmt: skip
+                idx += 1
+        raise ctx.TurnFailure(
+            "too_many_rounds", f"the model asked for tools {self.settings.max_rounds} times"
+        )
+
+    def _tool_step(
+        self,
+        lease: Lease,
+        agent: AgentContext,
+        journal: dict[int, Step],
+        idx: int,
+        call: dict[str, Any],
+        calls: list[dict[str, Any]],
+        position: int,
+    ) -> str:
+        step = journal.get(idx)
+        if step is not None and step.state in ("completed", "failed"):
+            return str(step.output.get("result", ""))
+        name = f"call-{call['name']}"
+        if step is not None and step.state == "started" and step.output.get("ran"):
+            result, is_error = INTERRUPTED, True
+        else:
+            with self.db.transaction() as tx:
+                # Mark the call as begun under this lease before any side effect happens.
+                renew(tx, lease)
+                tx.execute(
+                    "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+                    "fencing_token) VALUES (%s, %s, %s, 'tool', 'started', %s::jsonb, %s) "
+                    "ON CONFLICT (turn_id, idx) DO UPDATE SET output = EXCLUDED.output, "
+                    "fencing_token = EXCLUDED.fencing_token",
+                    (lease.turn_id, idx, name, jsonb({"call": call, "ran": True}), lease.token),
+                )
+            try:
+                arguments = json.loads(call.get("arguments") or "{}")
+                if not isinstance(arguments, dict):
+                    raise ValueError("arguments must be a JSON object")
+            except ValueError as exc:
+                result, is_error = f"error: invalid tool arguments: {exc}", True
+            else:
+                outcome = self.tools.call(agent, call["name"], arguments)
+                result, is_error = outcome.content, outcome.is_error
+        done = Step(idx, name, "tool", "completed", {"call": call, "result": result,
+                                                       "isError": is_error})  # fmt: skip
+        if position + 1 < len(calls):
+            nxt = calls[position + 1]
+            following: Step | None = Step(idx + 1, f"call-{nxt['name']}", "tool", "started",
+                                          {"call": nxt})  # fmt: skip
+        else:
+            following = Step(idx + 1, MODEL, "model", "started", {})
+        with self.db.transaction() as tx:
+            record(tx, lease, done, following)
+        journal[idx] = done
+        return result
+
+    def _write(self, lease: Lease, written: list[dict[str, Any]], idx: int) -> None:
+        """The final step: the turn's messages and its completion, in one transaction."""
+        with self.db.transaction() as tx:
+            renew(tx, lease)
+            new_events: list[tuple[str, dict[str, Any]]] = [
+                ("step.started", {"step": WRITE, "index": idx, "kind": "write"})
+            ]
+            provider = None
+            for message in written:
+                seq = _next_message_seq(tx, lease.session_uid)
+                tx.execute(
+                    "INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
+                    "tool_call_id, turn_id) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                    (
+                        lease.session_uid, seq, message["role"], message["content"],
+                        jsonb(message["tool_calls"]) if message["tool_calls"] else None,
+                        message["tool_call_id"], lease.turn_id,
+                    ),
+                )  # fmt: skip
+                provider = message.get("provider") or provider
+                if message["role"] == "assistant" and message["content"]:
+                    new_events.append(
+                        (
+                            "message.created",
+                            {"seq": seq, "role": "assistant", "content": message["content"]},
+                        )
+                    )
+            tx.execute(
+                "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
+                "completed_at) VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())",
+                (lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token),
+            )
+            tx.execute(
+                "UPDATE turns SET state = 'completed', finished_at = now(), provider = %s, "
+                "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+                (provider, lease.turn_id),
+            )
+            new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
+            new_events.append(("turn.completed", {"provider": provider}))
+            events.append(tx, lease.session_uid, new_events, lease.turn_id)
+
+    def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
+        try:
+            with self.db.transaction() as tx:
+                renew(tx, lease)
+                _finish_failed(tx, lease.session_uid, lease.turn_id, code, message, **extra)
+        except Fenced:
+            log.info("turn %s: fenced while recording its failure", lease.turn_id)
+
+
+def _next_message_seq(tx: Tx, session_uid: uuid.UUID) -> int:
+    return int(
+        tx.scalar(
+            "UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
+            "RETURNING last_message",
+            (session_uid,),
+        )
+    )
+
+
+def _finish_failed(
+    tx: Tx, session_uid: uuid.UUID, turn_id: uuid.UUID, code: str, message: str, **extra: Any
+) -> None:
+    error = {"code": code, "message": message, **extra}
+    tx.execute(
+        "UPDATE turns SET state = 'failed', finished_at = now(), error = %s::jsonb, "
+        "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+        (jsonb(error), turn_id),
+    )
+    events.append(tx, session_uid, [("turn.failed", {"code": code, "message": message})], turn_id)
+    log.warning("turn %s failed: %s: %s", turn_id, code, message)
+
+
+class _Heartbeat:
+    """Renews the lease while a step runs (model calls can be slow); notices a lost lease."""
+
+    def __init__(self, db: Database, lease: Lease) -> None:
+        self._db = db
+        self._lease = lease
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="talon-lease")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease.seconds / 3):
+            try:
+                with self._db.transaction() as tx:
+                    renew(tx, self._lease)
+            except Fenced:
+                self.lost = True
+                return
+            except Exception as exc:  # the next step's own renew will decide
+                log.warning("lease renewal failed: %s", exc)
+
+    def check(self) -> None:
+        if self.lost:
+            raise Fenced(str(self._lease.turn_id))
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,84 @@
+"""The worker: takes dispatch events from the broker and drives the sessions they name."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+from talon.broker.base import Delivery, Result
+from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
+from talon.broker.postgres import PostgresBroker
+from talon.runtime.tools.base import NoTools, ToolSource
+from talon.runtime.turns import RunnerSettings, TurnRunner
+from talon.services import Services
+from talon.sessions.events import EVENTS_CHANNEL
+from talon.store.notify import Listener
+
+log = logging.getLogger(__name__)
+TOPICS = (DISPATCH_TOPIC, LIFECYCLE_TOPIC)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        tools: ToolSource | None = None,
+        demo_fallback: bool = False,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.services = services
+        self.runner = TurnRunner(
+            services.db,
+            tools or NoTools(),
+            RunnerSettings(worker_id(), lease_seconds=lease_seconds, demo_fallback=demo_fallback),
+        )
+
+    def handle(self, delivery: Delivery) -> Result:
+        """Settle one broker delivery. Safe to call twice for the same event."""
+        if delivery.topic == DISPATCH_TOPIC:
+            try:
+                session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
+            except (KeyError, ValueError):
+                log.error("dropping malformed dispatch event %s: %r", delivery.id, delivery.payload)
+                return Result.ack()
+            busy_until = self.runner.drive(session_uid)
+            if busy_until is not None:
+                # Another worker holds the session; look again when its lease would expire.
+                return Result.retry(busy_until + timedelta(milliseconds=100))
+            return Result.ack()
+        if delivery.topic == LIFECYCLE_TOPIC:
+            return Result.ack()  # resolution is synchronous today; caches arrive with tools
+        log.error("dropping event %s on unknown topic %r", delivery.id, delivery.topic)
+        return Result.ack()
+
+    def run_pull(self, stop: threading.Event, *, concurrency: int = 4) -> None:
+        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set."""
+        broker = PostgresBroker(self.services.db)
+        listener = Listener(self.services.db.raw_connect, (OUTBOX_CHANNEL, EVENTS_CHANNEL))
+        threads = [
+            threading.Thread(
+                target=broker.run,
+                args=(TOPICS, self.handle, listener, stop),
+                name=f"talon-worker-{i}",
+                daemon=True,
+            )
+            for i in range(concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        log.info("worker pulling %s with %d threads", ", ".join(TOPICS), concurrency)
+        try:
+            stop.wait()
+        finally:
+            for thread in threads:
+                thread.join(timeout=30)
+            listener.close()

@@ -188,3 +188,100 @@ def acme(api: Api) -> Api:
     documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
     api.ok("POST", "/v1/apply", json={"items": documents})
     return api
+
+
+# --- sessions: a worker, a model server, SSE ------------------------------------------------
+
+
+@pytest.fixture
+def model_server() -> Iterator[Any]:
+    from model_server import ModelServer
+
+    server = ModelServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings) -> Iterator[Any]:
+    """Start in-process pull workers on this test's database (stopped at teardown)."""
+    import logging
+
+    from talon.runtime.worker import Worker
+    from talon.services import Services
+
+    running: list[tuple[threading.Event, threading.Thread, Any]] = []
+    crashes: list[BaseException] = []
+
+    class _Errors(logging.Handler):
+        """Worker errors (a failed handler, a deadlock) fail the test even if a retry hid them."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.ERROR)
+            self.records: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(self.format(record))
+
+    errors = _Errors()
+    talon_logger = logging.getLogger("talon")
+    talon_logger.addHandler(errors)
+
+    def run(worker: Any, stop: threading.Event) -> None:
+        try:
+            worker.run_pull(stop, concurrency=2)
+        except BaseException as exc:
+            crashes.append(exc)
+            raise
+
+    def start(*, tools: Any = None, demo_fallback: bool = False, lease_seconds: float = 5.0):
+        services = Services.start(settings)
+        worker = Worker(services.db, tools=tools, demo_fallback=demo_fallback,
+                        lease_seconds=lease_seconds)  # fmt: skip
+        stop = threading.Event()
+        thread = threading.Thread(target=run, args=(worker, stop), daemon=True)
+        thread.start()
+        running.append((stop, thread, services))
+        return worker
+
+    yield start
+    for stop, thread, services in running:
+        stop.set()
+        thread.join(timeout=30)
+        services.close()
+    talon_logger.removeHandler(errors)
+    assert crashes == [], crashes
+    assert errors.records == [], errors.records
+
+
+def read_stream(
+    api: Api,
+    path: str,
+    *,
+    last_event_id: int | None = None,
+    params: dict[str, Any] | None = None,
+    timeout: float = 30,
+    max_events: int | None = None,
+) -> list[dict[str, Any]]:
+    """Read an SSE stream until the server ends it (or `max_events` arrive)."""
+    import json
+
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    received: list[dict[str, Any]] = []
+    with api.http.stream("GET", path, params=params, headers=headers, timeout=timeout) as reply:
+        assert reply.status_code == 200, reply.read()
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in reply.iter_lines():
+            if line == "":
+                if "data" in fields:
+                    event = json.loads(fields["data"])
+                    assert str(event["id"]) == fields["id"] and event["type"] == fields["event"]
+                    received.append(event)
+                    if max_events is not None and len(received) >= max_events:
+                        break
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return received

@@ -49,6 +49,8 @@ class Services:
         with self._listener_lock:
             if self._listener is None:
                 self._listener = Listener(self.db.raw_connect, (EVENTS_CHANNEL,))
+                # Readers check the table after LISTEN is in place, so none misses a wake-up.
+                self._listener.wait_ready(10)
             return self._listener
 
     def close(self) -> None:

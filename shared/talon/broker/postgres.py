@@ -74,18 +74,31 @@ class PostgresBroker:
         idle_wait: float = 5.0,
     ) -> None:
         """Consume until `stop` is set."""
+        failures = 0
         while not stop.is_set():
-            # Note the wake-up count before looking, so a row committed in between still wakes us.
-            seen = listener.count(OUTBOX_CHANNEL)
-            delivery = self.claim(topics)
-            if delivery is None:
-                due = self.next_due_in(topics)
-                wait = idle_wait if due is None else min(idle_wait, due)
-                listener.wait(OUTBOX_CHANNEL, wait, since=seen)
-                continue
             try:
-                result = handler(delivery)
-            except Exception:
-                log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
-                result = Result.retry()
-            self.settle(delivery, result)
+                self._step(topics, handler, listener, idle_wait)
+                failures = 0
+            except Exception as exc:  # the database is down or restarting: back off, go on
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("broker loop error (retrying in %.1fs): %s", delay, exc)
+                stop.wait(delay)
+
+    def _step(
+        self, topics: tuple[str, ...], handler: Handler, listener: Listener, idle_wait: float
+    ) -> None:
+        # Note the wake-up count before looking, so a row committed in between still wakes us.
+        seen = listener.count(OUTBOX_CHANNEL)
+        delivery = self.claim(topics)
+        if delivery is None:
+            due = self.next_due_in(topics)
+            wait = idle_wait if due is None else min(idle_wait, due)
+            listener.wait(OUTBOX_CHANNEL, wait, since=seen)
+            return
+        try:
+            result = handler(delivery)
+        except Exception:
+            log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
+            result = Result.retry()
+        self.settle(delivery, result)

@@ -23,7 +23,7 @@ def run_worker(*, concurrency: int, demo_fallback: bool) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        Worker(services, demo_fallback=demo_fallback).run_pull(stop, concurrency=concurrency)
+        Worker(services.db, demo_fallback=demo_fallback).run_pull(stop, concurrency=concurrency)
     finally:
         services.close()
     return 0

@@ -32,7 +32,12 @@ class Lease:
 
 
 def renew(tx: Tx, lease: Lease) -> None:
-    """Check the fence and extend the lease; raise Fenced if this worker lost the turn."""
+    """Check the fence and extend the lease; raise Fenced if this worker lost the turn.
+
+    Locks the session row first, then the turn: the same order as the gateway and the claim,
+    so concurrent writers queue instead of deadlocking.
+    """
+    tx.execute("SELECT 1 FROM sessions WHERE uid = %s FOR UPDATE", (lease.session_uid,))
     ok = tx.scalar(
         "UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) "
         "WHERE id = %s AND fencing_token = %s AND state = 'running' RETURNING 1",

@@ -14,8 +14,7 @@ from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.runtime.tools.base import NoTools, ToolSource
 from talon.runtime.turns import RunnerSettings, TurnRunner
-from talon.services import Services
-from talon.sessions.events import EVENTS_CHANNEL
+from talon.store.database import Database
 from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
@@ -29,15 +28,15 @@ def worker_id() -> str:
 class Worker:
     def __init__(
         self,
-        services: Services,
+        db: Database,
         *,
         tools: ToolSource | None = None,
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
     ) -> None:
-        self.services = services
+        self.db = db
         self.runner = TurnRunner(
-            services.db,
+            db,
             tools or NoTools(),
             RunnerSettings(worker_id(), lease_seconds=lease_seconds, demo_fallback=demo_fallback),
         )
@@ -62,8 +61,9 @@ class Worker:
 
     def run_pull(self, stop: threading.Event, *, concurrency: int = 4) -> None:
         """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set."""
-        broker = PostgresBroker(self.services.db)
-        listener = Listener(self.services.db.raw_connect, (OUTBOX_CHANNEL, EVENTS_CHANNEL))
+        broker = PostgresBroker(self.db)
+        listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
+        listener.wait_ready(10)
         threads = [
             threading.Thread(
                 target=broker.run,
@@ -79,6 +79,6 @@ class Worker:
         try:
             stop.wait()
         finally:
+            listener.close()  # wakes idle consumers so they see `stop`
             for thread in threads:
-                thread.join(timeout=30)
-            listener.close()
+                thread.join(timeout=60)

@@ -73,7 +73,7 @@ class Listener:
                     cursor.execute(f'LISTEN "{channel}"')
                 self._ready.set()
                 # Wake every waiter once: anything may have happened while we were away.
-                self._deliver([(channel, None) for channel in self._channels])
+                self._wake_all()
                 backoff = 0.2
                 sock = getattr(connection, "_usock", None)
                 while not self._stop.is_set():
@@ -98,6 +98,14 @@ class Listener:
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         connection.close()
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            for key in list(self._counts):
+                self._counts[key] += 1
+            for channel in self._channels:
+                self._counts[(channel, None)] += 1
+            self._cond.notify_all()
 
     def _deliver(self, received: list[tuple[str, str | None]]) -> None:
         with self._cond:

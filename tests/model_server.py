@@ -1,0 +1,86 @@
+"""A scripted OpenAI-compatible chat completions server for tests (real HTTP, real client).
+
+Each request pops the next scripted reply: a text answer, tool calls, an HTTP error status,
+or a hang. With the script empty it answers "ok". Every request body is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ModelServer:
+    def __init__(self) -> None:
+        self.script: deque[dict[str, Any]] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests.append(body)
+                    reply = server.script.popleft() if server.script else {"content": "ok"}
+                if "hang" in reply:
+                    time.sleep(reply["hang"])
+                if "status" in reply:
+                    payload = json.dumps({"error": {"message": f"scripted {reply['status']}"}})
+                    self._send(reply["status"], payload.encode())
+                    return
+                self._send(200, json.dumps(_completion(body, reply)).encode())
+
+            def _send(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError):
+                    self.wfile.write(payload)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_port}/v1"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def add(self, *replies: dict[str, Any]) -> None:
+        with self._lock:
+            self.script.extend(replies)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+    finish = "stop"
+    if reply.get("tool_calls"):
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": f"call_{i}_{c['name']}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))},
+            }
+            for i, c in enumerate(reply["tool_calls"])
+        ]
+        finish = "tool_calls"
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "test"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }

@@ -1,0 +1,141 @@
+"""Resuming turns from the step journal, and fencing out a worker that lost its lease."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+from test_models import RecordingTools, _agent_with_policy, policy
+
+import samples
+from conftest import Api
+from talon.broker.base import Delivery
+from talon.runtime.tools.base import AgentContext, ToolResult
+from talon.runtime.turns import INTERRUPTED, RunnerSettings, TurnRunner
+from talon.runtime.worker import Worker
+from talon.store.database import Database
+
+BASE = "/v1/ns/acme/agents/bot/sessions/s1"
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: nothing after it runs."""
+
+
+class CrashOnFirstCall(RecordingTools):
+    def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
+        self.calls.append((name, arguments))
+        if len(self.calls) == 1:
+            raise Crash()
+        return ToolResult("second call")
+
+
+def session_uid(db: Database) -> uuid.UUID:
+    with db.transaction() as tx:
+        return tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
+
+
+def expire_leases(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET lease_expires_at = now() - interval '1 second' "
+                   "WHERE state = 'running'")  # fmt: skip
+
+
+def runner(db: Database, tools: Any, name: str) -> TurnRunner:
+    return TurnRunner(db, tools, RunnerSettings(name, lease_seconds=30))
+
+
+def test_resume_after_a_crash_during_a_tool_call(api: Api, db: Database, model_server) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 14}}]},
+        {"content": "I could not read the renewals; will retry later."},
+    )
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
+    tools = CrashOnFirstCall()
+    uid = session_uid(db)
+    try:
+        runner(db, tools, "worker-a").drive(uid)
+        raise AssertionError("the tool call should have crashed the worker")
+    except Crash:
+        pass
+    # The dead worker's lease runs out; another worker picks the turn up.
+    expire_leases(db)
+    assert runner(db, tools, "worker-b").drive(uid) is None
+
+    assert tools.calls == [("get_renewals", {"days": 14})]  # never executed twice
+    assert len(model_server.requests) == 2  # the first model answer was not requested again
+    messages = api.ok("GET", f"{BASE}/messages")["items"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[2]["content"] == INTERRUPTED
+    assert messages[2]["toolCallId"] == messages[1]["toolCalls"][0]["id"]
+    # The model saw a valid history: the call answered by an error result.
+    resent = model_server.requests[1]["messages"]
+    assert [m["role"] for m in resent] == ["system", "user", "assistant", "tool"]
+    turn = api.ok("GET", f"{BASE}/turns/{messages[0]['turnId']}")
+    assert turn["state"] == "completed" and turn["attempts"] == 2
+    started = [e for e in _events(api) if e["type"] == "turn.started"]
+    assert [e["data"]["resumed"] for e in started] == [False, True]
+
+
+class BlockingTools(RecordingTools):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
+        self.calls.append((name, arguments))
+        if len(self.calls) == 1:
+            self.entered.set()
+            self.release.wait(30)
+            return ToolResult("late result from the stale worker")
+        return ToolResult("fresh")
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, model_server) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
+        {"content": "done by worker b"},
+    )
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
+    tools = BlockingTools()
+    uid = session_uid(db)
+    stale = threading.Thread(target=lambda: runner(db, tools, "worker-a").drive(uid))
+    stale.start()
+    assert tools.entered.wait(20)
+    expire_leases(db)  # worker-a is presumed dead while it is only slow
+    runner(db, tools, "worker-b").drive(uid)
+    tools.release.set()
+    stale.join(timeout=20)
+
+    messages = api.ok("GET", f"{BASE}/messages")["items"]
+    assert [m["content"] for m in messages if m["role"] == "assistant" and m["content"]] == [
+        "done by worker b"
+    ]
+    assert [m["content"] for m in messages if m["role"] == "tool"] == [INTERRUPTED]
+    events = _events(api)
+    assert sum(e["type"] == "turn.completed" for e in events) == 1
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_duplicate_deliveries_yield_one_turn(api: Api, db: Database) -> None:
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    api.ok("POST", "/v1/ns/acme/agents/bot/sessions", 201, json={"id": "s1"})
+    accepted = api.ok("POST", f"{BASE}/message", 202, json={"content": "once"})
+    worker = Worker(db)
+    payload = {"sessionUid": str(session_uid(db)), "turnId": accepted["turnId"]}
+    results = [worker.handle(Delivery(str(i), "dispatch", payload, 1)) for i in range(3)]
+    assert [r.outcome for r in results] == ["ack"] * 3
+    messages = api.ok("GET", f"{BASE}/messages")["items"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert sum(e["type"] == "turn.completed" for e in _events(api)) == 1
+
+
+def _events(api: Api) -> list[dict[str, Any]]:
+    from conftest import read_stream
+
+    return read_stream(api, f"{BASE}/stream", last_event_id=0, params={"untilTurnEnd": "true"})

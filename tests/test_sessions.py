@@ -1,0 +1,262 @@
+"""Sessions over HTTP: named sessions, messages, turns run by a worker, SSE with replay,
+idempotency and multitask strategies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import samples
+from conftest import Api, read_stream
+
+NS = "acme"
+BASE = f"/v1/ns/{NS}/agents/bot/sessions"
+
+
+@pytest.fixture
+def acme_bot(api: Api) -> Api:
+    items = [samples.namespace(NS), samples.template(NS), samples.agent(NS)]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    return api
+
+
+def post(api: Api, session: str, content: str, **extra: Any) -> dict[str, Any]:
+    headers = extra.pop("headers", {})
+    response = api.post(f"{BASE}/{session}/message", json={"content": content, **extra},
+                        headers=headers)  # fmt: skip
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+def wait_idle(api: Api, session: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = api.ok("GET", f"{BASE}/{session}")
+        if view["activeTurn"] is None:
+            return view
+        time.sleep(0.05)
+    raise AssertionError(f"session {session} still busy: {view}")
+
+
+def test_named_session_create_is_idempotent_per_agent(acme_bot: Api) -> None:
+    body = {"id": "enterprise-renewals", "metadata": {"owner": "revenue-ops"}}
+    created = acme_bot.post(BASE, json=body)
+    assert created.status_code == 201
+    view = created.json()
+    assert {k: view[k] for k in ("id", "agent", "ns", "status", "metadata")} == {
+        "id": "enterprise-renewals", "agent": "bot", "ns": NS, "status": "active",
+        "metadata": {"owner": "revenue-ops"},
+    }  # fmt: skip
+    assert view["messages"] == [] and view["stream"] == []
+    again = acme_bot.post(BASE, json=body)
+    assert again.status_code == 200 and again.json()["createdAt"] == view["createdAt"]
+    acme_bot.ok("POST", f"/v1/ns/{NS}/agents", 201, json=samples.agent(NS, "other"))
+    clash = acme_bot.post(f"/v1/ns/{NS}/agents/other/sessions", json=body)
+    assert clash.status_code == 409
+    assert clash.json()["error"]["details"] == [{"path": "id", "message": "belongs to agent 'bot'"}]
+    # The session is not visible under the other agent.
+    assert acme_bot.get(f"/v1/ns/{NS}/agents/other/sessions/enterprise-renewals").status_code == 404
+
+
+def test_session_ids_and_bodies_are_validated(acme_bot: Api) -> None:
+    bad = acme_bot.post(BASE, json={"id": "has space"})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["path"] == "id"
+    unknown = acme_bot.post(BASE, json={"id": "ok", "colour": "red"})
+    assert unknown.status_code == 422
+    generated = acme_bot.ok("POST", BASE, 201)  # no body: a generated id
+    assert generated["id"].startswith("s-")
+    missing_agent = acme_bot.post(f"/v1/ns/{NS}/agents/ghost/sessions", json={})
+    assert missing_agent.status_code == 404
+    assert "Agent 'ghost' not found" in missing_agent.json()["error"]["message"]
+
+
+def test_list_get_delete(acme_bot: Api) -> None:
+    for name in ("a", "b", "c"):
+        acme_bot.ok("POST", BASE, 201, json={"id": name})
+    first = acme_bot.ok("GET", BASE, params={"limit": 2})
+    assert [s["id"] for s in first["items"]] == ["a", "b"]
+    second = acme_bot.ok("GET", BASE, params={"limit": 2, "pageToken": first["nextPageToken"]})
+    assert [s["id"] for s in second["items"]] == ["c"] and second["nextPageToken"] is None
+    deleted = acme_bot.ok("DELETE", f"{BASE}/b")
+    assert deleted["id"] == "b"
+    assert acme_bot.get(f"{BASE}/b").status_code == 404
+
+
+def test_message_is_committed_before_202_and_runs_once(acme_bot: Api, start_worker) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    accepted = acme_bot.post(f"{BASE}/s1/message", json={"content": "Review renewals."})
+    assert accepted.status_code == 202
+    turn = accepted.json()
+    assert turn["state"] == "queued" and turn["messageSeq"] == 1
+    # Durable before any worker exists: the message and the queued turn are readable.
+    view = acme_bot.ok("GET", f"{BASE}/s1")
+    assert view["messages"] == [{"role": "user", "content": "Review renewals."}]
+    assert view["activeTurn"]["id"] == turn["turnId"] and view["activeTurn"]["state"] == "queued"
+
+    start_worker()
+    events = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=turn["streamFrom"],
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    kinds = [(e["type"], e["data"].get("step")) for e in events]
+    assert kinds == [
+        ("message.created", None),
+        ("turn.queued", None),
+        ("turn.started", None),
+        ("step.started", "load-knowledge"),
+        ("step.completed", "load-knowledge"),
+        ("step.started", "call-model"),
+        ("step.completed", "call-model"),
+        ("step.started", "write-next-message"),
+        ("message.created", None),
+        ("step.completed", "write-next-message"),
+        ("turn.completed", None),
+    ]
+    assert [e["id"] for e in events] == list(range(1, 12))
+    assert events[-1]["data"]["provider"] == "primary/demo:echo"
+    final = wait_idle(acme_bot, "s1")
+    answer = {"role": "assistant", "content": "(demo model) Received: Review renewals."}
+    assert final["messages"][1] == answer
+    assert [s["step"] for s in final["stream"]] == [
+        "load-knowledge", "call-model", "write-next-message"
+    ]  # fmt: skip
+    detail = acme_bot.ok("GET", f"{BASE}/s1/turns/{turn['turnId']}")
+    assert detail["state"] == "completed" and detail["attempts"] == 1
+    assert detail["provider"] == "primary/demo:echo"
+
+
+def test_messages_are_paginated_oldest_first(acme_bot: Api, start_worker) -> None:
+    start_worker()
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    for i in range(3):
+        post(acme_bot, "s1", f"message {i}")
+        wait_idle(acme_bot, "s1")
+    page = acme_bot.ok("GET", f"{BASE}/s1/messages", params={"limit": 4})
+    assert [m["seq"] for m in page["items"]] == [1, 2, 3, 4]
+    assert [m["role"] for m in page["items"]] == ["user", "assistant", "user", "assistant"]
+    rest = acme_bot.ok("GET", f"{BASE}/s1/messages", params={"after": page["nextAfter"]})
+    assert [m["content"] for m in rest["items"]] == [
+        "message 2", "(demo model) Received: message 2"
+    ]  # fmt: skip
+    assert rest["nextAfter"] is None
+    bad = acme_bot.get(f"{BASE}/s1/messages", params={"after": -1})
+    assert bad.status_code == 400
+
+
+def test_bad_messages(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    for body, path in [
+        ({}, "content"),
+        ({"content": "  "}, "content"),
+        ({"content": "x", "multitask_strategy": "shout"}, "multitask_strategy"),
+        ({"content": "x" * 100_001}, "content"),
+    ]:
+        response = acme_bot.post(f"{BASE}/s1/message", json=body)
+        assert response.status_code in (413, 422), (body, response.status_code)
+        if response.status_code == 422:
+            assert response.json()["error"]["details"][0]["path"] == path
+    assert acme_bot.post(f"{BASE}/nope/message", json={"content": "x"}).status_code == 404
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 0
+
+
+def test_idempotency_key_makes_retries_safe(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    headers = {"Idempotency-Key": "retry-1"}
+    first = acme_bot.post(f"{BASE}/s1/message", json={"content": "hi"}, headers=headers)
+    second = acme_bot.post(f"{BASE}/s1/message", json={"content": "hi"}, headers=headers)
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.json()["turnId"] == second.json()["turnId"]
+    assert first.json()["streamFrom"] == second.json()["streamFrom"]
+    other = acme_bot.post(f"{BASE}/s1/message", json={"content": "bye"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["error"]["details"][0]["path"] == "Idempotency-Key"
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 1
+
+
+def test_multitask_strategies(acme_bot: Api, start_worker) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    first = post(acme_bot, "s1", "one")  # no worker yet: stays queued
+    rejected = acme_bot.post(f"{BASE}/s1/message",
+                             json={"content": "two", "multitask_strategy": "reject"})  # fmt: skip
+    assert rejected.status_code == 409
+    second = post(acme_bot, "s1", "three")  # enqueue (default)
+    third = post(acme_bot, "s1", "four", multitask_strategy="interrupt")
+    view = acme_bot.ok("GET", f"{BASE}/s1")
+    assert view["activeTurn"]["id"] == third["turnId"] and view["queuedTurns"] == 1
+    for cancelled in (first, second):
+        turn = acme_bot.ok("GET", f"{BASE}/s1/turns/{cancelled['turnId']}")
+        assert turn["state"] == "cancelled"
+        assert turn["error"]["message"] == "interrupted by a newer message"
+    start_worker()
+    wait_idle(acme_bot, "s1")
+    messages = acme_bot.ok("GET", f"{BASE}/s1/messages")["items"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "one"), ("user", "three"), ("user", "four"),
+        ("assistant", "(demo model) Received: four"),
+    ]  # fmt: skip
+
+
+def test_cancel(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    turn = post(acme_bot, "s1", "one")
+    cancelled = acme_bot.ok("POST", f"{BASE}/s1/cancel")
+    assert cancelled == {"cancelled": [turn["turnId"]]}
+    assert acme_bot.ok("POST", f"{BASE}/s1/cancel") == {"cancelled": []}
+    events = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    assert [e["type"] for e in events] == ["message.created", "turn.queued", "turn.cancelled"]
+
+
+def test_stream_resumes_with_nothing_lost_or_repeated(acme_bot: Api, start_worker) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    start_worker()
+    for i in range(3):
+        post(acme_bot, "s1", f"m{i}")
+    wait_idle(acme_bot, "s1")
+    everything = read_stream(acme_bot, f"{BASE}/s1/stream", params={"lastEventId": 0,
+                             "untilTurnEnd": "true"})  # fmt: skip
+    assert [e["id"] for e in everything] == list(range(1, len(everything) + 1))
+    # Drop the connection every 4 events and reconnect with Last-Event-ID.
+    collected: list[dict[str, Any]] = []
+    last = 0
+    while True:
+        chunk = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=last,
+                            params={"untilTurnEnd": "true"}, max_events=4)  # fmt: skip
+        if not chunk:
+            break
+        collected += chunk
+        last = chunk[-1]["id"]
+    assert collected == everything
+
+
+def test_live_stream_sees_a_turn_posted_after_connecting(acme_bot: Api, start_worker) -> None:
+    import threading
+
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    start_worker()
+    seen: list[dict[str, Any]] = []
+    reader = threading.Thread(
+        target=lambda: seen.extend(
+            read_stream(acme_bot, f"{BASE}/s1/stream", max_events=11, timeout=30)
+        )
+    )
+    reader.start()
+    time.sleep(0.5)  # the reader is connected and waiting (no Last-Event-ID: new events only)
+    post(acme_bot, "s1", "hello")
+    reader.join(timeout=30)
+    assert [e["type"] for e in seen][-1] == "turn.completed"
+    assert seen[0]["type"] == "message.created"
+
+
+def test_stream_keep_alive_and_bad_last_event_id(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    bad = acme_bot.get(f"{BASE}/s1/stream", headers={"Last-Event-ID": "abc"})
+    assert bad.status_code == 400
+    with acme_bot.http.stream("GET", f"{BASE}/s1/stream", params={"heartbeat": 1},
+                              timeout=10) as reply:  # fmt: skip
+        lines = []
+        for line in reply.iter_lines():
+            lines.append(line)
+            if line.startswith(": keep-alive"):
+                break
+    assert lines[0] == "retry: 2000"

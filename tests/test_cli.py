@@ -136,3 +136,38 @@ def test_tokens_create_list_revoke(cli) -> None:
     assert (code, out.strip()) == (0, f"token {token_id} revoked")
     code, _, err = cli("--token", secret, "get", "agents", "-n", "acme")
     assert code == 1 and "HTTP 401" in one_error_line(err)
+
+
+def test_send_follows_the_turn_and_get_session_shows_the_seed_shape(
+    cli, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cli("apply", "-f", MANIFESTS)
+    start_worker(demo_fallback=True)
+    code, out, _ = cli("send", "customer-support", "enterprise-renewals",
+                       "Review renewals due in 14 days.", "-n", "acme")  # fmt: skip
+    assert code == 0
+    assert "assistant: (demo model) Received: Review renewals due in 14 days." in out
+    assert out.strip().splitlines()[-1] == "turn completed"
+
+    code, out, _ = cli("get", "session", "enterprise-renewals", "-n", "acme",
+                       "--agent", "customer-support")  # fmt: skip
+    view = yaml.safe_load(out)
+    assert {k: view[k] for k in ("id", "agent", "ns", "status")} == {
+        "id": "enterprise-renewals", "agent": "customer-support", "ns": "acme", "status": "active"
+    }  # fmt: skip
+    assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
+    assert [s["step"] for s in view["stream"]] == [
+        "load-knowledge", "call-model", "write-next-message"
+    ]  # fmt: skip
+
+    code, out, _ = cli("stream", "customer-support", "enterprise-renewals", "-n", "acme",
+                       "--after", "0", "--until-turn-end", "-o", "json")  # fmt: skip
+    ids = [json.loads(line)["id"] for line in out.strip().splitlines()]
+    assert ids == list(range(1, 12))
+
+    code, _, err = cli("get", "sessions", "-n", "acme")
+    assert code == 1 and "--agent" in one_error_line(err)
+    code, out, _ = cli("delete", "session", "enterprise-renewals", "-n", "acme",
+                       "--agent", "customer-support")  # fmt: skip
+    assert (code, out.strip()) == (0, "session/enterprise-renewals deleted")

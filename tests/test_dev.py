@@ -3,6 +3,7 @@ applied once, a clean stop on SIGTERM and Ctrl-C, and data kept across restarts.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from talon.store.local_postgres import free_port
@@ -89,6 +91,19 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         listed = talon(url, token, "get", "agents", "-n", "acme")
         assert listed.returncode == 0, listed.stderr
         assert "customer-support" in listed.stdout and "Resolved" in listed.stdout
+        # The seed's session example, offline with the demo provider.
+        sent = talon(url, token, "send", "customer-support", "enterprise-renewals",
+                     "Review renewals due in 14 days.", "-n", "acme")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        steps = [line.split()[0] for line in sent.stdout.splitlines() if line.endswith(
+            ("done", "(primary/demo:demo (no credentials))"))]  # fmt: skip
+        assert steps == ["load-knowledge", "call-model", "write-next-message"], sent.stdout
+        session = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
+                        "--agent", "customer-support", "-o", "yaml")  # fmt: skip
+        view = yaml.safe_load(session.stdout)
+        assert view["messages"][0] == {"role": "user",
+                                       "content": "Review renewals due in 14 days."}  # fmt: skip
+        assert view["messages"][1]["role"] == "assistant"
         # A change made now must survive the restart below.
         deleted = talon(url, token, "delete", "schedule", "renewal-check", "-n", "acme")
         assert deleted.returncode == 0, deleted.stderr
@@ -107,6 +122,9 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert schedules.returncode == 0 and "renewal-check" not in schedules.stdout
         agents = talon(url, token, "get", "agents", "-n", "acme")
         assert "customer-support" in agents.stdout
+        history = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
+                        "--agent", "customer-support", "-o", "json")  # fmt: skip
+        assert json.loads(history.stdout)["messageCount"] == 2  # the thread survived
     finally:
         code = again.stop(signal.SIGINT)
     assert code == 0, "".join(again.output)

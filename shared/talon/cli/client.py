@@ -57,6 +57,10 @@ class TalonClient:
             token or os.environ.get("TALON_TOKEN"),
         )
 
+    @property
+    def http(self) -> httpx.Client:
+        return self._http
+
     def close(self) -> None:
         self._http.close()
 
@@ -75,7 +79,7 @@ class TalonClient:
             raise CliError(f"cannot reach the gateway at {self.base_url}: {exc}") from exc
         if response.is_success:
             return response.json() if response.content else None
-        raise _api_error(response)
+        raise api_error(response)
 
     def paginate(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         query = dict(params or {})
@@ -88,7 +92,7 @@ class TalonClient:
             query["pageToken"] = token
 
 
-def _api_error(response: httpx.Response) -> ApiError:
+def api_error(response: httpx.Response) -> ApiError:
     try:
         error = response.json()["error"]
         return ApiError(

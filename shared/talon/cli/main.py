@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,14 @@ from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, TalonClient
 from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, resource_table, table
+from talon.cli.sessions import (
+    SESSION_ALIASES,
+    describe,
+    get_sessions,
+    send,
+    sessions_path,
+    stream_events,
+)
 from talon.config import load_settings
 from talon.errors import TalonError
 from talon.resources.registry import KINDS, Kind, kind_for_alias
@@ -42,6 +51,9 @@ def cmd_apply(client: TalonClient, args: argparse.Namespace) -> int:
 
 
 def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
+    if args.kind in SESSION_ALIASES:
+        get_sessions(client, args.namespace, args.agent, args.name, args.output)
+        return 0
     kind = _kind(args.kind)
     path = _collection_path(kind, args.namespace)
     if args.name:
@@ -61,7 +73,30 @@ def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send(client: TalonClient, args: argparse.Namespace) -> int:
+    return send(
+        client, args.namespace, args.agent, args.session, args.message,
+        strategy=args.strategy, wait=not args.no_wait,
+    )  # fmt: skip
+
+
+def cmd_stream(client: TalonClient, args: argparse.Namespace) -> int:
+    path = f"{sessions_path(args.namespace, args.agent)}/{args.session}"
+    for event in stream_events(client, path, after=args.after, until_turn_end=args.until_turn_end):
+        if args.output == "json":
+            print(json.dumps(event), flush=True)
+        else:
+            line = describe(event)
+            if line:
+                print(line, flush=True)
+    return 0
+
+
 def cmd_delete(client: TalonClient, args: argparse.Namespace) -> int:
+    if args.kind in SESSION_ALIASES:
+        client.request("DELETE", f"{sessions_path(args.namespace, args.agent)}/{args.name}")
+        print(f"session/{args.name} deleted")
+        return 0
     kind = _kind(args.kind)
     client.request("DELETE", f"{_collection_path(kind, args.namespace)}/{args.name}")
     print(f"{kind.name.lower()}/{args.name} deleted")
@@ -180,13 +215,38 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("name", nargs="?")
     get.add_argument("-n", "--namespace")
     get.add_argument("-l", "--selector", help="label selector, e.g. app=support,tier!=free")
+    get.add_argument("--agent", help="the agent, for sessions")
     get.set_defaults(remote=cmd_get)
 
     delete = commands.add_parser("delete", help="delete a resource")
     delete.add_argument("kind")
     delete.add_argument("name")
     delete.add_argument("-n", "--namespace")
+    delete.add_argument("--agent", help="the agent, for sessions")
     delete.set_defaults(remote=cmd_delete)
+
+    send_cmd = commands.add_parser(
+        "send", help="post a message to a session (created if new) and follow the turn"
+    )
+    send_cmd.add_argument("agent")
+    send_cmd.add_argument("session")
+    send_cmd.add_argument("message")
+    send_cmd.add_argument("-n", "--namespace", required=True)
+    send_cmd.add_argument(
+        "--strategy", choices=["enqueue", "reject", "interrupt"], default="enqueue",
+        help="what to do if a turn is already running",
+    )  # fmt: skip
+    send_cmd.add_argument("--no-wait", action="store_true", help="do not follow the turn")
+    send_cmd.set_defaults(remote=cmd_send)
+
+    stream_cmd = commands.add_parser("stream", help="follow a session's events")
+    stream_cmd.add_argument("agent")
+    stream_cmd.add_argument("session")
+    stream_cmd.add_argument("-n", "--namespace", required=True)
+    stream_cmd.add_argument("--after", type=int, help="replay events after this id (0: all)")
+    stream_cmd.add_argument("--until-turn-end", action="store_true")
+    stream_cmd.add_argument("-o", "--output", choices=["json"], help="raw events as JSON lines")
+    stream_cmd.set_defaults(remote=cmd_stream)
 
     whoami = commands.add_parser("whoami", parents=[output], help="show the current token")
     whoami.set_defaults(remote=cmd_whoami)
@@ -224,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `talon stream ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

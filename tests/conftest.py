@@ -115,9 +115,9 @@ def settings(database_url: str) -> Settings:
 
 
 class _Server:
-    def __init__(self) -> None:
+    def __init__(self, target: str = "gateway") -> None:
         app = functions_framework.create_app(
-            target="gateway", source=str(ROOT / "functions" / "gateway" / "main.py")
+            target=target, source=str(ROOT / "functions" / target / "main.py")
         )
         self._server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -134,6 +134,43 @@ def http_server() -> Iterator[_Server]:
     server = _Server()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def dispatch_server() -> Iterator[_Server]:
+    """The dispatch function (Pub/Sub push endpoint) over real HTTP."""
+    server = _Server("dispatch")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[str]:
+    """The gcloud Pub/Sub emulator on a free port; yields its host:port."""
+    import signal
+    import subprocess
+
+    from talon.store.local_postgres import free_port, wait_for_port
+
+    if shutil.which("gcloud") is None:
+        pytest.fail("gcloud (with the Pub/Sub emulator) is needed; see README, Tests")
+    port = free_port()
+    log_file = open(Path(tempfile.gettempdir()) / f"talon-pubsub-{port}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+         "--project=talon-test", "--quiet"],
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log_file.close()
 
 
 class Api:

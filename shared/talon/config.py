@@ -55,6 +55,13 @@ class MessageBrokerSettings(_Section):
     project: str = ""
     dispatch_topic: str = "talon-session-dispatch"
     lifecycle_topic: str = "talon-lifecycle"
+    # How the dispatch function checks that a push request comes from our subscription:
+    # `oidc` (Google-signed token for push_service_account_email, audience push_audience),
+    # `token` (a shared secret in the push URL's ?token=), or `none` (local emulator only).
+    push_verification: Literal["oidc", "token", "none"] = "oidc"
+    push_audience: str = ""
+    push_service_account_email: str = ""
+    push_token: str = ""
 
 
 class SchedulerSettings(_Section):

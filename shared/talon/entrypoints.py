@@ -39,6 +39,17 @@ def gateway() -> Any:
     return _once("gateway", lambda: Gateway(services()))
 
 
+def dispatch() -> Any:
+    from talon.api.push import DispatchEndpoint
+    from talon.runtime.worker import Worker
+
+    def build() -> DispatchEndpoint:
+        built = services()
+        return DispatchEndpoint(built, Worker(built.db))
+
+    return _once("dispatch", build)
+
+
 def reset() -> None:
     """Drop the singletons (closing their pools) so the next request rebuilds them from the
     environment. Used by tests that point the same function at a fresh database."""

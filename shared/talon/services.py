@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from talon.auth.tokens import TokenService
+from talon.broker.relay import OutboxRelay
 from talon.config import Settings, load_settings
 from talon.resources.service import ResourceService
 from talon.sessions.events import EVENTS_CHANNEL
@@ -27,6 +29,7 @@ class Services:
     resources: ResourceService
     tokens: TokenService
     sessions: SessionService
+    relay: OutboxRelay | None = None  # set with the gcp_pubsub broker
     _listener: Listener | None = field(default=None, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -38,7 +41,9 @@ class Services:
             applied = migrate(db)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-        services = cls(settings, db, ResourceService(db), TokenService(db), SessionService(db))
+        relay = _relay(settings, db)
+        sessions = SessionService(db, _publish_now(relay) if relay else None)
+        services = cls(settings, db, ResourceService(db), TokenService(db), sessions, relay)
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)
@@ -57,3 +62,22 @@ class Services:
         if self._listener is not None:
             self._listener.close()
         self.db.close()
+
+
+def _relay(settings: Settings, db: Database) -> OutboxRelay | None:
+    broker = settings.control_plane.message_broker
+    if broker.driver != "gcp_pubsub":
+        return None
+    from talon.broker.pubsub import PubSubPublisher  # Google import only when configured
+
+    return OutboxRelay(db, PubSubPublisher(broker))
+
+
+def _publish_now(relay: OutboxRelay) -> Callable[[list[int]], None]:
+    def publish(ids: list[int]) -> None:
+        try:
+            relay.flush(ids=ids)
+        except Exception as exc:  # committed rows stay in the outbox; the sweep sends them
+            log.warning("publishing outbox rows %s failed; left for the sweep: %s", ids, exc)
+
+    return publish

@@ -1,0 +1,108 @@
+"""The dispatch function: Pub/Sub push deliveries in, turns run, 2xx to ack or 503 to retry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from typing import Any
+
+import flask
+
+from talon.api.app import json_response
+from talon.broker.base import Delivery, Outcome
+from talon.broker.outbox import DISPATCH_TOPIC
+from talon.config import MessageBrokerSettings
+from talon.errors import BadRequest, PermissionDenied, TalonError, Unauthenticated
+from talon.runtime.worker import Worker
+from talon.services import Services
+
+log = logging.getLogger(__name__)
+SWEEP_AFTER_SECONDS = 10.0
+
+
+def verify_push(request: flask.Request, settings: MessageBrokerSettings) -> None:
+    mode = settings.push_verification
+    if mode == "none":
+        return
+    if mode == "token":
+        given = request.args.get("token", "")
+        if not settings.push_token or not hmac.compare_digest(given, settings.push_token):
+            raise Unauthenticated("push token missing or wrong")
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("push request without an OIDC token")
+    from google.auth.transport import requests as google_requests
+    from google.oauth2 import id_token
+
+    try:
+        claims = id_token.verify_oauth2_token(
+            token, google_requests.Request(), audience=settings.push_audience or None
+        )
+    except ValueError as exc:
+        raise Unauthenticated(f"invalid push token: {exc}") from exc
+    if not claims.get("email_verified") or claims.get("email") != (
+        settings.push_service_account_email
+    ):
+        raise PermissionDenied("push token is not from the configured service account")
+
+
+def parse_envelope(body: Any) -> Delivery:
+    if not isinstance(body, dict) or not isinstance(body.get("message"), dict):
+        raise BadRequest(
+            "not a Pub/Sub push envelope", [{"path": "message", "message": "required"}]
+        )
+    message = body["message"]
+    try:
+        data = json.loads(base64.b64decode(message.get("data", ""), validate=True) or b"{}")
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(
+            "message.data is not base64 JSON", [{"path": "message.data", "message": str(exc)}]
+        ) from exc
+    attributes = message.get("attributes") or {}
+    return Delivery(
+        id=str(message.get("messageId") or message.get("message_id") or ""),
+        topic=str(attributes.get("eventTopic", DISPATCH_TOPIC)),
+        payload=data if isinstance(data, dict) else {},
+        attempt=int(body.get("deliveryAttempt") or 1),
+    )
+
+
+class DispatchEndpoint:
+    def __init__(self, services: Services, worker: Worker) -> None:
+        self.services = services
+        self.worker = worker
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        if request.method == "GET" and request.path.rstrip("/") == "/healthz":
+            return json_response(200, {"status": "ok"})
+        try:
+            if request.method != "POST":
+                return json_response(405, {"error": {"code": "method_not_allowed",
+                                                     "message": "POST only", "details": []}},
+                                     {"Allow": "POST"})  # fmt: skip
+            verify_push(request, self.services.settings.control_plane.message_broker)
+            body = request.get_json(silent=True)
+            delivery = parse_envelope(body)
+            result = self.worker.handle(delivery)
+        except TalonError as exc:
+            return json_response(exc.status, exc.to_dict())
+        self._sweep()
+        if result.outcome == Outcome.ACK:
+            return flask.Response(status=204)
+        # Any non-2xx makes Pub/Sub redeliver after its backoff.
+        return json_response(503, {"error": {"code": "retry", "message": "not done yet",
+                                             "details": []}})  # fmt: skip
+
+    def _sweep(self) -> None:
+        relay = self.services.relay
+        if relay is None:
+            return
+        try:
+            relay.flush(older_than_seconds=SWEEP_AFTER_SECONDS)
+        except Exception as exc:
+            log.warning("outbox sweep failed: %s", exc)

@@ -44,3 +44,15 @@ ensure_postgres() {
   fi
   have_postgres || "$VENV/bin/python" -m pip install --quiet "pgserver>=0.1.4"
 }
+
+# The Pub/Sub tests need the gcloud emulator (Java + gcloud's pubsub-emulator component).
+ensure_pubsub_emulator() {
+  if ! command -v java >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
+  fi
+  if ! command -v gcloud >/dev/null 2>&1; then
+    echo "the tests need gcloud with the Pub/Sub emulator component (gcloud components install" \
+      "pubsub-emulator, or apt package google-cloud-cli-pubsub-emulator)" >&2
+    return 1
+  fi
+}

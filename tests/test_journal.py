@@ -6,8 +6,6 @@ import threading
 import uuid
 from typing import Any
 
-from test_models import RecordingTools, _agent_with_policy, policy
-
 import samples
 from conftest import Api
 from talon.broker.base import Delivery
@@ -15,6 +13,7 @@ from talon.runtime.tools.base import AgentContext, ToolResult
 from talon.runtime.turns import INTERRUPTED, RunnerSettings, TurnRunner
 from talon.runtime.worker import Worker
 from talon.store.database import Database
+from test_models import RecordingTools, _agent_with_policy, policy
 
 BASE = "/v1/ns/acme/agents/bot/sessions/s1"
 

@@ -172,7 +172,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from talon.cli.worker import run_worker
 
-    return run_worker(concurrency=args.concurrency, demo_fallback=args.demo_fallback)
+    return run_worker(
+        concurrency=args.concurrency,
+        demo_fallback=args.demo_fallback,
+        lease_seconds=args.lease_seconds,
+        visibility_seconds=args.visibility_seconds,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer with the built-in demo model when a profile has no credentials",
     )
+    worker.add_argument(
+        "--lease-seconds", type=float, default=30.0,
+        help="a turn whose worker stops renewing is taken over after this long",
+    )  # fmt: skip
+    worker.add_argument(
+        "--visibility-seconds", type=float, default=30.0,
+        help="a claimed delivery not settled by then is delivered again",
+    )  # fmt: skip
     worker.set_defaults(local=cmd_worker)
 
     apply = commands.add_parser("apply", help="create or update resources from manifests")

@@ -9,7 +9,9 @@ from types import FrameType
 from talon.logs import configure_logging
 
 
-def run_worker(*, concurrency: int, demo_fallback: bool) -> int:
+def run_worker(
+    *, concurrency: int, demo_fallback: bool, lease_seconds: float, visibility_seconds: float
+) -> int:
     from talon.runtime.worker import Worker
     from talon.services import Services
 
@@ -23,7 +25,8 @@ def run_worker(*, concurrency: int, demo_fallback: bool) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        Worker(services.db, demo_fallback=demo_fallback).run_pull(stop, concurrency=concurrency)
+        worker = Worker(services.db, demo_fallback=demo_fallback, lease_seconds=lease_seconds)
+        worker.run_pull(stop, concurrency=concurrency, visibility_seconds=visibility_seconds)
     finally:
         services.close()
     return 0

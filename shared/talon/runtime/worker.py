@@ -59,9 +59,12 @@ class Worker:
         log.error("dropping event %s on unknown topic %r", delivery.id, delivery.topic)
         return Result.ack()
 
-    def run_pull(self, stop: threading.Event, *, concurrency: int = 4) -> None:
-        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set."""
-        broker = PostgresBroker(self.db)
+    def run_pull(
+        self, stop: threading.Event, *, concurrency: int = 4, visibility_seconds: float = 60.0
+    ) -> None:
+        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
+        A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
+        broker = PostgresBroker(self.db, visibility_seconds=visibility_seconds)
         listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
         listener.wait_ready(10)
         threads = [

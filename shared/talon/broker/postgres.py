@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from talon.broker.base import Delivery, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
-from talon.store.database import Database
+from talon.store.database import Database, Tx
 from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,11 @@ class PostgresBroker:
         self.visibility = timedelta(seconds=visibility_seconds)
 
     def claim(self, topics: tuple[str, ...]) -> Delivery | None:
+        return self.claim_or_due(topics)[0]
+
+    def claim_or_due(self, topics: tuple[str, ...]) -> tuple[Delivery | None, float | None]:
+        """Claim the next available row; if none, also say in how many seconds one will be
+        available (None: the queue is empty). One transaction either way."""
         with self.db.transaction() as tx:
             row = tx.one(
                 "UPDATE outbox SET attempts = attempts + 1, claimed_until = now() + %s "
@@ -36,9 +41,9 @@ class PostgresBroker:
                 "RETURNING id, topic, payload, attempts",
                 (self.visibility, list(topics)),
             )
-        if row is None:
-            return None
-        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"]))
+            if row is None:
+                return None, _due_in(tx, topics)
+        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"])), None
 
     def settle(self, delivery: Delivery, result: Result) -> None:
         with self.db.transaction() as tx:
@@ -52,17 +57,6 @@ class PostgresBroker:
                 "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
                 (at, int(delivery.id)),
             )
-
-    def next_due_in(self, topics: tuple[str, ...]) -> float | None:
-        """Seconds until the next row becomes available (None: the queue is empty)."""
-        with self.db.transaction() as tx:
-            seconds = tx.scalar(
-                "SELECT EXTRACT(EPOCH FROM min(GREATEST(available_at, "
-                "COALESCE(claimed_until, available_at))) - now()) FROM outbox "
-                "WHERE published_at IS NULL AND topic = ANY(%s)",
-                (list(topics),),
-            )
-        return None if seconds is None else max(0.0, float(seconds))
 
     def run(
         self,
@@ -88,13 +82,10 @@ class PostgresBroker:
     def _step(
         self, topics: tuple[str, ...], handler: Handler, listener: Listener, idle_wait: float
     ) -> None:
-        # Note the wake-up count before looking, so a row committed in between still wakes us.
-        seen = listener.count(OUTBOX_CHANNEL)
-        delivery = self.claim(topics)
+        delivery, due = self.claim_or_due(topics)
         if delivery is None:
-            due = self.next_due_in(topics)
-            wait = idle_wait if due is None else min(idle_wait, due)
-            listener.wait(OUTBOX_CHANNEL, wait, since=seen)
+            # A row committed after our look left a token, so this returns at once then.
+            listener.take(OUTBOX_CHANNEL, idle_wait if due is None else min(idle_wait, due))
             return
         try:
             result = handler(delivery)
@@ -102,3 +93,13 @@ class PostgresBroker:
             log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
             result = Result.retry()
         self.settle(delivery, result)
+
+
+def _due_in(tx: Tx, topics: tuple[str, ...]) -> float | None:
+    seconds = tx.scalar(
+        "SELECT EXTRACT(EPOCH FROM min(GREATEST(available_at, "
+        "COALESCE(claimed_until, available_at))) - now()) FROM outbox "
+        "WHERE published_at IS NULL AND topic = ANY(%s)",
+        (list(topics),),
+    )
+    return None if seconds is None else max(0.0, float(seconds))

@@ -47,6 +47,14 @@ def _api_key(model: dict[str, Any]) -> str | None:
     return None
 
 
+def policy_credentials(model_policy: dict[str, Any]) -> str:
+    """A fingerprint of the keys a policy would use now, so a changed key builds new clients."""
+    import hashlib
+
+    keys = [_api_key(p["model"]) or "" for p in model_policy.get("profiles", [])]
+    return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
+
+
 def build_clients(model_policy: dict[str, Any], *, demo_fallback: bool) -> list[ProfileClient]:
     clients = []
     for profile in model_policy.get("profiles", []):

@@ -14,7 +14,12 @@ from typing import Any
 
 from talon.runtime import context as ctx
 from talon.runtime.journal import Fenced, Lease, Step, load, record, renew
-from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.policy import (
+    PolicyError,
+    build_clients,
+    complete_with_policy,
+    policy_credentials,
+)
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
@@ -52,6 +57,21 @@ class TurnRunner:
         self.db = db
         self.tools = tools
         self.settings = settings
+        self._client_cache: dict[str, list[Any]] = {}
+        self._cache_lock = threading.Lock()
+
+    def _clients(self, model_policy: dict[str, Any]) -> list[Any]:
+        """Model clients per policy, reused across turns: building one costs an HTTP client
+        and a TLS context, far more than a zero-latency model call."""
+        key = json.dumps(model_policy, sort_keys=True) + "|" + policy_credentials(model_policy)
+        with self._cache_lock:
+            clients = self._client_cache.get(key)
+            if clients is None:
+                if len(self._client_cache) > 256:
+                    self._client_cache.clear()
+                clients = build_clients(model_policy, demo_fallback=self.settings.demo_fallback)
+                self._client_cache[key] = clients
+            return clients
 
     def drive(self, session_uid: uuid.UUID) -> datetime | None:
         """Run the session's turns until none is runnable. If another worker holds the head
@@ -148,9 +168,7 @@ class TurnRunner:
             *history,
         ]
         tools = self.tools.tools_for(agent)
-        clients = build_clients(
-            agent.effective["modelPolicy"], demo_fallback=self.settings.demo_fallback
-        )
+        clients = self._clients(agent.effective["modelPolicy"])
         written: list[dict[str, Any]] = []  # messages this turn adds to the session
         idx = 1
         for _ in range(self.settings.max_rounds):

@@ -26,6 +26,7 @@ class Listener:
         self._connect = connect
         self._channels = channels
         self._counts: dict[tuple[str, str | None], int] = defaultdict(int)
+        self._tokens: dict[str, int] = defaultdict(int)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -50,6 +51,19 @@ class Listener:
                 if remaining <= 0 or self._stop.is_set():
                     return False
                 self._cond.wait(remaining)
+            return True
+
+    def take(self, channel: str, timeout: float) -> bool:
+        """Consume one wake-up token of `channel`, waiting up to `timeout` for one. Each
+        notification makes one token, so N idle consumers are not all woken by one row."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._tokens[channel] <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return False
+                self._cond.wait(remaining)
+            self._tokens[channel] -= 1
             return True
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
@@ -105,12 +119,14 @@ class Listener:
                 self._counts[key] += 1
             for channel in self._channels:
                 self._counts[(channel, None)] += 1
+                self._tokens[channel] += 1
             self._cond.notify_all()
 
     def _deliver(self, received: list[tuple[str, str | None]]) -> None:
         with self._cond:
             for channel, payload in received:
                 self._counts[(channel, None)] += 1
+                self._tokens[channel] = min(self._tokens[channel] + 1, 10_000)
                 if payload is not None:
                     self._counts[(channel, payload)] += 1
             self._cond.notify_all()

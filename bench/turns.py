@@ -1,0 +1,195 @@
+"""Benchmark: turns per second and latency from POST message to the first stream event and to
+turn completion, with a zero-latency OpenAI-compatible model server.
+
+Starts its own durable PostgreSQL (fsync on), the gateway under functions-framework (gunicorn)
+and a `talon worker`, then drives N concurrent clients, each on its own session.
+
+    .venv/bin/python bench/turns.py --clients 1 --turns 200
+    .venv/bin/python bench/turns.py --clients 16 --turns 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from model_server import ModelServer  # noqa: E402
+from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port  # noqa: E402
+
+TOKEN = "bench-admin-token"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def commits(url_db: LocalPostgres) -> int:
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'talon'")
+        return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--turns", type=int, default=200, help="total turns across clients")
+    parser.add_argument("--worker-concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
+    root.chmod(0o755)
+    pg = LocalPostgres(root / "pg", durable=True)
+    pg.start()
+    pg.ensure_database("talon")
+    model = ModelServer()
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
+        "TALON_CONTROL_PLANE_DATABASE_URL": pg.url("talon"),
+        "TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": "20",
+        "TALON_ADMIN_TOKEN": TOKEN,
+        "TALON_LOG_LEVEL": "WARNING",
+    }
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "functions_framework", "--target", "gateway",
+         "--source", str(ROOT / "functions" / "gateway" / "main.py"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "THREADS": str(max(8, args.clients * 3))}, cwd=ROOT,
+    )  # fmt: skip
+    wait_for_port("127.0.0.1", port)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    for _ in range(100):
+        try:
+            if http.get("/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    template = {
+        "apiVersion": "talon.dev/v1alpha1", "kind": "AgentTemplate",
+        "metadata": {"name": "bench", "namespace": "bench"},
+        "definition": {"modelPolicy": {"profiles": [{"name": "zero", "model": {
+            "provider": "openai", "name": "zero-latency", "baseUrl": model.url}}]},
+            "systemPrompt": "Answer."},
+    }  # fmt: skip
+    items = [
+        {"apiVersion": "talon.dev/v1alpha1", "kind": "Namespace", "metadata": {"name": "bench"}},
+        template,
+        {"apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
+         "metadata": {"name": "bot", "namespace": "bench"}, "spec": {"templateRef": "bench"}},
+    ]  # fmt: skip
+    http.post("/v1/apply", json={"items": items}).raise_for_status()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "talon.cli.main", "worker",
+         "--concurrency", str(args.worker_concurrency)],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    time.sleep(2)
+
+    first_event: list[float] = []
+    completed: list[float] = []
+    lock = threading.Lock()
+    per_client = args.turns // args.clients
+
+    def client(n: int) -> None:
+        own = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                           timeout=60)  # fmt: skip
+        sessions = "/v1/ns/bench/agents/bot/sessions"
+        own.post(sessions, json={"id": f"c{n}"}).raise_for_status()
+        for i in range(per_client):
+            started = time.perf_counter()
+            accepted = own.post(f"{sessions}/c{n}/message", json={"content": f"turn {i}"})
+            accepted.raise_for_status()
+            after = accepted.json()["streamFrom"]
+            first = None
+            params = {"lastEventId": after, "untilTurnEnd": "true"}
+            with own.stream("GET", f"{sessions}/c{n}/stream", params=params) as reply:
+                for line in reply.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if first is None:
+                        first = time.perf_counter() - started
+                    event = json.loads(line[6:])
+                    if (
+                        event["type"] == "turn.completed"
+                        and event["turnId"] == accepted.json()["turnId"]
+                    ):
+                        break
+            done = time.perf_counter() - started
+            with lock:
+                first_event.append(first or done)
+                completed.append(done)
+
+    # Warm up (connections, caches), then measure.
+    warm = threading.Thread(target=client, args=(-1,))
+    per_client, saved = 5, per_client
+    warm.start()
+    warm.join()
+    per_client = saved
+    first_event.clear()
+    completed.clear()
+
+    commits_before = commits(pg)
+    rss_before = rss_kib(worker.pid)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    turns = len(completed)
+    commits_per_turn = (commits(pg) - commits_before) / turns
+    rss_after = rss_kib(worker.pid)
+
+    result = {
+        "clients": args.clients,
+        "turns": turns,
+        "turns_per_second": round(turns / elapsed, 1),
+        "first_event_ms": {"p50": round(percentile(first_event, 0.5) * 1000, 1),
+                           "p99": round(percentile(first_event, 0.99) * 1000, 1)},
+        "turn_complete_ms": {"p50": round(percentile(completed, 0.5) * 1000, 1),
+                             "p99": round(percentile(completed, 0.99) * 1000, 1),
+                             "mean": round(statistics.mean(completed) * 1000, 1)},
+        "commits_per_turn_all_processes": round(commits_per_turn, 1),
+        "worker_rss_kib": {"before": rss_before, "after": rss_after},
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    for process in (worker, gateway):
+        process.terminate()
+        process.wait(timeout=30)
+    model.close()
+    pg.stop()
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

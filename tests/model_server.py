@@ -38,7 +38,22 @@ class ModelServer:
                     payload = json.dumps({"error": {"message": f"scripted {reply['status']}"}})
                     self._send(reply["status"], payload.encode())
                     return
+                if body.get("stream"):
+                    self._stream(body, reply)
+                    return
                 self._send(200, json.dumps(_completion(body, reply)).encode())
+
+            def _stream(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for chunk in _chunks(body, reply):
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(reply.get("chunk_delay", 0))
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
 
             def _send(self, status: int, payload: bytes) -> None:
                 self.send_response(status)
@@ -84,3 +99,34 @@ def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
+
+
+def _chunks(request: dict[str, Any], reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """The streamed form of a reply: content in pieces (`pieces` or 3), tool calls whole."""
+    base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0,
+            "model": request.get("model", "test")}  # fmt: skip
+    chunks = []
+    content = reply.get("content") or ""
+    pieces = reply.get("pieces") or _split(content, 3)
+    for piece in pieces:
+        chunks.append({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                            "finish_reason": None}]})  # fmt: skip
+    finish = "stop"
+    for i, call in enumerate(reply.get("tool_calls") or []):
+        finish = "tool_calls"
+        function = {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}
+        part = {"index": i, "id": f"call_{i}_{call['name']}", "type": "function",
+                "function": function}  # fmt: skip
+        delta = {"tool_calls": [part]}
+        chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    chunks.append({**base, "choices": [], "usage": usage})
+    return chunks
+
+
+def _split(text: str, parts: int) -> list[str]:
+    if not text:
+        return []
+    size = max(1, -(-len(text) // parts))
+    return [text[i : i + size] for i in range(0, len(text), size)]

@@ -197,3 +197,23 @@ def test_tool_calling_turn_journals_each_step(api: Api, model_server, start_work
     assert json.loads(sent[3]["content"])["accounts"] == ["globex", "initech"]
     view = api.ok("GET", base)
     assert [s["step"] for s in view["stream"]] == steps
+
+
+def test_a_slow_answer_streams_as_deltas(api: Api, model_server, start_worker) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    pieces = ["Globex ", "renews ", "on the ", "9th; ", "Initech ", "on the 12th."]
+    model_server.add({"pieces": pieces, "chunk_delay": 0.1})
+    start_worker()
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    api.ok("POST", f"{base}/message", 202, json={"content": "When do they renew?"})
+    events = read_stream(api, f"{base}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+    types = [e["type"] for e in events]
+    deltas = [e for e in events if e["type"] == "message.delta"]
+    assert len(deltas) >= 2  # flushed while the answer was still arriving
+    assert "".join(d["data"]["text"] for d in deltas) == "".join(pieces)
+    model_done = next(i for i, e in enumerate(events) if e["type"] == "step.completed"
+                      and e["data"]["step"] == "call-model")  # fmt: skip
+    assert max(i for i, t in enumerate(types) if t == "message.delta") < model_done
+    assert events[-1]["type"] == "turn.completed"
+    answer = api.ok("GET", f"{base}/messages")["items"][-1]
+    assert answer["content"] == "".join(pieces)

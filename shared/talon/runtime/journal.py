@@ -55,7 +55,14 @@ def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:
     return [Step(r["idx"], r["name"], r["kind"], r["state"], r["output"]) for r in rows]
 
 
-def record(tx: Tx, lease: Lease, done: Step | None, starting: Step | None = None) -> None:
+def record(
+    tx: Tx,
+    lease: Lease,
+    done: Step | None,
+    starting: Step | None = None,
+    *,
+    before: list[tuple[str, dict[str, Any]]] | None = None,
+) -> None:
     """In the caller's transaction: journal the step that just finished and announce the next.
 
     A tool step is also journaled when it starts: if the worker dies during the call, the
@@ -63,7 +70,7 @@ def record(tx: Tx, lease: Lease, done: Step | None, starting: Step | None = None
     error result instead.
     """
     renew(tx, lease)
-    batch: list[tuple[str, dict[str, Any]]] = []
+    batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
         _upsert(tx, lease, done)
         batch.append((f"step.{done.state}", _step_event(done, summary=True)))

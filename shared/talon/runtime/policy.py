@@ -128,7 +128,9 @@ def complete_with_policy(
                         raise ModelError("turn deadline reached", retryable=False)
                     try:
                         return profile.client.complete(
-                            ModelRequest(request.messages, request.tools, remaining)
+                            ModelRequest(
+                                request.messages, request.tools, remaining, request.on_delta
+                            )
                         )
                     except ModelError as exc:
                         attempts.append(str(exc))

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 KNOWLEDGE = "load-knowledge"
 MODEL = "call-model"
 WRITE = "write-next-message"
+DELTA_FLUSH_SECONDS = 0.15
 INTERRUPTED = (
     "error: the worker running this tool call stopped before it returned; the call was not "
     "retried because it may already have taken effect"
@@ -177,10 +178,11 @@ class TurnRunner:
                 raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
             step = journal.get(idx)
             if step is None or step.state != "completed":
+                deltas = _DeltaBuffer(self.db, lease, idx)
                 response = complete_with_policy(
                     clients,
                     agent.effective["modelPolicy"].get("retry", {}),
-                    ModelRequest(messages, tools, deadline - time.monotonic()),
+                    ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
                     deadline=deadline,
                 )
                 output = {
@@ -197,7 +199,7 @@ class TurnRunner:
                     else None
                 )
                 with self.db.transaction() as tx:
-                    record(tx, lease, step, following)
+                    record(tx, lease, step, following, before=deltas.drain())
                     if following is not None:
                         journal[idx + 1] = following
             calls = step.output.get("toolCalls", [])
@@ -341,6 +343,33 @@ def _finish_failed(
     )
     events.append(tx, session_uid, [("turn.failed", {"code": code, "message": message})], turn_id)
     log.warning("turn %s failed: %s: %s", turn_id, code, message)
+
+
+class _DeltaBuffer:
+    """Collects streamed answer text and writes it as `message.delta` events at most every
+    DELTA_FLUSH_SECONDS, so a slow answer streams live without a commit per token. What is
+    left when the call ends goes out with the step's completion, in the same transaction."""
+
+    def __init__(self, db: Database, lease: Lease, idx: int) -> None:
+        self._db = db
+        self._lease = lease
+        self._idx = idx
+        self._parts: list[str] = []
+        self._last_flush = time.monotonic()
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
+            with self._db.transaction() as tx:
+                renew(tx, self._lease)
+                events.append(tx, self._lease.session_uid, self.drain(), self._lease.turn_id)
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        self._last_flush = time.monotonic()
+        if not self._parts:
+            return []
+        text, self._parts = "".join(self._parts), []
+        return [("message.delta", {"step": MODEL, "index": self._idx, "text": text})]
 
 
 class _Heartbeat:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +29,8 @@ class ModelRequest:
     messages: list[dict[str, Any]]  # OpenAI chat format
     tools: list[ToolSpec]
     timeout: float  # seconds left before the turn's deadline
+    # Receives answer text as it streams in (providers that cannot stream never call it).
+    on_delta: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

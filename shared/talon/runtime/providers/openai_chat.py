@@ -52,6 +52,8 @@ class OpenAIChatModel:
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
         try:
+            if request.on_delta is not None:
+                return self._stream(kwargs, request)
             completion = self._client.chat.completions.create(
                 **kwargs, timeout=max(0.1, request.timeout)
             )
@@ -79,6 +81,44 @@ class OpenAIChatModel:
                 "completionTokens": completion.usage.completion_tokens,
             }
         return ModelResponse(message.content or "", calls, self.label, usage)
+
+
+    def _stream(self, kwargs: dict[str, Any], request: ModelRequest) -> ModelResponse:
+        """Streamed completion: text deltas go to `request.on_delta` as they arrive; tool call
+        fragments are assembled by index."""
+        assert request.on_delta is not None
+        stream = self._client.chat.completions.create(
+            **kwargs,
+            stream=True,
+            stream_options={"include_usage": True},
+            timeout=max(0.1, request.timeout),
+        )
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        usage: dict[str, int] = {}
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = {
+                    "promptTokens": chunk.usage.prompt_tokens,
+                    "completionTokens": chunk.usage.completion_tokens,
+                }
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            if delta.content:
+                text.append(delta.content)
+                request.on_delta(delta.content)
+            for part in delta.tool_calls or []:
+                call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = part.id or call["id"]
+                if part.function is not None:
+                    call["name"] += part.function.name or ""
+                    call["arguments"] += part.function.arguments or ""
+        tool_calls = [
+            ToolCall(c["id"], c["name"], c["arguments"] or "{}")
+            for _, c in sorted(calls.items())
+        ]
+        return ModelResponse("".join(text), tool_calls, self.label, usage)
 
 
 def _short(text: Any) -> str:

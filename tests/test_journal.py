@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -138,3 +139,38 @@ def _events(api: Api) -> list[dict[str, Any]]:
     from conftest import read_stream
 
     return read_stream(api, f"{BASE}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+
+
+class CachingTools(RecordingTools):
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalidated: list[tuple[str, str, str]] = []
+
+    def invalidate(self, namespace: str, kind: str, name: str) -> None:
+        self.invalidated.append((namespace, kind, name))
+
+
+def test_lifecycle_events_reach_the_worker(api: Api, db: Database, start_worker) -> None:
+    items = [samples.namespace("acme"), samples.mcp_server("acme"),
+             samples.template("acme", servers=["tools"]), samples.agent("acme")]  # fmt: skip
+    api.ok("POST", "/v1/apply", json={"items": items})
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM outbox WHERE topic = 'lifecycle'") == 0
+    api.ok("PATCH", "/v1/ns/acme/agent-templates/support",
+           json={"definition": {"systemPrompt": "v2"}})  # fmt: skip
+    api.ok("PATCH", "/v1/ns/acme/mcp-servers/tools", json={"spec": {"timeoutSeconds": 3}})
+    with db.transaction() as tx:
+        rows = tx.all("SELECT payload FROM outbox WHERE topic = 'lifecycle' ORDER BY id")
+    assert [(r["payload"]["kind"], r["payload"]["name"]) for r in rows] == [
+        ("AgentTemplate", "support"), ("MCPServer", "tools")
+    ]  # fmt: skip
+    tools = CachingTools()
+    start_worker(tools=tools)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # settled deliveries leave the queue
+        with db.transaction() as tx:
+            if tx.scalar("SELECT count(*) FROM outbox") == 0:
+                break
+        time.sleep(0.05)
+    assert sorted(tools.invalidated) == [("acme", "AgentTemplate", "support"),
+                                         ("acme", "MCPServer", "tools")]  # fmt: skip

@@ -42,8 +42,11 @@ class Services:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
         relay = _relay(settings, db)
-        sessions = SessionService(db, _publish_now(relay) if relay else None)
-        services = cls(settings, db, ResourceService(db), TokenService(db), sessions, relay)
+        if relay is not None:
+            db.on_outbox = _publish_now(relay)
+        services = cls(
+            settings, db, ResourceService(db), TokenService(db), SessionService(db), relay
+        )
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)

@@ -18,4 +18,5 @@ def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> in
         (topic, key, jsonb(payload)),
     )
     tx.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, topic))
+    tx.outbox_ids.append(int(row_id))
     return int(row_id)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from talon.broker.outbox import LIFECYCLE_TOPIC, enqueue
 from talon.errors import Conflict, Invalid, NotFound, TalonError
 from talon.resources.kinds import Agent, TemplateDefinition
 from talon.resources.meta import Resource
@@ -46,6 +47,9 @@ class ApplyResult:
 class Page:
     records: list[Record]
     next_page_token: str | None
+
+
+LIFECYCLE_KINDS = ("AgentTemplate", "MCPServer")
 
 
 class ResourceService:
@@ -141,6 +145,8 @@ class ResourceService:
                     [{"path": f"{k}/{n}", "message": reason} for k, n in blockers],
                 )
             self.store.delete(tx, record)
+            if kind.name in LIFECYCLE_KINDS:
+                self._announce(tx, record, deleted=True)
             return record
 
     def apply(self, resources: list[Resource], *, dry_run: bool = False) -> list[ApplyResult]:
@@ -210,9 +216,28 @@ class ResourceService:
         else:
             record = self.store.update(tx, current, **values)
         self.store.set_refs(tx, kind.name, namespace, name, refs)
-        if current is not None and kind.name in ("AgentTemplate", "MCPServer"):
+        if current is not None and kind.name in LIFECYCLE_KINDS:
             self._reresolve_dependents(tx, kind.name, namespace, name)
+            self._announce(tx, record)
         return ApplyResult(record, "created" if current is None else "configured")
+
+    def reconcile_dependents(self, kind: str, namespace: str, name: str) -> None:
+        """Re-resolve the agents that depend on a resource (idempotent; used by the worker
+        when a lifecycle event arrives, as a safety net behind the synchronous path)."""
+        with self.db.transaction() as tx:
+            self._reresolve_dependents(tx, kind, namespace, name)
+
+    def _announce(self, tx: Tx, record: Record, *, deleted: bool = False) -> None:
+        """A lifecycle event on the broker: workers drop caches built from this resource."""
+        payload = {
+            "kind": record.kind,
+            "namespace": record.namespace,
+            "name": record.name,
+            "resourceVersion": str(record.resource_version),
+            "deleted": deleted,
+        }
+        key = f"{record.kind}/{record.namespace}/{record.name}"
+        enqueue(tx, LIFECYCLE_TOPIC, payload, key=key)
 
     def _require_namespace(self, tx: Tx, namespace: str, *, lock: bool) -> None:
         found = self.store.get(tx, "Namespace", "", namespace, lock="share" if lock else None)

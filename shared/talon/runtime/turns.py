@@ -74,6 +74,10 @@ class TurnRunner:
                 self._client_cache[key] = clients
             return clients
 
+    def forget_clients(self) -> None:
+        with self._cache_lock:
+            self._client_cache.clear()
+
     def drive(self, session_uid: uuid.UUID) -> datetime | None:
         """Run the session's turns until none is runnable. If another worker holds the head
         turn, return when its lease expires (look again then); otherwise None."""

@@ -8,10 +8,12 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from talon.broker.base import Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
+from talon.resources.service import ResourceService
 from talon.runtime.tools.base import NoTools, ToolSource
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database
@@ -35,9 +37,11 @@ class Worker:
         lease_seconds: float = 30.0,
     ) -> None:
         self.db = db
+        self.tools = tools or NoTools()
+        self.resources = ResourceService(db)
         self.runner = TurnRunner(
             db,
-            tools or NoTools(),
+            self.tools,
             RunnerSettings(worker_id(), lease_seconds=lease_seconds, demo_fallback=demo_fallback),
         )
 
@@ -55,8 +59,23 @@ class Worker:
                 return Result.retry(busy_until + timedelta(milliseconds=100))
             return Result.ack()
         if delivery.topic == LIFECYCLE_TOPIC:
-            return Result.ack()  # resolution is synchronous today; caches arrive with tools
+            return self._lifecycle(delivery.payload)
         log.error("dropping event %s on unknown topic %r", delivery.id, delivery.topic)
+        return Result.ack()
+
+    def _lifecycle(self, event: dict[str, Any]) -> Result:
+        """A template or MCP server changed: drop what was built from it, re-check agents."""
+        kind, namespace, name = event.get("kind"), event.get("namespace"), event.get("name")
+        if not (isinstance(kind, str) and isinstance(namespace, str) and isinstance(name, str)):
+            log.error("dropping malformed lifecycle event: %r", event)
+            return Result.ack()
+        self.runner.forget_clients()
+        invalidate = getattr(self.tools, "invalidate", None)
+        if invalidate is not None:
+            invalidate(namespace, kind, name)
+        if not event.get("deleted"):
+            self.resources.reconcile_dependents(kind, namespace, name)
+        log.info("lifecycle: %s %s/%s changed; caches dropped", kind, namespace, name)
         return Result.ack()
 
     def run_pull(

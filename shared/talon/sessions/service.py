@@ -10,7 +10,6 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,12 +71,8 @@ def message_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class SessionService:
-    def __init__(
-        self, db: Database, on_enqueued: Callable[[list[int]], None] | None = None
-    ) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        # Called after commit with new outbox row ids (the Pub/Sub relay's fast path).
-        self.on_enqueued = on_enqueued
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -233,11 +228,9 @@ class SessionService:
                 ],
                 turn_id,
             )
-            outbox_id = enqueue(
+            enqueue(
                 tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)}, key=str(uid)
             )
-        if self.on_enqueued is not None:
-            self.on_enqueued([outbox_id])
         return Accepted(str(turn_id), int(seq), "queued", False, last_event - 2)
 
     def locate(self, namespace: str, agent: str, session_id: str) -> uuid.UUID:

@@ -57,6 +57,7 @@ class Tx:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection.cursor()
+        self.outbox_ids: list[int] = []  # outbox rows written here, announced after commit
 
     def execute(self, sql: str, params: Params = None) -> int:
         self._cursor.execute(sql, params or ())
@@ -120,6 +121,8 @@ class Database:
         # (connection, monotonic time it was returned to the pool)
         self._idle: queue.LifoQueue[tuple[Connection, float]] = queue.LifoQueue()
         self._ping_after = ping_after_idle_seconds
+        # Called after a commit that wrote outbox rows (the Pub/Sub relay's fast path).
+        self.on_outbox: Callable[[list[int]], None] | None = None
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
 
@@ -169,6 +172,8 @@ class Database:
             try:
                 yield tx
                 connection.commit()
+                if tx.outbox_ids and self.on_outbox is not None:
+                    self.on_outbox(tx.outbox_ids)
             except RollbackOnly:
                 connection.rollback()
             except BaseException:

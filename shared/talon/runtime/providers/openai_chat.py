@@ -82,7 +82,6 @@ class OpenAIChatModel:
             }
         return ModelResponse(message.content or "", calls, self.label, usage)
 
-
     def _stream(self, kwargs: dict[str, Any], request: ModelRequest) -> ModelResponse:
         """Streamed completion: text deltas go to `request.on_delta` as they arrive; tool call
         fragments are assembled by index."""
@@ -115,8 +114,7 @@ class OpenAIChatModel:
                     call["name"] += part.function.name or ""
                     call["arguments"] += part.function.arguments or ""
         tool_calls = [
-            ToolCall(c["id"], c["name"], c["arguments"] or "{}")
-            for _, c in sorted(calls.items())
+            ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
         ]
         return ModelResponse("".join(text), tool_calls, self.label, usage)
 

@@ -24,6 +24,9 @@ class ToolResult:
 
 
 class ToolSource(Protocol):
+    """Sources that cache (tool lists, sessions) may also define
+    `invalidate(namespace, kind, name)`; the worker calls it on lifecycle events."""
+
     def tools_for(self, context: AgentContext) -> list[ToolSpec]: ...
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult: ...

@@ -47,7 +47,9 @@ class ModelServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                for chunk in _chunks(body, reply):
+                for number, chunk in enumerate(_chunks(body, reply)):
+                    if number == reply.get("drop_after"):
+                        return  # the connection ends mid-answer
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                     time.sleep(reply.get("chunk_delay", 0))

@@ -217,3 +217,26 @@ def test_a_slow_answer_streams_as_deltas(api: Api, model_server, start_worker) -
     assert events[-1]["type"] == "turn.completed"
     answer = api.ok("GET", f"{base}/messages")["items"][-1]
     assert answer["content"] == "".join(pieces)
+
+
+def test_deltas_of_a_failed_attempt_are_marked_for_reset(
+    api: Api, model_server, start_worker
+) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary", "secondary"))
+    # The primary streams half an answer, then the connection drops; the secondary answers.
+    model_server.add(
+        {"pieces": ["Half ", "an ", "answer"], "chunk_delay": 0.2, "drop_after": 2},
+        {"pieces": ["A whole ", "new answer."], "chunk_delay": 0.2},
+    )
+    start_worker()
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    api.ok("POST", f"{base}/message", 202, json={"content": "Tell me."})
+    events = read_stream(api, f"{base}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+    deltas = [e["data"] for e in events if e["type"] == "message.delta"]
+    assert deltas[0]["text"].startswith("Half")  # the cut attempt did stream some text
+    assert any(d.get("reset") for d in deltas)
+    text = ""
+    for delta in deltas:
+        text = ("" if delta.get("reset") else text) + delta["text"]
+    assert text == "A whole new answer."
+    assert api.ok("GET", f"{base}/messages")["items"][-1]["content"] == "A whole new answer."

@@ -188,6 +188,7 @@ class TurnRunner:
                     agent.effective["modelPolicy"].get("retry", {}),
                     ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
                     deadline=deadline,
+                    on_attempt_failed=deltas.attempt_failed,
                 )
                 output = {
                     "content": response.content,
@@ -360,6 +361,13 @@ class _DeltaBuffer:
         self._idx = idx
         self._parts: list[str] = []
         self._last_flush = time.monotonic()
+        self._sent = False  # some text of this call already went out
+        self._reset = False  # ...and an attempt failed since: readers must discard it
+
+    def attempt_failed(self, label: str, error: Exception) -> None:
+        """A model attempt failed mid-answer; the retry starts the text over."""
+        self._parts = []
+        self._reset = self._reset or self._sent
 
     def add(self, text: str) -> None:
         self._parts.append(text)
@@ -373,7 +381,12 @@ class _DeltaBuffer:
         if not self._parts:
             return []
         text, self._parts = "".join(self._parts), []
-        return [("message.delta", {"step": MODEL, "index": self._idx, "text": text})]
+        data: dict[str, Any] = {"step": MODEL, "index": self._idx, "text": text}
+        if self._reset:
+            data["reset"] = True  # drop the text of earlier deltas of this step
+            self._reset = False
+        self._sent = True
+        return [("message.delta", data)]
 
 
 class _Heartbeat:

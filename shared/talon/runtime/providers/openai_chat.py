@@ -95,6 +95,7 @@ class OpenAIChatModel:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage: dict[str, int] = {}
+        finished = False
         for chunk in stream:
             if chunk.usage is not None:
                 usage = {
@@ -103,6 +104,7 @@ class OpenAIChatModel:
                 }
             if not chunk.choices:
                 continue
+            finished = finished or chunk.choices[0].finish_reason is not None
             delta = chunk.choices[0].delta
             if delta.content:
                 text.append(delta.content)
@@ -113,6 +115,9 @@ class OpenAIChatModel:
                 if part.function is not None:
                     call["name"] += part.function.name or ""
                     call["arguments"] += part.function.arguments or ""
+        if not finished:
+            # A dropped connection can end the stream quietly; a cut answer is not an answer.
+            raise ModelError(f"{self.label}: the stream ended before the answer", retryable=True)
         tool_calls = [
             ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
         ]

@@ -260,3 +260,14 @@ def test_stream_keep_alive_and_bad_last_event_id(acme_bot: Api) -> None:
             if line.startswith(": keep-alive"):
                 break
     assert lines[0] == "retry: 2000"
+
+
+def test_an_agent_with_sessions_cannot_be_deleted(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "keep-me"})
+    refused = acme_bot.delete(f"/v1/ns/{NS}/agents/bot")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["details"] == [
+        {"path": "Session/keep-me", "message": "belongs to this Agent"}
+    ]
+    acme_bot.ok("DELETE", f"{BASE}/keep-me")
+    acme_bot.ok("DELETE", f"/v1/ns/{NS}/agents/bot")

@@ -133,16 +133,28 @@ class ResourceService:
             if record is None:
                 raise NotFound(_not_found_message(kind, namespace, name))
             if kind.name == "Namespace":
-                blockers = self.store.namespace_contents(tx, name)
-                reason = "is in this namespace"
+                blockers = [
+                    (k, n, "is in this namespace")
+                    for k, n in self.store.namespace_contents(tx, name)
+                ]
             else:
-                blockers = self.store.dependents(tx, kind.name, namespace, name)
-                reason = f"references this {kind.name}"
+                blockers = [
+                    (k, n, f"references this {kind.name}")
+                    for k, n in self.store.dependents(tx, kind.name, namespace, name)
+                ]
+            if kind.name == "Agent":
+                # Durable threads are not deleted as a side effect; delete them first.
+                sessions = tx.all(
+                    "SELECT id FROM sessions WHERE namespace = %s AND agent = %s ORDER BY id "
+                    "LIMIT 20",
+                    (namespace, name),
+                )
+                blockers += [("Session", r["id"], "belongs to this Agent") for r in sessions]
             if blockers:
-                listed = ", ".join(f"{k}/{n}" for k, n in blockers)
+                listed = ", ".join(f"{k}/{n}" for k, n, _ in blockers)
                 raise Conflict(
                     f"{kind.name} {name!r} is still in use by {listed}",
-                    [{"path": f"{k}/{n}", "message": reason} for k, n in blockers],
+                    [{"path": f"{k}/{n}", "message": reason} for k, n, reason in blockers],
                 )
             self.store.delete(tx, record)
             if kind.name in LIFECYCLE_KINDS:

@@ -12,11 +12,21 @@ from talon.logs import configure_logging
 def run_worker(
     *, concurrency: int, demo_fallback: bool, lease_seconds: float, visibility_seconds: float
 ) -> int:
+    from talon.cli.client import CliError
+    from talon.config import load_settings
     from talon.runtime.worker import Worker
     from talon.services import Services
 
     configure_logging()
-    services = Services.start()
+    settings = load_settings()
+    broker = settings.control_plane.message_broker
+    if not settings.worker.pull_mode or broker.driver != "postgres":
+        raise CliError(
+            "`talon worker` pulls from the postgres broker (worker.pullMode: true, "
+            "message_broker.driver: postgres); with gcp_pubsub, turns are pushed to the "
+            "dispatch function instead"
+        )
+    services = Services.start(settings)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

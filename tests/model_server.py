@@ -10,6 +10,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -86,9 +87,9 @@ def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any
         message["content"] = None
         message["tool_calls"] = [
             {
-                "id": f"call_{i}_{c['name']}",
+                "id": f"call_{uuid.uuid4().hex[:12]}",
                 "type": "function",
-                "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))},
+                "function": {"name": c["name"], "arguments": _arguments(c)},
             }
             for i, c in enumerate(reply["tool_calls"])
         ]
@@ -101,6 +102,13 @@ def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
+
+
+def _arguments(call: dict[str, Any]) -> str:
+    arguments = dict(call.get("arguments", {}))
+    if call.get("nonce"):  # a fresh value per answer: shows whether an answer was re-requested
+        arguments["nonce"] = uuid.uuid4().hex
+    return json.dumps(arguments)
 
 
 def _chunks(request: dict[str, Any], reply: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,8 +124,8 @@ def _chunks(request: dict[str, Any], reply: dict[str, Any]) -> list[dict[str, An
     finish = "stop"
     for i, call in enumerate(reply.get("tool_calls") or []):
         finish = "tool_calls"
-        function = {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}
-        part = {"index": i, "id": f"call_{i}_{call['name']}", "type": "function",
+        function = {"name": call["name"], "arguments": _arguments(call)}
+        part = {"index": i, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                 "function": function}  # fmt: skip
         delta = {"tool_calls": [part]}
         chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})

@@ -4,6 +4,7 @@ Afterwards every turn completed exactly once and no message is lost or doubled."
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -135,3 +136,75 @@ def test_repeated_kills_leave_every_turn_done_exactly_once(
                 "load-knowledge", "call-model", "write-next-message"
             ]  # fmt: skip
     assert resumed >= 1, "no kill landed inside a turn; the test proved nothing"
+
+
+def test_kills_around_tool_calls_never_run_a_call_twice(
+    api: Api, model_server, database_url: str, tmp_path
+) -> None:
+    sessions = 3
+    _setup(api, model_server, sessions)
+    tool_call = {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 14},
+                                 "nonce": True}]}  # fmt: skip
+    answer = {"content": "Globex renews soon."}
+    model_server.add(*[tool_call, answer] * 60)
+    for i in range(sessions):
+        for round_ in range(3):
+            api.ok("POST", f"/v1/ns/acme/agents/bot/sessions/s{i}/message", 202,
+                   json={"content": f"s{i} renewals {round_}"})  # fmt: skip
+    calls_file = tmp_path / "calls.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "tool_worker.py"), database_url,
+             str(calls_file)],
+            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT / "tests")},
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def calls() -> list[str]:
+        if not calls_file.exists():
+            return []
+        return [json.loads(line)["nonce"] for line in calls_file.read_text().splitlines()]
+
+    worker = spawn()
+    kills = 0
+    deadline = time.monotonic() + 120
+    delays = itertools.cycle([0.0, 0.05, 0.12, 0.3])
+    try:
+        while time.monotonic() < deadline and _open_turns(api, sessions):
+            if kills >= 5:
+                time.sleep(0.2)
+                continue
+            seen = len(calls())  # kill once a tool call has begun: during it or just after
+            while len(calls()) == seen and _open_turns(api, sessions):
+                time.sleep(0.01)
+            time.sleep(next(delays))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            kills += 1
+            worker = spawn()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=60)
+    assert kills >= 3
+    assert _open_turns(api, sessions) == 0
+    assert b"Traceback" not in errors, errors.decode()
+    nonces = calls()
+    assert len(nonces) == len(set(nonces)), "a tool call ran twice"
+    interrupted = 0
+    for i in range(sessions):
+        messages = api.ok("GET", f"/v1/ns/acme/agents/bot/sessions/s{i}/messages")["items"]
+        # Every assistant tool call is answered by exactly one tool message, in order.
+        for position, message in enumerate(messages):
+            for call in message.get("toolCalls") or []:
+                answers = [m for m in messages if m.get("toolCallId") == call["id"]
+                           and m["turnId"] == message["turnId"]]  # fmt: skip
+                assert len(answers) == 1
+                assert messages.index(answers[0]) > position
+                interrupted += answers[0]["content"].startswith("error: the worker")
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assert users == [f"s{i} renewals {r}" for r in range(3)]
+        finals = [m for m in messages if m["role"] == "assistant" and not m.get("toolCalls")]
+        assert len(finals) == 3  # one final answer per turn
+    assert interrupted >= 1, "no kill landed inside a tool call; the test proved nothing"

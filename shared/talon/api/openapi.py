@@ -11,7 +11,7 @@ from talon import __version__
 from talon.api.routing import Route
 from talon.auth.tokens import TokenRequest
 from talon.resources.registry import KINDS
-from talon.sessions.models import CreateSession, PostMessage
+from talon.sessions.models import CreateSession, PostMessage, Session
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "limit": {
@@ -72,6 +72,7 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         (TokenRequest, "validation"),
         (CreateSession, "validation"),
         (PostMessage, "validation"),
+        (Session, "serialization"),
     ]
     _, schemas = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = dict(schemas.get("$defs", {}))

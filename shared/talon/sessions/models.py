@@ -37,3 +37,32 @@ class PostMessage(StrictModel):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+
+class SessionMessage(StrictModel):
+    role: Literal["user", "assistant", "system"]
+    content: str
+
+
+class StreamStep(StrictModel):
+    step: str
+    state: Literal["started", "completed", "failed"]
+
+
+class Session(StrictModel):
+    """A session as the API shows it: the seed's shape (id, agent, ns, status, metadata,
+    messages, stream) plus the turn state and counters."""
+
+    id: SessionId
+    agent: str
+    ns: str
+    status: Literal["active"]
+    metadata: dict[str, Any]
+    activeTurn: dict[str, Any] | None
+    queuedTurns: int
+    messageCount: int
+    lastEventId: int
+    createdAt: str
+    updatedAt: str
+    messages: list[SessionMessage] | None = None  # the most recent ones (GET one session)
+    stream: list[StreamStep] | None = None  # the steps of the latest turn

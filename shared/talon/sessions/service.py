@@ -16,7 +16,7 @@ from typing import Any
 from talon.broker.outbox import DISPATCH_TOPIC, enqueue
 from talon.errors import Conflict, Invalid, NotFound
 from talon.sessions import events
-from talon.sessions.models import CreateSession, PostMessage
+from talon.sessions.models import CreateSession, PostMessage, Session
 from talon.store.database import Database, Tx, jsonb
 
 RECENT_MESSAGES = 20
@@ -346,7 +346,7 @@ class SessionService:
             if latest
             else []
         )
-        return view
+        return Session.model_validate(view).model_dump(mode="json")
 
 
 def _steps(tx: Tx, turn_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -42,22 +42,24 @@ def append(
     events: list[tuple[str, dict[str, Any]]],
     turn_id: uuid.UUID | None = None,
 ) -> int:
-    """Append events in order; return the last id. Takes the session row lock."""
-    last = tx.scalar(
-        "UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
-        "WHERE uid = %s RETURNING last_event_id",
-        (len(events), session_uid),
-    )
-    first = last - len(events) + 1
-    for offset, (event_type, data) in enumerate(events):
-        tx.execute(
-            "INSERT INTO session_events (session_uid, id, turn_id, type, data) "
-            "VALUES (%s, %s, %s, %s, %s::jsonb)",
-            (session_uid, first + offset, turn_id, event_type, jsonb(data)),
-        )
-    # Delivered on commit only, so a woken reader always finds the rows.
-    tx.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(session_uid)))
-    return int(last)
+    """Append events in order and return the last id (0 if the session is gone). Takes the
+    session row lock. One statement: numbering, rows and the wake-up, whatever the count."""
+    row = tx.one(
+        "WITH s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
+        "  WHERE uid = %s RETURNING last_event_id), "
+        "ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
+        "  SELECT %s::uuid, s.last_event_id - %s + e.ord, %s::uuid, e.type, e.data::jsonb "
+        "  FROM s, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, ord)) "
+        # Delivered on commit only, so a woken reader always finds the rows.
+        "SELECT s.last_event_id, pg_notify(%s, %s) FROM s",
+        (
+            len(events), session_uid,
+            session_uid, len(events), turn_id,
+            [event_type for event_type, _ in events], [jsonb(data) for _, data in events],
+            EVENTS_CHANNEL, str(session_uid),
+        ),
+    )  # fmt: skip
+    return int(row["last_event_id"]) if row else 0
 
 
 def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = 500) -> list[Event]:

@@ -13,7 +13,19 @@ from datetime import datetime
 from typing import Any
 
 from talon.runtime import context as ctx
-from talon.runtime.journal import Fenced, Lease, Step, load, record, renew
+from talon.runtime.deltas import DeltaBuffer
+from talon.runtime.journal import (
+    KNOWLEDGE,
+    MODEL,
+    WRITE,
+    Fenced,
+    Heartbeat,
+    Lease,
+    Step,
+    load,
+    record,
+    renew,
+)
 from talon.runtime.policy import (
     PolicyError,
     build_clients,
@@ -27,10 +39,6 @@ from talon.store.database import Database, Tx, jsonb
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE = "load-knowledge"
-MODEL = "call-model"
-WRITE = "write-next-message"
-DELTA_FLUSH_SECONDS = 0.15
 INTERRUPTED = (
     "error: the worker running this tool call stopped before it returned; the call was not "
     "retried because it may already have taken effect"
@@ -134,7 +142,7 @@ class TurnRunner:
 
     def _run(self, claim: _Claim) -> None:
         lease, turn = claim.lease, claim.turn
-        heartbeat = _Heartbeat(self.db, lease)
+        heartbeat = Heartbeat(self.db, lease)
         try:
             with self.db.transaction() as tx:
                 agent = ctx.agent_context(tx, claim.session)
@@ -160,7 +168,7 @@ class TurnRunner:
         journal: dict[int, Step],
         history: list[dict[str, Any]],
         deadline: float,
-        heartbeat: _Heartbeat,
+        heartbeat: Heartbeat,
     ) -> None:
         knowledge_step = journal.get(0)
         if knowledge_step is None or knowledge_step.state != "completed":
@@ -182,7 +190,7 @@ class TurnRunner:
                 raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
             step = journal.get(idx)
             if step is None or step.state != "completed":
-                deltas = _DeltaBuffer(self.db, lease, idx)
+                deltas = DeltaBuffer(self.db, lease, idx)
                 response = complete_with_policy(
                     clients,
                     agent.effective["modelPolicy"].get("retry", {}),
@@ -348,72 +356,3 @@ def _finish_failed(
     )
     events.append(tx, session_uid, [("turn.failed", {"code": code, "message": message})], turn_id)
     log.warning("turn %s failed: %s: %s", turn_id, code, message)
-
-
-class _DeltaBuffer:
-    """Collects streamed answer text and writes it as `message.delta` events at most every
-    DELTA_FLUSH_SECONDS, so a slow answer streams live without a commit per token. What is
-    left when the call ends goes out with the step's completion, in the same transaction."""
-
-    def __init__(self, db: Database, lease: Lease, idx: int) -> None:
-        self._db = db
-        self._lease = lease
-        self._idx = idx
-        self._parts: list[str] = []
-        self._last_flush = time.monotonic()
-        self._sent = False  # some text of this call already went out
-        self._reset = False  # ...and an attempt failed since: readers must discard it
-
-    def attempt_failed(self, label: str, error: Exception) -> None:
-        """A model attempt failed mid-answer; the retry starts the text over."""
-        self._parts = []
-        self._reset = self._reset or self._sent
-
-    def add(self, text: str) -> None:
-        self._parts.append(text)
-        if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
-            with self._db.transaction() as tx:
-                renew(tx, self._lease)
-                events.append(tx, self._lease.session_uid, self.drain(), self._lease.turn_id)
-
-    def drain(self) -> list[tuple[str, dict[str, Any]]]:
-        self._last_flush = time.monotonic()
-        if not self._parts:
-            return []
-        text, self._parts = "".join(self._parts), []
-        data: dict[str, Any] = {"step": MODEL, "index": self._idx, "text": text}
-        if self._reset:
-            data["reset"] = True  # drop the text of earlier deltas of this step
-            self._reset = False
-        self._sent = True
-        return [("message.delta", data)]
-
-
-class _Heartbeat:
-    """Renews the lease while a step runs (model calls can be slow); notices a lost lease."""
-
-    def __init__(self, db: Database, lease: Lease) -> None:
-        self._db = db
-        self._lease = lease
-        self._stop = threading.Event()
-        self.lost = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="talon-lease")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._lease.seconds / 3):
-            try:
-                with self._db.transaction() as tx:
-                    renew(tx, self._lease)
-            except Fenced:
-                self.lost = True
-                return
-            except Exception as exc:  # the next step's own renew will decide
-                log.warning("lease renewal failed: %s", exc)
-
-    def check(self) -> None:
-        if self.lost:
-            raise Fenced(str(self._lease.turn_id))
-
-    def stop(self) -> None:
-        self._stop.set()

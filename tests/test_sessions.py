@@ -271,3 +271,11 @@ def test_an_agent_with_sessions_cannot_be_deleted(acme_bot: Api) -> None:
     ]
     acme_bot.ok("DELETE", f"{BASE}/keep-me")
     acme_bot.ok("DELETE", f"/v1/ns/{NS}/agents/bot")
+
+
+def test_stream_ends_after_max_seconds(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    started = time.monotonic()
+    events = read_stream(acme_bot, f"{BASE}/s1/stream", params={"maxSeconds": 1, "heartbeat": 1})
+    assert events == []
+    assert 0.9 <= time.monotonic() - started < 5

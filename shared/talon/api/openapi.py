@@ -36,6 +36,12 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "boolean",
         "description": "End the stream once no turn is queued or running.",
     },
+    "maxSeconds": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 3600,
+        "description": "End the stream after this long (default 600); resume with Last-Event-ID.",
+    },
     "heartbeat": {
         "type": "integer",
         "minimum": 1,

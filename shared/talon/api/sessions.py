@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,16 +107,20 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         after = sessions.get(ns, agent, session_id)["lastEventId"]  # only new events
     until_turn_end = ctx.query_bool("untilTurnEnd")
     heartbeat = ctx.query_int("heartbeat", 15, 1, 60)
+    # Each open stream holds a server thread: end it after a while; the client resumes with
+    # Last-Event-ID and misses nothing.
+    max_seconds = ctx.query_int("maxSeconds", 600, 1, 3600)
     listener = ctx.services.listener()
 
     def events() -> Iterator[str]:
         last = after
+        ends_at = time.monotonic() + max_seconds
         yield "retry: 2000\n\n"
         if until_turn_end and sessions.open_turns(uid) == 0:
             batch = sessions.read_events(uid, last)
             yield from (_format(e.to_dict()) for e in batch)
             return
-        while True:
+        while time.monotonic() < ends_at:
             seen = listener.count(EVENTS_CHANNEL, str(uid))
             batch = sessions.read_events(uid, last)
             for event in batch:
@@ -126,7 +131,8 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
                 if until_turn_end and turn_ended and sessions.open_turns(uid) == 0:
                     return
                 continue  # there may be more than one batch
-            if not listener.wait(EVENTS_CHANNEL, heartbeat, payload=str(uid), since=seen):
+            wait = min(heartbeat, max(0.0, ends_at - time.monotonic()))
+            if not listener.wait(EVENTS_CHANNEL, wait, payload=str(uid), since=seen):
                 if sessions.open_turns(uid) is None:
                     return  # the session was deleted
                 yield ": keep-alive\n\n"
@@ -170,6 +176,6 @@ def session_routes() -> list[Route]:
                   tags=tags),
             Route("GET", f"{item}/stream", stream,
                   "Server-Sent Events; resume with Last-Event-ID (0 replays everything).",
-                  tags=tags, query=("lastEventId", "untilTurnEnd", "heartbeat")),
+                  tags=tags, query=("lastEventId", "untilTurnEnd", "heartbeat", "maxSeconds")),
         ]  # fmt: skip
     return routes

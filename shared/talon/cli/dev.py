@@ -154,7 +154,8 @@ class DevStack:
             sys.executable, "-m", "functions_framework", "--target", "gateway",
             "--source", str(source), "--host", self.options.host, "--port", str(self.options.port),
         ]  # fmt: skip
-        self._spawn("gateway", command, env)
+        # Every open SSE stream holds a gunicorn thread (THREADS defaults to cores x 4).
+        self._spawn("gateway", command, {"THREADS": "64", **env})
 
     def _spawn_worker(self, env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "talon.cli.main", "worker"]

@@ -240,3 +240,29 @@ def test_deltas_of_a_failed_attempt_are_marked_for_reset(
         text = ("" if delta.get("reset") else text) + delta["text"]
     assert text == "A whole new answer."
     assert api.ok("GET", f"{base}/messages")["items"][-1]["content"] == "A whole new answer."
+
+
+def test_demo_provider_calls_a_fitting_tool_then_answers(api: Api, start_worker) -> None:
+    model_policy = {"profiles": [{"name": "offline", "model": {"provider": "demo",
+                                                               "name": "demo"}}]}  # fmt: skip
+    _agent_with_policy(api, model_policy)
+    tools = RecordingTools()
+    start_worker(tools=tools)
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    api.ok("POST", f"{base}/message", 202, json={"content": "Review renewals due in 14 days."})
+    events = read_stream(api, f"{base}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+    steps = [e["data"]["step"] for e in events if e["type"] == "step.completed"]
+    assert steps == ["load-knowledge", "call-model", "call-get_renewals", "call-model",
+                     "write-next-message"]  # fmt: skip
+    assert tools.calls == [("get_renewals", {"days": 1})]  # required integer, placeholder value
+    assert events[-1]["data"]["provider"] == "offline/demo:demo"
+    answer = api.ok("GET", f"{base}/messages")["items"][-1]["content"]
+    assert answer.startswith("(demo model) Here is what the tools returned. get_renewals:")
+    # A message no tool fits gets a plain answer.
+    api.ok("POST", f"{base}/message", 202, json={"content": "Hello there"})
+    read_stream(api, f"{base}/stream", last_event_id=events[-1]["id"],
+                params={"untilTurnEnd": "true"})  # fmt: skip
+    assert api.ok("GET", f"{base}/messages")["items"][-1]["content"] == (
+        "(demo model) Received: Hello there"
+    )
+    assert len(tools.calls) == 1

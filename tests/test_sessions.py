@@ -279,3 +279,24 @@ def test_stream_ends_after_max_seconds(acme_bot: Api) -> None:
     events = read_stream(acme_bot, f"{BASE}/s1/stream", params={"maxSeconds": 1, "heartbeat": 1})
     assert events == []
     assert 0.9 <= time.monotonic() - started < 5
+
+
+def test_a_turn_for_an_agent_that_does_not_resolve_fails_cleanly(
+    acme_bot: Api, start_worker
+) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    definition = acme_bot.ok("GET", f"/v1/ns/{NS}/agent-templates/support")["definition"]
+    definition["customSpec"]["features"].append({"name": "region", "required": True})
+    acme_bot.ok("PATCH", f"/v1/ns/{NS}/agent-templates/support", json={"definition": definition})
+    start_worker()
+    post(acme_bot, "s1", "anyone there?")
+    events = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    assert [e["type"] for e in events][-1] == "turn.failed"
+    assert events[-1]["data"]["code"] == "agent_not_resolved"
+    # Fixed, the next message is answered.
+    acme_bot.ok("PATCH", f"/v1/ns/{NS}/agents/bot",
+                json={"spec": {"features": {"customer_id": "c", "region": "eu"}}})  # fmt: skip
+    post(acme_bot, "s1", "now?")
+    view = wait_idle(acme_bot, "s1")
+    assert view["messages"][-1] == {"role": "assistant", "content": "(demo model) Received: now?"}

@@ -58,7 +58,12 @@ class RunnerSettings:
 class _Claim:
     lease: Lease
     turn: dict[str, Any]
-    session: dict[str, Any]
+    agent: AgentContext
+    journal: dict[int, Step]
+    history: list[dict[str, Any]]
+
+
+_AGAIN = object()  # the head turn was settled during the claim; look for the next one
 
 
 class TurnRunner:
@@ -91,13 +96,16 @@ class TurnRunner:
         turn, return when its lease expires (look again then); otherwise None."""
         while True:
             claimed = self._claim(session_uid)
+            if claimed is _AGAIN:
+                continue
             if claimed is None or isinstance(claimed, datetime):
                 return claimed
+            assert isinstance(claimed, _Claim)
             self._run(claimed)
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def _claim(self, session_uid: uuid.UUID) -> _Claim | datetime | None:
+    def _claim(self, session_uid: uuid.UUID) -> _Claim | datetime | object | None:
         with self.db.transaction() as tx:
             session = tx.one("SELECT * FROM sessions WHERE uid = %s FOR UPDATE", (session_uid,))
             if session is None:
@@ -132,22 +140,32 @@ class TurnRunner:
                           self.settings.lease_seconds)  # fmt: skip
             started = [("turn.started", {"attempt": turn["attempts"],
                                          "resumed": turn["attempts"] > 1})]  # fmt: skip
-            if not load(tx, turn["id"]):
-                started.append(("step.started", {"step": KNOWLEDGE, "index": 0,
-                                                 "kind": "knowledge"}))  # fmt: skip
-            events.append(tx, session_uid, started, turn["id"])
-            return _Claim(lease, turn, session)
+            journal = {step.idx: step for step in load(tx, turn["id"])}
+            try:
+                agent = ctx.agent_context(tx, session)
+            except ctx.TurnFailure as failure:
+                events.append(tx, session_uid, started, turn["id"])
+                _finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
+                return _AGAIN
+            history = ctx.history(tx, session_uid, int(turn["seq"]))
+            if 0 not in journal:
+                # Loading knowledge is a quick read: it completes inside the claim, one commit.
+                journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed",
+                                  ctx.load_knowledge(tx, agent.namespace))  # fmt: skip
+                announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
+                next_step = Step(1, MODEL, "model", "started", {})
+                record(tx, lease, journal[0], next_step, before=[*started, announce])
+            else:
+                events.append(tx, session_uid, started, turn["id"])
+            return _Claim(lease, turn, agent, journal, history)
 
     # -- running -----------------------------------------------------------------------------
 
     def _run(self, claim: _Claim) -> None:
         lease, turn = claim.lease, claim.turn
         heartbeat = Heartbeat(self.db, lease)
+        agent, journal, history = claim.agent, claim.journal, claim.history
         try:
-            with self.db.transaction() as tx:
-                agent = ctx.agent_context(tx, claim.session)
-                journal = {s.idx: s for s in load(tx, turn["id"])}
-                history = ctx.history(tx, lease.session_uid, int(turn["seq"]))
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
@@ -170,12 +188,7 @@ class TurnRunner:
         deadline: float,
         heartbeat: Heartbeat,
     ) -> None:
-        knowledge_step = journal.get(0)
-        if knowledge_step is None or knowledge_step.state != "completed":
-            with self.db.transaction() as tx:
-                output = ctx.load_knowledge(tx, agent.namespace)
-                knowledge_step = Step(0, KNOWLEDGE, "knowledge", "completed", output)
-                record(tx, lease, knowledge_step, Step(1, MODEL, "model", "started", {}))
+        knowledge_step = journal[0]  # completed during the claim
         messages = [
             {"role": "system", "content": ctx.system_prompt(agent, knowledge_step.output)},
             *history,

@@ -24,11 +24,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
-from model_server import ModelServer  # noqa: E402
-from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TOKEN = "bench-admin-token"
 
@@ -60,6 +58,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--turns", type=int, default=200, help="total turns across clients")
     parser.add_argument("--worker-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--model", choices=["server", "demo"], default="server",
+        help="server: the openai client to a zero-latency HTTP model server; demo: in-process",
+    )  # fmt: skip
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
@@ -67,7 +69,13 @@ def main() -> int:
     pg = LocalPostgres(root / "pg", durable=True)
     pg.start()
     pg.ensure_database("talon")
-    model = ModelServer()
+    # Its own process, so the model server never waits for the clients' GIL.
+    model_process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "model_server.py")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert model_process.stdout is not None
+    model_url = model_process.stdout.readline().strip()
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
@@ -92,12 +100,16 @@ def main() -> int:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
+    profile = (
+        {"name": "zero", "model": {"provider": "openai", "name": "zero-latency",
+                                   "baseUrl": model_url}}
+        if args.model == "server"
+        else {"name": "zero", "model": {"provider": "demo", "name": "demo"}}
+    )  # fmt: skip
     template = {
         "apiVersion": "talon.dev/v1alpha1", "kind": "AgentTemplate",
         "metadata": {"name": "bench", "namespace": "bench"},
-        "definition": {"modelPolicy": {"profiles": [{"name": "zero", "model": {
-            "provider": "openai", "name": "zero-latency", "baseUrl": model.url}}]},
-            "systemPrompt": "Answer."},
+        "definition": {"modelPolicy": {"profiles": [profile]}, "systemPrompt": "Answer."},
     }  # fmt: skip
     items = [
         {"apiVersion": "talon.dev/v1alpha1", "kind": "Namespace", "metadata": {"name": "bench"}},
@@ -171,6 +183,7 @@ def main() -> int:
 
     result = {
         "clients": args.clients,
+        "model": args.model,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),
         "first_event_ms": {"p50": round(percentile(first_event, 0.5) * 1000, 1),
@@ -185,7 +198,8 @@ def main() -> int:
     for process in (worker, gateway):
         process.terminate()
         process.wait(timeout=30)
-    model.close()
+    model_process.terminate()
+    model_process.wait(timeout=10)
     pg.stop()
     shutil.rmtree(root, ignore_errors=True)
     return 0

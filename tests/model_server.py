@@ -140,3 +140,10 @@ def _split(text: str, parts: int) -> list[str]:
         return []
     size = max(1, -(-len(text) // parts))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+if __name__ == "__main__":
+    # A standalone server (for the benchmark): prints its URL, serves until killed.
+    server = ModelServer()
+    print(server.url, flush=True)
+    threading.Event().wait()

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from talon.runtime.providers.base import (
     ModelError,
@@ -31,6 +32,9 @@ class OpenAIChatModel:
         self.temperature = temperature
         self.max_tokens = max_tokens
         # Retries are ours (policy-driven, across profiles), so the client must not add its own.
+        # Requests go through `client.post` (the client's documented way to send a raw body):
+        # `chat.completions.create` re-walks every history message with typing introspection,
+        # which cost ~13 ms per call at 80 messages against ~1 ms for the whole HTTP exchange.
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
 
     def complete(self, request: ModelRequest) -> ModelResponse:
@@ -54,8 +58,11 @@ class OpenAIChatModel:
         try:
             if request.on_delta is not None:
                 return self._stream(kwargs, request)
-            completion = self._client.chat.completions.create(
-                **kwargs, timeout=max(0.1, request.timeout)
+            completion = self._client.post(
+                "/chat/completions",
+                body=kwargs,
+                cast_to=ChatCompletion,
+                options={"timeout": max(0.1, request.timeout)},
             )
         except openai.APIStatusError as exc:
             retryable = exc.status_code == 429 or exc.status_code >= 500
@@ -86,11 +93,13 @@ class OpenAIChatModel:
         """Streamed completion: text deltas go to `request.on_delta` as they arrive; tool call
         fragments are assembled by index."""
         assert request.on_delta is not None
-        stream = self._client.chat.completions.create(
-            **kwargs,
+        stream = self._client.post(
+            "/chat/completions",
+            body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
+            cast_to=ChatCompletionChunk,
+            options={"timeout": max(0.1, request.timeout)},
             stream=True,
-            stream_options={"include_usage": True},
-            timeout=max(0.1, request.timeout),
+            stream_cls=openai.Stream[ChatCompletionChunk],
         )
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}

@@ -13,10 +13,11 @@ OUTBOX_CHANNEL = "talon_outbox"
 
 
 def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> int:
+    # The NOTIFY is delivered on commit, so a woken consumer always finds the row.
     row_id = tx.scalar(
-        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s::jsonb) RETURNING id",
-        (topic, key, jsonb(payload)),
+        "WITH row AS (INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s::jsonb) "
+        "RETURNING id) SELECT id FROM row, pg_notify(%s, %s)",
+        (topic, key, jsonb(payload), OUTBOX_CHANNEL, topic),
     )
-    tx.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, topic))
     tx.outbox_ids.append(int(row_id))
     return int(row_id)

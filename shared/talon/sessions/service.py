@@ -200,12 +200,13 @@ class SessionService:
                 for turn in open_turns:
                     _cancel_turn(tx, turn["id"], "interrupted by a newer message")
                     pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
-            seq = tx.scalar(
+            counters = tx.one(
                 "UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1 "
-                "WHERE uid = %s RETURNING last_message",
+                "WHERE uid = %s RETURNING last_message, last_turn",
                 (uid,),
             )
-            turn_seq = tx.scalar("SELECT last_turn FROM sessions WHERE uid = %s", (uid,))
+            assert counters is not None  # the row is locked above
+            seq, turn_seq = counters["last_message"], counters["last_turn"]
             turn_id = uuid.uuid4()
             tx.execute(
                 "INSERT INTO messages (session_uid, seq, role, content, turn_id) "

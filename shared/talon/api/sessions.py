@@ -89,7 +89,7 @@ def get_turn(ctx: Context, ns: str, agent: str, session_id: str, turn_id: str) -
 
 def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response:
     sessions = ctx.services.sessions
-    uid = sessions.locate(ns, agent, session_id)
+    uid, latest = sessions.locate(ns, agent, session_id)
     header = ctx.request.headers.get("Last-Event-ID")
     if header is not None and ctx.request.args.get("lastEventId") is None:
         try:
@@ -104,7 +104,7 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
     else:
         after = ctx.query_int("lastEventId", -1, 0, 2**62)
     if after < 0:
-        after = sessions.get(ns, agent, session_id)["lastEventId"]  # only new events
+        after = latest  # no position given: only new events
     until_turn_end = ctx.query_bool("untilTurnEnd")
     heartbeat = ctx.query_int("heartbeat", 15, 1, 60)
     # Each open stream holds a server thread: end it after a while; the client resumes with

@@ -234,9 +234,11 @@ class SessionService:
             )
         return Accepted(str(turn_id), int(seq), "queued", False, last_event - 2)
 
-    def locate(self, namespace: str, agent: str, session_id: str) -> uuid.UUID:
+    def locate(self, namespace: str, agent: str, session_id: str) -> tuple[uuid.UUID, int]:
+        """The session's uid and its latest event id."""
         with self.db.transaction() as tx:
-            return self._require(tx, namespace, agent, session_id)["uid"]
+            session = self._require(tx, namespace, agent, session_id)
+            return session["uid"], int(session["last_event_id"])
 
     def read_events(self, session_uid: uuid.UUID, after: int) -> list[events.Event]:
         with self.db.transaction() as tx:

@@ -129,3 +129,30 @@ def test_dispatch_function_verifies_and_validates_pushes(
     # A well-formed push with a payload we cannot use is acknowledged (logged), not retried.
     assert httpx.post(f"{url}/?token={PUSH_TOKEN}", json=envelope).status_code == 204
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_sweep_route_publishes_orphans_without_traffic(
+    dispatch_server, broker_env: dict[str, str], db: Database
+) -> None:
+    subscriber = pubsub_v1.SubscriberClient()
+    pull = subscriber.subscription_path(PROJECT, "sweep-" + broker_env["subscription"][-6:])
+    subscriber.create_subscription(name=pull, topic=broker_env["dispatch_topic"])
+    # The push subscription would run these; detach it so only the pull one sees them.
+    subscriber.delete_subscription(subscription=broker_env["subscription"])
+    subscriber.create_subscription(name=broker_env["subscription"],
+                                   topic=broker_env["dispatch_topic"])  # fmt: skip
+    try:
+        with db.transaction() as tx:
+            enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "orphan"}, key="k")
+        url = dispatch_server.url
+        assert httpx.post(f"{url}/sweep").status_code == 401
+        swept = httpx.post(f"{url}/sweep?token={PUSH_TOKEN}")
+        assert swept.status_code == 200 and swept.json() == {"published": 1}
+        reply = subscriber.pull(subscription=pull, max_messages=5, timeout=10)
+        assert [json.loads(m.message.data) for m in reply.received_messages] == [
+            {"sessionUid": "orphan"}
+        ]
+        subscriber.acknowledge(subscription=pull,
+                               ack_ids=[m.ack_id for m in reply.received_messages])  # fmt: skip
+    finally:
+        subscriber.delete_subscription(subscription=pull)

@@ -1,4 +1,5 @@
-"""The dispatch function: Pub/Sub push deliveries in, turns run, 2xx to ack or 503 to retry."""
+"""The dispatch function: Pub/Sub push deliveries in, turns run, 2xx to ack or 503 to retry.
+`POST /sweep` (same verification) publishes outbox rows that were committed but never sent."""
 
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ class DispatchEndpoint:
                                                      "message": "POST only", "details": []}},
                                      {"Allow": "POST"})  # fmt: skip
             verify_push(request, self.services.settings.control_plane.message_broker)
+            if request.path.rstrip("/") == "/sweep":
+                return json_response(200, {"published": self._sweep(older_than=0.0)})
             body = request.get_json(silent=True)
             delivery = parse_envelope(body)
             result = self.worker.handle(delivery)
@@ -98,11 +101,14 @@ class DispatchEndpoint:
         return json_response(503, {"error": {"code": "retry", "message": "not done yet",
                                              "details": []}})  # fmt: skip
 
-    def _sweep(self) -> None:
+    def _sweep(self, older_than: float = SWEEP_AFTER_SECONDS) -> int:
+        """Publish outbox rows a crashed process left behind. Runs after each push and on
+        `POST /sweep` (a Cloud Scheduler job), so it does not depend on traffic."""
         relay = self.services.relay
         if relay is None:
-            return
+            return 0
         try:
-            relay.flush(older_than_seconds=SWEEP_AFTER_SECONDS)
+            return relay.flush(older_than_seconds=older_than)
         except Exception as exc:
             log.warning("outbox sweep failed: %s", exc)
+            return 0

@@ -46,11 +46,14 @@ def renew(tx: Tx, lease: Lease) -> None:
     Locks the session row first, then the turn: the same order as the gateway and the claim,
     so concurrent writers queue instead of deadlocking.
     """
-    tx.execute("SELECT 1 FROM sessions WHERE uid = %s FOR UPDATE", (lease.session_uid,))
+    # One statement: the CTE's row lock is taken while the join reads the session, before
+    # the UPDATE locks the turn row it produces.
     ok = tx.scalar(
-        "UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) "
-        "WHERE id = %s AND fencing_token = %s AND state = 'running' RETURNING 1",
-        (lease.seconds, lease.turn_id, lease.token),
+        "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE) "
+        "UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "
+        "WHERE turns.id = %s AND turns.session_uid = s.uid AND fencing_token = %s "
+        "AND state = 'running' RETURNING 1",
+        (lease.session_uid, lease.seconds, lease.turn_id, lease.token),
     )
     if ok is None:
         raise Fenced(str(lease.turn_id))

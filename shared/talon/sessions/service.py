@@ -158,81 +158,114 @@ class SessionService:
         idempotency_key: str | None = None,
         source: str = "api",
     ) -> Accepted:
+        with self.db.transaction() as tx:
+            return self.post_in(
+                tx, namespace, agent, session_id, request,
+                idempotency_key=idempotency_key, source=source,
+            )  # fmt: skip
+
+    def post_in(
+        self,
+        tx: Tx,
+        namespace: str,
+        agent: str,
+        session_id: str,
+        request: PostMessage,
+        *,
+        idempotency_key: str | None = None,
+        source: str = "api",
+    ) -> Accepted:
+        """`post_message` inside the caller's transaction (a schedule's wake commits together
+        with the claim of its fire slot)."""
         request_hash = hashlib.sha256(
             json.dumps([request.content, request.multitask_strategy]).encode()
         ).digest()
-        with self.db.transaction() as tx:
-            session = self._require(tx, namespace, agent, session_id, lock=True)
-            uid = session["uid"]
-            if idempotency_key is not None:
-                previous = tx.one(
-                    "SELECT id, input_seq, state, request_hash, (SELECT min(id) - 1 FROM "
-                    "session_events e WHERE e.turn_id = turns.id) AS stream_from FROM turns "
-                    "WHERE session_uid = %s AND idempotency_key = %s",
-                    (uid, idempotency_key),
-                )
-                if previous is not None:
-                    if bytes(previous["request_hash"]) != request_hash:
-                        raise Invalid(
-                            "Idempotency-Key was already used with a different request",
-                            [{"path": "Idempotency-Key", "message": "reused with another body"}],
-                        )
-                    return Accepted(
-                        str(previous["id"]),
-                        int(previous["input_seq"]),
-                        previous["state"],
-                        True,
-                        int(previous["stream_from"] or 0),
+        session = self._require(tx, namespace, agent, session_id, lock=True)
+        uid = session["uid"]
+        if idempotency_key is not None:
+            previous = tx.one(
+                "SELECT id, input_seq, state, request_hash, (SELECT min(id) - 1 FROM "
+                "session_events e WHERE e.turn_id = turns.id) AS stream_from FROM turns "
+                "WHERE session_uid = %s AND idempotency_key = %s",
+                (uid, idempotency_key),
+            )
+            if previous is not None:
+                if bytes(previous["request_hash"]) != request_hash:
+                    raise Invalid(
+                        "Idempotency-Key was already used with a different request",
+                        [{"path": "Idempotency-Key", "message": "reused with another body"}],
                     )
-            open_turns = tx.all(
-                "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
-                "('queued', 'running') ORDER BY seq FOR UPDATE",
-                (uid,),
-            )
-            pending: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
-            if open_turns and request.multitask_strategy == "reject":
-                raise Conflict(
-                    f"session {session_id!r} has a turn in progress; retry later or use "
-                    "multitask_strategy 'enqueue' or 'interrupt'",
-                    [{"path": "multitask_strategy", "message": "a turn is in progress"}],
+                return Accepted(
+                    str(previous["id"]),
+                    int(previous["input_seq"]),
+                    previous["state"],
+                    True,
+                    int(previous["stream_from"] or 0),
                 )
-            if open_turns and request.multitask_strategy == "interrupt":
-                for turn in open_turns:
-                    _cancel_turn(tx, turn["id"], "interrupted by a newer message")
-                    pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
-            counters = tx.one(
-                "UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1 "
-                "WHERE uid = %s RETURNING last_message, last_turn",
-                (uid,),
+        open_turns = tx.all(
+            "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
+            "('queued', 'running') ORDER BY seq FOR UPDATE",
+            (uid,),
+        )
+        pending: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
+        if open_turns and request.multitask_strategy == "reject":
+            raise Conflict(
+                f"session {session_id!r} has a turn in progress; retry later or use "
+                "multitask_strategy 'enqueue' or 'interrupt'",
+                [{"path": "multitask_strategy", "message": "a turn is in progress"}],
             )
-            assert counters is not None  # the row is locked above
-            seq, turn_seq = counters["last_message"], counters["last_turn"]
-            turn_id = uuid.uuid4()
-            tx.execute(
-                "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
-                "VALUES (%s, %s, 'user', %s, %s)",
-                (uid, seq, request.content, turn_id),
-            )
-            tx.execute(
-                "INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, "
-                "input_seq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (turn_id, uid, turn_seq, source, idempotency_key, request_hash, seq),
-            )
-            for event_type, data, cancelled in pending:
-                events.append(tx, uid, [(event_type, data)], cancelled)
-            last_event = events.append(
-                tx,
-                uid,
-                [
-                    ("message.created", {"seq": seq, "role": "user", "content": request.content}),
-                    ("turn.queued", {"seq": turn_seq, "source": source}),
-                ],
-                turn_id,
-            )
-            enqueue(
-                tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)}, key=str(uid)
-            )
+        if open_turns and request.multitask_strategy == "interrupt":
+            for turn in open_turns:
+                _cancel_turn(tx, turn["id"], "interrupted by a newer message")
+                pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
+        counters = tx.one(
+            "UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1 "
+            "WHERE uid = %s RETURNING last_message, last_turn",
+            (uid,),
+        )
+        assert counters is not None  # the row is locked above
+        seq, turn_seq = counters["last_message"], counters["last_turn"]
+        turn_id = uuid.uuid4()
+        tx.execute(
+            "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+            "VALUES (%s, %s, 'user', %s, %s)",
+            (uid, seq, request.content, turn_id),
+        )
+        tx.execute(
+            "INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, "
+            "input_seq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (turn_id, uid, turn_seq, source, idempotency_key, request_hash, seq),
+        )
+        for event_type, data, cancelled in pending:
+            events.append(tx, uid, [(event_type, data)], cancelled)
+        last_event = events.append(
+            tx,
+            uid,
+            [
+                ("message.created", {"seq": seq, "role": "user", "content": request.content}),
+                ("turn.queued", {"seq": turn_seq, "source": source}),
+            ],
+            turn_id,
+        )
+        enqueue(tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)}, key=str(uid))
         return Accepted(str(turn_id), int(seq), "queued", False, last_event - 2)
+
+    def ensure_in(self, tx: Tx, namespace: str, agent: str, session_id: str) -> bool:
+        """Create the named session for `agent` if it does not exist; True if created.
+        Raises Conflict if the id belongs to another agent."""
+        row = tx.one(
+            "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (namespace, id) DO NOTHING RETURNING uid",
+            (uuid.uuid4(), namespace, session_id, agent),
+        )
+        if row is None:
+            owner = self._session(tx, namespace, session_id)
+            if owner is not None and owner["agent"] != agent:
+                raise Conflict(
+                    f"session {session_id!r} belongs to agent {owner['agent']!r}",
+                    [{"path": "spec.target.sessionId", "message": "belongs to another agent"}],
+                )
+        return row is not None
 
     def locate(self, namespace: str, agent: str, session_id: str) -> tuple[uuid.UUID, int]:
         """The session's uid and its latest event id."""

@@ -12,6 +12,7 @@ from talon.auth.tokens import TokenService
 from talon.broker.relay import OutboxRelay
 from talon.config import Settings, load_settings
 from talon.resources.service import ResourceService
+from talon.scheduling.fires import ScheduleFirer
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
 from talon.store.database import Database
@@ -29,6 +30,7 @@ class Services:
     resources: ResourceService
     tokens: TokenService
     sessions: SessionService
+    schedules: ScheduleFirer
     relay: OutboxRelay | None = None  # set with the gcp_pubsub broker
     _listener: Listener | None = field(default=None, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -44,9 +46,11 @@ class Services:
         relay = _relay(settings, db)
         if relay is not None:
             db.on_outbox = _publish_now(relay)
+        sessions = SessionService(db)
         services = cls(
-            settings, db, ResourceService(db), TokenService(db), SessionService(db), relay
-        )
+            settings, db, ResourceService(db), TokenService(db), sessions,
+            ScheduleFirer(db, sessions), relay,
+        )  # fmt: skip
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)

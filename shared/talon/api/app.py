@@ -21,6 +21,7 @@ from werkzeug.routing import Map, Rule
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
 from talon.api.routing import Context, Route
+from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.auth.principal import Principal
@@ -65,6 +66,7 @@ class Gateway:
             *token_routes(),
             *resource_routes(),
             *session_routes(),
+            *schedule_routes(),
         ]
         self._by_endpoint = {r.endpoint: r for r in self.routes}
         self.url_map = Map(

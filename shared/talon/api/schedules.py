@@ -1,0 +1,40 @@
+"""Schedule actions beyond CRUD: `run` (fire now) and the recent fires."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from talon.api.routing import Context, Route
+
+NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
+
+
+def run_schedule(ctx: Context, ns: str, name: str) -> tuple[int, dict[str, Any]]:
+    result = ctx.services.schedules.fire(ns, name, datetime.now(UTC), "run")
+    return 202, result
+
+
+def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
+    ctx.services.resources.get(_schedule_kind(), ns, name)  # 404s like the resource route
+    return {"items": ctx.services.schedules.recent(ns, name)}
+
+
+def _schedule_kind() -> Any:
+    from talon.resources.registry import BY_NAME
+
+    return BY_NAME["Schedule"]
+
+
+def schedule_routes() -> list[Route]:
+    routes = []
+    for prefix in NAMESPACE_PREFIXES:
+        item = f"{prefix}/schedules/<name>"
+        routes += [
+            Route("POST", f"{item}/run", run_schedule,
+                  "Fire the schedule now: its input message goes to its target session.",
+                  role="write", response_status=202, tags=("schedules",)),
+            Route("GET", f"{item}/fires", schedule_fires,
+                  "The schedule's most recent fires and their outcome.", tags=("schedules",)),
+        ]  # fmt: skip
+    return routes

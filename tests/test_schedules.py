@@ -1,0 +1,98 @@
+"""Schedule fires: `run`, exactly one wake per (schedule, fire time), session modes."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import samples
+from conftest import ROOT, Api, read_stream
+from talon import entrypoints
+from talon.cli.manifest_files import read_documents
+
+SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
+
+
+@pytest.fixture
+def acme(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
+    api.ok("POST", "/v1/apply", json={"items": documents})
+    return api
+
+
+def test_run_wakes_the_seed_schedules_named_session(acme: Api, start_worker) -> None:
+    start_worker(demo_fallback=True)
+    fired = acme.ok("POST", "/v1/ns/acme/schedules/renewal-check/run", 202)
+    assert fired["claimed"] is True and fired["outcome"] == "queued"
+    assert fired["sessionId"] == "enterprise-renewals"
+    events = read_stream(
+        acme, f"{SESSIONS}/enterprise-renewals/stream",
+        last_event_id=fired["streamFrom"], params={"untilTurnEnd": "true"},
+    )  # fmt: skip
+    queued = next(e for e in events if e["type"] == "turn.queued")
+    assert queued["data"]["source"] == "schedule:renewal-check"
+    assert events[-1]["type"] == "turn.completed"
+    messages = acme.ok("GET", f"{SESSIONS}/enterprise-renewals/messages")["items"]
+    assert messages[0]["content"].startswith("Review accounts renewing in the next 14 days")
+    fires = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"]
+    assert [(f["reason"], f["outcome"], f["turnId"]) for f in fires] == [
+        ("run", "queued", fired["turnId"])
+    ]
+
+
+def test_a_fire_slot_is_claimed_exactly_once(acme: Api) -> None:
+    firer = entrypoints.services().schedules
+    slot = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
+    results: list[dict[str, Any]] = []
+    start = threading.Barrier(4)
+
+    def fire() -> None:
+        start.wait()
+        results.append(firer.fire("acme", "renewal-check", slot, "cron"))
+
+    threads = [threading.Thread(target=fire) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(r["claimed"] for r in results) == [False, False, False, True]
+    assert firer.fire("acme", "renewal-check", slot, "cron")["claimed"] is False  # a retry
+    messages = acme.ok("GET", f"{SESSIONS}/enterprise-renewals/messages")["items"]
+    assert len(messages) == 1
+
+
+def test_session_mode_new_opens_a_session_per_fire(acme: Api) -> None:
+    schedule = samples.schedule("acme", name="daily-digest", agent_name="customer-support")
+    schedule["spec"]["target"] = {"agent": "customer-support", "sessionMode": "new"}
+    acme.ok("POST", "/v1/ns/acme/schedules", 201, json=schedule)
+    firer = entrypoints.services().schedules
+    first = firer.fire("acme", "daily-digest", datetime(2026, 12, 1, 8, tzinfo=UTC), "cron")
+    second = firer.fire("acme", "daily-digest", datetime(2026, 12, 2, 8, tzinfo=UTC), "cron")
+    assert first["sessionId"] == "daily-digest-20261201T080000Z"
+    assert second["sessionId"] == "daily-digest-20261202T080000Z"
+    listed = [s["id"] for s in acme.ok("GET", SESSIONS)["items"]]
+    assert listed == ["daily-digest-20261201T080000Z", "daily-digest-20261202T080000Z"]
+
+
+def test_a_fire_that_cannot_wake_is_recorded_not_retried(acme: Api) -> None:
+    # The named session already belongs to another agent.
+    acme.ok("POST", "/v1/ns/acme/agents", 201, json={
+        "apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": "other", "namespace": "acme"},
+        "spec": {"templateRef": "customer-support", "features": {"customer_id": "c"}},
+    })  # fmt: skip
+    acme.ok("POST", "/v1/ns/acme/agents/other/sessions", 201, json={"id": "enterprise-renewals"})
+    fired = acme.ok("POST", "/v1/ns/acme/schedules/renewal-check/run", 202)
+    assert fired["outcome"] == "failed"
+    assert "belongs to agent 'other'" in fired["error"]
+    fires = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"]
+    assert fires[0]["outcome"] == "failed" and "belongs to agent" in fires[0]["error"]
+
+
+def test_run_and_fires_of_a_missing_schedule_are_404(acme: Api) -> None:
+    assert acme.post("/v1/ns/acme/schedules/nope/run").status_code == 404
+    assert acme.get("/v1/ns/acme/schedules/nope/fires").status_code == 404

@@ -96,3 +96,17 @@ def test_a_fire_that_cannot_wake_is_recorded_not_retried(acme: Api) -> None:
 def test_run_and_fires_of_a_missing_schedule_are_404(acme: Api) -> None:
     assert acme.post("/v1/ns/acme/schedules/nope/run").status_code == 404
     assert acme.get("/v1/ns/acme/schedules/nope/fires").status_code == 404
+
+
+def test_fires_shows_the_next_fire_time(acme: Api) -> None:
+    from talon.api.schedules import next_fire_at
+
+    listing = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")
+    assert listing["nextFireAt"].endswith(("21:00:00Z", "22:00:00Z"))  # 14:00 in Los Angeles
+    spec = {"kind": "cron", "cron": "0 14 * * 1-5", "timezone": "America/Los_Angeles"}
+    friday_evening = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # Friday 17:00 PST
+    assert next_fire_at(spec, friday_evening) == "2026-11-30T22:00:00Z"  # Monday 14:00 PST
+    assert next_fire_at({**spec, "enabled": False}, friday_evening) is None
+    once = {"kind": "once", "at": "2026-12-24T18:00:00Z"}
+    assert next_fire_at(once, friday_evening) == "2026-12-24T18:00:00Z"
+    assert next_fire_at(once, datetime(2027, 1, 1, tzinfo=UTC)) is None

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from talon.api.routing import Context, Route
+from talon.scheduling.cron import next_fire
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 
@@ -16,8 +17,25 @@ def run_schedule(ctx: Context, ns: str, name: str) -> tuple[int, dict[str, Any]]
 
 
 def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
-    ctx.services.resources.get(_schedule_kind(), ns, name)  # 404s like the resource route
-    return {"items": ctx.services.schedules.recent(ns, name)}
+    record = ctx.services.resources.get(_schedule_kind(), ns, name)  # 404s like other routes
+    return {
+        "nextFireAt": next_fire_at(record.body, datetime.now(UTC)),
+        "items": ctx.services.schedules.recent(ns, name),
+    }
+
+
+def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:
+    """When the schedule fires next (None: disabled, or a `once` already past)."""
+    if not spec.get("enabled", True):
+        return None
+    if spec.get("kind") == "once":
+        at = datetime.fromisoformat(str(spec["at"]).replace("Z", "+00:00"))
+        return _iso(at) if at > now else None
+    return _iso(next_fire(spec["cron"], spec.get("timezone", "UTC"), now))
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _schedule_kind() -> Any:

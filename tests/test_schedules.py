@@ -110,3 +110,78 @@ def test_fires_shows_the_next_fire_time(acme: Api) -> None:
     once = {"kind": "once", "at": "2026-12-24T18:00:00Z"}
     assert next_fire_at(once, friday_evening) == "2026-12-24T18:00:00Z"
     assert next_fire_at(once, datetime(2027, 1, 1, tzinfo=UTC)) is None
+
+
+# --- the postgres backend loop ---------------------------------------------------------------
+
+
+def _scheduler() -> Any:
+    from talon.scheduling.local import LocalScheduler
+
+    services = entrypoints.services()
+    return LocalScheduler(services.db, services.schedules)
+
+
+def _set_next(name: str, at: datetime) -> None:
+    with entrypoints.services().db.transaction() as tx:
+        tx.execute("UPDATE schedule_state SET next_fire_at = %s WHERE name = %s", (at, name))
+
+
+def _next(name: str) -> datetime | None:
+    with entrypoints.services().db.transaction() as tx:
+        return tx.scalar("SELECT next_fire_at FROM schedule_state WHERE name = %s", (name,))
+
+
+def test_applying_a_schedule_sets_its_next_fire_from_now(acme: Api) -> None:
+    upcoming = _next("renewal-check")
+    assert upcoming is not None and upcoming > datetime.now(UTC)
+    acme.ok("PATCH", "/v1/ns/acme/schedules/renewal-check", json={"spec": {"enabled": False}})
+    assert _next("renewal-check") is None
+    acme.ok("PATCH", "/v1/ns/acme/schedules/renewal-check", json={"spec": {"enabled": True}})
+    assert _next("renewal-check") == upcoming  # re-enabling does not replay the pause
+
+
+def test_the_loop_fires_a_due_schedule_once_and_moves_on(acme: Api) -> None:
+    due = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)  # Tuesday 14:00 in Los Angeles
+    _set_next("renewal-check", due)
+    scheduler = _scheduler()
+    assert scheduler.tick(datetime(2026, 12, 1, 22, 0, 1, tzinfo=UTC)) == 1
+    assert scheduler.tick(datetime(2026, 12, 1, 22, 0, 2, tzinfo=UTC)) == 0
+    assert _next("renewal-check") == datetime(2026, 12, 2, 22, 0, tzinfo=UTC)
+    fires = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"]
+    assert [(f["fireAt"], f["reason"]) for f in fires] == [("2026-12-01T22:00:00Z", "cron")]
+
+
+def test_two_loops_racing_fire_once(acme: Api) -> None:
+    _set_next("renewal-check", datetime(2026, 12, 1, 22, 0, tzinfo=UTC))
+    now = datetime(2026, 12, 1, 22, 0, 1, tzinfo=UTC)
+    counts: list[int] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        counts.append(_scheduler().tick(now))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(counts) == [0, 1]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("fireOnce", ["catch-up"]), ("skip", [])])
+def test_missed_fires_after_downtime_follow_the_policy(
+    acme: Api, policy: str, expected: list[str]
+) -> None:
+    acme.ok("PATCH", "/v1/ns/acme/schedules/renewal-check",
+            json={"spec": {"missedFirePolicy": policy}})  # fmt: skip
+    # The worker was down from Monday to Thursday afternoon: four weekday fires were missed.
+    _set_next("renewal-check", datetime(2026, 11, 30, 22, 0, tzinfo=UTC))
+    thursday = datetime(2026, 12, 3, 23, 30, tzinfo=UTC)
+    _scheduler().tick(thursday)
+    fires = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"]
+    assert [f["reason"] for f in fires] == expected
+    if expected:
+        assert fires[0]["fireAt"] == "2026-12-03T22:00:00Z"  # the latest missed slot
+    assert _next("renewal-check") == datetime(2026, 12, 4, 22, 0, tzinfo=UTC)

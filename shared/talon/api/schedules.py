@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from talon.api.routing import Context, Route
-from talon.scheduling.cron import next_fire
+from talon.scheduling.timing import next_fire_after
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 
@@ -26,12 +26,8 @@ def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
 
 def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:
     """When the schedule fires next (None: disabled, or a `once` already past)."""
-    if not spec.get("enabled", True):
-        return None
-    if spec.get("kind") == "once":
-        at = datetime.fromisoformat(str(spec["at"]).replace("Z", "+00:00"))
-        return _iso(at) if at > now else None
-    return _iso(next_fire(spec["cron"], spec.get("timezone", "UTC"), now))
+    at = next_fire_after(spec, now)
+    return _iso(at) if at is not None else None
 
 
 def _iso(value: datetime) -> str:

@@ -36,7 +36,12 @@ def run_worker(
     signal.signal(signal.SIGINT, request_stop)
     try:
         worker = Worker(services.db, demo_fallback=demo_fallback, lease_seconds=lease_seconds)
-        worker.run_pull(stop, concurrency=concurrency, visibility_seconds=visibility_seconds)
+        worker.run_pull(
+            stop,
+            concurrency=concurrency,
+            visibility_seconds=visibility_seconds,
+            schedules=settings.control_plane.scheduler.backend == "postgres",
+        )
     finally:
         services.close()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from talon.broker.outbox import LIFECYCLE_TOPIC, enqueue
@@ -23,6 +24,7 @@ from talon.resources.resolution import (
     effective_server_refs,
     resolve_agent,
 )
+from talon.scheduling.timing import next_fire_after
 from talon.store.database import Database, RollbackOnly, Tx
 from talon.store.resources import (
     LabelRequirement,
@@ -157,6 +159,11 @@ class ResourceService:
                     [{"path": f"{k}/{n}", "message": reason} for k, n, reason in blockers],
                 )
             self.store.delete(tx, record)
+            if kind.name == "Schedule":
+                tx.execute(
+                    "DELETE FROM schedule_state WHERE namespace = %s AND name = %s",
+                    (namespace, name),
+                )
             if kind.name in LIFECYCLE_KINDS:
                 self._announce(tx, record, deleted=True)
             return record
@@ -231,6 +238,8 @@ class ResourceService:
         if current is not None and kind.name in LIFECYCLE_KINDS:
             self._reresolve_dependents(tx, kind.name, namespace, name)
             self._announce(tx, record)
+        if kind.name == "Schedule":
+            _sync_schedule_state(tx, record)
         return ApplyResult(record, "created" if current is None else "configured")
 
     def reconcile_dependents(self, kind: str, namespace: str, name: str) -> None:
@@ -335,6 +344,17 @@ def _resolved_status(resolution: Resolution, current: Record | None) -> dict[str
         "effective": resolution.effective,
         "resolvedFrom": resolution.resolved_from,
     }
+
+
+def _sync_schedule_state(tx: Tx, record: Record) -> None:
+    """Next fire from now: a new, changed or re-enabled schedule never replays the past."""
+    upcoming = next_fire_after(record.body, datetime.now(UTC))
+    tx.execute(
+        "INSERT INTO schedule_state (namespace, name, version, next_fire_at) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, name) DO UPDATE SET "
+        "version = EXCLUDED.version, next_fire_at = EXCLUDED.next_fire_at",
+        (record.namespace, record.name, record.resource_version, upcoming),
+    )
 
 
 def _not_found_message(kind: Kind, namespace: str, name: str) -> str:

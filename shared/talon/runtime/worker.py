@@ -79,7 +79,12 @@ class Worker:
         return Result.ack()
 
     def run_pull(
-        self, stop: threading.Event, *, concurrency: int = 4, visibility_seconds: float = 60.0
+        self,
+        stop: threading.Event,
+        *,
+        concurrency: int = 4,
+        visibility_seconds: float = 60.0,
+        schedules: bool = False,
     ) -> None:
         """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
         A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
@@ -95,6 +100,16 @@ class Worker:
             )
             for i in range(concurrency)
         ]
+        if schedules:  # the `postgres` scheduler backend runs beside the consumers
+            from talon.scheduling.fires import ScheduleFirer
+            from talon.scheduling.local import LocalScheduler
+            from talon.sessions.service import SessionService
+
+            scheduler = LocalScheduler(self.db, ScheduleFirer(self.db, SessionService(self.db)))
+            loop = threading.Thread(
+                target=scheduler.run, args=(stop,), name="talon-scheduler", daemon=True
+            )
+            threads.append(loop)
         for thread in threads:
             thread.start()
         log.info("worker pulling %s with %d threads", ", ".join(TOPICS), concurrency)

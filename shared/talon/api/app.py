@@ -25,8 +25,9 @@ from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.auth.principal import Principal
-from talon.errors import NotFound, PermissionDenied, TalonError, Unauthenticated
+from talon.errors import PermissionDenied, TalonError, Unauthenticated
 from talon.services import Services
+from talon.store.resources import namespace_not_found
 
 log = logging.getLogger("talon.gateway")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -90,7 +91,7 @@ class Gateway:
                 principal = self._authenticate(request)
                 namespace = args.get("ns")
                 if namespace is not None and not principal.can_see(namespace):
-                    raise NotFound(f"namespace {namespace!r} not found")
+                    raise namespace_not_found(namespace)
                 if not principal.has_role(route.role):
                     raise PermissionDenied(
                         f"this route needs the {route.role} role; the token has {principal.role}"

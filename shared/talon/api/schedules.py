@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from talon.api.routing import Context, Route
+from talon.resources.registry import BY_NAME
 from talon.scheduling.timing import next_fire_after
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
@@ -17,7 +18,7 @@ def run_schedule(ctx: Context, ns: str, name: str) -> tuple[int, dict[str, Any]]
 
 
 def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
-    record = ctx.services.resources.get(_schedule_kind(), ns, name)  # 404s like other routes
+    record = ctx.services.resources.get(BY_NAME["Schedule"], ns, name)  # 404s like other routes
     return {
         "nextFireAt": next_fire_at(record.body, datetime.now(UTC)),
         "items": ctx.services.schedules.recent(ns, name),
@@ -32,12 +33,6 @@ def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _schedule_kind() -> Any:
-    from talon.resources.registry import BY_NAME
-
-    return BY_NAME["Schedule"]
 
 
 def schedule_routes() -> list[Route]:

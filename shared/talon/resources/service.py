@@ -32,6 +32,7 @@ from talon.store.resources import (
     ResourceStore,
     decode_page_token,
     encode_page_token,
+    namespace_not_found,
 )
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class ResourceService:
     def _require_namespace(self, tx: Tx, namespace: str, *, lock: bool) -> None:
         found = self.store.get(tx, "Namespace", "", namespace, lock="share" if lock else None)
         if found is None:
-            raise NotFound(f"namespace {namespace!r} not found")
+            raise namespace_not_found(namespace)
 
     def _check_references(self, tx: Tx, resource: Resource) -> set[tuple[str, str]]:
         namespace = resource.metadata.namespace or ""
@@ -360,7 +361,7 @@ def _sync_schedule_state(tx: Tx, record: Record) -> None:
 def _not_found_message(kind: Kind, namespace: str, name: str) -> str:
     if kind.name == "Namespace":
         # Same words as the gateway's isolation answer, so the two cannot be told apart.
-        return f"namespace {name!r} not found"
+        return namespace_not_found(name).message
     where = f" in namespace {namespace!r}" if kind.namespaced else ""
     return f"{kind.name} {name!r} not found{where}"
 

@@ -10,6 +10,7 @@ from talon.errors import NotFound, TalonError
 from talon.sessions.models import PostMessage
 from talon.sessions.service import SessionService
 from talon.store.database import Database, Tx
+from talon.store.resources import require_namespace
 
 RECENT_FIRES = 10
 
@@ -34,13 +35,7 @@ class ScheduleFirer:
                 (namespace, name),
             )
             if schedule is None:
-                namespace_exists = tx.scalar(
-                    "SELECT 1 FROM resources WHERE kind = 'Namespace' AND namespace = '' "
-                    "AND name = %s",
-                    (namespace,),
-                )
-                if namespace_exists is None:  # the same words as every other route
-                    raise NotFound(f"namespace {namespace!r} not found")
+                require_namespace(tx, namespace)
                 raise NotFound(f"Schedule {name!r} not found in namespace {namespace!r}")
             claimed = tx.one(
                 "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "

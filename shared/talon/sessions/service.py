@@ -18,6 +18,7 @@ from talon.errors import Conflict, Invalid, NotFound
 from talon.sessions import events
 from talon.sessions.models import CreateSession, PostMessage, Session
 from talon.store.database import Database, Tx, jsonb
+from talon.store.resources import require_namespace
 
 RECENT_MESSAGES = 20
 OPEN_STATES = ("queued", "running")
@@ -312,12 +313,7 @@ class SessionService:
             (namespace, agent),
         )
         if found is None:
-            namespace_exists = tx.scalar(
-                "SELECT 1 FROM resources WHERE kind = 'Namespace' AND namespace = '' AND name = %s",
-                (namespace,),
-            )
-            if namespace_exists is None:
-                raise NotFound(f"namespace {namespace!r} not found")
+            require_namespace(tx, namespace)
             raise NotFound(f"Agent {agent!r} not found in namespace {namespace!r}")
 
     @staticmethod

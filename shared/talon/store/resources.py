@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from talon import API_VERSION
-from talon.errors import BadRequest, Conflict
+from talon.errors import BadRequest, Conflict, NotFound
 from talon.resources.meta import check_label_key, check_label_value
 from talon.store.database import Tx, is_unique_violation, jsonb
 
@@ -97,6 +97,20 @@ def parse_label_selector(text: str) -> list[LabelRequirement]:
             ) from exc
         requirements.append(requirement)
     return requirements
+
+
+def namespace_not_found(namespace: str) -> NotFound:
+    # One wording everywhere: a hidden namespace and a missing one must look the same.
+    return NotFound(f"namespace {namespace!r} not found")
+
+
+def require_namespace(tx: Tx, namespace: str) -> None:
+    found = tx.scalar(
+        "SELECT 1 FROM resources WHERE kind = 'Namespace' AND namespace = '' AND name = %s",
+        (namespace,),
+    )
+    if found is None:
+        raise namespace_not_found(namespace)
 
 
 def encode_page_token(after: str) -> str:

@@ -56,3 +56,14 @@ ensure_pubsub_emulator() {
     return 1
   fi
 }
+
+# The Cloud Tasks tests need PyPI's gcloud-tasks-emulator. It pins protobuf<5, which clashes
+# with Talon's Google clients, so it lives in a virtualenv of its own.
+TASKS_EMULATOR_VENV="$ROOT/.venv-tasks-emulator"
+ensure_tasks_emulator() {
+  if [ ! -x "$TASKS_EMULATOR_VENV/bin/gcloud-tasks-emulator" ]; then
+    "$(pick_python)" -m venv "$TASKS_EMULATOR_VENV"
+    "$TASKS_EMULATOR_VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$TASKS_EMULATOR_VENV/bin/python" -m pip install --quiet "gcloud-tasks-emulator==0.6.2"
+  fi
+}

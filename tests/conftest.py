@@ -173,6 +173,43 @@ def pubsub_emulator() -> Iterator[str]:
         log_file.close()
 
 
+@pytest.fixture(scope="session")
+def scheduler_server() -> Iterator[_Server]:
+    """The scheduler function (Cloud Tasks callback) over real HTTP."""
+    server = _Server("scheduler")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def tasks_emulator() -> Iterator[str]:
+    """PyPI's Cloud Tasks emulator (own virtualenv, see scripts/setup.sh) on a free port."""
+    import signal
+    import subprocess
+
+    from talon.store.local_postgres import free_port, wait_for_port
+
+    binary = ROOT / ".venv-tasks-emulator" / "bin" / "gcloud-tasks-emulator"
+    if not binary.exists():
+        pytest.fail("the Cloud Tasks emulator is missing: run ./scripts/test (see README, Tests)")
+    port = free_port()
+    log_file = open(Path(tempfile.gettempdir()) / f"talon-tasks-{port}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(binary), "start", "--port", str(port)],
+        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log_file.close()
+
+
 class Api:
     """An httpx client with a token, plus helpers that keep tests short."""
 

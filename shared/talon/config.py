@@ -69,8 +69,19 @@ class SchedulerSettings(_Section):
     project: str = ""
     location: str = ""
     queue: str = "talon-scheduler"
+    # The scheduler function's URL; each task POSTs its fire to it.
     callback_url: str = ""
+    # Cloud Tasks signs each callback with an OIDC token for this account (`oidc` mode).
     service_account_email: str = ""
+    # How the callback checks that a request comes from our queue: `oidc` (Google-signed
+    # token for service_account_email, audience callback_audience or callback_url), `token`
+    # (a shared secret in the X-Talon-Scheduler-Token header; the local emulator sends no
+    # OIDC token) or `none` (tests only).
+    callback_verification: Literal["oidc", "token", "none"] = "oidc"
+    callback_audience: str = ""
+    callback_token: str = ""
+    # host:port of a Cloud Tasks emulator (plain gRPC, no credentials); empty in the cloud.
+    emulator_host: str = ""
 
 
 class ControlPlaneSettings(_Section):

@@ -50,6 +50,20 @@ def dispatch() -> Any:
     return _once("dispatch", build)
 
 
+def scheduler() -> Any:
+    from talon.api.scheduler_callback import SchedulerEndpoint
+
+    def build() -> SchedulerEndpoint:
+        built = services()
+        if built.tasks is None:
+            raise RuntimeError(
+                "the scheduler function needs control_plane.scheduler.backend = cloud_tasks"
+            )
+        return SchedulerEndpoint(built.settings.control_plane.scheduler, built.tasks)
+
+    return _once("scheduler", build)
+
+
 def reset() -> None:
     """Drop the singletons (closing their pools) so the next request rebuilds them from the
     environment. Used by tests that point the same function at a fresh database."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from talon.auth.tokens import TokenService
+from talon.broker.outbox import OUTBOX_COMMITTED
 from talon.broker.relay import OutboxRelay
 from talon.config import Settings, load_settings
 from talon.resources.service import ResourceService
 from talon.scheduling.fires import ScheduleFirer
+from talon.scheduling.tasks import SCHEDULE_CHANGED, TaskScheduler
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
 from talon.store.database import Database
@@ -32,6 +33,7 @@ class Services:
     sessions: SessionService
     schedules: ScheduleFirer
     relay: OutboxRelay | None = None  # set with the gcp_pubsub broker
+    tasks: TaskScheduler | None = None  # set with the cloud_tasks scheduler
     _listener: Listener | None = field(default=None, repr=False)
     _listener_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -45,12 +47,18 @@ class Services:
                 log.info("applied migrations: %s", ", ".join(applied))
         relay = _relay(settings, db)
         if relay is not None:
-            db.on_outbox = _publish_now(relay)
+            # Publish right after commit; rows a failure leaves behind go with the sweep.
+            db.on_commit(OUTBOX_COMMITTED, lambda ids: relay.flush(ids=ids))
         sessions = SessionService(db)
+        firer = ScheduleFirer(db, sessions)
+        tasks = _task_scheduler(settings, db, firer)
+        if tasks is not None:
+            # A written schedule gets its next fire's task right after commit; the
+            # scheduler function's sweep enqueues any a failure leaves behind.
+            db.on_commit(SCHEDULE_CHANGED, tasks.sync)
         services = cls(
-            settings, db, ResourceService(db), TokenService(db), sessions,
-            ScheduleFirer(db, sessions), relay,
-        )  # fmt: skip
+            settings, db, ResourceService(db), TokenService(db), sessions, firer, relay, tasks
+        )
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)
@@ -80,11 +88,10 @@ def _relay(settings: Settings, db: Database) -> OutboxRelay | None:
     return OutboxRelay(db, PubSubPublisher(broker))
 
 
-def _publish_now(relay: OutboxRelay) -> Callable[[list[int]], None]:
-    def publish(ids: list[int]) -> None:
-        try:
-            relay.flush(ids=ids)
-        except Exception as exc:  # committed rows stay in the outbox; the sweep sends them
-            log.warning("publishing outbox rows %s failed; left for the sweep: %s", ids, exc)
+def _task_scheduler(settings: Settings, db: Database, firer: ScheduleFirer) -> TaskScheduler | None:
+    scheduler = settings.control_plane.scheduler
+    if scheduler.backend != "cloud_tasks":
+        return None
+    from talon.scheduling.cloud_tasks import CloudTasksQueue  # Google import only when configured
 
-    return publish
+    return TaskScheduler(db, firer, CloudTasksQueue(scheduler))

@@ -13,10 +13,11 @@ from typing import Any
 import flask
 
 from talon.api.app import json_response
+from talon.api.google_oidc import verify_google_oidc
 from talon.broker.base import Delivery, Outcome
 from talon.broker.outbox import DISPATCH_TOPIC
 from talon.config import MessageBrokerSettings
-from talon.errors import BadRequest, PermissionDenied, TalonError, Unauthenticated
+from talon.errors import BadRequest, TalonError, Unauthenticated
 from talon.runtime.worker import Worker
 from talon.services import Services
 
@@ -33,23 +34,12 @@ def verify_push(request: flask.Request, settings: MessageBrokerSettings) -> None
         if not settings.push_token or not hmac.compare_digest(given, settings.push_token):
             raise Unauthenticated("push token missing or wrong")
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("push request without an OIDC token")
-    from google.auth.transport import requests as google_requests
-    from google.oauth2 import id_token
-
-    try:
-        claims = id_token.verify_oauth2_token(
-            token, google_requests.Request(), audience=settings.push_audience or None
-        )
-    except ValueError as exc:
-        raise Unauthenticated(f"invalid push token: {exc}") from exc
-    if not claims.get("email_verified") or claims.get("email") != (
-        settings.push_service_account_email
-    ):
-        raise PermissionDenied("push token is not from the configured service account")
+    verify_google_oidc(
+        request,
+        audience=settings.push_audience,
+        email=settings.push_service_account_email,
+        what="push request",
+    )
 
 
 def parse_envelope(body: Any) -> Delivery:

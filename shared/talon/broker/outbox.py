@@ -10,6 +10,7 @@ from talon.store.database import Tx, jsonb
 DISPATCH_TOPIC = "dispatch"
 LIFECYCLE_TOPIC = "lifecycle"
 OUTBOX_CHANNEL = "talon_outbox"
+OUTBOX_COMMITTED = "outbox"  # Tx.announce topic: ids of rows a transaction wrote
 
 
 def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> int:
@@ -19,5 +20,5 @@ def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> in
         "RETURNING id) SELECT id FROM row, pg_notify(%s, %s)",
         (topic, key, jsonb(payload), OUTBOX_CHANNEL, topic),
     )
-    tx.outbox_ids.append(int(row_id))
+    tx.announce(OUTBOX_COMMITTED, int(row_id))
     return int(row_id)

@@ -24,6 +24,7 @@ from talon.resources.resolution import (
     effective_server_refs,
     resolve_agent,
 )
+from talon.scheduling.tasks import SCHEDULE_CHANGED
 from talon.scheduling.timing import next_fire_after
 from talon.store.database import Database, RollbackOnly, Tx
 from talon.store.resources import (
@@ -356,6 +357,7 @@ def _sync_schedule_state(tx: Tx, record: Record) -> None:
         "version = EXCLUDED.version, next_fire_at = EXCLUDED.next_fire_at",
         (record.namespace, record.name, record.resource_version, upcoming),
     )
+    tx.announce(SCHEDULE_CHANGED, (record.namespace, record.name))
 
 
 def _not_found_message(kind: Kind, namespace: str, name: str) -> str:

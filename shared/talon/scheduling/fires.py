@@ -27,32 +27,39 @@ class ScheduleFirer:
     def fire(self, namespace: str, name: str, fire_at: datetime, reason: str) -> dict[str, Any]:
         """Wake the schedule's target for the slot `fire_at`; a slot already taken is a no-op
         (`claimed: false`)."""
-        fire_at = fire_at.astimezone(UTC).replace(microsecond=0)
         with self.db.transaction() as tx:
-            schedule = tx.one(
-                "SELECT resource_version, body FROM resources WHERE kind = 'Schedule' "
-                "AND namespace = %s AND name = %s",
-                (namespace, name),
-            )
-            if schedule is None:
-                require_namespace(tx, namespace)
-                raise NotFound(f"Schedule {name!r} not found in namespace {namespace!r}")
-            claimed = tx.one(
-                "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
-                "reason, outcome) VALUES (%s, %s, %s, %s, %s, 'claimed') "
-                "ON CONFLICT DO NOTHING RETURNING fire_at",
-                (namespace, name, fire_at, schedule["resource_version"], reason),
-            )
-            if claimed is None:
-                return {"claimed": False, "fireAt": _iso(fire_at)}
-            spec = schedule["body"]
-            try:
-                result = self._wake(tx, namespace, name, spec, fire_at)
-            except TalonError as exc:  # recorded as the fire's outcome, not retried
-                self._outcome(tx, namespace, name, fire_at, "failed", error=exc.message)
-                return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "failed",
-                        "error": exc.message}  # fmt: skip
-            return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "queued", **result}
+            return self.fire_in(tx, namespace, name, fire_at, reason)
+
+    def fire_in(
+        self, tx: Tx, namespace: str, name: str, fire_at: datetime, reason: str
+    ) -> dict[str, Any]:
+        """`fire` inside the caller's transaction (a scheduler callback that also moves the
+        schedule's next fire time commits both or neither)."""
+        fire_at = fire_at.astimezone(UTC).replace(microsecond=0)
+        schedule = tx.one(
+            "SELECT resource_version, body FROM resources WHERE kind = 'Schedule' "
+            "AND namespace = %s AND name = %s",
+            (namespace, name),
+        )
+        if schedule is None:
+            require_namespace(tx, namespace)
+            raise NotFound(f"Schedule {name!r} not found in namespace {namespace!r}")
+        claimed = tx.one(
+            "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
+            "reason, outcome) VALUES (%s, %s, %s, %s, %s, 'claimed') "
+            "ON CONFLICT DO NOTHING RETURNING fire_at",
+            (namespace, name, fire_at, schedule["resource_version"], reason),
+        )
+        if claimed is None:
+            return {"claimed": False, "fireAt": _iso(fire_at)}
+        spec = schedule["body"]
+        try:
+            result = self._wake(tx, namespace, name, spec, fire_at)
+        except TalonError as exc:  # recorded as the fire's outcome, not retried
+            self._outcome(tx, namespace, name, fire_at, "failed", error=exc.message)
+            return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "failed",
+                    "error": exc.message}  # fmt: skip
+        return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "queued", **result}
 
     def recent(self, namespace: str, name: str) -> list[dict[str, Any]]:
         with self.db.transaction() as tx:

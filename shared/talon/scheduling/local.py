@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from talon.scheduling.cron import fire_times
 from talon.scheduling.fires import ScheduleFirer
-from talon.scheduling.timing import next_fire_after
+from talon.scheduling.timing import next_fire_after, slot_to_fire
 from talon.store.database import Database, Tx
 
 log = logging.getLogger(__name__)
-SKIP_GRACE = timedelta(seconds=60)  # with `skip`, a fire this late still counts as on time
 BATCH = 100
 
 
@@ -44,17 +42,8 @@ class LocalScheduler:
                 return fired
 
     def _fire_due(self, tx: Tx, row: dict[str, Any], now: datetime) -> int:
-        spec, due_at = row["body"], row["next_fire_at"]
-        slot, reason = due_at, "cron" if spec.get("kind") != "once" else "once"
-        if spec.get("kind") != "once":
-            missed = [due_at, *_slots_between(spec, due_at, now)]
-            if len(missed) > 1:  # the worker was down across several fire times
-                if spec.get("missedFirePolicy", "fireOnce") == "fireOnce":
-                    slot, reason = missed[-1], "catch-up"
-                else:
-                    slot = missed[-1] if now - missed[-1] <= SKIP_GRACE else None
-        elif spec.get("missedFirePolicy") == "skip" and now - due_at > SKIP_GRACE:
-            slot = None
+        spec = row["body"]
+        slot, reason = slot_to_fire(spec, row["next_fire_at"], now)
         count = 0
         if slot is not None:
             try:
@@ -75,15 +64,6 @@ class LocalScheduler:
             except Exception as exc:
                 log.warning("scheduler tick failed: %s", exc)
             stop.wait(interval)
-
-
-def _slots_between(spec: dict[str, Any], after: datetime, until: datetime) -> list[datetime]:
-    slots = []
-    for instant in fire_times(spec["cron"], spec.get("timezone", "UTC"), after):
-        if instant > until or len(slots) > 1000:
-            break
-        slots.append(instant)
-    return slots
 
 
 def _adopt_unknown(tx: Tx, now: datetime) -> None:

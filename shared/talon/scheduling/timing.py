@@ -1,11 +1,14 @@
-"""When a schedule spec fires next, from a given instant."""
+"""When a schedule spec fires next, and which slot a late scheduler should fire."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from talon.scheduling.cron import next_fire
+from talon.scheduling.cron import fire_times, next_fire
+
+SKIP_GRACE = timedelta(seconds=60)  # with `skip`, a fire this late still counts as on time
+_MAX_MISSED = 1000  # slots examined when catching up; more were missed than anyone needs
 
 
 def next_fire_after(spec: dict[str, Any], after: datetime) -> datetime | None:
@@ -16,3 +19,33 @@ def next_fire_after(spec: dict[str, Any], after: datetime) -> datetime | None:
         at = datetime.fromisoformat(str(spec["at"]).replace("Z", "+00:00")).astimezone(UTC)
         return at if at > after else None
     return next_fire(spec["cron"], spec.get("timezone", "UTC"), after)
+
+
+def slot_to_fire(
+    spec: dict[str, Any], due_at: datetime, now: datetime
+) -> tuple[datetime | None, str]:
+    """The slot to fire for a schedule that was due at `due_at`, seen at `now`, and why.
+
+    On time: `due_at` itself. After downtime that spanned several fire times, the
+    missed-fire policy decides: `fireOnce` (default) fires the latest missed slot once,
+    `skip` fires nothing unless the latest slot is within SKIP_GRACE. None: fire nothing.
+    """
+    skip = spec.get("missedFirePolicy", "fireOnce") == "skip"
+    if spec.get("kind") == "once":
+        return (None if skip and now - due_at > SKIP_GRACE else due_at), "once"
+    missed = [due_at, *_slots_between(spec, due_at, now)]
+    if len(missed) == 1:
+        return (None if skip and now - due_at > SKIP_GRACE else due_at), "cron"
+    latest = missed[-1]
+    if skip:
+        return (latest if now - latest <= SKIP_GRACE else None), "cron"
+    return latest, "catch-up"
+
+
+def _slots_between(spec: dict[str, Any], after: datetime, until: datetime) -> list[datetime]:
+    slots = []
+    for instant in fire_times(spec["cron"], spec.get("timezone", "UTC"), after):
+        if instant > until or len(slots) > _MAX_MISSED:
+            break
+        slots.append(instant)
+    return slots

@@ -57,7 +57,12 @@ class Tx:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._cursor = connection.cursor()
-        self.outbox_ids: list[int] = []  # outbox rows written here, announced after commit
+        # What this transaction wrote that others act on once it is committed, by topic
+        # (e.g. outbox row ids for the Pub/Sub relay); see Database.on_commit.
+        self.announced: dict[str, list[Any]] = {}
+
+    def announce(self, topic: str, item: Any) -> None:
+        self.announced.setdefault(topic, []).append(item)
 
     def execute(self, sql: str, params: Params = None) -> int:
         self._cursor.execute(sql, params or ())
@@ -121,10 +126,25 @@ class Database:
         # (connection, monotonic time it was returned to the pool)
         self._idle: queue.LifoQueue[tuple[Connection, float]] = queue.LifoQueue()
         self._ping_after = ping_after_idle_seconds
-        # Called after a commit that wrote outbox rows (the Pub/Sub relay's fast path).
-        self.on_outbox: Callable[[list[int]], None] | None = None
+        self._commit_hooks: dict[str, Callable[[list[Any]], None]] = {}
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
+
+    def on_commit(self, topic: str, hook: Callable[[list[Any]], None]) -> None:
+        """Call `hook` with the items a transaction announced on `topic`, after it commits.
+        The commit already stands: a failing hook is logged, and the item must be recoverable
+        from the database (a sweep), never only from the hook."""
+        self._commit_hooks[topic] = hook
+
+    def _run_commit_hooks(self, announced: dict[str, list[Any]]) -> None:
+        for topic, items in announced.items():
+            hook = self._commit_hooks.get(topic)
+            if hook is None:
+                continue
+            try:
+                hook(items)
+            except Exception as exc:
+                log.warning("after-commit hook %r failed; left for its sweep: %s", topic, exc)
 
     def raw_connect(self) -> Connection:
         """A new connection outside the pool (for LISTEN, which holds one for good)."""
@@ -172,8 +192,7 @@ class Database:
             try:
                 yield tx
                 connection.commit()
-                if tx.outbox_ids and self.on_outbox is not None:
-                    self.on_outbox(tx.outbox_ids)
+                self._run_commit_hooks(tx.announced)
             except RollbackOnly:
                 connection.rollback()
             except BaseException:

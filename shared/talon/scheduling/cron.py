@@ -9,6 +9,7 @@ croniter and each wall time is then placed on the timeline:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -41,9 +42,10 @@ def to_instant(wall: datetime, zone: ZoneInfo) -> datetime:
 def fire_times(expression: str, timezone: str, after: datetime) -> Iterator[datetime]:
     """Fire instants (UTC) strictly after `after`, in order, each at most once."""
     zone = ZoneInfo(timezone)
+    # Wall times before `after`'s own have all occurred (or fall in a gap that is over), so
+    # starting there misses nothing; earlier candidates are dropped by the check below.
     local = after.astimezone(zone).replace(tzinfo=None)
-    # Start a little early so a wall time repeated by a fall-back is still considered.
-    iterator = croniter(expression, local - timedelta(hours=3))
+    iterator = croniter(expression, local)
     last: datetime | None = None
     for _ in range(_MAX_STEPS):
         instant = to_instant(iterator.get_next(datetime), zone)
@@ -54,5 +56,8 @@ def fire_times(expression: str, timezone: str, after: datetime) -> Iterator[date
     raise ValueError(f"{expression!r} produced no fire time within {_MAX_STEPS} steps")
 
 
+@functools.lru_cache(maxsize=4096)
 def next_fire(expression: str, timezone: str, after: datetime) -> datetime:
+    # Cached: a scheduler tick asks for the same (expression, zone, now) for every schedule
+    # sharing an expression.
     return next(fire_times(expression, timezone, after))

@@ -3,12 +3,14 @@ target session, in one transaction, so a fire happens exactly once or not at all
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from talon.errors import NotFound, TalonError
-from talon.sessions.models import PostMessage
+from talon.errors import NotFound
 from talon.sessions.service import SessionService
+from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Database, Tx
 from talon.store.resources import require_namespace
 
@@ -17,6 +19,26 @@ RECENT_FIRES = 10
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One wake-up of a schedule: its slot, and the spec and version it fires with."""
+
+    namespace: str
+    name: str
+    fire_at: datetime
+    reason: str
+    version: int
+    spec: dict[str, Any]
+
+    @property
+    def session_id(self) -> str:
+        target = self.spec["target"]
+        if target.get("sessionMode", "named") == "named":
+            return str(target["sessionId"])
+        # A fresh session per fire, named after the schedule and the slot.
+        return f"{self.name}-{self.fire_at.strftime('%Y%m%dT%H%M%SZ')}"
 
 
 class ScheduleFirer:
@@ -35,7 +57,6 @@ class ScheduleFirer:
     ) -> dict[str, Any]:
         """`fire` inside the caller's transaction (a scheduler callback that also moves the
         schedule's next fire time commits both or neither)."""
-        fire_at = fire_at.astimezone(UTC).replace(microsecond=0)
         schedule = tx.one(
             "SELECT resource_version, body FROM resources WHERE kind = 'Schedule' "
             "AND namespace = %s AND name = %s",
@@ -44,22 +65,65 @@ class ScheduleFirer:
         if schedule is None:
             require_namespace(tx, namespace)
             raise NotFound(f"Schedule {name!r} not found in namespace {namespace!r}")
-        claimed = tx.one(
-            "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
-            "reason, outcome) VALUES (%s, %s, %s, %s, %s, 'claimed') "
-            "ON CONFLICT DO NOTHING RETURNING fire_at",
-            (namespace, name, fire_at, schedule["resource_version"], reason),
+        fire = Fire(
+            namespace, name, fire_at, reason, schedule["resource_version"], schedule["body"]
         )
-        if claimed is None:
-            return {"claimed": False, "fireAt": _iso(fire_at)}
-        spec = schedule["body"]
-        try:
-            result = self._wake(tx, namespace, name, spec, fire_at)
-        except TalonError as exc:  # recorded as the fire's outcome, not retried
-            self._outcome(tx, namespace, name, fire_at, "failed", error=exc.message)
-            return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "failed",
-                    "error": exc.message}  # fmt: skip
-        return {"claimed": True, "fireAt": _iso(fire_at), "outcome": "queued", **result}
+        return self.fire_many(tx, [fire])[0]
+
+    def fire_many(self, tx: Tx, fires: list[Fire]) -> list[dict[str, Any]]:
+        """Claim every fire's slot and wake the claimed ones, with a handful of statements
+        whatever the count (a scheduler tick fires hundreds at once). A wake that cannot
+        happen (its session belongs to another agent) is recorded as the fire's outcome."""
+        fires = [
+            replace(f, fire_at=f.fire_at.astimezone(UTC).replace(microsecond=0)) for f in fires
+        ]
+        # Sessions first, so each fire's row is written once with its final outcome. A
+        # duplicate fire ensures the same session its first delivery did: nothing stray.
+        owners = self.sessions.ensure_many(
+            tx, [(f.namespace, f.spec["target"]["agent"], f.session_id) for f in fires]
+        )
+        planned: list[tuple[Fire, NewTurn | None, str | None]] = []
+        for fire in fires:
+            uid, owner = owners[(fire.namespace, fire.session_id)]
+            if owner != fire.spec["target"]["agent"]:
+                error = f"session {fire.session_id!r} belongs to agent {owner!r}"
+                planned.append((fire, None, error))
+            else:
+                turn = NewTurn(uid, fire.spec["inputMessage"], f"schedule:{fire.name}")
+                planned.append((fire, turn, None))
+        rows = tx.all(
+            "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
+            "reason, outcome, session_id, turn_id, error) "
+            "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS f(namespace text, schedule text, "
+            "fire_at timestamptz, schedule_version bigint, reason text, outcome text, "
+            "session_id text, turn_id uuid, error text) "
+            "ON CONFLICT DO NOTHING RETURNING namespace, schedule, fire_at, turn_id",
+            (json.dumps([
+                {"namespace": f.namespace, "schedule": f.name, "fire_at": _iso(f.fire_at),
+                 "schedule_version": f.version, "reason": f.reason,
+                 "outcome": "queued" if turn else "failed",
+                 "session_id": f.session_id if turn else None,
+                 "turn_id": str(turn.turn_id) if turn else None, "error": error}
+                for f, turn, error in planned
+            ]),),
+        )  # fmt: skip
+        claimed_turns = {r["turn_id"] for r in rows if r["turn_id"] is not None}
+        failed = {(r["namespace"], r["schedule"], r["fire_at"]) for r in rows if not r["turn_id"]}
+        turns = [turn for _, turn, _ in planned if turn and turn.turn_id in claimed_turns]
+        queued = {q.turn_id: q for q in queue_turns(tx, turns) if q is not None}
+        results: list[dict[str, Any]] = []
+        for fire, turn, error in planned:
+            result: dict[str, Any] = {"claimed": False, "fireAt": _iso(fire.fire_at)}
+            if turn is not None and turn.turn_id in queued:
+                result.update(
+                    claimed=True, outcome="queued", sessionId=fire.session_id,
+                    turnId=str(turn.turn_id), streamFrom=queued[turn.turn_id].stream_from,
+                )  # fmt: skip
+            elif turn is None and (fire.namespace, fire.name, fire.fire_at) in failed:
+                failed.discard((fire.namespace, fire.name, fire.fire_at))  # listed twice
+                result.update(claimed=True, outcome="failed", error=error)
+            results.append(result)
+        return results
 
     def recent(self, namespace: str, name: str) -> list[dict[str, Any]]:
         with self.db.transaction() as tx:
@@ -74,33 +138,3 @@ class ScheduleFirer:
              "error": r["error"]}
             for r in rows
         ]  # fmt: skip
-
-    def _wake(
-        self, tx: Tx, namespace: str, name: str, spec: dict[str, Any], fire_at: datetime
-    ) -> dict[str, Any]:
-        target = spec["target"]
-        agent = target["agent"]
-        if target.get("sessionMode", "named") == "named":
-            session_id = target["sessionId"]
-        else:  # a fresh session per fire, named after the schedule and the slot
-            session_id = f"{name}-{fire_at.strftime('%Y%m%dT%H%M%SZ')}"
-        self.sessions.ensure_in(tx, namespace, agent, session_id)
-        accepted = self.sessions.post_in(
-            tx, namespace, agent, session_id, PostMessage(content=spec["inputMessage"]),
-            source=f"schedule:{name}",
-        )  # fmt: skip
-        self._outcome(tx, namespace, name, fire_at, "queued", session_id=session_id,
-                      turn_id=accepted.turn_id)  # fmt: skip
-        return {"sessionId": session_id, "turnId": accepted.turn_id,
-                "streamFrom": accepted.stream_from}  # fmt: skip
-
-    @staticmethod
-    def _outcome(
-        tx: Tx, namespace: str, name: str, fire_at: datetime, outcome: str, *,
-        session_id: str | None = None, turn_id: str | None = None, error: str | None = None,
-    ) -> None:  # fmt: skip
-        tx.execute(
-            "UPDATE schedule_fires SET outcome = %s, session_id = %s, turn_id = %s::uuid, "
-            "error = %s WHERE namespace = %s AND schedule = %s AND fire_at = %s",
-            (outcome, session_id, turn_id, error, namespace, name, fire_at),
-        )

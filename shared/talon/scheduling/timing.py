@@ -33,7 +33,11 @@ def slot_to_fire(
     skip = spec.get("missedFirePolicy", "fireOnce") == "skip"
     if spec.get("kind") == "once":
         return (None if skip and now - due_at > SKIP_GRACE else due_at), "once"
-    missed = [due_at, *_slots_between(spec, due_at, now)]
+    zone = spec.get("timezone", "UTC")
+    if next_fire(spec["cron"], zone, due_at) > now:  # on time (the common, cached case)
+        missed = [due_at]
+    else:
+        missed = [due_at, *_slots_between(spec, due_at, now)]
     if len(missed) == 1:
         return (None if skip and now - due_at > SKIP_GRACE else due_at), "cron"
     latest = missed[-1]

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from talon.broker.outbox import DISPATCH_TOPIC, enqueue
 from talon.errors import Conflict, Invalid, NotFound
 from talon.sessions import events
 from talon.sessions.models import CreateSession, PostMessage, Session
+from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Database, Tx, jsonb
 from talon.store.resources import require_namespace
 
@@ -176,8 +176,7 @@ class SessionService:
         idempotency_key: str | None = None,
         source: str = "api",
     ) -> Accepted:
-        """`post_message` inside the caller's transaction (a schedule's wake commits together
-        with the claim of its fire slot)."""
+        """`post_message` inside the caller's transaction."""
         request_hash = hashlib.sha256(
             json.dumps([request.content, request.multitask_strategy]).encode()
         ).digest()
@@ -219,54 +218,48 @@ class SessionService:
             for turn in open_turns:
                 _cancel_turn(tx, turn["id"], "interrupted by a newer message")
                 pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
-        counters = tx.one(
-            "UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1 "
-            "WHERE uid = %s RETURNING last_message, last_turn",
-            (uid,),
-        )
-        assert counters is not None  # the row is locked above
-        seq, turn_seq = counters["last_message"], counters["last_turn"]
-        turn_id = uuid.uuid4()
-        tx.execute(
-            "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
-            "VALUES (%s, %s, 'user', %s, %s)",
-            (uid, seq, request.content, turn_id),
-        )
-        tx.execute(
-            "INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, "
-            "input_seq) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (turn_id, uid, turn_seq, source, idempotency_key, request_hash, seq),
-        )
         for event_type, data, cancelled in pending:
             events.append(tx, uid, [(event_type, data)], cancelled)
-        last_event = events.append(
-            tx,
-            uid,
-            [
-                ("message.created", {"seq": seq, "role": "user", "content": request.content}),
-                ("turn.queued", {"seq": turn_seq, "source": source}),
-            ],
-            turn_id,
+        (queued,) = queue_turns(
+            tx, [NewTurn(uid, request.content, source, idempotency_key, request_hash)]
         )
-        enqueue(tx, DISPATCH_TOPIC, {"sessionUid": str(uid), "turnId": str(turn_id)}, key=str(uid))
-        return Accepted(str(turn_id), int(seq), "queued", False, last_event - 2)
+        assert queued is not None  # the session row is locked above
+        return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from)
 
-    def ensure_in(self, tx: Tx, namespace: str, agent: str, session_id: str) -> bool:
-        """Create the named session for `agent` if it does not exist; True if created.
-        Raises Conflict if the id belongs to another agent."""
-        row = tx.one(
-            "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (namespace, id) DO NOTHING RETURNING uid",
-            (uuid.uuid4(), namespace, session_id, agent),
-        )
-        if row is None:
-            owner = self._session(tx, namespace, session_id)
-            if owner is not None and owner["agent"] != agent:
-                raise Conflict(
-                    f"session {session_id!r} belongs to agent {owner['agent']!r}",
-                    [{"path": "spec.target.sessionId", "message": "belongs to another agent"}],
-                )
-        return row is not None
+    def ensure_many(
+        self, tx: Tx, targets: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
+        """Create each (namespace, agent, session id) that does not exist yet, lock them all
+        (in uid order, so concurrent callers cannot deadlock) and return, per (namespace,
+        session id), its uid and the agent it belongs to (another agent's session is not
+        taken over: the caller checks the owner)."""
+        if not targets:
+            return {}
+
+        def lock(keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+            return tx.all(
+                "SELECT uid, namespace, id, agent FROM sessions WHERE (namespace, id) IN "
+                "(SELECT namespace, id FROM jsonb_to_recordset(%s::jsonb) AS t(namespace text, "
+                "id text)) ORDER BY uid FOR UPDATE",
+                (json.dumps([{"namespace": ns, "id": session_id} for ns, session_id in keys]),),
+            )
+
+        keys = sorted({(namespace, session_id) for namespace, _, session_id in targets})
+        rows = lock(keys)
+        found = {(r["namespace"], r["id"]) for r in rows}
+        missing = {(ns, sid): agent for ns, agent, sid in targets if (ns, sid) not in found}
+        if missing:
+            tx.execute(
+                "INSERT INTO sessions (uid, namespace, id, agent) SELECT * FROM "
+                "jsonb_to_recordset(%s::jsonb) AS t(uid uuid, namespace text, id text, "
+                "agent text) ON CONFLICT (namespace, id) DO NOTHING",
+                (json.dumps([
+                    {"uid": str(uuid.uuid4()), "namespace": ns, "id": sid, "agent": agent}
+                    for (ns, sid), agent in missing.items()
+                ]),),
+            )  # fmt: skip
+            rows = lock(keys)  # the new ones, and any a concurrent caller created meanwhile
+        return {(r["namespace"], r["id"]): (r["uid"], r["agent"]) for r in rows}
 
     def locate(self, namespace: str, agent: str, session_id: str) -> tuple[uuid.UUID, int]:
         """The session's uid and its latest event id."""

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -100,10 +101,21 @@ def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
     }
     if "unix_sock" in query:
         kwargs["unix_sock"] = query["unix_sock"][0]
-    else:
-        kwargs["host"] = parsed.hostname or "127.0.0.1"
-        kwargs["port"] = parsed.port or 5432
-    return lambda: pg8000.dbapi.connect(**kwargs)
+        return lambda: pg8000.dbapi.connect(**kwargs)
+    address = (parsed.hostname or "127.0.0.1", parsed.port or 5432)
+
+    def connect() -> Connection:
+        try:
+            sock = socket.create_connection(address, timeout)
+        except OSError as exc:
+            raise pg8000.dbapi.InterfaceError(f"cannot connect to {address}: {exc}") from exc
+        # pg8000 leaves Nagle's algorithm on: a message over one TCP segment (a large
+        # batch parameter) then waits ~40 ms for the server's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return pg8000.dbapi.connect(sock=sock, **kwargs)
+
+    return connect
 
 
 def connector_from_settings(settings: DatabaseSettings) -> Callable[[], Connection]:

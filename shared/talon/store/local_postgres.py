@@ -45,10 +45,13 @@ def free_port() -> int:
 
 
 class LocalPostgres:
-    def __init__(self, root: Path | str, *, durable: bool = True) -> None:
+    def __init__(
+        self, root: Path | str, *, durable: bool = True, options: dict[str, str] | None = None
+    ) -> None:
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.durable = durable
+        self.options = options or {}  # extra server settings (`-c name=value`)
         self.port: int | None = None
         self._pgserver = None
         self._bin = find_pg_bin()
@@ -77,6 +80,7 @@ class LocalPostgres:
         if not self.durable:
             # Throwaway test clusters: losing data on an OS crash is fine, speed is not.
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.options.items())
         self._pg(
             "pg_ctl",
             "-D",

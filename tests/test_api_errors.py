@@ -33,6 +33,23 @@ def test_malformed_json(shop: Api) -> None:
     assert problem["details"][0]["path"] == "(body)"
 
 
+def test_nul_characters_are_refused_with_their_path(shop: Api) -> None:
+    # PostgreSQL cannot store U+0000; it must be a 400 naming the field, never a 500.
+    knowledge = samples.knowledge("shop")
+    knowledge["spec"]["content"] = "before\u0000after"
+    response = shop.post("/v1/apply", json={"items": [knowledge]})
+    assert response.status_code == 400
+    assert error(response)["details"] == [
+        {"path": "items[0].spec.content", "message": "NUL characters (U+0000) are not accepted"}
+    ]
+    shop.ok("POST", "/v1/ns/shop/agent-templates", 201, json=samples.template("shop"))
+    shop.ok("POST", "/v1/ns/shop/agents", 201, json=samples.agent("shop"))
+    shop.ok("POST", "/v1/ns/shop/agents/bot/sessions", 201, json={"id": "s"})
+    posted = shop.post("/v1/ns/shop/agents/bot/sessions/s/message", json={"content": "a\u0000"})
+    assert posted.status_code == 400 and error(posted)["details"][0]["path"] == "content"
+    assert shop.ok("GET", "/v1/ns/shop/agents/bot/sessions/s/messages")["items"] == []
+
+
 def test_malformed_yaml_and_yaml_aliases(shop: Api) -> None:
     headers = {"Content-Type": "application/yaml"}
     response = shop.post("/v1/ns/shop/knowledge", content=b"a: [1, 2", headers=headers)

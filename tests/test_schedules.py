@@ -185,3 +185,57 @@ def test_missed_fires_after_downtime_follow_the_policy(
     if expected:
         assert fires[0]["fireAt"] == "2026-12-03T22:00:00Z"  # the latest missed slot
     assert _next("renewal-check") == datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
+
+
+def test_a_tick_fires_a_batch_and_isolates_a_broken_schedule(
+    acme: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = []
+    for n in range(30):
+        schedule = samples.schedule("acme", name=f"batch-{n}", agent_name="customer-support")
+        schedule["spec"].update(cron="* * * * *", timezone="UTC")
+        schedule["spec"]["target"]["sessionId"] = f"batch-{n}"
+        items.append(schedule)
+    items[7]["spec"]["inputMessage"] = "poison"
+    items[9]["spec"]["target"]["sessionId"] = "taken"  # another agent's session
+    acme.ok("POST", "/v1/apply", json={"items": items})
+    acme.ok("POST", "/v1/ns/acme/agents", 201, json={
+        "apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": "other", "namespace": "acme"},
+        "spec": {"templateRef": "customer-support", "features": {"customer_id": "c"}},
+    })  # fmt: skip
+    acme.ok("POST", "/v1/ns/acme/agents/other/sessions", 201, json={"id": "taken"})
+    db = entrypoints.services().db
+    with db.transaction() as tx:  # a real database failure for one schedule's message
+        tx.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned message'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        tx.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_poison()"
+        )
+    due = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
+    with db.transaction() as tx:  # only the batch is due (not the seed's renewal-check)
+        tx.execute(
+            "UPDATE schedule_state SET next_fire_at = CASE WHEN name LIKE 'batch-%%' "
+            "THEN %s::timestamptz END",
+            (due,),
+        )
+    assert _scheduler().tick(due.replace(second=1)) == 29  # all but the poisoned one
+    assert "schedule acme/batch-7 failed to fire: " in caplog.text
+    for n in range(30):
+        fires = acme.ok("GET", f"/v1/ns/acme/schedules/batch-{n}/fires")["items"]
+        expected = {7: [], 9: ["failed"]}.get(n, ["queued"])
+        assert [f["outcome"] for f in fires] == expected, n
+        assert _next(f"batch-{n}") == datetime(2026, 12, 1, 22, 1, tzinfo=UTC)  # moved on
+    with db.transaction() as tx:
+        counts = tx.all(
+            "SELECT s.id, count(t.id) AS turns FROM sessions s LEFT JOIN turns t "
+            "ON t.session_uid = s.uid WHERE s.id LIKE 'batch-%%' GROUP BY s.id"
+        )
+    # The poisoned fire was rolled back whole (its session too); the others wake once.
+    assert {r["id"]: r["turns"] for r in counts} == {
+        f"batch-{n}": 1 for n in range(30) if n not in (7, 9)
+    }

@@ -40,6 +40,31 @@ def parse_body(
 ) -> Any:
     """Return the decoded body; YAML streams give a list when `multi_document`. An empty
     body is an error, or None when `optional`."""
+    body = _decode(request, limit, multi_document=multi_document, optional=optional)
+    _reject_nul(body, "")
+    return body
+
+
+def _reject_nul(value: Any, path: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming where it is,
+    instead of failing at the database."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(
+                f"{path or '(body)'}: contains a NUL character",
+                [{"path": path or "(body)", "message": "NUL characters (U+0000) are not accepted"}],
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            _reject_nul(key, child)
+            _reject_nul(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nul(item, f"{path}[{index}]")
+
+
+def _decode(request: flask.Request, limit: int, *, multi_document: bool, optional: bool) -> Any:
     raw = read_raw(request, limit)
     if not raw.strip() and optional:
         return None

@@ -41,6 +41,10 @@ class Fire:
         return f"{self.name}-{self.fire_at.strftime('%Y%m%dT%H%M%SZ')}"
 
 
+def _key(fire: Fire) -> tuple[str, str, int]:
+    return fire.namespace, fire.name, int(fire.fire_at.timestamp())
+
+
 class ScheduleFirer:
     def __init__(self, db: Database, sessions: SessionService) -> None:
         self.db = db
@@ -97,7 +101,10 @@ class ScheduleFirer:
             "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS f(namespace text, schedule text, "
             "fire_at timestamptz, schedule_version bigint, reason text, outcome text, "
             "session_id text, turn_id uuid, error text) "
-            "ON CONFLICT DO NOTHING RETURNING namespace, schedule, fire_at, turn_id",
+            # Epoch seconds, not timestamptz: pg8000 parses timestamps with strptime, which
+            # is most of a large batch's client time.
+            "ON CONFLICT DO NOTHING RETURNING namespace, schedule, "
+            "extract(epoch FROM fire_at)::bigint AS epoch, turn_id",
             (json.dumps([
                 {"namespace": f.namespace, "schedule": f.name, "fire_at": _iso(f.fire_at),
                  "schedule_version": f.version, "reason": f.reason,
@@ -108,7 +115,9 @@ class ScheduleFirer:
             ]),),
         )  # fmt: skip
         claimed_turns = {r["turn_id"] for r in rows if r["turn_id"] is not None}
-        failed = {(r["namespace"], r["schedule"], r["fire_at"]) for r in rows if not r["turn_id"]}
+        failed = {
+            (r["namespace"], r["schedule"], int(r["epoch"])) for r in rows if not r["turn_id"]
+        }
         turns = [turn for _, turn, _ in planned if turn and turn.turn_id in claimed_turns]
         queued = {q.turn_id: q for q in queue_turns(tx, turns) if q is not None}
         results: list[dict[str, Any]] = []
@@ -119,8 +128,8 @@ class ScheduleFirer:
                     claimed=True, outcome="queued", sessionId=fire.session_id,
                     turnId=str(turn.turn_id), streamFrom=queued[turn.turn_id].stream_from,
                 )  # fmt: skip
-            elif turn is None and (fire.namespace, fire.name, fire.fire_at) in failed:
-                failed.discard((fire.namespace, fire.name, fire.fire_at))  # listed twice
+            elif turn is None and (key := _key(fire)) in failed:
+                failed.discard(key)  # a fire listed twice is claimed by its first listing
                 result.update(claimed=True, outcome="failed", error=error)
             results.append(result)
         return results

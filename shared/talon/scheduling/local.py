@@ -15,6 +15,7 @@ from talon.store.database import Database, Tx
 
 log = logging.getLogger(__name__)
 BATCH = 500  # schedules claimed and fired per transaction
+Key = tuple[str, str, str]  # (next fire as epoch seconds, namespace, name): batch keyset
 
 
 class LocalScheduler:
@@ -28,17 +29,19 @@ class LocalScheduler:
         with self.db.transaction() as tx:
             _adopt_unknown(tx, now)
         fired = 0
+        after: Key | None = None
         while True:
             try:
-                count, claimed = self._tick_batch(now, isolate=False)
+                count, claimed, last = self._tick_batch(now, after, isolate=False)
             except Exception as exc:
                 # Something in the batch broke it: redo it fire by fire, so one broken
                 # schedule is logged and moved on instead of holding up the others.
                 log.warning("scheduler batch failed (%s); firing one by one", exc)
-                count, claimed = self._tick_batch(now, isolate=True)
+                count, claimed, last = self._tick_batch(now, after, isolate=True)
             fired += count
             if claimed < BATCH:
                 return fired
+            after = last
 
     def next_due(self) -> datetime | None:
         with self.db.transaction() as tx:
@@ -58,19 +61,37 @@ class LocalScheduler:
                 log.warning("scheduler tick failed: %s", exc)
             stop.wait(wait)
 
-    def _tick_batch(self, now: datetime, *, isolate: bool) -> tuple[int, int]:
+    def _tick_batch(
+        self, now: datetime, after: Key | None, *, isolate: bool
+    ) -> tuple[int, int, Key | None]:
+        # Keyset from the previous batch: the rows it moved left dead entries at the front
+        # of the due index, which an OFFSET-less rescan would wade through every time.
+        where, params = "", ()
+        if after is not None:
+            where = (
+                "AND (st.next_fire_at, st.namespace, st.name) > "
+                "('epoch'::timestamptz + %s::numeric * interval '1 second', %s, %s) "
+            )
+            params = after
         with self.db.transaction() as tx:
+            # Lock the due rows first, then join their manifests: the planner cannot turn
+            # the join into a hash of every schedule, whatever its statistics say.
             due = tx.all(
-                "SELECT st.namespace, st.name, st.next_fire_at, r.resource_version, r.body "
-                "FROM schedule_state st JOIN resources r ON r.kind = 'Schedule' "
-                "AND r.namespace = st.namespace AND r.name = st.name "
-                "WHERE st.next_fire_at <= %s ORDER BY st.next_fire_at LIMIT %s "
-                "FOR UPDATE OF st SKIP LOCKED",
-                (now, BATCH),
+                "WITH due AS (SELECT st.namespace, st.name, st.next_fire_at "
+                "FROM schedule_state st "
+                f"WHERE st.next_fire_at <= %s {where}"
+                "ORDER BY st.next_fire_at, st.namespace, st.name LIMIT %s "
+                "FOR UPDATE SKIP LOCKED) "
+                "SELECT due.namespace, due.name, extract(epoch FROM due.next_fire_at) AS due, "
+                "r.resource_version, r.body FROM due JOIN resources r ON r.kind = 'Schedule' "
+                "AND r.namespace = due.namespace AND r.name = due.name "
+                "ORDER BY due.next_fire_at, due.namespace, due.name",
+                (now, *params, BATCH),
             )
             fires = []
             for row in due:
-                slot, reason = slot_to_fire(row["body"], row["next_fire_at"], now)
+                due_at = datetime.fromtimestamp(float(row["due"]), UTC)  # see fires.py, epoch
+                slot, reason = slot_to_fire(row["body"], due_at, now)
                 if slot is not None:
                     fires.append(Fire(row["namespace"], row["name"], slot, reason,
                                       row["resource_version"], row["body"]))  # fmt: skip
@@ -86,7 +107,8 @@ class LocalScheduler:
                 "WHERE st.namespace = n.namespace AND st.name = n.name",
                 (json.dumps(moved),),
             )
-        return count, len(due)
+        last = (str(due[-1]["due"]), due[-1]["namespace"], due[-1]["name"]) if due else None
+        return count, len(due), last
 
     def _fire(self, tx: Tx, fires: list[Fire]) -> int:
         return sum(bool(r["claimed"]) for r in self.firer.fire_many(tx, fires))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -40,6 +41,19 @@ def test_run_wakes_the_seed_schedules_named_session(acme: Api, start_worker) -> 
     assert messages[0]["content"].startswith("Review accounts renewing in the next 14 days")
     fires = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"]
     assert [(f["reason"], f["outcome"], f["turnId"]) for f in fires] == [
+        ("run", "queued", fired["turnId"])
+    ]
+
+
+def test_get_schedule_shows_next_fire_and_last_fires(acme: Api) -> None:
+    before = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check")
+    assert before["status"]["lastFires"] == []
+    next_fire = datetime.fromisoformat(before["status"]["nextFireAt"].replace("Z", "+00:00"))
+    assert next_fire > datetime.now(UTC)
+    assert next_fire.astimezone(ZoneInfo("America/Los_Angeles")).hour == 14
+    fired = acme.ok("POST", "/v1/ns/acme/schedules/renewal-check/run", 202)
+    after = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check")
+    assert [(f["reason"], f["outcome"], f["turnId"]) for f in after["status"]["lastFires"]] == [
         ("run", "queued", fired["turnId"])
     ]
 

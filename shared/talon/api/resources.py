@@ -7,6 +7,7 @@ from typing import Any
 from talon import API_VERSION
 from talon.api.body import parse_body
 from talon.api.routing import Context, Route
+from talon.api.schedules import schedule_statuses
 from talon.errors import Invalid, NotFound, PermissionDenied, TalonError
 from talon.resources.meta import Resource
 from talon.resources.registry import BY_NAME, KINDS, Kind, parse_manifest
@@ -40,9 +41,18 @@ def list_resources(ctx: Context, kind: Kind, ns: str | None = None) -> dict[str,
     return {
         "apiVersion": API_VERSION,
         "kind": f"{kind.name}List",
-        "items": [_manifest(kind, r) for r in page.records],
+        "items": _manifests(ctx, kind, page.records),
         "nextPageToken": page.next_page_token,
     }
+
+
+def _manifests(ctx: Context, kind: Kind, records: list[Record]) -> list[dict[str, Any]]:
+    """Manifests as read back: schedules carry their live fire status."""
+    manifests = [_manifest(kind, r) for r in records]
+    if kind.name == "Schedule":
+        for manifest, live in zip(manifests, schedule_statuses(ctx, records), strict=True):
+            manifest["status"] = {**manifest.get("status", {}), **live}
+    return manifests
 
 
 def _body_resource(ctx: Context, kind: Kind, ns: str | None, name: str | None = None) -> Resource:
@@ -77,7 +87,7 @@ def create_resource(ctx: Context, kind: Kind, ns: str | None = None) -> tuple[in
 
 
 def get_resource(ctx: Context, kind: Kind, ns: str, name: str) -> dict[str, Any]:
-    return _manifest(kind, ctx.services.resources.get(kind, ns, name))
+    return _manifests(ctx, kind, [ctx.services.resources.get(kind, ns, name)])[0]
 
 
 def replace_resource(ctx: Context, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:

@@ -8,8 +8,10 @@ from typing import Any
 from talon.api.routing import Context, Route
 from talon.resources.registry import BY_NAME
 from talon.scheduling.timing import next_fire_after
+from talon.store.resources import Record
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
+LAST_FIRES = 5  # shown on the schedule itself; `.../fires` has more
 
 
 def run_schedule(ctx: Context, ns: str, name: str) -> tuple[int, dict[str, Any]]:
@@ -23,6 +25,18 @@ def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
         "nextFireAt": next_fire_at(record.body, datetime.now(UTC)),
         "items": ctx.services.schedules.recent(ns, name),
     }
+
+
+def schedule_statuses(ctx: Context, records: list[Record]) -> list[dict[str, Any]]:
+    """What a schedule's GET (and list) adds to its status: when it fires next and how its
+    last fires went."""
+    now = datetime.now(UTC)
+    keys = [(r.namespace, r.name) for r in records]
+    fires = ctx.services.schedules.recent_many(keys, limit=LAST_FIRES)
+    return [
+        {"nextFireAt": next_fire_at(r.body, now), "lastFires": fires[key]}
+        for r, key in zip(records, keys, strict=True)
+    ]
 
 
 def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:

@@ -134,16 +134,31 @@ class ScheduleFirer:
             results.append(result)
         return results
 
-    def recent(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    def recent(
+        self, namespace: str, name: str, *, limit: int = RECENT_FIRES
+    ) -> list[dict[str, Any]]:
+        return self.recent_many([(namespace, name)], limit=limit)[(namespace, name)]
+
+    def recent_many(
+        self, schedules: list[tuple[str, str]], *, limit: int = RECENT_FIRES
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """The latest fires of each (namespace, name), newest first, in one query."""
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in schedules}
+        if not schedules:
+            return found
         with self.db.transaction() as tx:
             rows = tx.all(
-                "SELECT fire_at, reason, session_id, turn_id, outcome, error FROM schedule_fires "
-                "WHERE namespace = %s AND schedule = %s ORDER BY fire_at DESC LIMIT %s",
-                (namespace, name, RECENT_FIRES),
+                "SELECT f.* FROM jsonb_to_recordset(%s::jsonb) AS s(namespace text, name text) "
+                "CROSS JOIN LATERAL (SELECT namespace, schedule, fire_at, reason, session_id, "
+                "turn_id, outcome, error FROM schedule_fires WHERE namespace = s.namespace "
+                "AND schedule = s.name ORDER BY fire_at DESC LIMIT %s) AS f",
+                (json.dumps([{"namespace": ns, "name": n} for ns, n in schedules]), limit),
             )
-        return [
-            {"fireAt": _iso(r["fire_at"]), "reason": r["reason"], "sessionId": r["session_id"],
-             "turnId": str(r["turn_id"]) if r["turn_id"] else None, "outcome": r["outcome"],
-             "error": r["error"]}
-            for r in rows
-        ]  # fmt: skip
+        for r in rows:
+            found[(r["namespace"], r["schedule"])].append(
+                {"fireAt": _iso(r["fire_at"]), "reason": r["reason"],
+                 "sessionId": r["session_id"],
+                 "turnId": str(r["turn_id"]) if r["turn_id"] else None,
+                 "outcome": r["outcome"], "error": r["error"]}
+            )  # fmt: skip
+        return found

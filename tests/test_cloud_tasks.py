@@ -279,3 +279,20 @@ def test_the_callback_refuses_unauthenticated_and_malformed_tasks(
     assert httpx.get(cloud_tasks["callback"].replace("/fire", "/healthz")).status_code == 200
     assert httpx.get(cloud_tasks["callback"]).status_code == 405
     assert api.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"] == []
+
+
+def test_in_oidc_mode_a_callback_without_a_token_is_refused(
+    api: Api, cloud_tasks: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALON_CONTROL_PLANE_SCHEDULER_CALLBACK_VERIFICATION", "oidc")
+    monkeypatch.setenv(
+        "TALON_CONTROL_PLANE_SCHEDULER_SERVICE_ACCOUNT_EMAIL", "tasks@p.iam.gserviceaccount.com"
+    )
+    entrypoints.reset()
+    _apply_seed(api)
+    state = _state("renewal-check")
+    body = FireTask("acme", "renewal-check", state["version"], state["next_fire_at"]).to_json()
+    refused = _callback(cloud_tasks["callback"], body)  # the shared secret counts for nothing
+    assert refused.status_code == 401
+    assert "without an OIDC token" in refused.json()["error"]["message"]
+    assert api.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"] == []

@@ -58,6 +58,10 @@ class UnsupportedMediaType(TalonError):
     code, status = "unsupported_media_type", 415
 
 
+class Unavailable(TalonError):
+    code, status = "unavailable", 503
+
+
 class ConfigError(TalonError):
     code = "config"
 

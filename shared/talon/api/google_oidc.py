@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import flask
 
-from talon.errors import PermissionDenied, Unauthenticated
+from talon.errors import PermissionDenied, Unauthenticated, Unavailable
 
 
 def verify_google_oidc(request: flask.Request, *, audience: str, email: str, what: str) -> None:
@@ -13,6 +13,7 @@ def verify_google_oidc(request: flask.Request, *, audience: str, email: str, wha
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated(f"{what} without an OIDC token")
+    from google.auth import exceptions as google_exceptions
     from google.auth.transport import requests as google_requests
     from google.oauth2 import id_token
 
@@ -22,5 +23,8 @@ def verify_google_oidc(request: flask.Request, *, audience: str, email: str, wha
         )
     except ValueError as exc:
         raise Unauthenticated(f"invalid OIDC token on the {what}: {exc}") from exc
+    except google_exceptions.TransportError as exc:
+        # Google's signing keys could not be fetched: not the caller's fault; retry later.
+        raise Unavailable(f"cannot check the {what}'s OIDC token now: {exc}") from exc
     if not claims.get("email_verified") or claims.get("email") != email:
         raise PermissionDenied(f"the {what}'s OIDC token is not from the configured account")

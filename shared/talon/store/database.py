@@ -21,16 +21,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pg8000.dbapi
 
 from talon.config import DatabaseSettings
-from talon.errors import Conflict, TalonError
+from talon.errors import Conflict, TalonError, Unavailable
 
 log = logging.getLogger(__name__)
 
 Connection = pg8000.dbapi.Connection
 Params = Sequence[Any] | None
-
-
-class Unavailable(TalonError):
-    code, status = "unavailable", 503
 
 
 class RollbackOnly(Exception):

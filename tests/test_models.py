@@ -13,7 +13,7 @@ import samples
 from conftest import Api, read_stream
 from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
 from talon.runtime.providers.base import ModelRequest, ToolSpec
-from talon.runtime.tools.base import AgentContext, ToolResult
+from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 
 FAST_RETRY = {"maxAttempts": 2, "initialBackoffSeconds": 0.01, "maxBackoffSeconds": 0.05}
 
@@ -112,10 +112,10 @@ class RecordingTools:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def tools_for(self, context: AgentContext) -> list[ToolSpec]:
-        return [ToolSpec("get_renewals", "Renewals due soon.",
-                         {"type": "object", "properties": {"days": {"type": "integer"}},
-                          "required": ["days"]})]  # fmt: skip
+    def tools_for(self, context: AgentContext) -> Toolset:
+        return Toolset([ToolSpec("get_renewals", "Renewals due soon.",
+                                 {"type": "object", "properties": {"days": {"type": "integer"}},
+                                  "required": ["days"]})])  # fmt: skip
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         self.calls.append((name, arguments))

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from talon.runtime.providers.base import ToolSpec
-from talon.runtime.tools.base import AgentContext, ToolResult
+from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.runtime.worker import Worker
 from talon.store.database import Database, connector_from_url
 
@@ -22,9 +22,9 @@ class FileRecordingTool:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def tools_for(self, context: AgentContext) -> list[ToolSpec]:
+    def tools_for(self, context: AgentContext) -> Toolset:
         schema = {"type": "object", "properties": {"days": {"type": "integer"}}}
-        return [ToolSpec("get_renewals", "Renewals due soon.", schema)]
+        return Toolset([ToolSpec("get_renewals", "Renewals due soon.", schema)])
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

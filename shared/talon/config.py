@@ -95,6 +95,8 @@ class ControlPlaneSettings(_Section):
 class WorkerSettings(_Section):
     pull_mode: bool = True
     mcp_routes: list[str] = ["/mcp/talon-ops"]
+    # Where `<name>/SKILL.md` skills are loaded from (relative: to the working directory).
+    skills_dir: str = "skills"
 
 
 class Settings(_Section):

@@ -7,6 +7,7 @@ the next request instead of leaving a broken process.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from talon.logs import configure_logging
@@ -45,7 +46,8 @@ def dispatch() -> Any:
 
     def build() -> DispatchEndpoint:
         built = services()
-        return DispatchEndpoint(built, Worker(built.db))
+        skills = Path(built.settings.worker.skills_dir)
+        return DispatchEndpoint(built, Worker(built.db, skills_dir=skills))
 
     return _once("dispatch", build)
 

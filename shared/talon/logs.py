@@ -53,5 +53,8 @@ def configure_logging() -> None:
     root.handlers = [handler]
     root.setLevel(os.environ.get("TALON_LOG_LEVEL", "INFO").upper())
     # One line per outbound request from the HTTP client library is noise at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Per-request INFO lines from HTTP clients (httpx for models, httpx2 and the MCP client
+    # for tool servers) would drown the worker's own log.
+    for noisy in ("httpx", "httpx2", "mcp.client"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     root._talon_configured = True  # type: ignore[attr-defined]

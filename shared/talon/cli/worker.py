@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from talon.logs import configure_logging
@@ -35,7 +36,12 @@ def run_worker(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        worker = Worker(services.db, demo_fallback=demo_fallback, lease_seconds=lease_seconds)
+        worker = Worker(
+            services.db,
+            skills_dir=Path(services.settings.worker.skills_dir),
+            demo_fallback=demo_fallback,
+            lease_seconds=lease_seconds,
+        )
         worker.run_pull(
             stop,
             concurrency=concurrency,

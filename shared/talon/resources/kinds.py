@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from talon.errors import Invalid
 from talon.resources.meta import DnsLabel, LabelKey, LabelValue, NonBlank, Resource, StrictModel
 
 IDENTIFIER_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -311,10 +312,24 @@ class MCPServerSpec(StrictModel):
     description: str = ""
 
 
+# Tool names are `<server>.<tool>`; these prefixes belong to built-ins and skills.
+RESERVED_SERVER_NAMES = frozenset({"talon", "skill"})
+
+
 class MCPServer(Resource):
     KIND = "MCPServer"
     kind: Literal["MCPServer"] = "MCPServer"
     spec: MCPServerSpec
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> MCPServer:
+        if self.metadata.name in RESERVED_SERVER_NAMES:
+            name = self.metadata.name
+            message = f"{name!r} is reserved: tools named '{name}.*' belong to Talon"
+            # Raised as is (not a ValueError), so the error names the field, not the root.
+            raise Invalid(f"invalid MCPServer: metadata.name: {message}",
+                          [{"path": "metadata.name", "message": message}])  # fmt: skip
+        return self
 
 
 class LabelSelector(StrictModel):

@@ -115,6 +115,9 @@ def _upsert(tx: Tx, lease: Lease, step: Step) -> None:
     )
 
 
+ERROR_PREVIEW_CHARS = 500
+
+
 def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"step": step.name, "index": step.idx, "kind": step.kind}
     if summary and step.kind == "model":
@@ -122,6 +125,8 @@ def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
         data["toolCalls"] = [c["name"] for c in step.output.get("toolCalls", [])]
     if summary and step.kind == "tool":
         data["isError"] = bool(step.output.get("isError"))
+        if data["isError"]:  # the stream says what went wrong, not just that it did
+            data["error"] = str(step.output.get("result", ""))[:ERROR_PREVIEW_CHARS]
     if summary and step.kind == "knowledge":
         data["documents"] = step.output.get("documents", [])
     return data

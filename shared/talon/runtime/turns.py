@@ -193,7 +193,12 @@ class TurnRunner:
             {"role": "system", "content": ctx.system_prompt(agent, knowledge_step.output)},
             *history,
         ]
-        tools = self.tools.tools_for(agent)
+        toolset = self.tools.tools_for(agent)
+        tools = toolset.tools
+        # Said once, with the first model step: which tool sources this turn runs without.
+        notices: list[tuple[str, dict[str, Any]]] = []
+        if toolset.unavailable:
+            notices.append(("tools.unavailable", {"sources": toolset.unavailable}))
         clients = self._clients(agent.effective["modelPolicy"])
         written: list[dict[str, Any]] = []  # messages this turn adds to the session
         idx = 1
@@ -225,9 +230,10 @@ class TurnRunner:
                     else None
                 )
                 with self.db.transaction() as tx:
-                    record(tx, lease, step, following, before=deltas.drain())
+                    record(tx, lease, step, following, before=notices + deltas.drain())
                     if following is not None:
                         journal[idx + 1] = following
+                notices = []
             calls = step.output.get("toolCalls", [])
             assistant = ctx.to_chat("assistant", step.output.get("content", ""), calls, None)
             messages.append(assistant)

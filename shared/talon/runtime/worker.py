@@ -8,13 +8,15 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from talon.broker.base import Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
-from talon.runtime.tools.base import NoTools, ToolSource
+from talon.runtime.tools.base import ToolSource
+from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database
 from talon.store.notify import Listener
@@ -33,11 +35,12 @@ class Worker:
         db: Database,
         *,
         tools: ToolSource | None = None,
+        skills_dir: Path = Path("skills"),
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
     ) -> None:
         self.db = db
-        self.tools = tools or NoTools()
+        self.tools = tools if tools is not None else default_tools(db, skills_dir)
         self.resources = ResourceService(db)
         self.runner = TurnRunner(
             db,

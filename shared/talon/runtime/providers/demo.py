@@ -31,7 +31,8 @@ class DemoModel:
         text = str(last.get("content") or "")
         tool = _best_tool(text, request.tools)
         if tool is not None:
-            call = ToolCall(f"call_{len(messages)}_{tool.name}", tool.name, _arguments(tool))
+            arguments = _arguments(tool, messages)
+            call = ToolCall(f"call_{len(messages)}_{tool.name}", tool.name, arguments)
             return ModelResponse("", [call], self.label)
         return ModelResponse(f"(demo model) Received: {_clip(text, 400)}", [], self.label)
 
@@ -55,12 +56,18 @@ def _best_tool(text: str, tools: list[ToolSpec]) -> ToolSpec | None:
     return best
 
 
-def _arguments(tool: ToolSpec) -> str:
-    """Placeholder values for required arguments, by JSON type."""
+def _arguments(tool: ToolSpec, messages: list[dict[str, Any]]) -> str:
+    """Required arguments: a string is taken from the conversation when it says
+    `name: value` (the agent's features in the system prompt do), else a placeholder."""
     properties: dict[str, Any] = tool.parameters.get("properties", {})
+    text = "\n".join(str(m.get("content") or "") for m in messages)
     values: dict[str, Any] = {}
     for name in tool.parameters.get("required", []):
         kind = properties.get(name, {}).get("type", "string")
+        if kind == "string":
+            found = re.search(rf'"?{re.escape(name)}"?\s*[:=]\s*"?([\w.@-]+)', text)
+            values[name] = found.group(1) if found else "demo"
+            continue
         values[name] = {"integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}.get(
             kind, "demo"
         )

@@ -1,8 +1,9 @@
-"""The tool source port. MCP servers, skills and built-ins implement it (see issue 5)."""
+"""The tool source port: built-ins, skills and MCP servers implement it; the registry merges
+them for an agent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from talon.runtime.providers.base import ToolSpec
@@ -23,11 +24,19 @@ class ToolResult:
     is_error: bool = False
 
 
+@dataclass(frozen=True)
+class Toolset:
+    tools: list[ToolSpec] = field(default_factory=list)
+    # Sources that could not list their tools now ({"source": ..., "error": ...}); the turn
+    # goes on without them and the stream says so.
+    unavailable: list[dict[str, str]] = field(default_factory=list)
+
+
 class ToolSource(Protocol):
     """Sources that cache (tool lists, sessions) may also define
     `invalidate(namespace, kind, name)`; the worker calls it on lifecycle events."""
 
-    def tools_for(self, context: AgentContext) -> list[ToolSpec]: ...
+    def tools_for(self, context: AgentContext) -> Toolset: ...
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult: ...
 
@@ -35,8 +44,8 @@ class ToolSource(Protocol):
 class NoTools:
     """A source with no tools: turns are plain conversations."""
 
-    def tools_for(self, context: AgentContext) -> list[ToolSpec]:
-        return []
+    def tools_for(self, context: AgentContext) -> Toolset:
+        return Toolset()
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         return ToolResult(f"unknown tool {name!r}", is_error=True)

@@ -1,0 +1,213 @@
+"""MCP tools through bindings, against real MCP servers built with the `mcp` SDK: listing,
+policy filtering, calls with secret headers, refusals that never reach the server, timeouts,
+a server that is down; and the same through a worker's turn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from mcp_fixtures import RunningServer
+
+from conftest import ROOT, Api, read_stream
+from talon import entrypoints
+from talon.cli.manifest_files import read_documents
+from talon.runtime.context import agent_context
+from talon.runtime.tools.base import AgentContext
+from talon.runtime.tools.mcp_source import MCPToolSource
+from talon.runtime.tools.registry import default_tools
+from talon.store.local_postgres import free_port
+
+STRIPE_AUTH = "Bearer sk_test_readonly_123"
+SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
+
+
+@pytest.fixture(scope="module")
+def stripe() -> Iterator[RunningServer]:
+    server = RunningServer("stripe")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def hubspot() -> Iterator[RunningServer]:
+    server = RunningServer("hubspot")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def acme(
+    api: Api, stripe: RunningServer, hubspot: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> Api:
+    """The example manifests, with the MCP servers pointed at the running fixtures."""
+    monkeypatch.setenv("STRIPE_READONLY_AUTHORIZATION", STRIPE_AUTH)
+    monkeypatch.setenv("HUBSPOT_READONLY_AUTHORIZATION", "Bearer hubspot-token")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
+    urls = {"stripe-readonly": stripe.url, "hubspot-readonly": hubspot.url}
+    for document in documents:
+        if document["kind"] == "MCPServer":
+            document["spec"]["url"] = urls[document["metadata"]["name"]]
+    api.ok("POST", "/v1/apply", json={"items": documents})
+    stripe.calls.clear()
+    hubspot.calls.clear()
+    return api
+
+
+def _context(agent: str = "customer-support") -> AgentContext:
+    with entrypoints.services().db.transaction() as tx:
+        return agent_context(tx, {"namespace": "acme", "agent": agent, "id": "t"})
+
+
+def _source() -> MCPToolSource:
+    return MCPToolSource(entrypoints.services().db)
+
+
+def _set_server(api: Api, name: str, spec: dict[str, Any]) -> None:
+    api.ok("PATCH", f"/v1/ns/acme/mcp-servers/{name}", json={"spec": spec})
+
+
+def _turn(api: Api, session: str, content: str) -> list[dict[str, Any]]:
+    """Post `content` to a new session and read its stream to the end of the turn."""
+    api.ok("POST", SESSIONS, 201, json={"id": session})
+    accepted = api.ok("POST", f"{SESSIONS}/{session}/message", 202, json={"content": content})
+    return read_stream(api, f"{SESSIONS}/{session}/stream", last_event_id=accepted["streamFrom"],
+                       params={"untilTurnEnd": "true"})  # fmt: skip
+
+
+def test_an_agent_sees_the_tools_its_bindings_grant(acme: Api) -> None:
+    toolset = _source().tools_for(_context())
+    assert toolset.unavailable == []
+    names = sorted(t.name for t in toolset.tools)
+    # stripe: allow get_*/list_*/search_*, read-only; hubspot: deny delete_*, read-only
+    # (create_note writes, so the read-only binding hides it).
+    assert names == [
+        "hubspot-readonly.search_companies",
+        "stripe-readonly.get_subscriptions",
+        "stripe-readonly.list_invoices",
+        "stripe-readonly.search_invoices",
+    ]
+    listed = next(t for t in toolset.tools if t.name == "stripe-readonly.list_invoices")
+    assert listed.parameters["required"] == ["customer_id"]
+    assert "invoices" in listed.description
+
+
+def test_a_call_reaches_the_server_with_its_secret_header(acme: Api, stripe: RunningServer) -> None:
+    result = _source().call(
+        _context(), "stripe-readonly.list_invoices", {"customer_id": "cus_acme_001"}
+    )
+    assert not result.is_error
+    assert "in_1001" in result.content and "in_0990" in result.content
+    assert stripe.calls["list_invoices"] == 1
+    assert stripe.headers_seen[-1]["authorization"] == STRIPE_AUTH
+
+
+def test_denied_and_unknown_tools_never_reach_the_server(
+    acme: Api, stripe: RunningServer, hubspot: RunningServer
+) -> None:
+    source, context = _source(), _context()
+    refused = {
+        "stripe-readonly.refund_invoice": "denied by the agent's MCP bindings",  # not allowed
+        "hubspot-readonly.delete_contact": "denied by the agent's MCP bindings",  # denied
+        "hubspot-readonly.create_note": "denied by the agent's MCP bindings",  # writes
+        "stripe-readonly.no_such_tool": "has no such tool",
+        "billing.list_invoices": "no binding grants this agent that server",
+    }
+    for name, why in refused.items():
+        result = source.call(context, name, {"invoice_id": "in_1001", "contact_id": "c1"})
+        assert result.is_error and why in result.content, (name, result.content)
+    assert sum(stripe.calls.values()) == 0 and sum(hubspot.calls.values()) == 0
+
+
+def test_a_server_without_a_binding_gives_no_tools(acme: Api) -> None:
+    acme.ok("DELETE", "/v1/ns/acme/mcp-bindings/customer-support-hubspot")
+    names = {t.name for t in _source().tools_for(_context()).tools}
+    assert not any(n.startswith("hubspot-readonly.") for n in names)
+    assert "stripe-readonly.list_invoices" in names
+    result = _source().call(_context(), "hubspot-readonly.search_companies", {"name": "acme"})
+    assert result.is_error and "no binding" in result.content
+
+
+def test_a_slow_tool_call_times_out(acme: Api, stripe: RunningServer) -> None:
+    _set_server(acme, "stripe-readonly", {"timeoutSeconds": 1})
+    started = time.monotonic()
+    result = _source().call(
+        _context(), "stripe-readonly.search_invoices", {"query": "acme", "seconds": 4}
+    )
+    assert result.is_error and "timed out" in result.content
+    assert time.monotonic() - started < 4
+
+
+def test_a_server_that_is_down_is_reported_not_fatal(acme: Api) -> None:
+    _set_server(acme, "hubspot-readonly", {"url": f"http://127.0.0.1:{free_port()}/mcp"})
+    toolset = _source().tools_for(_context())
+    assert [u["source"] for u in toolset.unavailable] == ["mcp:hubspot-readonly"]
+    assert "stripe-readonly.list_invoices" in {t.name for t in toolset.tools}
+    result = _source().call(_context(), "hubspot-readonly.search_companies", {"name": "acme"})
+    assert result.is_error and "unavailable" in result.content
+
+
+def test_a_missing_secret_makes_the_server_unavailable(
+    acme: Api, stripe: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRIPE_READONLY_AUTHORIZATION")
+    requests = len(stripe.headers_seen)
+    toolset = _source().tools_for(_context())
+    (problem,) = toolset.unavailable
+    assert problem["source"] == "mcp:stripe-readonly"
+    assert "STRIPE_READONLY_AUTHORIZATION is not set" in problem["error"]
+    assert len(stripe.headers_seen) == requests  # never contacted without its credentials
+
+
+def test_tool_lists_are_cached_per_server_version(acme: Api, stripe: RunningServer) -> None:
+    source = _source()
+    source.tools_for(_context())
+    requests = len(stripe.headers_seen)
+    source.tools_for(_context())
+    assert len(stripe.headers_seen) == requests  # served from the cache
+    _set_server(acme, "stripe-readonly", {"description": "changed"})  # a new version
+    source.tools_for(_context())
+    assert len(stripe.headers_seen) > requests
+    requests = len(stripe.headers_seen)
+    source.invalidate("acme", "MCPServer", "stripe-readonly")  # a lifecycle event
+    source.tools_for(_context())
+    assert len(stripe.headers_seen) > requests
+
+
+def test_the_registry_merges_builtins_skills_and_mcp_tools(acme: Api, tmp_path: Any) -> None:
+    skill = tmp_path / "renewal-playbook" / "SKILL.md"
+    skill.parent.mkdir()
+    skill.write_text("---\nname: renewal-playbook\ndescription: How to run renewals.\n---\nStep 1.")
+    acme.ok("PATCH", "/v1/ns/acme/agent-templates/customer-support",
+            json={"definition": {"skills": ["renewal-playbook"]}})  # fmt: skip
+    registry = default_tools(entrypoints.services().db, tmp_path)
+    names = [t.name for t in registry.tools_for(_context()).tools]
+    assert names[:2] == ["talon.current_time", "skill.renewal-playbook"]
+    assert "stripe-readonly.list_invoices" in names
+    assert registry.call(_context(), "skill.renewal-playbook", {}).content == "Step 1."
+    assert '"timezone": "UTC"' in registry.call(_context(), "talon.current_time", {}).content
+
+
+def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(
+    acme: Api, stripe: RunningServer, start_worker
+) -> None:
+    start_worker(demo_fallback=True, tools=default_tools(entrypoints.services().db, ROOT / "x"))
+    events = _turn(acme, "billing", "List the open invoices, please.")
+    steps = [(e["type"], e["data"].get("step")) for e in events if e["type"].startswith("step.")]
+    assert ("step.completed", "call-stripe-readonly.list_invoices") in steps
+    assert events[-1]["type"] == "turn.completed"
+    assert stripe.calls["list_invoices"] == 1
+    answer = acme.ok("GET", f"{SESSIONS}/billing/messages")["items"][-1]
+    assert answer["role"] == "assistant" and "in_1001" in answer["content"]
+
+
+def test_a_turn_goes_on_without_a_server_that_is_down(acme: Api, start_worker) -> None:
+    _set_server(acme, "stripe-readonly", {"url": f"http://127.0.0.1:{free_port()}/mcp"})
+    start_worker(demo_fallback=True, tools=default_tools(entrypoints.services().db, ROOT / "x"))
+    events = _turn(acme, "down", "List the open invoices, please.")
+    unavailable = next(e for e in events if e["type"] == "tools.unavailable")
+    assert unavailable["data"]["sources"][0]["source"] == "mcp:stripe-readonly"
+    assert events[-1]["type"] == "turn.completed"

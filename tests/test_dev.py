@@ -97,13 +97,20 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert sent.returncode == 0, sent.stderr
         steps = [line.split()[0] for line in sent.stdout.splitlines() if line.endswith(
             ("done", "(primary/demo:demo (no credentials))"))]  # fmt: skip
-        assert steps == ["load-knowledge", "call-model", "write-next-message"], sent.stdout
+        # Knowledge, then the skill, then the Stripe-like tool its playbook points to (the
+        # example MCP server, through the template's binding), then the answer.
+        assert steps == [
+            "load-knowledge", "call-model", "call-skill.renewal-outreach", "call-model",
+            "call-stripe-readonly.list_invoices", "call-model", "write-next-message",
+        ], sent.stdout  # fmt: skip
+        assert "in_1001" in sent.stdout  # the invoice the tool returned, in the answer
         session = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
                         "--agent", "customer-support", "-o", "yaml")  # fmt: skip
         view = yaml.safe_load(session.stdout)
         assert view["messages"][0] == {"role": "user",
                                        "content": "Review renewals due in 14 days."}  # fmt: skip
-        assert view["messages"][1]["role"] == "assistant"
+        assert view["messages"][-1]["role"] == "assistant"
+        assert "in_1001" in view["messages"][-1]["content"]
         # A change made now must survive the restart below.
         deleted = talon(url, token, "delete", "schedule", "renewal-check", "-n", "acme")
         assert deleted.returncode == 0, deleted.stderr
@@ -124,7 +131,7 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert "customer-support" in agents.stdout
         history = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
                         "--agent", "customer-support", "-o", "json")  # fmt: skip
-        assert json.loads(history.stdout)["messageCount"] == 2  # the thread survived
+        assert json.loads(history.stdout)["messageCount"] == 6  # the thread survived
     finally:
         code = again.stop(signal.SIGINT)
     assert code == 0, "".join(again.output)

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from mcp_fixtures import RunningServer
 
 from conftest import ROOT, Api, read_stream
 from talon import entrypoints
 from talon.cli.manifest_files import read_documents
+from talon.examples.mcp_servers import RunningServer
 from talon.runtime.context import agent_context
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.mcp_source import MCPToolSource
@@ -194,7 +194,7 @@ def test_the_registry_merges_builtins_skills_and_mcp_tools(acme: Api, tmp_path: 
 def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(
     acme: Api, stripe: RunningServer, start_worker
 ) -> None:
-    start_worker(demo_fallback=True, tools=default_tools(entrypoints.services().db, ROOT / "x"))
+    start_worker(demo_fallback=True)  # the default registry: built-ins, skills/, MCP
     events = _turn(acme, "billing", "List the open invoices, please.")
     steps = [(e["type"], e["data"].get("step")) for e in events if e["type"].startswith("step.")]
     assert ("step.completed", "call-stripe-readonly.list_invoices") in steps
@@ -206,7 +206,7 @@ def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(
 
 def test_a_turn_goes_on_without_a_server_that_is_down(acme: Api, start_worker) -> None:
     _set_server(acme, "stripe-readonly", {"url": f"http://127.0.0.1:{free_port()}/mcp"})
-    start_worker(demo_fallback=True, tools=default_tools(entrypoints.services().db, ROOT / "x"))
+    start_worker(demo_fallback=True)  # the default registry: built-ins, skills/, MCP
     events = _turn(acme, "down", "List the open invoices, please.")
     unavailable = next(e for e in events if e["type"] == "tools.unavailable")
     assert unavailable["data"]["sources"][0]["source"] == "mcp:stripe-readonly"

@@ -26,6 +26,12 @@ from talon.store.local_postgres import LocalPostgres
 
 DATABASE = "talon"
 APPLIED_MARKER = "manifests-applied"
+# The example manifests' MCP servers (manifests/10-mcp-servers.yaml) and their secrets.
+EXAMPLE_TOOL_SERVERS = {"stripe": 8091, "hubspot": 8092}
+EXAMPLE_SECRETS = {
+    "STRIPE_READONLY_AUTHORIZATION": "Bearer example-stripe-readonly",
+    "HUBSPOT_READONLY_AUTHORIZATION": "Bearer example-hubspot-readonly",
+}
 
 
 class _Stop(Exception):
@@ -39,6 +45,7 @@ class DevOptions:
     data_dir: Path
     manifests: Path | None
     config: Path | None
+    example_tools: bool = True
 
 
 def functions_dir() -> Path:
@@ -126,6 +133,8 @@ class DevStack:
         self._wait_healthy()
         # Offline by design: without credentials the example agent answers with the demo model.
         self.demo = not os.environ.get("OPENAI_API_KEY")
+        if options.example_tools:
+            self._spawn_example_tools(env)
         self._spawn_worker(env)
         self._apply_manifests_once(token)
         model = "demo provider (no OPENAI_API_KEY set)" if self.demo else "OpenAI (OPENAI_API_KEY)"
@@ -156,6 +165,20 @@ class DevStack:
         ]  # fmt: skip
         # Every open SSE stream holds a gunicorn thread (THREADS defaults to cores x 4).
         self._spawn("gateway", command, {"THREADS": "64", **env})
+
+    def _spawn_example_tools(self, env: dict[str, str]) -> None:
+        """The example Stripe- and HubSpot-like MCP servers the example manifests bind."""
+        for kind, port in EXAMPLE_TOOL_SERVERS.items():
+            try:
+                _ensure_port_free("127.0.0.1", port)
+            except CliError:
+                self.say(f"talon dev: port {port} is taken; not starting the example {kind} "
+                         "MCP server")  # fmt: skip
+                continue
+            command = [sys.executable, "-m", "talon.examples.mcp_servers", kind, str(port)]
+            self._spawn(f"example {kind} MCP server", command, env)
+        for name, value in EXAMPLE_SECRETS.items():
+            env.setdefault(name, value)
 
     def _spawn_worker(self, env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "talon.cli.main", "worker"]

@@ -165,7 +165,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"gateway.httpAddr must be HOST:PORT, not {default_port!r}") from exc
     host = args.host or default_host or "127.0.0.1"
-    options = DevOptions(host, port, Path(args.data_dir), manifests, config)
+    options = DevOptions(
+        host, port, Path(args.data_dir), manifests, config, example_tools=not args.no_example_tools
+    )
     return DevStack(options).run()
 
 
@@ -199,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--manifests", default="manifests", help="applied on the first start")
     dev.add_argument("--no-manifests", action="store_true", help="apply nothing")
     dev.add_argument("--config", help="talon.yaml to use (default: ./talon.yaml if present)")
+    dev.add_argument(
+        "--no-example-tools", action="store_true",
+        help="do not start the example Stripe/HubSpot-like MCP servers (ports 8091, 8092)",
+    )  # fmt: skip
     dev.set_defaults(local=cmd_dev)
 
     worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")

@@ -1,11 +1,10 @@
-"""Real MCP servers (the `mcp` SDK, streamable HTTP) standing in for Stripe and HubSpot:
-read-only fixtures with a few tools each, plus one write tool and one slow tool so policy
-filtering and timeouts have something to bite on. Every call is counted per tool, so tests
-can prove a denied call never reached the server.
+"""Example MCP servers (the `mcp` SDK, streamable HTTP) standing in for Stripe and HubSpot,
+with canned data: what the example manifests' `stripe-readonly` and `hubspot-readonly` point
+at in `talon dev`, and the real servers the tests run. A few read-only tools each, plus write
+tools and a slow tool so binding policy and timeouts have something to bite on. Calls are
+counted per tool, so tests can prove a refused call never reached the server.
 
-Run one on its own (used by `talon dev` examples and the crash-free e2e test):
-
-    python tests/mcp_fixtures.py stripe 8091
+    python -m talon.examples.mcp_servers stripe 8091
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ def stripe_server(calls: Counter[str]) -> MCPServer:
         return f"refunded {invoice_id}"
 
     @server.tool(description="Search invoices slowly (for timeout tests).", annotations=READ_ONLY)
-    async def search_invoices(query: str, seconds: float = 5.0) -> str:
+    async def search_invoices(query: str, seconds: float = 0.0) -> str:
         calls["search_invoices"] += 1
         await asyncio.sleep(seconds)
         return f"no invoices match {query!r}"

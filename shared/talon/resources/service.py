@@ -14,6 +14,7 @@ from typing import Any
 
 from talon.broker.outbox import LIFECYCLE_TOPIC, enqueue
 from talon.errors import Conflict, Invalid, NotFound, TalonError
+from talon.knowledge.index import index_document, remove_document
 from talon.resources.kinds import Agent, TemplateDefinition
 from talon.resources.meta import Resource
 from talon.resources.patch import merge_patch
@@ -166,6 +167,8 @@ class ResourceService:
                     "DELETE FROM schedule_state WHERE namespace = %s AND name = %s",
                     (namespace, name),
                 )
+            if kind.name == "Knowledge":
+                remove_document(tx, namespace, name)
             if kind.name in LIFECYCLE_KINDS:
                 self._announce(tx, record, deleted=True)
             return record
@@ -242,6 +245,8 @@ class ResourceService:
             self._announce(tx, record)
         if kind.name == "Schedule":
             _sync_schedule_state(tx, record)
+        if kind.name == "Knowledge":  # searchable as soon as it is committed
+            index_document(tx, namespace, name, record.resource_version, record.body)
         return ApplyResult(record, "created" if current is None else "configured")
 
     def reconcile_dependents(self, kind: str, namespace: str, name: str) -> None:

@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+from talon.knowledge.index import retrieve
 from talon.runtime.tools.base import AgentContext
 from talon.store.database import Tx
 
@@ -41,23 +42,17 @@ def agent_context(tx: Tx, session: dict[str, Any]) -> AgentContext:
     )
 
 
-def load_knowledge(tx: Tx, namespace: str) -> dict[str, Any]:
-    """The namespace's knowledge documents, in name order, within a size budget."""
-    rows = tx.all(
-        "SELECT name, resource_version, body FROM resources WHERE kind = 'Knowledge' "
-        "AND namespace = %s ORDER BY name",
-        (namespace,),
-    )
-    parts, documents, used = [], [], 0
-    for row in rows:
-        body = row["body"]
-        text = f"## {body.get('title') or row['name']}\n{body['content']}"
-        if used + len(text) > KNOWLEDGE_BUDGET_CHARS:
-            break
-        used += len(text)
-        parts.append(text)
-        documents.append({"name": row["name"], "resourceVersion": str(row["resource_version"])})
-    return {"documents": documents, "context": "\n\n".join(parts)}
+def load_knowledge(tx: Tx, namespace: str, query: str) -> dict[str, Any]:
+    """The namespace's knowledge chunks that best match the turn's input."""
+    return retrieve(tx, namespace, query, budget_chars=KNOWLEDGE_BUDGET_CHARS)
+
+
+def turn_input(history: list[dict[str, Any]]) -> str:
+    """The user message that started the turn (the last one in its history)."""
+    for message in reversed(history):
+        if message["role"] == "user":
+            return str(message.get("content") or "")
+    return ""
 
 
 def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:

@@ -150,8 +150,8 @@ class TurnRunner:
             history = ctx.history(tx, session_uid, int(turn["seq"]))
             if 0 not in journal:
                 # Loading knowledge is a quick read: it completes inside the claim, one commit.
-                journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed",
-                                  ctx.load_knowledge(tx, agent.namespace))  # fmt: skip
+                knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
+                journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
                 announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
                 next_step = Step(1, MODEL, "model", "started", {})
                 record(tx, lease, journal[0], next_step, before=[*started, announce])

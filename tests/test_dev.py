@@ -16,8 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from test_ops_mcp import mcp_call
 
 from conftest import ROOT
 from talon.store.local_postgres import free_port
@@ -111,6 +113,20 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
                                        "content": "Review renewals due in 14 days."}  # fmt: skip
         assert view["messages"][-1]["role"] == "assistant"
         assert "in_1001" in view["messages"][-1]["content"]
+        # The same session through talon-ops, under the gateway's base URL, with a token
+        # that sees only acme.
+        request = {"name": "ops", "role": "read", "namespaces": ["acme"]}
+        minted = httpx.post(
+            f"{url}/v1/tokens", headers={"Authorization": f"Bearer {token}"}, json=request
+        )
+        scoped = minted.json()["token"]
+        error, history = mcp_call(f"{url}/mcp/talon-ops", scoped, "read_session",
+                                  namespace="acme", agent="customer-support",
+                                  session_id="enterprise-renewals")  # fmt: skip
+        assert not error and history["messages"][0]["content"] == "Review renewals due in 14 days."
+        assert mcp_call(f"{url}/mcp/talon-ops", scoped, "list_namespaces") == (
+            False, {"namespaces": ["acme"]}
+        )  # fmt: skip
         # A change made now must survive the restart below.
         deleted = talon(url, token, "delete", "schedule", "renewal-check", "-n", "acme")
         assert deleted.returncode == 0, deleted.stderr

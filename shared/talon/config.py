@@ -34,6 +34,9 @@ class GatewaySettings(_Section):
     grpc_addr: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     public_url: str = ""
+    # Base URL of the ops_mcp function; when set, the gateway forwards /mcp/talon-ops there
+    # (how `talon dev` serves both under one base URL; in the cloud each has its own URL).
+    ops_mcp_upstream: str = ""
 
 
 class DatabaseSettings(_Section):

@@ -66,6 +66,12 @@ def scheduler() -> Any:
     return _once("scheduler", build)
 
 
+def ops_mcp() -> Any:
+    from talon.ops.mcp_app import OpsApp
+
+    return _once("ops_mcp", lambda: OpsApp(services()))
+
+
 def reset() -> None:
     """Drop the singletons (closing their pools) so the next request rebuilds them from the
     environment. Used by tests that point the same function at a fresh database."""

@@ -47,6 +47,11 @@ def json_response(
 class Gateway:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.ops_proxy = None
+        if services.settings.gateway.ops_mcp_upstream:
+            from talon.api.ops_proxy import OpsProxy
+
+            self.ops_proxy = OpsProxy(services.settings.gateway.ops_mcp_upstream)
         self.routes: list[Route] = [
             Route(
                 "GET",
@@ -84,11 +89,17 @@ class Gateway:
         given_id = request.headers.get("X-Request-Id", "")
         request_id = given_id if _REQUEST_ID_RE.match(given_id) else uuid.uuid4().hex
         principal: Principal | None = None
+        if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
+            return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
         try:
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]
             if route.role is not None:
                 principal = self._authenticate(request)
+                if principal.tools is not None:
+                    raise PermissionDenied(
+                        "this token is limited to talon-ops tools; use it at /mcp/talon-ops"
+                    )
                 namespace = args.get("ns")
                 if namespace is not None and not principal.can_see(namespace):
                     raise namespace_not_found(namespace)

@@ -13,6 +13,9 @@ class Principal:
     name: str
     role: str
     namespaces: tuple[str, ...] | None  # None: every namespace
+    # None: a general token. A tuple: a token brokered for talon-ops, limited to these tools
+    # (the gateway's REST API refuses it).
+    tools: tuple[str, ...] | None = None
 
     def has_role(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]

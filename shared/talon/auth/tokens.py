@@ -16,12 +16,13 @@ from pydantic import Field, StringConstraints, model_validator
 
 from talon.auth.principal import ROLE_RANK, Principal
 from talon.errors import NotFound, PermissionDenied, Unauthenticated
+from talon.ops.catalog import TOOL_NAMES
 from talon.resources.meta import DnsLabel, StrictModel
 from talon.store.database import Database, Tx
 
 BOOTSTRAP_TOKEN_ID = "bootstrap-admin"
 ALL_NAMESPACES = "*"
-_COLUMNS = "id, name, role, namespaces, created_by, created_at, expires_at, revoked_at"
+_COLUMNS = "id, name, role, namespaces, tools, created_by, created_at, expires_at, revoked_at"
 
 
 class TokenRequest(StrictModel):
@@ -30,9 +31,15 @@ class TokenRequest(StrictModel):
     namespaces: list[DnsLabel | Literal["*"]] = Field(min_length=1)
     expiresAt: datetime | None = None
     ttlSeconds: int | None = Field(default=None, ge=60, le=366 * 86400)
+    # Limit the token to these talon-ops tools (for handing to an agent); omit for a general
+    # token. A limited token is accepted by talon-ops only.
+    tools: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> TokenRequest:
+        unknown = sorted(set(self.tools or []) - TOOL_NAMES)
+        if unknown:
+            raise ValueError(f"unknown talon-ops tools {unknown}; known: {sorted(TOOL_NAMES)}")
         if ALL_NAMESPACES in self.namespaces and len(self.namespaces) > 1:
             raise ValueError("'*' (all namespaces) cannot be combined with names")
         if self.expiresAt is not None and self.ttlSeconds is not None:
@@ -61,6 +68,7 @@ class TokenInfo:
     name: str
     role: str
     namespaces: list[str] | None
+    tools: list[str] | None
     created_by: str | None
     created_at: datetime
     expires_at: datetime | None
@@ -75,6 +83,7 @@ class TokenInfo:
             "name": self.name,
             "role": self.role,
             "namespaces": self.namespaces if self.namespaces is not None else [ALL_NAMESPACES],
+            "tools": self.tools,
             "createdBy": self.created_by,
             "createdAt": iso(self.created_at),
             "expiresAt": iso(self.expires_at),
@@ -93,14 +102,15 @@ class TokenService:
     def authenticate(self, secret: str) -> Principal:
         with self.db.transaction() as tx:
             row = tx.one(
-                "SELECT id, name, role, namespaces FROM api_tokens WHERE secret_hash=%s "
+                "SELECT id, name, role, namespaces, tools FROM api_tokens WHERE secret_hash=%s "
                 "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
                 (hash_secret(secret),),
             )
         if row is None:
             raise Unauthenticated("invalid, expired or revoked token")
         namespaces = tuple(row["namespaces"]) if row["namespaces"] is not None else None
-        return Principal(row["id"], row["name"], row["role"], namespaces)
+        tools = tuple(row["tools"]) if row["tools"] is not None else None
+        return Principal(row["id"], row["name"], row["role"], namespaces, tools)
 
     def bootstrap_admin(self, secret: str) -> None:
         """Install `secret` as the all-namespace admin token (TALON_ADMIN_TOKEN).
@@ -127,18 +137,27 @@ class TokenService:
                 "a token can only be minted for namespaces its creator can see",
                 [{"path": "namespaces", "message": "outside the caller's namespaces"}],
             )
+        if principal.tools is not None and not set(request.tools or TOOL_NAMES) <= set(
+            principal.tools
+        ):
+            raise PermissionDenied(
+                "a token can only be minted for tools its creator may call",
+                [{"path": "tools", "message": "outside the caller's tools"}],
+            )
         secret = "tln_" + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(8)
         with self.db.transaction() as tx:
             row = tx.one(
-                "INSERT INTO api_tokens (id, name, secret_hash, role, namespaces, created_by, "
-                f"expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                "INSERT INTO api_tokens (id, name, secret_hash, role, namespaces, tools, "
+                f"created_by, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                f"RETURNING {_COLUMNS}",
                 (
                     token_id,
                     request.name,
                     hash_secret(secret),
                     request.role,
                     list(request.scope) if request.scope is not None else None,
+                    sorted(request.tools) if request.tools is not None else None,
                     principal.token_id,
                     request.expiry,
                 ),

@@ -22,7 +22,7 @@ from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, TalonClient
 from talon.cli.manifest_files import read_documents
 from talon.services import ADMIN_TOKEN_ENV
-from talon.store.local_postgres import LocalPostgres
+from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 DATABASE = "talon"
 APPLIED_MARKER = "manifests-applied"
@@ -129,8 +129,11 @@ class DevStack:
         }
         if options.config is not None:
             env["TALON_CONFIG"] = str(options.config.resolve())
+        ops_port = self._spawn_ops_mcp(env)
+        env["TALON_GATEWAY_OPS_MCP_UPSTREAM"] = f"http://127.0.0.1:{ops_port}"
         self._spawn_gateway(env)
         self._wait_healthy()
+        wait_for_port("127.0.0.1", ops_port, timeout=60)
         # Offline by design: without credentials the example agent answers with the demo model.
         self.demo = not os.environ.get("OPENAI_API_KEY")
         if options.example_tools:
@@ -140,7 +143,7 @@ class DevStack:
         model = "demo provider (no OPENAI_API_KEY set)" if self.demo else "OpenAI (OPENAI_API_KEY)"
         self.say(
             f"\nTalon is running.\n  gateway  {self.url}\n  token    {token}\n"
-            f"  model    {model}\n\n"
+            f"  model    {model}\n  ops MCP  {self.url}/mcp/talon-ops\n\n"
             f"  export TALON_URL={self.url} TALON_TOKEN={token}\n"
             "  talon get agents -n acme\n\nCtrl-C stops everything."
         )
@@ -165,6 +168,17 @@ class DevStack:
         ]  # fmt: skip
         # Every open SSE stream holds a gunicorn thread (THREADS defaults to cores x 4).
         self._spawn("gateway", command, {"THREADS": "64", **env})
+
+    def _spawn_ops_mcp(self, env: dict[str, str]) -> int:
+        """The ops_mcp function on a private port; the gateway forwards /mcp/talon-ops."""
+        port = free_port()
+        source = functions_dir() / "ops_mcp" / "main.py"
+        command = [
+            sys.executable, "-m", "functions_framework", "--target", "ops_mcp", "--asgi",
+            "--source", str(source), "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        self._spawn("ops_mcp", command, env)
+        return port
 
     def _spawn_example_tools(self, env: dict[str, str]) -> None:
         """The example Stripe- and HubSpot-like MCP servers the example manifests bind."""

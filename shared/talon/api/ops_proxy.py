@@ -1,0 +1,43 @@
+"""Forward /mcp/talon-ops from the gateway to the ops_mcp function, so one base URL serves
+both locally. MCP requests here are JSON in, JSON out (the server runs stateless with JSON
+responses), so a plain request/response relay is enough."""
+
+from __future__ import annotations
+
+import flask
+import httpx
+
+from talon.api.app import json_response
+
+OPS_PREFIX = "/mcp/talon-ops"
+_FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
+              "mcp-session-id", "last-event-id")  # fmt: skip
+TIMEOUT_SECONDS = 300.0
+
+
+class OpsProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.client = httpx.Client(timeout=TIMEOUT_SECONDS)
+
+    def handles(self, path: str) -> bool:
+        return path.rstrip("/") == OPS_PREFIX
+
+    def __call__(self, request: flask.Request, max_body: int) -> flask.Response:
+        body = request.get_data(cache=False)
+        if len(body) > max_body:
+            return json_response(413, {"error": {"code": "payload_too_large",
+                                                 "message": f"limit {max_body} bytes",
+                                                 "details": []}})  # fmt: skip
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+        try:
+            reply = self.client.request(
+                request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            return json_response(502, {"error": {"code": "bad_gateway",
+                                                 "message": f"talon-ops is unreachable: {exc}",
+                                                 "details": []}})  # fmt: skip
+        kept = {k: v for k, v in reply.headers.items()
+                if k.lower() in ("content-type", "mcp-session-id")}  # fmt: skip
+        return flask.Response(reply.content, status=reply.status_code, headers=kept)

@@ -1,0 +1,179 @@
+"""The talon-ops MCP route: the ops_mcp function (functions-framework, ASGI) served over HTTP
+and driven by the `mcp` SDK client: tools, namespace filtering, the history limit, write
+roles, brokered tool-scoped tokens, expired and revoked tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import functions_framework.aio
+import httpx
+import httpx2
+import pytest
+import uvicorn
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+import samples
+from conftest import ROOT, Api, read_stream
+from talon import entrypoints
+from talon.cli.manifest_files import read_documents
+from talon.store.local_postgres import free_port
+
+SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
+THREAD = {"namespace": "acme", "agent": "customer-support", "session_id": "enterprise-renewals"}
+
+
+@pytest.fixture(scope="module")
+def ops_server() -> Iterator[str]:
+    app = functions_framework.aio.create_asgi_app(
+        target="ops_mcp", source=str(ROOT / "functions" / "ops_mcp" / "main.py")
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/mcp/talon-ops"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def acme(api: Api, monkeypatch: pytest.MonkeyPatch, start_worker) -> Api:
+    """The example manifests, another namespace, and one finished turn in acme."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
+    items = [*documents, samples.namespace("globex"), samples.template("globex"),
+             samples.agent("globex")]  # fmt: skip
+    api.ok("POST", "/v1/apply", json={"items": items})
+    start_worker(demo_fallback=True)
+    api.ok("POST", SESSIONS, 201, json={"id": "enterprise-renewals"})
+    accepted = api.ok("POST", f"{SESSIONS}/enterprise-renewals/message", 202,
+                      json={"content": "Hello"})  # fmt: skip
+    read_stream(api, f"{SESSIONS}/enterprise-renewals/stream",
+                last_event_id=accepted["streamFrom"], params={"untilTurnEnd": "true"})  # fmt: skip
+    api.turn_id = accepted["turnId"]  # type: ignore[attr-defined]
+    return api
+
+
+def mcp_call(url: str, token: str | None, tool: str | None = None, **arguments: Any) -> Any:
+    """List the tools (tool=None) or call one; returns names, or (is_error, payload)."""
+
+    async def run() -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            streamable_http_client(url, http_client=http) as streams,
+            ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            if tool is None:
+                return sorted(t.name for t in (await session.list_tools()).tools)
+            result = await session.call_tool(tool, arguments)
+            text = "".join(getattr(c, "text", "") for c in result.content)
+            try:
+                return result.is_error, json.loads(text)
+            except ValueError:
+                return result.is_error, text
+
+    return asyncio.run(run())
+
+
+def test_the_tools_and_a_session_inspected_with_an_acme_token(acme: Api, ops_server: str) -> None:
+    token = acme.token("read", ["acme"])
+    assert mcp_call(ops_server, token) == [
+        "inspect_turn", "list_agents", "list_namespaces", "list_schedules", "list_sessions",
+        "pause_schedule", "read_session", "trigger_schedule",
+    ]  # fmt: skip
+    assert mcp_call(ops_server, token, "list_namespaces") == (False, {"namespaces": ["acme"]})
+    error, agents = mcp_call(ops_server, token, "list_agents", namespace="acme")
+    assert not error and [a["name"] for a in agents["agents"]] == ["customer-support"]
+    error, sessions = mcp_call(ops_server, token, "list_sessions", namespace="acme",
+                               agent="customer-support")  # fmt: skip
+    assert [s["id"] for s in sessions["sessions"]] == ["enterprise-renewals"]
+    error, history = mcp_call(ops_server, token, "read_session", **THREAD)
+    assert not error and history["messages"][0]["content"] == "Hello"
+    error, turn = mcp_call(ops_server, token, "inspect_turn", namespace="acme",
+                           agent="customer-support", session_id="enterprise-renewals",
+                           turn_id=acme.turn_id)  # type: ignore[attr-defined]  # fmt: skip
+    assert not error and turn["state"] == "completed"
+    assert turn["steps"][0]["name"] == "load-knowledge" and "output" in turn["steps"][0]
+    error, schedules = mcp_call(ops_server, token, "list_schedules", namespace="acme")
+    assert schedules["schedules"][0]["name"] == "renewal-check"
+
+
+def test_other_namespaces_read_as_missing_and_writes_need_the_role(
+    acme: Api, ops_server: str
+) -> None:
+    token = acme.token("read", ["acme"])
+    hidden = mcp_call(ops_server, token, "list_agents", namespace="globex")
+    missing = mcp_call(ops_server, token, "list_agents", namespace="nowhere")
+    assert hidden[0] is True and hidden[1].replace("globex", "X") == missing[1].replace(
+        "nowhere", "X"
+    )
+    refused = mcp_call(ops_server, token, "trigger_schedule", namespace="acme",
+                       name="renewal-check")  # fmt: skip
+    assert refused[0] is True
+    assert refused[1].endswith("trigger_schedule needs the write role; the token has read")
+    writer = acme.token("write", ["acme"])
+    error, paused = mcp_call(ops_server, writer, "pause_schedule", namespace="acme",
+                             name="renewal-check")  # fmt: skip
+    assert not error and paused == {"name": "renewal-check", "enabled": False, "nextFireAt": None}
+    error, fired = mcp_call(ops_server, writer, "trigger_schedule", namespace="acme",
+                            name="renewal-check")  # fmt: skip
+    assert not error and fired["outcome"] == "queued"
+
+
+def test_the_history_limit_is_enforced_by_the_server(acme: Api, ops_server: str) -> None:
+    error, history = mcp_call(ops_server, acme.token("read", ["acme"]), "read_session",
+                              namespace="acme", agent="customer-support",
+                              session_id="enterprise-renewals", limit=100_000)  # fmt: skip
+    assert not error and history["limit"] == 200
+
+
+def test_a_brokered_token_is_limited_to_its_namespace_and_tools(acme: Api, ops_server: str) -> None:
+    minted = acme.ok("POST", "/v1/tokens", 201, json={
+        "name": "agent-inspector", "role": "read", "namespaces": ["acme"],
+        "tools": ["read_session", "inspect_turn"], "ttlSeconds": 600,
+    })  # fmt: skip
+    assert minted["tools"] == ["inspect_turn", "read_session"] and minted["expiresAt"]
+    token = minted["token"]
+    error, history = mcp_call(ops_server, token, "read_session", **THREAD)
+    assert not error and history["messages"]
+    refused = mcp_call(ops_server, token, "list_agents", namespace="acme")
+    assert refused[0] is True and refused[1].endswith("this token may not call 'list_agents'")
+    # Limited to talon-ops: the REST API refuses it.
+    rest = httpx.get(f"{acme.base_url}/v1/ns/acme/agents",
+                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert rest.status_code == 403 and "talon-ops" in rest.json()["error"]["message"]
+    bad = acme.post("/v1/tokens", json={"name": "x", "role": "read", "namespaces": ["acme"],
+                                        "tools": ["drop_database"]})  # fmt: skip
+    assert bad.status_code == 422 and "unknown talon-ops tools" in bad.text
+
+
+def test_expired_revoked_and_missing_tokens_are_refused(acme: Api, ops_server: str) -> None:
+    minted = acme.ok("POST", "/v1/tokens", 201, json={
+        "name": "short", "role": "read", "namespaces": ["acme"], "ttlSeconds": 60,
+    })  # fmt: skip
+    assert mcp_call(ops_server, minted["token"], "list_namespaces")[0] is False
+    with entrypoints.services().db.transaction() as tx:  # its minute is up
+        tx.execute("UPDATE api_tokens SET expires_at = now() - interval '1 second' "
+                   "WHERE id = %s", (minted["id"],))  # fmt: skip
+    revoked = acme.token("read", ["acme"])
+    token_id = next(t["id"] for t in acme.ok("GET", "/v1/tokens")["items"]
+                    if t["name"].startswith("t-"))  # fmt: skip
+    acme.ok("DELETE", f"/v1/tokens/{token_id}")
+    for secret in (minted["token"], revoked, None, "tln_wrong"):
+        response = httpx.post(ops_server, json={}, headers={
+            "Authorization": f"Bearer {secret}"} if secret else {})  # fmt: skip
+        assert response.status_code == 401, (secret, response.text)
+    assert httpx.get(ops_server, headers={"Authorization": f"Bearer {revoked}"}).status_code in (
+        401, 405
+    )  # fmt: skip

@@ -130,7 +130,19 @@ def test_tokens_create_list_revoke(cli) -> None:
 
     code, out, _ = cli("tokens", "list")
     row = next(line for line in out.splitlines() if line.startswith(token_id))
-    assert row.split()[1:5] == ["support-bot", "write", "acme", "active"]
+    assert row.split()[1:6] == ["support-bot", "write", "acme", "(all)", "active"]
+
+    # A token brokered for an agent: one namespace, two talon-ops tools, ten minutes.
+    tools = ["--tool", "read_session", "--tool", "inspect_turn"]
+    code, out, _ = cli("tokens", "create", "inspector", "-n", "acme", "--ttl", "600", *tools,
+                       "-o", "json")  # fmt: skip
+    brokered = json.loads(out)
+    assert (brokered["tools"], brokered["namespaces"]) == (
+        ["inspect_turn", "read_session"],
+        ["acme"],
+    )
+    code, _, err = cli("--token", brokered["token"], "get", "agents", "-n", "acme")
+    assert code == 1 and "talon-ops" in one_error_line(err)
 
     code, out, _ = cli("tokens", "revoke", token_id)
     assert (code, out.strip()) == (0, f"token {token_id} revoked")

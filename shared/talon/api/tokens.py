@@ -55,6 +55,7 @@ def whoami(ctx: Context) -> dict[str, Any]:
         "name": p.name,
         "role": p.role,
         "namespaces": list(p.namespaces) if p.namespaces is not None else ["*"],
+        "tools": list(p.tools) if p.tools is not None else None,
     }
 
 

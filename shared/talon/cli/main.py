@@ -111,6 +111,8 @@ def cmd_tokens_create(client: TalonClient, args: argparse.Namespace) -> int:
     }
     if args.ttl is not None:
         body["ttlSeconds"] = args.ttl
+    if args.tool:
+        body["tools"] = args.tool
     created = client.request("POST", "/v1/tokens", json=body)
     if args.output:
         print(dump(created, args.output))
@@ -131,12 +133,13 @@ def cmd_tokens_list(client: TalonClient, args: argparse.Namespace) -> int:
             t["name"],
             t["role"],
             ",".join(t["namespaces"]),
+            ",".join(t.get("tools") or ["(all)"]),
             t.get("expiresAt") or "",
             "revoked" if t.get("revokedAt") else "active",
         ]
         for t in items
     ]
-    print(table(rows, ["ID", "NAME", "ROLE", "NAMESPACES", "EXPIRES", "STATE"]))
+    print(table(rows, ["ID", "NAME", "ROLE", "NAMESPACES", "TOOLS", "EXPIRES", "STATE"]))
     return 0
 
 
@@ -279,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", action="append", help="repeat for several; default: all namespaces"
     )
     create.add_argument("--ttl", type=int, help="lifetime in seconds")
+    create.add_argument(
+        "--tool", action="append",
+        help="limit the token to this talon-ops tool (repeat); such a token works only at "
+        "/mcp/talon-ops",
+    )  # fmt: skip
     create.set_defaults(remote=cmd_tokens_create)
     listing = token_commands.add_parser("list", parents=[output], help="list tokens")
     listing.set_defaults(remote=cmd_tokens_list)

@@ -37,6 +37,9 @@ class GatewaySettings(_Section):
     # Base URL of the ops_mcp function; when set, the gateway forwards /mcp/talon-ops there
     # (how `talon dev` serves both under one base URL; in the cloud each has its own URL).
     ops_mcp_upstream: str = ""
+    # In the cloud the ops_mcp function is private: attach a Google ID token for it in
+    # X-Serverless-Authorization (Authorization keeps carrying the caller's Talon token).
+    ops_mcp_id_token: bool = False
 
 
 class DatabaseSettings(_Section):

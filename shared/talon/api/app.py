@@ -51,7 +51,8 @@ class Gateway:
         if services.settings.gateway.ops_mcp_upstream:
             from talon.api.ops_proxy import OpsProxy
 
-            self.ops_proxy = OpsProxy(services.settings.gateway.ops_mcp_upstream)
+            gateway = services.settings.gateway
+            self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_token=gateway.ops_mcp_id_token)
         self.routes: list[Route] = [
             Route(
                 "GET",

@@ -16,9 +16,10 @@ TIMEOUT_SECONDS = 300.0
 
 
 class OpsProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, id_token: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
         self.client = httpx.Client(timeout=TIMEOUT_SECONDS)
+        self.id_token = id_token
 
     def handles(self, path: str) -> bool:
         return path.rstrip("/") == OPS_PREFIX
@@ -31,13 +32,25 @@ class OpsProxy:
                                                  "details": []}})  # fmt: skip
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
         try:
+            if self.id_token:
+                headers["X-Serverless-Authorization"] = f"Bearer {_google_id_token(self.upstream)}"
             reply = self.client.request(
                 request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
             )
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # transport errors, or no ID token to be had
             return json_response(502, {"error": {"code": "bad_gateway",
                                                  "message": f"talon-ops is unreachable: {exc}",
                                                  "details": []}})  # fmt: skip
         kept = {k: v for k, v in reply.headers.items()
                 if k.lower() in ("content-type", "mcp-session-id")}  # fmt: skip
         return flask.Response(reply.content, status=reply.status_code, headers=kept)
+
+
+def _google_id_token(audience: str) -> str:
+    """An ID token for the private ops_mcp function, from the gateway's service account
+    (the metadata server on Cloud Run). google-auth caches nothing here; tokens last an
+    hour and this path is rare, so one fetch per request is acceptable."""
+    from google.auth.transport.requests import Request
+    from google.oauth2 import id_token
+
+    return str(id_token.fetch_id_token(Request(), audience))

@@ -1,0 +1,49 @@
+"""Package each Cloud Run function for deployment: its `main.py` at the root of a zip,
+beside a copy of the core package (`talon/`), the skills, and a `requirements.txt` made from
+pyproject's dependencies, which is what the Python buildpack installs.
+
+    python scripts/package_functions.py [--out dist/functions]
+    gsutil cp dist/functions/*.zip gs://BUCKET/VERSION/   (cloudbuild.yaml does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTIONS = ("gateway", "dispatch", "scheduler", "ops_mcp")
+
+
+def requirements() -> str:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return "\n".join(project["dependencies"]) + "\n"
+
+
+def package(name: str, out: Path) -> Path:
+    target = out / f"{name}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(ROOT / "functions" / name / "main.py", "main.py")
+        archive.writestr("requirements.txt", requirements())
+        for folder, prefix in ((ROOT / "shared" / "talon", "talon"), (ROOT / "skills", "skills")):
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    archive.write(path, f"{prefix}/{path.relative_to(folder)}")
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "dist" / "functions"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in FUNCTIONS:
+        print(package(name, out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,13 @@
+# terraform apply -var-file=environments/prod.tfvars -var project=... -var source_version=...
+environment           = "prod"
+region                = "us-central1"
+database_tier         = "db-custom-2-7680"
+database_availability = "REGIONAL"
+deletion_protection   = true
+
+functions = {
+  gateway   = { min_instances = 1, max_instances = 20, concurrency = 80, memory = "1Gi", cpu = "2", timeout = 3600 }
+  dispatch  = { min_instances = 1, max_instances = 50, concurrency = 8, memory = "1Gi", cpu = "1", timeout = 900 }
+  scheduler = { min_instances = 0, max_instances = 5, concurrency = 40, memory = "512Mi", cpu = "1", timeout = 120 }
+  ops_mcp   = { min_instances = 0, max_instances = 3, concurrency = 20, memory = "512Mi", cpu = "1", timeout = 300 }
+}

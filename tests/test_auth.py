@@ -50,7 +50,8 @@ def test_token_secret_is_shown_once_and_stored_hashed(api: Api, database_url: st
         connection.close()
     assert secret not in stored and ADMIN_TOKEN not in stored
     whoami = api.as_token(secret).ok("GET", "/v1/whoami")
-    assert whoami == {"tokenId": created["id"], "name": "ci", "role": "read", "namespaces": ["*"]}
+    assert whoami == {"tokenId": created["id"], "name": "ci", "role": "read", "namespaces": ["*"],
+                      "tools": None}  # fmt: skip
 
 
 def test_revoked_and_expired_tokens_are_refused(api: Api, database_url: str) -> None:

@@ -48,6 +48,30 @@ def commits(url_db: LocalPostgres) -> int:
         connection.close()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -62,11 +86,14 @@ def main() -> int:
         "--model", choices=["server", "demo"], default="server",
         help="server: the openai client to a zero-latency HTTP model server; demo: in-process",
     )  # fmt: skip
+    parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
-    pg = LocalPostgres(root / "pg", durable=True)
+    # --pg-log: every statement in the server log, to see where the commits come from.
+    options = {"log_min_duration_statement": "0"} if args.pg_log else None
+    pg = LocalPostgres(root / "pg", durable=True, options=options)
     pg.start()
     pg.ensure_database("talon")
     # Its own process, so the model server never waits for the clients' GIL.
@@ -170,6 +197,10 @@ def main() -> int:
 
     commits_before = commits(pg)
     rss_before = rss_kib(worker.pid)
+    roles = {"gateway": [gateway.pid], "worker": [worker.pid],
+             "model server": [model_process.pid], "bench clients": [os.getpid()]}  # fmt: skip
+    cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
+    cpu_before["postgres"] = cpu_seconds(postgres_pids())
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
     for thread in threads:
@@ -180,6 +211,11 @@ def main() -> int:
     turns = len(completed)
     commits_per_turn = (commits(pg) - commits_before) / turns
     rss_after = rss_kib(worker.pid)
+    cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
+    cpu_after["postgres"] = cpu_seconds(postgres_pids())
+    cpu_ms_per_turn = {
+        role: round((cpu_after[role] - cpu_before[role]) * 1000 / turns, 2) for role in cpu_after
+    }
 
     result = {
         "clients": args.clients,
@@ -193,6 +229,8 @@ def main() -> int:
                              "mean": round(statistics.mean(completed) * 1000, 1)},
         "commits_per_turn_all_processes": round(commits_per_turn, 1),
         "worker_rss_kib": {"before": rss_before, "after": rss_after},
+        # Where the two cores went: CPU milliseconds per turn by process.
+        "cpu_ms_per_turn": cpu_ms_per_turn,
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     for process in (worker, gateway):
@@ -201,6 +239,8 @@ def main() -> int:
     model_process.terminate()
     model_process.wait(timeout=10)
     pg.stop()
+    if args.pg_log:
+        shutil.copy(root / "pg" / "server.log", args.pg_log)
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

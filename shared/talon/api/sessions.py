@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from talon.api.body import parse_body
 from talon.api.routing import Context, Route
 from talon.errors import BadRequest, Invalid, details_from_validation_error
-from talon.sessions.events import EVENTS_CHANNEL, TERMINAL_TURN_EVENTS
+from talon.sessions.events import EVENTS_CHANNEL, READ_LIMIT, TERMINAL_TURN_EVENTS
 from talon.sessions.models import CreateSession, PostMessage
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
@@ -116,25 +116,25 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         last = after
         ends_at = time.monotonic() + max_seconds
         yield "retry: 2000\n\n"
-        if until_turn_end and sessions.open_turns(uid) == 0:
-            batch = sessions.read_events(uid, last)
-            yield from (_format(e.to_dict()) for e in batch)
-            return
+        first, turn_ended = True, False
         while time.monotonic() < ends_at:
+            # Count wake-ups before reading: one that lands after the read is not missed.
             seen = listener.count(EVENTS_CHANNEL, str(uid))
-            batch = sessions.read_events(uid, last)
+            batch, open_turns = sessions.read_state(uid, last)
+            if open_turns is None:
+                return  # the session was deleted
             for event in batch:
                 last = event.id
                 yield _format(event.to_dict())
-            if batch:
-                turn_ended = any(e.type in TERMINAL_TURN_EVENTS for e in batch)
-                if until_turn_end and turn_ended and sessions.open_turns(uid) == 0:
-                    return
-                continue  # there may be more than one batch
+            turn_ended = turn_ended or any(e.type in TERMINAL_TURN_EVENTS for e in batch)
+            # untilTurnEnd: stop once no turn is open, if one ended (or none was open at all).
+            if until_turn_end and open_turns == 0 and (first or turn_ended):
+                return
+            first = False
+            if len(batch) >= READ_LIMIT:
+                continue  # more are waiting
             wait = min(heartbeat, max(0.0, ends_at - time.monotonic()))
             if not listener.wait(EVENTS_CHANNEL, wait, payload=str(uid), since=seen):
-                if sessions.open_turns(uid) is None:
-                    return  # the session was deleted
                 yield ": keep-alive\n\n"
 
     return flask.Response(

@@ -32,31 +32,34 @@ class PostgresBroker:
         """Claim the next available row; if none, also say in how many seconds one will be
         available (None: the queue is empty). One transaction either way."""
         with self.db.transaction() as tx:
-            row = tx.one(
-                "UPDATE outbox SET attempts = attempts + 1, claimed_until = now() + %s "
-                "WHERE id = (SELECT id FROM outbox WHERE published_at IS NULL "
-                "AND topic = ANY(%s) AND available_at <= now() "
-                "AND (claimed_until IS NULL OR claimed_until < now()) "
-                "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, topic, payload, attempts",
-                (self.visibility, list(topics)),
-            )
-            if row is None:
-                return None, _due_in(tx, topics)
-        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"])), None
+            return self._claim_in(tx, topics)
 
     def settle(self, delivery: Delivery, result: Result) -> None:
         with self.db.transaction() as tx:
-            if result.outcome == Outcome.ACK:
-                tx.execute("DELETE FROM outbox WHERE id = %s", (int(delivery.id),))
-                return
-            at = result.retry_at or datetime.now(UTC) + min(
-                MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(delivery.attempt, 10))
-            )
-            tx.execute(
-                "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
-                (at, int(delivery.id)),
-            )
+            _settle_in(tx, delivery, result)
+
+    def settle_and_claim(
+        self, delivery: Delivery, result: Result, topics: tuple[str, ...]
+    ) -> tuple[Delivery | None, float | None]:
+        """Settle one delivery and claim the next in the same transaction (one commit
+        instead of two per delivery while the queue has work)."""
+        with self.db.transaction() as tx:
+            _settle_in(tx, delivery, result)
+            return self._claim_in(tx, topics)
+
+    def _claim_in(self, tx: Tx, topics: tuple[str, ...]) -> tuple[Delivery | None, float | None]:
+        row = tx.one(
+            "UPDATE outbox SET attempts = attempts + 1, claimed_until = now() + %s "
+            "WHERE id = (SELECT id FROM outbox WHERE published_at IS NULL "
+            "AND topic = ANY(%s) AND available_at <= now() "
+            "AND (claimed_until IS NULL OR claimed_until < now()) "
+            "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, topic, payload, attempts",
+            (self.visibility, list(topics)),
+        )
+        if row is None:
+            return None, _due_in(tx, topics)
+        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"])), None
 
     def run(
         self,
@@ -83,16 +86,15 @@ class PostgresBroker:
         self, topics: tuple[str, ...], handler: Handler, listener: Listener, idle_wait: float
     ) -> None:
         delivery, due = self.claim_or_due(topics)
-        if delivery is None:
-            # A row committed after our look left a token, so this returns at once then.
-            listener.take(OUTBOX_CHANNEL, idle_wait if due is None else min(idle_wait, due))
-            return
-        try:
-            result = handler(delivery)
-        except Exception:
-            log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
-            result = Result.retry()
-        self.settle(delivery, result)
+        while delivery is not None:
+            try:
+                result = handler(delivery)
+            except Exception:
+                log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
+                result = Result.retry()
+            delivery, due = self.settle_and_claim(delivery, result, topics)
+        # A row committed after our look left a token, so this returns at once then.
+        listener.take(OUTBOX_CHANNEL, idle_wait if due is None else min(idle_wait, due))
 
 
 def _due_in(tx: Tx, topics: tuple[str, ...]) -> float | None:
@@ -103,3 +105,16 @@ def _due_in(tx: Tx, topics: tuple[str, ...]) -> float | None:
         (list(topics),),
     )
     return None if seconds is None else max(0.0, float(seconds))
+
+
+def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
+    if result.outcome == Outcome.ACK:
+        tx.execute("DELETE FROM outbox WHERE id = %s", (int(delivery.id),))
+        return
+    at = result.retry_at or datetime.now(UTC) + min(
+        MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(delivery.attempt, 10))
+    )
+    tx.execute(
+        "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
+        (at, int(delivery.id)),
+    )

@@ -8,8 +8,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
@@ -101,7 +103,8 @@ class TurnRunner:
             if claimed is None or isinstance(claimed, datetime):
                 return claimed
             assert isinstance(claimed, _Claim)
-            self._run(claimed)
+            if not self._run(claimed):
+                return None  # the final write saw no other open turn: nothing to claim
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -161,7 +164,9 @@ class TurnRunner:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, claim: _Claim) -> None:
+    def _run(self, claim: _Claim) -> bool:
+        """Run the claimed turn; False when it completed and left no open turn behind (so
+        `drive` need not look again)."""
         lease, turn = claim.lease, claim.turn
         heartbeat = Heartbeat(self.db, lease)
         agent, journal, history = claim.agent, claim.journal, claim.history
@@ -169,7 +174,7 @@ class TurnRunner:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
-            self._steps(lease, agent, journal, history, deadline, heartbeat)
+            return self._steps(lease, agent, journal, history, deadline, heartbeat)
         except Fenced:
             log.info("turn %s: lost the lease or was cancelled; stopping", turn["id"])
         except ctx.TurnFailure as failure:
@@ -178,6 +183,7 @@ class TurnRunner:
             self._fail(lease, "model_unavailable", str(exc), attempts=exc.attempts)
         finally:
             heartbeat.stop()
+        return True
 
     def _steps(
         self,
@@ -187,7 +193,7 @@ class TurnRunner:
         history: list[dict[str, Any]],
         deadline: float,
         heartbeat: Heartbeat,
-    ) -> None:
+    ) -> bool:
         knowledge_step = journal[0]  # completed during the claim
         messages = [
             {"role": "system", "content": ctx.system_prompt(agent, knowledge_step.output)},
@@ -207,6 +213,7 @@ class TurnRunner:
             if time.monotonic() >= deadline:
                 raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
             step = journal.get(idx)
+            pending: Callable[[Tx], None] | None = None  # this model step's record, unsaved
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
                 response = complete_with_policy(
@@ -229,10 +236,10 @@ class TurnRunner:
                     if calls
                     else None
                 )
-                with self.db.transaction() as tx:
-                    record(tx, lease, step, following, before=notices + deltas.drain())
-                    if following is not None:
-                        journal[idx + 1] = following
+                if following is not None:
+                    journal[idx + 1] = following
+                before = notices + deltas.drain()
+                pending = partial(_record_model, lease, step, following, before)
                 notices = []
             calls = step.output.get("toolCalls", [])
             assistant = ctx.to_chat("assistant", step.output.get("content", ""), calls, None)
@@ -242,8 +249,15 @@ class TurnRunner:
                             "provider": step.output.get("provider")})  # fmt: skip
             idx += 1
             if not calls:
-                self._write(lease, written, idx)
-                return
+                # The answer: the model step and the turn's messages commit together (a crash
+                # before this commit asks the model again, exactly as with two commits).
+                with self.db.transaction() as tx:
+                    if pending is not None:
+                        pending(tx)
+                    return self._write_in(tx, lease, written, idx)
+            if pending is not None:
+                with self.db.transaction() as tx:
+                    pending(tx)
             for position, call in enumerate(calls):
                 heartbeat.check()
                 result = self._tool_step(lease, agent, journal, idx, call, calls, position)
@@ -304,46 +318,53 @@ class TurnRunner:
         journal[idx] = done
         return result
 
-    def _write(self, lease: Lease, written: list[dict[str, Any]], idx: int) -> None:
-        """The final step: the turn's messages and its completion, in one transaction."""
-        with self.db.transaction() as tx:
-            renew(tx, lease)
-            new_events: list[tuple[str, dict[str, Any]]] = [
-                ("step.started", {"step": WRITE, "index": idx, "kind": "write"})
-            ]
-            provider = None
-            for message in written:
-                seq = _next_message_seq(tx, lease.session_uid)
-                tx.execute(
-                    "INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
-                    "tool_call_id, turn_id) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+    def _write_in(self, tx: Tx, lease: Lease, written: list[dict[str, Any]], idx: int) -> bool:
+        """The final step: the turn's messages and its completion, in the caller's
+        transaction. Returns whether other turns of the session are still open."""
+        renew(tx, lease)
+        new_events: list[tuple[str, dict[str, Any]]] = [
+            ("step.started", {"step": WRITE, "index": idx, "kind": "write"})
+        ]
+        provider = None
+        for message in written:
+            seq = _next_message_seq(tx, lease.session_uid)
+            tx.execute(
+                "INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
+                "tool_call_id, turn_id) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                (
+                    lease.session_uid, seq, message["role"], message["content"],
+                    jsonb(message["tool_calls"]) if message["tool_calls"] else None,
+                    message["tool_call_id"], lease.turn_id,
+                ),
+            )  # fmt: skip
+            provider = message.get("provider") or provider
+            if message["role"] == "assistant" and message["content"]:
+                new_events.append(
                     (
-                        lease.session_uid, seq, message["role"], message["content"],
-                        jsonb(message["tool_calls"]) if message["tool_calls"] else None,
-                        message["tool_call_id"], lease.turn_id,
-                    ),
-                )  # fmt: skip
-                provider = message.get("provider") or provider
-                if message["role"] == "assistant" and message["content"]:
-                    new_events.append(
-                        (
-                            "message.created",
-                            {"seq": seq, "role": "assistant", "content": message["content"]},
-                        )
+                        "message.created",
+                        {"seq": seq, "role": "assistant", "content": message["content"]},
                     )
-            tx.execute(
-                "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
-                "completed_at) VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())",
-                (lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token),
+                )
+        tx.execute(
+            "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
+            "completed_at) VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())",
+            (lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token),
+        )
+        tx.execute(
+            "UPDATE turns SET state = 'completed', finished_at = now(), provider = %s, "
+            "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+            (provider, lease.turn_id),
+        )
+        new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
+        new_events.append(("turn.completed", {"provider": provider}))
+        events.append(tx, lease.session_uid, new_events, lease.turn_id)
+        return bool(
+            tx.scalar(
+                "SELECT EXISTS (SELECT 1 FROM turns WHERE session_uid = %s AND state IN "
+                "('queued', 'running'))",
+                (lease.session_uid,),
             )
-            tx.execute(
-                "UPDATE turns SET state = 'completed', finished_at = now(), provider = %s, "
-                "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
-                (provider, lease.turn_id),
-            )
-            new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
-            new_events.append(("turn.completed", {"provider": provider}))
-            events.append(tx, lease.session_uid, new_events, lease.turn_id)
+        )
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
         try:
@@ -375,3 +396,13 @@ def _finish_failed(
     )
     events.append(tx, session_uid, [("turn.failed", {"code": code, "message": message})], turn_id)
     log.warning("turn %s failed: %s: %s", turn_id, code, message)
+
+
+def _record_model(
+    lease: Lease,
+    step: Step,
+    following: Step | None,
+    before: list[tuple[str, dict[str, Any]]],
+    tx: Tx,
+) -> None:
+    record(tx, lease, step, following, before=before)

@@ -16,6 +16,7 @@ from talon.store.database import Tx, jsonb
 # Channel for LISTEN/NOTIFY wake-ups; the payload is the session uid.
 EVENTS_CHANNEL = "talon_session_events"
 TERMINAL_TURN_EVENTS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
+READ_LIMIT = 500  # events per read
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def append(
     return int(row["last_event_id"]) if row else 0
 
 
-def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = 500) -> list[Event]:
+def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = READ_LIMIT) -> list[Event]:
     rows = tx.all(
         "SELECT id, type, turn_id, data, created_at FROM session_events "
         "WHERE session_uid = %s AND id > %s ORDER BY id LIMIT %s",

@@ -267,19 +267,20 @@ class SessionService:
             session = self._require(tx, namespace, agent, session_id)
             return session["uid"], int(session["last_event_id"])
 
-    def read_events(self, session_uid: uuid.UUID, after: int) -> list[events.Event]:
-        with self.db.transaction() as tx:
-            return events.read_after(tx, session_uid, after)
-
-    def open_turns(self, session_uid: uuid.UUID) -> int | None:
-        """Open turns of the session, or None if it no longer exists."""
+    def read_state(
+        self, session_uid: uuid.UUID, after: int, limit: int = events.READ_LIMIT
+    ) -> tuple[list[events.Event], int | None]:
+        """Events after `after` and the number of open turns (None: the session is gone),
+        in one transaction: what a stream needs per wake-up."""
         with self.db.transaction() as tx:
             row = tx.one(
                 "SELECT (SELECT count(*) FROM turns t WHERE t.session_uid = s.uid AND t.state "
                 "IN ('queued', 'running')) AS open FROM sessions s WHERE s.uid = %s",
                 (session_uid,),
             )
-        return None if row is None else int(row["open"])
+            if row is None:
+                return [], None
+            return events.read_after(tx, session_uid, after, limit), int(row["open"])
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
         """Cancel every open turn of the session; return their ids."""

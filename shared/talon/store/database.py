@@ -22,6 +22,7 @@ import pg8000.dbapi
 
 from talon.config import DatabaseSettings
 from talon.errors import Conflict, TalonError, Unavailable
+from talon.store import statements
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,29 @@ class Tx:
     def announce(self, topic: str, item: Any) -> None:
         self.announced.setdefault(topic, []).append(item)
 
+    def _run(self, sql: str, params: Params) -> statements.Result:
+        if params:
+            return statements.run(self.connection, sql, params)
+        # No parameters: the simple protocol (also the only one for multi-statement SQL).
+        self._cursor.execute(sql)
+        names = [d[0] for d in self._cursor.description or []]
+        rows = self._cursor.fetchall() if names else []
+        return statements.Result(names, list(rows), self._cursor.rowcount)
+
     def execute(self, sql: str, params: Params = None) -> int:
-        self._cursor.execute(sql, params or ())
-        return self._cursor.rowcount
+        return self._run(sql, params).row_count
 
     def all(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
-        self._cursor.execute(sql, params or ())
-        if self._cursor.description is None:
-            return []
-        names = [d[0] for d in self._cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+        result = self._run(sql, params)
+        return [dict(zip(result.names, row, strict=True)) for row in result.rows]
 
     def one(self, sql: str, params: Params = None) -> dict[str, Any] | None:
         rows = self.all(sql, params)
         return rows[0] if rows else None
 
     def scalar(self, sql: str, params: Params = None) -> Any:
-        self._cursor.execute(sql, params or ())
-        row = self._cursor.fetchone()
-        return row[0] if row else None
+        result = self._run(sql, params)
+        return result.rows[0][0] if result.rows else None
 
 
 def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:

@@ -1,0 +1,76 @@
+"""Named prepared statements per connection, for pg8000.
+
+pg8000's DB-API `execute` parses every statement afresh and takes three round trips (parse,
+describe, bind/execute, each with its own Sync). A statement prepared once per connection runs
+in one round trip and skips parsing (and, after a few runs, planning) on the server: on the
+turn path, where the same few dozen statements run all the time, that is most of
+PostgreSQL's CPU. Statements are keyed by their SQL text; a bounded LRU keeps dynamic SQL from
+growing the cache without end.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from pg8000.converters import make_params
+from pg8000.dbapi import Connection, convert_paramstyle
+
+MAX_STATEMENTS = 256
+_FEATURE_NOT_SUPPORTED = "0A000"  # "cached plan must not change result type" after DDL
+
+
+class _Prepared:
+    __slots__ = ("columns", "input_funcs", "name", "statement")
+
+    def __init__(self, name: bytes, statement: str, columns: Any, input_funcs: Any) -> None:
+        self.name = name
+        self.statement = statement
+        self.columns = columns
+        self.input_funcs = input_funcs
+
+
+class Result:
+    __slots__ = ("names", "row_count", "rows")
+
+    def __init__(self, names: list[str], rows: list[Any], row_count: int) -> None:
+        self.names = names
+        self.rows = rows
+        self.row_count = row_count
+
+
+def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -> Result:
+    """Execute `sql` (format paramstyle) with `params` as a cached prepared statement."""
+    cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
+    if cache is None:
+        cache = OrderedDict()
+        connection._talon_statements = cache  # type: ignore[attr-defined]
+    if not connection._in_transaction and not connection.autocommit:
+        connection.execute_simple("begin transaction")
+    statement, values = convert_paramstyle("format", sql, params)
+    prepared = cache.get(sql)
+    if prepared is None:
+        name, columns, input_funcs = connection.prepare_statement(statement, ())
+        prepared = _Prepared(name, statement, columns, input_funcs)
+        cache[sql] = prepared
+        if len(cache) > MAX_STATEMENTS:
+            _, evicted = cache.popitem(last=False)
+            connection.close_prepared_statement(evicted.name)
+    else:
+        cache.move_to_end(sql)
+    try:
+        context = connection.execute_named(
+            prepared.name, make_params(connection.py_types, values), prepared.columns,
+            prepared.input_funcs, prepared.statement,
+        )  # fmt: skip
+    except Exception as exc:
+        if _sqlstate(exc) == _FEATURE_NOT_SUPPORTED:
+            cache.pop(sql, None)  # the table changed shape: prepare afresh next time
+        raise
+    names = [c["name"] for c in context.columns] if context.columns else []
+    return Result(names, context.rows or [], context.row_count)
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    detail = exc.args[0] if exc.args else None
+    return detail.get("C") if isinstance(detail, dict) else None

@@ -32,7 +32,11 @@ TOKEN = "bench-admin-token"
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # the process is gone
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -58,6 +62,24 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def with_descendants(root: int) -> list[int]:
+    """`root` and every process below it (gunicorn serves from child processes)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [root], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def postgres_pids() -> list[int]:
@@ -197,11 +219,26 @@ def main() -> int:
 
     commits_before = commits(pg)
     rss_before = rss_kib(worker.pid)
-    roles = {"gateway": [gateway.pid], "worker": [worker.pid],
+    roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
              "model server": [model_process.pid], "bench clients": [os.getpid()]}  # fmt: skip
     cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_before["postgres"] = cpu_seconds(postgres_pids())
     started = time.perf_counter()
+    # RSS of the worker and the gateway (with its gunicorn workers) at every tenth of the run.
+    samples: list[dict[str, int]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        step = max(1, args.turns // 10)
+        while not sampling.wait(0.5):
+            done = len(completed)
+            if done >= step * (len(samples) + 1) or (not samples and done == 0):
+                samples.append({"turns": done, "worker_kib": rss_kib(worker.pid),
+                                "gateway_kib": sum(rss_kib(p) for p in
+                                                   with_descendants(gateway.pid))})  # fmt: skip
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
     for thread in threads:
         thread.start()
@@ -211,6 +248,7 @@ def main() -> int:
     turns = len(completed)
     commits_per_turn = (commits(pg) - commits_before) / turns
     rss_after = rss_kib(worker.pid)
+    sampling.set()
     cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_after["postgres"] = cpu_seconds(postgres_pids())
     cpu_ms_per_turn = {
@@ -229,6 +267,7 @@ def main() -> int:
                              "mean": round(statistics.mean(completed) * 1000, 1)},
         "commits_per_turn_all_processes": round(commits_per_turn, 1),
         "worker_rss_kib": {"before": rss_before, "after": rss_after},
+        "rss_samples": samples,
         # Where the two cores went: CPU milliseconds per turn by process.
         "cpu_ms_per_turn": cpu_ms_per_turn,
     }  # fmt: skip

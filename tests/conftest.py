@@ -3,6 +3,7 @@ and the gateway function served over real HTTP by functions-framework's Flask ap
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -144,23 +145,18 @@ def dispatch_server() -> Iterator[_Server]:
     server.close()
 
 
-@pytest.fixture(scope="session")
-def pubsub_emulator() -> Iterator[str]:
-    """The gcloud Pub/Sub emulator on a free port; yields its host:port."""
+@contextlib.contextmanager
+def _emulator(name: str, command: list[str], port: int) -> Iterator[str]:
+    """Run an emulator in its own process group until the block ends; yield host:port."""
     import signal
     import subprocess
 
-    from talon.store.local_postgres import free_port, wait_for_port
+    from talon.store.local_postgres import wait_for_port
 
-    if shutil.which("gcloud") is None:
-        pytest.fail("gcloud (with the Pub/Sub emulator) is needed; see README, Tests")
-    port = free_port()
-    log_file = open(Path(tempfile.gettempdir()) / f"talon-pubsub-{port}.log", "w")  # noqa: SIM115
+    log_file = open(Path(tempfile.gettempdir()) / f"talon-{name}-{port}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
-         "--project=talon-test", "--quiet"],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_for_port("127.0.0.1", port, timeout=60)
         yield f"127.0.0.1:{port}"
@@ -171,6 +167,20 @@ def pubsub_emulator() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[str]:
+    """The gcloud Pub/Sub emulator on a free port; yields its host:port."""
+    from talon.store.local_postgres import free_port
+
+    if shutil.which("gcloud") is None:
+        pytest.fail("gcloud (with the Pub/Sub emulator) is needed; see README, Tests")
+    port = free_port()
+    command = ["gcloud", "beta", "emulators", "pubsub", "start",
+               f"--host-port=127.0.0.1:{port}", "--project=talon-test", "--quiet"]  # fmt: skip
+    with _emulator("pubsub", command, port) as host:
+        yield host
 
 
 @pytest.fixture(scope="session")
@@ -184,30 +194,14 @@ def scheduler_server() -> Iterator[_Server]:
 @pytest.fixture(scope="session")
 def tasks_emulator() -> Iterator[str]:
     """PyPI's Cloud Tasks emulator (own virtualenv, see scripts/setup.sh) on a free port."""
-    import signal
-    import subprocess
-
-    from talon.store.local_postgres import free_port, wait_for_port
+    from talon.store.local_postgres import free_port
 
     binary = ROOT / ".venv-tasks-emulator" / "bin" / "gcloud-tasks-emulator"
     if not binary.exists():
         pytest.fail("the Cloud Tasks emulator is missing: run ./scripts/test (see README, Tests)")
     port = free_port()
-    log_file = open(Path(tempfile.gettempdir()) / f"talon-tasks-{port}.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(binary), "start", "--port", str(port)],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log_file.close()
+    with _emulator("tasks", [str(binary), "start", "--port", str(port)], port) as host:
+        yield host
 
 
 class Api:

@@ -93,6 +93,9 @@ class PostgresBroker:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
             delivery, due = self.settle_and_claim(delivery, result, topics)
+            if delivery is not None:
+                # This row's wake-up token would otherwise rouse an idle consumer for nothing.
+                listener.take(OUTBOX_CHANNEL, 0)
         # A row committed after our look left a token, so this returns at once then.
         listener.take(OUTBOX_CHANNEL, idle_wait if due is None else min(idle_wait, due))
 

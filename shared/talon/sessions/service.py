@@ -202,11 +202,13 @@ class SessionService:
                     True,
                     int(previous["stream_from"] or 0),
                 )
-        open_turns = tx.all(
-            "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
-            "('queued', 'running') ORDER BY seq FOR UPDATE",
-            (uid,),
-        )
+        open_turns = []
+        if request.multitask_strategy != "enqueue":  # enqueue queues behind whatever is open
+            open_turns = tx.all(
+                "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
+                "('queued', 'running') ORDER BY seq FOR UPDATE",
+                (uid,),
+            )
         pending: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
         if open_turns and request.multitask_strategy == "reject":
             raise Conflict(

@@ -253,8 +253,8 @@ class TurnRunner:
                 # before this commit asks the model again, exactly as with two commits).
                 with self.db.transaction() as tx:
                     if pending is not None:
-                        pending(tx)
-                    return self._write_in(tx, lease, written, idx)
+                        pending(tx)  # renews the lease
+                    return self._write_in(tx, lease, written, idx, renewed=pending is not None)
             if pending is not None:
                 with self.db.transaction() as tx:
                     pending(tx)
@@ -318,10 +318,13 @@ class TurnRunner:
         journal[idx] = done
         return result
 
-    def _write_in(self, tx: Tx, lease: Lease, written: list[dict[str, Any]], idx: int) -> bool:
+    def _write_in(
+        self, tx: Tx, lease: Lease, written: list[dict[str, Any]], idx: int, *, renewed: bool
+    ) -> bool:
         """The final step: the turn's messages and its completion, in the caller's
         transaction. Returns whether other turns of the session are still open."""
-        renew(tx, lease)
+        if not renewed:
+            renew(tx, lease)
         new_events: list[tuple[str, dict[str, Any]]] = [
             ("step.started", {"step": WRITE, "index": idx, "kind": "write"})
         ]

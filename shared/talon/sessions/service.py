@@ -160,23 +160,18 @@ class SessionService:
         source: str = "api",
     ) -> Accepted:
         with self.db.transaction() as tx:
-            return self.post_in(
-                tx, namespace, agent, session_id, request,
-                idempotency_key=idempotency_key, source=source,
-            )  # fmt: skip
+            return self._post(tx, namespace, agent, session_id, request, idempotency_key, source)
 
-    def post_in(
+    def _post(
         self,
         tx: Tx,
         namespace: str,
         agent: str,
         session_id: str,
         request: PostMessage,
-        *,
-        idempotency_key: str | None = None,
-        source: str = "api",
+        idempotency_key: str | None,
+        source: str,
     ) -> Accepted:
-        """`post_message` inside the caller's transaction."""
         request_hash = hashlib.sha256(
             json.dumps([request.content, request.multitask_strategy]).encode()
         ).digest()

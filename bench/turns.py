@@ -217,6 +217,9 @@ def main() -> int:
     first_event.clear()
     completed.clear()
 
+    # Backends report their commit counts when idle for 10 s or when they exit: let the
+    # warm-up's be reported now, and count the run's after the processes stop.
+    time.sleep(11)
     commits_before = commits(pg)
     rss_before = rss_kib(worker.pid)
     roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
@@ -246,11 +249,16 @@ def main() -> int:
         thread.join()
     elapsed = time.perf_counter() - started
     turns = len(completed)
-    commits_per_turn = (commits(pg) - commits_before) / turns
     rss_after = rss_kib(worker.pid)
     sampling.set()
     cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_after["postgres"] = cpu_seconds(postgres_pids())
+    http.close()
+    for process in (worker, gateway):
+        process.terminate()
+        process.wait(timeout=30)
+    time.sleep(1)  # the exiting backends' statistics
+    commits_per_turn = (commits(pg) - commits_before - 1) / turns  # minus our own query
     cpu_ms_per_turn = {
         role: round((cpu_after[role] - cpu_before[role]) * 1000 / turns, 2) for role in cpu_after
     }
@@ -272,9 +280,6 @@ def main() -> int:
         "cpu_ms_per_turn": cpu_ms_per_turn,
     }  # fmt: skip
     print(json.dumps(result, indent=2))
-    for process in (worker, gateway):
-        process.terminate()
-        process.wait(timeout=30)
     model_process.terminate()
     model_process.wait(timeout=10)
     pg.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 import samples
 from conftest import ADMIN_TOKEN, Api, raw_connection
 from talon.api.app import Gateway
+from talon.auth.tokens import hash_secret
+from talon.config import Settings
+from talon.errors import Unauthenticated
+from talon.services import Services
 
 A, B = "alpha", "bravo"
 
@@ -66,18 +71,41 @@ def test_revoked_and_expired_tokens_are_refused(api: Api, database_url: str) -> 
     body = {"name": "y", "role": "read", "namespaces": ["*"], "ttlSeconds": 60}
     soon = api.ok("POST", "/v1/tokens", 201, json=body)
     assert soon["expiresAt"] is not None
-    later = api.as_token(soon["token"])
-    assert later.get("/v1/namespaces").status_code == 200
-    connection = raw_connection(database_url)
+    # Expiry is honoured by cached tokens too: one that expires in 1.5 s, used (so cached),
+    # then used again after its time.
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    body = {"name": "z", "role": "read", "namespaces": ["*"], "expiresAt": expires.isoformat()}
+    brief = api.as_token(api.ok("POST", "/v1/tokens", 201, json=body)["token"])
+    assert brief.get("/v1/namespaces").status_code == 200
+    assert brief.get("/v1/namespaces").status_code == 200
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert brief.get("/v1/namespaces").status_code == 401
+
+
+def test_a_revocation_reaches_other_processes_caches(api: Api, settings: Settings) -> None:
+    """Two more processes' worth of services on the same database: a token each has cached
+    stops working everywhere once one of them revokes it."""
+    token = api.ok("POST", "/v1/tokens", 201, json={"name": "x", "role": "read",
+                                                    "namespaces": ["*"]})  # fmt: skip
+    first, second = Services.start(settings), Services.start(settings)
     try:
-        connection.cursor().execute(
-            "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = %s",
-            (soon["id"],),
-        )
-        connection.commit()
+        for services in (first, second):
+            assert services.tokens.authenticate(token["token"]).token_id == token["id"]
+            assert services.tokens.cache.get(hash_secret(token["token"])) is not None
+        admin = first.tokens.authenticate(ADMIN_TOKEN)
+        first.tokens.revoke(admin, token["id"])
+        with pytest.raises(Unauthenticated):
+            first.tokens.authenticate(token["token"])
+        deadline = time.monotonic() + 5
+        while second.tokens.cache.get(hash_secret(token["token"])) is not None:
+            assert time.monotonic() < deadline, "the revocation never reached the other cache"
+            time.sleep(0.01)
+        with pytest.raises(Unauthenticated):
+            second.tokens.authenticate(token["token"])
+        assert api.as_token(token["token"]).get("/v1/namespaces").status_code == 401
     finally:
-        connection.close()
-    assert later.get("/v1/namespaces").status_code == 401
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ idempotency and multitask strategies."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -300,3 +301,62 @@ def test_a_turn_for_an_agent_that_does_not_resolve_fails_cleanly(
     post(acme_bot, "s1", "now?")
     view = wait_idle(acme_bot, "s1")
     assert view["messages"][-1] == {"role": "assistant", "content": "(demo model) Received: now?"}
+
+
+def _live(api: Api, session: str, max_events: int, sink: list[dict[str, Any]]) -> Any:
+    import threading
+
+    reader = threading.Thread(target=lambda: sink.extend(
+        read_stream(api, f"{BASE}/{session}/stream", max_events=max_events, timeout=30)
+    ))  # fmt: skip
+    reader.start()
+    time.sleep(0.5)  # connected and waiting for new events
+    return reader
+
+
+def test_live_events_from_notifications_equal_the_stored_ones(acme_bot: Api, start_worker) -> None:
+    """A live stream gets events carried by notifications (no table read per wake-up); they
+    must be exactly what a replay from the table gives, big ones (too large to carry) too."""
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    start_worker()
+    before = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    assert before == []
+    live: list[dict[str, Any]] = []
+    reader = _live(acme_bot, "s1", 22, live)
+    post(acme_bot, "s1", "small é ✓")
+    post(acme_bot, "s1", "x" * 9_000)  # its message.created does not fit in a notification
+    reader.join(timeout=30)
+    replay = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    assert len(live) == 22 and live == replay[:22]
+    assert [e["id"] for e in live] == list(range(1, 23))
+    assert any(e["data"].get("content") == "x" * 9_000 for e in live)
+
+
+def test_deleting_a_session_ends_its_open_streams(acme_bot: Api) -> None:
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    live: list[dict[str, Any]] = []
+    reader = _live(acme_bot, "s1", 100, live)
+    started = time.monotonic()
+    acme_bot.ok("DELETE", f"{BASE}/s1")
+    reader.join(timeout=10)
+    assert not reader.is_alive() and time.monotonic() - started < 5
+    assert live == []
+
+
+def test_notified_events_are_taken_in_order_or_read_from_the_table() -> None:
+    from talon.sessions.follow import _in_order
+
+    def item(*ids: int, uid: str = "u") -> str:
+        return uid + " " + json.dumps([{"id": n, "type": "t"} for n in ids])
+
+    batch, read = _in_order([item(3, 4), item(5)], "u", 2)
+    assert [e["id"] for e in batch] == [3, 4, 5] and not read
+    batch, read = _in_order([item(2, 3)], "u", 2)  # already sent: skipped
+    assert [e["id"] for e in batch] == [3] and not read
+    batch, read = _in_order([item(3), item(5)], "u", 2)  # a gap
+    assert [e["id"] for e in batch] == [3] and read
+    assert _in_order([item(3, uid="other")], "u", 2) == ([], True)  # a recreated namesake
+    assert _in_order(["u"], "u", 2) == ([], True)  # too big to carry
+    assert _in_order([None], "u", 2) == ([], True)  # the listener reconnected

@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from talon.auth.tokens import TokenService
+from talon.auth.tokens import TOKENS_CHANNEL, TokenService
 from talon.broker.outbox import OUTBOX_COMMITTED
 from talon.broker.relay import OutboxRelay
 from talon.config import Settings, load_settings
@@ -59,18 +59,22 @@ class Services:
         services = cls(
             settings, db, ResourceService(db), TokenService(db), sessions, firer, relay, tasks
         )
+        services.tokens.use_cache(lambda: services.listener().connected)
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)
         return services
 
     def listener(self) -> Listener:
-        """The process's LISTEN connection for session events, started on first use."""
+        """The process's LISTEN connection (session events, token invalidations), started
+        on first use."""
         with self._listener_lock:
             if self._listener is None:
-                self._listener = Listener(self.db.raw_connect, (EVENTS_CHANNEL,))
+                listener = Listener(self.db.raw_connect, (EVENTS_CHANNEL, TOKENS_CHANNEL))
+                listener.watch(TOKENS_CHANNEL, self.tokens.cache.clear)
                 # Readers check the table after LISTEN is in place, so none misses a wake-up.
-                self._listener.wait_ready(10)
+                listener.wait_ready(10)
+                self._listener = listener
             return self._listener
 
     def close(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,8 @@ from pydantic import ValidationError
 from talon.api.body import parse_body
 from talon.api.routing import Context, Route
 from talon.errors import BadRequest, Invalid, details_from_validation_error
-from talon.sessions.events import EVENTS_CHANNEL, READ_LIMIT, TERMINAL_TURN_EVENTS
+from talon.sessions.events import EVENTS_CHANNEL, stream_key
+from talon.sessions.follow import KEEP_ALIVE, FollowOptions, follow
 from talon.sessions.models import CreateSession, PostMessage
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
@@ -88,8 +88,39 @@ def get_turn(ctx: Context, ns: str, agent: str, session_id: str, turn_id: str) -
 
 
 def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response:
+    after = _stream_position(ctx)
+    options = FollowOptions(
+        until_turn_end=ctx.query_bool("untilTurnEnd"),
+        heartbeat=ctx.query_int("heartbeat", 15, 1, 60),
+        # Each open stream holds a server thread: end it after a while; the client resumes
+        # with Last-Event-ID and misses nothing.
+        max_seconds=ctx.query_int("maxSeconds", 600, 1, 3600),
+    )
     sessions = ctx.services.sessions
-    uid, latest = sessions.locate(ns, agent, session_id)
+    # Subscribe before reading: whatever commits after the read is notified.
+    inbox = ctx.services.listener().subscribe(EVENTS_CHANNEL, stream_key(ns, session_id))
+    try:
+        start = sessions.open_stream(ns, agent, session_id, after)
+    except BaseException:
+        inbox.close()
+        raise
+
+    def lines() -> Iterator[str]:
+        yield "retry: 2000\n\n"
+        for event in follow(sessions, inbox, start, options):
+            yield ": keep-alive\n\n" if event is KEEP_ALIVE else _format(event)
+
+    response = flask.Response(
+        lines(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    response.call_on_close(inbox.close)
+    return response
+
+
+def _stream_position(ctx: Context) -> int | None:
+    """Last-Event-ID (header, or `lastEventId` for browsers); None: only new events."""
     header = ctx.request.headers.get("Last-Event-ID")
     if header is not None and ctx.request.args.get("lastEventId") is None:
         try:
@@ -101,47 +132,9 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
                 "Last-Event-ID must be a non-negative integer",
                 [{"path": "Last-Event-ID", "message": "not an event id"}],
             ) from exc
-    else:
-        after = ctx.query_int("lastEventId", -1, 0, 2**62)
-    if after < 0:
-        after = latest  # no position given: only new events
-    until_turn_end = ctx.query_bool("untilTurnEnd")
-    heartbeat = ctx.query_int("heartbeat", 15, 1, 60)
-    # Each open stream holds a server thread: end it after a while; the client resumes with
-    # Last-Event-ID and misses nothing.
-    max_seconds = ctx.query_int("maxSeconds", 600, 1, 3600)
-    listener = ctx.services.listener()
-
-    def events() -> Iterator[str]:
-        last = after
-        ends_at = time.monotonic() + max_seconds
-        yield "retry: 2000\n\n"
-        first, turn_ended = True, False
-        while time.monotonic() < ends_at:
-            # Count wake-ups before reading: one that lands after the read is not missed.
-            seen = listener.count(EVENTS_CHANNEL, str(uid))
-            batch, open_turns = sessions.read_state(uid, last)
-            if open_turns is None:
-                return  # the session was deleted
-            for event in batch:
-                last = event.id
-                yield _format(event.to_dict())
-            turn_ended = turn_ended or any(e.type in TERMINAL_TURN_EVENTS for e in batch)
-            # untilTurnEnd: stop once no turn is open, if one ended (or none was open at all).
-            if until_turn_end and open_turns == 0 and (first or turn_ended):
-                return
-            first = False
-            if len(batch) >= READ_LIMIT:
-                continue  # more are waiting
-            wait = min(heartbeat, max(0.0, ends_at - time.monotonic()))
-            if not listener.wait(EVENTS_CHANNEL, wait, payload=str(uid), since=seen):
-                yield ": keep-alive\n\n"
-
-    return flask.Response(
-        events(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+        return after
+    after = ctx.query_int("lastEventId", -1, 0, 2**62)
+    return None if after < 0 else after
 
 
 def _format(event: dict[str, Any]) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from talon.auth.cache import PrincipalCache
 from talon.auth.principal import ROLE_RANK, Principal
 from talon.errors import NotFound, PermissionDenied, Unauthenticated
 from talon.ops.catalog import TOOL_NAMES
@@ -21,6 +23,8 @@ from talon.resources.meta import DnsLabel, StrictModel
 from talon.store.database import Database, Tx
 
 BOOTSTRAP_TOKEN_ID = "bootstrap-admin"
+# Revocations and replaced secrets, so every process drops its cached principals.
+TOKENS_CHANNEL = "talon_tokens"
 ALL_NAMESPACES = "*"
 _COLUMNS = "id, name, role, namespaces, tools, created_by, created_at, expires_at, revoked_at"
 
@@ -91,6 +95,10 @@ class TokenInfo:
         }
 
 
+def _announce_invalidation(tx: Tx, token_id: str) -> None:
+    tx.execute("SELECT pg_notify(%s, %s)", (TOKENS_CHANNEL, token_id))
+
+
 def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -98,19 +106,37 @@ def hash_secret(secret: str) -> bytes:
 class TokenService:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.cache = PrincipalCache()
+        self._invalidations_live: Callable[[], bool] | None = None
+
+    def use_cache(self, invalidations_live: Callable[[], bool]) -> None:
+        """Remember authenticated tokens while `invalidations_live()`: TOKENS_CHANNEL
+        notifications reach `cache.clear` (wired by Services)."""
+        self._invalidations_live = invalidations_live
 
     def authenticate(self, secret: str) -> Principal:
+        digest = hash_secret(secret)
+        cached = self._invalidations_live is not None and self._invalidations_live()
+        if cached:
+            principal = self.cache.get(digest)
+            if principal is not None:
+                return principal
+        version = self.cache.version()
         with self.db.transaction() as tx:
             row = tx.one(
-                "SELECT id, name, role, namespaces, tools FROM api_tokens WHERE secret_hash=%s "
-                "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-                (hash_secret(secret),),
+                "SELECT id, name, role, namespaces, tools, expires_at FROM api_tokens "
+                "WHERE secret_hash=%s AND revoked_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > now())",
+                (digest,),
             )
         if row is None:
             raise Unauthenticated("invalid, expired or revoked token")
         namespaces = tuple(row["namespaces"]) if row["namespaces"] is not None else None
         tools = tuple(row["tools"]) if row["tools"] is not None else None
-        return Principal(row["id"], row["name"], row["role"], namespaces, tools)
+        principal = Principal(row["id"], row["name"], row["role"], namespaces, tools)
+        if cached:
+            self.cache.put(digest, principal, row["expires_at"], version)
+        return principal
 
     def bootstrap_admin(self, secret: str) -> None:
         """Install `secret` as the all-namespace admin token (TALON_ADMIN_TOKEN).
@@ -128,6 +154,8 @@ class TokenService:
                 "THEN api_tokens.revoked_at ELSE NULL END",
                 (BOOTSTRAP_TOKEN_ID, digest),
             )
+            _announce_invalidation(tx, BOOTSTRAP_TOKEN_ID)
+        self.cache.clear()
 
     def create(self, principal: Principal, request: TokenRequest) -> tuple[TokenInfo, str]:
         if ROLE_RANK[request.role] > ROLE_RANK[principal.role]:
@@ -189,6 +217,8 @@ class TokenService:
                 f"RETURNING {_COLUMNS}",
                 (token_id,),
             )
+            _announce_invalidation(tx, token_id)
+        self.cache.clear()  # this process at once; the others on the notification
         assert row is not None
         return TokenInfo(**row)
 

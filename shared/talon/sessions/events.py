@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from talon.store.database import Tx, jsonb
 
-# Channel for LISTEN/NOTIFY wake-ups; the payload is the session uid.
+# Channel for LISTEN/NOTIFY: the payload is "<namespace>/<session id> <session uid>", then,
+# when they fit in a notification, a space and the new events as a JSON list (what a stream
+# sends), so an open stream needs no query per wake-up. Without events it means "read".
 EVENTS_CHANNEL = "talon_session_events"
+# PostgreSQL refuses payloads of 8000 bytes or more; the key takes at most ~200.
+NOTIFY_EVENTS_MAX_BYTES = 7_600
+# The events' JSON as the stream sends it, built by PostgreSQL for the notification; the
+# timestamp format matches Event.to_dict.
+EVENTS_JSON_SQL = (
+    "json_agg(json_build_object('id', {e}.id, 'type', {e}.type, 'turnId', {e}.turn_id, "
+    "'data', {e}.data, 'createdAt', "
+    "to_char({e}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) "
+    "ORDER BY {e}.id)::text"
+)
+NOTIFY_PAYLOAD_SQL = (
+    "{s}.namespace || '/' || {s}.id || ' ' || {s}.uid::text || CASE WHEN octet_length({events}) <= "
+    f"{NOTIFY_EVENTS_MAX_BYTES} THEN ' ' || {{events}} ELSE '' END"
+)
 TERMINAL_TURN_EVENTS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 READ_LIMIT = 500  # events per read
 
@@ -33,8 +49,17 @@ class Event:
             "type": self.type,
             "turnId": self.turn_id,
             "data": self.data,
-            "createdAt": self.created_at.isoformat().replace("+00:00", "Z"),
+            "createdAt": format_time(self.created_at),
         }
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def stream_key(namespace: str, session_id: str) -> str:
+    """What a stream subscribes to: notifications name the session as it is addressed."""
+    return f"{namespace}/{session_id}"
 
 
 def append(
@@ -47,17 +72,20 @@ def append(
     session row lock. One statement: numbering, rows and the wake-up, whatever the count."""
     row = tx.one(
         "WITH s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
-        "  WHERE uid = %s RETURNING last_event_id), "
+        "  WHERE uid = %s RETURNING last_event_id, namespace, id, uid), "
         "ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
         "  SELECT %s::uuid, s.last_event_id - %s + e.ord, %s::uuid, e.type, e.data::jsonb "
-        "  FROM s, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, ord)) "
+        "  FROM s, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, ord) "
+        "  RETURNING id, type, turn_id, data, created_at), "
+        f"p AS (SELECT {EVENTS_JSON_SQL.format(e='ins')} AS events FROM ins) "
         # Delivered on commit only, so a woken reader always finds the rows.
-        "SELECT s.last_event_id, pg_notify(%s, %s) FROM s",
+        "SELECT s.last_event_id, "
+        f"pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p",
         (
             len(events), session_uid,
             session_uid, len(events), turn_id,
             [event_type for event_type, _ in events], [jsonb(data) for _, data in events],
-            EVENTS_CHANNEL, str(session_uid),
+            EVENTS_CHANNEL,
         ),
     )  # fmt: skip
     return int(row["last_event_id"]) if row else 0

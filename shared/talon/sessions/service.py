@@ -41,6 +41,14 @@ class Accepted:
         }
 
 
+@dataclass(frozen=True)
+class StreamStart:
+    session_uid: uuid.UUID
+    position: int  # the last event id the stream has covered
+    events: list[events.Event]
+    open_turns: int
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -120,6 +128,11 @@ class SessionService:
             session = self._require(tx, namespace, agent, session_id, lock=True)
             view = self._summary(tx, session)
             tx.execute("DELETE FROM sessions WHERE uid = %s", (session["uid"],))
+            # Open streams read, find the session gone and end.
+            tx.execute(
+                "SELECT pg_notify(%s, %s)",
+                (events.EVENTS_CHANNEL, events.stream_key(namespace, session_id)),
+            )
         return view
 
     def messages(
@@ -258,26 +271,37 @@ class SessionService:
             rows = lock(keys)  # the new ones, and any a concurrent caller created meanwhile
         return {(r["namespace"], r["id"]): (r["uid"], r["agent"]) for r in rows}
 
-    def locate(self, namespace: str, agent: str, session_id: str) -> tuple[uuid.UUID, int]:
-        """The session's uid and its latest event id."""
+    def open_stream(
+        self, namespace: str, agent: str, session_id: str, after: int | None
+    ) -> StreamStart:
+        """Where a stream starts, in one transaction: the session, the events after `after`
+        (None: from now on, so none) and the number of open turns."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id)
-            return session["uid"], int(session["last_event_id"])
+            uid = session["uid"]
+            position = int(session["last_event_id"]) if after is None else after
+            batch = [] if after is None else events.read_after(tx, uid, after)
+            return StreamStart(uid, position, batch, self._open_turns(tx, uid) or 0)
 
     def read_state(
         self, session_uid: uuid.UUID, after: int, limit: int = events.READ_LIMIT
     ) -> tuple[list[events.Event], int | None]:
         """Events after `after` and the number of open turns (None: the session is gone),
-        in one transaction: what a stream needs per wake-up."""
+        in one transaction: what a stream needs when its notifications do not suffice."""
         with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT (SELECT count(*) FROM turns t WHERE t.session_uid = s.uid AND t.state "
-                "IN ('queued', 'running')) AS open FROM sessions s WHERE s.uid = %s",
-                (session_uid,),
-            )
-            if row is None:
+            open_turns = self._open_turns(tx, session_uid)
+            if open_turns is None:
                 return [], None
-            return events.read_after(tx, session_uid, after, limit), int(row["open"])
+            return events.read_after(tx, session_uid, after, limit), open_turns
+
+    @staticmethod
+    def _open_turns(tx: Tx, session_uid: uuid.UUID) -> int | None:
+        row = tx.one(
+            "SELECT (SELECT count(*) FROM turns t WHERE t.session_uid = s.uid AND t.state "
+            "IN ('queued', 'running')) AS open FROM sessions s WHERE s.uid = %s",
+            (session_uid,),
+        )
+        return None if row is None else int(row["open"])
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
         """Cancel every open turn of the session; return their ids."""

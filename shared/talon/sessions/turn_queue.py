@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL, OUTBOX_COMMITTED
-from talon.sessions.events import EVENTS_CHANNEL
+from talon.sessions.events import EVENTS_CHANNEL, EVENTS_JSON_SQL, NOTIFY_PAYLOAD_SQL
 from talon.store.database import Tx
 
 
@@ -50,9 +50,11 @@ WITH input AS (
     UPDATE sessions SET last_message = last_message + p.n, last_turn = last_turn + p.n,
                         last_event_id = last_event_id + 2 * p.n, updated_at = now()
     FROM per_session p WHERE sessions.uid = p.session_uid
-    RETURNING sessions.uid, sessions.last_message, sessions.last_turn, sessions.last_event_id, p.n
+    RETURNING sessions.uid, sessions.namespace, sessions.id, sessions.last_message,
+              sessions.last_turn, sessions.last_event_id, p.n
 ), w AS (
-    SELECT nb.*, s.last_message - s.n + nb.k AS seq, s.last_turn - s.n + nb.k AS turn_seq,
+    SELECT nb.*, s.namespace, s.id, s.uid, s.last_message - s.n + nb.k AS seq,
+           s.last_turn - s.n + nb.k AS turn_seq,
            s.last_event_id - 2 * (s.n - nb.k) AS last_event
     FROM numbered nb JOIN s ON s.uid = nb.session_uid
 ), m AS (
@@ -68,6 +70,9 @@ WITH input AS (
     UNION ALL
     SELECT session_uid, last_event, turn_id, 'turn.queued',
            jsonb_build_object('seq', turn_seq, 'source', source) FROM w
+    RETURNING id, type, turn_id, data, created_at
+), ev AS (
+    SELECT e.turn_id, {EVENTS_JSON_SQL.format(e="e")} AS events FROM e GROUP BY e.turn_id
 ), o AS (
     INSERT INTO outbox (topic, key, payload)
     SELECT '{DISPATCH_TOPIC}', session_uid::text,
@@ -76,9 +81,9 @@ WITH input AS (
     RETURNING id, (payload->>'turnId')::uuid AS turn_id
 )
 SELECT w.ord, w.seq, w.last_event, o.id AS outbox_id,
-       pg_notify('{EVENTS_CHANNEL}', w.session_uid::text),
+       pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="w", events="ev.events")}),
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC}')
-FROM w JOIN o ON o.turn_id = w.turn_id ORDER BY w.ord
+FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
 
 

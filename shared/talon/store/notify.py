@@ -1,61 +1,95 @@
-"""LISTEN/NOTIFY wake-ups on one dedicated connection per process.
+"""LISTEN/NOTIFY on one dedicated connection per process.
 
-pg8000 has no blocking wait for notifications: they are read while the connection processes
-another server message. A background thread therefore waits until the socket is readable
-(or a short poll interval passes), runs `SELECT 1` to take the notifications in, and wakes the
-threads waiting on their channel.
+After its LISTEN commands the connection only ever receives notifications, so a background
+thread reads them straight off the socket (blocking, no query per wake-up: a `SELECT 1` to
+let pg8000 take them in would cost a round trip and a transaction each time) and hands them on:
+
+- `take(channel)`: wake-up tokens, one per notification, so N idle consumers are not all woken
+  by one queued row (the broker);
+- `subscribe(channel, key)`: an inbox of the payloads whose key (the text before the first
+  space) matches (a stream, keyed by session, gets the events themselves);
+- `watch(channel, callback)`: every payload (the token cache drops entries on revocations).
+
+A lost connection reconnects with backoff; every inbox and watcher then gets `None`, meaning
+"anything may have happened: read the truth from the tables".
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import select
+import socket
+import struct
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0  # upper bound on a missed wake-up (e.g. TLS-buffered bytes)
+MAX_TOKENS = 10_000
+MAX_INBOX = 1_000
+_NOTIFICATION = b"A"
+_IGNORED = (b"N", b"S")  # notices and parameter status may arrive at any time
+
+
+class Inbox:
+    """Payloads for one subscriber; `None` items mean "re-read, something may be missed"."""
+
+    def __init__(self, cond: threading.Condition, on_close: Callable[[Inbox], None]) -> None:
+        self._cond = cond
+        self._on_close = on_close
+        self._items: deque[str | None] = deque()
+        self._closed = False
+
+    def get(self, timeout: float) -> list[str | None]:
+        """Everything received so far, waiting up to `timeout` for the first; [] on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close(self)
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _put(self, item: str | None) -> None:
+        if len(self._items) >= MAX_INBOX:
+            # A reader that fell this far behind re-reads the table instead.
+            self._items.clear()
+            item = None
+        self._items.append(item)
 
 
 class Listener:
     def __init__(self, connect: Callable[[], Any], channels: tuple[str, ...]) -> None:
         self._connect = connect
         self._channels = channels
-        self._counts: dict[tuple[str, str | None], int] = defaultdict(int)
         self._tokens: dict[str, int] = defaultdict(int)
+        self._inboxes: dict[tuple[str, str], list[Inbox]] = defaultdict(list)
+        self._watchers: dict[str, list[Callable[[str | None], None]]] = defaultdict(list)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._socket: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="talon-listener", daemon=True)
         self._thread.start()
 
-    def count(self, channel: str, payload: str | None = None) -> int:
-        with self._cond:
-            return self._counts[(channel, payload)]
-
-    def wait(
-        self, channel: str, timeout: float, *, payload: str | None = None, since: int | None = None
-    ) -> bool:
-        """Block until a notification on `channel` (with `payload`, if given) arrives after the
-        count `since` (default: now), or `timeout` passes. True if one arrived."""
-        key = (channel, payload)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            start = self._counts[key] if since is None else since
-            while self._counts[key] <= start:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
-                    return False
-                self._cond.wait(remaining)
-            return True
-
     def take(self, channel: str, timeout: float) -> bool:
-        """Consume one wake-up token of `channel`, waiting up to `timeout` for one. Each
-        notification makes one token, so N idle consumers are not all woken by one row."""
+        """Consume one wake-up token of `channel`, waiting up to `timeout` for one."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._tokens[channel] <= 0:
@@ -66,6 +100,37 @@ class Listener:
             self._tokens[channel] -= 1
             return True
 
+    def subscribe(self, channel: str, key: str) -> Inbox:
+        """An inbox of the payloads on `channel` whose key is `key`, from now on; close it
+        (or use it as a context manager) when done."""
+
+        def unsubscribe(inbox: Inbox) -> None:
+            with self._cond:
+                inboxes = self._inboxes[(channel, key)]
+                inboxes.remove(inbox)
+                if not inboxes:
+                    del self._inboxes[(channel, key)]
+
+        inbox = Inbox(self._cond, unsubscribe)
+        with self._cond:
+            self._inboxes[(channel, key)].append(inbox)
+        return inbox
+
+    def watch(self, channel: str, callback: Callable[[str | None], None]) -> None:
+        """Call `callback(payload)` (on the listener's thread; keep it short) for every
+        notification on `channel`, and `callback(None)` whenever the connection is (re)made."""
+        with self._cond:
+            self._watchers[channel].append(callback)
+
+    @property
+    def connected(self) -> bool:
+        """False while (re)connecting: notifications may be missed until it is True again."""
+        return self._ready.is_set()
+
+    def subscribers(self) -> int:
+        with self._cond:
+            return sum(len(inboxes) for inboxes in self._inboxes.values())
+
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
 
@@ -73,6 +138,10 @@ class Listener:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -85,48 +154,81 @@ class Listener:
                 cursor = connection.cursor()
                 for channel in self._channels:
                     cursor.execute(f'LISTEN "{channel}"')
-                self._ready.set()
-                # Wake every waiter once: anything may have happened while we were away.
+                self._socket = _prepare_socket(connection._usock)
+                if self._stop.is_set():
+                    break
+                # Anything may have happened while we were away (or before we started).
                 self._wake_all()
+                self._ready.set()
                 backoff = 0.2
-                sock = getattr(connection, "_usock", None)
                 while not self._stop.is_set():
-                    if sock is not None:
-                        select.select([sock], [], [], POLL_SECONDS)
-                    else:
-                        time.sleep(POLL_SECONDS / 10)
-                    cursor.execute("SELECT 1")
-                    received = []
-                    while connection.notifications:
-                        _, channel, payload = connection.notifications.popleft()
-                        received.append((channel, payload))
-                    if received:
-                        self._deliver(received)
+                    channel, payload = _read_notification(connection._sock)
+                    self._deliver(channel, payload)
             except Exception as exc:
                 if not self._stop.is_set():
-                    log.warning("notification listener lost its connection: %s", exc)
                     self._ready.clear()
+                    log.warning("notification listener lost its connection: %s", exc)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             finally:
+                self._ready.clear()
+                self._socket = None
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         connection.close()
 
     def _wake_all(self) -> None:
         with self._cond:
-            for key in list(self._counts):
-                self._counts[key] += 1
             for channel in self._channels:
-                self._counts[(channel, None)] += 1
                 self._tokens[channel] += 1
+            for inboxes in self._inboxes.values():
+                for inbox in inboxes:
+                    inbox._put(None)
+            watchers = [w for callbacks in self._watchers.values() for w in callbacks]
             self._cond.notify_all()
+        for watcher in watchers:
+            watcher(None)
 
-    def _deliver(self, received: list[tuple[str, str | None]]) -> None:
+    def _deliver(self, channel: str, payload: str) -> None:
+        key, _, data = payload.partition(" ")
         with self._cond:
-            for channel, payload in received:
-                self._counts[(channel, None)] += 1
-                self._tokens[channel] = min(self._tokens[channel] + 1, 10_000)
-                if payload is not None:
-                    self._counts[(channel, payload)] += 1
+            self._tokens[channel] = min(self._tokens[channel] + 1, MAX_TOKENS)
+            for inbox in self._inboxes.get((channel, key), ()):
+                inbox._put(data or None)
+            watchers = list(self._watchers.get(channel, ()))
             self._cond.notify_all()
+        for watcher in watchers:
+            watcher(payload)
+
+
+def _prepare_socket(sock: socket.socket) -> socket.socket:
+    # Block without a timeout (a timeout mid-message would lose our place in the stream);
+    # keepalives notice a peer that vanished without closing.
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if sock.family != socket.AF_UNIX and hasattr(socket, option):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
+def _read_exactly(stream: Any, size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) < size:
+        raise ConnectionError("the notification connection was closed")
+    return data
+
+
+def _read_notification(stream: Any) -> tuple[str, str]:
+    """The next NotificationResponse off a LISTENing connection's buffered socket file
+    (protocol: code, int32 length, int32 pid, channel NUL, payload NUL)."""
+    while True:
+        code = _read_exactly(stream, 1)
+        (length,) = struct.unpack("!i", _read_exactly(stream, 4))
+        body = _read_exactly(stream, length - 4)
+        if code == _NOTIFICATION:
+            channel, payload, _ = body[4:].split(b"\x00", 2)
+            return channel.decode(), payload.decode()
+        if code not in _IGNORED:
+            raise ConnectionError(f"unexpected message {code!r} on the notification connection")

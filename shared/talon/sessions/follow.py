@@ -1,0 +1,90 @@
+"""Following one session's events for a stream: every event after a position, in id order,
+exactly once, from the table and then from notifications.
+
+The caller subscribes to the session's notifications before `SessionService.open_stream`
+reads, so an event committed after that read arrives in the inbox. Notifications carry the
+events themselves when they fit; anything out of order, a gap, an oversized batch, a listener
+reconnect or a quiet heartbeat interval falls back to reading the table, which is the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from talon.sessions.events import READ_LIMIT, TERMINAL_TURN_EVENTS
+from talon.sessions.service import SessionService, StreamStart
+from talon.store.notify import Inbox
+
+KEEP_ALIVE = None  # yielded when a heartbeat interval passes without events
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    until_turn_end: bool = False  # stop once no turn is open, after one ended (or none was)
+    heartbeat: float = 15.0
+    max_seconds: float = 600.0
+
+
+def follow(
+    sessions: SessionService, inbox: Inbox, start: StreamStart, options: FollowOptions
+) -> Iterator[dict[str, Any] | None]:
+    """Event dicts (as `Event.to_dict`), and KEEP_ALIVE between them when quiet."""
+    uid = str(start.session_uid)
+    ends_at = time.monotonic() + options.max_seconds
+    last = start.position
+    batch = [event.to_dict() for event in start.events]
+    open_turns: int | None = start.open_turns
+    full = len(batch) >= READ_LIMIT
+    first, turn_ended, read = True, False, False
+    while True:
+        for event in batch:
+            last = event["id"]
+            yield event
+        ended_now = any(event["type"] in TERMINAL_TURN_EVENTS for event in batch)
+        turn_ended = turn_ended or ended_now
+        if options.until_turn_end:
+            if open_turns is None and ended_now:
+                read = True  # is another turn open? only the table knows
+            elif open_turns == 0 and (first or turn_ended):
+                return
+        first = False
+        if read or full:
+            events, open_turns = sessions.read_state(start.session_uid, last)
+            if open_turns is None:
+                return  # the session was deleted
+            batch = [event.to_dict() for event in events]
+            full, read = len(batch) >= READ_LIMIT, False
+            continue
+        remaining = ends_at - time.monotonic()
+        if remaining <= 0:
+            return
+        items = inbox.get(min(options.heartbeat, remaining))
+        open_turns = None
+        if not items:
+            yield KEEP_ALIVE
+            batch, read = [], True  # a cheap safety net: check the table once per heartbeat
+            continue
+        batch, read = _in_order(items, uid, last)
+
+
+def _in_order(items: list[str | None], uid: str, last: int) -> tuple[list[dict[str, Any]], bool]:
+    """The events that continue from `last`, and whether the table must be read (a gap, a
+    notification without events, or one from another session of the same name)."""
+    batch: list[dict[str, Any]] = []
+    expected = last + 1
+    for item in items:
+        sender, _, carried = (item or "").partition(" ")
+        if sender != uid or not carried:
+            return batch, True
+        for event in json.loads(carried):
+            if event["id"] < expected:
+                continue  # already sent (read from the table before it was notified)
+            if event["id"] > expected:
+                return batch, True
+            batch.append(event)
+            expected += 1
+    return batch, False

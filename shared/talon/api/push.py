@@ -85,7 +85,7 @@ class DispatchEndpoint:
         except TalonError as exc:
             return json_response(exc.status, exc.to_dict())
         self._sweep()
-        if result.outcome == Outcome.ACK:
+        if result.outcome in (Outcome.ACK, Outcome.SETTLED):
             return flask.Response(status=204)
         # Any non-2xx makes Pub/Sub redeliver after its backoff.
         return json_response(503, {"error": {"code": "retry", "message": "not done yet",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from talon.store.database import Tx
 
 
 @dataclass(frozen=True)
@@ -13,6 +16,10 @@ class Delivery:
     topic: str
     payload: dict[str, Any]
     attempt: int  # 1 on first delivery
+    # Drivers whose queue lives in our database offer to acknowledge inside the handler's own
+    # last transaction, so the work and its acknowledgement commit together (one commit less
+    # per delivery); the handler then returns `Result.settled()`.
+    ack_in: Callable[[Tx], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome:
@@ -20,6 +27,7 @@ class Outcome:
 
     ACK = "ack"  # done (or nothing to do): never deliver again
     RETRY = "retry"  # deliver again, at `retry_at` or after the driver's backoff
+    SETTLED = "settled"  # acknowledged with `Delivery.ack_in` in the handler's transaction
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,10 @@ class Result:
     @classmethod
     def ack(cls) -> Result:
         return cls(Outcome.ACK)
+
+    @classmethod
+    def settled(cls) -> Result:
+        return cls(Outcome.SETTLED)
 
     @classmethod
     def retry(cls, at: datetime | None = None) -> Result:

@@ -59,7 +59,11 @@ class PostgresBroker:
         )
         if row is None:
             return None, _due_in(tx, topics)
-        return Delivery(str(row["id"]), row["topic"], row["payload"], int(row["attempts"])), None
+        delivery_id = int(row["id"])
+        return Delivery(
+            str(delivery_id), row["topic"], row["payload"], int(row["attempts"]),
+            ack_in=lambda handler_tx: _delete(handler_tx, delivery_id),
+        ), None  # fmt: skip
 
     def run(
         self,
@@ -92,6 +96,14 @@ class PostgresBroker:
             except Exception:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
+            if result.outcome == Outcome.SETTLED:
+                # Acknowledged in the handler's transaction. Only a wake-up token says more
+                # work was queued meanwhile; without one, a look would find nothing.
+                if not listener.take(OUTBOX_CHANNEL, 0):
+                    delivery, due = None, None
+                    break
+                delivery, due = self.claim_or_due(topics)
+                continue
             delivery, due = self.settle_and_claim(delivery, result, topics)
             if delivery is not None:
                 # This row's wake-up token would otherwise rouse an idle consumer for nothing.
@@ -110,9 +122,13 @@ def _due_in(tx: Tx, topics: tuple[str, ...]) -> float | None:
     return None if seconds is None else max(0.0, float(seconds))
 
 
+def _delete(tx: Tx, delivery_id: int) -> None:
+    tx.execute("DELETE FROM outbox WHERE id = %s", (delivery_id,))
+
+
 def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
-    if result.outcome == Outcome.ACK:
-        tx.execute("DELETE FROM outbox WHERE id = %s", (int(delivery.id),))
+    if result.outcome in (Outcome.ACK, Outcome.SETTLED):
+        _delete(tx, int(delivery.id))
         return
     at = result.retry_at or datetime.now(UTC) + min(
         MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(delivery.attempt, 10))

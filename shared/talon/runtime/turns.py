@@ -93,9 +93,13 @@ class TurnRunner:
         with self._cache_lock:
             self._client_cache.clear()
 
-    def drive(self, session_uid: uuid.UUID) -> datetime | None:
+    def drive(
+        self, session_uid: uuid.UUID, *, on_idle: Callable[[Tx], None] | None = None
+    ) -> datetime | None:
         """Run the session's turns until none is runnable. If another worker holds the head
-        turn, return when its lease expires (look again then); otherwise None."""
+        turn, return when its lease expires (look again then); otherwise None. `on_idle(tx)`
+        runs inside the final write that leaves the session with no open turn (the broker
+        acknowledges its delivery there)."""
         while True:
             claimed = self._claim(session_uid)
             if claimed is _AGAIN:
@@ -103,7 +107,7 @@ class TurnRunner:
             if claimed is None or isinstance(claimed, datetime):
                 return claimed
             assert isinstance(claimed, _Claim)
-            if not self._run(claimed):
+            if not self._run(claimed, on_idle):
                 return None  # the final write saw no other open turn: nothing to claim
 
     # -- claiming ----------------------------------------------------------------------------
@@ -164,7 +168,7 @@ class TurnRunner:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, claim: _Claim) -> bool:
+    def _run(self, claim: _Claim, on_idle: Callable[[Tx], None] | None = None) -> bool:
         """Run the claimed turn; False when it completed and left no open turn behind (so
         `drive` need not look again)."""
         lease, turn = claim.lease, claim.turn
@@ -174,7 +178,7 @@ class TurnRunner:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
-            return self._steps(lease, agent, journal, history, deadline, heartbeat)
+            return self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
         except Fenced:
             log.info("turn %s: lost the lease or was cancelled; stopping", turn["id"])
         except ctx.TurnFailure as failure:
@@ -193,6 +197,7 @@ class TurnRunner:
         history: list[dict[str, Any]],
         deadline: float,
         heartbeat: Heartbeat,
+        on_idle: Callable[[Tx], None] | None,
     ) -> bool:
         knowledge_step = journal[0]  # completed during the claim
         messages = [
@@ -254,7 +259,10 @@ class TurnRunner:
                 with self.db.transaction() as tx:
                     if pending is not None:
                         pending(tx)  # renews the lease
-                    return self._write_in(tx, lease, written, idx, renewed=pending is not None)
+                    more = self._write_in(tx, lease, written, idx, renewed=pending is not None)
+                    if not more and on_idle is not None:
+                        on_idle(tx)
+                    return more
             if pending is not None:
                 with self.db.transaction() as tx:
                     pending(tx)

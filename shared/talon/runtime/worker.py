@@ -18,7 +18,7 @@ from talon.resources.service import ResourceService
 from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
-from talon.store.database import Database
+from talon.store.database import Database, Tx
 from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,20 @@ class Worker:
             except (KeyError, ValueError):
                 log.error("dropping malformed dispatch event %s: %r", delivery.id, delivery.payload)
                 return Result.ack()
-            busy_until = self.runner.drive(session_uid)
+            acked: list[bool] = []
+            on_idle = None
+            if delivery.ack_in is not None:
+                ack_in = delivery.ack_in
+
+                def on_idle(tx: Tx) -> None:
+                    ack_in(tx)
+                    acked.append(True)
+
+            busy_until = self.runner.drive(session_uid, on_idle=on_idle)
             if busy_until is not None:
                 # Another worker holds the session; look again when its lease would expire.
                 return Result.retry(busy_until + timedelta(milliseconds=100))
-            return Result.ack()
+            return Result.settled() if acked else Result.ack()
         if delivery.topic == LIFECYCLE_TOPIC:
             return self._lifecycle(delivery.payload)
         log.error("dropping event %s on unknown topic %r", delivery.id, delivery.topic)

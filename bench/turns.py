@@ -52,6 +52,18 @@ def commits(url_db: LocalPostgres) -> int:
         connection.close()
 
 
+def next_xid(url_db: LocalPostgres) -> int:
+    """The next transaction id: the difference over a run counts the transactions that wrote
+    (read-only ones get no id), without assigning one itself."""
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (Linux /proc)."""
     total = 0
@@ -221,6 +233,7 @@ def main() -> int:
     # warm-up's be reported now, and count the run's after the processes stop.
     time.sleep(11)
     commits_before = commits(pg)
+    xid_before = next_xid(pg)
     rss_before = rss_kib(worker.pid)
     roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
              "model server": [model_process.pid], "bench clients": [os.getpid()]}  # fmt: skip
@@ -258,7 +271,8 @@ def main() -> int:
         process.terminate()
         process.wait(timeout=30)
     time.sleep(1)  # the exiting backends' statistics
-    commits_per_turn = (commits(pg) - commits_before - 1) / turns  # minus our own query
+    commits_per_turn = (commits(pg) - commits_before - 2) / turns  # minus our own queries
+    writes_per_turn = (next_xid(pg) - xid_before) / turns
     cpu_ms_per_turn = {
         role: round((cpu_after[role] - cpu_before[role]) * 1000 / turns, 2) for role in cpu_after
     }
@@ -273,7 +287,10 @@ def main() -> int:
         "turn_complete_ms": {"p50": round(percentile(completed, 0.5) * 1000, 1),
                              "p99": round(percentile(completed, 0.99) * 1000, 1),
                              "mean": round(statistics.mean(completed) * 1000, 1)},
+        # Every transaction PostgreSQL counts (pg_stat_database.xact_commit), read-only ones
+        # and those it runs itself to hand notifications to listening connections included.
         "commits_per_turn_all_processes": round(commits_per_turn, 1),
+        "write_transactions_per_turn": round(writes_per_turn, 1),
         "worker_rss_kib": {"before": rss_before, "after": rss_after},
         "rss_samples": samples,
         # Where the two cores went: CPU milliseconds per turn by process.

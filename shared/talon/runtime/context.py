@@ -57,12 +57,16 @@ def turn_input(history: list[dict[str, Any]]) -> str:
 
 def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:
     """Messages of earlier turns and of this one, turn by turn, in OpenAI chat format."""
+    # Both tables by their per-session keys, so the cost follows the window, not the size of
+    # the session or of the table: a turn's messages all come after its input message.
     rows = tx.all(
+        "WITH t AS (SELECT id, seq, input_seq FROM turns "
+        "  WHERE session_uid = %s AND seq <= %s AND seq > %s) "
         "SELECT m.role, m.content, m.tool_calls, m.tool_call_id FROM messages m "
-        "JOIN turns t ON t.id = m.turn_id "
-        "WHERE m.session_uid = %s AND t.seq <= %s AND t.seq > %s "
+        "JOIN t ON t.id = m.turn_id "
+        "WHERE m.session_uid = %s AND m.seq >= (SELECT min(input_seq) FROM t) "
         "ORDER BY t.seq, m.seq",
-        (session_uid, turn_seq, turn_seq - HISTORY_TURNS - 1),
+        (session_uid, turn_seq, turn_seq - HISTORY_TURNS - 1, session_uid),
     )
     return [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
 

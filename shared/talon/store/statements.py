@@ -47,9 +47,11 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
         connection._talon_statements = cache  # type: ignore[attr-defined]
     if not connection._in_transaction and not connection.autocommit:
         connection.execute_simple("begin transaction")
-    statement, values = convert_paramstyle("format", sql, params)
     prepared = cache.get(sql)
     if prepared is None:
+        # Rewriting %s to $n walks the SQL character by character: once per statement, since
+        # with the format paramstyle the values pass through unchanged.
+        statement, _ = convert_paramstyle("format", sql, params)
         name, columns, input_funcs = connection.prepare_statement(statement, ())
         prepared = _Prepared(name, statement, columns, input_funcs)
         cache[sql] = prepared
@@ -60,7 +62,7 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
         cache.move_to_end(sql)
     try:
         context = connection.execute_named(
-            prepared.name, make_params(connection.py_types, values), prepared.columns,
+            prepared.name, make_params(connection.py_types, params), prepared.columns,
             prepared.input_funcs, prepared.statement,
         )  # fmt: skip
     except Exception as exc:

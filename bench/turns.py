@@ -334,7 +334,9 @@ def main() -> int:
                            "p99": round(percentile(first_event, 0.99) * 1000, 1)},
         "turn_complete_ms": {"p50": round(percentile(completed, 0.5) * 1000, 1),
                              "p99": round(percentile(completed, 0.99) * 1000, 1),
-                             "mean": round(statistics.mean(completed) * 1000, 1)},
+                             "mean": round(statistics.mean(completed) * 1000, 1),
+                             "max": round(max(completed) * 1000, 1)},
+        "seconds": round(elapsed, 2),
         # Every transaction PostgreSQL counts (pg_stat_database.xact_commit), read-only ones
         # and those it runs itself to hand notifications to listening connections included.
         "commits_per_turn_all_processes": round(commits_per_turn, 1),
@@ -344,6 +346,16 @@ def main() -> int:
         # Where the two cores went: CPU milliseconds per turn by process.
         "cpu_ms_per_turn": cpu_ms_per_turn,
     }  # fmt: skip
+    if os.environ.get("BENCH_SLOWEST"):  # where the slowest turns spent their time
+        connection = pg.connect("talon")
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT (EXTRACT(EPOCH FROM started_at - created_at) * 1000)::int, "
+            "(EXTRACT(EPOCH FROM finished_at - started_at) * 1000)::int, attempts FROM turns "
+            "ORDER BY finished_at - created_at DESC LIMIT 5"
+        )
+        result["slowest_queued_running_ms"] = cursor.fetchall()
+        connection.close()
     print(json.dumps(result, indent=2))
     model_process.terminate()
     model_process.wait(timeout=10)

@@ -360,3 +360,32 @@ def test_notified_events_are_taken_in_order_or_read_from_the_table() -> None:
     assert _in_order([item(3, uid="other")], "u", 2) == ([], True)  # a recreated namesake
     assert _in_order(["u"], "u", 2) == ([], True)  # too big to carry
     assert _in_order([None], "u", 2) == ([], True)  # the listener reconnected
+
+
+def test_until_turn_end_waits_for_every_queued_turn(acme_bot: Api, start_worker) -> None:
+    """Terminal events say how many turns are still open, so a stream following queued turns
+    ends after the last one (not the first), without asking the table."""
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    first = post(acme_bot, "s1", "one")
+    second = post(acme_bot, "s1", "two")
+    start_worker()
+    events = read_stream(acme_bot, f"{BASE}/s1/stream", last_event_id=first["streamFrom"],
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    completed = [e for e in events if e["type"] == "turn.completed"]
+    assert [e["turnId"] for e in completed] == [first["turnId"], second["turnId"]]
+    assert [e["data"]["openTurns"] for e in completed] == [1, 0]
+    assert events[-1] == completed[-1]
+
+
+def test_open_turns_after_a_batch_come_from_its_last_terminal_event() -> None:
+    from talon.sessions.follow import _open_after
+
+    def event(kind: str, **data: Any) -> dict[str, Any]:
+        return {"type": kind, "data": data}
+
+    assert _open_after([event("turn.completed", openTurns=0)]) == 0
+    assert _open_after([event("turn.completed", openTurns=0), event("turn.queued")]) == 1
+    assert _open_after([event("turn.failed", openTurns=2), event("turn.cancelled",
+                        openTurns=0)]) == 0  # fmt: skip
+    assert _open_after([event("turn.completed")]) is None  # older events: read the table
+    assert _open_after([event("step.started")]) is None

@@ -366,16 +366,11 @@ class TurnRunner:
             "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
             (provider, lease.turn_id),
         )
+        remaining = events.open_turns(tx, lease.session_uid)
         new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
-        new_events.append(("turn.completed", {"provider": provider}))
+        new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
         events.append(tx, lease.session_uid, new_events, lease.turn_id)
-        return bool(
-            tx.scalar(
-                "SELECT EXISTS (SELECT 1 FROM turns WHERE session_uid = %s AND state IN "
-                "('queued', 'running'))",
-                (lease.session_uid,),
-            )
-        )
+        return remaining > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
         try:
@@ -405,7 +400,9 @@ def _finish_failed(
         "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
         (jsonb(error), turn_id),
     )
-    events.append(tx, session_uid, [("turn.failed", {"code": code, "message": message})], turn_id)
+    remaining = events.open_turns(tx, session_uid)
+    failed = {"code": code, "message": message, "openTurns": remaining}
+    events.append(tx, session_uid, [("turn.failed", failed)], turn_id)
     log.warning("turn %s failed: %s: %s", turn_id, code, message)
 
 

@@ -91,6 +91,19 @@ def append(
     return int(row["last_event_id"]) if row else 0
 
 
+def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:
+    """The session's queued and running turns: the `openTurns` of a terminal turn event, so a
+    stream following one turn knows whether another is open without a read. Call with the
+    session row locked and after this transaction's own turn changes, so it is the count
+    at commit."""
+    return int(
+        tx.scalar(
+            "SELECT count(*) FROM turns WHERE session_uid = %s AND state IN ('queued', 'running')",
+            (session_uid,),
+        )
+    )
+
+
 def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = READ_LIMIT) -> list[Event]:
     rows = tx.all(
         "SELECT id, type, turn_id, data, created_at FROM session_events "

@@ -48,8 +48,9 @@ def follow(
         turn_ended = turn_ended or ended_now
         if options.until_turn_end:
             if open_turns is None and ended_now:
-                read = True  # is another turn open? only the table knows
-            elif open_turns == 0 and (first or turn_ended):
+                open_turns = _open_after(batch)
+                read = open_turns is None  # is another turn open? only the table knows
+            if open_turns == 0 and (first or turn_ended):
                 return
         first = False
         if read or full:
@@ -69,6 +70,20 @@ def follow(
             batch, read = [], True  # a cheap safety net: check the table once per heartbeat
             continue
         batch, read = _in_order(items, uid, last)
+
+
+def _open_after(batch: list[dict[str, Any]]) -> int | None:
+    """Open turns after `batch`, from its last terminal event's `openTurns` (the count when
+    it committed) and any turns queued after it; None if the event does not say."""
+    for index in range(len(batch) - 1, -1, -1):
+        event = batch[index]
+        if event["type"] in TERMINAL_TURN_EVENTS:
+            reported = event["data"].get("openTurns")
+            if not isinstance(reported, int):
+                return None
+            later = batch[index + 1 :]
+            return reported + sum(e["type"] == "turn.queued" for e in later)
+    return None
 
 
 def _in_order(items: list[str | None], uid: str, last: int) -> tuple[list[dict[str, Any]], bool]:

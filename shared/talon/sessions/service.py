@@ -227,7 +227,10 @@ class SessionService:
         if open_turns and request.multitask_strategy == "interrupt":
             for turn in open_turns:
                 _cancel_turn(tx, turn["id"], "interrupted by a newer message")
-                pending.append(("turn.cancelled", {"reason": "interrupted"}, turn["id"]))
+                # The new message's turn, queued below in this transaction, stays open.
+                pending.append(
+                    ("turn.cancelled", {"reason": "interrupted", "openTurns": 1}, turn["id"])
+                )
         for event_type, data, cancelled in pending:
             events.append(tx, uid, [(event_type, data)], cancelled)
         (queued,) = queue_turns(
@@ -314,9 +317,8 @@ class SessionService:
             )
             for turn in open_turns:
                 _cancel_turn(tx, turn["id"], "cancelled by request")
-                events.append(
-                    tx, session["uid"], [("turn.cancelled", {"reason": "requested"})], turn["id"]
-                )
+                cancelled = {"reason": "requested", "openTurns": 0}  # all of them, at commit
+                events.append(tx, session["uid"], [("turn.cancelled", cancelled)], turn["id"])
         return [str(t["id"]) for t in open_turns]
 
     # -- internals ---------------------------------------------------------------------------

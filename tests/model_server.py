@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connections from 16 concurrent workers
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client went away: fine
+            super().handle_error(request, client_address)
 
 
 class ModelServer:
@@ -24,6 +33,10 @@ class ModelServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real providers do (a new connection per call would be the
+            # benchmark's cost, not Talon's); streamed answers use chunked encoding.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -47,16 +60,20 @@ class ModelServer:
             def _stream(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 for number, chunk in enumerate(_chunks(body, reply)):
                     if number == reply.get("drop_after"):
+                        self.close_connection = True
                         return  # the connection ends mid-answer
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                     time.sleep(reply.get("chunk_delay", 0))
-                self.wfile.write(b"data: [DONE]\n\n")
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
-                self.close_connection = True
 
             def _send(self, status: int, payload: bytes) -> None:
                 self.send_response(status)
@@ -66,7 +83,7 @@ class ModelServer:
                 with contextlib.suppress(BrokenPipeError):
                     self.wfile.write(payload)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_port}/v1"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()

@@ -3,10 +3,13 @@ own transaction."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import samples
 from conftest import Api
+from talon.broker import outbox
 from talon.broker.base import Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
@@ -19,11 +22,7 @@ TOPICS = (DISPATCH_TOPIC,)
 
 def enqueue(db: Database, payload: str) -> None:
     with db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO outbox (topic, key, payload) VALUES (%s, 'k', "
-            "jsonb_build_object('n', %s::text))",
-            (DISPATCH_TOPIC, payload),
-        )
+        outbox.enqueue(tx, DISPATCH_TOPIC, {"n": payload})
 
 
 def queued(db: Database) -> list[dict]:
@@ -31,30 +30,106 @@ def queued(db: Database) -> list[dict]:
         return tx.all("SELECT payload, attempts, available_at > now() AS later FROM outbox")
 
 
+def run_broker(db: Database, handle: Any, *, concurrency: int, idle_wait: float) -> Any:
+    """Start a dispatcher; returns a function that stops it."""
+    listener = Listener(db.raw_connect, (OUTBOX_CHANNEL,))
+    assert listener.wait_ready(10)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=PostgresBroker(db).run, args=(TOPICS, handle, listener, stop),
+        kwargs={"concurrency": concurrency, "idle_wait": idle_wait}, daemon=True,
+    )  # fmt: skip
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        listener.close()
+        thread.join(10)
+        assert not thread.is_alive()
+
+    return halt
+
+
+def wait_for(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_an_acknowledgement_in_the_handlers_transaction_commits_with_it(db: Database) -> None:
-    broker = PostgresBroker(db)
     enqueue(db, "kept")
     enqueue(db, "done")
+    handled: list[str] = []
 
     def handle(delivery: Delivery) -> Result:
         assert delivery.ack_in is not None
+        handled.append(delivery.payload["n"])
         with db.transaction() as tx:
             delivery.ack_in(tx)
             if delivery.payload["n"] == "kept":
                 raise RuntimeError("the handler's work failed after acknowledging")
         return Result.settled()
 
-    listener = Listener(db.raw_connect, (OUTBOX_CHANNEL,))
-    listener.wait_ready(10)
+    halt = run_broker(db, handle, concurrency=2, idle_wait=5)
     try:
-        for _ in range(2):
-            broker._step(TOPICS, handle, listener, idle_wait=0.1)
+        wait_for(lambda: len(handled) == 2, 10)
     finally:
-        listener.close()
+        halt()
     # "done" is gone with its handler's commit; "kept" rolled back with its handler, so it
     # stays queued, to be retried after a backoff.
     rows = queued(db)
     assert [(r["payload"]["n"], r["attempts"], r["later"]) for r in rows] == [("kept", 1, True)]
+
+
+def test_rows_queued_while_handlers_are_busy_are_all_handled_once(db: Database) -> None:
+    """Producers keep queueing while a few handlers work: every row is handled exactly once,
+    none waits for the idle poll (30 s here: a lost wake-up would show as a stall), and claims
+    take several rows at a time."""
+    handled: list[str] = []
+    lock = threading.Lock()
+
+    def handle(delivery: Delivery) -> Result:
+        time.sleep(0.005)
+        with lock:
+            handled.append(delivery.payload["n"])
+        return Result.ack()
+
+    halt = run_broker(db, handle, concurrency=4, idle_wait=30)
+    producers = [
+        threading.Thread(target=lambda p=p: [enqueue(db, f"{p}-{i}") for i in range(100)])
+        for p in range(4)
+    ]
+    try:
+        for producer in producers:
+            producer.start()
+        for producer in producers:
+            producer.join()
+        wait_for(lambda: len(handled) == 400, 20)
+        time.sleep(0.2)
+    finally:
+        halt()
+    assert sorted(handled) == sorted(f"{p}-{i}" for p in range(4) for i in range(100))
+    assert queued(db) == []
+
+
+def test_a_quiet_queue_wakes_for_each_new_row(db: Database) -> None:
+    handled: list[float] = []
+
+    def handle(delivery: Delivery) -> Result:
+        handled.append(time.monotonic())
+        return Result.ack()
+
+    halt = run_broker(db, handle, concurrency=4, idle_wait=30)
+    try:
+        for n in range(20):
+            time.sleep(0.02)  # the dispatcher goes back to sleep between rows
+            started = time.monotonic()
+            enqueue(db, str(n))
+            wait_for(lambda n=n: len(handled) == n + 1, 5)
+            assert handled[-1] - started < 1.0
+    finally:
+        halt()
 
 
 def test_a_turn_acknowledges_its_delivery_in_its_final_write(

@@ -1,14 +1,19 @@
 """The embedded broker: the outbox table is the queue.
 
-Consumers claim the oldest available row with `FOR UPDATE SKIP LOCKED` and hide it for a
-visibility timeout; a crash makes the row visible again, so delivery is at least once.
-LISTEN/NOTIFY wakes idle consumers without polling the table.
+One dispatcher per process claims the oldest available rows with `FOR UPDATE SKIP LOCKED`,
+as many as it has idle handlers, and hides them for a visibility timeout (a crash makes a row
+visible again, so delivery is at least once); handlers run on a pool. The dispatcher notes the
+listener's notification count before each claim and, when the claim comes back short (the
+queue had no more for it), sleeps until the count moves past that mark: a row committed after
+the claim's snapshot is always notified after it, so no wake-up is lost, and idle handlers
+are not all woken by every row.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from talon.broker.base import Delivery, Handler, Outcome, Result
@@ -19,51 +24,58 @@ from talon.store.notify import Listener
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
 
+# Claim up to %s rows and, in the same statement, say when the next row that was not taken
+# becomes available (rows this statement claims are excluded: the outer query sees them as
+# they were before).
+_CLAIM_SQL = """
+WITH picked AS (
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND topic = ANY(%s) AND available_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outbox o SET attempts = o.attempts + 1, claimed_until = now() + %s
+    FROM picked WHERE o.id = picked.id
+    RETURNING o.id, o.topic, o.payload, o.attempts, o.available_at
+)
+SELECT id, topic, payload, attempts, NULL::float8 AS due FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL,
+       EXTRACT(EPOCH FROM min(GREATEST(available_at, COALESCE(claimed_until, available_at)))
+                          - now())::float8
+FROM outbox
+WHERE published_at IS NULL AND topic = ANY(%s) AND id NOT IN (SELECT id FROM claimed)
+"""
+
 
 class PostgresBroker:
     def __init__(self, db: Database, *, visibility_seconds: float = 60.0) -> None:
         self.db = db
         self.visibility = timedelta(seconds=visibility_seconds)
 
-    def claim(self, topics: tuple[str, ...]) -> Delivery | None:
-        return self.claim_or_due(topics)[0]
-
-    def claim_or_due(self, topics: tuple[str, ...]) -> tuple[Delivery | None, float | None]:
-        """Claim the next available row; if none, also say in how many seconds one will be
-        available (None: the queue is empty). One transaction either way."""
+    def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
+        """Claim up to `limit` available rows, oldest first; also say in how many seconds
+        the next row not claimed becomes available (None: no other row). One transaction."""
         with self.db.transaction() as tx:
-            return self._claim_in(tx, topics)
+            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, list(topics)))
+        deliveries, due = [], None
+        for row in rows:
+            if row["id"] is None:
+                due = None if row["due"] is None else max(0.0, float(row["due"]))
+                continue
+            delivery_id = int(row["id"])
+            deliveries.append(Delivery(
+                str(delivery_id), row["topic"], row["payload"], int(row["attempts"]),
+                ack_in=lambda tx, delivery_id=delivery_id: _delete(tx, delivery_id),
+            ))  # fmt: skip
+        deliveries.sort(key=lambda d: int(d.id))
+        return deliveries, due
 
     def settle(self, delivery: Delivery, result: Result) -> None:
+        if result.outcome == Outcome.SETTLED:
+            return  # acknowledged in the handler's own transaction
         with self.db.transaction() as tx:
             _settle_in(tx, delivery, result)
-
-    def settle_and_claim(
-        self, delivery: Delivery, result: Result, topics: tuple[str, ...]
-    ) -> tuple[Delivery | None, float | None]:
-        """Settle one delivery and claim the next in the same transaction (one commit
-        instead of two per delivery while the queue has work)."""
-        with self.db.transaction() as tx:
-            _settle_in(tx, delivery, result)
-            return self._claim_in(tx, topics)
-
-    def _claim_in(self, tx: Tx, topics: tuple[str, ...]) -> tuple[Delivery | None, float | None]:
-        row = tx.one(
-            "UPDATE outbox SET attempts = attempts + 1, claimed_until = now() + %s "
-            "WHERE id = (SELECT id FROM outbox WHERE published_at IS NULL "
-            "AND topic = ANY(%s) AND available_at <= now() "
-            "AND (claimed_until IS NULL OR claimed_until < now()) "
-            "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, topic, payload, attempts",
-            (self.visibility, list(topics)),
-        )
-        if row is None:
-            return None, _due_in(tx, topics)
-        delivery_id = int(row["id"])
-        return Delivery(
-            str(delivery_id), row["topic"], row["payload"], int(row["attempts"]),
-            ack_in=lambda handler_tx: _delete(handler_tx, delivery_id),
-        ), None  # fmt: skip
 
     def run(
         self,
@@ -72,54 +84,54 @@ class PostgresBroker:
         listener: Listener,
         stop: threading.Event,
         *,
+        concurrency: int = 4,
         idle_wait: float = 5.0,
     ) -> None:
-        """Consume until `stop` is set."""
+        """Dispatch to `concurrency` handlers until `stop` is set, then let them finish."""
+        idle = threading.Semaphore(concurrency)
         failures = 0
-        while not stop.is_set():
-            try:
-                self._step(topics, handler, listener, idle_wait)
-                failures = 0
-            except Exception as exc:  # the database is down or restarting: back off, go on
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                log.warning("broker loop error (retrying in %.1fs): %s", delay, exc)
-                stop.wait(delay)
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="talon-handler") as pool:
+            while not stop.is_set():
+                if not idle.acquire(timeout=0.5):
+                    continue
+                free = 1
+                while free < concurrency and idle.acquire(blocking=False):
+                    free += 1
+                seen = listener.notified(OUTBOX_CHANNEL)
+                try:
+                    deliveries, due = self.claim(topics, free)
+                    failures = 0
+                except Exception as exc:  # the database is down or restarting: back off
+                    for _ in range(free):
+                        idle.release()
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    log.warning("broker claim failed (retrying in %.1fs): %s", delay, exc)
+                    stop.wait(delay)
+                    continue
+                for _ in range(free - len(deliveries)):
+                    idle.release()
+                for delivery in deliveries:
+                    pool.submit(self._handle, delivery, handler, idle)
+                if len(deliveries) < free:
+                    # The queue had nothing more for us at the claim's snapshot: whatever
+                    # commits later is notified after `seen`.
+                    wait = idle_wait if due is None else min(idle_wait, due)
+                    listener.wait_beyond(OUTBOX_CHANNEL, seen, wait)
 
-    def _step(
-        self, topics: tuple[str, ...], handler: Handler, listener: Listener, idle_wait: float
-    ) -> None:
-        delivery, due = self.claim_or_due(topics)
-        while delivery is not None:
+    def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:
+        try:
             try:
                 result = handler(delivery)
             except Exception:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
-            if result.outcome == Outcome.SETTLED:
-                # Acknowledged in the handler's transaction. Only a wake-up token says more
-                # work was queued meanwhile; without one, a look would find nothing.
-                if not listener.take(OUTBOX_CHANNEL, 0):
-                    delivery, due = None, None
-                    break
-                delivery, due = self.claim_or_due(topics)
-                continue
-            delivery, due = self.settle_and_claim(delivery, result, topics)
-            if delivery is not None:
-                # This row's wake-up token would otherwise rouse an idle consumer for nothing.
-                listener.take(OUTBOX_CHANNEL, 0)
-        # A row committed after our look left a token, so this returns at once then.
-        listener.take(OUTBOX_CHANNEL, idle_wait if due is None else min(idle_wait, due))
-
-
-def _due_in(tx: Tx, topics: tuple[str, ...]) -> float | None:
-    seconds = tx.scalar(
-        "SELECT EXTRACT(EPOCH FROM min(GREATEST(available_at, "
-        "COALESCE(claimed_until, available_at))) - now()) FROM outbox "
-        "WHERE published_at IS NULL AND topic = ANY(%s)",
-        (list(topics),),
-    )
-    return None if seconds is None else max(0.0, float(seconds))
+            try:
+                self.settle(delivery, result)
+            except Exception as exc:  # the row stays claimed and comes back after the timeout
+                log.warning("could not settle delivery %s: %s", delivery.id, exc)
+        finally:
+            idle.release()
 
 
 def _delete(tx: Tx, delivery_id: int) -> None:

@@ -107,10 +107,10 @@ class Worker:
             threading.Thread(
                 target=broker.run,
                 args=(TOPICS, self.handle, listener, stop),
-                name=f"talon-worker-{i}",
+                kwargs={"concurrency": concurrency},
+                name="talon-dispatcher",
                 daemon=True,
             )
-            for i in range(concurrency)
         ]
         if schedules:  # the `postgres` scheduler backend runs beside the consumers
             from talon.scheduling.fires import ScheduleFirer
@@ -128,6 +128,6 @@ class Worker:
         try:
             stop.wait()
         finally:
-            listener.close()  # wakes idle consumers so they see `stop`
+            listener.close()  # wakes the dispatcher so it sees `stop`
             for thread in threads:
                 thread.join(timeout=60)

@@ -4,8 +4,8 @@ After its LISTEN commands the connection only ever receives notifications, so a 
 thread reads them straight off the socket (blocking, no query per wake-up: a `SELECT 1` to
 let pg8000 take them in would cost a round trip and a transaction each time) and hands them on:
 
-- `take(channel)`: wake-up tokens, one per notification, so N idle consumers are not all woken
-  by one queued row (the broker);
+- `notified(channel)` / `wait_beyond(channel, seen)`: a count of notifications to wait on,
+  race-free for a reader that notes the count before it looks at the table (the broker);
 - `subscribe(channel, key)`: an inbox of the payloads whose key (the text before the first
   space) matches (a stream, keyed by session, gets the events themselves);
 - `watch(channel, callback)`: every payload (the token cache drops entries on revocations).
@@ -27,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
-MAX_TOKENS = 10_000
 MAX_INBOX = 1_000
 _NOTIFICATION = b"A"
 _IGNORED = (b"N", b"S")  # notices and parameter status may arrive at any time
@@ -78,7 +77,7 @@ class Listener:
     def __init__(self, connect: Callable[[], Any], channels: tuple[str, ...]) -> None:
         self._connect = connect
         self._channels = channels
-        self._tokens: dict[str, int] = defaultdict(int)
+        self._counts: dict[str, int] = defaultdict(int)
         self._inboxes: dict[tuple[str, str], list[Inbox]] = defaultdict(list)
         self._watchers: dict[str, list[Callable[[str | None], None]]] = defaultdict(list)
         self._cond = threading.Condition()
@@ -88,16 +87,22 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="talon-listener", daemon=True)
         self._thread.start()
 
-    def take(self, channel: str, timeout: float) -> bool:
-        """Consume one wake-up token of `channel`, waiting up to `timeout` for one."""
+    def notified(self, channel: str) -> int:
+        """How many notifications `channel` has had (reconnects count as one): note it before
+        looking at the table, then `wait_beyond` it."""
+        with self._cond:
+            return self._counts[channel]
+
+    def wait_beyond(self, channel: str, seen: int, timeout: float) -> bool:
+        """Block until `channel` has had a notification since the count `seen`, or `timeout`
+        passes. True if one has."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._tokens[channel] <= 0:
+            while self._counts[channel] <= seen:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     return False
                 self._cond.wait(remaining)
-            self._tokens[channel] -= 1
             return True
 
     def subscribe(self, channel: str, key: str) -> Inbox:
@@ -180,7 +185,7 @@ class Listener:
     def _wake_all(self) -> None:
         with self._cond:
             for channel in self._channels:
-                self._tokens[channel] += 1
+                self._counts[channel] += 1
             for inboxes in self._inboxes.values():
                 for inbox in inboxes:
                     inbox._put(None)
@@ -192,7 +197,7 @@ class Listener:
     def _deliver(self, channel: str, payload: str) -> None:
         key, _, data = payload.partition(" ")
         with self._cond:
-            self._tokens[channel] = min(self._tokens[channel] + 1, MAX_TOKENS)
+            self._counts[channel] += 1
             for inbox in self._inboxes.get((channel, key), ()):
                 inbox._put(data or None)
             watchers = list(self._watchers.get(channel, ()))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import samples
-from conftest import ROOT, Api
+from conftest import ROOT, Api, read_stream
 from test_models import policy
 
 pytestmark = pytest.mark.slow
@@ -23,13 +23,16 @@ LEASE = 1.5
 
 
 class WorkerProcess:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, max_attempts: int = 20) -> None:
+        # The kill tests are about loss and duplication: a turn must not run out of attempts
+        # because the kills happened to land on it (that limit has its own test).
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
         env["TALON_CONTROL_PLANE_DATABASE_URL"] = database_url
         env["TALON_LOG_LEVEL"] = "WARNING"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "talon.cli.main", "worker", "--concurrency", "3",
-             "--lease-seconds", str(LEASE), "--visibility-seconds", str(LEASE + 0.5)],
+             "--lease-seconds", str(LEASE), "--visibility-seconds", str(LEASE + 0.5),
+             "--max-attempts", str(max_attempts)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
@@ -84,6 +87,45 @@ def test_kill_during_a_model_call_resumes_without_loss(
                                                             ("assistant", "answered")]  # fmt: skip
     turn = api.ok("GET", f"/v1/ns/acme/agents/bot/sessions/s0/turns/{messages[0]['turnId']}")
     assert turn["state"] == "completed" and turn["attempts"] == 2
+
+
+def test_a_turn_that_keeps_killing_its_worker_fails_and_the_session_moves_on(
+    api: Api, model_server, database_url: str
+) -> None:
+    """A poison turn: every worker that runs it dies during its model call. After
+    --max-attempts starts it is failed (with its reason in the stream) and the next turn runs."""
+    _setup(api, model_server, 1)
+    model_server.add(*[{"hang": 30, "content": "never"}] * 2, {"content": "next one"})
+    base = "/v1/ns/acme/agents/bot/sessions/s0"
+    poison = api.ok("POST", f"{base}/message", 202, json={"content": "poison"})
+    api.ok("POST", f"{base}/message", 202, json={"content": "fine"})
+    for attempt in range(2):
+        worker = WorkerProcess(database_url, max_attempts=2)
+        deadline = time.monotonic() + 30
+        while len(model_server.requests) <= attempt and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(model_server.requests) == attempt + 1, "the worker never called the model"
+        worker.kill()
+    worker = WorkerProcess(database_url, max_attempts=2)
+    try:
+        deadline = time.monotonic() + 30
+        while _open_turns(api, 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        errors = worker.stop()
+    assert "Traceback" not in errors, errors
+    failed = api.ok("GET", f"{base}/turns/{poison['turnId']}")
+    assert failed["state"] == "failed" and failed["attempts"] == 2
+    assert failed["error"]["code"] == "too_many_attempts"
+    messages = api.ok("GET", f"{base}/messages")["items"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "poison"), ("user", "fine"), ("assistant", "next one")
+    ]  # fmt: skip
+    events = read_stream(api, f"{base}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+    failures = [e for e in events if e["type"] == "turn.failed"]
+    assert [(e["turnId"], e["data"]["code"]) for e in failures] == [
+        (poison["turnId"], "too_many_attempts")
+    ]
 
 
 def test_repeated_kills_leave_every_turn_done_exactly_once(

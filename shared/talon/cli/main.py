@@ -182,6 +182,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         demo_fallback=args.demo_fallback,
         lease_seconds=args.lease_seconds,
         visibility_seconds=args.visibility_seconds,
+        max_attempts=args.max_attempts,
     )
 
 
@@ -224,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--visibility-seconds", type=float, default=30.0,
         help="a claimed delivery not settled by then is delivered again",
+    )  # fmt: skip
+    worker.add_argument(
+        "--max-attempts", type=int, default=5,
+        help="a turn started this many times without finishing (its worker kept dying) fails",
     )  # fmt: skip
     worker.set_defaults(local=cmd_worker)
 

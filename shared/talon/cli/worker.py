@@ -11,7 +11,12 @@ from talon.logs import configure_logging
 
 
 def run_worker(
-    *, concurrency: int, demo_fallback: bool, lease_seconds: float, visibility_seconds: float
+    *,
+    concurrency: int,
+    demo_fallback: bool,
+    lease_seconds: float,
+    visibility_seconds: float,
+    max_attempts: int = 5,
 ) -> int:
     from talon.cli.client import CliError
     from talon.config import load_settings
@@ -41,6 +46,7 @@ def run_worker(
             skills_dir=Path(services.settings.worker.skills_dir),
             demo_fallback=demo_fallback,
             lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
         )
         worker.run_pull(
             stop,

@@ -74,8 +74,11 @@ def record(
     starting: Step | None = None,
     *,
     before: list[tuple[str, dict[str, Any]]] | None = None,
-) -> None:
+    defer_events: bool = False,
+) -> list[tuple[str, dict[str, Any]]]:
     """In the caller's transaction: journal the step that just finished and announce the next.
+    With `defer_events` the events are returned for the caller to append with its own (one
+    statement for the lot); otherwise they are appended here.
 
     A tool step is also journaled when it starts: if the worker dies during the call, the
     resumed turn must not run it again (its effect may have happened) but answer it with an
@@ -90,8 +93,10 @@ def record(
         if starting.kind == "tool":
             _upsert(tx, lease, starting)
         batch.append(("step.started", _step_event(starting)))
-    if batch:
+    if batch and not defer_events:
         events.append(tx, lease.session_uid, batch, lease.turn_id)
+        return []
+    return batch
 
 
 def _upsert(tx: Tx, lease: Lease, step: Step) -> None:

@@ -218,7 +218,8 @@ class TurnRunner:
             if time.monotonic() >= deadline:
                 raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
             step = journal.get(idx)
-            pending: Callable[[Tx], None] | None = None  # this model step's record, unsaved
+            # This model step's record, unsaved: (tx, defer_events) -> the deferred events.
+            pending: Callable[..., list[tuple[str, dict[str, Any]]]] | None = None
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
                 response = complete_with_policy(
@@ -257,9 +258,12 @@ class TurnRunner:
                 # The answer: the model step and the turn's messages commit together (a crash
                 # before this commit asks the model again, exactly as with two commits).
                 with self.db.transaction() as tx:
+                    recorded = []
                     if pending is not None:
-                        pending(tx)  # renews the lease
-                    more = self._write_in(tx, lease, written, idx, renewed=pending is not None)
+                        recorded = pending(tx, defer_events=True)  # renews the lease
+                    more = self._write_in(
+                        tx, lease, written, idx, renewed=pending is not None, earlier=recorded
+                    )
                     if not more and on_idle is not None:
                         on_idle(tx)
                     return more
@@ -327,27 +331,27 @@ class TurnRunner:
         return result
 
     def _write_in(
-        self, tx: Tx, lease: Lease, written: list[dict[str, Any]], idx: int, *, renewed: bool
+        self,
+        tx: Tx,
+        lease: Lease,
+        written: list[dict[str, Any]],
+        idx: int,
+        *,
+        renewed: bool,
+        earlier: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> bool:
         """The final step: the turn's messages and its completion, in the caller's
-        transaction. Returns whether other turns of the session are still open."""
+        transaction, after `earlier` events (appended together with this step's). Returns
+        whether other turns of the session are still open."""
         if not renewed:
             renew(tx, lease)
         new_events: list[tuple[str, dict[str, Any]]] = [
-            ("step.started", {"step": WRITE, "index": idx, "kind": "write"})
+            *(earlier or []),
+            ("step.started", {"step": WRITE, "index": idx, "kind": "write"}),
         ]
         provider = None
         for message in written:
-            seq = _next_message_seq(tx, lease.session_uid)
-            tx.execute(
-                "INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
-                "tool_call_id, turn_id) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
-                (
-                    lease.session_uid, seq, message["role"], message["content"],
-                    jsonb(message["tool_calls"]) if message["tool_calls"] else None,
-                    message["tool_call_id"], lease.turn_id,
-                ),
-            )  # fmt: skip
+            seq = _insert_message(tx, lease, message)
             provider = message.get("provider") or provider
             if message["role"] == "assistant" and message["content"]:
                 new_events.append(
@@ -356,17 +360,24 @@ class TurnRunner:
                         {"seq": seq, "role": "assistant", "content": message["content"]},
                     )
                 )
-        tx.execute(
-            "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
-            "completed_at) VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())",
-            (lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token),
+        # The write step, the turn's completion and the count of the session's other open
+        # turns (the session row is locked, so it is the count at commit) in one statement.
+        params = (
+            lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token,
+            provider, lease.turn_id, lease.session_uid, lease.turn_id,
+        )  # fmt: skip
+        remaining = int(
+            tx.scalar(
+                "WITH step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+                "  fencing_token, completed_at) "
+                "  VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())), "
+                "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
+                "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s) "
+                "SELECT count(*) FROM turns WHERE session_uid = %s AND id <> %s "
+                "AND state IN ('queued', 'running')",
+                params,
+            )
         )
-        tx.execute(
-            "UPDATE turns SET state = 'completed', finished_at = now(), provider = %s, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
-            (provider, lease.turn_id),
-        )
-        remaining = events.open_turns(tx, lease.session_uid)
         new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
         new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
         events.append(tx, lease.session_uid, new_events, lease.turn_id)
@@ -381,12 +392,21 @@ class TurnRunner:
             log.info("turn %s: fenced while recording its failure", lease.turn_id)
 
 
-def _next_message_seq(tx: Tx, session_uid: uuid.UUID) -> int:
+def _insert_message(tx: Tx, lease: Lease, message: dict[str, Any]) -> int:
+    """Number the message in its session and insert it; returns its seq."""
+    params = (
+        lease.session_uid, lease.session_uid, message["role"], message["content"],
+        jsonb(message["tool_calls"]) if message["tool_calls"] else None,
+        message["tool_call_id"], lease.turn_id,
+    )  # fmt: skip
     return int(
         tx.scalar(
-            "UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
-            "RETURNING last_message",
-            (session_uid,),
+            "WITH s AS (UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
+            "  RETURNING last_message) "
+            "INSERT INTO messages (session_uid, seq, role, content, tool_calls, tool_call_id, "
+            "  turn_id) SELECT %s::uuid, s.last_message, %s, %s, %s::jsonb, %s, %s::uuid "
+            "FROM s RETURNING seq",
+            params,
         )
     )
 
@@ -412,5 +432,7 @@ def _record_model(
     following: Step | None,
     before: list[tuple[str, dict[str, Any]]],
     tx: Tx,
-) -> None:
-    record(tx, lease, step, following, before=before)
+    *,
+    defer_events: bool = False,
+) -> list[tuple[str, dict[str, Any]]]:
+    return record(tx, lease, step, following, before=before, defer_events=defer_events)

@@ -38,6 +38,7 @@ class Worker:
         skills_dir: Path = Path("skills"),
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
+        max_attempts: int = 5,
     ) -> None:
         self.db = db
         self.tools = tools if tools is not None else default_tools(db, skills_dir)
@@ -45,7 +46,12 @@ class Worker:
         self.runner = TurnRunner(
             db,
             self.tools,
-            RunnerSettings(worker_id(), lease_seconds=lease_seconds, demo_fallback=demo_fallback),
+            RunnerSettings(
+                worker_id(),
+                lease_seconds=lease_seconds,
+                demo_fallback=demo_fallback,
+                max_attempts=max_attempts,
+            ),
         )
 
     def handle(self, delivery: Delivery) -> Result:

@@ -75,6 +75,7 @@ def record(
     *,
     before: list[tuple[str, dict[str, Any]]] | None = None,
     defer_events: bool = False,
+    renewing: bool = True,
 ) -> list[tuple[str, dict[str, Any]]]:
     """In the caller's transaction: journal the step that just finished and announce the next.
     With `defer_events` the events are returned for the caller to append with its own (one
@@ -84,7 +85,8 @@ def record(
     resumed turn must not run it again (its effect may have happened) but answer it with an
     error result instead.
     """
-    renew(tx, lease)
+    if renewing:  # False only right after the lease was taken in this transaction
+        renew(tx, lease)
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
         _upsert(tx, lease, done)

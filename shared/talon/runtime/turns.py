@@ -147,7 +147,8 @@ class TurnRunner:
                           self.settings.lease_seconds)  # fmt: skip
             started = [("turn.started", {"attempt": turn["attempts"],
                                          "resumed": turn["attempts"] > 1})]  # fmt: skip
-            journal = {step.idx: step for step in load(tx, turn["id"])}
+            # Steps are only written under a claim: a turn claimed for the first time has none.
+            journal = {} if turn["attempts"] == 1 else {s.idx: s for s in load(tx, turn["id"])}
             try:
                 agent = ctx.agent_context(tx, session)
             except ctx.TurnFailure as failure:
@@ -161,7 +162,10 @@ class TurnRunner:
                 journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
                 announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
                 next_step = Step(1, MODEL, "model", "started", {})
-                record(tx, lease, journal[0], next_step, before=[*started, announce])
+                # The lease was taken a moment ago in this transaction: no renewal needed.
+                record(
+                    tx, lease, journal[0], next_step, before=[*started, announce], renewing=False
+                )
             else:
                 events.append(tx, session_uid, started, turn["id"])
             return _Claim(lease, turn, agent, journal, history)

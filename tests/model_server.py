@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat completions server for tests (real HTTP, real client).
 
 Each request pops the next scripted reply: a text answer, tool calls, an HTTP error status,
-or a hang. With the script empty it answers "ok". Every request body is recorded.
+a hang, or a raw body (a list of chunks when streamed) for a malformed provider. With the
+script empty it answers "ok". Every request body is recorded.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ModelServer:
                 if body.get("stream"):
                     self._stream(body, reply)
                     return
+                if "raw" in reply:  # a malformed provider: this body, whatever it is
+                    self._send(200, json.dumps(reply["raw"]).encode())
+                    return
                 self._send(200, json.dumps(_completion(body, reply)).encode())
 
             def _stream(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
@@ -62,7 +66,8 @@ class ModelServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                for number, chunk in enumerate(_chunks(body, reply)):
+                chunks = reply["raw"] if "raw" in reply else _chunks(body, reply)
+                for number, chunk in enumerate(chunks):
                     if number == reply.get("drop_after"):
                         self.close_connection = True
                         return  # the connection ends mid-answer

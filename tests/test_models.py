@@ -69,6 +69,27 @@ def test_every_profile_failing_is_one_clear_error(model_server) -> None:
     assert "HTTP 500" in str(exc.value)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_malformed_answer_is_retried_not_a_crash(model_server, streamed: bool) -> None:
+    """A provider answering nonsense with 200 gets a clear, retryable error."""
+    garbage = [{"choices": "not a list"}] if streamed else {"choices": [{"message": 7}]}
+    model_server.add({"raw": garbage}, {"content": "sane again"})
+    model_policy = policy(model_server.url, "primary")
+    clients = build_clients(model_policy, demo_fallback=False)
+    deltas: list[str] = []
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], 10,
+                           deltas.append if streamed else None)  # fmt: skip
+    response = complete_with_policy(clients, model_policy["retry"], request,
+                                    deadline=time.monotonic() + 10)  # fmt: skip
+    assert response.content == "sane again"
+    assert len(model_server.requests) == 2
+    model_server.add(*[{"raw": garbage}] * 2)
+    with pytest.raises(PolicyError) as exc:
+        complete_with_policy(clients, model_policy["retry"], request,
+                             deadline=time.monotonic() + 10)  # fmt: skip
+    assert "malformed response" in str(exc.value)
+
+
 def test_a_hanging_model_is_cut_off_by_the_deadline(model_server) -> None:
     model_server.add({"hang": 5, "content": "too late"}, {"hang": 5, "content": "too late"})
     started = time.monotonic()

@@ -15,6 +15,29 @@ from talon.store.database import Tx
 
 MAX_CHUNKS = 8
 
+# One statement per turn: the best chunks for the input and, alongside (with their body), any
+# of the namespace's documents whose chunks are missing or behind their version.
+_RETRIEVE_SQL = """
+WITH stale AS (
+    SELECT r.name, r.resource_version, r.body FROM resources r
+    WHERE r.kind = 'Knowledge' AND r.namespace = %s AND NOT EXISTS (
+        SELECT 1 FROM knowledge_chunks c WHERE c.namespace = r.namespace
+        AND c.document = r.name AND c.idx = 0 AND c.resource_version = r.resource_version)
+), q AS (
+    SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS query
+    FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS lexeme
+), hits AS (
+    SELECT c.document, c.resource_version, c.idx, c.heading, c.content,
+           ts_rank_cd(c.tsv, q.query) AS rank
+    FROM knowledge_chunks c, q
+    WHERE q.query IS NOT NULL AND c.namespace = %s AND c.tsv @@ q.query
+    ORDER BY rank DESC, c.document, c.idx LIMIT %s
+)
+SELECT document, resource_version, idx, heading, content, rank, NULL::jsonb AS body FROM hits
+UNION ALL
+SELECT name, resource_version, NULL, NULL, NULL, NULL, body FROM stale
+"""
+
 
 def index_document(tx: Tx, namespace: str, name: str, version: int, spec: dict[str, Any]) -> int:
     """Replace the document's chunks with those of this version; return how many."""
@@ -45,20 +68,23 @@ def retrieve(
 ) -> dict[str, Any]:
     """The chunks that best match `query`, within `budget_chars`: the context text for the
     model and, per document used, its version and the chunks taken (for the stream)."""
-    _index_stale_documents(tx, namespace)
-    rows = tx.all(
-        "WITH q AS (SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS "
-        "query FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS lexeme) "
-        "SELECT c.document, c.resource_version, c.idx, c.heading, c.content, "
-        "ts_rank_cd(c.tsv, q.query) AS rank FROM knowledge_chunks c, q "
-        "WHERE q.query IS NOT NULL AND c.namespace = %s AND c.tsv @@ q.query "
-        "ORDER BY rank DESC, c.document, c.idx LIMIT %s",
-        (query, namespace, limit),
+    rows = tx.all(_RETRIEVE_SQL, (namespace, query, namespace, limit))
+    stale = [row for row in rows if row["body"] is not None]
+    if stale:
+        # Documents written before the index existed (or whose chunks are behind): index them
+        # now and look again, so retrieval never silently misses one.
+        for row in stale:
+            index_document(tx, namespace, row["document"], int(row["resource_version"]),
+                           row["body"])  # fmt: skip
+        rows = tx.all(_RETRIEVE_SQL, (namespace, query, namespace, limit))
+    hits = sorted(
+        (row for row in rows if row["body"] is None),
+        key=lambda r: (-float(r["rank"]), r["document"], int(r["idx"])),
     )
     parts: list[str] = []
     documents: dict[str, dict[str, Any]] = {}
     used = 0
-    for row in rows:
+    for row in hits:
         text = f"## {row['heading']}\n{row['content']}"
         if used + len(text) > budget_chars:
             continue
@@ -71,17 +97,3 @@ def retrieve(
         )  # fmt: skip
         document["chunks"].append(int(row["idx"]))
     return {"documents": list(documents.values()), "context": "\n\n".join(parts)}
-
-
-def _index_stale_documents(tx: Tx, namespace: str) -> None:
-    """Documents written before the index existed (or whose chunks are behind) are indexed
-    now, so retrieval never silently misses one."""
-    stale = tx.all(
-        "SELECT r.name, r.resource_version, r.body FROM resources r WHERE r.kind = 'Knowledge' "
-        "AND r.namespace = %s AND NOT EXISTS (SELECT 1 FROM knowledge_chunks c WHERE "
-        "c.namespace = r.namespace AND c.document = r.name AND c.idx = 0 "
-        "AND c.resource_version = r.resource_version)",
-        (namespace,),
-    )
-    for row in stale:
-        index_document(tx, namespace, row["name"], int(row["resource_version"]), row["body"])

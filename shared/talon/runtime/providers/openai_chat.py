@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from talon.runtime.providers.base import (
     ModelError,
@@ -61,7 +60,7 @@ class OpenAIChatModel:
             completion = self._client.post(
                 "/chat/completions",
                 body=kwargs,
-                cast_to=ChatCompletion,
+                cast_to=dict,
                 options={"timeout": max(0.1, request.timeout)},
             )
         except openai.APIStatusError as exc:
@@ -73,57 +72,60 @@ class OpenAIChatModel:
             ) from exc
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise ModelError(f"{self.label}: {type(exc).__name__}", retryable=True) from exc
-        if not completion.choices:
+        choices = _list(completion, "choices", self.label)
+        if not choices:
             raise ModelError(f"{self.label}: the response has no choices", retryable=True)
-        message = completion.choices[0].message
-        calls = [
-            ToolCall(c.id, c.function.name, c.function.arguments or "{}")
-            for c in (message.tool_calls or [])
-            if getattr(c, "function", None) is not None
-        ]
-        usage = {}
-        if completion.usage is not None:
-            usage = {
-                "promptTokens": completion.usage.prompt_tokens,
-                "completionTokens": completion.usage.completion_tokens,
-            }
-        return ModelResponse(message.content or "", calls, self.label, usage)
+        message = _dict(choices[0], "message", self.label)
+        calls = []
+        for call in _list(message, "tool_calls", self.label):
+            if not isinstance(call, dict):
+                raise ModelError(f"{self.label}: malformed tool call", retryable=True)
+            function = _dict(call, "function", self.label)
+            calls.append(ToolCall(str(call.get("id") or ""), str(function.get("name") or ""),
+                                  str(function.get("arguments") or "{}")))  # fmt: skip
+        return ModelResponse(
+            str(message.get("content") or ""), calls, self.label, _usage(completion, self.label)
+        )
 
     def _stream(self, kwargs: dict[str, Any], request: ModelRequest) -> ModelResponse:
         """Streamed completion: text deltas go to `request.on_delta` as they arrive; tool call
         fragments are assembled by index."""
         assert request.on_delta is not None
+        # Chunks as plain dicts: the typed models cost more to build than the rest of the
+        # exchange, and every field is checked here anyway.
         stream = self._client.post(
             "/chat/completions",
             body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
-            cast_to=ChatCompletionChunk,
+            cast_to=dict,
             options={"timeout": max(0.1, request.timeout)},
             stream=True,
-            stream_cls=openai.Stream[ChatCompletionChunk],
+            stream_cls=openai.Stream[dict],
         )
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage: dict[str, int] = {}
         finished = False
         for chunk in stream:
-            if chunk.usage is not None:
-                usage = {
-                    "promptTokens": chunk.usage.prompt_tokens,
-                    "completionTokens": chunk.usage.completion_tokens,
-                }
-            if not chunk.choices:
+            usage = _usage(chunk, self.label) or usage
+            choices = _list(chunk, "choices", self.label)
+            if not choices:
                 continue
-            finished = finished or chunk.choices[0].finish_reason is not None
-            delta = chunk.choices[0].delta
-            if delta.content:
-                text.append(delta.content)
-                request.on_delta(delta.content)
-            for part in delta.tool_calls or []:
-                call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
-                call["id"] = part.id or call["id"]
-                if part.function is not None:
-                    call["name"] += part.function.name or ""
-                    call["arguments"] += part.function.arguments or ""
+            choice = choices[0] if isinstance(choices[0], dict) else {}
+            finished = finished or choice.get("finish_reason") is not None
+            delta = _dict(choice, "delta", self.label)
+            content = delta.get("content")
+            if content:
+                text.append(str(content))
+                request.on_delta(str(content))
+            for part in _list(delta, "tool_calls", self.label):
+                if not isinstance(part, dict):
+                    raise ModelError(f"{self.label}: malformed tool call", retryable=True)
+                index = part.get("index") if isinstance(part.get("index"), int) else 0
+                call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = str(part.get("id") or call["id"])
+                function = _dict(part, "function", self.label)
+                call["name"] += str(function.get("name") or "")
+                call["arguments"] += str(function.get("arguments") or "")
         if not finished:
             # A dropped connection can end the stream quietly; a cut answer is not an answer.
             raise ModelError(f"{self.label}: the stream ended before the answer", retryable=True)
@@ -131,6 +133,42 @@ class OpenAIChatModel:
             ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
         ]
         return ModelResponse("".join(text), tool_calls, self.label, usage)
+
+
+def _dict(value: Any, key: str, label: str) -> dict[str, Any]:
+    """`value[key]` as a dict ({} when absent); anything else is a malformed response."""
+    if not isinstance(value, dict):
+        raise ModelError(f"{label}: malformed response (expected an object)", retryable=True)
+    found = value.get(key)
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise ModelError(f"{label}: malformed response ({key} is not an object)", retryable=True)
+    return found
+
+
+def _list(value: Any, key: str, label: str) -> list[Any]:
+    """`value[key]` as a list ([] when absent); anything else is a malformed response."""
+    if not isinstance(value, dict):
+        raise ModelError(f"{label}: malformed response (expected an object)", retryable=True)
+    found = value.get(key)
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise ModelError(f"{label}: malformed response ({key} is not a list)", retryable=True)
+    return found
+
+
+def _usage(value: Any, label: str) -> dict[str, int]:
+    usage = _dict(value, "usage", label)
+    if not usage:
+        return {}
+
+    def count(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) else 0
+
+    return {"promptTokens": count("prompt_tokens"), "completionTokens": count("completion_tokens")}
 
 
 def _short(text: Any) -> str:

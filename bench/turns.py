@@ -128,7 +128,7 @@ def client_loop(base: str, n: int, turns: int, progress: Any) -> list[tuple[floa
         accepted = own.post(f"{SESSIONS}/c{n}/message", json={"content": f"turn {i}"})
         accepted.raise_for_status()
         body = accepted.json()
-        first = None
+        first = done = None
         params = {"lastEventId": body["streamFrom"], "untilTurnEnd": "true"}
         with own.stream("GET", f"{SESSIONS}/c{n}/stream", params=params) as reply:
             for line in reply.iter_lines():
@@ -138,8 +138,10 @@ def client_loop(base: str, n: int, turns: int, progress: Any) -> list[tuple[floa
                     first = time.perf_counter() - started
                 event = json.loads(line[6:])
                 if event["type"] == "turn.completed" and event["turnId"] == body["turnId"]:
+                    done = time.perf_counter() - started
                     break
-        done = time.perf_counter() - started
+        if done is None:  # a stream that ends before its turn is a bug, not a fast turn
+            raise RuntimeError(f"client {n}: the stream ended before turn {i} completed")
         timings.append((first or done, done))
         if progress is not None:
             with progress.get_lock():
@@ -157,7 +159,16 @@ def client_process(
     ready: queue.Queue[list[tuple[float, float]]] = queue.Queue()
     gate = threading.Event()
 
+    failures: list[BaseException] = []
+
     def one(n: int) -> None:
+        try:
+            run_one(n)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    def run_one(n: int) -> None:
         own = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
         own.post(SESSIONS, json={"id": f"c{n}"}).raise_for_status()
         own.close()
@@ -175,7 +186,7 @@ def client_process(
     timings: list[tuple[float, float]] = []
     while not ready.empty():
         timings += ready.get()
-    results.put((timings, time.process_time() - cpu_started))
+    results.put((timings, time.process_time() - cpu_started, [repr(f) for f in failures]))
 
 
 def main() -> int:
@@ -300,7 +311,9 @@ def main() -> int:
     completed: list[float] = []
     clients_cpu = 0.0
     for _ in clients:
-        timings, cpu = results.get()
+        timings, cpu, failures = results.get()
+        if failures:
+            raise SystemExit(f"benchmark clients failed: {failures}")
         clients_cpu += cpu
         for first, done in timings:
             first_event.append(first)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 import samples
 from conftest import Api, read_stream
+from talon.sessions.events import Event
 
 NS = "acme"
 BASE = f"/v1/ns/{NS}/agents/bot/sessions"
@@ -389,3 +392,20 @@ def test_open_turns_after_a_batch_come_from_its_last_terminal_event() -> None:
                         openTurns=0)]) == 0  # fmt: skip
     assert _open_after([event("turn.completed")]) is None  # older events: read the table
     assert _open_after([event("step.started")]) is None
+
+
+def test_a_terminal_event_read_from_the_table_ends_an_until_turn_end_stream() -> None:
+    """The count taken when a stream opens can be older than the events read after it: the
+    last terminal event's own openTurns decides (a turn that ended in between does not keep
+    the stream open until the next heartbeat)."""
+    from talon.sessions.follow import FollowOptions, follow
+    from talon.sessions.service import StreamStart
+
+    class Quiet:
+        def get(self, timeout: float) -> list[str | None]:
+            raise AssertionError("the stream should have ended without waiting")
+
+    completed = Event(7, "turn.completed", "t", {"openTurns": 0}, datetime.now(UTC))
+    start = StreamStart(uuid.uuid4(), 6, [completed], open_turns=1)
+    sent = list(follow(None, Quiet(), start, FollowOptions(until_turn_end=True)))  # type: ignore[arg-type]
+    assert [e["id"] for e in sent] == [7]

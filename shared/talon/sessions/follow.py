@@ -47,9 +47,14 @@ def follow(
         ended_now = any(event["type"] in TERMINAL_TURN_EVENTS for event in batch)
         turn_ended = turn_ended or ended_now
         if options.until_turn_end:
-            if open_turns is None and ended_now:
-                open_turns = _open_after(batch)
-                read = open_turns is None  # is another turn open? only the table knows
+            if ended_now:
+                # The last terminal event's count is as of its commit, which may be newer than
+                # a count taken before the events were read.
+                reported = _open_after(batch)
+                if reported is not None:
+                    open_turns = reported
+                elif open_turns is None:
+                    read = True  # is another turn open? only the table knows
             if open_turns == 0 and (first or turn_ended):
                 return
         first = False

@@ -283,8 +283,12 @@ class SessionService:
             session = self._require(tx, namespace, agent, session_id)
             uid = session["uid"]
             position = int(session["last_event_id"]) if after is None else after
+            # Count before reading (each statement sees its own moment): events read later
+            # include the end of any turn counted as open; the other order could miss it and
+            # end an untilTurnEnd stream before the turn's last events.
+            open_turns = self._open_turns(tx, uid) or 0
             batch = [] if after is None else events.read_after(tx, uid, after)
-            return StreamStart(uid, position, batch, self._open_turns(tx, uid) or 0)
+            return StreamStart(uid, position, batch, open_turns)
 
     def read_state(
         self, session_uid: uuid.UUID, after: int, limit: int = events.READ_LIMIT

@@ -159,7 +159,13 @@ class Listener:
                 cursor = connection.cursor()
                 for channel in self._channels:
                     cursor.execute(f'LISTEN "{channel}"')
-                self._socket = _prepare_socket(connection._usock)
+                raw, stream = (
+                    getattr(connection, "_usock", None),
+                    getattr(connection, "_sock", None),
+                )
+                if raw is None or stream is None:  # pg8000 internals moved: see pyproject
+                    raise RuntimeError("this pg8000 does not expose its socket; pin 1.31.x")
+                self._socket = _prepare_socket(raw)
                 if self._stop.is_set():
                     break
                 # Anything may have happened while we were away (or before we started).
@@ -167,7 +173,7 @@ class Listener:
                 self._ready.set()
                 backoff = 0.2
                 while not self._stop.is_set():
-                    channel, payload = _read_notification(connection._sock)
+                    channel, payload = _read_notification(stream)
                     self._deliver(channel, payload)
             except Exception as exc:
                 if not self._stop.is_set():

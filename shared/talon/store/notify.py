@@ -35,8 +35,10 @@ _IGNORED = (b"N", b"S")  # notices and parameter status may arrive at any time
 class Inbox:
     """Payloads for one subscriber; `None` items mean "re-read, something may be missed"."""
 
-    def __init__(self, cond: threading.Condition, on_close: Callable[[Inbox], None]) -> None:
-        self._cond = cond
+    def __init__(self, lock: threading.Lock, on_close: Callable[[Inbox], None]) -> None:
+        # Its own condition on the listener's lock: a notification wakes only the streams it
+        # is for, not every open stream of the process.
+        self._cond = threading.Condition(lock)
         self._on_close = on_close
         self._items: deque[str | None] = deque()
         self._closed = False
@@ -71,6 +73,7 @@ class Inbox:
             self._items.clear()
             item = None
         self._items.append(item)
+        self._cond.notify()
 
 
 class Listener:
@@ -80,7 +83,8 @@ class Listener:
         self._counts: dict[str, int] = defaultdict(int)
         self._inboxes: dict[tuple[str, str], list[Inbox]] = defaultdict(list)
         self._watchers: dict[str, list[Callable[[str | None], None]]] = defaultdict(list)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # for `wait_beyond`
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._socket: socket.socket | None = None
@@ -116,7 +120,7 @@ class Listener:
                 if not inboxes:
                     del self._inboxes[(channel, key)]
 
-        inbox = Inbox(self._cond, unsubscribe)
+        inbox = Inbox(self._lock, unsubscribe)
         with self._cond:
             self._inboxes[(channel, key)].append(inbox)
         return inbox

@@ -194,3 +194,17 @@ def test_send_follows_the_turn_and_get_session_shows_the_seed_shape(
     code, out, _ = cli("delete", "session", "enterprise-renewals", "-n", "acme",
                        "--agent", "customer-support")  # fmt: skip
     assert (code, out.strip()) == (0, "session/enterprise-renewals deleted")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["worker", "--max-attempts", "0"], ["worker", "--concurrency", "0"],
+     ["worker", "--max-attempts", "many"]],
+)  # fmt: skip
+def test_worker_options_must_be_at_least_one(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be a whole number of at least 1" in capsys.readouterr().err

@@ -139,7 +139,7 @@ def _delete(tx: Tx, delivery_id: int) -> None:
 
 
 def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
-    if result.outcome in (Outcome.ACK, Outcome.SETTLED):
+    if result.outcome == Outcome.ACK:
         _delete(tx, int(delivery.id))
         return
     at = result.retry_at or datetime.now(UTC) + min(

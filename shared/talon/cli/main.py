@@ -186,6 +186,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="talon", description="Talon: a control plane for durable AI agents."
@@ -212,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(local=cmd_dev)
 
     worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
-    worker.add_argument("--concurrency", type=int, default=4, help="turns run in parallel")
+    worker.add_argument(
+        "--concurrency", type=_at_least_one, default=4, help="turns run in parallel"
+    )
     worker.add_argument(
         "--demo-fallback",
         action="store_true",
@@ -227,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a claimed delivery not settled by then is delivered again",
     )  # fmt: skip
     worker.add_argument(
-        "--max-attempts", type=int, default=5,
+        "--max-attempts", type=_at_least_one, default=5,
         help="a turn started this many times without finishing (its worker kept dying) fails",
     )  # fmt: skip
     worker.set_defaults(local=cmd_worker)

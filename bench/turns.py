@@ -200,15 +200,26 @@ def main() -> int:
         help="server: the openai client to a zero-latency HTTP model server; demo: in-process",
     )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
+    parser.add_argument(
+        "--pg-statements", type=int, default=0, metavar="N",
+        help="report the N statements with the most PostgreSQL time (pg_stat_statements)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
     # --pg-log: every statement in the server log, to see where the commits come from.
-    options = {"log_min_duration_statement": "0"} if args.pg_log else None
+    options = {"log_min_duration_statement": "0"} if args.pg_log else {}
+    if args.pg_statements:
+        options["shared_preload_libraries"] = "pg_stat_statements"
     pg = LocalPostgres(root / "pg", durable=True, options=options)
     pg.start()
     pg.ensure_database("talon")
+    if args.pg_statements:
+        setup = pg.connect("talon")
+        setup.autocommit = True
+        setup.cursor().execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        setup.close()
     # Its own process, so the model server never waits for the clients' GIL.
     model_process = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "model_server.py")],
@@ -290,6 +301,11 @@ def main() -> int:
              "model server": [model_process.pid]}  # fmt: skip
     cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_before["postgres"] = cpu_seconds(postgres_pids())
+    if args.pg_statements:
+        reset = pg.connect("talon")
+        reset.cursor().execute("SELECT pg_stat_statements_reset()")
+        reset.commit()
+        reset.close()
     started = time.perf_counter()
     # RSS of the worker and the gateway (with its gunicorn workers) at every tenth of the run.
     samples: list[dict[str, int]] = []
@@ -368,6 +384,18 @@ def main() -> int:
             "ORDER BY finished_at - created_at DESC LIMIT 5"
         )
         result["slowest_queued_running_ms"] = cursor.fetchall()
+        connection.close()
+    if args.pg_statements:
+        connection = pg.connect("talon")
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT round((total_exec_time / %s * 1000)::numeric, 1)::float, "
+            "round((calls::float / %s)::numeric, 2)::float, "
+            "left(regexp_replace(query, '\\s+', ' ', 'g'), 160) "
+            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s",
+            (turns, turns, args.pg_statements),
+        )
+        result["pg_statements_us_calls_per_turn"] = cursor.fetchall()
         connection.close()
     print(json.dumps(result, indent=2))
     model_process.terminate()

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,42 +117,72 @@ def percentile(values: list[float], q: float) -> float:
 SESSIONS = "/v1/ns/bench/agents/bot/sessions"
 
 
-def client_loop(base: str, n: int, turns: int, progress: Any) -> list[tuple[float, float]]:
+def client_loop(
+    base: str, n: int, turns: int, progress: Any, stream: str = "per-turn"
+) -> list[tuple[float, float]]:
     """One client on its own session: post, read the stream to the turn's completion, again.
+    `stream`: "per-turn" opens a stream for each turn from the POST's `streamFrom`;
+    "session" keeps one stream open across turns, as a chat UI does.
     Returns (POST to first event, POST to completion) per turn, in seconds."""
     own = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                        timeout=60)  # fmt: skip
     own.post(SESSIONS, json={"id": f"c{n}"}).raise_for_status()
+    held = None
+    if stream == "session":  # from now on: the events of the turns posted below
+        held = own.stream(
+            "GET", f"{SESSIONS}/c{n}/stream", params={"maxSeconds": 3600, "heartbeat": 1}
+        )
+        lines = held.__enter__().iter_lines()
     timings = []
     for i in range(turns):
         started = time.perf_counter()
         accepted = own.post(f"{SESSIONS}/c{n}/message", json={"content": f"turn {i}"})
         accepted.raise_for_status()
         body = accepted.json()
-        first = done = None
-        params = {"lastEventId": body["streamFrom"], "untilTurnEnd": "true"}
-        with own.stream("GET", f"{SESSIONS}/c{n}/stream", params=params) as reply:
-            for line in reply.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if first is None:
-                    first = time.perf_counter() - started
-                event = json.loads(line[6:])
-                if event["type"] == "turn.completed" and event["turnId"] == body["turnId"]:
-                    done = time.perf_counter() - started
-                    break
+        if held is None:
+            params = {"lastEventId": body["streamFrom"], "untilTurnEnd": "true"}
+            with own.stream("GET", f"{SESSIONS}/c{n}/stream", params=params) as reply:
+                first, done = _read_turn(reply.iter_lines(), body["turnId"], started)
+        else:
+            first, done = _read_turn(lines, body["turnId"], started)
         if done is None:  # a stream that ends before its turn is a bug, not a fast turn
             raise RuntimeError(f"client {n}: the stream ended before turn {i} completed")
         timings.append((first or done, done))
         if progress is not None:
             with progress.get_lock():
                 progress.value += 1
+    if held is not None:
+        held.__exit__(None, None, None)
     own.close()
     return timings
 
 
+def _read_turn(
+    lines: Iterator[str], turn_id: str, started: float
+) -> tuple[float | None, float | None]:
+    """Reads up to `turn_id`'s completion; (first event, completion) seconds after `started`."""
+    first = None
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        event = json.loads(line[6:])
+        if event.get("turnId") != turn_id:
+            continue  # a held stream has no other turns' events left; this is a guard
+        if first is None:
+            first = time.perf_counter() - started
+        if event["type"] == "turn.completed":
+            return first, time.perf_counter() - started
+    return first, None
+
+
 def client_process(
-    base: str, ids: list[int], turns: int, progress: Any, go: Any, results: Any
+    base: str,
+    ids: list[int],
+    turns: int,
+    progress: Any,
+    go: Any,
+    results: Any,
+    stream: str = "per-turn",
 ) -> None:
     """Clients `ids` as threads; waits for `go` (sessions are created before it)."""
     import queue
@@ -173,7 +204,7 @@ def client_process(
         own.post(SESSIONS, json={"id": f"c{n}"}).raise_for_status()
         own.close()
         gate.wait()
-        ready.put(client_loop(base, n, turns, progress))
+        ready.put(client_loop(base, n, turns, progress, stream))
 
     threads = [threading.Thread(target=one, args=(n,)) for n in ids]
     for thread in threads:
@@ -195,6 +226,11 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=200, help="total turns across clients")
     parser.add_argument("--worker-concurrency", type=int, default=16)
     parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument(
+        "--stream", choices=["per-turn", "session"], default="per-turn",
+        help="per-turn: a stream per turn from the POST's streamFrom; session: one stream "
+        "per client held across its turns (a chat UI)",
+    )  # fmt: skip
     parser.add_argument(
         "--model", choices=["server", "demo"], default="server",
         help="server: the openai client to a zero-latency HTTP model server; demo: in-process",
@@ -287,7 +323,8 @@ def main() -> int:
               for k in range(min(args.client_processes, args.clients))]  # fmt: skip
     clients = [context.Process(target=client_process,
                                args=(base, ids, args.turns // args.clients, progress, go,
-                                     results)) for ids in groups]  # fmt: skip
+                                     results, args.stream))
+               for ids in groups]  # fmt: skip
     for process in clients:
         process.start()
 
@@ -357,6 +394,7 @@ def main() -> int:
     result = {
         "clients": args.clients,
         "model": args.model,
+        "stream": args.stream,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),
         "first_event_ms": {"p50": round(percentile(first_event, 0.5) * 1000, 1),

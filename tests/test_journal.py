@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import samples
@@ -119,6 +120,49 @@ def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, mod
     events = _events(api)
     assert sum(e["type"] == "turn.completed" for e in events) == 1
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_turn_under_a_live_lease_is_left_to_its_worker(
+    api: Api, db: Database, model_server
+) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
+        {"content": "done by worker a"},
+    )
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
+    tools = BlockingTools()
+    uid = session_uid(db)
+    owner = threading.Thread(target=lambda: runner(db, tools, "worker-a").drive(uid))
+    owner.start()
+    assert tools.entered.wait(20)
+    busy_until = runner(db, tools, "worker-b").drive(uid)  # a duplicate delivery meanwhile
+    tools.release.set()
+    owner.join(timeout=20)
+
+    # worker-b touched nothing and said when to look again: when worker-a's lease runs out.
+    assert busy_until is not None
+    assert 20 < (busy_until - datetime.now(UTC)).total_seconds() <= 30
+    assert tools.calls == [("get_renewals", {"days": 7})]
+    turn = api.ok("GET", f"{BASE}/turns/{api.ok('GET', f'{BASE}/messages')['items'][0]['turnId']}")
+    assert turn["state"] == "completed" and turn["attempts"] == 1
+    assert [e["type"] for e in _events(api)].count("turn.started") == 1
+
+
+def test_a_turn_whose_agent_is_gone_fails_cleanly(api: Api, db: Database) -> None:
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    api.ok("POST", "/v1/ns/acme/agents/bot/sessions", 201, json={"id": "s1"})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "first"})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "second"})
+    with db.transaction() as tx:  # the API refuses (the agent has sessions): a raw race
+        tx.execute("DELETE FROM resources WHERE kind = 'Agent' AND name = 'bot'")
+    assert runner(db, RecordingTools(), "worker-a").drive(session_uid(db)) is None
+    ends = [e for e in _events(api) if e["type"] in ("turn.completed", "turn.failed")]
+    assert [(e["type"], e["data"]["code"], e["data"]["openTurns"]) for e in ends] == [
+        ("turn.failed", "agent_not_found", 1),
+        ("turn.failed", "agent_not_found", 0),
+    ]
 
 
 def test_duplicate_deliveries_yield_one_turn(api: Api, db: Database) -> None:

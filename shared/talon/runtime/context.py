@@ -29,6 +29,11 @@ def agent_context(tx: Tx, session: dict[str, Any]) -> AgentContext:
         "AND name = %s",
         (session["namespace"], session["agent"]),
     )
+    return agent_from_row(session, row)
+
+
+def agent_from_row(session: dict[str, Any], row: dict[str, Any] | None) -> AgentContext:
+    """The session's agent from its resource row (`labels`, `status`; None: it is gone)."""
     if row is None:
         raise TurnFailure("agent_not_found", f"agent {session['agent']!r} no longer exists")
     status = row["status"] or {}

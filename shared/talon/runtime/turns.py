@@ -67,6 +67,34 @@ class _Claim:
 
 _AGAIN = object()  # the head turn was settled during the claim; look for the next one
 
+# Claiming a session's head turn, in one statement: lock the session row, then its oldest
+# open turn (the order every writer uses), and take that turn unless another worker's lease
+# on it is live or it has used up its attempts; with the agent's resource row. `id` is NULL
+# when nothing was taken (`head_*` say why).
+_CLAIM_SQL = """
+WITH s AS (
+    SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s FOR UPDATE
+), head AS (
+    SELECT t.id, t.state, t.attempts, t.lease_expires_at,
+           COALESCE(t.state = 'running' AND t.lease_expires_at > now(), false) AS leased
+    FROM turns t JOIN s ON t.session_uid = s.uid
+    WHERE t.state IN ('queued', 'running') ORDER BY t.seq LIMIT 1 FOR UPDATE OF t
+), claimed AS (
+    UPDATE turns SET state = 'running', fencing_token = fencing_token + 1, lease_owner = %s,
+           lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
+           started_at = COALESCE(started_at, now())
+    FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
+    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at
+)
+SELECT s.namespace, s.id AS session_id, s.agent,
+       head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
+       head.lease_expires_at AS head_lease,
+       claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
+       r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
+FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
+LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
+"""
+
 
 class TurnRunner:
     def __init__(self, db: Database, tools: ToolSource, settings: RunnerSettings) -> None:
@@ -114,35 +142,25 @@ class TurnRunner:
 
     def _claim(self, session_uid: uuid.UUID) -> _Claim | datetime | object | None:
         with self.db.transaction() as tx:
-            session = tx.one("SELECT * FROM sessions WHERE uid = %s FOR UPDATE", (session_uid,))
-            if session is None:
-                return None
             while True:
-                head = tx.one(
-                    "SELECT *, lease_expires_at > now() AS leased FROM turns "
-                    "WHERE session_uid = %s AND state IN ('queued', 'running') "
-                    "ORDER BY seq LIMIT 1 FOR UPDATE",
-                    (session_uid,),
-                )
-                if head is None:
-                    return None
-                if head["state"] == "running" and head["leased"]:
-                    return head["lease_expires_at"]
-                if head["attempts"] >= self.settings.max_attempts:
-                    _finish_failed(
-                        tx, session_uid, head["id"], "too_many_attempts",
-                        f"gave up after {head['attempts']} attempts",
-                    )  # fmt: skip
-                    continue
-                break
-            turn = tx.one(
-                "UPDATE turns SET state = 'running', fencing_token = fencing_token + 1, "
-                "lease_owner = %s, lease_expires_at = now() + make_interval(secs => %s), "
-                "attempts = attempts + 1, started_at = COALESCE(started_at, now()) "
-                "WHERE id = %s RETURNING *",
-                (self.settings.worker_id, self.settings.lease_seconds, head["id"]),
-            )
-            assert turn is not None
+                row = tx.one(
+                    _CLAIM_SQL,
+                    (session_uid, self.settings.worker_id, self.settings.lease_seconds,
+                     self.settings.max_attempts),
+                )  # fmt: skip
+                if row is None or row["head_id"] is None:
+                    return None  # no such session, or nothing open
+                if row["id"] is not None:
+                    break
+                if row["head_leased"]:
+                    return row["head_lease"]  # another worker runs it
+                _finish_failed(
+                    tx, session_uid, row["head_id"], "too_many_attempts",
+                    f"gave up after {row['head_attempts']} attempts",
+                )  # fmt: skip
+            session = {"namespace": row["namespace"], "id": row["session_id"],
+                       "agent": row["agent"]}  # fmt: skip
+            turn = row
             lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]),
                           self.settings.lease_seconds)  # fmt: skip
             started = [("turn.started", {"attempt": turn["attempts"],
@@ -150,7 +168,8 @@ class TurnRunner:
             # Steps are only written under a claim: a turn claimed for the first time has none.
             journal = {} if turn["attempts"] == 1 else {s.idx: s for s in load(tx, turn["id"])}
             try:
-                agent = ctx.agent_context(tx, session)
+                found = {"labels": row["agent_labels"], "status": row["agent_status"]}
+                agent = ctx.agent_from_row(session, found if row["agent_found"] else None)
             except ctx.TurnFailure as failure:
                 events.append(tx, session_uid, started, turn["id"])
                 _finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)

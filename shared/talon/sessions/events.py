@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from talon.store.database import Tx, jsonb
@@ -19,13 +18,13 @@ from talon.store.database import Tx, jsonb
 EVENTS_CHANNEL = "talon_session_events"
 # PostgreSQL refuses payloads of 8000 bytes or more; the key takes at most ~200.
 NOTIFY_EVENTS_MAX_BYTES = 7_600
-# The events' JSON as the stream sends it, built by PostgreSQL for the notification; the
-# timestamp format matches Event.to_dict.
+# An event's time as the stream shows it (UTC, microseconds), formatted by PostgreSQL for
+# both paths a stream reads: the notification's JSON and the table.
+CREATED_AT_SQL = "to_char({e}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# The events' JSON as the stream sends it, built by PostgreSQL for the notification.
 EVENTS_JSON_SQL = (
     "json_agg(json_build_object('id', {e}.id, 'type', {e}.type, 'turnId', {e}.turn_id, "
-    "'data', {e}.data, 'createdAt', "
-    "to_char({e}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) "
-    "ORDER BY {e}.id)::text"
+    "'data', {e}.data, 'createdAt', " + CREATED_AT_SQL + ") ORDER BY {e}.id)::text"
 )
 NOTIFY_PAYLOAD_SQL = (
     "{s}.namespace || '/' || {s}.id || ' ' || {s}.uid::text || CASE WHEN octet_length({events}) <= "
@@ -41,7 +40,7 @@ class Event:
     type: str
     turn_id: str | None
     data: dict[str, Any]
-    created_at: datetime
+    created_at: str  # as the stream shows it (CREATED_AT_SQL)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,12 +48,8 @@ class Event:
             "type": self.type,
             "turnId": self.turn_id,
             "data": self.data,
-            "createdAt": format_time(self.created_at),
+            "createdAt": self.created_at,
         }
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def stream_key(namespace: str, session_id: str) -> str:
@@ -106,7 +101,8 @@ def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:
 
 def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = READ_LIMIT) -> list[Event]:
     rows = tx.all(
-        "SELECT id, type, turn_id, data, created_at FROM session_events "
+        "SELECT id, type, turn_id, data, "
+        f"{CREATED_AT_SQL.format(e='session_events')} AS created_at FROM session_events "
         "WHERE session_uid = %s AND id > %s ORDER BY id LIMIT %s",
         (session_uid, after, limit),
     )

@@ -24,6 +24,13 @@ RECENT_MESSAGES = 20
 OPEN_STATES = ("queued", "running")
 
 
+# A session row's open (queued or running) turns, as a select-list item of `sessions s`.
+_OPEN = (
+    "(SELECT count(*) FROM turns t WHERE t.session_uid = s.uid "
+    "AND t.state IN ('queued', 'running')) AS open"
+)
+
+
 @dataclass(frozen=True)
 class Accepted:
     turn_id: str
@@ -188,7 +195,7 @@ class SessionService:
         request_hash = hashlib.sha256(
             json.dumps([request.content, request.multitask_strategy]).encode()
         ).digest()
-        session = self._require(tx, namespace, agent, session_id, lock=True)
+        session = self._require(tx, namespace, agent, session_id, lock=True, columns="uid, agent")
         uid = session["uid"]
         if idempotency_key is not None:
             previous = tx.one(
@@ -280,13 +287,15 @@ class SessionService:
         """Where a stream starts, in one transaction: the session, the events after `after`
         (None: from now on, so none) and the number of open turns."""
         with self.db.transaction() as tx:
-            session = self._require(tx, namespace, agent, session_id)
-            uid = session["uid"]
-            position = int(session["last_event_id"]) if after is None else after
             # Count before reading (each statement sees its own moment): events read later
             # include the end of any turn counted as open; the other order could miss it and
             # end an untilTurnEnd stream before the turn's last events.
-            open_turns = self._open_turns(tx, uid) or 0
+            session = self._require(
+                tx, namespace, agent, session_id, columns=f"uid, agent, last_event_id, {_OPEN}"
+            )
+            uid = session["uid"]
+            position = int(session["last_event_id"]) if after is None else after
+            open_turns = int(session["open"])
             batch = [] if after is None else events.read_after(tx, uid, after)
             return StreamStart(uid, position, batch, open_turns)
 
@@ -303,11 +312,7 @@ class SessionService:
 
     @staticmethod
     def _open_turns(tx: Tx, session_uid: uuid.UUID) -> int | None:
-        row = tx.one(
-            "SELECT (SELECT count(*) FROM turns t WHERE t.session_uid = s.uid AND t.state "
-            "IN ('queued', 'running')) AS open FROM sessions s WHERE s.uid = %s",
-            (session_uid,),
-        )
+        row = tx.one(f"SELECT {_OPEN} FROM sessions s WHERE s.uid = %s", (session_uid,))
         return None if row is None else int(row["open"])
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
@@ -338,17 +343,27 @@ class SessionService:
             raise NotFound(f"Agent {agent!r} not found in namespace {namespace!r}")
 
     @staticmethod
-    def _session(tx: Tx, namespace: str, session_id: str, lock: bool = False):  # type: ignore[no-untyped-def]
+    def _session(  # type: ignore[no-untyped-def]
+        tx: Tx, namespace: str, session_id: str, lock: bool = False, columns: str = "*"
+    ):
         suffix = " FOR UPDATE" if lock else ""
         return tx.one(
-            f"SELECT * FROM sessions WHERE namespace = %s AND id = %s{suffix}",
+            f"SELECT {columns} FROM sessions s WHERE namespace = %s AND id = %s{suffix}",
             (namespace, session_id),
         )
 
     def _require(
-        self, tx: Tx, namespace: str, agent: str, session_id: str, *, lock: bool = False
+        self,
+        tx: Tx,
+        namespace: str,
+        agent: str,
+        session_id: str,
+        *,
+        lock: bool = False,
+        columns: str = "*",
     ) -> dict[str, Any]:
-        session = self._session(tx, namespace, session_id, lock)
+        """The session row (`columns` of it, `agent` always among them), or NotFound."""
+        session = self._session(tx, namespace, session_id, lock, columns)
         if session is None or session["agent"] != agent:
             self._require_agent(tx, namespace, agent)
             raise NotFound(f"session {session_id!r} not found for agent {agent!r}")

@@ -108,3 +108,26 @@ def test_pool_replaces_a_connection_the_server_closed(database_url: str) -> None
             assert tx.scalar("SELECT pg_backend_pid()") != victim
     finally:
         db.close()
+
+
+def test_a_prepared_first_statement_runs_inside_its_transaction(database_url: str) -> None:
+    """BEGIN travels with a transaction's first (already prepared) statement: the statement
+    must still be inside the transaction, and a failure must leave the connection in step."""
+    db = Database(connector_from_url(database_url, 10), 1)  # one connection, reused
+    insert = "INSERT INTO pipelined (k) VALUES (%s)"
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE pipelined (k int PRIMARY KEY)")
+            tx.execute(insert, (1,))  # prepared here, after a BEGIN of its own
+        with db.transaction() as tx:
+            tx.execute(insert, (2,))  # the first statement: BEGIN goes with it
+            raise RollbackOnly  # ...so this discards it
+        with pytest.raises(Conflict), db.transaction() as tx:
+            tx.execute(insert, (1,))  # fails as the first statement
+        count = "SELECT count(*) FROM pipelined WHERE k >= %s"
+        for _ in range(3):  # still in step: each answer is its own statement's
+            with db.transaction() as tx:
+                assert tx.scalar(count, (0,)) == 1
+                assert tx.scalar("SELECT %s::int + 1", (41,)) == 42
+    finally:
+        db.close()

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 from pg8000.converters import make_params
+from pg8000.core import SYNC_MSG, Context, _flush, _write
 from pg8000.dbapi import Connection, convert_paramstyle
 
 MAX_STATEMENTS = 256
@@ -45,9 +46,12 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
     if cache is None:
         cache = OrderedDict()
         connection._talon_statements = cache  # type: ignore[attr-defined]
-    if not connection._in_transaction and not connection.autocommit:
-        connection.execute_simple("begin transaction")
+    begin = not connection._in_transaction and not connection.autocommit
     prepared = cache.get(sql)
+    if prepared is not None and begin:
+        return _begin_and_run(connection, cache, sql, prepared, params)
+    if begin:
+        connection.execute_simple("begin transaction")
     if prepared is None:
         # Rewriting %s to $n walks the SQL character by character: once per statement, since
         # with the format paramstyle the values pass through unchanged.
@@ -69,6 +73,40 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
         if _sqlstate(exc) == _FEATURE_NOT_SUPPORTED:
             cache.pop(sql, None)  # the table changed shape: prepare afresh next time
         raise
+    names = [c["name"] for c in context.columns] if context.columns else []
+    return Result(names, context.rows or [], context.row_count)
+
+
+def _begin_and_run(
+    connection: Connection,
+    cache: OrderedDict[str, _Prepared],
+    sql: str,
+    prepared: _Prepared,
+    params: tuple[Any, ...] | list[Any],
+) -> Result:
+    """BEGIN and a transaction's first statement in one round trip: both are written before
+    either answer is read (the answers come back in order, each ending at its ReadyForQuery).
+    A transaction otherwise pays a round trip for BEGIN alone."""
+    cache.move_to_end(sql)
+    begun = Context("begin transaction")
+    context = Context(
+        columns=prepared.columns, input_funcs=prepared.input_funcs, statement=prepared.statement
+    )
+    connection.send_QUERY("begin transaction")
+    connection.send_BIND(prepared.name, make_params(connection.py_types, params))
+    connection.send_EXECUTE()
+    _write(connection._sock, SYNC_MSG)
+    _flush(connection._sock)
+    try:
+        connection.handle_messages(begun)
+    finally:
+        # Read the statement's answer whatever BEGIN said, so the next exchange starts in step.
+        try:
+            connection.handle_messages(context)
+        except Exception as exc:
+            if _sqlstate(exc) == _FEATURE_NOT_SUPPORTED:
+                cache.pop(sql, None)
+            raise
     names = [c["name"] for c in context.columns] if context.columns else []
     return Result(names, context.rows or [], context.row_count)
 

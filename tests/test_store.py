@@ -131,3 +131,20 @@ def test_a_prepared_first_statement_runs_inside_its_transaction(database_url: st
                 assert tx.scalar("SELECT %s::int + 1", (41,)) == 42
     finally:
         db.close()
+
+
+def test_a_failing_commit_is_an_error_and_the_connection_stays_usable(database_url: str) -> None:
+    db = Database(connector_from_url(database_url, 10), 1)
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE deferred_check (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        # The duplicate is only caught by COMMIT itself.
+        with pytest.raises(Conflict), db.transaction() as tx:
+            tx.execute("INSERT INTO deferred_check VALUES (%s), (%s)", (1, 1))
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT count(*) FROM deferred_check WHERE k = %s", (1,)) == 0
+            tx.execute("INSERT INTO deferred_check VALUES (%s)", (1,))
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT count(*) FROM deferred_check WHERE k = %s", (1,)) == 1
+    finally:
+        db.close()

@@ -204,13 +204,13 @@ class Database:
             tx = Tx(connection)
             try:
                 yield tx
-                connection.commit()
+                statements.commit(connection)
                 self._run_commit_hooks(tx.announced)
             except RollbackOnly:
-                connection.rollback()
+                statements.rollback(connection)
             except BaseException:
                 try:
-                    connection.rollback()
+                    statements.rollback(connection)
                 except Exception:
                     healthy = False
                 raise
@@ -253,7 +253,7 @@ def _alive(connection: Connection) -> bool:
         cursor = connection.cursor()
         cursor.execute("SELECT 1")
         cursor.fetchall()
-        connection.rollback()
+        statements.rollback(connection)
         return True
     except Exception:
         return False

@@ -77,6 +77,18 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
     return Result(names, context.rows or [], context.row_count)
 
 
+def commit(connection: Connection) -> None:
+    """COMMIT in one round trip: pg8000's `commit()` sends it through the extended protocol
+    (parse, describe, then bind/execute, each waiting for its own answer)."""
+    connection.execute_simple("commit")
+
+
+def rollback(connection: Connection) -> None:
+    """ROLLBACK in one round trip, if a transaction is open (as pg8000's `rollback()`)."""
+    if connection._in_transaction:
+        connection.execute_simple("rollback")
+
+
 def _begin_and_run(
     connection: Connection,
     cache: OrderedDict[str, _Prepared],

@@ -40,22 +40,42 @@ class Lease:
     seconds: float
 
 
+# Lock the session row, then extend the turn's lease if this worker still holds it (fencing
+# token, state): the CTE's row lock is taken while the join reads the session, before the
+# UPDATE locks the turn row it produces. `fenced` below continues the statement.
+_RENEW_CTE = (
+    "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE), "
+    "r AS (UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "
+    "WHERE turns.id = %s AND turns.session_uid = s.uid AND fencing_token = %s "
+    "AND state = 'running' RETURNING 1)"
+)
+_STEP_COLUMNS = "(turn_id, idx, name, kind, state, output, fencing_token, completed_at)"
+_STEP_CONFLICT = (
+    "ON CONFLICT (turn_id, idx) DO UPDATE SET state = EXCLUDED.state, "
+    "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
+    "completed_at = EXCLUDED.completed_at"
+)
+# Renewing and journaling a step in one statement: the step is written only if the lease held.
+_RENEW_AND_STEP_SQL = (
+    _RENEW_CTE + ", w AS (INSERT INTO turn_steps " + _STEP_COLUMNS + " "
+    "SELECT %s::uuid, %s::int, %s::text, %s::text, %s::text, %s::jsonb, %s::bigint, "
+    "CASE WHEN %s::text = 'started' THEN NULL ELSE now() END "
+    "WHERE EXISTS (SELECT 1 FROM r) " + _STEP_CONFLICT + ") "
+    "SELECT count(*) FROM r"
+)
+
+
+def _renew_params(lease: Lease) -> tuple[Any, ...]:
+    return (lease.session_uid, lease.seconds, lease.turn_id, lease.token)
+
+
 def renew(tx: Tx, lease: Lease) -> None:
     """Check the fence and extend the lease; raise Fenced if this worker lost the turn.
 
     Locks the session row first, then the turn: the same order as the gateway and the claim,
     so concurrent writers queue instead of deadlocking.
     """
-    # One statement: the CTE's row lock is taken while the join reads the session, before
-    # the UPDATE locks the turn row it produces.
-    ok = tx.scalar(
-        "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE) "
-        "UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "
-        "WHERE turns.id = %s AND turns.session_uid = s.uid AND fencing_token = %s "
-        "AND state = 'running' RETURNING 1",
-        (lease.session_uid, lease.seconds, lease.turn_id, lease.token),
-    )
-    if ok is None:
+    if tx.scalar(_RENEW_CTE + " SELECT count(*) FROM r", _renew_params(lease)) == 0:
         raise Fenced(str(lease.turn_id))
 
 
@@ -85,12 +105,17 @@ def record(
     resumed turn must not run it again (its effect may have happened) but answer it with an
     error result instead.
     """
-    if renewing:  # False only right after the lease was taken in this transaction
-        renew(tx, lease)
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
-        _upsert(tx, lease, done)
+        if renewing:  # False only right after the lease was taken in this transaction
+            params = _renew_params(lease) + _step_params(lease, done)
+            if tx.scalar(_RENEW_AND_STEP_SQL, params) == 0:
+                raise Fenced(str(lease.turn_id))
+        else:
+            _upsert(tx, lease, done)
         batch.append((f"step.{done.state}", _step_event(done, summary=True)))
+    elif renewing:
+        renew(tx, lease)
     if starting is not None:
         if starting.kind == "tool":
             _upsert(tx, lease, starting)
@@ -103,23 +128,17 @@ def record(
 
 def _upsert(tx: Tx, lease: Lease, step: Step) -> None:
     tx.execute(
-        "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
-        "completed_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
-        "CASE WHEN %s = 'started' THEN NULL ELSE now() END) "
-        "ON CONFLICT (turn_id, idx) DO UPDATE SET state = EXCLUDED.state, "
-        "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
-        "completed_at = EXCLUDED.completed_at",
-        (
-            lease.turn_id,
-            step.idx,
-            step.name,
-            step.kind,
-            step.state,
-            jsonb(step.output),
-            lease.token,
-            step.state,
-        ),
+        f"INSERT INTO turn_steps {_STEP_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
+        f"CASE WHEN %s = 'started' THEN NULL ELSE now() END) {_STEP_CONFLICT}",
+        _step_params(lease, step),
     )
+
+
+def _step_params(lease: Lease, step: Step) -> tuple[Any, ...]:
+    return (
+        lease.turn_id, step.idx, step.name, step.kind, step.state, jsonb(step.output),
+        lease.token, step.state,
+    )  # fmt: skip
 
 
 ERROR_PREVIEW_CHARS = 500

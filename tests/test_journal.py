@@ -95,18 +95,27 @@ class BlockingTools(RecordingTools):
         return ToolResult("fresh")
 
 
-def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, model_server) -> None:
+def worker_a_in_a_tool_call(
+    api: Api, db: Database, model_server: Any, answer: str
+) -> tuple[BlockingTools, uuid.UUID, threading.Thread]:
+    """worker-a runs a turn and blocks inside its tool call (until `tools.release`); the
+    model then answers `answer`."""
     _agent_with_policy(api, policy(model_server.url, "primary"))
     model_server.add(
         {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
-        {"content": "done by worker b"},
+        {"content": answer},
     )
     api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
     tools = BlockingTools()
     uid = session_uid(db)
-    stale = threading.Thread(target=lambda: runner(db, tools, "worker-a").drive(uid))
-    stale.start()
+    thread = threading.Thread(target=lambda: runner(db, tools, "worker-a").drive(uid))
+    thread.start()
     assert tools.entered.wait(20)
+    return tools, uid, thread
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, model_server) -> None:
+    tools, uid, stale = worker_a_in_a_tool_call(api, db, model_server, "done by worker b")
     expire_leases(db)  # worker-a is presumed dead while it is only slow
     runner(db, tools, "worker-b").drive(uid)
     tools.release.set()
@@ -125,17 +134,7 @@ def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, mod
 def test_a_turn_under_a_live_lease_is_left_to_its_worker(
     api: Api, db: Database, model_server
 ) -> None:
-    _agent_with_policy(api, policy(model_server.url, "primary"))
-    model_server.add(
-        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
-        {"content": "done by worker a"},
-    )
-    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
-    tools = BlockingTools()
-    uid = session_uid(db)
-    owner = threading.Thread(target=lambda: runner(db, tools, "worker-a").drive(uid))
-    owner.start()
-    assert tools.entered.wait(20)
+    tools, uid, owner = worker_a_in_a_tool_call(api, db, model_server, "done by worker a")
     busy_until = runner(db, tools, "worker-b").drive(uid)  # a duplicate delivery meanwhile
     tools.release.set()
     owner.join(timeout=20)

@@ -98,7 +98,9 @@ def _begin_and_run(
 ) -> Result:
     """BEGIN and a transaction's first statement in one round trip: both are written before
     either answer is read (the answers come back in order, each ending at its ReadyForQuery).
-    A transaction otherwise pays a round trip for BEGIN alone."""
+    A transaction otherwise pays a round trip for BEGIN alone. It is only sent on an idle
+    connection, where BEGIN cannot fail short of the connection itself failing (and with it
+    the statement), so the statement never runs outside the transaction."""
     cache.move_to_end(sql)
     begun = Context("begin transaction")
     context = Context(

@@ -42,7 +42,8 @@ class Lease:
 
 # Lock the session row, then extend the turn's lease if this worker still holds it (fencing
 # token, state): the CTE's row lock is taken while the join reads the session, before the
-# UPDATE locks the turn row it produces. `fenced` below continues the statement.
+# UPDATE locks the turn row it produces. The statements below continue it; `r` has a row
+# only if the lease held.
 _RENEW_CTE = (
     "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE), "
     "r AS (UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "

@@ -48,11 +48,10 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
         connection._talon_statements = cache  # type: ignore[attr-defined]
     begin = not connection._in_transaction and not connection.autocommit
     prepared = cache.get(sql)
-    if prepared is not None and begin:
-        return _begin_and_run(connection, cache, sql, prepared, params)
-    if begin:
-        connection.execute_simple("begin transaction")
     if prepared is None:
+        if begin:  # preparing takes round trips of its own: BEGIN goes first, alone
+            connection.execute_simple("begin transaction")
+            begin = False
         # Rewriting %s to $n walks the SQL character by character: once per statement, since
         # with the format paramstyle the values pass through unchanged.
         statement, _ = convert_paramstyle("format", sql, params)
@@ -65,10 +64,7 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
     else:
         cache.move_to_end(sql)
     try:
-        context = connection.execute_named(
-            prepared.name, make_params(connection.py_types, params), prepared.columns,
-            prepared.input_funcs, prepared.statement,
-        )  # fmt: skip
+        context = _execute(connection, prepared, params, begin=begin)
     except Exception as exc:
         if _sqlstate(exc) == _FEATURE_NOT_SUPPORTED:
             cache.pop(sql, None)  # the table changed shape: prepare afresh next time
@@ -89,25 +85,26 @@ def rollback(connection: Connection) -> None:
         connection.execute_simple("rollback")
 
 
-def _begin_and_run(
-    connection: Connection,
-    cache: OrderedDict[str, _Prepared],
-    sql: str,
-    prepared: _Prepared,
-    params: tuple[Any, ...] | list[Any],
-) -> Result:
-    """BEGIN and a transaction's first statement in one round trip: both are written before
-    either answer is read (the answers come back in order, each ending at its ReadyForQuery).
-    A transaction otherwise pays a round trip for BEGIN alone. It is only sent on an idle
-    connection, where BEGIN cannot fail short of the connection itself failing (and with it
-    the statement), so the statement never runs outside the transaction."""
-    cache.move_to_end(sql)
+def _execute(
+    connection: Connection, prepared: _Prepared, params: tuple[Any, ...] | list[Any], *,
+    begin: bool,
+) -> Context:  # fmt: skip
+    """Bind and execute `prepared`. With `begin`, BEGIN goes in the same round trip: both are
+    written before either answer is read (the answers come back in order, each ending at its
+    ReadyForQuery); a transaction otherwise pays a round trip for BEGIN alone. BEGIN is only
+    sent on an idle connection, where it cannot fail short of the connection itself failing
+    (and with it the statement), so the statement never runs outside its transaction."""
+    values = make_params(connection.py_types, params)
+    if not begin:
+        return connection.execute_named(
+            prepared.name, values, prepared.columns, prepared.input_funcs, prepared.statement
+        )
     begun = Context("begin transaction")
     context = Context(
         columns=prepared.columns, input_funcs=prepared.input_funcs, statement=prepared.statement
     )
     connection.send_QUERY("begin transaction")
-    connection.send_BIND(prepared.name, make_params(connection.py_types, params))
+    connection.send_BIND(prepared.name, values)
     connection.send_EXECUTE()
     _write(connection._sock, SYNC_MSG)
     _flush(connection._sock)
@@ -115,14 +112,8 @@ def _begin_and_run(
         connection.handle_messages(begun)
     finally:
         # Read the statement's answer whatever BEGIN said, so the next exchange starts in step.
-        try:
-            connection.handle_messages(context)
-        except Exception as exc:
-            if _sqlstate(exc) == _FEATURE_NOT_SUPPORTED:
-                cache.pop(sql, None)
-            raise
-    names = [c["name"] for c in context.columns] if context.columns else []
-    return Result(names, context.rows or [], context.row_count)
+        connection.handle_messages(context)
+    return context
 
 
 def _sqlstate(exc: Exception) -> str | None:

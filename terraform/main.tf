@@ -93,6 +93,7 @@ module "functions" {
   }
   admin_token_secret = module.iam.admin_token_secret_id
   mcp_header_secrets = var.mcp_header_secrets
+  model_key_secrets  = var.model_key_secrets
   topics             = module.messaging.topics
   queue              = module.scheduler.queue
 

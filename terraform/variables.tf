@@ -54,6 +54,12 @@ variable "functions" {
   }))
 }
 
+variable "model_key_secrets" {
+  description = "Secret Manager secrets that model profiles reference in apiKeyFrom (ids or projects/P/secrets/S names); the worker (dispatch) may read them, nothing else may."
+  type        = list(string)
+  default     = []
+}
+
 variable "mcp_header_secrets" {
   description = "Secret Manager secret ids that MCPServer headers reference; the worker (dispatch) may read them."
   type        = list(string)

@@ -268,6 +268,25 @@ def model_server() -> Iterator[Any]:
     server = ModelServer()
     yield server
     server.close()
+    # Whatever Talon sent that the real API would refuse fails the test that sent it (a test
+    # that provokes a refusal on purpose clears `refused` after checking it).
+    assert not server.refused, f"the real API would refuse Talon's request: {server.refused}"
+    assert not server.script_errors, server.script_errors
+
+
+@pytest.fixture
+def secret_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A local Secret Manager that this process's Google credentials and Talon point at."""
+    from secret_manager_server import SecretManagerServer
+    from talon.runtime.secrets import forget_cached_secrets
+
+    server = SecretManagerServer()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(server.credentials_file(tmp_path)))
+    monkeypatch.setenv("TALON_SECRET_MANAGER_ENDPOINT", server.url)
+    forget_cached_secrets()
+    yield server
+    forget_cached_secrets()
+    server.close()
 
 
 @pytest.fixture

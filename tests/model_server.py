@@ -1,8 +1,16 @@
 """A scripted OpenAI-compatible chat completions server for tests (real HTTP, real client).
 
-Each request pops the next scripted reply: a text answer, tool calls, an HTTP error status,
-a hang, or a raw body (a list of chunks when streamed) for a malformed provider. With the
-script empty it answers "ok". Every request body is recorded.
+It is as strict as the real API about the shape of a request (see `openai_rules.py`): a
+request the real API would refuse gets the same 400 (or 401 without a key), so a test fails
+wherever production would. Each accepted request pops the next scripted reply: a text answer,
+tool calls, an HTTP error status, a hang, or a raw body (a list of chunks when streamed) for a
+malformed provider. With the script empty it answers "ok". Every request body is recorded, and
+so is every refusal (`refused`).
+
+A scripted tool call must name a function the request offered (a real model can only call
+those): a script naming another is a broken test, recorded in `script_errors` and answered
+with 500 (the `model_server` fixture fails the test on it), unless the call says
+`"unoffered": True` (a model inventing a tool).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from openai_rules import Refusal, check_request
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the default 5 drops connections from 16 concurrent workers
@@ -27,9 +37,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class ModelServer:
-    def __init__(self) -> None:
+    def __init__(self, api_keys: set[str] | None = None) -> None:
         self.script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.refused: list[Refusal] = []
+        self.script_errors: list[str] = []
+        self.keys_seen: list[str] = []
+        # None: any key is accepted (local servers); a set: only these (a real provider).
+        self.api_keys = api_keys
         self._lock = threading.Lock()
         server = self
 
@@ -43,10 +58,29 @@ class ModelServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                refusal = check_request(
+                    self.path, self.headers.get("Authorization"), raw, server.api_keys
+                )
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                with server._lock:
+                    server.keys_seen.append(key)
+                    if refusal is not None:
+                        server.refused.append(refusal)
+                if refusal is not None:
+                    self._send(refusal.status, json.dumps(refusal.body()).encode())
+                    return
+                body = json.loads(raw)
                 with server._lock:
                     server.requests.append(body)
                     reply = server.script.popleft() if server.script else {"content": "ok"}
+                unoffered = _unoffered_calls(body, reply)
+                if unoffered:
+                    message = f"the script calls {unoffered}, which the request did not offer"
+                    with server._lock:
+                        server.script_errors.append(message)
+                    self._send(500, json.dumps({"error": {"message": message}}).encode())
+                    return
                 if "hang" in reply:
                     time.sleep(reply["hang"])
                 if "status" in reply:
@@ -102,6 +136,15 @@ class ModelServer:
         self._httpd.server_close()
 
 
+def _unoffered_calls(request: dict[str, Any], reply: dict[str, Any]) -> list[str]:
+    offered = {t["function"]["name"] for t in request.get("tools") or []}
+    return [
+        c["name"]
+        for c in reply.get("tool_calls") or []
+        if c["name"] not in offered and not c.get("unoffered")
+    ]
+
+
 def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
     finish = "stop"
@@ -109,7 +152,7 @@ def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any
         message["content"] = None
         message["tool_calls"] = [
             {
-                "id": f"call_{uuid.uuid4().hex[:12]}",
+                "id": c.get("id", f"call_{uuid.uuid4().hex[:12]}"),
                 "type": "function",
                 "function": {"name": c["name"], "arguments": _arguments(c)},
             }
@@ -147,8 +190,8 @@ def _chunks(request: dict[str, Any], reply: dict[str, Any]) -> list[dict[str, An
     for i, call in enumerate(reply.get("tool_calls") or []):
         finish = "tool_calls"
         function = {"name": call["name"], "arguments": _arguments(call)}
-        part = {"index": i, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": function}  # fmt: skip
+        part = {"index": i, "id": call.get("id", f"call_{uuid.uuid4().hex[:12]}"),
+                "type": "function", "function": function}  # fmt: skip
         delta = {"tool_calls": [part]}
         chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})

@@ -179,6 +179,25 @@ def test_topics_subscriptions_queue_and_secrets_are_wired() -> None:
     assert secrets["TALON_CONTROL_PLANE_DATABASE_PASSWORD"] == "${var.database.password_secret}"
 
 
+def test_model_keys_are_readable_by_the_worker_alone() -> None:
+    """Each model-key secret is granted to the dispatch account, secret by secret; no account
+    has a project-wide Secret Manager role that would reach every secret."""
+    functions = _load(TERRAFORM / "modules" / "functions" / "main.tf")
+    grant = _resources(functions, "google_secret_manager_secret_iam_member")["model_keys"]
+    assert grant["for_each"] == "${toset(var.model_key_secrets)}"
+    assert _unquote(grant["member"]) == 'serviceAccount:${var.accounts["dispatch"]}'
+    assert _unquote(grant["role"]) == "roles/secretmanager.secretAccessor"
+    root = _load(TERRAFORM / "main.tf")
+    functions_call = next(
+        _labels(m)["functions"] for m in root["module"] if "functions" in _labels(m)
+    )
+    assert functions_call["model_key_secrets"] == "${var.model_key_secrets}"
+    for path in _tf_files():
+        for kind in ("google_project_iam_member", "google_project_iam_binding"):
+            for name, body in _resources(_load(path), kind).items():
+                assert "secretmanager" not in str(body.get("role")), (path, name)
+
+
 def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None:
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]

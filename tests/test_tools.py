@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, Api, read_stream
+from conftest import ADMIN_TOKEN, ROOT, Api, read_stream
 from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
@@ -162,6 +162,22 @@ def test_a_missing_secret_makes_the_server_unavailable(
     assert len(stripe.headers_seen) == requests  # never contacted without its credentials
 
 
+def test_a_header_from_secret_manager_reaches_the_server(
+    acme: Api, stripe: RunningServer, secret_manager: Any
+) -> None:
+    """The same Secret Manager path as model keys: read at call time, cached, never stored."""
+    secret = "projects/test-project/secrets/stripe-auth"
+    secret_manager.add_version(secret, "Bearer sk_from_secret_manager")
+    _set_server(acme, "stripe-readonly", {"url": stripe.url, "headers": [
+        {"name": "Authorization", "valueFrom": {"secret": secret}}]})  # fmt: skip
+    for _ in range(2):
+        result = _source().call(_context(), "stripe-readonly.list_invoices",
+                                {"customer_id": "cus_acme_001"})  # fmt: skip
+        assert not result.is_error, result.content
+    assert stripe.headers_seen[-1]["authorization"] == "Bearer sk_from_secret_manager"
+    assert secret_manager.accesses == [f"{secret}/versions/latest"]  # cached, read once
+
+
 def test_tool_lists_are_cached_per_server_version(acme: Api, stripe: RunningServer) -> None:
     source = _source()
     source.tools_for(_context())
@@ -211,3 +227,61 @@ def test_a_turn_goes_on_without_a_server_that_is_down(acme: Api, start_worker) -
     unavailable = next(e for e in events if e["type"] == "tools.unavailable")
     assert unavailable["data"]["sources"][0]["source"] == "mcp:stripe-readonly"
     assert events[-1]["type"] == "turn.completed"
+
+
+def test_the_seed_turn_completes_against_the_strict_model_server(
+    acme: Api, stripe: RunningServer, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's own turn (`customer-support`, session `enterprise-renewals`) with the example
+    manifests, the default tool registry and a model server as strict as OpenAI's API (and as
+    strict about the key): the model calls the skill and the Stripe tool by their wire names,
+    and journal, stream, history and talon-ops show the registry names."""
+    from model_server import ModelServer
+    from talon.ops.tools import OpsTools
+
+    model = ModelServer(api_keys={"sk-seed-0123"})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-seed-0123")
+    template = next(d for d in (d.body for d in read_documents([str(ROOT / "manifests")]))
+                    if d["kind"] == "AgentTemplate")  # fmt: skip
+    template["definition"]["modelPolicy"]["profiles"][0]["model"]["baseUrl"] = model.url
+    acme.ok("POST", "/v1/apply", json={"items": [template]})
+    model.add(
+        {"tool_calls": [{"name": "skill_renewal-outreach"}]},
+        {"tool_calls": [{"name": "stripe-readonly_list_invoices",
+                         "arguments": {"customer_id": "cus_acme_001"}}]},
+        {"content": "Drafting account-by-account follow-ups."},
+    )  # fmt: skip
+    try:
+        start_worker()  # the default registry: built-ins, skills/, MCP
+        events = _turn(acme, "enterprise-renewals", "Review renewals due in 14 days.")
+    finally:
+        model.close()
+    assert not model.refused and not model.script_errors
+    offered = sorted(t["function"]["name"] for t in model.requests[0]["tools"])
+    assert "stripe-readonly_list_invoices" in offered and "talon_current_time" in offered
+    assert "skill_renewal-outreach" in offered
+    steps = [e["data"]["step"] for e in events if e["type"] == "step.completed"]
+    assert steps == [
+        "load-knowledge", "call-model", "call-skill.renewal-outreach", "call-model",
+        "call-stripe-readonly.list_invoices", "call-model", "write-next-message",
+    ]  # fmt: skip
+    assert events[-1]["type"] == "turn.completed"
+    assert stripe.calls["list_invoices"] == 1
+    messages = acme.ok("GET", f"{SESSIONS}/enterprise-renewals/messages")["items"]
+    assert [c["name"] for m in messages for c in m.get("toolCalls") or []] == [
+        "skill.renewal-outreach", "stripe-readonly.list_invoices"
+    ]  # fmt: skip
+    assert messages[-1]["content"] == "Drafting account-by-account follow-ups."
+    # The last request carried the whole exchange, tool results paired with their calls.
+    assert [m["role"] for m in model.requests[-1]["messages"]] == [
+        "system", "user", "assistant", "tool", "assistant", "tool"
+    ]  # fmt: skip
+    services = entrypoints.services()
+    admin = services.tokens.authenticate(ADMIN_TOKEN)
+    turn = OpsTools(services).run(admin, "inspect_turn", {
+        "namespace": "acme", "agent": "customer-support", "session_id": "enterprise-renewals",
+        "turn_id": events[-1]["turnId"],
+    })  # fmt: skip
+    assert [s["output"]["call"]["name"] for s in turn["steps"] if s["kind"] == "tool"] == [
+        "skill.renewal-outreach", "stripe-readonly.list_invoices"
+    ]  # fmt: skip

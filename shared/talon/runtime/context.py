@@ -8,6 +8,7 @@ from typing import Any
 
 from talon.knowledge.index import retrieve
 from talon.runtime.tools.base import AgentContext
+from talon.runtime.transcript import paired
 from talon.store.database import Tx
 
 HISTORY_TURNS = 40  # earlier turns sent to the model; whole turns, so tool pairs stay intact
@@ -73,21 +74,24 @@ def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any
         "ORDER BY t.seq, m.seq",
         (session_uid, turn_seq, turn_seq - HISTORY_TURNS - 1, session_uid),
     )
-    return [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
+    return paired(
+        [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
+    )
 
 
 def to_chat(
     role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": role, "content": content}
+    # An assistant message that only calls tools has null content, as providers send it.
+    message: dict[str, Any] = {"role": role, "content": content or (None if tool_calls else "")}
     if tool_calls:
         message["tool_calls"] = [
             {"id": c["id"], "type": "function",
              "function": {"name": c["name"], "arguments": c["arguments"]}}
             for c in tool_calls
         ]  # fmt: skip
-    if tool_call_id:
-        message["tool_call_id"] = tool_call_id
+    if role == "tool":
+        message["tool_call_id"] = tool_call_id or ""
     return message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from tenacity import (
 from talon.runtime.providers.base import ModelClient, ModelError, ModelRequest, ModelResponse
 from talon.runtime.providers.demo import DemoModel
 from talon.runtime.providers.openai_chat import OpenAIChatModel
+from talon.runtime.providers.secret_key import SecretKeyedModel
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +41,22 @@ class ProfileClient:
     client: ModelClient
 
 
-def _api_key(model: dict[str, Any]) -> str | None:
-    source = model.get("apiKeyFrom") or {"env": "OPENAI_API_KEY"}
-    if source.get("env"):
-        return os.environ.get(source["env"]) or None
-    # Secret Manager references are resolved by the deployment (mounted as env); see README.
-    return None
+def _key_source(model: dict[str, Any]) -> dict[str, Any]:
+    return model.get("apiKeyFrom") or {"env": "OPENAI_API_KEY"}
+
+
+def _env_key(model: dict[str, Any]) -> str | None:
+    """The key from the environment; None for Secret Manager keys (read at call time)."""
+    source = _key_source(model)
+    if not source.get("env"):
+        return None
+    return os.environ.get(source["env"]) or None
 
 
 def policy_credentials(model_policy: dict[str, Any]) -> str:
-    """A fingerprint of the keys a policy would use now, so a changed key builds new clients."""
-    import hashlib
-
-    keys = [_api_key(p["model"]) or "" for p in model_policy.get("profiles", [])]
+    """A fingerprint of the environment keys a policy would use now, so a changed key builds
+    new clients (Secret Manager keys are read per call and need no rebuild)."""
+    keys = [_env_key(p["model"]) or "" for p in model_policy.get("profiles", [])]
     return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
 
 
@@ -63,7 +68,23 @@ def build_clients(model_policy: dict[str, Any], *, demo_fallback: bool) -> list[
         if model["provider"] == "demo":
             clients.append(ProfileClient(name, DemoModel(name, model["name"])))
             continue
-        key = _api_key(model)
+
+        def build(key: str, name: str = name, model: dict[str, Any] = model) -> OpenAIChatModel:
+            return OpenAIChatModel(
+                profile=name,
+                model=model["name"],
+                api_key=key,
+                base_url=model.get("baseUrl"),
+                temperature=model.get("temperature"),
+                max_tokens=model.get("maxTokens"),
+            )
+
+        source = _key_source(model)
+        if source.get("secret"):
+            label = f"{name}/{model['provider']}:{model['name']}"
+            clients.append(ProfileClient(name, SecretKeyedModel(label, source, build)))
+            continue
+        key = _env_key(model)
         if key is None and model.get("baseUrl"):
             key = "unused"  # local OpenAI-compatible servers usually ignore the key
         if key is None:
@@ -73,27 +94,14 @@ def build_clients(model_policy: dict[str, Any], *, demo_fallback: bool) -> list[
                 continue
             clients.append(ProfileClient(name, _MissingCredentials(name, model)))
             continue
-        clients.append(
-            ProfileClient(
-                name,
-                OpenAIChatModel(
-                    profile=name,
-                    model=model["name"],
-                    api_key=key,
-                    base_url=model.get("baseUrl"),
-                    temperature=model.get("temperature"),
-                    max_tokens=model.get("maxTokens"),
-                ),
-            )
-        )
+        clients.append(ProfileClient(name, build(key)))
     return clients
 
 
 class _MissingCredentials:
     def __init__(self, profile: str, model: dict[str, Any]) -> None:
         self.label = f"{profile}/{model['provider']}:{model['name']}"
-        source = model.get("apiKeyFrom") or {"env": "OPENAI_API_KEY"}
-        self._where = source.get("env") or source.get("secret")
+        self._where = _key_source(model)["env"]
 
     def complete(self, request: ModelRequest) -> ModelResponse:
         raise ModelError(f"{self.label}: no API key ({self._where} is not set)", retryable=False)

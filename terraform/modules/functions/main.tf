@@ -30,6 +30,7 @@ variable "database" {
 }
 variable "admin_token_secret" { type = string }
 variable "mcp_header_secrets" { type = list(string) }
+variable "model_key_secrets" { type = list(string) }
 variable "topics" { type = map(string) }
 variable "queue" { type = string }
 
@@ -152,6 +153,17 @@ resource "google_cloud_run_service_iam_member" "invokers" {
 # time: dispatch runs the turns, so it alone reads them.
 resource "google_secret_manager_secret_iam_member" "mcp_headers" {
   for_each  = toset(var.mcp_header_secrets)
+  project   = var.project
+  secret_id = each.value
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${var.accounts["dispatch"]}"
+}
+
+# Model keys (apiKeyFrom: {secret: ...}) are read by the worker at call time, per secret: the
+# dispatch account gets exactly these secrets, no project-wide Secret Manager role, and no
+# other function reads them.
+resource "google_secret_manager_secret_iam_member" "model_keys" {
+  for_each  = toset(var.model_key_secrets)
   project   = var.project
   secret_id = each.value
   role      = "roles/secretmanager.secretAccessor"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import openai
@@ -13,6 +14,7 @@ from talon.runtime.providers.base import (
     ModelResponse,
     ToolCall,
 )
+from talon.runtime.providers.wire_names import WireNames, wire_call_id, wire_names
 
 
 class OpenAIChatModel:
@@ -37,13 +39,17 @@ class OpenAIChatModel:
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
+        names = wire_names([t.name for t in request.tools] + _called_names(request.messages))
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": _messages_on_wire(request.messages, names),
+        }
         if request.tools:
             kwargs["tools"] = [
                 {
                     "type": "function",
                     "function": {
-                        "name": t.name,
+                        "name": names.wire(t.name),
                         "description": t.description,
                         "parameters": t.parameters,
                     },
@@ -56,7 +62,7 @@ class OpenAIChatModel:
             kwargs["max_tokens"] = self.max_tokens
         try:
             if request.on_delta is not None:
-                return self._stream(kwargs, request)
+                return self._stream(kwargs, request, names)
             completion = self._client.post(
                 "/chat/completions",
                 body=kwargs,
@@ -81,13 +87,18 @@ class OpenAIChatModel:
             if not isinstance(call, dict):
                 raise ModelError(f"{self.label}: malformed tool call", retryable=True)
             function = _dict(call, "function", self.label)
-            calls.append(ToolCall(str(call.get("id") or ""), str(function.get("name") or ""),
-                                  str(function.get("arguments") or "{}")))  # fmt: skip
+            calls.append((str(call.get("id") or ""), str(function.get("name") or ""),
+                          str(function.get("arguments") or "{}")))  # fmt: skip
         return ModelResponse(
-            str(message.get("content") or ""), calls, self.label, _usage(completion, self.label)
+            str(message.get("content") or ""),
+            _tool_calls(calls, names),
+            self.label,
+            _usage(completion, self.label),
         )
 
-    def _stream(self, kwargs: dict[str, Any], request: ModelRequest) -> ModelResponse:
+    def _stream(
+        self, kwargs: dict[str, Any], request: ModelRequest, names: WireNames
+    ) -> ModelResponse:
         """Streamed completion: text deltas go to `request.on_delta` as they arrive; tool call
         fragments are assembled by index."""
         assert request.on_delta is not None
@@ -129,10 +140,46 @@ class OpenAIChatModel:
         if not finished:
             # A dropped connection can end the stream quietly; a cut answer is not an answer.
             raise ModelError(f"{self.label}: the stream ended before the answer", retryable=True)
-        tool_calls = [
-            ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
-        ]
-        return ModelResponse("".join(text), tool_calls, self.label, usage)
+        parts = [(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())]
+        return ModelResponse("".join(text), _tool_calls(parts, names), self.label, usage)
+
+
+def _called_names(messages: list[dict[str, Any]]) -> list[str]:
+    """Tool names the history's assistant messages called (a tool may be gone since)."""
+    return [
+        call["function"]["name"] for message in messages for call in message.get("tool_calls") or ()
+    ]
+
+
+def _messages_on_wire(messages: list[dict[str, Any]], names: WireNames) -> list[dict[str, Any]]:
+    """The history with tool names and call ids as the provider accepts them; messages
+    without tool calls are sent as they are (no copy)."""
+    wired = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [
+                {**call, "id": wire_call_id(call["id"]),
+                 "function": {**call["function"], "name": names.wire(call["function"]["name"])}}
+                for call in message["tool_calls"]
+            ]  # fmt: skip
+            message = {**message, "tool_calls": calls}
+        elif message.get("tool_call_id"):
+            message = {**message, "tool_call_id": wire_call_id(message["tool_call_id"])}
+        wired.append(message)
+    return wired
+
+
+def _tool_calls(parts: list[tuple[str, str, str]], names: WireNames) -> list[ToolCall]:
+    """The model's calls with registry names; a missing or repeated id gets a fresh one, so
+    each call's result can be paired with it."""
+    seen: set[str] = set()
+    calls = []
+    for call_id, name, arguments in parts:
+        if not call_id or call_id in seen:
+            call_id = f"call_{uuid.uuid4().hex}"
+        seen.add(call_id)
+        calls.append(ToolCall(call_id, names.registry(name), arguments))
+    return calls
 
 
 def _dict(value: Any, key: str, label: str) -> dict[str, Any]:

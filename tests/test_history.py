@@ -1,0 +1,153 @@
+"""Histories sent to the model are always valid: each assistant message with tool calls is
+followed by exactly one tool message per call id before anything else. Checked by the strict
+model server on every request (the `model_server` fixture fails a test on any refusal) after
+failover between profiles, cancellation during a tool call and with 1,000 messages; crashes
+and interrupted calls are covered the same way by tests/test_crash.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from conftest import Api, read_stream
+from talon.runtime.providers.base import ToolSpec
+from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
+from talon.runtime.transcript import MISSING_RESULT, paired
+from test_models import _agent_with_policy, policy
+
+BASE = "/v1/ns/acme/agents/bot/sessions/s1"
+
+
+def call(call_id: str, name: str = "get_renewals") -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def result(call_id: str, content: str = "[]") -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def asks(*ids: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [call(i) for i in ids]}
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+# --- the guard, on its own -----------------------------------------------------------------
+
+
+def test_a_valid_history_is_returned_as_it_is() -> None:
+    history = [USER, asks("a", "b"), result("a"), result("b"), {"role": "assistant",
+                                                                "content": "done"}]  # fmt: skip
+    assert paired(history) is history
+
+
+def test_a_call_without_its_result_gets_an_error_result() -> None:
+    fixed = paired([USER, asks("a", "b"), result("b"), USER])
+    assert fixed == [USER, asks("a", "b"), result("a", MISSING_RESULT), result("b"), USER]
+
+
+def test_stray_repeated_and_unknown_results_are_dropped() -> None:
+    history = [result("x"), USER, asks("a"), result("a", "first"), result("a", "again"),
+               result("zzz"), USER, result("a")]  # fmt: skip
+    assert paired(history) == [USER, asks("a"), result("a", "first"), USER]
+
+
+def test_results_follow_their_calls_in_order_and_repeated_ids_are_called_once() -> None:
+    history = [USER, {**asks("a", "b", "a")}, result("b"), result("a")]
+    assert paired(history) == [USER, asks("a", "b"), result("a"), result("b")]
+
+
+# --- through turns, checked by the strict server ---------------------------------------------
+
+
+class SlowTools:
+    """`get_renewals`, which waits for `release` while `started` is set (a call in flight)."""
+
+    def __init__(self, *, wait: bool = False) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not wait:
+            self.release.set()
+        self.calls = 0
+
+    def tools_for(self, context: AgentContext) -> Toolset:
+        return Toolset([ToolSpec("get_renewals", "Renewals.", {"type": "object"})])
+
+    def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(30)
+        return ToolResult(json.dumps({"call": self.calls}))
+
+
+def _turn(api: Api, content: str, after: int) -> list[dict[str, Any]]:
+    api.ok("POST", f"{BASE}/message", 202, json={"content": content})
+    return read_stream(api, f"{BASE}/stream", last_event_id=after,
+                       params={"untilTurnEnd": "true"})  # fmt: skip
+
+
+def test_failover_after_a_tool_call_sends_the_other_provider_a_valid_history(
+    api: Api, model_server: Any, start_worker: Any
+) -> None:
+    """The primary calls a tool with an id too long for OpenAI (as another provider's ids
+    are), then fails; the secondary gets that call and its result in a form it accepts, and
+    so does the next turn."""
+    _agent_with_policy(api, policy(model_server.url, "primary", "secondary"))
+    foreign = "toolu_" + "7" * 60
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "id": foreign}]},
+        {"status": 500}, {"status": 500},
+        {"content": "Two renewals."},
+        {"content": "Still two."},
+    )  # fmt: skip
+    start_worker(tools=SlowTools())
+    events = _turn(api, "renewals?", 0)
+    assert events[-1]["type"] == "turn.completed"
+    assert events[-1]["data"]["provider"] == "secondary/openai:model-secondary"
+    _turn(api, "and now?", events[-1]["id"])
+    sent = model_server.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool", "assistant",
+                                         "user"]  # fmt: skip
+    assert sent[2]["tool_calls"][0]["id"] == sent[3]["tool_call_id"] != foreign
+    stored = api.ok("GET", f"{BASE}/messages")["items"]
+    assert stored[1]["toolCalls"][0]["id"] == foreign  # stored as the provider gave it
+
+
+def test_a_turn_cancelled_during_a_tool_call_leaves_a_valid_history(
+    api: Api, model_server: Any, start_worker: Any
+) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"tool_calls": [{"name": "get_renewals"}]}, {"content": "after cancel"})
+    tools = SlowTools(wait=True)
+    start_worker(tools=tools)
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "first"})
+    assert tools.started.wait(20), "the tool call never started"
+    api.ok("POST", f"{BASE}/cancel", 200)
+    tools.release.set()
+    events = _turn(api, "second", 0)
+    assert [e["type"] for e in events if e["type"].startswith("turn.")][-1] == "turn.completed"
+    sent = model_server.requests[-1]["messages"]
+    # The cancelled turn wrote no messages: its call is not in the history.
+    assert [m["role"] for m in sent] == ["system", "user", "user"]
+
+
+def test_a_history_of_1000_messages_is_accepted(
+    api: Api, model_server: Any, start_worker: Any
+) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    calls_per_round, rounds, turns = 10, 7, 13
+    round_ = {"tool_calls": [{"name": "get_renewals"}] * calls_per_round}
+    for turn in range(turns):
+        model_server.add(*[round_] * rounds, {"content": f"answer {turn}"})
+    start_worker(tools=SlowTools())
+    after = 0
+    for turn in range(turns):
+        events = _turn(api, f"question {turn}", after)
+        assert events[-1]["type"] == "turn.completed", events[-1]
+        after = events[-1]["id"]
+    _turn(api, "one more", after)
+    sent = model_server.requests[-1]["messages"]
+    assert len(sent) >= 1000
+    assert sum(m["role"] == "tool" for m in sent) == turns * rounds * calls_per_round

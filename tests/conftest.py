@@ -21,10 +21,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from talon import entrypoints
-from talon.config import Settings
+from talon.config import Settings, load_settings
 from talon.store.database import Database, connector_from_url
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
+from talon.tenancy.policy import TenancyPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -107,9 +108,18 @@ def raw_connection(url: str) -> pg8000.dbapi.Connection:
     return connector_from_url(url, 10)()
 
 
+TEST_CONFIG = ROOT / "tests" / "data" / "talon-test.yaml"
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings.model_validate({"control_plane": {"database": {"url": database_url}}})
+    """The test configuration (tests/data/talon-test.yaml) on this test's database."""
+    return load_settings(TEST_CONFIG, environ={"TALON_CONTROL_PLANE_DATABASE_URL": database_url})
+
+
+def tenancy_for_tests() -> TenancyPolicy:
+    """The tests' tenancy policy (loopback servers over http, acme's grants)."""
+    return TenancyPolicy.from_settings(load_settings(TEST_CONFIG, environ={}).tenancy)
 
 
 # --- the gateway over HTTP -------------------------------------------------------------------
@@ -235,7 +245,7 @@ def gateway_url(
     """The session's gateway, re-pointed at this test's database."""
     monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", database_url)
     monkeypatch.setenv("TALON_ADMIN_TOKEN", ADMIN_TOKEN)
-    monkeypatch.setenv("TALON_CONFIG", str(ROOT / "tests" / "data" / "talon-test.yaml"))
+    monkeypatch.setenv("TALON_CONFIG", str(TEST_CONFIG))
     entrypoints.reset()
     yield http_server.url
     entrypoints.reset()
@@ -323,8 +333,8 @@ def start_worker(settings: Settings) -> Iterator[Any]:
 
     def start(*, tools: Any = None, demo_fallback: bool = False, lease_seconds: float = 5.0):
         services = Services.start(settings)
-        worker = Worker(services.db, tools=tools, demo_fallback=demo_fallback,
-                        lease_seconds=lease_seconds)  # fmt: skip
+        worker = Worker(services.db, tenancy=services.tenancy, tools=tools,
+                        demo_fallback=demo_fallback, lease_seconds=lease_seconds)  # fmt: skip
         stop = threading.Event()
         thread = threading.Thread(target=run, args=(worker, stop), daemon=True)
         thread.start()

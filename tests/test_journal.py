@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import samples
-from conftest import Api
+from conftest import Api, tenancy_for_tests
 from talon.broker.base import Delivery
 from talon.runtime.tools.base import AgentContext, ToolResult
 from talon.runtime.turns import INTERRUPTED, RunnerSettings, TurnRunner
@@ -44,7 +44,7 @@ def expire_leases(db: Database) -> None:
 
 
 def runner(db: Database, tools: Any, name: str) -> TurnRunner:
-    return TurnRunner(db, tools, RunnerSettings(name, lease_seconds=30))
+    return TurnRunner(db, tools, RunnerSettings(name, lease_seconds=30), tenancy_for_tests())
 
 
 def test_resume_after_a_crash_during_a_tool_call(api: Api, db: Database, model_server) -> None:
@@ -169,7 +169,7 @@ def test_duplicate_deliveries_yield_one_turn(api: Api, db: Database) -> None:
     api.ok("POST", "/v1/apply", json={"items": items})
     api.ok("POST", "/v1/ns/acme/agents/bot/sessions", 201, json={"id": "s1"})
     accepted = api.ok("POST", f"{BASE}/message", 202, json={"content": "once"})
-    worker = Worker(db)
+    worker = Worker(db, tenancy=tenancy_for_tests())
     payload = {"sessionUid": str(session_uid(db)), "turnId": accepted["turnId"]}
     results = [worker.handle(Delivery(str(i), "dispatch", payload, 1)) for i in range(3)]
     assert [r.outcome for r in results] == ["ack"] * 3

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import samples
-from conftest import Api, read_stream
+from conftest import Api, read_stream, tenancy_for_tests
 from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
 from talon.runtime.providers.base import ModelRequest, ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
@@ -29,8 +29,14 @@ def policy(url: str, *names: str, retry: dict | None = None) -> dict[str, Any]:
     }
 
 
+def clients_for(model_policy: dict[str, Any], *, demo_fallback: bool = False) -> Any:
+    """The policy's clients for namespace acme under the tests' tenancy policy."""
+    return build_clients(model_policy, namespace="acme", tenancy=tenancy_for_tests(),
+                         demo_fallback=demo_fallback)  # fmt: skip
+
+
 def ask(model_policy: dict[str, Any], *, deadline_seconds: float = 10) -> Any:
-    clients = build_clients(model_policy, demo_fallback=False)
+    clients = clients_for(model_policy)
     request = ModelRequest([{"role": "user", "content": "hi"}], [], deadline_seconds)
     return complete_with_policy(
         clients, model_policy["retry"], request, deadline=time.monotonic() + deadline_seconds
@@ -75,7 +81,7 @@ def test_a_malformed_answer_is_retried_not_a_crash(model_server, streamed: bool)
     garbage = [{"choices": "not a list"}] if streamed else {"choices": [{"message": 7}]}
     model_server.add({"raw": garbage}, {"content": "sane again"})
     model_policy = policy(model_server.url, "primary")
-    clients = build_clients(model_policy, demo_fallback=False)
+    clients = clients_for(model_policy)
     deltas: list[str] = []
     request = ModelRequest([{"role": "user", "content": "hi"}], [], 10,
                            deltas.append if streamed else None)  # fmt: skip
@@ -102,7 +108,7 @@ def test_request_carries_tools_and_sampling_settings(model_server) -> None:
     model_policy = policy(model_server.url, "primary")
     model_policy["profiles"][0]["model"]["temperature"] = 0.2
     model_policy["profiles"][0]["model"]["maxTokens"] = 64
-    clients = build_clients(model_policy, demo_fallback=False)
+    clients = clients_for(model_policy)
     tool = ToolSpec("get_customer", "Look a customer up.",
                     {"type": "object", "properties": {"id": {"type": "string"}}})  # fmt: skip
     request = ModelRequest([{"role": "user", "content": "hi"}], [tool], 5)
@@ -120,7 +126,7 @@ def test_missing_credentials_fail_clearly_or_use_demo_when_allowed(monkeypatch) 
     with pytest.raises(PolicyError) as exc:
         ask(model_policy)
     assert "OPENAI_API_KEY is not set" in str(exc.value)
-    demo = build_clients(model_policy, demo_fallback=True)
+    demo = clients_for(model_policy, demo_fallback=True)
     assert demo[0].client.label == "primary/demo:demo (no credentials)"
 
 

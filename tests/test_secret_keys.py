@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from conftest import Api, read_stream
-from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.policy import PolicyError, complete_with_policy
 from talon.runtime.providers.base import ModelRequest
-from test_models import FAST_RETRY, _agent_with_policy, policy
+from test_models import FAST_RETRY, _agent_with_policy, clients_for, policy
 
 KEY_SECRET = "projects/test-project/secrets/openai-key"
 
@@ -25,7 +25,7 @@ def keyed_policy(url: str, secret: str = KEY_SECRET, *names: str) -> dict[str, A
 
 
 def ask(model_policy: dict[str, Any]) -> Any:
-    clients = build_clients(model_policy, demo_fallback=False)
+    clients = clients_for(model_policy)
     request = ModelRequest([{"role": "user", "content": "hi"}], [], 10)
     return complete_with_policy(clients, FAST_RETRY, request, deadline=time.monotonic() + 10)
 
@@ -84,12 +84,13 @@ def test_an_unreadable_key_fails_the_profile_clearly_and_fails_over(
     grant: bool, secret: str, reason: str,
 ) -> None:  # fmt: skip
     secret_manager.add_version(KEY_SECRET, "sk-first", grant=grant)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-platform")
-    model_server.api_keys = {"sk-platform"}
+    monkeypatch.setenv("ACME_OPENAI_KEY", "sk-acme")
+    model_server.api_keys = {"sk-acme"}
     model_policy = keyed_policy(model_server.url, secret, "primary", "secondary")
-    response = ask(model_policy)  # the secondary uses the environment's key
+    model_policy["profiles"][1]["model"]["apiKeyFrom"] = {"env": "ACME_OPENAI_KEY"}
+    response = ask(model_policy)  # the secondary uses a key from the environment
     assert response.provider.startswith("secondary/")
-    assert model_server.keys_seen == ["sk-platform"]
+    assert model_server.keys_seen == ["sk-acme"]
     model_policy["profiles"] = model_policy["profiles"][:1]
     with pytest.raises(PolicyError) as exc:
         ask(model_policy)

@@ -63,7 +63,8 @@ def _context(agent: str = "customer-support") -> AgentContext:
 
 
 def _source() -> MCPToolSource:
-    return MCPToolSource(entrypoints.services().db)
+    services = entrypoints.services()
+    return MCPToolSource(services.db, services.tenancy)
 
 
 def _set_server(api: Api, name: str, spec: dict[str, Any]) -> None:
@@ -199,7 +200,8 @@ def test_the_registry_merges_builtins_skills_and_mcp_tools(acme: Api, tmp_path: 
     skill.write_text("---\nname: renewal-playbook\ndescription: How to run renewals.\n---\nStep 1.")
     acme.ok("PATCH", "/v1/ns/acme/agent-templates/customer-support",
             json={"definition": {"skills": ["renewal-playbook"]}})  # fmt: skip
-    registry = default_tools(entrypoints.services().db, tmp_path)
+    services = entrypoints.services()
+    registry = default_tools(services.db, tmp_path, services.tenancy)
     names = [t.name for t in registry.tools_for(_context()).tools]
     assert names[:2] == ["talon.current_time", "skill.renewal-playbook"]
     assert "stripe-readonly.list_invoices" in names
@@ -240,10 +242,11 @@ def test_the_seed_turn_completes_against_the_strict_model_server(
     from talon.ops.tools import OpsTools
 
     model = ModelServer(api_keys={"sk-seed-0123"})
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-seed-0123")
+    monkeypatch.setenv("ACME_OPENAI_KEY", "sk-seed-0123")  # granted to acme (talon-test.yaml)
     template = next(d for d in (d.body for d in read_documents([str(ROOT / "manifests")]))
                     if d["kind"] == "AgentTemplate")  # fmt: skip
-    template["definition"]["modelPolicy"]["profiles"][0]["model"]["baseUrl"] = model.url
+    profile_model = template["definition"]["modelPolicy"]["profiles"][0]["model"]
+    profile_model.update(baseUrl=model.url, apiKeyFrom={"env": "ACME_OPENAI_KEY"})
     acme.ok("POST", "/v1/apply", json={"items": [template]})
     model.add(
         {"tool_calls": [{"name": "skill_renewal-outreach"}]},

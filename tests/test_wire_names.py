@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from openai_rules import MAX_CALL_ID_LENGTH, NAME_PATTERN
-from talon.runtime.policy import build_clients, complete_with_policy
+from talon.runtime.policy import complete_with_policy
 from talon.runtime.providers.base import ModelRequest, ModelResponse, ToolSpec
 from talon.runtime.providers.wire_names import wire_call_id, wire_names
-from test_models import FAST_RETRY, policy
+from test_models import FAST_RETRY, clients_for, policy
 
 SEED_NAMES = ["stripe-readonly.list_invoices", "skill.renewal-outreach", "talon.current_time"]
 LONG = "stripe-readonly." + "list_every_open_invoice_of_the_customer_" * 3  # 136 characters
@@ -85,7 +85,7 @@ def tool(name: str) -> ToolSpec:
 def complete(url: str, messages: list[dict[str, Any]], tools: list[ToolSpec],
              *, streamed: bool = False) -> ModelResponse:  # fmt: skip
     model_policy = policy(url, "primary")
-    clients = build_clients(model_policy, demo_fallback=False)
+    clients = clients_for(model_policy)
     deltas: list[str] = []
     request = ModelRequest(messages, tools, 10, deltas.append if streamed else None)
     return complete_with_policy(clients, FAST_RETRY, request, deadline=time.monotonic() + 10)

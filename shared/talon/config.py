@@ -2,11 +2,13 @@
 
 Every leaf value has an environment variable derived from its path, e.g.
 `control_plane.database.url` -> `TALON_CONTROL_PLANE_DATABASE_URL` and
-`worker.pullMode` -> `TALON_WORKER_PULL_MODE`. Lists are comma-separated.
+`worker.pullMode` -> `TALON_WORKER_PULL_MODE`. Lists are comma-separated, mappings JSON
+(`TALON_TENANCY_SECRET_GRANTS='{"acme": {"env": ["ACME_*"]}}'`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -105,12 +107,51 @@ class WorkerSettings(_Section):
     skills_dir: str = "skills"
 
 
+class SecretGrant(_Section):
+    """What one namespace's manifests may reference. Entries are exact names, or prefixes
+    ending in `*` (`ACME_*`, `projects/p/secrets/acme-*`)."""
+
+    env: list[str] = []
+    secrets: list[str] = []
+
+
+class EgressSettings(_Section):
+    """Where MCP server URLs and model base URLs may point. Link-local addresses (cloud
+    metadata) are always refused unless a CIDR below names them."""
+
+    allowed_schemes: list[str] = ["https"]
+    allow_loopback: bool = False
+    # RFC 1918, unique-local, carrier-grade NAT and other non-public ranges.
+    allow_private: bool = False
+    # When non-empty, only these hosts (exact, or `*.example.com`) are allowed.
+    allowed_hosts: list[str] = []
+    # Addresses allowed even inside a denied range (a VPC's MCP servers, say).
+    allowed_cidrs: list[str] = []
+
+
+class PlatformModelKey(_Section):
+    """The deployment's own model key (`apiKeyFrom` absent, or naming this variable): every
+    namespace may use it, but it is sent only to these base URLs."""
+
+    env: str = "OPENAI_API_KEY"
+    base_urls: list[str] = ["https://api.openai.com/v1"]
+
+
+class TenancySettings(_Section):
+    # namespace -> the secrets its manifests may reference; an operator setting, never a
+    # tenant's (a namespace with no entry may reference none).
+    secret_grants: dict[str, SecretGrant] = {}
+    egress: EgressSettings = EgressSettings()
+    platform_model_key: PlatformModelKey = PlatformModelKey()
+
+
 class Settings(_Section):
     gateway: GatewaySettings = GatewaySettings()
     control_plane: ControlPlaneSettings = Field(
         default=ControlPlaneSettings(), alias="control_plane"
     )
     worker: WorkerSettings = WorkerSettings()
+    tenancy: TenancySettings = TenancySettings()
 
 
 def _snake(name: str) -> str:
@@ -144,6 +185,14 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def _json_setting(env: str, value: str) -> Any:
+    """A mapping setting from the environment, written as JSON."""
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{env} must be a JSON object: {exc}") from exc
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -168,6 +217,8 @@ def load_settings(
             value: Any = environ[env]
             if isinstance(default, list):
                 value = [item.strip() for item in value.split(",") if item.strip()]
+            elif isinstance(default, dict):
+                value = _json_setting(env, value)
             _set_path(raw, dotted.split("."), value)
     try:
         return Settings.model_validate(raw)

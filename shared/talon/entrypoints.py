@@ -47,7 +47,7 @@ def dispatch() -> Any:
     def build() -> DispatchEndpoint:
         built = services()
         skills = Path(built.settings.worker.skills_dir)
-        return DispatchEndpoint(built, Worker(built.db, skills_dir=skills))
+        return DispatchEndpoint(built, Worker(built.db, tenancy=built.tenancy, skills_dir=skills))
 
     return _once("dispatch", build)
 

@@ -19,6 +19,7 @@ from talon.sessions.service import SessionService
 from talon.store.database import Database
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
+from talon.tenancy.policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "TALON_ADMIN_TOKEN"
@@ -32,6 +33,7 @@ class Services:
     tokens: TokenService
     sessions: SessionService
     schedules: ScheduleFirer
+    tenancy: TenancyPolicy
     relay: OutboxRelay | None = None  # set with the gcp_pubsub broker
     tasks: TaskScheduler | None = None  # set with the cloud_tasks scheduler
     _listener: Listener | None = field(default=None, repr=False)
@@ -56,8 +58,10 @@ class Services:
             # A written schedule gets its next fire's task right after commit; the
             # scheduler function's sweep enqueues any a failure leaves behind.
             db.on_commit(SCHEDULE_CHANGED, tasks.sync)
+        tenancy = TenancyPolicy.from_settings(settings.tenancy)
+        resources = ResourceService(db, checks=[tenancy.check_resource])
         services = cls(
-            settings, db, ResourceService(db), TokenService(db), sessions, firer, relay, tasks
+            settings, db, resources, TokenService(db), sessions, firer, tenancy, relay, tasks
         )
         services.tokens.use_cache(lambda: services.listener().connected)
         admin_token = os.environ.get(ADMIN_TOKEN_ENV)

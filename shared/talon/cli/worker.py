@@ -43,6 +43,7 @@ def run_worker(
     try:
         worker = Worker(
             services.db,
+            tenancy=services.tenancy,
             skills_dir=Path(services.settings.worker.skills_dir),
             demo_fallback=demo_fallback,
             lease_seconds=lease_seconds,

@@ -8,6 +8,7 @@ agents that depend on a changed template or MCP server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -58,9 +59,18 @@ LIFECYCLE_KINDS = ("AgentTemplate", "MCPServer")
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ResourceStore | None = None,
+        *,
+        checks: Sequence[Callable[[Resource], None]] = (),
+    ) -> None:
         self.db = db
         self.store = store or ResourceStore()
+        # Policy checks the wiring adds (the tenancy policy): each raises Invalid naming the
+        # fields it refuses, before anything is written.
+        self.checks = tuple(checks)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -202,6 +212,8 @@ class ResourceService:
     # -- internals ---------------------------------------------------------------------------
 
     def _write(self, tx: Tx, resource: Resource, *, mode: str) -> ApplyResult:
+        for check in self.checks:
+            check(resource)
         kind = BY_NAME[resource.kind]
         namespace = resource.metadata.namespace or ""
         name = resource.metadata.name

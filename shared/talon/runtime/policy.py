@@ -23,6 +23,9 @@ from talon.runtime.providers.base import ModelClient, ModelError, ModelRequest, 
 from talon.runtime.providers.demo import DemoModel
 from talon.runtime.providers.openai_chat import OpenAIChatModel
 from talon.runtime.providers.secret_key import SecretKeyedModel
+from talon.tenancy.grants import SecretGrants, SecretNotGranted
+from talon.tenancy.http_guard import guarded_client
+from talon.tenancy.policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +44,33 @@ class ProfileClient:
     client: ModelClient
 
 
-def _key_source(model: dict[str, Any]) -> dict[str, Any]:
-    return model.get("apiKeyFrom") or {"env": "OPENAI_API_KEY"}
-
-
-def _env_key(model: dict[str, Any]) -> str | None:
-    """The key from the environment; None for Secret Manager keys (read at call time)."""
-    source = _key_source(model)
+def _env_key(model: dict[str, Any], platform_env: str) -> str | None:
+    """The key an environment variable holds; None for Secret Manager keys (read per call)."""
+    source = model.get("apiKeyFrom") or {"env": platform_env}
     if not source.get("env"):
         return None
     return os.environ.get(source["env"]) or None
 
 
-def policy_credentials(model_policy: dict[str, Any]) -> str:
+def policy_credentials(model_policy: dict[str, Any], platform_env: str = "OPENAI_API_KEY") -> str:
     """A fingerprint of the environment keys a policy would use now, so a changed key builds
     new clients (Secret Manager keys are read per call and need no rebuild)."""
-    keys = [_env_key(p["model"]) or "" for p in model_policy.get("profiles", [])]
+    keys = [_env_key(p["model"], platform_env) or "" for p in model_policy.get("profiles", [])]
     return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
 
 
-def build_clients(model_policy: dict[str, Any], *, demo_fallback: bool) -> list[ProfileClient]:
+def build_clients(
+    model_policy: dict[str, Any], *, namespace: str, tenancy: TenancyPolicy, demo_fallback: bool
+) -> list[ProfileClient]:
+    """A client per profile, each key checked against the namespace's secret grants. The
+    profiles share one HTTP client that enforces the egress policy on every connection."""
+    grants = tenancy.grants
+    http = guarded_client(tenancy.egress)
     clients = []
     for profile in model_policy.get("profiles", []):
         model = profile["model"]
         name = profile["name"]
+        label = f"{name}/{model['provider']}:{model['name']}"
         if model["provider"] == "demo":
             clients.append(ProfileClient(name, DemoModel(name, model["name"])))
             continue
@@ -77,34 +83,61 @@ def build_clients(model_policy: dict[str, Any], *, demo_fallback: bool) -> list[
                 base_url=model.get("baseUrl"),
                 temperature=model.get("temperature"),
                 max_tokens=model.get("maxTokens"),
+                http_client=http,
             )
 
-        source = _key_source(model)
-        if source.get("secret"):
-            label = f"{name}/{model['provider']}:{model['name']}"
-            clients.append(ProfileClient(name, SecretKeyedModel(label, source, build)))
+        ref = model.get("apiKeyFrom")
+        base_url = model.get("baseUrl")
+        try:
+            if grants.is_platform_key(ref):
+                key = _platform_key(grants, ref, base_url)
+            else:
+                grants.check(namespace, ref)
+                if ref.get("secret"):
+                    clients.append(ProfileClient(name, SecretKeyedModel(label, ref, build)))
+                    continue
+                key = os.environ.get(ref["env"]) or None
+        except SecretNotGranted as exc:
+            clients.append(ProfileClient(name, _Unusable(label, f"refused: {exc}")))
             continue
-        key = _env_key(model)
-        if key is None and model.get("baseUrl"):
-            key = "unused"  # local OpenAI-compatible servers usually ignore the key
         if key is None:
             if demo_fallback:
                 log.info("profile %s has no credentials; using the demo provider", name)
                 clients.append(ProfileClient(name, DemoModel(name, "demo (no credentials)")))
                 continue
-            clients.append(ProfileClient(name, _MissingCredentials(name, model)))
+            where = (ref or {}).get("env") or grants.platform_key_env
+            clients.append(
+                ProfileClient(name, _Unusable(label, f"no API key ({where} is not set)"))
+            )
             continue
         clients.append(ProfileClient(name, build(key)))
     return clients
 
 
-class _MissingCredentials:
-    def __init__(self, profile: str, model: dict[str, Any]) -> None:
-        self.label = f"{profile}/{model['provider']}:{model['name']}"
-        self._where = _key_source(model)["env"]
+def _platform_key(
+    grants: SecretGrants, ref: dict[str, Any] | None, base_url: str | None
+) -> str | None:
+    """The platform's key, only for its own endpoint or the operator's listed base URLs. A
+    profile that names no key and points elsewhere (a local OpenAI-compatible server) gets a
+    placeholder: the platform key never goes to a URL a tenant chose."""
+    try:
+        grants.check_platform_key_url(base_url)
+    except SecretNotGranted:
+        if ref is None:
+            return "unused"
+        raise
+    return os.environ.get(grants.platform_key_env) or None
+
+
+class _Unusable:
+    """A profile that cannot be called (no key, or a key it may not use): fails at once."""
+
+    def __init__(self, label: str, why: str) -> None:
+        self.label = label
+        self._why = why
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        raise ModelError(f"{self.label}: no API key ({self._where} is not set)", retryable=False)
+        raise ModelError(f"{self.label}: {self._why}", retryable=False)
 
 
 def complete_with_policy(

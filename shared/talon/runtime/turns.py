@@ -38,6 +38,7 @@ from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
 from talon.store.database import Database, Tx, jsonb
+from talon.tenancy.policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +98,32 @@ LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.na
 
 
 class TurnRunner:
-    def __init__(self, db: Database, tools: ToolSource, settings: RunnerSettings) -> None:
+    def __init__(
+        self, db: Database, tools: ToolSource, settings: RunnerSettings, tenancy: TenancyPolicy
+    ) -> None:
         self.db = db
         self.tools = tools
         self.settings = settings
+        self.tenancy = tenancy
         self._client_cache: dict[str, list[Any]] = {}
         self._cache_lock = threading.Lock()
 
-    def _clients(self, model_policy: dict[str, Any]) -> list[Any]:
-        """Model clients per policy, reused across turns: building one costs an HTTP client
-        and a TLS context, far more than a zero-latency model call."""
-        key = json.dumps(model_policy, sort_keys=True) + "|" + policy_credentials(model_policy)
+    def _clients(self, namespace: str, model_policy: dict[str, Any]) -> list[Any]:
+        """Model clients per namespace and policy (grants are per namespace), reused across
+        turns: building one costs an HTTP client and a TLS context, far more than a
+        zero-latency model call."""
+        platform_env = self.tenancy.grants.platform_key_env
+        key = "|".join((namespace, json.dumps(model_policy, sort_keys=True),
+                        policy_credentials(model_policy, platform_env)))  # fmt: skip
         with self._cache_lock:
             clients = self._client_cache.get(key)
             if clients is None:
                 if len(self._client_cache) > 256:
                     self._client_cache.clear()
-                clients = build_clients(model_policy, demo_fallback=self.settings.demo_fallback)
+                clients = build_clients(
+                    model_policy, namespace=namespace, tenancy=self.tenancy,
+                    demo_fallback=self.settings.demo_fallback,
+                )  # fmt: skip
                 self._client_cache[key] = clients
             return clients
 
@@ -233,7 +243,7 @@ class TurnRunner:
         notices: list[tuple[str, dict[str, Any]]] = []
         if toolset.unavailable:
             notices.append(("tools.unavailable", {"sources": toolset.unavailable}))
-        clients = self._clients(agent.effective["modelPolicy"])
+        clients = self._clients(agent.namespace, agent.effective["modelPolicy"])
         written: list[dict[str, Any]] = []  # messages this turn adds to the session
         idx = 1
         for _ in range(self.settings.max_rounds):

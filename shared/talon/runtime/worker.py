@@ -20,6 +20,7 @@ from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database, Tx
 from talon.store.notify import Listener
+from talon.tenancy.policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 TOPICS = (DISPATCH_TOPIC, LIFECYCLE_TOPIC)
@@ -34,6 +35,7 @@ class Worker:
         self,
         db: Database,
         *,
+        tenancy: TenancyPolicy,
         tools: ToolSource | None = None,
         skills_dir: Path = Path("skills"),
         demo_fallback: bool = False,
@@ -41,8 +43,8 @@ class Worker:
         max_attempts: int = 5,
     ) -> None:
         self.db = db
-        self.tools = tools if tools is not None else default_tools(db, skills_dir)
-        self.resources = ResourceService(db)
+        self.tools = tools if tools is not None else default_tools(db, skills_dir, tenancy)
+        self.resources = ResourceService(db, checks=[tenancy.check_resource])
         self.runner = TurnRunner(
             db,
             self.tools,
@@ -52,6 +54,7 @@ class Worker:
                 demo_fallback=demo_fallback,
                 max_attempts=max_attempts,
             ),
+            tenancy,
         )
 
     def handle(self, delivery: Delivery) -> Result:

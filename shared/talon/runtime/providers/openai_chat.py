@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import openai
 
 from talon.runtime.providers.base import (
@@ -15,6 +16,7 @@ from talon.runtime.providers.base import (
     ToolCall,
 )
 from talon.runtime.providers.wire_names import WireNames, wire_call_id, wire_names
+from talon.tenancy.egress import EgressDenied
 
 
 class OpenAIChatModel:
@@ -27,6 +29,7 @@ class OpenAIChatModel:
         base_url: str | None,
         temperature: float | None,
         max_tokens: int | None,
+        http_client: httpx.Client | None = None,
     ) -> None:
         self.label = f"{profile}/openai:{model}"
         self.model = model
@@ -36,7 +39,10 @@ class OpenAIChatModel:
         # Requests go through `client.post` (the client's documented way to send a raw body):
         # `chat.completions.create` re-walks every history message with typing introspection,
         # which cost ~13 ms per call at 80 messages against ~1 ms for the whole HTTP exchange.
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+        # `http_client` enforces the egress policy on every connection (tenancy/http_guard).
+        self._client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client
+        )
 
     def complete(self, request: ModelRequest) -> ModelResponse:
         names = wire_names([t.name for t in request.tools] + _called_names(request.messages))
@@ -76,7 +82,12 @@ class OpenAIChatModel:
                 retryable=retryable,
                 status=exc.status_code,
             ) from exc
+        except EgressDenied as exc:  # policy, not weather: no retry
+            raise ModelError(f"{self.label}: egress denied: {exc}", retryable=False) from exc
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            if isinstance(exc.__cause__, EgressDenied):  # the client may wrap it
+                raise ModelError(f"{self.label}: egress denied: {exc.__cause__}",
+                                 retryable=False) from exc  # fmt: skip
             raise ModelError(f"{self.label}: {type(exc).__name__}", retryable=True) from exc
         choices = _list(completion, "choices", self.label)
         if not choices:

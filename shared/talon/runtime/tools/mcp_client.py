@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from talon.runtime.tools.base import ToolResult
+from talon.tenancy.egress import EgressDenied, EgressPolicy
+from talon.tenancy.http_guard import guarded_async_client
 
 T = TypeVar("T")
 MAX_RESULT_CHARS = 32_000  # what a tool result may add to the model's context
@@ -36,7 +37,9 @@ class RemoteTool:
     read_only_hint: bool | None
 
 
-def list_tools(url: str, headers: dict[str, str], timeout: float) -> list[RemoteTool]:
+def list_tools(
+    url: str, headers: dict[str, str], timeout: float, egress: EgressPolicy
+) -> list[RemoteTool]:
     async def run(session: ClientSession) -> list[RemoteTool]:
         tools: list[RemoteTool] = []
         cursor = None
@@ -56,28 +59,35 @@ def list_tools(url: str, headers: dict[str, str], timeout: float) -> list[Remote
                 break
         return tools
 
-    return _run(url, headers, timeout, run)
+    return _run(url, headers, timeout, egress, run)
 
 
 def call_tool(
-    url: str, headers: dict[str, str], name: str, arguments: dict[str, Any], timeout: float
+    url: str,
+    headers: dict[str, str],
+    name: str,
+    arguments: dict[str, Any],
+    timeout: float,
+    egress: EgressPolicy,
 ) -> ToolResult:
     async def run(session: ClientSession) -> ToolResult:
         result = await session.call_tool(name, arguments, read_timeout_seconds=timeout)
         return ToolResult(_text(result), is_error=bool(getattr(result, "is_error", False)))
 
-    return _run(url, headers, timeout, run)
+    return _run(url, headers, timeout, egress, run)
 
 
 def _run(
     url: str,
     headers: dict[str, str],
     timeout: float,
+    egress: EgressPolicy,
     operation: Callable[[ClientSession], Awaitable[T]],
 ) -> T:
     async def connect_and_run() -> T:
         async with (
-            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            # Every connection, redirects included, checked against the egress policy.
+            guarded_async_client(egress, headers=headers, timeout=timeout) as http,
             streamable_http_client(url, http_client=http) as streams,
             ClientSession(streams[0], streams[1]) as session,
         ):
@@ -100,6 +110,8 @@ def _describe(exc: BaseException, timeout: float) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, EgressDenied):
+        return f"egress denied: {text}"
     if "timeout" in type(exc).__name__.lower() or "timed out" in text.lower():
         return f"timed out after {timeout:g} s ({text})"
     return text

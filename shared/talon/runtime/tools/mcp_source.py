@@ -21,15 +21,23 @@ from talon.runtime.tools import mcp_client
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.runtime.tools.policy import Grant, grants_for, permitted
 from talon.store.database import Database
+from talon.tenancy.egress import EgressDenied
+from talon.tenancy.grants import SecretNotGranted
+from talon.tenancy.policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
+# Why a server cannot be used now; each becomes an error the turn goes on without.
+_UNREACHABLE = (mcp_client.MCPUnavailable, SecretMissing, SecretNotGranted, EgressDenied)
 LIST_TTL_SECONDS = 300.0  # a server's tools may change without its manifest changing
 SEPARATOR = "."
 
 
 class MCPToolSource:
-    def __init__(self, db: Database, *, list_ttl: float = LIST_TTL_SECONDS) -> None:
+    def __init__(
+        self, db: Database, tenancy: TenancyPolicy, *, list_ttl: float = LIST_TTL_SECONDS
+    ) -> None:
         self.db = db
+        self.tenancy = tenancy
         self.list_ttl = list_ttl
         # (namespace, server, resource version) -> (tools, monotonic time listed)
         self._lists: dict[tuple[str, str, int], tuple[list[mcp_client.RemoteTool], float]] = {}
@@ -44,7 +52,7 @@ class MCPToolSource:
         for name, server in servers.items():
             try:
                 remote = self._list(context.namespace, name, server)
-            except (mcp_client.MCPUnavailable, SecretMissing) as exc:
+            except _UNREACHABLE as exc:
                 log.warning("MCP server %s/%s unavailable: %s", context.namespace, name, exc)
                 unavailable.append({"source": f"mcp:{name}", "error": str(exc)})
                 continue
@@ -63,8 +71,8 @@ class MCPToolSource:
             return _refused(name, context, "no binding grants this agent that server")
         try:
             known = {t.name: t for t in self._list(context.namespace, server_name, server)}
-            headers = _headers(server["body"])
-        except (mcp_client.MCPUnavailable, SecretMissing) as exc:
+            url, headers = self._connection(context.namespace, server["body"])
+        except _UNREACHABLE as exc:
             return ToolResult(f"error: MCP server {server_name!r} is unavailable: {exc}", True)
         remote = known.get(tool)
         if remote is None:
@@ -72,9 +80,8 @@ class MCPToolSource:
         if not permitted(grants[server_name], tool, remote.read_only_hint):
             return _refused(name, context, "denied by the agent's MCP bindings")
         timeout = float(server["body"].get("timeoutSeconds", 30.0))
-        url = server["body"]["url"]
         try:
-            return mcp_client.call_tool(url, headers, tool, arguments, timeout)
+            return mcp_client.call_tool(url, headers, tool, arguments, timeout, self.tenancy.egress)
         except mcp_client.MCPUnavailable as exc:
             return ToolResult(f"error: calling {name} failed: {exc}", is_error=True)
 
@@ -119,18 +126,25 @@ class MCPToolSource:
         if cached is not None and time.monotonic() - cached[1] < self.list_ttl:
             return cached[0]
         body = server["body"]
-        tools = mcp_client.list_tools(
-            body["url"], _headers(body), float(body.get("timeoutSeconds", 30.0))
-        )
+        url, headers = self._connection(namespace, body)
+        timeout = float(body.get("timeoutSeconds", 30.0))
+        tools = mcp_client.list_tools(url, headers, timeout, self.tenancy.egress)
         with self._lock:
             for stale in [k for k in self._lists if k[:2] == key[:2] and k != key]:
                 del self._lists[stale]
             self._lists[key] = (tools, time.monotonic())
         return tools
 
-
-def _headers(spec: dict[str, Any]) -> dict[str, str]:
-    return {h["name"]: resolve_secret(h["valueFrom"]) for h in spec.get("headers", [])}
+    def _connection(self, namespace: str, spec: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        """The server's URL and headers, checked against the tenancy policy as it is now
+        (it may have tightened since the manifest was applied): the URL before any secret is
+        read, each header's secret against the namespace's grants."""
+        self.tenancy.egress.check_url(spec["url"])
+        headers = {}
+        for header in spec.get("headers", []):
+            self.tenancy.grants.check(namespace, header["valueFrom"])
+            headers[header["name"]] = resolve_secret(header["valueFrom"])
+        return spec["url"], headers
 
 
 def _refused(name: str, context: AgentContext, why: str) -> ToolResult:

@@ -12,6 +12,7 @@ from talon.runtime.tools.base import AgentContext, ToolResult, Toolset, ToolSour
 from talon.runtime.tools.builtin import BuiltinTools
 from talon.runtime.tools.skills import SkillToolSource
 from talon.store.database import Database
+from talon.tenancy.policy import TenancyPolicy
 
 
 class ToolRegistry:
@@ -48,8 +49,8 @@ class ToolRegistry:
                 invalidate(namespace, kind, name)
 
 
-def default_tools(db: Database, skills_dir: Path) -> ToolRegistry:
+def default_tools(db: Database, skills_dir: Path, tenancy: TenancyPolicy) -> ToolRegistry:
     """Built-ins, the skills under `skills_dir` and the namespace's bound MCP servers."""
     from talon.runtime.tools.mcp_source import MCPToolSource  # the mcp SDK, when used
 
-    return ToolRegistry(BuiltinTools(), SkillToolSource(skills_dir), MCPToolSource(db))
+    return ToolRegistry(BuiltinTools(), SkillToolSource(skills_dir), MCPToolSource(db, tenancy))

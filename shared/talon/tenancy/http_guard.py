@@ -1,0 +1,158 @@
+"""HTTP clients that enforce the egress policy when they connect (adapter: httpx for the
+openai client, httpx2 for the MCP SDK).
+
+Every request, redirects included, has its URL checked; every connection resolves the host
+itself, refuses it if any address it resolves to is denied, and connects to a checked address,
+so a name cannot pass the check with one address and connect to another (DNS rebinding). TLS
+still verifies the certificate against the host name (httpcore sends the origin's name as SNI
+and checks it, whatever address the socket went to). Proxies from the environment are ignored:
+a proxy would make the connection on the policy's behalf, unchecked.
+
+The transports replace the connection pool httpx builds with one that uses the guarded
+network backend (`HTTPTransport` takes no backend argument); httpx and httpx2 are pinned to
+the minor versions this was tested with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpcore2
+import httpx
+import httpx2
+
+from talon.tenancy.egress import EgressDenied, EgressPolicy
+
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
+def _checked_addresses(policy: EgressPolicy, host: str, infos: Iterable[Any]) -> list[str]:
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise EgressDenied(f"{host} does not resolve")
+    for address in addresses:
+        try:
+            policy.check_address(address.split("%")[0])  # an IPv6 zone id is not part of it
+        except EgressDenied as exc:
+            raise EgressDenied(f"{host} resolves to a denied address: {exc}") from None
+    return addresses
+
+
+def _resolve(policy: EgressPolicy, host: str, port: int) -> list[str]:
+    policy.check_host(host)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+    return _checked_addresses(policy, host, infos)
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        failure: Exception | None = None
+        for address in _resolve(self._policy, host, port):
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address,
+                                               socket_options)  # fmt: skip
+            except httpcore.ConnectError as exc:
+                failure = exc
+        raise failure or httpcore.ConnectError(f"cannot connect to {host}")
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        raise EgressDenied("unix sockets are not allowed")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    def __init__(self, policy: EgressPolicy) -> None:
+        super().__init__(trust_env=False, limits=_LIMITS)
+        self._policy = policy
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=_LIMITS.max_connections,
+            max_keepalive_connections=_LIMITS.max_keepalive_connections,
+            keepalive_expiry=_LIMITS.keepalive_expiry,
+            network_backend=_GuardedBackend(policy),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._policy.check_url(str(request.url))
+        return super().handle_request(request)
+
+
+class _AsyncGuardedBackend(httpcore2.AsyncNetworkBackend):
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        self._policy.check_host(host)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        failure: Exception | None = None
+        for address in _checked_addresses(self._policy, host, infos):
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address,
+                                                     socket_options)  # fmt: skip
+            except httpcore2.ConnectError as exc:
+                failure = exc
+        raise failure or httpcore2.ConnectError(f"cannot connect to {host}")
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
+        raise EgressDenied("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
+    def __init__(self, policy: EgressPolicy) -> None:
+        super().__init__(trust_env=False)
+        self._policy = policy
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            max_connections=_LIMITS.max_connections,
+            max_keepalive_connections=_LIMITS.max_keepalive_connections,
+            keepalive_expiry=_LIMITS.keepalive_expiry,
+            network_backend=_AsyncGuardedBackend(policy),
+        )
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self._policy.check_url(str(request.url))
+        return await super().handle_async_request(request)
+
+
+def guarded_client(policy: EgressPolicy, **kwargs: Any) -> httpx.Client:
+    return httpx.Client(transport=GuardedTransport(policy), trust_env=False, **kwargs)
+
+
+def guarded_async_client(policy: EgressPolicy, **kwargs: Any) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=AsyncGuardedTransport(policy), trust_env=False, **kwargs)

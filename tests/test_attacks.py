@@ -1,0 +1,296 @@
+"""Attacks by a tenant with a namespace `write` token, reproduced against the real stack: a
+local listener stands for the attacker's server and records everything the platform sends
+it. Each test shows the attack now fails, at apply time and again when the worker resolves
+and connects (a policy may tighten after a manifest was accepted).
+
+Secret grants and egress policy: issue 13, items 1 (platform secrets and other tenants'
+secrets sent out through MCP headers or a model base URL; unfiltered URLs)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+import samples
+from conftest import ADMIN_TOKEN, Api, tenancy_for_tests
+from talon.config import TenancySettings
+from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.providers.base import ModelRequest
+from talon.runtime.tools.base import AgentContext
+from talon.runtime.tools.mcp_source import MCPToolSource
+from talon.store.database import Database
+from talon.tenancy.egress import EgressDenied
+from talon.tenancy.http_guard import guarded_client
+from talon.tenancy.policy import TenancyPolicy
+
+PLATFORM_KEY = "sk-platform-must-not-leave"
+
+
+class Listener:
+    """The attacker's server: answers 200 to anything and records each request."""
+
+    def __init__(self, redirect_to: str | None = None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode(errors="replace")
+                listener.requests.append({"path": self.path, "headers": dict(self.headers),
+                                          "body": body})  # fmt: skip
+                if redirect_to is not None:
+                    self.send_response(307)
+                    self.send_header("Location", redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_DELETE = _record
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def everything_sent(self) -> str:
+        return repr(self.requests)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def writer(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
+    """Namespaces acme (granted the example secrets) and globex (granted nothing), and an
+    attacker holding a `write` token for both."""
+    monkeypatch.setenv("OPENAI_API_KEY", PLATFORM_KEY)
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme"),
+                                                 samples.namespace("globex")]})  # fmt: skip
+    return api.as_token(api.token("write", ["acme", "globex"]))
+
+
+def server_manifest(namespace: str, url: str, ref: dict[str, Any] | None = None) -> dict:
+    spec: dict[str, Any] = {"url": url}
+    if ref is not None:
+        spec["headers"] = [{"name": "Authorization", "valueFrom": ref}]
+    return {"apiVersion": "talon.dev/v1alpha1", "kind": "MCPServer",
+            "metadata": {"name": "exfil", "namespace": namespace}, "spec": spec}  # fmt: skip
+
+
+def refused(api: Api, item: dict[str, Any], path: str, needle: str, *, dry_run: bool = False
+            ) -> None:  # fmt: skip
+    params = {"dryRun": "true"} if dry_run else None
+    response = api.post("/v1/apply", json={"items": [item]}, params=params)
+    assert response.status_code == 422, response.text
+    details = response.json()["error"]["details"]
+    assert any(d["path"].endswith(path) and needle in d["message"] for d in details), details
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("namespace", "ref", "field"),
+    [
+        ("acme", {"env": "TALON_ADMIN_TOKEN"}, "env"),  # the platform's admin token
+        ("acme", {"env": "TALON_CONTROL_PLANE_DATABASE_URL"}, "env"),  # the database
+        ("acme", {"env": "OPENAI_API_KEY"}, "env"),  # the platform model key, as a header
+        ("globex", {"env": "STRIPE_READONLY_AUTHORIZATION"}, "env"),  # acme's grant
+        ("acme", {"secret": "projects/platform/secrets/db-password"}, "secret"),
+    ],
+)
+def test_a_header_may_not_name_a_secret_the_namespace_was_not_granted(
+    writer: Api, listener: Listener, namespace: str, ref: dict[str, str], field: str
+) -> None:
+    item = server_manifest(namespace, f"{listener.url}/mcp", ref)
+    for dry_run in (True, False):
+        refused(writer, item, f"spec.headers[0].valueFrom.{field}", "is not granted to namespace",
+                dry_run=dry_run)  # fmt: skip
+    assert listener.requests == []
+
+
+def test_a_granted_header_is_accepted(writer: Api, listener: Listener) -> None:
+    item = server_manifest("acme", f"{listener.url}/mcp", {"env": "STRIPE_READONLY_AUTHORIZATION"})
+    writer.ok("POST", "/v1/apply", json={"items": [item]})
+
+
+def test_the_worker_refuses_an_ungranted_header_even_if_it_was_stored(
+    writer: Api, listener: Listener, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy tightened after the server was applied: the worker checks again when it
+    resolves the header, and the listener never hears from it."""
+    monkeypatch.setenv("STRIPE_READONLY_AUTHORIZATION", "Bearer acme-stripe-secret")
+    item = server_manifest("acme", f"{listener.url}/mcp", {"env": "STRIPE_READONLY_AUTHORIZATION"})
+    writer.ok("POST", "/v1/apply", json={"items": [item]})
+    tightened = TenancyPolicy.from_settings(TenancySettings.model_validate(
+        {"egress": {"allowedSchemes": ["http"], "allowLoopback": True}}))  # fmt: skip
+    source = MCPToolSource(db, tightened)
+    context = AgentContext("acme", "bot", "s1", {"mcpServerRefs": ["exfil"]}, {})
+    server = {"body": item["spec"], "resource_version": 1}
+    with pytest.raises(Exception, match="is not granted to namespace 'acme'"):
+        source._connection("acme", server["body"])
+    assert source.tools_for(context).tools == []
+    assert "acme-stripe-secret" not in listener.everything_sent()
+
+
+# --- model base URLs and the platform key ----------------------------------------------------
+
+
+def profile_policy(url: str, ref: dict[str, str] | None = None) -> dict[str, Any]:
+    model: dict[str, Any] = {"provider": "openai", "name": "gpt-4o", "baseUrl": url}
+    if ref is not None:
+        model["apiKeyFrom"] = ref
+    return {"profiles": [{"name": "primary", "model": model}],
+            "retry": {"maxAttempts": 1, "initialBackoffSeconds": 0.01}}  # fmt: skip
+
+
+def test_the_platform_key_never_goes_to_a_base_url_a_tenant_chose(
+    writer: Api, listener: Listener
+) -> None:
+    template = samples.template("acme")
+    template["definition"]["modelPolicy"] = profile_policy(f"{listener.url}/v1",
+                                                           {"env": "OPENAI_API_KEY"})  # fmt: skip
+    refused(writer, template, "definition.modelPolicy.profiles[0].model.apiKeyFrom.env",
+            "is sent only to https://api.openai.com/v1")  # fmt: skip
+    agent = samples.agent("acme")
+    agent["spec"]["overrides"] = {"modelPolicy": template["definition"]["modelPolicy"]}
+    refused(writer, agent, "spec.overrides.modelPolicy.profiles[0].model.apiKeyFrom.env",
+            "is sent only to")  # fmt: skip
+    # Without apiKeyFrom the profile is accepted (a local model server), but the worker sends
+    # a placeholder, never the platform key.
+    clients = build_clients(profile_policy(f"{listener.url}/v1"), namespace="acme",
+                            tenancy=tenancy_for_tests(), demo_fallback=False)  # fmt: skip
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], 5)
+    with pytest.raises(PolicyError):
+        complete_with_policy(clients, {"maxAttempts": 1}, request, deadline=time.monotonic() + 5)
+    assert listener.requests, "the profile did call its base URL"
+    assert PLATFORM_KEY not in listener.everything_sent()
+
+
+def test_a_model_key_of_another_namespace_is_refused(writer: Api, listener: Listener) -> None:
+    template = samples.template("globex")
+    template["definition"]["modelPolicy"] = profile_policy(f"{listener.url}/v1",
+                                                           {"env": "ACME_OPENAI_KEY"})  # fmt: skip
+    refused(writer, template, "definition.modelPolicy.profiles[0].model.apiKeyFrom.env",
+            "is not granted to namespace 'globex'")  # fmt: skip
+    clients = build_clients(template["definition"]["modelPolicy"], namespace="globex",
+                            tenancy=tenancy_for_tests(), demo_fallback=False)  # fmt: skip
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], 5)
+    with pytest.raises(PolicyError, match="refused: environment variable ACME_OPENAI_KEY"):
+        complete_with_policy(clients, {"maxAttempts": 1}, request, deadline=time.monotonic() + 5)
+    assert listener.requests == []
+
+
+# --- egress ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/computeMetadata/v1/", "link-local"),
+        ("http://[fe80::1]/mcp", "link-local"),
+        ("http://[::ffff:169.254.169.254]/mcp", "link-local"),
+        ("http://10.1.2.3/mcp", "private address"),
+        ("http://192.168.0.10/mcp", "private address"),
+        ("http://0.0.0.0:8080/mcp", "not a unicast address"),
+        ("file:///etc/passwd", "should match pattern"),  # the schema refuses it first
+        ("http://user:pw@example.com/mcp", "credentials in the URL"),
+    ],
+)
+def test_urls_outside_the_egress_policy_are_refused_at_apply(
+    writer: Api, url: str, reason: str
+) -> None:
+    refused(writer, server_manifest("acme", url), "spec.url", reason)
+    template = samples.template("acme")
+    template["definition"]["modelPolicy"] = profile_policy(url)
+    refused(writer, template, "definition.modelPolicy.profiles[0].model.baseUrl", reason)
+
+
+def strict() -> TenancyPolicy:
+    """A deployment's default: https and public addresses only (plus http here, so the
+    listener can be named at all)."""
+    return TenancyPolicy.from_settings(TenancySettings.model_validate(
+        {"egress": {"allowedSchemes": ["http", "https"]}}))  # fmt: skip
+
+
+def test_a_name_resolving_to_a_denied_address_is_refused_when_connecting(
+    listener: Listener, db: Database
+) -> None:
+    """`localhost` passes the check of the URL as written (it is a name), but it resolves
+    to loopback, which the deployment's policy denies: the connection is never made (the
+    same check stops a name rebound to a metadata or private address)."""
+    url = f"http://localhost:{listener.port}"
+    clients = build_clients(profile_policy(f"{url}/v1"), namespace="acme", tenancy=strict(),
+                            demo_fallback=False)  # fmt: skip
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], 5)
+    with pytest.raises(PolicyError, match="egress denied: localhost resolves to a denied"):
+        complete_with_policy(clients, {"maxAttempts": 3}, request, deadline=time.monotonic() + 5)
+    source = MCPToolSource(db, strict())
+    context = AgentContext("acme", "bot", "s1", {"mcpServerRefs": []}, {})
+    result = source.call(context, "exfil.tool", {})
+    assert result.is_error
+    from talon.runtime.tools import mcp_client
+
+    with pytest.raises(mcp_client.MCPUnavailable, match="egress denied"):
+        mcp_client.list_tools(f"{url}/mcp", {}, 5, strict().egress)
+    assert listener.requests == []
+
+
+def test_a_redirect_to_a_denied_address_is_not_followed() -> None:
+    """Neither model calls nor the MCP SDK follow redirects (a provider has no reason to send
+    one); a client of the guarded transport that does follow them has each hop checked."""
+    redirector = Listener(redirect_to="http://169.254.169.254/computeMetadata/v1/token")
+    try:
+        clients = build_clients(profile_policy(f"{redirector.url}/v1"), namespace="acme",
+                                tenancy=tenancy_for_tests(), demo_fallback=False)  # fmt: skip
+        request = ModelRequest([{"role": "user", "content": "hi"}], [], 5)
+        with pytest.raises(PolicyError, match="HTTP 307"):
+            complete_with_policy(clients, {"maxAttempts": 3}, request,
+                                 deadline=time.monotonic() + 5)  # fmt: skip
+        from talon.runtime.tools import mcp_client
+
+        with pytest.raises(mcp_client.MCPUnavailable, match="not followed"):
+            mcp_client.list_tools(f"{redirector.url}/mcp", {}, 5, tenancy_for_tests().egress)
+        with (
+            guarded_client(tenancy_for_tests().egress, follow_redirects=True) as http,
+            pytest.raises(EgressDenied, match=r"169\.254\.169\.254 is link-local"),
+        ):
+            http.get(f"{redirector.url}/anything")
+        assert len(redirector.requests) == 3  # one per client; no retry, no second hop
+    finally:
+        redirector.close()
+
+
+def test_the_admin_token_is_not_needed_to_see_these_refusals(api: Api) -> None:
+    """The same checks apply to an admin (the policy is the operator's, not a role's)."""
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme")]})
+    response = api.post("/v1/apply", json={"items": [server_manifest(
+        "acme", "http://169.254.169.254/", {"env": "TALON_ADMIN_TOKEN"})]})  # fmt: skip
+    assert response.status_code == 422
+    paths = {d["path"] for d in response.json()["error"]["details"]}
+    assert any(p.endswith("spec.url") for p in paths)
+    assert any(p.endswith("spec.headers[0].valueFrom.env") for p in paths)
+    assert ADMIN_TOKEN not in response.text

@@ -1,6 +1,7 @@
 """Package each Cloud Run function for deployment: its `main.py` at the root of a zip,
-beside a copy of the core package (`talon/`), the skills, and a `requirements.txt` made from
-pyproject's dependencies, which is what the Python buildpack installs.
+beside a copy of the core package (`talon/`), the skills, and a `requirements.txt`, which is
+what the Python buildpack installs: requirements.lock (every package pinned, with hashes; see
+scripts/lock) under `--require-hashes`, so a deployment installs exactly the files locked.
 
     python scripts/package_functions.py [--out dist/functions]
     gsutil cp dist/functions/*.zip gs://BUCKET/VERSION/   (cloudbuild.yaml does this)
@@ -9,17 +10,18 @@ pyproject's dependencies, which is what the Python buildpack installs.
 from __future__ import annotations
 
 import argparse
-import tomllib
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("gateway", "dispatch", "scheduler", "ops_mcp")
+LOCK = ROOT / "requirements.lock"
 
 
 def requirements() -> str:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return "\n".join(project["dependencies"]) + "\n"
+    # pip would turn hash checking on by itself when it sees a hash; saying so makes an entry
+    # without one an error instead of an unchecked download.
+    return "--require-hashes\n" + LOCK.read_text()
 
 
 def package(name: str, out: Path) -> Path:
@@ -38,6 +40,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "dist" / "functions"))
     args = parser.parse_args()
+    if not LOCK.is_file():
+        parser.error("requirements.lock is missing: generate it with scripts/lock")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in FUNCTIONS:

@@ -18,6 +18,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from conftest import ROOT, Api, read_stream
+from google_certs import GoogleCerts
 from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.scheduling.cloud_tasks import CloudTasksQueue
@@ -296,3 +297,34 @@ def test_in_oidc_mode_a_callback_without_a_token_is_refused(
     assert refused.status_code == 401
     assert "without an OIDC token" in refused.json()["error"]["message"]
     assert api.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")["items"] == []
+
+
+def test_in_oidc_mode_a_callback_with_a_google_signed_token_for_its_url_is_accepted(
+    api: Api, cloud_tasks: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    email = "tasks@p.iam.gserviceaccount.com"
+    monkeypatch.setenv("TALON_CONTROL_PLANE_SCHEDULER_CALLBACK_VERIFICATION", "oidc")
+    monkeypatch.setenv("TALON_CONTROL_PLANE_SCHEDULER_SERVICE_ACCOUNT_EMAIL", email)
+    entrypoints.reset()
+    _apply_seed(api)
+    google = GoogleCerts()
+    try:
+        # The one thing pointed elsewhere: Google's certificates come from the local stand-in.
+        entrypoints.scheduler().verify_callback.certs_url = google.url
+        state = _state("renewal-check")
+        # An outdated version: answered `stale` once the caller is verified, nothing fires.
+        body = FireTask("acme", "renewal-check", state["version"] + 1000, state["next_fire_at"])
+
+        def call(token: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"}
+            return httpx.post(cloud_tasks["callback"], json=body.to_json(), headers=headers)
+
+        # The audience is the callback URL (callbackAudience is not set).
+        elsewhere = call(google.token(audience="https://elsewhere.a.run.app", email=email))
+        assert elsewhere.status_code == 401 and "audience" in elsewhere.text
+        accepted = call(google.token(audience=cloud_tasks["callback"], email=email))
+        assert accepted.status_code == 200 and accepted.json()["outcome"] == "stale"
+        assert call(google.token(audience=cloud_tasks["callback"], email=email)).status_code == 200
+        assert google.fetches == 1
+    finally:
+        google.close()

@@ -9,6 +9,8 @@ import ast
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +216,32 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     declared = {name for block in variables for name in _labels(block)}
     assert {"project", "region", "source_bucket", "source_version"} <= declared
     assert "environments/${_ENV}.tfvars" in deploy
+
+
+def test_packaged_functions_install_the_lock_with_hashes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package_functions.py"), "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lock = (ROOT / "requirements.lock").read_text()
+    for name in FUNCTIONS:
+        with zipfile.ZipFile(tmp_path / f"{name}.zip") as archive:
+            files = set(archive.namelist())
+            assert {"main.py", "requirements.txt", "talon/entrypoints.py"} <= files, name
+            requirements = archive.read("requirements.txt").decode()
+        assert requirements == "--require-hashes\n" + lock, name
+
+
+def test_the_lock_is_resolved_for_the_functions_runtime() -> None:
+    # Terraform's runtime `python312` and the packaging image are the Python the lock is for.
+    function = _resources(_functions_module(), "google_cloudfunctions2_function")["talon"]
+    runtime = _unquote(function["build_config"][0]["runtime"])
+    match = re.fullmatch(r"python3(\d+)", runtime)
+    assert match is not None, runtime
+    version = f"3.{match.group(1)}"
+    assert f"--python-version {version}" in (ROOT / "scripts" / "lock").read_text()
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    assert build["steps"][1]["name"] == f"python:{version}-slim"
+    header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
+    assert header[1] == "#    scripts/lock", header  # made by the script, with its options

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from conftest import Cluster
+from conftest import ROOT, Cluster
 from talon.errors import Conflict
 from talon.store.database import Database, RollbackOnly, connector_from_url
 from talon.store.migrate import migrate, migration_files
@@ -47,6 +50,49 @@ def test_concurrent_migrations_apply_each_file_once(blank_url: str) -> None:
         assert tx.scalar("SELECT count(*) FROM resources") == 0
     assert migrate(databases[0]) == []
     for db in databases:
+        db.close()
+
+
+# Applies the migrations to argv[1] and SIGKILLs itself when migration argv[2] has run its SQL
+# and written its row, just before their commit: the worst moment for a crash.
+_CRASHING_MIGRATOR = """
+import os, signal, sys
+from talon.store.database import Database, connector_from_url
+from talon.store.migrate import migrate
+
+def die(version):
+    if version == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+migrate(Database(connector_from_url(sys.argv[1], 10), 1), before_commit=die)
+"""
+
+
+def test_a_migrator_killed_before_its_commit_leaves_neither_ddl_nor_row(blank_url: str) -> None:
+    versions = [version for version, _ in migration_files()]
+    victim = "0002_sessions"  # many statements: tables, indexes, constraints
+    assert victim in versions
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASHING_MIGRATOR, blank_url, victim],
+        cwd=ROOT, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
+    db = Database(connector_from_url(blank_url, 10), 1)
+    try:
+        with db.transaction() as tx:
+            rows = tx.all("SELECT version FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in rows] == versions[: versions.index(victim)]
+            assert tx.scalar("SELECT to_regclass('resources') IS NOT NULL")  # 0001 committed
+            # Nothing of the killed file is left: not its tables, not its indexes.
+            for relation in ("sessions", "messages", "turns", "sessions_by_agent"):
+                assert tx.scalar("SELECT to_regclass(%s)", (relation,)) is None, relation
+        # The next start applies the rest cleanly, the killed file included.
+        assert migrate(db) == versions[versions.index(victim) :]
+        with db.transaction() as tx:
+            rows = tx.all("SELECT version FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in rows] == versions
+            assert tx.scalar("SELECT count(*) FROM sessions") == 0
+    finally:
         db.close()
 
 

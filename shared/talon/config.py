@@ -169,10 +169,22 @@ def env_variables(model: type[BaseModel] = Settings) -> Iterator[tuple[str, str,
                 yield from walk(annotation, [*path, alias])
             else:
                 parts = [*path, alias]
-                env = ENV_PREFIX + "_".join(_snake(p) for p in parts).upper()
-                yield env, ".".join(parts), field.default
+                yield env_name(".".join(parts)), ".".join(parts), field.default
 
     yield from walk(model, [])
+
+
+def env_name(path: str) -> str:
+    """`control_plane.scheduler.callbackUrl` -> `TALON_CONTROL_PLANE_SCHEDULER_CALLBACK_URL`."""
+    return ENV_PREFIX + "_".join(_snake(part) for part in path.split(".")).upper()
+
+
+def require_settings(purpose: str, values: Mapping[str, Any]) -> None:
+    """Refuse to go on (ConfigError) when a setting `purpose` needs is empty; `values` maps
+    each setting's path to its value. The message names the path and its variable."""
+    missing = [f"{path} ({env_name(path)})" for path, value in values.items() if not value]
+    if missing:
+        raise ConfigError(f"{purpose} needs " + " and ".join(missing))
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

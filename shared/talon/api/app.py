@@ -49,10 +49,11 @@ class Gateway:
         self.services = services
         self.ops_proxy = None
         if services.settings.gateway.ops_mcp_upstream:
-            from talon.api.ops_proxy import OpsProxy
+            from talon.api.ops_proxy import OpsProxy, google_id_tokens
 
             gateway = services.settings.gateway
-            self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_token=gateway.ops_mcp_id_token)
+            id_tokens = google_id_tokens() if gateway.ops_mcp_id_token else None
+            self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_tokens=id_tokens)
         self.routes: list[Route] = [
             Route(
                 "GET",

@@ -8,6 +8,7 @@ import flask
 import httpx
 
 from talon.api.app import json_response
+from talon.api.id_tokens import IdTokenCache, MintIdToken
 
 OPS_PREFIX = "/mcp/talon-ops"
 _FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
@@ -16,10 +17,12 @@ TIMEOUT_SECONDS = 300.0
 
 
 class OpsProxy:
-    def __init__(self, upstream: str, *, id_token: bool = False) -> None:
+    def __init__(self, upstream: str, *, id_tokens: MintIdToken | None = None) -> None:
+        """`id_tokens(audience)` gives the ID token to send for the upstream (the private
+        ops_mcp function in the cloud: `google_id_tokens()`); None sends none."""
         self.upstream = upstream.rstrip("/")
         self.client = httpx.Client(timeout=TIMEOUT_SECONDS)
-        self.id_token = id_token
+        self.id_tokens = id_tokens
 
     def handles(self, path: str) -> bool:
         return path.rstrip("/") == OPS_PREFIX
@@ -32,8 +35,8 @@ class OpsProxy:
                                                  "details": []}})  # fmt: skip
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
         try:
-            if self.id_token:
-                headers["X-Serverless-Authorization"] = f"Bearer {_google_id_token(self.upstream)}"
+            if self.id_tokens is not None:
+                headers["X-Serverless-Authorization"] = f"Bearer {self.id_tokens(self.upstream)}"
             reply = self.client.request(
                 request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
             )
@@ -46,10 +49,13 @@ class OpsProxy:
         return flask.Response(reply.content, status=reply.status_code, headers=kept)
 
 
-def _google_id_token(audience: str) -> str:
-    """An ID token for the private ops_mcp function, from the gateway's service account
-    (the metadata server on Cloud Run). google-auth caches nothing here; tokens last an
-    hour and this path is rare, so one fetch per request is acceptable."""
+def google_id_tokens() -> IdTokenCache:
+    """ID tokens from the gateway's service account (the metadata server on Cloud Run), each
+    kept until shortly before it expires (an hour), not fetched per request."""
+    return IdTokenCache(_fetch_google_id_token)
+
+
+def _fetch_google_id_token(audience: str) -> str:
     from google.auth.transport.requests import Request
     from google.oauth2 import id_token
 

@@ -8,15 +8,16 @@ import binascii
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import flask
 
 from talon.api.app import json_response
-from talon.api.google_oidc import verify_google_oidc
+from talon.api.google_oidc import GoogleOidcVerifier
 from talon.broker.base import Delivery, Outcome
 from talon.broker.outbox import DISPATCH_TOPIC
-from talon.config import MessageBrokerSettings
+from talon.config import MessageBrokerSettings, require_settings
 from talon.errors import BadRequest, TalonError, Unauthenticated
 from talon.runtime.worker import Worker
 from talon.services import Services
@@ -25,17 +26,32 @@ log = logging.getLogger(__name__)
 SWEEP_AFTER_SECONDS = 10.0
 
 
-def verify_push(request: flask.Request, settings: MessageBrokerSettings) -> None:
+SETTINGS = "control_plane.message_broker"
+
+
+def push_verifier(settings: MessageBrokerSettings) -> Callable[[flask.Request], None]:
+    """The check every push request passes first, built once per process. In `oidc` mode a
+    missing audience or account is a configuration error at start-up, not a check skipped."""
     mode = settings.push_verification
     if mode == "none":
-        return
+        return lambda request: None
     if mode == "token":
-        given = request.args.get("token", "")
-        if not settings.push_token or not hmac.compare_digest(given, settings.push_token):
-            raise Unauthenticated("push token missing or wrong")
-        return
-    verify_google_oidc(
-        request,
+        expected = settings.push_token
+
+        def check_token(request: flask.Request) -> None:
+            given = request.args.get("token", "")
+            if not expected or not hmac.compare_digest(given, expected):
+                raise Unauthenticated("push token missing or wrong")
+
+        return check_token
+    require_settings(
+        "pushVerification oidc",
+        {
+            f"{SETTINGS}.pushAudience": settings.push_audience,
+            f"{SETTINGS}.pushServiceAccountEmail": settings.push_service_account_email,
+        },
+    )
+    return GoogleOidcVerifier(
         audience=settings.push_audience,
         email=settings.push_service_account_email,
         what="push request",
@@ -67,6 +83,7 @@ class DispatchEndpoint:
     def __init__(self, services: Services, worker: Worker) -> None:
         self.services = services
         self.worker = worker
+        self.verify_push = push_verifier(services.settings.control_plane.message_broker)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.method == "GET" and request.path.rstrip("/") == "/healthz":
@@ -76,7 +93,7 @@ class DispatchEndpoint:
                 return json_response(405, {"error": {"code": "method_not_allowed",
                                                      "message": "POST only", "details": []}},
                                      {"Allow": "POST"})  # fmt: skip
-            verify_push(request, self.services.settings.control_plane.message_broker)
+            self.verify_push(request)
             if request.path.rstrip("/") == "/sweep":
                 return json_response(200, {"published": self._sweep(older_than=0.0)})
             body = request.get_json(silent=True)

@@ -6,32 +6,47 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 
 import flask
 
 from talon.api.app import json_response
-from talon.api.google_oidc import verify_google_oidc
-from talon.config import SchedulerSettings
+from talon.api.google_oidc import GoogleOidcVerifier
+from talon.config import SchedulerSettings, require_settings
 from talon.errors import TalonError, Unauthenticated
 from talon.scheduling.tasks import TOKEN_HEADER, FireTask, TaskScheduler
 
 log = logging.getLogger(__name__)
 
 
-def verify_callback(request: flask.Request, settings: SchedulerSettings) -> None:
+SETTINGS = "control_plane.scheduler"
+
+
+def callback_verifier(settings: SchedulerSettings) -> Callable[[flask.Request], None]:
+    """The check every callback passes first, built once per process. In `oidc` mode a
+    missing audience or account is a configuration error at start-up, not a check skipped."""
     mode = settings.callback_verification
     if mode == "none":
-        return
+        return lambda request: None
     if mode == "token":
-        given = request.headers.get(TOKEN_HEADER, "")
-        if not settings.callback_token or not hmac.compare_digest(given, settings.callback_token):
-            raise Unauthenticated(f"{TOKEN_HEADER} missing or wrong")
-        return
-    verify_google_oidc(
-        request,
-        audience=settings.callback_audience or settings.callback_url,
-        email=settings.service_account_email,
-        what="scheduler callback",
+        expected = settings.callback_token
+
+        def check_token(request: flask.Request) -> None:
+            given = request.headers.get(TOKEN_HEADER, "")
+            if not expected or not hmac.compare_digest(given, expected):
+                raise Unauthenticated(f"{TOKEN_HEADER} missing or wrong")
+
+        return check_token
+    audience = settings.callback_audience or settings.callback_url
+    require_settings(
+        "callbackVerification oidc (the audience defaults to callbackUrl)",
+        {
+            f"{SETTINGS}.callbackAudience": audience,
+            f"{SETTINGS}.serviceAccountEmail": settings.service_account_email,
+        },
+    )
+    return GoogleOidcVerifier(
+        audience=audience, email=settings.service_account_email, what="scheduler callback"
     )
 
 
@@ -39,6 +54,7 @@ class SchedulerEndpoint:
     def __init__(self, settings: SchedulerSettings, tasks: TaskScheduler) -> None:
         self.settings = settings
         self.tasks = tasks
+        self.verify_callback = callback_verifier(settings)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.method == "GET" and request.path.rstrip("/") == "/healthz":
@@ -48,7 +64,7 @@ class SchedulerEndpoint:
                                                  "message": "POST only", "details": []}},
                                  {"Allow": "POST"})  # fmt: skip
         try:
-            verify_callback(request, self.settings)
+            self.verify_callback(request)
             if request.path.rstrip("/") == "/sweep":
                 return json_response(200, {"enqueued": self.tasks.sync()})
             task = FireTask.from_json(request.get_json(silent=True))

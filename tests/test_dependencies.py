@@ -69,9 +69,9 @@ def test_imports_are_traced_to_the_package_that_installs_them(
     )
     assert check_deps.owner_of("google.protobuf.timestamp_pb2", owners) == "protobuf"
     assert check_deps.owner_of("grpc", owners) == "grpcio"
-    # Lazy imports inside functions count; the MCP client is configured with httpx2.
+    # Lazy imports inside functions count; the MCP client's transport is built on httpx2.
     assert "shared/talon/api/ops_proxy.py" in found["google.oauth2.id_token"]
-    assert "shared/talon/runtime/tools/mcp_client.py" in found["httpx2"]
+    assert "shared/talon/tenancy/http_guard.py" in found["httpx2"]
 
 
 def test_the_import_check_finds_an_undeclared_and_an_unused_package(

@@ -294,3 +294,77 @@ def test_the_admin_token_is_not_needed_to_see_these_refusals(api: Api) -> None:
     assert any(p.endswith("spec.url") for p in paths)
     assert any(p.endswith("spec.headers[0].valueFrom.env") for p in paths)
     assert ADMIN_TOKEN not in response.text
+
+
+# --- token lineage (issue 13, item 3) ------------------------------------------------------
+
+
+def mint(api: Api, role: str, namespaces: list[str], **extra: Any) -> dict[str, Any]:
+    body = {"name": f"{role}-{'-'.join(namespaces)}", "role": role, "namespaces": namespaces,
+            **extra}  # fmt: skip
+    return api.ok("POST", "/v1/tokens", 201, json=body)
+
+
+def test_a_token_cannot_outlive_the_token_that_minted_it(api: Api) -> None:
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme")]})
+    parent = mint(api, "admin", ["acme"], ttlSeconds=120)
+    as_parent = api.as_token(parent["token"])
+    child = mint(as_parent, "read", ["acme"])  # asks for no expiry: gets the parent's
+    assert child["expiresAt"] == parent["expiresAt"]
+    forever = {"name": "forever", "role": "read", "namespaces": ["acme"], "ttlSeconds": 3600}
+    response = as_parent.post("/v1/tokens", json=forever)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["path"] == "ttlSeconds"
+    shorter = mint(as_parent, "read", ["acme"], ttlSeconds=60)
+    assert shorter["expiresAt"] <= parent["expiresAt"]
+
+
+def test_revoking_a_token_revokes_its_whole_lineage_in_every_process(
+    api: Api, settings: Any
+) -> None:
+    from talon.services import Services
+
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme")]})
+    parent = mint(api, "admin", ["acme"])
+    child = mint(api.as_token(parent["token"]), "admin", ["acme"])
+    grandchild = mint(api.as_token(child["token"]), "read", ["acme"])
+    other = Services.start(settings)  # another process's caches
+    try:
+        assert other.tokens.authenticate(grandchild["token"]).token_id == grandchild["id"]
+        api.ok("DELETE", f"/v1/tokens/{parent['id']}")
+        for token in (parent, child, grandchild):
+            assert api.as_token(token["token"]).get("/v1/whoami").status_code == 401
+            assert api.ok("GET", f"/v1/tokens/{token['id']}")["revokedAt"] is not None
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                other.tokens.authenticate(grandchild["token"])
+            except Exception:
+                break
+            assert time.monotonic() < deadline, "the revocation never reached the other process"
+            time.sleep(0.02)
+    finally:
+        other.close()
+    # A revoked token cannot mint either.
+    refused_mint = api.as_token(child["token"]).post(
+        "/v1/tokens", json={"name": "late", "role": "read", "namespaces": ["acme"]}
+    )
+    assert refused_mint.status_code == 401
+
+
+def test_a_scoped_admin_manages_the_tokens_within_its_scope(api: Api) -> None:
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme"),
+                                                 samples.namespace("globex")]})  # fmt: skip
+    scoped = mint(api, "admin", ["acme"])
+    inside = mint(api, "read", ["acme"])  # minted by someone else, within acme
+    wider = mint(api, "read", ["acme", "globex"])
+    everywhere = mint(api, "read", ["*"])
+    admin = api.as_token(scoped["token"])
+    listed = {t["id"] for t in admin.ok("GET", "/v1/tokens")["items"]}
+    assert inside["id"] in listed and scoped["id"] in listed
+    assert wider["id"] not in listed and everywhere["id"] not in listed
+    assert admin.ok("DELETE", f"/v1/tokens/{inside['id']}")["revokedAt"] is not None
+    for hidden in (wider, everywhere):
+        assert admin.delete(f"/v1/tokens/{hidden['id']}").status_code == 404
+        assert admin.get(f"/v1/tokens/{hidden['id']}").status_code == 404
+    assert api.as_token(wider["token"]).get("/v1/whoami").status_code == 200

@@ -17,7 +17,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from talon.auth.cache import PrincipalCache
 from talon.auth.principal import ROLE_RANK, Principal
-from talon.errors import NotFound, PermissionDenied, Unauthenticated
+from talon.errors import Invalid, NotFound, PermissionDenied, Unauthenticated
 from talon.ops.catalog import TOOL_NAMES
 from talon.resources.meta import DnsLabel, StrictModel
 from talon.store.database import Database, Tx
@@ -93,6 +93,23 @@ class TokenInfo:
             "expiresAt": iso(self.expires_at),
             "revokedAt": iso(self.revoked_at),
         }
+
+
+def _bounded_expiry(request: TokenRequest, parent_expiry: datetime | None) -> datetime | None:
+    """The child's expiry: as asked, or the parent's when none is asked; never later."""
+    asked = request.expiry
+    if parent_expiry is None:
+        return asked
+    if asked is None:
+        return parent_expiry
+    if asked > parent_expiry:
+        field = "ttlSeconds" if request.ttlSeconds is not None else "expiresAt"
+        when = parent_expiry.isoformat().replace("+00:00", "Z")
+        raise Invalid(
+            f"a token cannot outlive the token that mints it (which expires at {when})",
+            [{"path": field, "message": f"later than the minting token's expiry {when}"}],
+        )
+    return asked
 
 
 def _announce_invalidation(tx: Tx, token_id: str) -> None:
@@ -175,6 +192,16 @@ class TokenService:
         secret = "tln_" + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(8)
         with self.db.transaction() as tx:
+            # The parent, locked against a concurrent revocation (which then sees this child
+            # and revokes it too) and read for its expiry: a child never outlives it.
+            parent = tx.one(
+                "SELECT expires_at FROM api_tokens WHERE id = %s AND revoked_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > now()) FOR SHARE",
+                (principal.token_id,),
+            )
+            if parent is None:
+                raise Unauthenticated("invalid, expired or revoked token")
+            expiry = _bounded_expiry(request, parent["expires_at"])
             row = tx.one(
                 "INSERT INTO api_tokens (id, name, secret_hash, role, namespaces, tools, "
                 f"created_by, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
@@ -187,7 +214,7 @@ class TokenService:
                     list(request.scope) if request.scope is not None else None,
                     sorted(request.tools) if request.tools is not None else None,
                     principal.token_id,
-                    request.expiry,
+                    expiry,
                 ),
             )
         assert row is not None
@@ -210,13 +237,20 @@ class TokenService:
             return self._get(tx, principal, token_id)
 
     def revoke(self, principal: Principal, token_id: str) -> TokenInfo:
+        """Revoke the token and every token minted from it, at any depth."""
         with self.db.transaction() as tx:
             self._get(tx, principal, token_id)
-            row = tx.one(
-                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id=%s "
-                f"RETURNING {_COLUMNS}",
+            # Lock first: a mint from this token that is committing now finishes before the
+            # next statement, whose fresh snapshot then sees its child.
+            tx.execute("SELECT 1 FROM api_tokens WHERE id = %s FOR UPDATE", (token_id,))
+            tx.execute(
+                "WITH RECURSIVE lineage AS (SELECT id FROM api_tokens WHERE id = %s "
+                "  UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.created_by = l.id) "
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
+                "WHERE id IN (SELECT id FROM lineage)",
                 (token_id,),
             )
+            row = tx.one(f"SELECT {_COLUMNS} FROM api_tokens WHERE id = %s", (token_id,))
             _announce_invalidation(tx, token_id)
         self.cache.clear()  # this process at once; the others on the notification
         assert row is not None
@@ -233,7 +267,8 @@ class TokenService:
 
     @staticmethod
     def _visibility(principal: Principal) -> tuple[str, list[Any]]:
-        # An all-namespace admin manages every token; a scoped admin only those it minted.
+        # An all-namespace admin manages every token; a scoped admin those within its scope
+        # (every namespace of the token is one of its own), whoever minted them.
         if principal.namespaces is None:
             return "TRUE", []
-        return "created_by = %s", [principal.token_id]
+        return "namespaces IS NOT NULL AND namespaces <@ %s::text[]", [list(principal.namespaces)]

@@ -127,27 +127,31 @@ class OpenAIChatModel:
         calls: dict[int, dict[str, str]] = {}
         usage: dict[str, int] = {}
         finished = False
-        for chunk in stream:
-            usage = _usage(chunk, self.label) or usage
-            choices = _list(chunk, "choices", self.label)
-            if not choices:
-                continue
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            finished = finished or choice.get("finish_reason") is not None
-            delta = _dict(choice, "delta", self.label)
-            content = delta.get("content")
-            if content:
-                text.append(str(content))
-                request.on_delta(str(content))
-            for part in _list(delta, "tool_calls", self.label):
-                if not isinstance(part, dict):
-                    raise ModelError(f"{self.label}: malformed tool call", retryable=True)
-                index = part.get("index") if isinstance(part.get("index"), int) else 0
-                call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-                call["id"] = str(part.get("id") or call["id"])
-                function = _dict(part, "function", self.label)
-                call["name"] += str(function.get("name") or "")
-                call["arguments"] += str(function.get("arguments") or "")
+        # Closed on every path: a stream abandoned on a malformed chunk and left to the garbage
+        # collector can be finalised while this thread holds the connection pool's lock
+        # (httpcore's lock is not reentrant), which deadlocks the next request.
+        with stream:
+            for chunk in stream:
+                usage = _usage(chunk, self.label) or usage
+                choices = _list(chunk, "choices", self.label)
+                if not choices:
+                    continue
+                choice = choices[0] if isinstance(choices[0], dict) else {}
+                finished = finished or choice.get("finish_reason") is not None
+                delta = _dict(choice, "delta", self.label)
+                content = delta.get("content")
+                if content:
+                    text.append(str(content))
+                    request.on_delta(str(content))
+                for part in _list(delta, "tool_calls", self.label):
+                    if not isinstance(part, dict):
+                        raise ModelError(f"{self.label}: malformed tool call", retryable=True)
+                    index = part.get("index") if isinstance(part.get("index"), int) else 0
+                    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = str(part.get("id") or call["id"])
+                    function = _dict(part, "function", self.label)
+                    call["name"] += str(function.get("name") or "")
+                    call["arguments"] += str(function.get("arguments") or "")
         if not finished:
             # A dropped connection can end the stream quietly; a cut answer is not an answer.
             raise ModelError(f"{self.label}: the stream ended before the answer", retryable=True)

@@ -157,9 +157,9 @@ def test_scoped_admin_mints_only_within_its_scope(two: Api) -> None:
         refused = scoped.post("/v1/tokens", json={"name": "x", "role": "read",
                                                   "namespaces": namespaces})  # fmt: skip
         assert refused.status_code == 403, namespaces
-    # It sees and revokes only the tokens it minted.
-    listed = [t["id"] for t in scoped.ok("GET", "/v1/tokens")["items"]]
-    assert listed == [ok.json()["id"]]
+    # It sees and revokes only the tokens within its scope (itself and what it minted here).
+    listed = {t["id"] for t in scoped.ok("GET", "/v1/tokens")["items"]}
+    assert listed == {ok.json()["id"], scoped.ok("GET", "/v1/whoami")["tokenId"]}
     assert scoped.get("/v1/tokens/bootstrap-admin").status_code == 404
     assert scoped.delete("/v1/tokens/bootstrap-admin").status_code == 404
     # A write token cannot mint an admin token even for its own namespace.
@@ -235,6 +235,20 @@ def test_isolation_in_lists_apply_and_namespace_creation(two: Api) -> None:
     apply = scoped.post("/v1/apply", json={"items": [samples.knowledge(B, "sneaky")]})
     assert apply.status_code == 404
     assert apply.json()["error"]["message"] == f"namespace {B!r} not found"
+    # A Namespace item: overwriting a hidden namespace or creating a new one reads exactly
+    # like a missing namespace, dry run or not (a dry run must not tell which exist).
+    answers = []
+    for name in (B, "brand-new"):
+        for params in ({"dryRun": "true"}, None):
+            item = {**samples.namespace(name), "spec": {"description": "taken over"}}
+            response = scoped.post("/v1/apply", json={"items": [item]}, params=params)
+            assert response.status_code == 404, response.text
+            answers.append(response.json()["error"]["message"].replace(name, "<ns>"))
+    assert len(set(answers)) == 1
+    assert two.ok("GET", f"/v1/namespaces/{B}")["spec"]["description"] != "taken over"
+    # Its own namespace it may still describe.
+    own = {**samples.namespace(A), "spec": {"description": "ours"}}
+    assert scoped.post("/v1/apply", json={"items": [own]}).status_code == 200
     # Creating a namespace outside the scope is refused the same way whether or not it exists.
     for name in (B, "brand-new"):
         response = scoped.post("/v1/namespaces", json=samples.namespace(name))

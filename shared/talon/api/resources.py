@@ -139,11 +139,15 @@ def apply_manifests(ctx: Context) -> dict[str, Any]:
             problems,
         )
     for index, resource in enumerate(resources):
-        namespace = resource.metadata.namespace
+        # The namespace an item lives in, or (a Namespace item) the one it is: either way
+        # one outside the token's scope reads exactly like a missing one, dry run or not.
+        is_namespace = resource.kind == "Namespace"
+        namespace = resource.metadata.name if is_namespace else resource.metadata.namespace
         if namespace is not None and not ctx.principal.can_see(namespace):
+            field = "metadata.name" if is_namespace else "metadata.namespace"
             raise NotFound(
                 f"namespace {namespace!r} not found",
-                [{"path": f"items[{index}].metadata.namespace", "message": "not found"}],
+                [{"path": f"items[{index}].{field}", "message": "not found"}],
             )
         if resource.kind == "Namespace" and not ctx.principal.has_role("admin"):
             raise PermissionDenied(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -368,3 +369,71 @@ def test_a_scoped_admin_manages_the_tokens_within_its_scope(api: Api) -> None:
         assert admin.delete(f"/v1/tokens/{hidden['id']}").status_code == 404
         assert admin.get(f"/v1/tokens/{hidden['id']}").status_code == 404
     assert api.as_token(wider["token"]).get("/v1/whoami").status_code == 200
+
+
+# --- streams end when their token does (issue 13, item 4) -------------------------------------
+
+
+def _follow_in_background(api: Api, path: str) -> tuple[threading.Thread, list[tuple[float, str]]]:
+    """Read an SSE stream on a thread; record (time, raw event block) as each arrives."""
+    received: list[tuple[float, str]] = []
+
+    def run() -> None:
+        with api.http.stream("GET", path, headers={"Last-Event-ID": "0"},
+                             params={"heartbeat": "60"}, timeout=30) as reply:  # fmt: skip
+            assert reply.status_code == 200
+            block: list[str] = []
+            for line in reply.iter_lines():
+                if line:
+                    block.append(line)
+                elif block:
+                    received.append((time.monotonic(), "\n".join(block)))
+                    block = []
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, received
+
+
+@pytest.mark.parametrize("revoke", ["the token", "its parent"])
+def test_an_open_stream_ends_within_2_s_of_a_revocation(api: Api, revoke: str) -> None:
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    base = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", base, 201, json={"id": "s1"})
+    parent = mint(api, "admin", ["acme"])
+    reader = mint(api.as_token(parent["token"]), "read", ["acme"])
+    thread, received = _follow_in_background(api.as_token(reader["token"]), f"{base}/s1/stream")
+    deadline = time.monotonic() + 10
+    while not any("retry:" in block or "session" in block for _, block in received):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # the stream is open and waiting
+    api.ok("DELETE", f"/v1/tokens/{(reader if revoke == 'the token' else parent)['id']}")
+    revoked_at = time.monotonic()
+    api.ok("POST", f"{base}/s1/message", 202, json={"content": "secret plans"})
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the stream stayed open after its token was revoked"
+    ended_at, last = received[-1]
+    assert last.startswith("event: stream.end") and '"reason": "token_revoked"' in last
+    assert ended_at - revoked_at < 2.0
+    assert not any("secret plans" in block for _, block in received)
+
+
+def test_an_open_stream_ends_when_its_token_expires(api: Api) -> None:
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    base = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", base, 201, json={"id": "s1"})
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    brief = api.ok("POST", "/v1/tokens", 201, json={
+        "name": "brief", "role": "read", "namespaces": ["acme"],
+        "expiresAt": expires.isoformat()})  # fmt: skip
+    started = time.monotonic()
+    thread, received = _follow_in_background(api.as_token(brief["token"]), f"{base}/s1/stream")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the stream outlived its token"
+    ended_at, last = received[-1]
+    assert last.startswith("event: stream.end") and '"reason": "token_expired"' in last
+    assert ended_at - started < 1.5 + 2.0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import flask
@@ -11,9 +14,10 @@ from pydantic import ValidationError
 
 from talon.api.body import parse_body
 from talon.api.routing import Context, Route
-from talon.errors import BadRequest, Invalid, details_from_validation_error
+from talon.auth.tokens import TOKENS_CHANNEL
+from talon.errors import BadRequest, Invalid, TalonError, details_from_validation_error
 from talon.sessions.events import EVENTS_CHANNEL, stream_key
-from talon.sessions.follow import KEEP_ALIVE, FollowOptions, follow
+from talon.sessions.follow import EXPIRED, KEEP_ALIVE, FollowOptions, StreamEnd, follow
 from talon.sessions.models import CreateSession, PostMessage
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
@@ -96,9 +100,15 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         # with Last-Event-ID and misses nothing.
         max_seconds=ctx.query_int("maxSeconds", 600, 1, 3600),
     )
+    access, access_until = _access_of(ctx)
+    options = replace(options, access=access, access_until=access_until)
     sessions = ctx.services.sessions
-    # Subscribe before reading: whatever commits after the read is notified.
-    inbox = ctx.services.listener().subscribe(EVENTS_CHANNEL, stream_key(ns, session_id))
+    # Subscribe before reading: whatever commits after the read is notified; so is a
+    # revocation of the reader's token, which ends the stream.
+    assert ctx.principal is not None
+    inbox = ctx.services.listener().subscribe(
+        EVENTS_CHANNEL, stream_key(ns, session_id), (TOKENS_CHANNEL, ctx.principal.token_id)
+    )
     try:
         start = sessions.open_stream(ns, agent, session_id, after)
     except BaseException:
@@ -108,7 +118,12 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
     def lines() -> Iterator[str]:
         yield "retry: 2000\n\n"
         for event in follow(sessions, inbox, start, options):
-            yield ": keep-alive\n\n" if event is KEEP_ALIVE else _format(event)
+            if event is KEEP_ALIVE:
+                yield ": keep-alive\n\n"
+            elif isinstance(event, StreamEnd):
+                yield _format_end(event)
+            else:
+                yield _format(event)
 
     response = flask.Response(
         lines(),
@@ -135,6 +150,34 @@ def _stream_position(ctx: Context) -> int | None:
         return after
     after = ctx.query_int("lastEventId", -1, 0, 2**62)
     return None if after < 0 else after
+
+
+def _access_of(ctx: Context) -> tuple[Callable[[], StreamEnd | None], float | None]:
+    """How an open stream re-checks its reader: the token it was opened with, authenticated
+    again (a revocation empties the token cache first), and the token's expiry."""
+    principal, tokens = ctx.principal, ctx.services.tokens
+    assert principal is not None
+    secret = ctx.request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+    def access() -> StreamEnd | None:
+        try:
+            tokens.authenticate(secret)
+        except TalonError:
+            if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
+                return EXPIRED
+            return StreamEnd("token_revoked", "the token this stream was opened with was revoked")
+        return None
+
+    if principal.expires_at is None:
+        return access, None
+    left = (principal.expires_at - datetime.now(UTC)).total_seconds()
+    return access, time.monotonic() + max(0.0, left)
+
+
+def _format_end(end: StreamEnd) -> str:
+    # No id: the reader's position stays at the last event it was sent.
+    data = json.dumps({"type": "stream.end", "reason": end.reason, "message": end.message})
+    return f"event: stream.end\ndata: {data}\n\n"
 
 
 def _format(event: dict[str, Any]) -> str:

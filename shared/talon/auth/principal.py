@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
 
@@ -16,6 +17,7 @@ class Principal:
     # None: a general token. A tuple: a token brokered for talon-ops, limited to these tools
     # (the gateway's REST API refuses it).
     tools: tuple[str, ...] | None = None
+    expires_at: datetime | None = None  # an open stream ends when it passes
 
     def has_role(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]

@@ -150,7 +150,9 @@ class TokenService:
             raise Unauthenticated("invalid, expired or revoked token")
         namespaces = tuple(row["namespaces"]) if row["namespaces"] is not None else None
         tools = tuple(row["tools"]) if row["tools"] is not None else None
-        principal = Principal(row["id"], row["name"], row["role"], namespaces, tools)
+        principal = Principal(
+            row["id"], row["name"], row["role"], namespaces, tools, row["expires_at"]
+        )
         if cached:
             self.cache.put(digest, principal, row["expires_at"], version)
         return principal
@@ -243,15 +245,17 @@ class TokenService:
             # Lock first: a mint from this token that is committing now finishes before the
             # next statement, whose fresh snapshot then sees its child.
             tx.execute("SELECT 1 FROM api_tokens WHERE id = %s FOR UPDATE", (token_id,))
+            # One notification per revoked token: every process drops its cache, and each
+            # stream open under one of them (subscribed by token id) ends.
             tx.execute(
                 "WITH RECURSIVE lineage AS (SELECT id FROM api_tokens WHERE id = %s "
-                "  UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.created_by = l.id) "
-                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
-                "WHERE id IN (SELECT id FROM lineage)",
-                (token_id,),
+                "  UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.created_by = l.id), "
+                "revoked AS (UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
+                "  WHERE id IN (SELECT id FROM lineage) RETURNING id) "
+                "SELECT pg_notify(%s, id) FROM revoked",
+                (token_id, TOKENS_CHANNEL),
             )
             row = tx.one(f"SELECT {_COLUMNS} FROM api_tokens WHERE id = %s", (token_id,))
-            _announce_invalidation(tx, token_id)
         self.cache.clear()  # this process at once; the others on the notification
         assert row is not None
         return TokenInfo(**row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,18 +23,37 @@ KEEP_ALIVE = None  # yielded when a heartbeat interval passes without events
 
 
 @dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a stream its reader may no longer follow (`reason`: why)."""
+
+    reason: str
+    message: str
+
+
+EXPIRED = StreamEnd("token_expired", "the token this stream was opened with expired")
+
+
+@dataclass(frozen=True)
 class FollowOptions:
     until_turn_end: bool = False  # stop once no turn is open, after one ended (or none was)
     heartbeat: float = 15.0
     max_seconds: float = 600.0
+    # Whether the reader may still follow: None, or a StreamEnd saying why not. Asked when the
+    # inbox signals that something may have changed (a revocation of the reader's token is
+    # delivered to it) and at every heartbeat.
+    access: Callable[[], StreamEnd | None] | None = None
+    # When the reader's access ends on its own (its token's expiry), as time.monotonic().
+    access_until: float | None = None
 
 
 def follow(
     sessions: SessionService, inbox: Inbox, start: StreamStart, options: FollowOptions
-) -> Iterator[dict[str, Any] | None]:
-    """Event dicts (as `Event.to_dict`), and KEEP_ALIVE between them when quiet."""
+) -> Iterator[dict[str, Any] | StreamEnd | None]:
+    """Event dicts (as `Event.to_dict`), KEEP_ALIVE between them when quiet, and a final
+    StreamEnd if the reader's access ends while the stream is open."""
     uid = str(start.session_uid)
     ends_at = time.monotonic() + options.max_seconds
+    access_until = options.access_until if options.access_until is not None else ends_at
     last = start.position
     batch = [event.to_dict() for event in start.events]
     open_turns: int | None = start.open_turns
@@ -65,12 +84,24 @@ def follow(
             batch = [event.to_dict() for event in events]
             full, read = len(batch) >= READ_LIMIT, False
             continue
-        remaining = ends_at - time.monotonic()
+        now = time.monotonic()
+        if access_until <= now:
+            yield EXPIRED
+            return
+        remaining = ends_at - now
         if remaining <= 0:
             return
-        items = inbox.get(min(options.heartbeat, remaining))
+        items = inbox.get(min(options.heartbeat, remaining, access_until - now))
         open_turns = None
+        if not items or None in items:
+            ended = options.access() if options.access is not None else None
+            if ended is not None:
+                yield ended
+                return
         if not items:
+            if time.monotonic() >= access_until:
+                batch = []  # nothing more for this reader: the loop ends the stream
+                continue
             yield KEEP_ALIVE
             batch, read = [], True  # a cheap safety net: check the table once per heartbeat
             continue

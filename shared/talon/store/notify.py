@@ -109,20 +109,23 @@ class Listener:
                 self._cond.wait(remaining)
             return True
 
-    def subscribe(self, channel: str, key: str) -> Inbox:
-        """An inbox of the payloads on `channel` whose key is `key`, from now on; close it
-        (or use it as a context manager) when done."""
+    def subscribe(self, channel: str, key: str, *more: tuple[str, str]) -> Inbox:
+        """An inbox of the payloads on `channel` whose key is `key` (and on each further
+        `(channel, key)`), from now on; close it (or use it as a context manager) when done."""
+        subscriptions = [(channel, key), *more]
 
         def unsubscribe(inbox: Inbox) -> None:
             with self._cond:
-                inboxes = self._inboxes[(channel, key)]
-                inboxes.remove(inbox)
-                if not inboxes:
-                    del self._inboxes[(channel, key)]
+                for subscription in subscriptions:
+                    inboxes = self._inboxes[subscription]
+                    inboxes.remove(inbox)
+                    if not inboxes:
+                        del self._inboxes[subscription]
 
         inbox = Inbox(self._lock, unsubscribe)
         with self._cond:
-            self._inboxes[(channel, key)].append(inbox)
+            for subscription in subscriptions:
+                self._inboxes[subscription].append(inbox)
         return inbox
 
     def watch(self, channel: str, callback: Callable[[str | None], None]) -> None:

@@ -10,6 +10,7 @@ reconnect or a quiet heartbeat interval falls back to reading the table, which i
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def follow(
     StreamEnd if the reader's access ends while the stream is open."""
     uid = str(start.session_uid)
     ends_at = time.monotonic() + options.max_seconds
-    access_until = options.access_until if options.access_until is not None else ends_at
+    access_until = options.access_until if options.access_until is not None else math.inf
     last = start.position
     batch = [event.to_dict() for event in start.events]
     open_turns: int | None = start.open_turns

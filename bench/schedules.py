@@ -64,7 +64,7 @@ def loop_process(url: str) -> None:
     import threading
 
     from talon.scheduling.fires import ScheduleFirer
-    from talon.scheduling.local import LocalScheduler
+    from talon.scheduling.postgres_backend import LocalScheduler
     from talon.sessions.service import SessionService
 
     db = Database(connector_from_url(url, 10), pool_size=4)

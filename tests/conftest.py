@@ -25,7 +25,7 @@ from talon.config import Settings, load_settings
 from talon.store.database import Database, connector_from_url
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -20,14 +20,14 @@ import pytest
 import samples
 from conftest import ADMIN_TOKEN, Api, tenancy_for_tests
 from talon.config import TenancySettings
-from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.failover import PolicyError, build_clients, complete_with_policy
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.mcp_source import MCPToolSource
 from talon.store.database import Database
 from talon.tenancy.egress import EgressDenied
 from talon.tenancy.http_guard import guarded_client
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 PLATFORM_KEY = "sk-platform-must-not-leave"
 

@@ -11,7 +11,7 @@ import pytest
 
 import samples
 from conftest import Api, read_stream, tenancy_for_tests
-from talon.runtime.policy import PolicyError, build_clients, complete_with_policy
+from talon.runtime.failover import PolicyError, build_clients, complete_with_policy
 from talon.runtime.providers.base import ModelRequest, ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 

@@ -130,7 +130,7 @@ def test_fires_shows_the_next_fire_time(acme: Api) -> None:
 
 
 def _scheduler() -> Any:
-    from talon.scheduling.local import LocalScheduler
+    from talon.scheduling.postgres_backend import LocalScheduler
 
     services = entrypoints.services()
     return LocalScheduler(services.db, services.schedules)

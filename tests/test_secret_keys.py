@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import Api, read_stream
-from talon.runtime.policy import PolicyError, complete_with_policy
+from talon.runtime.failover import PolicyError, complete_with_policy
 from talon.runtime.providers.base import ModelRequest
 from test_models import FAST_RETRY, _agent_with_policy, clients_for, policy
 

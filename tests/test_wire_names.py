@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from openai_rules import MAX_CALL_ID_LENGTH, NAME_PATTERN
-from talon.runtime.policy import complete_with_policy
+from talon.runtime.failover import complete_with_policy
 from talon.runtime.providers.base import ModelRequest, ModelResponse, ToolSpec
 from talon.runtime.providers.wire_names import wire_call_id, wire_names
 from test_models import FAST_RETRY, clients_for, policy

@@ -19,7 +19,7 @@ from talon.sessions.service import SessionService
 from talon.store.database import Database
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "TALON_ADMIN_TOKEN"

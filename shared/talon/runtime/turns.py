@@ -16,6 +16,12 @@ from typing import Any
 
 from talon.runtime import context as ctx
 from talon.runtime.deltas import DeltaBuffer
+from talon.runtime.failover import (
+    PolicyError,
+    build_clients,
+    complete_with_policy,
+    policy_credentials,
+)
 from talon.runtime.journal import (
     KNOWLEDGE,
     MODEL,
@@ -28,17 +34,11 @@ from talon.runtime.journal import (
     record,
     renew,
 )
-from talon.runtime.policy import (
-    PolicyError,
-    build_clients,
-    complete_with_policy,
-    policy_credentials,
-)
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
 from talon.store.database import Database, Tx, jsonb
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database, Tx
 from talon.store.notify import Listener
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 TOPICS = (DISPATCH_TOPIC, LIFECYCLE_TOPIC)
@@ -123,7 +123,7 @@ class Worker:
         ]
         if schedules:  # the `postgres` scheduler backend runs beside the consumers
             from talon.scheduling.fires import ScheduleFirer
-            from talon.scheduling.local import LocalScheduler
+            from talon.scheduling.postgres_backend import LocalScheduler
             from talon.sessions.service import SessionService
 
             scheduler = LocalScheduler(self.db, ScheduleFirer(self.db, SessionService(self.db)))

@@ -19,11 +19,11 @@ from talon.runtime.providers.base import ToolSpec
 from talon.runtime.secrets import SecretMissing, resolve_secret
 from talon.runtime.tools import mcp_client
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
-from talon.runtime.tools.policy import Grant, grants_for, permitted
+from talon.runtime.tools.bindings import Grant, grants_for, permitted
 from talon.store.database import Database
 from talon.tenancy.egress import EgressDenied
 from talon.tenancy.grants import SecretNotGranted
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 # Why a server cannot be used now; each becomes an error the turn goes on without.

@@ -12,7 +12,7 @@ from talon.runtime.tools.base import AgentContext, ToolResult, Toolset, ToolSour
 from talon.runtime.tools.builtin import BuiltinTools
 from talon.runtime.tools.skills import SkillToolSource
 from talon.store.database import Database
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 
 class ToolRegistry:

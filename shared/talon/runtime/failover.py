@@ -25,7 +25,7 @@ from talon.runtime.providers.openai_chat import OpenAIChatModel
 from talon.runtime.providers.secret_key import SecretKeyedModel
 from talon.tenancy.grants import SecretGrants, SecretNotGranted
 from talon.tenancy.http_guard import guarded_client
-from talon.tenancy.policy import TenancyPolicy
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 

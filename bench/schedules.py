@@ -22,11 +22,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from talon.config import TenancySettings
 from talon.resources.registry import parse_manifest
-from talon.resources.service import ResourceService
+from talon.services import resource_service
 from talon.store.database import Database, connector_from_url
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
+from talon.tenancy.tenant_policy import TenancyPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "talon.dev/v1alpha1"
@@ -122,7 +124,8 @@ def main() -> int:
     url = pg.url("talon")
     db = Database(connector_from_url(url, 10), pool_size=2)
     migrate(db)
-    service = ResourceService(db)
+    # The wiring every process uses: schedule writes keep their firing state.
+    service = resource_service(db, TenancyPolicy.from_settings(TenancySettings()))
     documents = manifests(args.schedules)
     started = time.perf_counter()
     for offset in range(0, len(documents), 1000):

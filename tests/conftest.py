@@ -122,6 +122,15 @@ def tenancy_for_tests() -> TenancyPolicy:
     return TenancyPolicy.from_settings(load_settings(TEST_CONFIG, environ={}).tenancy)
 
 
+def worker_for_tests(db: Database, **options: Any) -> Any:
+    """A worker on `db`, wired as `Services.worker` wires one, under the tests' policy."""
+    from talon.runtime.worker import Worker
+    from talon.services import resource_service
+
+    tenancy = tenancy_for_tests()
+    return Worker(db, tenancy=tenancy, resources=resource_service(db, tenancy), **options)
+
+
 # --- the gateway over HTTP -------------------------------------------------------------------
 
 
@@ -304,7 +313,6 @@ def start_worker(settings: Settings) -> Iterator[Any]:
     """Start in-process pull workers on this test's database (stopped at teardown)."""
     import logging
 
-    from talon.runtime.worker import Worker
     from talon.services import Services
 
     running: list[tuple[threading.Event, threading.Thread, Any]] = []
@@ -333,8 +341,8 @@ def start_worker(settings: Settings) -> Iterator[Any]:
 
     def start(*, tools: Any = None, demo_fallback: bool = False, lease_seconds: float = 5.0):
         services = Services.start(settings)
-        worker = Worker(services.db, tenancy=services.tenancy, tools=tools,
-                        demo_fallback=demo_fallback, lease_seconds=lease_seconds)  # fmt: skip
+        worker = services.worker(tools=tools, demo_fallback=demo_fallback,
+                                 lease_seconds=lease_seconds)  # fmt: skip
         stop = threading.Event()
         thread = threading.Thread(target=run, args=(worker, stop), daemon=True)
         thread.start()

@@ -8,12 +8,11 @@ import time
 from typing import Any
 
 import samples
-from conftest import Api, tenancy_for_tests
+from conftest import Api, worker_for_tests
 from talon.broker import outbox
 from talon.broker.base import Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
-from talon.runtime.worker import Worker
 from talon.store.database import Database
 from talon.store.notify import Listener
 
@@ -178,9 +177,7 @@ def test_handlers_without_a_database_queue_get_no_transactional_ack(api: Api, db
     api.ok("POST", f"{base}/s1/message", 202, json={"content": "hello"})
     with db.transaction() as tx:
         uid = tx.scalar("SELECT uid::text FROM sessions WHERE id = 's1'")
-    result = Worker(db, tenancy=tenancy_for_tests()).handle(
-        Delivery("m-1", DISPATCH_TOPIC, {"sessionUid": uid}, 1)
-    )
+    result = worker_for_tests(db).handle(Delivery("m-1", DISPATCH_TOPIC, {"sessionUid": uid}, 1))
     assert result.outcome == "ack"
     messages = api.ok("GET", f"{base}/s1/messages")["items"]
     assert [m["role"] for m in messages] == ["user", "assistant"]

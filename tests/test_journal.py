@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import samples
-from conftest import Api, tenancy_for_tests
+from conftest import Api, tenancy_for_tests, worker_for_tests
 from talon.broker.base import Delivery
 from talon.runtime.tools.base import AgentContext, ToolResult
 from talon.runtime.turns import INTERRUPTED, RunnerSettings, TurnRunner
-from talon.runtime.worker import Worker
 from talon.store.database import Database
 from test_models import RecordingTools, _agent_with_policy, policy
 
@@ -169,7 +168,7 @@ def test_duplicate_deliveries_yield_one_turn(api: Api, db: Database) -> None:
     api.ok("POST", "/v1/apply", json={"items": items})
     api.ok("POST", "/v1/ns/acme/agents/bot/sessions", 201, json={"id": "s1"})
     accepted = api.ok("POST", f"{BASE}/message", 202, json={"content": "once"})
-    worker = Worker(db, tenancy=tenancy_for_tests())
+    worker = worker_for_tests(db)
     payload = {"sessionUid": str(session_uid(db)), "turnId": accepted["turnId"]}
     results = [worker.handle(Delivery(str(i), "dispatch", payload, 1)) for i in range(3)]
     assert [r.outcome for r in results] == ["ack"] * 3

@@ -12,10 +12,9 @@ import threading
 import time
 from typing import Any
 
-from conftest import tenancy_for_tests
+from conftest import worker_for_tests
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
-from talon.runtime.worker import Worker
 from talon.store.database import Database, connector_from_url
 
 
@@ -43,7 +42,7 @@ def main() -> None:
     db = Database(connector_from_url(database_url, 10), 8)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    worker = Worker(db, tenancy=tenancy_for_tests(), tools=FileRecordingTool(calls_file),
+    worker = worker_for_tests(db, tools=FileRecordingTool(calls_file),
                     lease_seconds=1.5)  # fmt: skip
     worker.run_pull(stop, concurrency=3, visibility_seconds=2.0)
 

@@ -42,12 +42,11 @@ def gateway() -> Any:
 
 def dispatch() -> Any:
     from talon.api.push import DispatchEndpoint
-    from talon.runtime.worker import Worker
 
     def build() -> DispatchEndpoint:
         built = services()
         skills = Path(built.settings.worker.skills_dir)
-        return DispatchEndpoint(built, Worker(built.db, tenancy=built.tenancy, skills_dir=skills))
+        return DispatchEndpoint(built, built.worker(skills_dir=skills))
 
     return _once("dispatch", build)
 

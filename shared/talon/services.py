@@ -6,20 +6,27 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from talon.auth.tokens import TOKENS_CHANNEL, TokenService
+from talon.broker.lifecycle import LifecycleHook
 from talon.broker.outbox import OUTBOX_COMMITTED
 from talon.broker.relay import OutboxRelay
-from talon.config import Settings, load_settings
+from talon.config import DatabaseSettings, Settings, load_settings
+from talon.knowledge.index_hook import KnowledgeIndexHook
 from talon.resources.service import ResourceService
 from talon.scheduling.fires import ScheduleFirer
+from talon.scheduling.state_hook import ScheduleStateHook
 from talon.scheduling.tasks import SCHEDULE_CHANGED, TaskScheduler
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
-from talon.store.database import Database
+from talon.store.database import Database, connector_from_url
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
 from talon.tenancy.tenant_policy import TenancyPolicy
+
+if TYPE_CHECKING:
+    from talon.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "TALON_ADMIN_TOKEN"
@@ -42,7 +49,7 @@ class Services:
     @classmethod
     def start(cls, settings: Settings | None = None, *, run_migrations: bool = True) -> Services:
         settings = settings or load_settings()
-        db = Database.from_settings(settings.control_plane.database)
+        db = _database(settings.control_plane.database)
         if run_migrations:
             applied = migrate(db)
             if applied:
@@ -59,7 +66,7 @@ class Services:
             # scheduler function's sweep enqueues any a failure leaves behind.
             db.on_commit(SCHEDULE_CHANGED, tasks.sync)
         tenancy = TenancyPolicy.from_settings(settings.tenancy)
-        resources = ResourceService(db, checks=[tenancy.check_resource])
+        resources = resource_service(db, tenancy)
         services = cls(
             settings, db, resources, TokenService(db), sessions, firer, tenancy, relay, tasks
         )
@@ -68,6 +75,12 @@ class Services:
         if admin_token:
             services.tokens.bootstrap_admin(admin_token)
         return services
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker on these services (`options`: Worker's keyword arguments)."""
+        from talon.runtime.worker import Worker  # the worker's imports, only where one runs
+
+        return Worker(self.db, tenancy=self.tenancy, resources=self.resources, **options)
 
     def listener(self) -> Listener:
         """The process's LISTEN connection (session events, token invalidations), started
@@ -85,6 +98,26 @@ class Services:
         if self._listener is not None:
             self._listener.close()
         self.db.close()
+
+
+def resource_service(db: Database, tenancy: TenancyPolicy) -> ResourceService:
+    """The resource service with the policy checks and the per-kind side effects every
+    process applies (the gateway's writes and the worker's re-resolution alike)."""
+    return ResourceService(
+        db,
+        checks=[tenancy.check_resource],
+        hooks=[ScheduleStateHook(), KnowledgeIndexHook(), LifecycleHook()],
+    )
+
+
+def _database(settings: DatabaseSettings) -> Database:
+    """The pool, connecting through the Cloud SQL connector when an instance is named."""
+    if settings.instance_connection_name:
+        from talon.store.cloudsql import cloud_sql_connector  # Google import when configured
+
+        return Database(cloud_sql_connector(settings), settings.pool_size)
+    return Database(connector_from_url(settings.url, settings.connect_timeout_seconds),
+                    settings.pool_size)  # fmt: skip
 
 
 def _relay(settings: Settings, db: Database) -> OutboxRelay | None:

@@ -20,7 +20,6 @@ def run_worker(
 ) -> int:
     from talon.cli.client import CliError
     from talon.config import load_settings
-    from talon.runtime.worker import Worker
     from talon.services import Services
 
     configure_logging()
@@ -41,9 +40,7 @@ def run_worker(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        worker = Worker(
-            services.db,
-            tenancy=services.tenancy,
+        worker = services.worker(
             skills_dir=Path(services.settings.worker.skills_dir),
             demo_fallback=demo_fallback,
             lease_seconds=lease_seconds,

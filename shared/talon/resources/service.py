@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from talon.broker.outbox import LIFECYCLE_TOPIC, enqueue
 from talon.errors import Conflict, Invalid, NotFound, TalonError
-from talon.knowledge.index import index_document, remove_document
+from talon.resources.hooks import ResourceHook
 from talon.resources.kinds import Agent, TemplateDefinition
 from talon.resources.meta import Resource
 from talon.resources.patch import merge_patch
@@ -26,8 +24,6 @@ from talon.resources.resolution import (
     effective_server_refs,
     resolve_agent,
 )
-from talon.scheduling.tasks import SCHEDULE_CHANGED
-from talon.scheduling.timing import next_fire_after
 from talon.store.database import Database, RollbackOnly, Tx
 from talon.store.resources import (
     LabelRequirement,
@@ -55,7 +51,9 @@ class Page:
     next_page_token: str | None
 
 
-LIFECYCLE_KINDS = ("AgentTemplate", "MCPServer")
+# Kinds agents are resolved from: a change re-resolves the agents that use it, in the same
+# transaction.
+DEPENDED_ON_KINDS = ("AgentTemplate", "MCPServer")
 
 
 class ResourceService:
@@ -65,12 +63,16 @@ class ResourceService:
         store: ResourceStore | None = None,
         *,
         checks: Sequence[Callable[[Resource], None]] = (),
+        hooks: Sequence[ResourceHook] = (),
     ) -> None:
         self.db = db
         self.store = store or ResourceStore()
         # Policy checks the wiring adds (the tenancy policy): each raises Invalid naming the
         # fields it refuses, before anything is written.
         self.checks = tuple(checks)
+        # Side effects of writes that belong to other parts (schedule state, the knowledge
+        # index, lifecycle events), run in the writing transaction.
+        self.hooks = tuple(hooks)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -172,15 +174,8 @@ class ResourceService:
                     [{"path": f"{k}/{n}", "message": reason} for k, n, reason in blockers],
                 )
             self.store.delete(tx, record)
-            if kind.name == "Schedule":
-                tx.execute(
-                    "DELETE FROM schedule_state WHERE namespace = %s AND name = %s",
-                    (namespace, name),
-                )
-            if kind.name == "Knowledge":
-                remove_document(tx, namespace, name)
-            if kind.name in LIFECYCLE_KINDS:
-                self._announce(tx, record, deleted=True)
+            for hook in self._hooks(kind.name):
+                hook.deleted(tx, record)
             return record
 
     def apply(self, resources: list[Resource], *, dry_run: bool = False) -> list[ApplyResult]:
@@ -252,13 +247,10 @@ class ResourceService:
         else:
             record = self.store.update(tx, current, **values)
         self.store.set_refs(tx, kind.name, namespace, name, refs)
-        if current is not None and kind.name in LIFECYCLE_KINDS:
+        if current is not None and kind.name in DEPENDED_ON_KINDS:
             self._reresolve_dependents(tx, kind.name, namespace, name)
-            self._announce(tx, record)
-        if kind.name == "Schedule":
-            _sync_schedule_state(tx, record)
-        if kind.name == "Knowledge":  # searchable as soon as it is committed
-            index_document(tx, namespace, name, record.resource_version, record.body)
+        for hook in self._hooks(kind.name):
+            hook.written(tx, record, created=current is None)
         return ApplyResult(record, "created" if current is None else "configured")
 
     def reconcile_dependents(self, kind: str, namespace: str, name: str) -> None:
@@ -267,17 +259,8 @@ class ResourceService:
         with self.db.transaction() as tx:
             self._reresolve_dependents(tx, kind, namespace, name)
 
-    def _announce(self, tx: Tx, record: Record, *, deleted: bool = False) -> None:
-        """A lifecycle event on the broker: workers drop caches built from this resource."""
-        payload = {
-            "kind": record.kind,
-            "namespace": record.namespace,
-            "name": record.name,
-            "resourceVersion": str(record.resource_version),
-            "deleted": deleted,
-        }
-        key = f"{record.kind}/{record.namespace}/{record.name}"
-        enqueue(tx, LIFECYCLE_TOPIC, payload, key=key)
+    def _hooks(self, kind: str) -> list[ResourceHook]:
+        return [hook for hook in self.hooks if kind in hook.kinds]
 
     def _require_namespace(self, tx: Tx, namespace: str, *, lock: bool) -> None:
         found = self.store.get(tx, "Namespace", "", namespace, lock="share" if lock else None)
@@ -363,18 +346,6 @@ def _resolved_status(resolution: Resolution, current: Record | None) -> dict[str
         "effective": resolution.effective,
         "resolvedFrom": resolution.resolved_from,
     }
-
-
-def _sync_schedule_state(tx: Tx, record: Record) -> None:
-    """Next fire from now: a new, changed or re-enabled schedule never replays the past."""
-    upcoming = next_fire_after(record.body, datetime.now(UTC))
-    tx.execute(
-        "INSERT INTO schedule_state (namespace, name, version, next_fire_at) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, name) DO UPDATE SET "
-        "version = EXCLUDED.version, next_fire_at = EXCLUDED.next_fire_at",
-        (record.namespace, record.name, record.resource_version, upcoming),
-    )
-    tx.announce(SCHEDULE_CHANGED, (record.namespace, record.name))
 
 
 def _not_found_message(kind: Kind, namespace: str, name: str) -> str:

@@ -36,6 +36,7 @@ class Worker:
         db: Database,
         *,
         tenancy: TenancyPolicy,
+        resources: ResourceService,
         tools: ToolSource | None = None,
         skills_dir: Path = Path("skills"),
         demo_fallback: bool = False,
@@ -44,7 +45,7 @@ class Worker:
     ) -> None:
         self.db = db
         self.tools = tools if tools is not None else default_tools(db, skills_dir, tenancy)
-        self.resources = ResourceService(db, checks=[tenancy.check_resource])
+        self.resources = resources
         self.runner = TurnRunner(
             db,
             self.tools,

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pg8000.dbapi
 
-from talon.config import DatabaseSettings
 from talon.errors import Conflict, TalonError, Unavailable
 from talon.store import statements
 
@@ -119,14 +118,6 @@ def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
     return connect
 
 
-def connector_from_settings(settings: DatabaseSettings) -> Callable[[], Connection]:
-    if settings.instance_connection_name:
-        from talon.store.cloudsql import cloud_sql_connector
-
-        return cloud_sql_connector(settings)
-    return connector_from_url(settings.url, settings.connect_timeout_seconds)
-
-
 class Database:
     def __init__(
         self,
@@ -162,10 +153,6 @@ class Database:
     def raw_connect(self) -> Connection:
         """A new connection outside the pool (for LISTEN, which holds one for good)."""
         return self._connect()
-
-    @classmethod
-    def from_settings(cls, settings: DatabaseSettings) -> Database:
-        return cls(connector_from_settings(settings), settings.pool_size)
 
     def _acquire(self) -> Connection:
         if not self._slots.acquire(timeout=30):

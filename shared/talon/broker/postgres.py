@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from talon.backoff import backoff_delay
 from talon.broker.base import Delivery, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
@@ -105,7 +106,7 @@ class PostgresBroker:
                     for _ in range(free):
                         idle.release()
                     failures += 1
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    delay = backoff_delay(failures, initial=0.5, maximum=30.0)
                     log.warning("broker claim failed (retrying in %.1fs): %s", delay, exc)
                     stop.wait(delay)
                     continue
@@ -142,9 +143,8 @@ def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
     if result.outcome == Outcome.ACK:
         _delete(tx, int(delivery.id))
         return
-    at = result.retry_at or datetime.now(UTC) + min(
-        MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(delivery.attempt, 10))
-    )
+    delay = backoff_delay(delivery.attempt, initial=0.5, maximum=MAX_BACKOFF.total_seconds())
+    at = result.retry_at or datetime.now(UTC) + timedelta(seconds=delay)
     tx.execute(
         "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
         (at, int(delivery.id)),

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenacity import (
+    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_random_exponential,
 )
 
+from talon.backoff import backoff_delay
 from talon.runtime.providers.base import ModelClient, ModelError, ModelRequest, ModelResponse
 from talon.runtime.providers.demo import DemoModel
 from talon.runtime.providers.openai_chat import OpenAIChatModel
@@ -129,6 +130,15 @@ def _platform_key(
     return os.environ.get(grants.platform_key_env) or None
 
 
+def _jittered(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
+    """tenacity's wait, from the one backoff formula (talon.backoff)."""
+
+    def wait(state: RetryCallState) -> float:
+        return backoff_delay(state.attempt_number, initial=initial, maximum=maximum)
+
+    return wait
+
+
 class _Unusable:
     """A profile that cannot be called (no key, or a key it may not use): fails at once."""
 
@@ -154,9 +164,9 @@ def complete_with_policy(
         retrying = Retrying(
             stop=stop_after_attempt(int(retry.get("maxAttempts", 3)))
             | stop_after_delay(max(0.0, deadline - time.monotonic())),
-            wait=wait_random_exponential(
-                multiplier=float(retry.get("initialBackoffSeconds", 0.5)),
-                max=float(retry.get("maxBackoffSeconds", 8.0)),
+            wait=_jittered(
+                float(retry.get("initialBackoffSeconds", 0.5)),
+                float(retry.get("maxBackoffSeconds", 8.0)),
             ),
             retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
             reraise=False,

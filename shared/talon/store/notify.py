@@ -26,6 +26,8 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+from talon.backoff import backoff_delay
+
 log = logging.getLogger(__name__)
 MAX_INBOX = 1_000
 _NOTIFICATION = b"A"
@@ -157,7 +159,7 @@ class Listener:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        backoff = 0.2
+        failures = 0
         while not self._stop.is_set():
             connection = None
             try:
@@ -178,7 +180,7 @@ class Listener:
                 # Anything may have happened while we were away (or before we started).
                 self._wake_all()
                 self._ready.set()
-                backoff = 0.2
+                failures = 0
                 while not self._stop.is_set():
                     channel, payload = _read_notification(stream)
                     self._deliver(channel, payload)
@@ -186,8 +188,8 @@ class Listener:
                 if not self._stop.is_set():
                     self._ready.clear()
                     log.warning("notification listener lost its connection: %s", exc)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    failures += 1
+                    time.sleep(backoff_delay(failures, initial=0.2, maximum=5.0))
             finally:
                 self._ready.clear()
                 self._socket = None

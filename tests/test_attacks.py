@@ -437,3 +437,56 @@ def test_an_open_stream_ends_when_its_token_expires(api: Api) -> None:
     ended_at, last = received[-1]
     assert last.startswith("event: stream.end") and '"reason": "token_expired"' in last
     assert ended_at - started < 1.5 + 2.0
+
+
+# --- large requests (issue 13, item 5) ---------------------------------------------------------
+
+
+def _raw_post(port: int, head: str, chunks: list[bytes], *, chunked: bool) -> tuple[bytes, int]:
+    """POST to the gateway over a raw socket, a chunk at a time; return the reply and how many
+    chunks had been sent when it arrived."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(head.encode())
+        sent = 0
+        for chunk in chunks:
+            sock.settimeout(0.05)
+            try:
+                reply = sock.recv(65536)
+                if reply:
+                    return reply, sent
+            except TimeoutError:
+                pass
+            sock.settimeout(10)
+            data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+            try:
+                sock.sendall(data)
+            except OSError:
+                break  # the server closed the connection on us: its reply is waiting
+            sent += 1
+        sock.settimeout(10)
+        return sock.recv(65536), sent
+    finally:
+        sock.close()
+
+
+def test_the_ops_proxy_refuses_a_large_body_without_reading_it(
+    gateway_url: str, listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from talon import entrypoints
+
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_UPSTREAM", listener.url)
+    entrypoints.reset()
+    port = int(gateway_url.rsplit(":", 1)[1])
+    declared = ("POST /mcp/talon-ops HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 209715200\r\n\r\n")  # fmt: skip
+    reply, sent = _raw_post(port, declared, [b"x" * 16384] * 200, chunked=False)
+    assert reply.startswith(b"HTTP/1.1 413") and sent < 20  # refused on the declared size
+    streamed = ("POST /mcp/talon-ops HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    reply, sent = _raw_post(port, streamed, [b"x" * 16384] * 200, chunked=True)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert sent < 20, "the proxy read far past the 64 KiB limit before refusing"
+    assert listener.requests == []

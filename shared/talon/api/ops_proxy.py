@@ -8,7 +8,10 @@ import flask
 import httpx
 
 from talon.api.app import json_response
+from talon.api.body import read_raw
 from talon.api.id_tokens import IdTokenCache, MintIdToken
+from talon.api.unread_body import leave_unread
+from talon.errors import TalonError
 
 OPS_PREFIX = "/mcp/talon-ops"
 _FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
@@ -28,11 +31,12 @@ class OpsProxy:
         return path.rstrip("/") == OPS_PREFIX
 
     def __call__(self, request: flask.Request, max_body: int) -> flask.Response:
-        body = request.get_data(cache=False)
-        if len(body) > max_body:
-            return json_response(413, {"error": {"code": "payload_too_large",
-                                                 "message": f"limit {max_body} bytes",
-                                                 "details": []}})  # fmt: skip
+        try:
+            # Counted while read: a declared or streamed body over the limit is refused after
+            # at most `max_body` + 1 bytes, never buffered whole.
+            body = read_raw(request, max_body)
+        except TalonError as exc:
+            return leave_unread(request, json_response(exc.status, exc.to_dict()))
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
         try:
             if self.id_tokens is not None:

@@ -6,43 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import functions_framework.aio
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 import samples
 from conftest import ROOT, Api, read_stream
 from talon.cli.manifest_files import read_documents
-from talon.store.local_postgres import free_port
 
 SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
 THREAD = {"namespace": "acme", "agent": "customer-support", "session_id": "enterprise-renewals"}
-
-
-@pytest.fixture(scope="module")
-def ops_server() -> Iterator[str]:
-    app = functions_framework.aio.create_asgi_app(
-        target="ops_mcp", source=str(ROOT / "functions" / "ops_mcp" / "main.py")
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/mcp/talon-ops"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import httpx
 
 from talon.api.app import json_response
 from talon.api.id_tokens import IdTokenCache, MintIdToken
+from talon.auth.shared_secret import header_bytes
 
 OPS_PREFIX = "/mcp/talon-ops"
 _FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
@@ -33,10 +34,14 @@ class OpsProxy:
             return json_response(413, {"error": {"code": "payload_too_large",
                                                  "message": f"limit {max_body} bytes",
                                                  "details": []}})  # fmt: skip
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+        # The bytes the caller sent (httpx would refuse non-ASCII text: a 502 for a bad token).
+        headers = {k: header_bytes(v) for k, v in request.headers.items()
+                   if k.lower() in _FORWARDED}  # fmt: skip
         try:
             if self.id_tokens is not None:
-                headers["X-Serverless-Authorization"] = f"Bearer {self.id_tokens(self.upstream)}"
+                headers["X-Serverless-Authorization"] = (
+                    f"Bearer {self.id_tokens(self.upstream)}".encode()
+                )
             reply = self.client.request(
                 request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import flask
 
 from talon.api.app import json_response
 from talon.api.google_oidc import GoogleOidcVerifier
+from talon.auth.shared_secret import same_secret, text_bytes
 from talon.broker.base import Delivery, Outcome
 from talon.broker.outbox import DISPATCH_TOPIC
 from talon.config import MessageBrokerSettings, require_settings
@@ -36,11 +36,12 @@ def push_verifier(settings: MessageBrokerSettings) -> Callable[[flask.Request], 
     if mode == "none":
         return lambda request: None
     if mode == "token":
-        expected = settings.push_token
+        expected = text_bytes(settings.push_token)
 
         def check_token(request: flask.Request) -> None:
-            given = request.args.get("token", "")
-            if not expected or not hmac.compare_digest(given, expected):
+            # Query values are decoded as UTF-8 text by werkzeug.
+            given = text_bytes(request.args.get("token", ""))
+            if not same_secret(given, expected):
                 raise Unauthenticated("push token missing or wrong")
 
         return check_token

@@ -128,7 +128,8 @@ class OpsApp:
             # Stateless mode has no server-initiated stream; a GET would hang open.
             await _json(send, 405, "method_not_allowed", "POST MCP requests to this endpoint")
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        # Latin-1 (as Starlette decodes headers): any byte decodes, none is a 500.
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         scheme, _, secret = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secret:
             await _json(send, 401, "unauthenticated", "send Authorization: Bearer <token>")

@@ -4,6 +4,7 @@ error body, never a 500. Sent as raw header bytes, as a client or an attacker ca
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,11 @@ import httpx
 import pytest
 
 from talon import entrypoints
+from talon.api.push import SWEEP_TOKEN_HEADER, push_checks
+from talon.api.scheduler_callback import callback_verifier
+from talon.broker.signing import SIGNATURE_ATTRIBUTE
+from talon.config import MessageBrokerSettings, SchedulerSettings
+from talon.errors import ConfigError
 from talon.scheduling.tasks import TOKEN_HEADER
 
 # UTF-8 (what a client that encodes text sends) and a lone Latin-1 byte (not valid UTF-8).
@@ -63,9 +69,16 @@ def push_token_mode(
 
 
 @pytest.mark.parametrize("secret", NON_ASCII)
-def test_the_dispatch_push_endpoint_answers_401(push_token_mode: str, secret: bytes) -> None:
-    reply = httpx.post(f"{push_token_mode}/", params={"token": secret.decode("latin-1")},
-                       json={"message": {"data": ""}})  # fmt: skip
+def test_the_dispatch_sweep_answers_401(push_token_mode: str, secret: bytes) -> None:
+    reply = httpx.post(f"{push_token_mode}/sweep", headers={SWEEP_TOKEN_HEADER: secret})
+    assert _assert_401_json(reply)["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("signature", ["v1=tøken", "v1=\ud800"], ids=["non-ascii", "surrogate"])
+def test_a_non_ascii_push_signature_is_a_401(push_token_mode: str, signature: str) -> None:
+    envelope = {"message": {"data": "", "attributes": {SIGNATURE_ATTRIBUTE: signature}}}
+    reply = httpx.post(f"{push_token_mode}/", content=json.dumps(envelope),
+                       headers={"Content-Type": "application/json"})  # fmt: skip
     assert _assert_401_json(reply)["error"]["code"] == "unauthenticated"
 
 
@@ -95,3 +108,10 @@ def test_the_scheduler_callback_answers_401(callback_token_mode: str, secret: by
         f"{callback_token_mode}/fire", json={}, headers={TOKEN_HEADER: CALLBACK_TOKEN}
     )
     assert good.status_code == 400
+
+
+def test_token_modes_without_a_secret_refuse_to_start() -> None:
+    with pytest.raises(ConfigError, match=r"control_plane\.message_broker\.pushToken"):
+        push_checks(MessageBrokerSettings(push_verification="token"))
+    with pytest.raises(ConfigError, match=r"control_plane\.scheduler\.callbackToken"):
+        callback_verifier(SchedulerSettings(callback_verification="token"))

@@ -65,10 +65,12 @@ class MessageBrokerSettings(_Section):
     lifecycle_topic: str = "talon-lifecycle"
     # How the dispatch function checks that a push request comes from our subscription:
     # `oidc` (Google-signed token for push_service_account_email, audience push_audience),
-    # `token` (a shared secret in the push URL's ?token=), or `none` (local emulator only).
+    # `token` (each message signed with push_token by its publisher, see broker/signing.py;
+    # `/sweep` sends it in X-Talon-Push-Token), or `none` (local emulator only).
     push_verification: Literal["oidc", "token", "none"] = "oidc"
     push_audience: str = ""
     push_service_account_email: str = ""
+    # Every function that publishes signs with it when set, so set it on all of them.
     push_token: str = ""
 
 

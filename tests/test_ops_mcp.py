@@ -17,8 +17,14 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 import samples
-from conftest import ROOT, Api, read_stream
+from conftest import ROOT, Api, read_stream, serve_asgi
+from talon.auth.tokens import TokenService
 from talon.cli.manifest_files import read_documents
+from talon.config import Settings
+from talon.ops.mcp_app import OpsApp
+from talon.services import Services
+from talon.store.database import Database, connector_from_url
+from talon.store.local_postgres import free_port
 
 SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
 THREAD = {"namespace": "acme", "agent": "customer-support", "session_id": "enterprise-renewals"}
@@ -152,7 +158,31 @@ def test_expired_revoked_and_missing_tokens_are_refused(acme: Api, ops_server: s
     for secret in (minted["token"], revoked, None, "tln_wrong"):
         response = httpx.post(ops_server, json={}, headers={
             "Authorization": f"Bearer {secret}"} if secret else {})  # fmt: skip
+        # The MCP SDK's bearer auth answers, in the OAuth bearer-token shape (RFC 6750) that
+        # MCP clients expect, rather than Talon's {"error": {"code", ...}}.
         assert response.status_code == 401, (secret, response.text)
+        assert response.json() == {"error": "invalid_token",
+                                   "error_description": "Authentication required"}  # fmt: skip
+        assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
     assert httpx.get(ops_server, headers={"Authorization": f"Bearer {revoked}"}).status_code in (
         401, 405
     )  # fmt: skip
+
+
+def test_a_database_outage_while_authenticating_is_a_503(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a 401 (the token may be fine) and not a 500: the verifier's error keeps its status."""
+    services = Services.start(settings)
+    # The real token service, on a database nothing listens for.
+    services.tokens = TokenService(
+        Database(connector_from_url(f"postgresql://talon@127.0.0.1:{free_port()}/talon", 2), 1)
+    )
+    try:
+        with serve_asgi(OpsApp(services)) as base:
+            response = httpx.post(f"{base}/mcp/talon-ops", json={},
+                                  headers={"Authorization": "Bearer tln_anything"})  # fmt: skip
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "unavailable"
+    finally:
+        services.close()

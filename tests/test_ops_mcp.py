@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 import samples
 from conftest import ROOT, Api, read_stream, serve_asgi
+from talon import entrypoints
 from talon.auth.tokens import TokenService
 from talon.cli.manifest_files import read_documents
 from talon.config import Settings
@@ -48,11 +49,21 @@ def acme(api: Api, monkeypatch: pytest.MonkeyPatch, start_worker) -> Api:
     return api
 
 
-def mcp_call(url: str, token: str | None, tool: str | None = None, **arguments: Any) -> Any:
-    """List the tools (tool=None) or call one; returns names, or (is_error, payload)."""
+def mcp_call(
+    url: str,
+    token: str | None,
+    tool: str | None = None,
+    *,
+    host: str | None = None,
+    **arguments: Any,
+) -> Any:
+    """List the tools (tool=None) or call one; returns names, or (is_error, payload). `host`
+    sends that Host header instead of the URL's."""
 
     async def run() -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if host is not None:
+            headers["Host"] = host
         async with (
             httpx2.AsyncClient(headers=headers, timeout=30) as http,
             streamable_http_client(url, http_client=http) as streams,
@@ -186,3 +197,63 @@ def test_a_database_outage_while_authenticating_is_a_503(
         assert response.json()["error"]["code"] == "unavailable"
     finally:
         services.close()
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"}}}  # fmt: skip
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def test_dns_rebinding_protection_refuses_foreign_hosts_and_origins(
+    api: Api, ops_server: str
+) -> None:
+    token = api.token("read", ["*"])
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 200
+    foreign = httpx.post(ops_server, json=INITIALIZE, headers={**headers, "Host": "evil.test"})
+    assert foreign.status_code == 421, foreign.text
+    rebound = httpx.post(ops_server, json=INITIALIZE,
+                         headers={**headers, "Host": "evil.test:8080"})  # fmt: skip
+    assert rebound.status_code == 421
+    page = httpx.post(ops_server, json=INITIALIZE,
+                      headers={**headers, "Origin": "https://evil.test"})  # fmt: skip
+    assert page.status_code == 403
+    # The default list is loopback: a browser page served from it may call.
+    local = ops_server.split("/")[2]
+    same = httpx.post(ops_server, json=INITIALIZE, headers={**headers, "Origin": f"http://{local}"})
+    assert same.status_code == 200
+    # The real client through the SDK, with a loopback name.
+    port = local.rsplit(":", 1)[1]
+    assert mcp_call(ops_server, token, "list_namespaces", host=f"localhost:{port}")[0] is False
+
+
+def test_the_allowed_hosts_come_from_the_configuration(
+    api: Api, ops_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api.token("read", ["*"])
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS", "ops.example.test, other.test:*")
+    entrypoints.reset()
+    assert mcp_call(ops_server, token, "list_namespaces", host="ops.example.test")[0] is False
+    assert mcp_call(ops_server, token, "list_namespaces", host="other.test:9")[0] is False
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    # Loopback is no longer listed.
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 421
+
+
+def test_the_gateway_forwards_with_the_upstreams_host(
+    api: Api, ops_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ops_mcp function allows only its own host:port; through the gateway (another
+    port) the tools work, because the gateway sends the upstream's Host, not the caller's."""
+    upstream = ops_server.removesuffix("/mcp/talon-ops")
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_UPSTREAM", upstream)
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS", upstream.split("/")[2])
+    entrypoints.reset()
+    token = api.token("read", ["*"])
+    via_gateway = f"{api.base_url}/mcp/talon-ops"
+    assert mcp_call(via_gateway, token, "list_namespaces")[0] is False
+    gateway_host = api.base_url.split("/")[2]
+    assert mcp_call(via_gateway, token, "list_namespaces", host=gateway_host)[0] is False
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "Host": gateway_host}
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 421

@@ -12,6 +12,8 @@ from talon.api.id_tokens import IdTokenCache, MintIdToken
 from talon.auth.shared_secret import header_bytes
 
 OPS_PREFIX = "/mcp/talon-ops"
+# Not Host: httpx sends the upstream's, the one the ops_mcp function lists in
+# gateway.opsMcpAllowedHosts (and the one Cloud Run routes by).
 _FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
               "mcp-session-id", "last-event-id")  # fmt: skip
 TIMEOUT_SECONDS = 300.0

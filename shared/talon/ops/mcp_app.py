@@ -14,6 +14,7 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
 from pydantic import AnyHttpUrl
 from starlette.requests import Request
@@ -36,6 +37,17 @@ _DESCRIPTIONS = {t.name: t.description for t in TOOLS}
 # `/v1/tokens`, not an OAuth server, and with no `resource_server_url` the SDK publishes no
 # discovery document naming it; a reserved name (RFC 2606) says it leads nowhere.
 AUTH = AuthSettings(issuer_url=AnyHttpUrl("https://talon.invalid"), resource_server_url=None)
+
+
+def transport_security(allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection, on: a request whose Host is not listed is refused
+    (421), and so is one whose Origin, when a browser sends one, is not one of those hosts."""
+    origins = [f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=list(allowed_hosts),
+        allowed_origins=origins,
+    )
 
 
 def build_server(ops: OpsTools, verifier: TalonTokenVerifier, auth: AuthSettings) -> MCPServer:
@@ -114,10 +126,11 @@ class OpsApp:
             TalonTokenVerifier(services.tokens),
             AUTH,
         )
-        # Any Host header: the function sits behind Cloud Run's own front end.
         self.mcp = self.server.streamable_http_app(
             streamable_http_path=OPS_PATH, stateless_http=True, json_response=True,
-            host="0.0.0.0",
+            transport_security=transport_security(
+                services.settings.gateway.ops_mcp_allowed_hosts
+            ),
         )  # fmt: skip
         # An error the verifier raises (the database down) gets its own status, not a 500.
         self.mcp.add_exception_handler(Exception, _error_response)

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,39 @@ def dispatch_server() -> Iterator[_Server]:
     server = _Server("dispatch")
     yield server
     server.close()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from talon.store.local_postgres import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ops_server() -> Iterator[str]:
+    """The ops_mcp function (functions-framework, ASGI) served by uvicorn; yields the talon-ops
+    MCP URL. It builds its app from `entrypoints`, so it follows each test's settings."""
+    import functions_framework.aio
+
+    app = functions_framework.aio.create_asgi_app(
+        target="ops_mcp", source=str(ROOT / "functions" / "ops_mcp" / "main.py")
+    )
+    with serve_asgi(app) as base:
+        yield f"{base}/mcp/talon-ops"
 
 
 @contextlib.contextmanager

@@ -69,6 +69,13 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("gateway: [1, 2]\n", {}, "gateway"),
         ("gateway: {\n", {}, "not valid YAML"),
         ("", {"TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": "many"}, "poolSize"),
+        # A URL where a Host header value belongs, and an empty list (protection off).
+        (
+            "",
+            {"TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS": "https://ops.example.com"},
+            "gateway.opsMcpAllowedHosts",
+        ),
+        ("gateway:\n  opsMcpAllowedHosts: []\n", {}, "gateway.opsMcpAllowedHosts"),
     ],
 )
 def test_bad_configuration_names_the_setting(

@@ -157,6 +157,23 @@ def test_environment_names_are_settings_the_code_reads() -> None:
     assert "TALON_ADMIN_TOKEN" in gateway_secrets
 
 
+def test_the_ops_mcp_function_allows_its_own_hosts() -> None:
+    """DNS-rebinding protection stays on in the cloud: the function lists the host of the URL
+    the gateway forwards to (httpx sends that Host) and its Cloud Run service's run.app host,
+    and the gateway forwards to that same URL."""
+    plain, _ = _env_of("ops_mcp")
+    assert plain["TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS"] == '${join(",", local.ops_mcp_hosts)}'
+    hosts = [_unquote(h) for h in _locals(_functions_module())["ops_mcp_hosts"]]
+    assert hosts[0] == '${split("/", var.urls["ops_mcp"])[2]}'
+    run_app = "${var.prefix}-ops-mcp-${data.google_project.this.number}.${var.region}.run.app"
+    assert hosts[1] == run_app
+    # ... where the service is named after the function: prefix-ops-mcp for ops_mcp.
+    functions = _resources(_functions_module(), "google_cloudfunctions2_function")["talon"]
+    assert _unquote(functions["name"]) == '${var.prefix}-${replace(each.key, "_", "-")}'
+    gateway, _ = _env_of("gateway")
+    assert gateway["TALON_GATEWAY_OPS_MCP_UPSTREAM"] == '${var.urls["ops_mcp"]}'
+
+
 def test_topics_subscriptions_queue_and_secrets_are_wired() -> None:
     messaging = _load(TERRAFORM / "modules" / "messaging" / "main.tf")
     topics = _locals(messaging)["topics"]

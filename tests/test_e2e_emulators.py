@@ -91,6 +91,8 @@ def wiring(
         "TALON_WORKER_SKILLS_DIR": str(ROOT / "skills"),
         "TALON_GATEWAY_OPS_MCP_UPSTREAM": urls["ops_mcp"],
         "TALON_GATEWAY_OPS_MCP_ID_TOKEN": "false",  # no metadata server to mint one
+        # Exactly its own host, as in the cloud: what the gateway's forwarding sends.
+        "TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS": f"127.0.0.1:{ports['ops_mcp']}",
         "TALON_GATEWAY_PUBLIC_URL": urls["gateway"],
         "TALON_ADMIN_TOKEN": ADMIN_TOKEN,
         "FUNCTION_USE_ASGI": "true",
@@ -111,7 +113,8 @@ def wiring(
         publisher.create_topic(name=path)
         subscriber.create_subscription(
             name=subscriber.subscription_path(PROJECT, f"{topic}-push"), topic=path,
-            push_config={"push_endpoint": f"{urls['dispatch']}/?token={PUSH_TOKEN}"},
+            # No secret in the URL: the functions sign each message with the push token.
+            push_config={"push_endpoint": f"{urls['dispatch']}/"},
             ack_deadline_seconds=60,
         )  # fmt: skip
     tasks = tasks_v2.CloudTasksClient(

@@ -15,7 +15,7 @@ import pytest
 from google_certs import GoogleCerts, SigningKey
 from talon import entrypoints
 from talon.api.google_oidc import GoogleOidcVerifier
-from talon.api.push import push_verifier
+from talon.api.push import push_checks
 from talon.api.scheduler_callback import callback_verifier
 from talon.config import MessageBrokerSettings, SchedulerSettings
 from talon.errors import ConfigError, PermissionDenied, Unauthenticated
@@ -122,7 +122,7 @@ def test_tokens_that_are_not_google_signed_for_our_account_are_refused(
 
 def test_oidc_mode_without_an_audience_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError) as refused:
-        push_verifier(MessageBrokerSettings(push_service_account_email=EMAIL))
+        push_checks(MessageBrokerSettings(push_service_account_email=EMAIL))
     assert "control_plane.message_broker.pushAudience" in refused.value.message
     assert "TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_AUDIENCE" in refused.value.message
     with pytest.raises(ConfigError) as refused:

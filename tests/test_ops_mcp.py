@@ -6,43 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import functions_framework.aio
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 import samples
-from conftest import ROOT, Api, read_stream
+from conftest import ROOT, Api, read_stream, serve_asgi
+from talon import entrypoints
+from talon.auth.tokens import TokenService
 from talon.cli.manifest_files import read_documents
+from talon.config import Settings
+from talon.ops.mcp_app import OpsApp
+from talon.services import Services
+from talon.store.database import Database, connector_from_url
 from talon.store.local_postgres import free_port
 
 SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
 THREAD = {"namespace": "acme", "agent": "customer-support", "session_id": "enterprise-renewals"}
-
-
-@pytest.fixture(scope="module")
-def ops_server() -> Iterator[str]:
-    app = functions_framework.aio.create_asgi_app(
-        target="ops_mcp", source=str(ROOT / "functions" / "ops_mcp" / "main.py")
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/mcp/talon-ops"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -63,11 +49,21 @@ def acme(api: Api, monkeypatch: pytest.MonkeyPatch, start_worker) -> Api:
     return api
 
 
-def mcp_call(url: str, token: str | None, tool: str | None = None, **arguments: Any) -> Any:
-    """List the tools (tool=None) or call one; returns names, or (is_error, payload)."""
+def mcp_call(
+    url: str,
+    token: str | None,
+    tool: str | None = None,
+    *,
+    host: str | None = None,
+    **arguments: Any,
+) -> Any:
+    """List the tools (tool=None) or call one; returns names, or (is_error, payload). `host`
+    sends that Host header instead of the URL's."""
 
     async def run() -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if host is not None:
+            headers["Host"] = host
         async with (
             httpx2.AsyncClient(headers=headers, timeout=30) as http,
             streamable_http_client(url, http_client=http) as streams,
@@ -173,7 +169,91 @@ def test_expired_revoked_and_missing_tokens_are_refused(acme: Api, ops_server: s
     for secret in (minted["token"], revoked, None, "tln_wrong"):
         response = httpx.post(ops_server, json={}, headers={
             "Authorization": f"Bearer {secret}"} if secret else {})  # fmt: skip
+        # The MCP SDK's bearer auth answers, in the OAuth bearer-token shape (RFC 6750) that
+        # MCP clients expect, rather than Talon's {"error": {"code", ...}}.
         assert response.status_code == 401, (secret, response.text)
+        assert response.json() == {"error": "invalid_token",
+                                   "error_description": "Authentication required"}  # fmt: skip
+        assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
     assert httpx.get(ops_server, headers={"Authorization": f"Bearer {revoked}"}).status_code in (
         401, 405
     )  # fmt: skip
+
+
+def test_a_database_outage_while_authenticating_is_a_503(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a 401 (the token may be fine) and not a 500: the verifier's error keeps its status."""
+    services = Services.start(settings)
+    # The real token service, on a database nothing listens for.
+    services.tokens = TokenService(
+        Database(connector_from_url(f"postgresql://talon@127.0.0.1:{free_port()}/talon", 2), 1)
+    )
+    try:
+        with serve_asgi(OpsApp(services)) as base:
+            response = httpx.post(f"{base}/mcp/talon-ops", json={},
+                                  headers={"Authorization": "Bearer tln_anything"})  # fmt: skip
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "unavailable"
+    finally:
+        services.close()
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"}}}  # fmt: skip
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def test_dns_rebinding_protection_refuses_foreign_hosts_and_origins(
+    api: Api, ops_server: str
+) -> None:
+    token = api.token("read", ["*"])
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 200
+    foreign = httpx.post(ops_server, json=INITIALIZE, headers={**headers, "Host": "evil.test"})
+    assert foreign.status_code == 421, foreign.text
+    rebound = httpx.post(ops_server, json=INITIALIZE,
+                         headers={**headers, "Host": "evil.test:8080"})  # fmt: skip
+    assert rebound.status_code == 421
+    page = httpx.post(ops_server, json=INITIALIZE,
+                      headers={**headers, "Origin": "https://evil.test"})  # fmt: skip
+    assert page.status_code == 403
+    # The default list is loopback: a browser page served from it may call.
+    local = ops_server.split("/")[2]
+    same = httpx.post(ops_server, json=INITIALIZE, headers={**headers, "Origin": f"http://{local}"})
+    assert same.status_code == 200
+    # The real client through the SDK, with a loopback name.
+    port = local.rsplit(":", 1)[1]
+    assert mcp_call(ops_server, token, "list_namespaces", host=f"localhost:{port}")[0] is False
+
+
+def test_the_allowed_hosts_come_from_the_configuration(
+    api: Api, ops_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api.token("read", ["*"])
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS", "ops.example.test, other.test:*")
+    entrypoints.reset()
+    assert mcp_call(ops_server, token, "list_namespaces", host="ops.example.test")[0] is False
+    assert mcp_call(ops_server, token, "list_namespaces", host="other.test:9")[0] is False
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    # Loopback is no longer listed.
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 421
+
+
+def test_the_gateway_forwards_with_the_upstreams_host(
+    api: Api, ops_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ops_mcp function allows only its own host:port; through the gateway (another
+    port) the tools work, because the gateway sends the upstream's Host, not the caller's."""
+    upstream = ops_server.removesuffix("/mcp/talon-ops")
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_UPSTREAM", upstream)
+    monkeypatch.setenv("TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS", upstream.split("/")[2])
+    entrypoints.reset()
+    token = api.token("read", ["*"])
+    via_gateway = f"{api.base_url}/mcp/talon-ops"
+    assert mcp_call(via_gateway, token, "list_namespaces")[0] is False
+    gateway_host = api.base_url.split("/")[2]
+    assert mcp_call(via_gateway, token, "list_namespaces", host=gateway_host)[0] is False
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "Host": gateway_host}
+    assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 421

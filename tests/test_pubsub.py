@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,9 +16,11 @@ from google.cloud import pubsub_v1
 import samples
 from conftest import Api, read_stream
 from talon import entrypoints
+from talon.api.push import SWEEP_TOKEN_HEADER
 from talon.broker.outbox import DISPATCH_TOPIC, enqueue
 from talon.broker.pubsub import PubSubPublisher
 from talon.broker.relay import OutboxRelay
+from talon.broker.signing import SIGNATURE_ATTRIBUTE, sign, signed_by
 from talon.config import MessageBrokerSettings
 from talon.store.database import Database
 
@@ -54,7 +57,7 @@ def broker_env(
     subscriber.create_subscription(
         name=subscription,
         topic=topics["dispatch"],
-        push_config={"push_endpoint": f"{dispatch_server.url}/?token={PUSH_TOKEN}"},
+        push_config={"push_endpoint": f"{dispatch_server.url}/"},
         ack_deadline_seconds=30,
     )
     yield {"dispatch_topic": topics["dispatch"], "subscription": subscription}
@@ -88,7 +91,7 @@ def test_relay_publishes_committed_rows_once(
             for i in range(3):
                 enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"orphan-{i}"}, key=f"k{i}")
         settings = MessageBrokerSettings(
-            driver="gcp_pubsub", project=PROJECT,
+            driver="gcp_pubsub", project=PROJECT, push_token=PUSH_TOKEN,
             dispatch_topic=broker_env["dispatch_topic"].rsplit("/", 1)[-1],
         )  # fmt: skip
         relay = OutboxRelay(db, PubSubPublisher(settings))
@@ -104,31 +107,85 @@ def test_relay_publishes_committed_rows_once(
         payloads = sorted(json.loads(m.message.data)["sessionUid"] for m in received)
         assert payloads == ["orphan-0", "orphan-1", "orphan-2"]
         assert {m.message.attributes["eventTopic"] for m in received} == {"dispatch"}
+        # Signed with the push token; the token itself is nowhere in the message.
+        for m in received:
+            signature = m.message.attributes[SIGNATURE_ATTRIBUTE]
+            assert signed_by(PUSH_TOKEN, "dispatch", m.message.data, signature)
+            assert PUSH_TOKEN not in str(m.message)
         with db.transaction() as tx:
             assert tx.scalar("SELECT count(*) FROM outbox") == 0
     finally:
         subscriber.delete_subscription(subscription=pull)
 
 
+def _envelope(
+    payload: dict[str, Any],
+    *,
+    key: str | None = PUSH_TOKEN,
+    topic: str = "dispatch",
+    signed_data: bytes | None = None,
+) -> dict[str, Any]:
+    """A push envelope as Pub/Sub sends it; signed with `key` (None: unsigned) over
+    `signed_data` (default: the data sent)."""
+    data = json.dumps(payload).encode()
+    attributes = {"eventTopic": topic}
+    if key is not None:
+        attributes[SIGNATURE_ATTRIBUTE] = sign(
+            key, topic, data if signed_data is None else signed_data
+        )
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": "1",
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
 def test_dispatch_function_verifies_and_validates_pushes(
     dispatch_server, broker_env: dict[str, str]
 ) -> None:
-    envelope = {
-        "message": {
-            "data": base64.b64encode(json.dumps({"sessionUid": "not-a-uuid"}).encode()).decode(),
-            "attributes": {"eventTopic": "dispatch"},
-            "messageId": "1",
-        },
-        "subscription": broker_env["subscription"],
-    }
+    payload = {"sessionUid": "not-a-uuid"}
     url = dispatch_server.url
-    assert httpx.post(f"{url}/", json=envelope).status_code == 401
-    assert httpx.post(f"{url}/?token=wrong", json=envelope).status_code == 401
-    bad = httpx.post(f"{url}/?token={PUSH_TOKEN}", json={"hello": "world"})
+    refused = {
+        "unsigned": _envelope(payload, key=None),
+        "signed with another key": _envelope(payload, key="not-the-push-token"),
+        "data changed after signing": _envelope(payload, signed_data=b'{"sessionUid": "x"}'),
+        "topic changed after signing": {**_envelope(payload), "message": {
+            **_envelope(payload)["message"],
+            "attributes": {**_envelope(payload)["message"]["attributes"],
+                           "eventTopic": "lifecycle"}}},
+    }  # fmt: skip
+    for case, envelope in refused.items():
+        answer = httpx.post(f"{url}/", json=envelope)
+        assert answer.status_code == 401, (case, answer.text)
+        assert answer.json()["error"]["code"] == "unauthenticated"
+    bad = httpx.post(f"{url}/", json={"hello": "world"})
     assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "message"
+    for field, envelope in {
+        "message.attributes": {"message": {"data": "", "attributes": ["eventTopic"]}},
+        "message.attributes.eventTopic": {"message": {"data": "", "attributes": {"eventTopic": 1}}},
+        "message.data": {"message": {"data": 12}},
+        "deliveryAttempt": {**_envelope(payload), "deliveryAttempt": "soon"},
+    }.items():
+        answer = httpx.post(f"{url}/", json=envelope)
+        assert answer.status_code == 400, (field, answer.text)
+        assert answer.json()["error"]["details"][0]["path"] == field
     # A well-formed push with a payload we cannot use is acknowledged (logged), not retried.
-    assert httpx.post(f"{url}/?token={PUSH_TOKEN}", json=envelope).status_code == 204
+    assert httpx.post(f"{url}/", json=_envelope(payload)).status_code == 204
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_secret_in_the_push_url_is_refused(dispatch_server, broker_env: dict[str, str]) -> None:
+    """A push endpoint still configured with ?token= fails loudly, even with the right one."""
+    for path in ("/", "/sweep"):
+        answer = httpx.post(f"{dispatch_server.url}{path}", params={"token": PUSH_TOKEN},
+                            json=_envelope({"sessionUid": "x"}),
+                            headers={SWEEP_TOKEN_HEADER: PUSH_TOKEN})  # fmt: skip
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert "remove ?token=" in error["message"] and error["details"][0]["path"] == "token"
 
 
 def test_sweep_route_publishes_orphans_without_traffic(
@@ -146,7 +203,9 @@ def test_sweep_route_publishes_orphans_without_traffic(
             enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "orphan"}, key="k")
         url = dispatch_server.url
         assert httpx.post(f"{url}/sweep").status_code == 401
-        swept = httpx.post(f"{url}/sweep?token={PUSH_TOKEN}")
+        wrong = httpx.post(f"{url}/sweep", headers={SWEEP_TOKEN_HEADER: "wrong"})
+        assert wrong.status_code == 401
+        swept = httpx.post(f"{url}/sweep", headers={SWEEP_TOKEN_HEADER: PUSH_TOKEN})
         assert swept.status_code == 200 and swept.json() == {"published": 1}
         reply = subscriber.pull(subscription=pull, max_messages=5, timeout=10)
         assert [json.loads(m.message.data) for m in reply.received_messages] == [

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from talon.errors import ConfigError, details_from_validation_error
@@ -42,6 +42,21 @@ class GatewaySettings(_Section):
     # In the cloud the ops_mcp function is private: attach a Google ID token for it in
     # X-Serverless-Authorization (Authorization keeps carrying the caller's Talon token).
     ops_mcp_id_token: bool = False
+    # Host headers the ops_mcp function accepts (the MCP SDK's DNS-rebinding protection; an
+    # Origin header must be http(s):// one of them). `host`, `host:port` or `host:*` (any
+    # port). The default suits `talon dev`; in the cloud, the function's own host (which is
+    # what the gateway's forwarding sends: the upstream's, never the caller's).
+    ops_mcp_allowed_hosts: list[str] = Field(
+        default=["127.0.0.1:*", "localhost:*", "[::1]:*"], min_length=1
+    )
+
+    @field_validator("ops_mcp_allowed_hosts")
+    @classmethod
+    def _hosts_not_urls(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not host or "/" in host or any(c.isspace() for c in host):
+                raise ValueError(f"{host!r} is not a Host header value (host[:port|:*], no URL)")
+        return hosts
 
 
 class DatabaseSettings(_Section):
@@ -65,10 +80,12 @@ class MessageBrokerSettings(_Section):
     lifecycle_topic: str = "talon-lifecycle"
     # How the dispatch function checks that a push request comes from our subscription:
     # `oidc` (Google-signed token for push_service_account_email, audience push_audience),
-    # `token` (a shared secret in the push URL's ?token=), or `none` (local emulator only).
+    # `token` (each message signed with push_token by its publisher, see broker/signing.py;
+    # `/sweep` sends it in X-Talon-Push-Token), or `none` (local emulator only).
     push_verification: Literal["oidc", "token", "none"] = "oidc"
     push_audience: str = ""
     push_service_account_email: str = ""
+    # Every function that publishes signs with it when set, so set it on all of them.
     push_token: str = ""
 
 

@@ -25,6 +25,7 @@ from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.auth.principal import Principal
+from talon.auth.shared_secret import header_bytes
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
 from talon.services import Services
 from talon.store.resources import namespace_not_found
@@ -167,9 +168,11 @@ class Gateway:
     def _authenticate(self, request: flask.Request) -> Principal:
         header = request.headers.get("Authorization", "")
         scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
+        secret = secret.strip(" \t")
+        if scheme.lower() != "bearer" or not secret:
             raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
-        return self.services.tokens.authenticate(secret.strip())
+        # Hashed as the bytes the client sent, whatever they are.
+        return self.services.tokens.authenticate(header_bytes(secret))
 
     @staticmethod
     def _to_response(route: Route, result: Any) -> flask.Response:

@@ -11,9 +11,12 @@ from talon.api.app import json_response
 from talon.api.body import read_raw
 from talon.api.id_tokens import IdTokenCache, MintIdToken
 from talon.api.unread_body import leave_unread
+from talon.auth.shared_secret import header_bytes
 from talon.errors import TalonError
 
 OPS_PREFIX = "/mcp/talon-ops"
+# Not Host: httpx sends the upstream's, the one the ops_mcp function lists in
+# gateway.opsMcpAllowedHosts (and the one Cloud Run routes by).
 _FORWARDED = ("authorization", "content-type", "accept", "mcp-protocol-version",
               "mcp-session-id", "last-event-id")  # fmt: skip
 TIMEOUT_SECONDS = 300.0
@@ -37,10 +40,14 @@ class OpsProxy:
             body = read_raw(request, max_body)
         except TalonError as exc:
             return leave_unread(request, json_response(exc.status, exc.to_dict()))
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+        # The bytes the caller sent (httpx would refuse non-ASCII text: a 502 for a bad token).
+        headers = {k: header_bytes(v) for k, v in request.headers.items()
+                   if k.lower() in _FORWARDED}  # fmt: skip
         try:
             if self.id_tokens is not None:
-                headers["X-Serverless-Authorization"] = f"Bearer {self.id_tokens(self.upstream)}"
+                headers["X-Serverless-Authorization"] = (
+                    f"Bearer {self.id_tokens(self.upstream)}".encode()
+                )
             reply = self.client.request(
                 request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
             )

@@ -4,7 +4,6 @@ path but `/sweep`), 2xx to finish the task, anything else to have the queue retr
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import flask
 
 from talon.api.app import json_response
 from talon.api.google_oidc import GoogleOidcVerifier
+from talon.auth.shared_secret import header_bytes, same_secret, text_bytes
 from talon.config import SchedulerSettings, require_settings
 from talon.errors import TalonError, Unauthenticated
 from talon.scheduling.tasks import TOKEN_HEADER, FireTask, TaskScheduler
@@ -29,11 +29,14 @@ def callback_verifier(settings: SchedulerSettings) -> Callable[[flask.Request], 
     if mode == "none":
         return lambda request: None
     if mode == "token":
-        expected = settings.callback_token
+        require_settings(
+            "callbackVerification token", {f"{SETTINGS}.callbackToken": settings.callback_token}
+        )
+        expected = text_bytes(settings.callback_token)
 
         def check_token(request: flask.Request) -> None:
-            given = request.headers.get(TOKEN_HEADER, "")
-            if not expected or not hmac.compare_digest(given, expected):
+            given = header_bytes(request.headers.get(TOKEN_HEADER, ""))
+            if not same_secret(given, expected):
                 raise Unauthenticated(f"{TOKEN_HEADER} missing or wrong")
 
         return check_token

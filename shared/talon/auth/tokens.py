@@ -17,6 +17,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from talon.auth.cache import PrincipalCache
 from talon.auth.principal import ROLE_RANK, Principal
+from talon.auth.shared_secret import text_bytes
 from talon.errors import Invalid, NotFound, PermissionDenied, Unauthenticated
 from talon.ops.catalog import TOOL_NAMES
 from talon.resources.meta import DnsLabel, StrictModel
@@ -116,8 +117,9 @@ def _announce_invalidation(tx: Tx, token_id: str) -> None:
     tx.execute("SELECT pg_notify(%s, %s)", (TOKENS_CHANNEL, token_id))
 
 
-def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+def hash_secret(secret: str | bytes) -> bytes:
+    """Text (a minted or configured secret) as UTF-8; bytes (from a header) as sent."""
+    return hashlib.sha256(secret if isinstance(secret, bytes) else text_bytes(secret)).digest()
 
 
 class TokenService:
@@ -131,7 +133,7 @@ class TokenService:
         notifications reach `cache.clear` (wired by Services)."""
         self._invalidations_live = invalidations_live
 
-    def authenticate(self, secret: str) -> Principal:
+    def authenticate(self, secret: str | bytes) -> Principal:
         digest = hash_secret(secret)
         cached = self._invalidations_live is not None and self._invalidations_live()
         if cached:

@@ -1,4 +1,6 @@
-"""Google Pub/Sub adapter: publishes outbox rows. Honours PUBSUB_EMULATOR_HOST."""
+"""Google Pub/Sub adapter: publishes outbox rows. Honours PUBSUB_EMULATOR_HOST. With a
+`pushToken` configured, each message carries its signature (`broker/signing.py`) for the
+dispatch function's `token` verification mode."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 from google.cloud import pubsub_v1
 
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC
+from talon.broker.signing import SIGNATURE_ATTRIBUTE, sign
 from talon.config import MessageBrokerSettings
 from talon.errors import ConfigError
 
@@ -18,6 +21,7 @@ class PubSubPublisher:
             raise ConfigError(
                 "control_plane.message_broker.project is required for the gcp_pubsub driver"
             )
+        self._push_token = settings.push_token
         self._client = pubsub_v1.PublisherClient()
         self._topics = {
             DISPATCH_TOPIC: self._client.topic_path(settings.project, settings.dispatch_topic),
@@ -26,12 +30,10 @@ class PubSubPublisher:
 
     def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
         """Publish and wait for the server's acknowledgement; return the message id."""
-        future = self._client.publish(
-            self._topics[topic],
-            json.dumps(payload, separators=(",", ":")).encode(),
-            # `topic` would clash with publish()'s own parameter.
-            eventTopic=topic,
-            key=key,
-            outboxId=str(outbox_id),
-        )
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        # `topic` would clash with publish()'s own parameter.
+        attributes = {"eventTopic": topic, "key": key, "outboxId": str(outbox_id)}
+        if self._push_token:
+            attributes[SIGNATURE_ATTRIBUTE] = sign(self._push_token, topic, data)
+        future = self._client.publish(self._topics[topic], data, **attributes)
         return str(future.result(timeout=30))

@@ -1,47 +1,70 @@
 """The talon-ops MCP server (the `mcp` SDK, streamable HTTP, stateless, JSON responses) at
-`/mcp/talon-ops`, behind bearer-token authentication. The tools are thin: each hands its
-arguments and the caller's principal to `OpsTools`, which does the checking."""
+`/mcp/talon-ops`. Bearer tokens are checked by the SDK's auth with Talon's verifier
+(`ops/auth.py`); the tools are thin: each hands its arguments and the caller's principal to
+`OpsTools`, which does the checking."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
+import logging
 from typing import Any
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
+from pydantic import AnyHttpUrl
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from talon.auth.principal import Principal
 from talon.errors import TalonError
+from talon.ops.auth import TalonTokenVerifier, current_principal
 from talon.ops.catalog import DEFAULT_HISTORY, TOOLS
 from talon.ops.tools import OpsTools
 from talon.services import Services
 
+log = logging.getLogger(__name__)
 OPS_PATH = "/mcp/talon-ops"
-_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "talon_ops_principal", default=None
-)
 _READ = ToolAnnotations(readOnlyHint=True)
 _WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
 _DESCRIPTIONS = {t.name: t.description for t in TOOLS}
 
 
-def build_server(ops: OpsTools) -> MCPServer:
+# The SDK's AuthSettings require an issuer. Talon's tokens come from the gateway's
+# `/v1/tokens`, not an OAuth server, and with no `resource_server_url` the SDK publishes no
+# discovery document naming it; a reserved name (RFC 2606) says it leads nowhere.
+AUTH = AuthSettings(issuer_url=AnyHttpUrl("https://talon.invalid"), resource_server_url=None)
+
+
+def transport_security(allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection, on: a request whose Host is not listed is refused
+    (421), and so is one whose Origin, when a browser sends one, is not one of those hosts."""
+    origins = [f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=list(allowed_hosts),
+        allowed_origins=origins,
+    )
+
+
+def build_server(ops: OpsTools, verifier: TalonTokenVerifier, auth: AuthSettings) -> MCPServer:
     server = MCPServer(
         "talon-ops",
         instructions="Inspect Talon: namespaces, agents, sessions, turns and schedules. "
         "Every call sees only what the presented token may see.",
+        token_verifier=verifier,
+        auth=auth,
     )
 
     async def run(tool: str, **arguments: Any) -> dict[str, Any]:
-        principal = _principal.get()
-        if principal is None:  # the HTTP layer authenticates first; this is a backstop
+        principal = current_principal()
+        if principal is None:  # the SDK's auth refuses the request first; this is a backstop
             raise ToolError("not authenticated")
         try:
-            # PostgreSQL work off the event loop; the principal travels with the context.
+            # PostgreSQL work off the event loop.
             return await anyio.to_thread.run_sync(lambda: ops.run(principal, tool, arguments))
         except TalonError as exc:
             raise ToolError(exc.message) from exc
@@ -92,17 +115,25 @@ def build_server(ops: OpsTools) -> MCPServer:
 
 
 class OpsApp:
-    """The ASGI app: bearer auth, then the MCP server. The session manager (normally started
-    by the app's lifespan, which functions-framework does not run) starts on first use."""
+    """The ASGI app: the MCP server at OPS_PATH (the SDK authenticates), JSON errors around
+    it. The session manager (normally started by the app's lifespan, which
+    functions-framework does not run) starts on first use."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.server = build_server(OpsTools(services))
-        # Any Host header: the function sits behind Cloud Run's own front end.
+        self.server = build_server(
+            OpsTools(services),
+            TalonTokenVerifier(services.tokens),
+            AUTH,
+        )
         self.mcp = self.server.streamable_http_app(
             streamable_http_path=OPS_PATH, stateless_http=True, json_response=True,
-            host="0.0.0.0",
+            transport_security=transport_security(
+                services.settings.gateway.ops_mcp_allowed_hosts
+            ),
         )  # fmt: skip
+        # An error the verifier raises (the database down) gets its own status, not a 500.
+        self.mcp.add_exception_handler(Exception, _error_response)
         self._started: asyncio.Event | None = None
 
     async def _ensure_started(self) -> None:
@@ -128,22 +159,21 @@ class OpsApp:
             # Stateless mode has no server-initiated stream; a GET would hang open.
             await _json(send, 405, "method_not_allowed", "POST MCP requests to this endpoint")
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        scheme, _, secret = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secret:
-            await _json(send, 401, "unauthenticated", "send Authorization: Bearer <token>")
-            return
-        try:
-            principal = await anyio.to_thread.run_sync(self.services.tokens.authenticate, secret)
-        except TalonError as exc:
-            await _json(send, exc.status, exc.code, exc.message)
-            return
         await self._ensure_started()
-        token = _principal.set(principal)
         try:
             await self.mcp(scope, receive, send)
-        finally:
-            _principal.reset(token)
+        except TalonError as exc:
+            # Answered already (_error_response); Starlette re-raises for the log, this is it.
+            log.warning("talon-ops request failed: %s", exc.message)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TalonError):
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+    return JSONResponse(
+        {"error": {"code": "internal", "message": "internal error", "details": []}},
+        status_code=500,
+    )
 
 
 async def _json(send: Any, status: int, code: str, message: str) -> None:

@@ -34,7 +34,18 @@ variable "model_key_secrets" { type = list(string) }
 variable "topics" { type = map(string) }
 variable "queue" { type = string }
 
+data "google_project" "this" {
+  project_id = var.project
+}
+
 locals {
+  # The ops_mcp function's own hosts: that of the cloudfunctions.net URL the gateway forwards
+  # to (var.urls), and its Cloud Run service's deterministic run.app URL
+  # (<service>-<project number>.<region>.run.app).
+  ops_mcp_hosts = [
+    split("/", var.urls["ops_mcp"])[2],
+    "${var.prefix}-ops-mcp-${data.google_project.this.number}.${var.region}.run.app",
+  ]
   # What every function needs: the database, the broker (each relays its own outbox) and
   # the scheduler backend (schedule writes enqueue their next fire).
   common_env = {
@@ -72,6 +83,8 @@ locals {
     ops_mcp = {
       # functions-framework serves this one as ASGI (the MCP SDK is ASGI-only).
       FUNCTION_USE_ASGI = "true"
+      # The Host headers its DNS-rebinding protection accepts: its own.
+      TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS = join(",", local.ops_mcp_hosts)
     }
   }
   # Secrets arrive as environment variables, resolved by Cloud Run at start.

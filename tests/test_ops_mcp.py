@@ -257,3 +257,29 @@ def test_the_gateway_forwards_with_the_upstreams_host(
     assert mcp_call(via_gateway, token, "list_namespaces", host=gateway_host)[0] is False
     headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}", "Host": gateway_host}
     assert httpx.post(ops_server, json=INITIALIZE, headers=headers).status_code == 421
+
+
+def test_isolation_matrix_every_tool_reads_a_hidden_namespace_as_missing(
+    acme: Api, ops_server: str
+) -> None:
+    """Each talon-ops tool that names a namespace, called by an admin token of acme for
+    globex (which exists) and for a namespace that does not: the same answer, and globex is
+    untouched. The tools' arguments are filled so that only the namespace can fail."""
+    from talon.ops.catalog import TOOLS
+
+    token = acme.token("admin", ["acme"])
+    arguments = {
+        "list_agents": {}, "list_sessions": {"agent": "bot"}, "list_schedules": {},
+        "read_session": {"agent": "bot", "session_id": "s1"},
+        "inspect_turn": {"agent": "bot", "session_id": "s1", "turn_id": acme.turn_id},  # type: ignore[attr-defined]
+        "trigger_schedule": {"name": "wake"}, "pause_schedule": {"name": "wake"},
+    }  # fmt: skip
+    assert {t.name for t in TOOLS} == {"list_namespaces", *arguments}  # a new tool is added here
+    for tool, extra in arguments.items():
+        hidden = mcp_call(ops_server, token, tool, namespace="globex", **extra)
+        missing = mcp_call(ops_server, token, tool, namespace="nowhere", **extra)
+        assert hidden[0] is True and missing[0] is True, (tool, hidden)
+        assert hidden[1].replace("globex", "X") == missing[1].replace("nowhere", "X"), tool
+    error, listed = mcp_call(ops_server, token, "list_namespaces")
+    assert not error and listed == {"namespaces": ["acme"]}
+    assert acme.ok("GET", "/v1/ns/globex/agents/bot")["metadata"]["generation"] == 1

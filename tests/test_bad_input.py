@@ -1,0 +1,125 @@
+"""Input the standard decoders and servers accept but later layers choke on: each must be a
+4xx with the JSON error shape naming the field, never a 500 and never HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import samples
+from conftest import Api
+
+JSON = {"Content-Type": "application/json"}
+YAML = {"Content-Type": "application/yaml"}
+MESSAGE = "/v1/ns/shop/agents/bot/sessions/s/message"
+SESSIONS = "/v1/ns/shop/agents/bot/sessions"
+
+
+@pytest.fixture
+def shop(api: Api) -> Api:
+    api.ok("POST", "/v1/namespaces", 201, json=samples.namespace("shop"))
+    api.ok("POST", "/v1/ns/shop/agent-templates", 201, json=samples.template("shop"))
+    api.ok("POST", "/v1/ns/shop/agents", 201, json=samples.agent("shop"))
+    api.ok("POST", SESSIONS, 201, json={"id": "s"})
+    return api
+
+
+def problem(response: Any, status: int = 400) -> dict[str, Any]:
+    """The error body, checked for the gateway's shape; asserts the status."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    return body["error"]
+
+
+def no_messages(api: Api) -> None:
+    assert api.ok("GET", f"{SESSIONS}/s/messages")["items"] == []
+
+
+# --- bodies --------------------------------------------------------------------------------
+
+DEEP_JSON = b'{"content": "x", "metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+DEEP_YAML = b"content: x\nmetadata: " + b"[" * 1000 + b"]" * 1000 + b"\n"
+HUGE = b"9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "path", "message"),
+    [
+        # RecursionError in the decoder (or in anything walking the value later).
+        (DEEP_JSON, JSON, "(body)", "nested more than 64 levels deep"),
+        (b'{"content": ' + b"[" * 100 + b"]" * 100 + b"}", JSON, "content" + "[0]" * 64,
+         "nested more than 64 levels deep"),
+        # Python's int-str limit raises ValueError, which is no decode error.
+        (b'{"content": "x", "multitask_strategy": ' + HUGE + b"}", JSON, "multitask_strategy",
+         "integer has more than 4300 digits"),
+        (b"content: x\nmultitask_strategy: " + HUGE + b"\n", YAML, "multitask_strategy",
+         "integer has more than 4300 digits"),
+        # Python's JSON reads these; PostgreSQL's jsonb does not.
+        (b'{"content": NaN}', JSON, "content", "must be a finite number"),
+        (b'{"content": -Infinity}', JSON, "content", "must be a finite number"),
+        (b'{"content": 1e400}', JSON, "content", "must be a finite number"),
+        (b"content: .inf\n", YAML, "content", "must be a finite number"),
+        # A lone surrogate has no UTF-8 encoding: it cannot be stored or sent on.
+        (b'{"content": "a\\ud800b"}', JSON, "content", "lone surrogate U+D800"),
+        (b'content: "a\\udfffb"\n', YAML, "content", "lone surrogate U+DFFF"),
+        # Duplicate keys would be merged silently, the last one winning: refused instead.
+        (b'{"content": "a", "content": "b"}', JSON, "content", "duplicate key"),
+        (b"content: a\ncontent: b\n", YAML, "content", "duplicate key"),
+        # YAML types JSON has not.
+        (b"content: !!binary aGVsbG8=\n", YAML, "content", "a YAML binary is not a JSON value"),
+        (b"content: x\nyes: 1\n", YAML, "True", "keys must be strings, not boolean"),
+    ],
+)  # fmt: skip
+def test_message_bodies_that_decoders_accept_but_storage_cannot(
+    shop: Api, body: bytes, headers: dict[str, str], path: str, message: str
+) -> None:
+    error = problem(shop.post(MESSAGE, content=body, headers=headers))
+    assert error["code"] == "bad_request"
+    assert error["details"][0]["path"] == path
+    assert message in error["details"][0]["message"]
+    no_messages(shop)
+
+
+def test_deep_yaml_is_refused_before_it_is_built(shop: Api) -> None:
+    error = problem(shop.post(MESSAGE, content=DEEP_YAML, headers=YAML))
+    assert error["details"][0]["path"] == "(body)"
+    assert "nested more than 64 levels deep" in error["message"]
+    assert "line 2" in error["message"]  # where, from the YAML parser
+
+
+def test_bad_values_deep_inside_are_named_by_their_path(shop: Api) -> None:
+    body = b'{"id": "m", "metadata": {"a": [1, {"b": NaN, "\\u0000k": 1}], "a2": {"c": 2, "c": 3}}}'
+    error = problem(shop.post(SESSIONS, content=body, headers=JSON))
+    assert error["details"] == [
+        {"path": "metadata.a[1].b", "message": "must be a finite number (NaN and Infinity are "
+         "not JSON)"},
+        {"path": "metadata.a[1].\\u0000k", "message": "in the key: NUL characters (U+0000) are "
+         "not accepted"},
+        {"path": "metadata.a2.c", "message": "duplicate key"},
+    ]  # fmt: skip
+    assert error["message"] == f"{error['details'][0]['path']}: {error['details'][0]['message']}"
+    assert shop.get(f"{SESSIONS}/m").status_code == 404
+
+
+def test_duplicate_keys_in_a_manifest_and_in_multi_document_yaml(shop: Api) -> None:
+    text = (
+        '{"apiVersion": "talon.dev/v1alpha1", "kind": "Schedule", "metadata": {"name": "wake"}, '
+        '"spec": {"cron": "0 9 * * *", "target": {"agent": "bot", "sessionId": "a", '
+        '"sessionId": "b"}, "inputMessage": "hi"}}'
+    )
+    error = problem(shop.post("/v1/ns/shop/schedules", content=text, headers=JSON))
+    assert error["details"] == [{"path": "spec.target.sessionId", "message": "duplicate key"}]
+    stream = b"kind: Namespace\n---\nkind: Namespace\nmetadata: {name: a}\nmetadata: {name: b}\n"
+    error = problem(shop.post("/v1/apply", content=stream, headers=YAML))
+    assert error["details"] == [{"path": "[1].metadata", "message": "duplicate key"}]
+    assert shop.get("/v1/ns/shop/schedules/wake").status_code == 404
+
+
+def test_yaml_timestamps_stay_strings(shop: Api) -> None:
+    # PyYAML would make datetime objects of these (a 500 when stored in session metadata).
+    body = b"id: t\nmetadata:\n  due: 2030-01-01T09:00:00\n  day: 2030-01-01\n"
+    created = shop.ok("POST", SESSIONS, 201, content=body, headers=YAML)
+    assert created["metadata"] == {"due": "2030-01-01T09:00:00", "day": "2030-01-01"}

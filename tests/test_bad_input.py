@@ -123,3 +123,83 @@ def test_yaml_timestamps_stay_strings(shop: Api) -> None:
     body = b"id: t\nmetadata:\n  due: 2030-01-01T09:00:00\n  day: 2030-01-01\n"
     created = shop.ok("POST", SESSIONS, 201, content=body, headers=YAML)
     assert created["metadata"] == {"due": "2030-01-01T09:00:00", "day": "2030-01-01"}
+
+
+# --- query, headers and path segments -----------------------------------------------------
+
+TURN = "/v1/ns/shop/agents/bot/sessions/s/turns"
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "message"),
+    [
+        (f"{SESSIONS}?pageToken=%00", "pageToken", "must be a nextPageToken from this API"),
+        ("/v1/tokens?pageToken=%00", "pageToken", "must be a nextPageToken from this API"),
+        ("/v1/ns/shop/agents?pageToken=%00", "pageToken", "must be a nextPageToken from this API"),
+        ("/v1/namespaces?labelSelector=a%00b", "labelSelector", "must be a label selector "
+         "without control characters"),
+        (f"{SESSIONS}/s/messages?after=1%00", "after", "must be an integer from 0 to "
+         "9223372036854775807"),
+        ("/v1/apply?dryRun=%00", "dryRun", "must be true or false"),
+    ],
+)  # fmt: skip
+def test_nul_in_a_query_value(shop: Api, query: str, param: str, message: str) -> None:
+    # The page tokens went to PostgreSQL as parameters: "invalid byte sequence", a 500.
+    response = shop.request("POST" if "apply" in query else "GET", query, json={})
+    assert problem(response)["details"] == [{"path": param, "message": message}]
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("/v1/ns/a%00b/agents", "ns"),
+        ("/v1/namespaces/a%00b", "ns"),
+        ("/v1/ns/shop/agents/a%00b", "name"),
+        ("/v1/ns/shop/schedules/a%00b/fires", "name"),
+        ("/v1/ns/shop/agents/a%00b/sessions", "agent"),
+        (f"{SESSIONS}/a%00b", "session_id"),
+        (f"{SESSIONS}/a%00b/stream", "session_id"),
+        (f"{TURN}/a%00b", "turn_id"),
+        ("/v1/tokens/a%00b", "token_id"),
+        ("/v1/ns/Shop/agents", "ns"),  # not NUL, but no name can look like this either
+        ("/v1/ns/shop/agents/" + "a" * 64, "name"),
+    ],
+)
+def test_malformed_path_segments_are_named(shop: Api, url: str, param: str) -> None:
+    error = problem(shop.get(url))
+    assert error["code"] == "bad_request"
+    assert error["details"][0]["path"] == param
+    assert error["message"].startswith(f"path parameter {param} must be")
+
+
+def test_path_checks_come_after_authentication(shop: Api) -> None:
+    anonymous = shop.as_token(None)
+    assert problem(anonymous.get("/v1/ns/a%00b/agents"), 401)["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "path"),
+    [
+        ({"Last-Event-ID": "9" * 400}, "", "Last-Event-ID"),  # bigint overflow at PostgreSQL
+        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID"),
+        ({"Last-Event-ID": "1_0"}, "", "Last-Event-ID"),  # int() accepts it; HTTP does not
+        ({}, "?lastEventId=" + "9" * 400, "lastEventId"),
+        ({}, "?lastEventId=%D9%A1", "lastEventId"),  # ARABIC-INDIC DIGIT ONE: int() takes it
+        ({}, "?maxSeconds=1&maxSeconds=2", "maxSeconds"),
+        ({}, "?untilTurnEnd=maybe", "untilTurnEnd"),
+    ],
+)
+def test_stream_position_and_options_are_checked(
+    shop: Api, headers: dict[str, str], query: str, path: str
+) -> None:
+    error = problem(shop.get(f"{SESSIONS}/s/stream{query}", headers=headers))
+    assert error["details"][0]["path"] == path
+
+
+def test_idempotency_key_must_be_printable_ascii(shop: Api) -> None:
+    for key in ("", "k" * 201, "tab\there"):
+        error = problem(shop.post(MESSAGE, json={"content": "x"}, headers={"Idempotency-Key": key}))
+        assert error["details"] == [
+            {"path": "Idempotency-Key", "message": "must be 1 to 200 printable ASCII characters"}
+        ]
+    no_messages(shop)

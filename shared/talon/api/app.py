@@ -101,6 +101,11 @@ class Gateway:
                     raise PermissionDenied(
                         "this token is limited to talon-ops tools; use it at /mcp/talon-ops"
                     )
+            # A malformed segment names nothing, in any namespace: refused before the
+            # visibility check, which it cannot tell anything about.
+            route.check_path(args)
+            if route.role is not None:
+                assert principal is not None
                 namespace = args.get("ns")
                 if namespace is not None and not principal.can_see(namespace):
                     raise namespace_not_found(namespace)
@@ -108,7 +113,8 @@ class Gateway:
                     raise PermissionDenied(
                         f"this route needs the {route.role} role; the token has {principal.role}"
                     )
-            ctx = Context(request, self.services, principal, request_id)
+            params = route.parse_params(request)
+            ctx = Context(request, self.services, principal, request_id, params)
             response = self._to_response(route, route.handler(ctx, **args))
         except TalonError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

@@ -13,43 +13,6 @@ from talon.auth.tokens import TokenRequest
 from talon.resources.registry import KINDS
 from talon.sessions.models import CreateSession, PostMessage, Session
 
-_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "limit": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 500,
-        "description": "Page size (default 100).",
-    },
-    "pageToken": {"type": "string", "description": "nextPageToken of the previous page."},
-    "labelSelector": {
-        "type": "string",
-        "description": "Comma-separated `k=v`, `k!=v`, `k`, `!k` requirements.",
-    },
-    "dryRun": {"type": "boolean", "description": "Validate and report, but change nothing."},
-    "after": {"type": "integer", "minimum": 0, "description": "Only messages after this seq."},
-    "lastEventId": {
-        "type": "integer",
-        "minimum": 0,
-        "description": "Replay events after this id (0: all); same as the Last-Event-ID header.",
-    },
-    "untilTurnEnd": {
-        "type": "boolean",
-        "description": "End the stream once no turn is queued or running.",
-    },
-    "maxSeconds": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 3600,
-        "description": "End the stream after this long (default 600); resume with Last-Event-ID.",
-    },
-    "heartbeat": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 60,
-        "description": "Seconds between keep-alive comments (default 15).",
-    },
-}
-
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -110,14 +73,7 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
                 },
             },
         }
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"<(\w+)>", route.rule)
-        ]
-        params += [
-            {"name": name, "in": "query", "required": False, "schema": _QUERY_SCHEMAS[name]}
-            for name in route.query
-        ]
+        params = [p.openapi() for p in (*route.path_params, *route.query, *route.headers)]
         if params:
             operation["parameters"] = params
         if route.request_schema:

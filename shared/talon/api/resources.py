@@ -6,35 +6,32 @@ from typing import Any
 
 from talon import API_VERSION
 from talon.api.body import parse_body
+from talon.api.params import DRY_RUN, LABEL_SELECTOR, LIMIT, PAGE_TOKEN
 from talon.api.routing import Context, Route
 from talon.api.schedules import schedule_statuses
 from talon.errors import Invalid, NotFound, PermissionDenied, TalonError
 from talon.resources.meta import Resource
 from talon.resources.registry import BY_NAME, KINDS, Kind, parse_manifest
-from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from talon.store.resources import Record, parse_label_selector
 
 NAMESPACE = BY_NAME["Namespace"]
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 MAX_APPLY_ITEMS = 500
+LIST_QUERY = (LIMIT, PAGE_TOKEN, LABEL_SELECTOR)
 
 
 def _manifest(kind: Kind, record: Record) -> dict[str, Any]:
     return record.to_manifest(kind.body_field)
 
 
-def _limit(ctx: Context) -> int:
-    return ctx.query_int("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-
-
 def list_resources(ctx: Context, kind: Kind, ns: str | None = None) -> dict[str, Any]:
     assert ctx.principal is not None
-    selector = parse_label_selector(ctx.request.args.get("labelSelector", ""))
+    selector = parse_label_selector(ctx.param("labelSelector") or "")
     page = ctx.services.resources.list(
         kind,
         ns,
-        limit=_limit(ctx),
-        page_token=ctx.request.args.get("pageToken") or None,
+        limit=ctx.param("limit"),
+        page_token=ctx.param("pageToken") or None,
         selector=selector,
         visible_namespaces=ctx.principal.visible_namespaces if not ns else None,
     )
@@ -150,7 +147,7 @@ def apply_manifests(ctx: Context) -> dict[str, Any]:
                 "creating or changing namespaces needs an admin token",
                 [{"path": f"items[{index}].kind", "message": "needs the admin role"}],
             )
-    dry_run = ctx.query_bool("dryRun")
+    dry_run = ctx.param("dryRun")
     results = ctx.services.resources.apply(resources, dry_run=dry_run)
     items = []
     for result in results:
@@ -192,7 +189,7 @@ def resource_routes() -> list[Route]:
             role="write",
             request_schema="ApplyRequest",
             tags=("apply",),
-            query=("dryRun",),
+            query=(DRY_RUN,),
         ),
     ]
     ns_kind = NAMESPACE
@@ -203,7 +200,7 @@ def resource_routes() -> list[Route]:
             _bind(list_resources, ns_kind),
             "List namespaces.",
             tags=("namespaces",),
-            query=("limit", "pageToken", "labelSelector"),
+            query=LIST_QUERY,
         ),
         Route(
             "POST",
@@ -263,7 +260,7 @@ def resource_routes() -> list[Route]:
                     _bind(list_resources, kind),
                     f"List {kind.name} resources.",
                     tags=tags,
-                    query=("limit", "pageToken", "labelSelector"),
+                    query=LIST_QUERY,
                 ),
                 Route(
                     "POST",

@@ -7,10 +7,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from talon.api.body import parse_body
+from talon.api.params import LIMIT, PAGE_TOKEN
 from talon.api.routing import Context, Route
 from talon.auth.tokens import TokenRequest
 from talon.errors import Invalid, details_from_validation_error
-from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
 def create_token(ctx: Context) -> tuple[int, dict[str, Any]]:
@@ -29,9 +29,9 @@ def create_token(ctx: Context) -> tuple[int, dict[str, Any]]:
 
 def list_tokens(ctx: Context) -> dict[str, Any]:
     assert ctx.principal is not None
-    limit = ctx.query_int("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    limit = ctx.param("limit")
     rows = ctx.services.tokens.list(
-        ctx.principal, after=ctx.request.args.get("pageToken") or None, limit=limit + 1
+        ctx.principal, after=ctx.param("pageToken") or None, limit=limit + 1
     )
     next_token = rows[limit - 1].id if len(rows) > limit else None
     return {"items": [r.to_dict() for r in rows[:limit]], "nextPageToken": next_token}
@@ -80,7 +80,7 @@ def token_routes() -> list[Route]:
             "List tokens (never their secrets).",
             role="admin",
             tags=tags,
-            query=("limit", "pageToken"),
+            query=(LIMIT, PAGE_TOKEN),
         ),
         Route("GET", "/v1/tokens/<token_id>", get_token, "Get a token.", role="admin", tags=tags),
         Route(

@@ -203,3 +203,53 @@ def test_idempotency_key_must_be_printable_ascii(shop: Api) -> None:
             {"path": "Idempotency-Key", "message": "must be 1 to 200 printable ASCII characters"}
         ]
     no_messages(shop)
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+def _schedule(**spec: Any) -> dict[str, Any]:
+    body = samples.schedule("shop")
+    body["spec"].update(spec)
+    if spec.get("kind") == "once":
+        del body["spec"]["cron"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        # Valid cron syntax that matches no date: every next-fire computation failed (500).
+        ({"cron": "0 0 30 2 *"}, "spec.cron", "'0 0 30 2 *' never fires (no date matches it)"),
+        ({"cron": "0 0 31 4,6,9,11 *"}, "spec.cron", "never fires"),
+        # A zone key becomes a file path: a long one was an OSError (500).
+        ({"timezone": "A" * 2000}, "spec.timezone", "is not an IANA time zone"),
+        ({"timezone": "America"}, "spec.timezone", "is not an IANA time zone"),  # a directory
+        ({"timezone": "../../etc/passwd"}, "spec.timezone", "is not an IANA time zone"),
+        # Valid ISO 8601 whose UTC instant is past datetime's range (OverflowError, 500).
+        ({"kind": "once", "at": "9999-12-31T23:59:59-14:00"}, "spec.at",
+         "must be from 1970-01-01 to before 9999-01-01 (UTC)"),
+        ({"kind": "once", "at": "0001-01-01T00:00:00+14:00"}, "spec.at", "must be from 1970"),
+        ({"kind": "once", "at": "9999-12-31T23:59:59", "timezone": "Pacific/Kiritimati"},
+         "spec.at", "must be from 1970"),
+    ],
+)  # fmt: skip
+def test_schedules_that_could_never_be_computed(
+    shop: Api, spec: dict[str, Any], path: str, message: str
+) -> None:
+    shop.ok("POST", "/v1/ns/shop/agents", 201, json=samples.agent("shop", "other"))
+    body = _schedule(**spec)
+    body["spec"]["target"]["agent"] = "other"
+    error = problem(shop.post("/v1/ns/shop/schedules", json=body), 422)
+    assert error["code"] == "invalid"
+    assert error["details"][0]["path"] == path
+    assert message in error["details"][0]["message"]
+    assert len(error["message"]) < 300  # the 2,000-character zone is not echoed whole
+    # The same through apply, and as a merge patch of a good schedule.
+    error = problem(shop.post("/v1/apply", json={"items": [body]}), 422)
+    assert error["details"][0]["path"] == f"items[0].{path}"
+    good = shop.ok("POST", "/v1/ns/shop/schedules", 201, json=samples.schedule("shop"))
+    patch = {"spec": {**spec, **({"cron": None} if "at" in spec else {})}}
+    error = problem(shop.patch("/v1/ns/shop/schedules/wake", json=patch), 422)
+    assert error["details"][0]["path"] == path
+    assert shop.ok("GET", "/v1/ns/shop/schedules/wake")["spec"] == good["spec"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -253,3 +254,96 @@ def test_schedules_that_could_never_be_computed(
     error = problem(shop.patch("/v1/ns/shop/schedules/wake", json=patch), 422)
     assert error["details"][0]["path"] == path
     assert shop.ok("GET", "/v1/ns/shop/schedules/wake")["spec"] == good["spec"]
+
+
+# --- the request itself: what reaches the app through the WSGI server --------------------
+
+
+def raw_request(base_url: str, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would (a negative Content-Length, undecodable paths) and
+    return (status, headers, body) of the answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as connection:
+        connection.sendall(head.replace(b"\n", b"\r\n") + b"\r\n" + body)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    header_block, _, content = received.partition(b"\r\n\r\n")
+    status_line, *lines = header_block.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, content
+
+
+def raw_problem(answer: tuple[int, dict[str, str], bytes], status: int) -> dict[str, Any]:
+    import json
+
+    code, headers, content = answer
+    assert code == status, (code, content[:300])
+    assert headers["content-type"].startswith("application/json"), content[:300]
+    return json.loads(content)["error"]
+
+
+AUTH = b"Authorization: Bearer test-admin-token-0123456789\n"
+
+
+def test_negative_content_length(shop: Api) -> None:
+    # werkzeug reads it as 0: the body silently vanished and "request body is empty" was the
+    # answer, naming the wrong thing. (gunicorn refuses it before the app; see transport.py.)
+    head = b"POST " + MESSAGE.encode() + b" HTTP/1.1\nHost: x\n" + AUTH
+    head += b"Content-Type: application/json\nContent-Length: -5\nConnection: close\n"
+    error = raw_problem(raw_request(shop.base_url, head, b'{"content": "x"}'), 400)
+    assert error["details"] == [{"path": "Content-Length", "message": "'-5' is not a length"}]
+    no_messages(shop)
+
+
+@pytest.mark.parametrize(
+    "path", [b"/v1/ns/%ff%fe/agents", b"/v1/%c3%28", b"/v1/ns/%ef%bf%bd/agents"]
+)
+def test_path_that_is_not_utf8(shop: Api, path: bytes) -> None:
+    head = b"GET " + path + b" HTTP/1.1\nHost: x\n" + AUTH + b"Connection: close\n"
+    error = raw_problem(raw_request(shop.base_url, head), 400)
+    assert error["details"] == [
+        {"path": "(path)", "message": "not valid UTF-8 (or contains U+FFFD)"}
+    ]
+
+
+def test_oversized_headers(shop: Api) -> None:
+    # Within what the server lets through, the app refuses with JSON, naming the header...
+    error = problem(shop.get("/v1/whoami", headers={"X-Big": "a" * 9000}), 431)
+    assert error["details"] == [{"path": "X-Big", "message": "longer than 8190 bytes"}]
+    many = {f"X-Part-{i}": "a" * 8000 for i in range(9)}
+    error = problem(shop.get("/v1/whoami", headers=many), 431)
+    assert error["details"][0]["path"] == "(headers)"
+    # ...beyond it, the WSGI server answers on its own (werkzeug: a header line over 64 KiB
+    # is a 431 with an HTML page), before any application code runs: documented, not ours.
+    huge = shop.get("/v1/whoami", headers={"X-Huge": "a" * 70_000})
+    assert huge.status_code == 431
+    assert huge.headers["Content-Type"].startswith("text/html")
+
+
+def test_the_frameworks_own_errors_are_json(api: Api) -> None:
+    # functions-framework answers these paths itself, without calling the function.
+    for path in ("/favicon.ico", "/robots.txt"):
+        assert problem(api.get(path), 404)["code"] == "not_found"
+
+
+def test_a_gateway_that_cannot_start_answers_json_503(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from talon import entrypoints
+    from talon.store.local_postgres import free_port
+
+    working = api.ok("GET", "/v1/whoami")
+    database_url = os.environ["TALON_CONTROL_PLANE_DATABASE_URL"]
+    closed = f"postgresql://talon@127.0.0.1:{free_port()}/talon"
+    monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", closed)
+    entrypoints.reset()
+    error = problem(api.get("/v1/whoami"), 503)
+    assert error["code"] == "unavailable"
+    assert "127.0.0.1" not in error["message"]  # the exception's text stays in the log
+    monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", database_url)
+    entrypoints.reset()
+    assert api.ok("GET", "/v1/whoami") == working  # built again on the next request

@@ -24,6 +24,7 @@ from talon.api.routing import Context, Route
 from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
+from talon.api.transport import check_request
 from talon.auth.principal import Principal
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
 from talon.services import Services
@@ -90,9 +91,10 @@ class Gateway:
         given_id = request.headers.get("X-Request-Id", "")
         request_id = given_id if _REQUEST_ID_RE.match(given_id) else uuid.uuid4().hex
         principal: Principal | None = None
-        if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
-            return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
         try:
+            check_request(request)
+            if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
+                return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]
             if route.role is not None:

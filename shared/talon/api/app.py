@@ -20,7 +20,7 @@ from werkzeug.routing import Map, Rule
 
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
-from talon.api.routing import Context, Route
+from talon.api.routing import Answer, Context, Route
 from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
@@ -62,6 +62,10 @@ class Gateway:
                 "Liveness and database check.",
                 role=None,
                 tags=("meta",),
+                answers=(
+                    Answer(200, "Health"),
+                    Answer(503, "Health", description="The database is unreachable."),
+                ),
             ),
             Route(
                 "GET",
@@ -70,6 +74,7 @@ class Gateway:
                 "This OpenAPI document.",
                 role=None,
                 tags=("meta",),
+                answers=(Answer(200, {"type": "object", "description": "OpenAPI 3.1"}),),
             ),
             *token_routes(),
             *resource_routes(),

@@ -34,6 +34,17 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A success answer a route documents: its status, media type and body schema (a
+    components/schemas name, or an inline JSON schema)."""
+
+    status: int
+    schema: str | dict[str, Any]
+    media_type: str = "application/json"
+    description: str = "Success"
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     rule: str  # werkzeug syntax: /v1/ns/<ns>/agents/<name>
@@ -41,10 +52,16 @@ class Route:
     summary: str
     role: str | None = "read"  # None: no authentication
     request_schema: str | None = None  # components/schemas name of the body
-    response_status: int = 200
     tags: tuple[str, ...] = field(default_factory=tuple)
     query: tuple[Param, ...] = ()
     headers: tuple[Param, ...] = ()
+    # Every success answer, for the OpenAPI document (which refuses a route without one);
+    # the first is the status of a handler that returns only a body.
+    answers: tuple[Answer, ...] = ()
+
+    @property
+    def response_status(self) -> int:
+        return self.answers[0].status
 
     @property
     def endpoint(self) -> str:

@@ -21,7 +21,7 @@ from talon.api.params import (
     PAGE_TOKEN,
     UNTIL_TURN_END,
 )
-from talon.api.routing import Context, Route
+from talon.api.routing import Answer, Context, Route
 from talon.errors import Invalid, details_from_validation_error
 from talon.sessions.events import EVENTS_CHANNEL, stream_key
 from talon.sessions.follow import KEEP_ALIVE, FollowOptions, follow
@@ -134,35 +134,62 @@ def _format(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 
 
+# One SSE event as a client's parser sees it (OpenAPI 3.1 has `schema` of an event stream
+# describe each event; 3.2 calls it itemSchema). Before the events comes a `retry:` hint,
+# between them `: keep-alive` comments.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's id."},
+        "event": {"type": "string", "description": "The event's type."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/SessionEvent"},
+        },
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def session_routes() -> list[Route]:
     routes = []
     for prefix in NAMESPACE_PREFIXES:
         base = f"{prefix}/agents/<agent>/sessions"
         item = f"{base}/<session_id>"
         tags = ("sessions",)
+        session = (Answer(200, "Session"),)
         routes += [
             Route("POST", base, create_session,
                   "Create a session (an existing id for the same agent is returned, 200).",
-                  role="write", request_schema="CreateSession", response_status=201, tags=tags),
+                  role="write", request_schema="CreateSession", tags=tags,
+                  answers=(Answer(201, "Session", "application/json", "Created."),
+                           Answer(200, "Session", "application/json", "It existed."))),
             Route("GET", base, list_sessions, "List the agent's sessions.", tags=tags,
-                  query=(LIMIT, PAGE_TOKEN)),
+                  query=(LIMIT, PAGE_TOKEN), answers=(Answer(200, "SessionList"),)),
             Route("GET", item, get_session,
-                  "Get a session: status, recent messages, the latest turn's steps.", tags=tags),
+                  "Get a session: status, recent messages, the latest turn's steps.", tags=tags,
+                  answers=session),
             Route("DELETE", item, delete_session, "Delete a session and its history.",
-                  role="write", tags=tags),
+                  role="write", tags=tags, answers=session),
             Route("GET", f"{item}/messages", list_messages, "Messages, oldest first.",
-                  tags=tags, query=(AFTER, LIMIT)),
+                  tags=tags, query=(AFTER, LIMIT), answers=(Answer(200, "MessageList"),)),
             Route("POST", f"{item}/message", post_message,
                   "Post a user message; a turn is queued (202).", role="write",
-                  request_schema="PostMessage", response_status=202, tags=tags,
-                  headers=(IDEMPOTENCY_KEY,)),
+                  request_schema="PostMessage", tags=tags, headers=(IDEMPOTENCY_KEY,),
+                  answers=(Answer(202, "Accepted", "application/json", "Queued."),
+                           Answer(200, "Accepted", "application/json",
+                                  "A retry with the same Idempotency-Key and body: the turn "
+                                  "the first request queued."))),
             Route("POST", f"{item}/cancel", cancel, "Cancel the session's open turns.",
-                  role="write", tags=tags),
+                  role="write", tags=tags, answers=(Answer(200, "Cancelled"),)),
             Route("GET", f"{item}/turns/<turn_id>", get_turn, "A turn with its steps.",
-                  tags=tags),
+                  tags=tags, answers=(Answer(200, "TurnView"),)),
             Route("GET", f"{item}/stream", stream,
                   "Server-Sent Events; resume with Last-Event-ID (0 replays everything).",
                   tags=tags, query=(LAST_EVENT_ID_QUERY, UNTIL_TURN_END, HEARTBEAT, MAX_SECONDS),
-                  headers=(LAST_EVENT_ID_HEADER,)),
+                  headers=(LAST_EVENT_ID_HEADER,),
+                  answers=(Answer(200, _SSE_EVENT, "text/event-stream"),)),
         ]  # fmt: skip
     return routes

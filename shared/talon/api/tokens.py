@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from talon.api.body import parse_body
 from talon.api.params import LIMIT, PAGE_TOKEN
-from talon.api.routing import Context, Route
+from talon.api.routing import Answer, Context, Route
 from talon.auth.tokens import TokenRequest
 from talon.errors import Invalid, details_from_validation_error
 
@@ -62,7 +62,14 @@ def whoami(ctx: Context) -> dict[str, Any]:
 def token_routes() -> list[Route]:
     tags = ("tokens",)
     return [
-        Route("GET", "/v1/whoami", whoami, "Describe the calling token.", tags=tags),
+        Route(
+            "GET",
+            "/v1/whoami",
+            whoami,
+            "Describe the calling token.",
+            tags=tags,
+            answers=(Answer(200, "Whoami"),),
+        ),
         Route(
             "POST",
             "/v1/tokens",
@@ -70,8 +77,8 @@ def token_routes() -> list[Route]:
             "Mint a token; the secret is returned once, as `token`.",
             role="admin",
             request_schema="TokenRequest",
-            response_status=201,
             tags=tags,
+            answers=(Answer(201, "CreatedToken"),),
         ),
         Route(
             "GET",
@@ -81,8 +88,17 @@ def token_routes() -> list[Route]:
             role="admin",
             tags=tags,
             query=(LIMIT, PAGE_TOKEN),
+            answers=(Answer(200, "TokenList"),),
         ),
-        Route("GET", "/v1/tokens/<token_id>", get_token, "Get a token.", role="admin", tags=tags),
+        Route(
+            "GET",
+            "/v1/tokens/<token_id>",
+            get_token,
+            "Get a token.",
+            role="admin",
+            tags=tags,
+            answers=(Answer(200, "TokenView"),),
+        ),
         Route(
             "DELETE",
             "/v1/tokens/<token_id>",
@@ -90,5 +106,6 @@ def token_routes() -> list[Route]:
             "Revoke a token.",
             role="admin",
             tags=tags,
+            answers=(Answer(200, "TokenView"),),
         ),
     ]

@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from talon.errors import Invalid
 from talon.resources.meta import DnsLabel, LabelKey, LabelValue, NonBlank, Resource, StrictModel
@@ -26,6 +33,11 @@ _CRON_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
 # timestamps) without overflowing; nothing useful lies outside this range.
 _AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _AT_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+_AT_SCHEMA = {
+    "type": "string",
+    "description": "ISO 8601 date and time. Without a UTC offset it is a wall time in "
+    "`timezone` (kept as written, so a later `timezone` change moves the fire).",
+}
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_RE, max_length=64)]
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_RE)]
@@ -232,7 +244,7 @@ class ScheduleSpec(StrictModel):
     cron: str | None = None
     # Before `at`: reading an `at` without a UTC offset needs the zone (validated in order).
     timezone: str = "UTC"
-    at: datetime | None = None
+    at: Annotated[datetime, WithJsonSchema(_AT_SCHEMA)] | None = None
     target: ScheduleTarget
     inputMessage: Annotated[str, StringConstraints(min_length=1, max_length=32_768)]
     enabled: bool = True

@@ -327,7 +327,9 @@ def test_oversized_headers(shop: Api) -> None:
 def test_the_frameworks_own_errors_are_json(api: Api) -> None:
     # functions-framework answers these paths itself, without calling the function.
     for path in ("/favicon.ico", "/robots.txt"):
-        assert problem(api.get(path), 404)["code"] == "not_found"
+        response = api.get(path)
+        assert problem(response, 404)["code"] == "not_found"
+        assert len(response.headers["X-Request-Id"]) == 32
 
 
 def test_a_gateway_that_cannot_start_answers_json_503(
@@ -341,8 +343,10 @@ def test_a_gateway_that_cannot_start_answers_json_503(
     closed = f"postgresql://talon@127.0.0.1:{free_port()}/talon"
     monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", closed)
     entrypoints.reset()
-    error = problem(api.get("/v1/whoami"), 503)
+    response = api.get("/v1/whoami")
+    error = problem(response, 503)
     assert error["code"] == "unavailable"
+    assert response.headers["Retry-After"] == "1" and response.headers["X-Request-Id"]
     assert "127.0.0.1" not in error["message"]  # the exception's text stays in the log
     monkeypatch.setenv("TALON_CONTROL_PLANE_DATABASE_URL", database_url)
     entrypoints.reset()

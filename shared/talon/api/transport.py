@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from typing import Any
 
 import flask
@@ -62,8 +63,17 @@ def check_request(request: flask.Request) -> None:
         )
 
 
-def _dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":")) + "\n"
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> flask.Response:
+    # Shaped like the gateway's answers, request id included (a fresh one: these answers
+    # come before the gateway, which validates a client's own).
+    return flask.Response(
+        json.dumps(body, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+        headers={"X-Request-Id": uuid.uuid4().hex, **(headers or {})},
+    )
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -78,7 +88,7 @@ def install_json_errors(app: flask.Flask) -> None:
         status = exc.code or 500
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         body = error_body(code.get(status, "bad_request"), exc.description or exc.name)
-        return flask.Response(_dumps(body), status=status, mimetype="application/json")
+        return _json(status, body)
 
     app.register_error_handler(HTTPException, as_json)
 
@@ -88,9 +98,4 @@ def unavailable(exc: BaseException) -> flask.Response:
     a retryable JSON 503, not the framework's 500 with the exception's text."""
     log.error("gateway unavailable: %s", exc, exc_info=exc)
     body = error_body("unavailable", "the gateway is starting or its database is unreachable")
-    return flask.Response(
-        _dumps(body),
-        status=503,
-        mimetype="application/json",
-        headers={"Retry-After": "1"},
-    )
+    return _json(503, body, {"Retry-After": "1"})

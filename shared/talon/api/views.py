@@ -86,10 +86,15 @@ class SessionList(StrictModel):
     nextPageToken: str | None
 
 
+TurnState = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
 class Accepted(StrictModel):
     turnId: str
     messageSeq: int
-    state: Literal["queued"]
+    state: TurnState = Field(
+        description="queued (202); on an Idempotency-Key replay (200), the turn's state now."
+    )
     streamFrom: int = Field(description="Stream with Last-Event-ID = this to see the turn.")
 
 
@@ -109,7 +114,7 @@ class StepView(StrictModel):
 class TurnView(StrictModel):
     id: str
     seq: int
-    state: Literal["queued", "running", "completed", "failed", "cancelled"]
+    state: TurnState
     source: str
     attempts: int
     provider: str | None

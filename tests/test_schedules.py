@@ -126,6 +126,55 @@ def test_fires_shows_the_next_fire_time(acme: Api) -> None:
     assert next_fire_at(once, datetime(2027, 1, 1, tzinfo=UTC)) is None
 
 
+@pytest.fixture
+def host_in_kathmandu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The gateway's host runs at UTC+05:45, a zone no schedule below uses: a wall time read
+    in the host's zone instead of the schedule's would show."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("at", "timezone", "fires_at"),
+    [
+        ("2030-01-15T09:00:00", "America/New_York", "2030-01-15T14:00:00Z"),  # EST, UTC-5
+        ("2030-07-15T09:00:00", "America/New_York", "2030-07-15T13:00:00Z"),  # EDT, UTC-4
+        # 02:30 does not exist on 2030-03-10 in New York: the first valid instant after the
+        # gap (03:00 EDT), as for cron.
+        ("2030-03-10T02:30:00", "America/New_York", "2030-03-10T07:00:00Z"),
+        # An explicit offset is what it says, whatever the time zone.
+        ("2030-01-15T09:00:00+01:00", "America/New_York", "2030-01-15T08:00:00Z"),
+    ],
+)
+def test_once_without_an_offset_is_read_in_the_schedules_time_zone(
+    acme: Api, host_in_kathmandu: Any, at: str, timezone: str, fires_at: str
+) -> None:
+    once = samples.schedule("acme", name="once", agent_name="customer-support")
+    del once["spec"]["cron"]
+    once["spec"].update({"kind": "once", "at": at, "timezone": timezone})
+    created = acme.ok("POST", "/v1/ns/acme/schedules", 201, json=once)
+    assert created["spec"]["at"] == at  # kept as written: a later timezone change applies
+    assert acme.ok("GET", "/v1/ns/acme/schedules/once")["status"]["nextFireAt"] == fires_at
+    assert acme.ok("GET", "/v1/ns/acme/schedules/once/fires")["nextFireAt"] == fires_at
+    assert _next("once") == datetime.fromisoformat(fires_at)  # what the loop will fire at
+
+
+def test_changing_the_time_zone_moves_a_once_fire_with_it(acme: Api) -> None:
+    once = samples.schedule("acme", name="once", agent_name="customer-support")
+    del once["spec"]["cron"]
+    once["spec"].update({"kind": "once", "at": "2030-01-15T09:00:00", "timezone": "UTC"})
+    acme.ok("POST", "/v1/ns/acme/schedules", 201, json=once)
+    patch = {"spec": {"timezone": "Asia/Tokyo"}}
+    acme.ok("PATCH", "/v1/ns/acme/schedules/once", json=patch)
+    fires = acme.ok("GET", "/v1/ns/acme/schedules/once/fires")
+    assert fires["nextFireAt"] == "2030-01-15T00:00:00Z"
+
+
 # --- the postgres backend loop ---------------------------------------------------------------
 
 

@@ -58,6 +58,10 @@ class UnsupportedMediaType(TalonError):
     code, status = "unsupported_media_type", 415
 
 
+class HeadersTooLarge(TalonError):
+    code, status = "headers_too_large", 431
+
+
 class Unavailable(TalonError):
     code, status = "unavailable", 503
 

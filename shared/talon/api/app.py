@@ -20,10 +20,11 @@ from werkzeug.routing import Map, Rule
 
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
-from talon.api.routing import Context, Route
+from talon.api.routing import Answer, Context, Route
 from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
+from talon.api.transport import check_request
 from talon.auth.principal import Principal
 from talon.auth.shared_secret import header_bytes
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
@@ -63,6 +64,10 @@ class Gateway:
                 "Liveness and database check.",
                 role=None,
                 tags=("meta",),
+                answers=(
+                    Answer(200, "Health"),
+                    Answer(503, "Health", description="The database is unreachable."),
+                ),
             ),
             Route(
                 "GET",
@@ -71,6 +76,7 @@ class Gateway:
                 "This OpenAPI document.",
                 role=None,
                 tags=("meta",),
+                answers=(Answer(200, {"type": "object", "description": "OpenAPI 3.1"}),),
             ),
             *token_routes(),
             *resource_routes(),
@@ -92,9 +98,10 @@ class Gateway:
         given_id = request.headers.get("X-Request-Id", "")
         request_id = given_id if _REQUEST_ID_RE.match(given_id) else uuid.uuid4().hex
         principal: Principal | None = None
-        if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
-            return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
         try:
+            check_request(request)
+            if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
+                return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]
             if route.role is not None:
@@ -103,6 +110,11 @@ class Gateway:
                     raise PermissionDenied(
                         "this token is limited to talon-ops tools; use it at /mcp/talon-ops"
                     )
+            # A malformed segment names nothing, in any namespace: refused before the
+            # visibility check, which it cannot tell anything about.
+            route.check_path(args)
+            if route.role is not None:
+                assert principal is not None
                 namespace = args.get("ns")
                 if namespace is not None and not principal.can_see(namespace):
                     raise namespace_not_found(namespace)
@@ -110,7 +122,8 @@ class Gateway:
                     raise PermissionDenied(
                         f"this route needs the {route.role} role; the token has {principal.role}"
                     )
-            ctx = Context(request, self.services, principal, request_id)
+            params = route.parse_params(request)
+            ctx = Context(request, self.services, principal, request_id, params)
             response = self._to_response(route, route.handler(ctx, **args))
         except TalonError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

@@ -1,4 +1,6 @@
-"""OpenAPI 3.1 document generated from the route table and the pydantic models."""
+"""OpenAPI 3.1 document generated from the route table, the parameter declarations
+(params.py) and the pydantic models: request bodies, every success answer and the error
+answers each route can give."""
 
 from __future__ import annotations
 
@@ -7,69 +9,55 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from talon import __version__
-from talon.api.routing import Route
+from talon import __version__, errors
+from talon.api.routing import Answer, Route
+from talon.api.views import RESPONSE_MODELS
 from talon.auth.tokens import TokenRequest
 from talon.resources.registry import KINDS
 from talon.sessions.models import CreateSession, PostMessage, Session
 
-_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "limit": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 500,
-        "description": "Page size (default 100).",
-    },
-    "pageToken": {"type": "string", "description": "nextPageToken of the previous page."},
-    "labelSelector": {
-        "type": "string",
-        "description": "Comma-separated `k=v`, `k!=v`, `k`, `!k` requirements.",
-    },
-    "dryRun": {"type": "boolean", "description": "Validate and report, but change nothing."},
-    "after": {"type": "integer", "minimum": 0, "description": "Only messages after this seq."},
-    "lastEventId": {
-        "type": "integer",
-        "minimum": 0,
-        "description": "Replay events after this id (0: all); same as the Last-Event-ID header.",
-    },
-    "untilTurnEnd": {
-        "type": "boolean",
-        "description": "End the stream once no turn is queued or running.",
-    },
-    "maxSeconds": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 3600,
-        "description": "End the stream after this long (default 600); resume with Last-Event-ID.",
-    },
-    "heartbeat": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 60,
-        "description": "Seconds between keep-alive comments (default 15).",
-    },
-}
-
+_ERROR_CODES = sorted(
+    {cls.code for cls in vars(errors).values() if isinstance(cls, type)
+     and issubclass(cls, errors.TalonError) and cls is not errors.ConfigError}
+)  # fmt: skip
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
+    "additionalProperties": False,
     "properties": {
         "error": {
             "type": "object",
             "required": ["code", "message", "details"],
+            "additionalProperties": False,
             "properties": {
-                "code": {"type": "string"},
+                "code": {"type": "string", "enum": _ERROR_CODES},
                 "message": {"type": "string"},
                 "details": {
                     "type": "array",
+                    "description": "What is wrong where: a field path, a parameter or header "
+                    "name, or (body), (path), (headers) for the whole.",
                     "items": {
                         "type": "object",
+                        "required": ["path", "message"],
+                        "additionalProperties": False,
                         "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
                     },
                 },
             },
         }
     },
+}
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request: body, path segment, query parameter or header (see details).",
+    401: "Missing, unknown, expired or revoked bearer token.",
+    403: "The token's role or tools do not allow this.",
+    404: "No such object (or a namespace the token cannot see).",
+    409: "Conflict with the current state (see message).",
+    413: "Body over gateway.maxBodyBytes.",
+    415: "Body neither JSON nor YAML.",
+    422: "Well-formed but invalid (see details).",
+    431: "A header field over 8,190 bytes, or over 64 KiB of headers in all.",
+    503: "The database is unavailable; retry.",
 }
 
 
@@ -78,7 +66,8 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         (TokenRequest, "validation"),
         (CreateSession, "validation"),
         (PostMessage, "validation"),
-        (Session, "serialization"),
+        (Session, "validation"),
+        *[(model, "validation") for model in RESPONSE_MODELS],
     ]
     _, schemas = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = dict(schemas.get("$defs", {}))
@@ -97,27 +86,9 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
             "operationId": _operation_id(route),
             "summary": route.summary,
             "tags": list(route.tags),
-            "responses": {
-                str(route.response_status): {
-                    "description": "Success",
-                    "content": {"application/json": {}},
-                },
-                "default": {
-                    "description": "Error",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                },
-            },
+            "responses": {**_successes(route), **_errors(route)},
         }
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"<(\w+)>", route.rule)
-        ]
-        params += [
-            {"name": name, "in": "query", "required": False, "schema": _QUERY_SCHEMAS[name]}
-            for name in route.query
-        ]
+        params = [p.openapi() for p in (*route.path_params, *route.query, *route.headers)]
         if params:
             operation["parameters"] = params
         if route.request_schema:
@@ -140,10 +111,59 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
+            "responses": {
+                _error_name(status): {
+                    "description": description,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+                for status, description in _ERROR_DESCRIPTIONS.items()
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
     }
+
+
+def _schema(answer: Answer) -> dict[str, Any]:
+    if isinstance(answer.schema, str):
+        return {"$ref": f"#/components/schemas/{answer.schema}"}
+    return answer.schema
+
+
+def _successes(route: Route) -> dict[str, Any]:
+    if not route.answers:
+        raise ValueError(f"{route.endpoint} documents no answer")
+    return {
+        str(answer.status): {
+            "description": answer.description,
+            "content": {answer.media_type: {"schema": _schema(answer)}},
+        }
+        for answer in route.answers
+    }
+
+
+def _errors(route: Route) -> dict[str, Any]:
+    """The error statuses the route can answer, all with the Error body."""
+    statuses = {400, 431, 503}  # any request: malformed, oversized headers, database down
+    if route.role is not None:
+        statuses |= {401, 403}
+    if route.path_params or route.rule == "/v1/apply":  # apply: an item's namespace
+        statuses.add(404)
+    if route.request_schema:
+        statuses |= {413, 415, 422}
+    if route.method != "GET":
+        statuses |= {409, 422}
+    documented = {a.status for a in route.answers}
+    return {
+        str(status): {"$ref": f"#/components/responses/{_error_name(status)}"}
+        for status in sorted(statuses - documented)
+    }
+
+
+def _error_name(status: int) -> str:
+    return f"Error{status}"
 
 
 def _operation_id(route: Route) -> str:

@@ -6,35 +6,32 @@ from typing import Any
 
 from talon import API_VERSION
 from talon.api.body import parse_body
-from talon.api.routing import Context, Route
+from talon.api.params import DRY_RUN, LABEL_SELECTOR, LIMIT, PAGE_TOKEN
+from talon.api.routing import Answer, Context, Route
 from talon.api.schedules import schedule_statuses
 from talon.errors import Invalid, NotFound, PermissionDenied, TalonError
 from talon.resources.meta import Resource
 from talon.resources.registry import BY_NAME, KINDS, Kind, parse_manifest
-from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from talon.store.resources import Record, parse_label_selector
 
 NAMESPACE = BY_NAME["Namespace"]
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 MAX_APPLY_ITEMS = 500
+LIST_QUERY = (LIMIT, PAGE_TOKEN, LABEL_SELECTOR)
 
 
 def _manifest(kind: Kind, record: Record) -> dict[str, Any]:
     return record.to_manifest(kind.body_field)
 
 
-def _limit(ctx: Context) -> int:
-    return ctx.query_int("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-
-
 def list_resources(ctx: Context, kind: Kind, ns: str | None = None) -> dict[str, Any]:
     assert ctx.principal is not None
-    selector = parse_label_selector(ctx.request.args.get("labelSelector", ""))
+    selector = parse_label_selector(ctx.param("labelSelector") or "")
     page = ctx.services.resources.list(
         kind,
         ns,
-        limit=_limit(ctx),
-        page_token=ctx.request.args.get("pageToken") or None,
+        limit=ctx.param("limit"),
+        page_token=ctx.param("pageToken") or None,
         selector=selector,
         visible_namespaces=ctx.principal.visible_namespaces if not ns else None,
     )
@@ -154,7 +151,7 @@ def apply_manifests(ctx: Context) -> dict[str, Any]:
                 "creating or changing namespaces needs an admin token",
                 [{"path": f"items[{index}].kind", "message": "needs the admin role"}],
             )
-    dry_run = ctx.query_bool("dryRun")
+    dry_run = ctx.param("dryRun")
     results = ctx.services.resources.apply(resources, dry_run=dry_run)
     items = []
     for result in results:
@@ -186,6 +183,46 @@ def _bind(handler: Any, kind: Kind, rename: dict[str, str] | None = None) -> Any
     return bound
 
 
+def _list_schema(kind: Kind) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "items", "nextPageToken"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": API_VERSION},
+            "kind": {"const": f"{kind.name}List"},
+            "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{kind.name}"}},
+            "nextPageToken": {"type": ["string", "null"], "description": "null: last page."},
+        },
+    }
+
+
+def _crud_routes(
+    kind: Kind, base: str, item: str, *, write_role: str, rename: dict[str, str] | None = None
+) -> list[Route]:
+    """List, create, get, replace, merge-patch and delete for one kind under one prefix."""
+    tags = (kind.plural,)
+    one = (Answer(200, kind.name),)
+    return [
+        Route("GET", base, _bind(list_resources, kind), f"List {kind.name} resources.",
+              tags=tags, query=LIST_QUERY, answers=(Answer(200, _list_schema(kind)),)),
+        Route("POST", base, _bind(create_resource, kind), f"Create a {kind.name}.",
+              role=write_role, request_schema=kind.name, tags=tags,
+              answers=(Answer(201, kind.name),)),
+        Route("GET", item, _bind(get_resource, kind, rename), f"Get a {kind.name}.",
+              tags=tags, answers=one),
+        Route("PUT", item, _bind(replace_resource, kind, rename), f"Replace a {kind.name}.",
+              role=write_role, request_schema=kind.name, tags=tags, answers=one),
+        Route("PATCH", item, _bind(patch_resource, kind, rename),
+              f"Merge-patch (RFC 7386) a {kind.name}.", role=write_role,
+              request_schema="MergePatch", tags=tags, answers=one),
+        Route("DELETE", item, _bind(delete_resource, kind, rename),
+              f"Delete a {kind.name} (409 while others depend on it)." if kind.namespaced
+              else "Delete an empty namespace.",
+              role=write_role, tags=tags, answers=one),
+    ]  # fmt: skip
+
+
 def resource_routes() -> list[Route]:
     routes = [
         Route(
@@ -196,115 +233,18 @@ def resource_routes() -> list[Route]:
             role="write",
             request_schema="ApplyRequest",
             tags=("apply",),
-            query=("dryRun",),
+            query=(DRY_RUN,),
+            answers=(Answer(200, "ApplyResult"),),
         ),
     ]
-    ns_kind = NAMESPACE
-    routes += [
-        Route(
-            "GET",
-            "/v1/namespaces",
-            _bind(list_resources, ns_kind),
-            "List namespaces.",
-            tags=("namespaces",),
-            query=("limit", "pageToken", "labelSelector"),
-        ),
-        Route(
-            "POST",
-            "/v1/namespaces",
-            _bind(create_resource, ns_kind),
-            "Create a namespace.",
-            role="admin",
-            request_schema="Namespace",
-            response_status=201,
-            tags=("namespaces",),
-        ),
-        Route(
-            "GET",
-            "/v1/namespaces/<ns>",
-            _bind(get_resource, ns_kind, {"ns": "name"}),
-            "Get a namespace.",
-            tags=("namespaces",),
-        ),
-        Route(
-            "PUT",
-            "/v1/namespaces/<ns>",
-            _bind(replace_resource, ns_kind, {"ns": "name"}),
-            "Replace a namespace.",
-            role="admin",
-            request_schema="Namespace",
-            tags=("namespaces",),
-        ),
-        Route(
-            "PATCH",
-            "/v1/namespaces/<ns>",
-            _bind(patch_resource, ns_kind, {"ns": "name"}),
-            "Merge-patch a namespace.",
-            role="admin",
-            request_schema="MergePatch",
-            tags=("namespaces",),
-        ),
-        Route(
-            "DELETE",
-            "/v1/namespaces/<ns>",
-            _bind(delete_resource, ns_kind, {"ns": "name"}),
-            "Delete an empty namespace.",
-            role="admin",
-            tags=("namespaces",),
-        ),
-    ]
+    # A namespace's name is the `ns` of the routes inside it.
+    item = "/v1/namespaces/<ns>"
+    routes += _crud_routes(
+        NAMESPACE, "/v1/namespaces", item, write_role="admin", rename={"ns": "name"}
+    )
     for kind in KINDS:
-        if not kind.namespaced:
-            continue
-        for prefix in NAMESPACE_PREFIXES:
-            base = f"{prefix}/{kind.plural}"
-            item = f"{base}/<name>"
-            tags = (kind.plural,)
-            routes += [
-                Route(
-                    "GET",
-                    base,
-                    _bind(list_resources, kind),
-                    f"List {kind.name} resources.",
-                    tags=tags,
-                    query=("limit", "pageToken", "labelSelector"),
-                ),
-                Route(
-                    "POST",
-                    base,
-                    _bind(create_resource, kind),
-                    f"Create a {kind.name}.",
-                    role="write",
-                    request_schema=kind.name,
-                    response_status=201,
-                    tags=tags,
-                ),
-                Route("GET", item, _bind(get_resource, kind), f"Get a {kind.name}.", tags=tags),
-                Route(
-                    "PUT",
-                    item,
-                    _bind(replace_resource, kind),
-                    f"Replace a {kind.name}.",
-                    role="write",
-                    request_schema=kind.name,
-                    tags=tags,
-                ),
-                Route(
-                    "PATCH",
-                    item,
-                    _bind(patch_resource, kind),
-                    f"Merge-patch (RFC 7386) a {kind.name}.",
-                    role="write",
-                    request_schema="MergePatch",
-                    tags=tags,
-                ),
-                Route(
-                    "DELETE",
-                    item,
-                    _bind(delete_resource, kind),
-                    f"Delete a {kind.name} (409 while others depend on it).",
-                    role="write",
-                    tags=tags,
-                ),
-            ]
+        if kind.namespaced:
+            for prefix in NAMESPACE_PREFIXES:
+                base = f"{prefix}/{kind.plural}"
+                routes += _crud_routes(kind, base, f"{base}/<name>", write_role="write")
     return routes

@@ -1,14 +1,18 @@
-"""The route table: one declaration feeds the werkzeug URL map and the OpenAPI document."""
+"""The route table: one declaration feeds the werkzeug URL map, request parsing and the
+OpenAPI document."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import flask
 
+from talon.api.params import PATH, Param
 from talon.auth.principal import Principal
+from talon.errors import BadRequest
 from talon.services import Services
 
 Handler = Callable[..., Any]
@@ -20,33 +24,24 @@ class Context:
     services: Services
     principal: Principal | None
     request_id: str
+    # The route's declared query and header parameters, parsed (absent ones: their default).
+    params: dict[str, Any] = field(default_factory=dict)
 
-    def query_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        from talon.errors import BadRequest
+    def param(self, name: str) -> Any:
+        """A declared parameter's value; an undeclared name is a programming error (it would
+        be missing from the OpenAPI document), hence KeyError."""
+        return self.params[name]
 
-        raw = self.request.args.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
-        if value is None or not minimum <= value <= maximum:
-            raise BadRequest(
-                f"{name} must be an integer from {minimum} to {maximum}",
-                [{"path": name, "message": f"must be an integer from {minimum} to {maximum}"}],
-            )
-        return value
 
-    def query_bool(self, name: str) -> bool:
-        from talon.errors import BadRequest
+@dataclass(frozen=True)
+class Answer:
+    """A success answer a route documents: its status, media type and body schema (a
+    components/schemas name, or an inline JSON schema)."""
 
-        raw = self.request.args.get(name, "false").lower()
-        if raw not in ("true", "false", "1", "0", ""):
-            raise BadRequest(
-                f"{name} must be true or false", [{"path": name, "message": "must be a boolean"}]
-            )
-        return raw in ("true", "1")
+    status: int
+    schema: str | dict[str, Any]
+    media_type: str = "application/json"
+    description: str = "Success"
 
 
 @dataclass(frozen=True)
@@ -57,9 +52,16 @@ class Route:
     summary: str
     role: str | None = "read"  # None: no authentication
     request_schema: str | None = None  # components/schemas name of the body
-    response_status: int = 200
     tags: tuple[str, ...] = field(default_factory=tuple)
-    query: tuple[str, ...] = ()
+    query: tuple[Param, ...] = ()
+    headers: tuple[Param, ...] = ()
+    # Every success answer, for the OpenAPI document (which refuses a route without one);
+    # the first is the status of a handler that returns only a body.
+    answers: tuple[Answer, ...] = ()
+
+    @property
+    def response_status(self) -> int:
+        return self.answers[0].status
 
     @property
     def endpoint(self) -> str:
@@ -68,3 +70,26 @@ class Route:
     @property
     def openapi_path(self) -> str:
         return self.rule.replace("<", "{").replace(">", "}")
+
+    @property
+    def path_params(self) -> tuple[Param, ...]:
+        return tuple(PATH[name] for name in re.findall(r"<(\w+)>", self.rule))
+
+    def check_path(self, args: dict[str, str]) -> None:
+        """Refuse path segments that cannot name anything (see params.py)."""
+        for param in self.path_params:
+            param.parse(args[param.name])
+
+    def parse_params(self, request: flask.Request) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for param in self.query:
+            given = request.args.getlist(param.name)
+            if len(given) > 1:
+                raise BadRequest(
+                    f"query parameter {param.name} is given {len(given)} times",
+                    [{"path": param.name, "message": "given more than once"}],
+                )
+            values[param.name] = param.parse(given[0] if given else None)
+        for param in self.headers:
+            values[param.name] = param.parse(request.headers.get(param.name))
+        return values

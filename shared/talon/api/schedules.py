@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from talon.api.routing import Context, Route
+from talon.api.routing import Answer, Context, Route
 from talon.resources.registry import BY_NAME
 from talon.scheduling.timing import next_fire_after
 from talon.store.resources import Record
@@ -56,8 +56,9 @@ def schedule_routes() -> list[Route]:
         routes += [
             Route("POST", f"{item}/run", run_schedule,
                   "Fire the schedule now: its input message goes to its target session.",
-                  role="write", response_status=202, tags=("schedules",)),
+                  role="write", tags=("schedules",), answers=(Answer(202, "FireResult"),)),
             Route("GET", f"{item}/fires", schedule_fires,
-                  "The schedule's most recent fires and their outcome.", tags=("schedules",)),
+                  "The schedule's most recent fires and their outcome.", tags=("schedules",),
+                  answers=(Answer(200, "Fires"),)),
         ]  # fmt: skip
     return routes

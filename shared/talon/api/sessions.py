@@ -13,15 +13,25 @@ import flask
 from pydantic import ValidationError
 
 from talon.api.body import parse_body
-from talon.api.routing import Context, Route
+from talon.api.params import (
+    AFTER,
+    HEARTBEAT,
+    IDEMPOTENCY_KEY,
+    LAST_EVENT_ID_HEADER,
+    LAST_EVENT_ID_QUERY,
+    LIMIT,
+    MAX_SECONDS,
+    PAGE_TOKEN,
+    UNTIL_TURN_END,
+)
+from talon.api.routing import Answer, Context, Route
 from talon.auth.tokens import TOKENS_CHANNEL
-from talon.errors import BadRequest, Invalid, TalonError, details_from_validation_error
+from talon.errors import Invalid, TalonError, details_from_validation_error
 from talon.sessions.events import EVENTS_CHANNEL, stream_key
 from talon.sessions.follow import EXPIRED, KEEP_ALIVE, FollowOptions, StreamEnd, follow
 from talon.sessions.models import CreateSession, PostMessage
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
-IDEMPOTENCY_KEY_MAX = 200
 
 
 def _model(ctx: Context, model: Any, *, allow_empty: bool = False) -> Any:
@@ -45,9 +55,8 @@ def create_session(ctx: Context, ns: str, agent: str) -> tuple[int, dict[str, An
 
 
 def list_sessions(ctx: Context, ns: str, agent: str) -> dict[str, Any]:
-    limit = ctx.query_int("limit", 100, 1, 500)
     items, next_id = ctx.services.sessions.list(
-        ns, agent, limit=limit, after=ctx.request.args.get("pageToken") or None
+        ns, agent, limit=ctx.param("limit"), after=ctx.param("pageToken") or None
     )
     return {"items": items, "nextPageToken": next_id}
 
@@ -61,24 +70,16 @@ def delete_session(ctx: Context, ns: str, agent: str, session_id: str) -> dict[s
 
 
 def list_messages(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
-    limit = ctx.query_int("limit", 100, 1, 500)
-    after = ctx.query_int("after", 0, 0, 2**62)
     items, next_after = ctx.services.sessions.messages(
-        ns, agent, session_id, after=after, limit=limit
+        ns, agent, session_id, after=ctx.param("after"), limit=ctx.param("limit")
     )
     return {"items": items, "nextAfter": next_after}
 
 
 def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> tuple[int, Any]:
-    key = ctx.request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
-        raise BadRequest(
-            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
-            [{"path": "Idempotency-Key", "message": "bad length"}],
-        )
     request = _model(ctx, PostMessage)
     accepted = ctx.services.sessions.post_message(
-        ns, agent, session_id, request, idempotency_key=key
+        ns, agent, session_id, request, idempotency_key=ctx.param("Idempotency-Key")
     )
     return (200 if accepted.replayed else 202), accepted.to_dict()
 
@@ -94,11 +95,11 @@ def get_turn(ctx: Context, ns: str, agent: str, session_id: str, turn_id: str) -
 def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response:
     after = _stream_position(ctx)
     options = FollowOptions(
-        until_turn_end=ctx.query_bool("untilTurnEnd"),
-        heartbeat=ctx.query_int("heartbeat", 15, 1, 60),
+        until_turn_end=ctx.param("untilTurnEnd"),
+        heartbeat=ctx.param("heartbeat"),
         # Each open stream holds a server thread: end it after a while; the client resumes
         # with Last-Event-ID and misses nothing.
-        max_seconds=ctx.query_int("maxSeconds", 600, 1, 3600),
+        max_seconds=ctx.param("maxSeconds"),
     )
     access, access_until = _access_of(ctx)
     options = replace(options, access=access, access_until=access_until)
@@ -135,21 +136,12 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
 
 
 def _stream_position(ctx: Context) -> int | None:
-    """Last-Event-ID (header, or `lastEventId` for browsers); None: only new events."""
-    header = ctx.request.headers.get("Last-Event-ID")
-    if header is not None and ctx.request.args.get("lastEventId") is None:
-        try:
-            after = int(header)
-            if after < 0:
-                raise ValueError
-        except ValueError as exc:
-            raise BadRequest(
-                "Last-Event-ID must be a non-negative integer",
-                [{"path": "Last-Event-ID", "message": "not an event id"}],
-            ) from exc
-        return after
-    after = ctx.query_int("lastEventId", -1, 0, 2**62)
-    return None if after < 0 else after
+    """Where to resume (None: only new events). The Last-Event-ID header wins over
+    `?lastEventId=`: a browser's EventSource opens with the URL its page gave it, query and
+    all, and reconnects to the same URL adding the header with the last id it received;
+    preferring the query would replay everything on every reconnect."""
+    header = ctx.param("Last-Event-ID")
+    return header if header is not None else ctx.param("lastEventId")
 
 
 def _access_of(ctx: Context) -> tuple[Callable[[], StreamEnd | None], float | None]:
@@ -185,33 +177,62 @@ def _format(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 
 
+# One SSE event as a client's parser sees it (OpenAPI 3.1 has `schema` of an event stream
+# describe each event; 3.2 calls it itemSchema). Before the events comes a `retry:` hint,
+# between them `: keep-alive` comments.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's id."},
+        "event": {"type": "string", "description": "The event's type."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/SessionEvent"},
+        },
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def session_routes() -> list[Route]:
     routes = []
     for prefix in NAMESPACE_PREFIXES:
         base = f"{prefix}/agents/<agent>/sessions"
         item = f"{base}/<session_id>"
         tags = ("sessions",)
+        session = (Answer(200, "Session"),)
         routes += [
             Route("POST", base, create_session,
                   "Create a session (an existing id for the same agent is returned, 200).",
-                  role="write", request_schema="CreateSession", response_status=201, tags=tags),
+                  role="write", request_schema="CreateSession", tags=tags,
+                  answers=(Answer(201, "Session", "application/json", "Created."),
+                           Answer(200, "Session", "application/json", "It existed."))),
             Route("GET", base, list_sessions, "List the agent's sessions.", tags=tags,
-                  query=("limit", "pageToken")),
+                  query=(LIMIT, PAGE_TOKEN), answers=(Answer(200, "SessionList"),)),
             Route("GET", item, get_session,
-                  "Get a session: status, recent messages, the latest turn's steps.", tags=tags),
+                  "Get a session: status, recent messages, the latest turn's steps.", tags=tags,
+                  answers=session),
             Route("DELETE", item, delete_session, "Delete a session and its history.",
-                  role="write", tags=tags),
+                  role="write", tags=tags, answers=session),
             Route("GET", f"{item}/messages", list_messages, "Messages, oldest first.",
-                  tags=tags, query=("after", "limit")),
+                  tags=tags, query=(AFTER, LIMIT), answers=(Answer(200, "MessageList"),)),
             Route("POST", f"{item}/message", post_message,
                   "Post a user message; a turn is queued (202).", role="write",
-                  request_schema="PostMessage", response_status=202, tags=tags),
+                  request_schema="PostMessage", tags=tags, headers=(IDEMPOTENCY_KEY,),
+                  answers=(Answer(202, "Accepted", "application/json", "Queued."),
+                           Answer(200, "Accepted", "application/json",
+                                  "A retry with the same Idempotency-Key and body: the turn "
+                                  "the first request queued."))),
             Route("POST", f"{item}/cancel", cancel, "Cancel the session's open turns.",
-                  role="write", tags=tags),
+                  role="write", tags=tags, answers=(Answer(200, "Cancelled"),)),
             Route("GET", f"{item}/turns/<turn_id>", get_turn, "A turn with its steps.",
-                  tags=tags),
+                  tags=tags, answers=(Answer(200, "TurnView"),)),
             Route("GET", f"{item}/stream", stream,
                   "Server-Sent Events; resume with Last-Event-ID (0 replays everything).",
-                  tags=tags, query=("lastEventId", "untilTurnEnd", "heartbeat", "maxSeconds")),
+                  tags=tags, query=(LAST_EVENT_ID_QUERY, UNTIL_TURN_END, HEARTBEAT, MAX_SECONDS),
+                  headers=(LAST_EVENT_ID_HEADER,),
+                  answers=(Answer(200, _SSE_EVENT, "text/event-stream"),)),
         ]  # fmt: skip
     return routes

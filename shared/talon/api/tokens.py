@@ -7,10 +7,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from talon.api.body import parse_body
-from talon.api.routing import Context, Route
+from talon.api.params import LIMIT, PAGE_TOKEN
+from talon.api.routing import Answer, Context, Route
 from talon.auth.tokens import TokenRequest
 from talon.errors import Invalid, details_from_validation_error
-from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
 def create_token(ctx: Context) -> tuple[int, dict[str, Any]]:
@@ -29,9 +29,9 @@ def create_token(ctx: Context) -> tuple[int, dict[str, Any]]:
 
 def list_tokens(ctx: Context) -> dict[str, Any]:
     assert ctx.principal is not None
-    limit = ctx.query_int("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    limit = ctx.param("limit")
     rows = ctx.services.tokens.list(
-        ctx.principal, after=ctx.request.args.get("pageToken") or None, limit=limit + 1
+        ctx.principal, after=ctx.param("pageToken") or None, limit=limit + 1
     )
     next_token = rows[limit - 1].id if len(rows) > limit else None
     return {"items": [r.to_dict() for r in rows[:limit]], "nextPageToken": next_token}
@@ -62,7 +62,14 @@ def whoami(ctx: Context) -> dict[str, Any]:
 def token_routes() -> list[Route]:
     tags = ("tokens",)
     return [
-        Route("GET", "/v1/whoami", whoami, "Describe the calling token.", tags=tags),
+        Route(
+            "GET",
+            "/v1/whoami",
+            whoami,
+            "Describe the calling token.",
+            tags=tags,
+            answers=(Answer(200, "Whoami"),),
+        ),
         Route(
             "POST",
             "/v1/tokens",
@@ -70,8 +77,8 @@ def token_routes() -> list[Route]:
             "Mint a token; the secret is returned once, as `token`.",
             role="admin",
             request_schema="TokenRequest",
-            response_status=201,
             tags=tags,
+            answers=(Answer(201, "CreatedToken"),),
         ),
         Route(
             "GET",
@@ -80,9 +87,18 @@ def token_routes() -> list[Route]:
             "List tokens (never their secrets).",
             role="admin",
             tags=tags,
-            query=("limit", "pageToken"),
+            query=(LIMIT, PAGE_TOKEN),
+            answers=(Answer(200, "TokenList"),),
         ),
-        Route("GET", "/v1/tokens/<token_id>", get_token, "Get a token.", role="admin", tags=tags),
+        Route(
+            "GET",
+            "/v1/tokens/<token_id>",
+            get_token,
+            "Get a token.",
+            role="admin",
+            tags=tags,
+            answers=(Answer(200, "TokenView"),),
+        ),
         Route(
             "DELETE",
             "/v1/tokens/<token_id>",
@@ -90,5 +106,6 @@ def token_routes() -> list[Route]:
             "Revoke a token.",
             role="admin",
             tags=tags,
+            answers=(Answer(200, "TokenView"),),
         ),
     ]

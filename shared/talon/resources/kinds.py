@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from talon.errors import Invalid
 from talon.resources.meta import DnsLabel, LabelKey, LabelValue, NonBlank, Resource, StrictModel
+from talon.scheduling.cron import next_fire
+from talon.scheduling.timing import once_instant
 
 IDENTIFIER_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SESSION_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 MAX_KNOWLEDGE_BYTES = 512 * 1024
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,3}")
+_ZONE_KEY_MAX = 64  # the longest IANA key has 32 characters
+_CRON_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
+# A `once` time must survive arithmetic (catch-up windows, Cloud Tasks legs, protobuf
+# timestamps) without overflowing; nothing useful lies outside this range.
+_AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_AT_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+_AT_SCHEMA = {
+    "type": "string",
+    "description": "ISO 8601 date and time. Without a UTC offset it is a wall time in "
+    "`timezone` (kept as written, so a later `timezone` change moves the fire).",
+}
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_RE, max_length=64)]
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_RE)]
@@ -220,8 +242,9 @@ class ScheduleTarget(StrictModel):
 class ScheduleSpec(StrictModel):
     kind: Literal["cron", "once"] = "cron"
     cron: str | None = None
-    at: datetime | None = None
+    # Before `at`: reading an `at` without a UTC offset needs the zone (validated in order).
     timezone: str = "UTC"
+    at: Annotated[datetime, WithJsonSchema(_AT_SCHEMA)] | None = None
     target: ScheduleTarget
     inputMessage: Annotated[str, StringConstraints(min_length=1, max_length=32_768)]
     enabled: bool = True
@@ -236,15 +259,43 @@ class ScheduleSpec(StrictModel):
             raise ValueError("must have 5 fields: minute hour day-of-month month day-of-week")
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression")
+        # Valid syntax can still match no date at all (`0 0 30 2 *`); the scheduler would
+        # then fail on every next-fire computation. Cron has no year, so an expression that
+        # fires once from a fixed instant fires forever (and the answer is cached).
+        try:
+            next_fire(value, "UTC", _CRON_PROBE)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"{value!r} never fires (no date matches it)") from exc
         return value
 
     @field_validator("timezone")
     @classmethod
     def _iana_timezone(cls, value: str) -> str:
+        # The key becomes a file path inside tzdata: bound it before asking (a long one is
+        # an OSError, a directory name IsADirectoryError).
         try:
+            if len(value) > _ZONE_KEY_MAX or not _ZONE_KEY.fullmatch(value):
+                raise ValueError
             zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"{value!r} is not an IANA time zone") from exc
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            shown = value if len(value) <= _ZONE_KEY_MAX else f"{value[:_ZONE_KEY_MAX]}..."
+            raise ValueError(f"{shown!r} is not an IANA time zone") from exc
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _at_in_range(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        timezone = info.data.get("timezone")
+        if value is None or timezone is None:
+            return value  # no zone: its own error is reported
+        try:
+            instant = once_instant(value, timezone)
+        except OverflowError:
+            instant = None
+        if instant is None or not _AT_EARLIEST <= instant < _AT_LATEST:
+            raise ValueError(
+                f"must be from {_AT_EARLIEST:%Y-%m-%d} to before {_AT_LATEST:%Y-%m-%d} (UTC)"
+            )
         return value
 
     @field_validator("inputMessage")

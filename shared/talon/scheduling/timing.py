@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from talon.scheduling.cron import fire_times, next_fire
+from talon.scheduling.cron import fire_times, next_fire, to_instant
 
 SKIP_GRACE = timedelta(seconds=60)  # with `skip`, a fire this late still counts as on time
 _MAX_MISSED = 1000  # slots examined when catching up; more were missed than anyone needs
+
+
+def once_instant(at: str | datetime, timezone: str) -> datetime:
+    """A `once` schedule's `at` on the UTC timeline. A wall time without a UTC offset is read
+    in the schedule's time zone (not the host's), like cron: a time skipped by a DST change
+    means the first valid instant after it, a repeated one its first occurrence. Kept naive
+    in the manifest, so changing `timezone` later moves the fire with it. OverflowError: the
+    instant is not representable in UTC (`9999-12-31T23:59:59-14:00`)."""
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    if at.tzinfo is None:
+        return to_instant(at, ZoneInfo(timezone))
+    return at.astimezone(UTC)
 
 
 def next_fire_after(spec: dict[str, Any], after: datetime) -> datetime | None:
@@ -16,7 +30,7 @@ def next_fire_after(spec: dict[str, Any], after: datetime) -> datetime | None:
     if not spec.get("enabled", True):
         return None
     if spec.get("kind") == "once":
-        at = datetime.fromisoformat(str(spec["at"]).replace("Z", "+00:00")).astimezone(UTC)
+        at = once_instant(str(spec["at"]), spec.get("timezone", "UTC"))
         return at if at > after else None
     return next_fire(spec["cron"], spec.get("timezone", "UTC"), after)
 

@@ -24,6 +24,7 @@ from talon.api.routing import Context, Route
 from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
+from talon.api.ui import StaticUI
 from talon.auth.principal import Principal
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
 from talon.services import Services
@@ -54,6 +55,7 @@ class Gateway:
             gateway = services.settings.gateway
             id_tokens = google_id_tokens() if gateway.ops_mcp_id_token else None
             self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_tokens=id_tokens)
+        self.ui = StaticUI()
         self.routes: list[Route] = [
             Route(
                 "GET",
@@ -93,6 +95,10 @@ class Gateway:
         principal: Principal | None = None
         if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
             return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
+        if self.ui.handles(request.path):  # the dashboard's files: public, no token
+            response = self.ui(request)
+            response.headers["X-Request-Id"] = request_id
+            return response
         try:
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]

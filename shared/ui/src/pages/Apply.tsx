@@ -1,0 +1,3 @@
+export function ApplyPage() {
+  return <p>Apply is not built yet.</p>;
+}

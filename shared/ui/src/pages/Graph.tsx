@@ -1,0 +1,3 @@
+export function GraphPage() {
+  return <p>The object graph is not drawn yet.</p>;
+}

@@ -3,9 +3,15 @@ what a user does with it."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from conftest import ADMIN_TOKEN, ROOT, Api
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
+from test_models import policy
 
 DIST = ROOT / "shared" / "ui" / "dist"
 
@@ -108,8 +115,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, gateway_url: str) -> Iterator[Page]:
     # A fresh context per test: its own localStorage, so no saved gateway leaks between tests.
+    # Closed before the gateway's database goes (it depends on gateway_url), so no request of
+    # the page's reaches a dropped database.
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(15_000)
     opened = context.new_page()
@@ -222,3 +231,244 @@ def test_usable_at_phone_width_and_by_keyboard(page: Page, gateway_url: str, exa
     # The first Tab reaches the skip link, which moves focus to the content.
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+
+
+def _use_model_server(api: Api, url: str) -> None:
+    overrides = {"overrides": {"modelPolicy": policy(url, "primary")}}
+    api.ok("PATCH", "/v1/ns/acme/agents/customer-support", json={"spec": overrides})
+
+
+def _session_page(page: Page, gateway_url: str, session: str) -> None:
+    page.goto(f"{gateway_url}{AGENT}/sessions/{session}")
+    expect(page.get_by_role("status", name="Stream status")).to_contain_text("Live")
+
+
+def test_chat_a_turn_and_watch_its_steps_arrive_before_it_ends(
+    page: Page, gateway_url: str, example: Api, model_server: Any, start_worker: Any
+) -> None:
+    # The agent's model is the scripted server: a tool call to the example Stripe server,
+    # then an answer streamed slowly, so the turn is visibly running while steps arrive.
+    _use_model_server(example, model_server.url)
+    model_server.add(
+        {"tool_calls": [{"name": "stripe-readonly_list_invoices",
+                         "arguments": {"customer_id": "cus_acme_001"}}]},
+        {"pieces": ANSWER_PIECES, "chunk_delay": 0.4},
+    )  # fmt: skip
+    start_worker()
+    example.ok("POST", SESSIONS, 201, json={"id": "enterprise-renewals"})
+    connect(page, gateway_url, ADMIN_TOKEN)
+    _session_page(page, gateway_url, "enterprise-renewals")
+
+    page.get_by_label("Message", exact=True).fill("Which invoices are open for Acme?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_label("Message", exact=True)).to_have_value("")
+    tool_step = page.locator('[data-step="call-stripe-readonly.list_invoices"]')
+    expect(tool_step).to_have_attribute("data-state", "completed")
+    # The tool step is done while the turn still runs: steps arrive live, not at the end.
+    turn_state = page.get_by_test_id("turn-state")
+    assert turn_state.inner_text() == "running"
+    # The answer streams in pieces (message.delta) before the turn completes.
+    partial = page.get_by_label("Answer so far")
+    expect(partial).to_contain_text(ANSWER_PIECES[0])
+    assert turn_state.inner_text() == "running"
+    assert "".join(ANSWER_PIECES) not in partial.inner_text()  # not the whole answer yet
+    screenshot(page, "session-streaming")
+    expect(turn_state).to_have_text("completed", timeout=20_000)
+    answer = "".join(ANSWER_PIECES)
+    expect(page.locator(".msg.assistant .text").last).to_have_text(answer)
+    steps = page.locator("[data-step]")
+    expect(steps).to_have_count(5)
+    assert [s.get_attribute("data-step") for s in steps.all()] == [
+        "load-knowledge", "call-model", "call-stripe-readonly.list_invoices", "call-model",
+        "write-next-message",
+    ]  # fmt: skip
+    expect(page.locator('[data-step="call-model"]').first).to_contain_text(
+        "primary/openai:model-primary"
+    )
+    # Each step shows how long it took.
+    expect(tool_step).to_contain_text(re.compile(r"done\s*\d+(\.\d+)? m?s"))
+    # The tool call's arguments and result are in the history once the turn is written.
+    expect(page.get_by_text("Tool call stripe-readonly.list_invoices")).to_be_visible()
+    expect(page.get_by_text("Tool result")).to_be_visible()
+    screenshot(page, "session")
+
+    # A reload shows the same conversation from the API (history, not local state).
+    page.reload()
+    expect(page.locator(".msg.assistant .text").last).to_have_text(answer)
+
+
+def test_cancel_a_running_turn(
+    page: Page, gateway_url: str, example: Api, model_server: Any, start_worker: Any
+) -> None:
+    _use_model_server(example, model_server.url)
+    model_server.add({"pieces": ["Thinking ", "very ", "slowly ", "..."], "chunk_delay": 1.0})
+    start_worker()
+    example.ok("POST", SESSIONS, 201, json={"id": "slow"})
+    connect(page, gateway_url, ADMIN_TOKEN)
+    _session_page(page, gateway_url, "slow")
+    page.get_by_label("Message", exact=True).fill("Take your time.")
+    page.get_by_label("Message", exact=True).press("Enter")  # Enter sends
+    expect(page.get_by_test_id("turn-state")).to_have_text("running")
+    page.get_by_role("button", name="Cancel turn").click()
+    expect(page.get_by_test_id("turn-state")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel turn")).to_have_count(0)
+
+
+class DroppingProxy:
+    """A TCP proxy in front of the gateway that can cut every open connection and refuse new
+    ones until restored: a real network drop, as the browser sees it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.down = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        self.down = True
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.drop()
+        self._listener.close()
+
+
+def test_a_dropped_stream_resumes_from_the_last_event_with_a_visible_indicator(
+    page: Page, gateway_url: str, example: Api, model_server: Any, start_worker: Any
+) -> None:
+    _use_model_server(example, model_server.url)
+    model_server.add({"content": "Answered while you were away."})
+    start_worker()
+    example.ok("POST", SESSIONS, 201, json={"id": "flaky"})
+    proxy = DroppingProxy(int(gateway_url.rsplit(":", 1)[1]))
+    try:
+        connect(page, proxy.url, ADMIN_TOKEN)  # the UI and its API calls go through the proxy
+        _session_page(page, proxy.url, "flaky")
+        status = page.get_by_role("status", name="Stream status")
+        proxy.drop()  # the open stream breaks; reconnecting fails meanwhile
+        expect(status).to_have_attribute("data-state", "reconnecting")
+        expect(status).to_contain_text("resuming after event 0")
+        # A turn runs to its end while the browser is cut off.
+        accepted = example.ok(
+            "POST", f"{SESSIONS}/flaky/message", 202, json={"content": "Anything new?"}
+        )
+        turn = f"{SESSIONS}/flaky/turns/{accepted['turnId']}"
+        deadline = time.monotonic() + 20
+        while example.ok("GET", turn)["state"] != "completed":
+            assert time.monotonic() < deadline, "the turn did not complete"
+            time.sleep(0.1)
+        screenshot(page, "session-reconnecting")
+        proxy.restore()
+        # Back: the stream resumes after the last event it had and replays what it missed.
+        expect(status).to_contain_text("Live (resumed after event 0)", timeout=15_000)
+        expect(page.locator(".msg.user .text")).to_have_text("Anything new?")
+        expect(page.locator(".msg.assistant .text")).to_have_text("Answered while you were away.")
+        expect(page.get_by_test_id("turn-state")).to_have_text("completed")
+        expect(page.locator("[data-step]")).to_have_count(3)  # knowledge, model, write
+    finally:
+        page.close()
+        proxy.close()
+
+
+def test_a_read_only_token_sees_no_write_controls(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    example.ok("POST", SESSIONS, 201, json={"id": "enterprise-renewals"})
+    reader = example.token("read", ["acme"])
+    connect(page, gateway_url, reader, name="reader")
+    expect(page.get_by_role("group", name="Identity")).to_contain_text("read")
+    expect(page.get_by_role("group", name="Identity")).to_contain_text("ns: acme")
+    page.goto(f"{gateway_url}{AGENT}")
+    expect(page.get_by_role("region", name="Sessions").get_by_role("link")).to_have_text(
+        "enterprise-renewals"
+    )
+    expect(page.get_by_role("button", name="Create session")).to_have_count(0)
+    expect(
+        page.get_by_role("navigation", name="Resources").get_by_role("link", name="Apply")
+    ).to_have_count(0)
+    _session_page(page, gateway_url, "enterprise-renewals")
+    expect(page.get_by_label("Message", exact=True)).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_have_count(0)
+    page.goto(f"{gateway_url}/ui/ns/acme/schedules/renewal-check")
+    expect(page.get_by_role("region", name="Schedule")).to_contain_text("customer-support")
+    expect(page.get_by_role("button", name="Run now")).to_have_count(0)
+    expect(page.get_by_role("button", name="Disable")).to_have_count(0)
+    screenshot(page, "read-only-schedule")
+
+
+def test_a_second_gateway_can_be_added_switched_and_removed(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    writer = example.token("write", ["acme"])
+    connect(page, gateway_url, ADMIN_TOKEN, name="local-admin")
+    connect(page, gateway_url, writer, name="ci-writer")
+    gateway = page.get_by_role("combobox", name="Gateway")
+    identity = page.get_by_role("group", name="Identity")
+    expect(identity).to_contain_text("write")
+    expect(gateway.locator("option")).to_have_text(["local-admin", "ci-writer"])
+    gateway.select_option(label="local-admin")
+    expect(identity).to_contain_text("admin")
+    expect(identity).to_contain_text("ns: *")
+    # The choice survives a reload (localStorage), and each gateway keeps its own token.
+    page.reload()
+    expect(page.get_by_role("group", name="Identity")).to_contain_text("admin")
+    page.goto(f"{gateway_url}/ui/connect")
+    saved = page.get_by_role("region", name="Saved gateways")
+    expect(saved.get_by_role("listitem")).to_have_count(2)
+    screenshot(page, "gateways")
+    saved.get_by_role("button", name="Use gateway ci-writer").click()
+    expect(page.get_by_role("group", name="Identity")).to_contain_text("write")
+    page.goto(f"{gateway_url}/ui/connect")
+    page.get_by_role("button", name="Remove gateway ci-writer").click()
+    expect(page.get_by_role("region", name="Saved gateways").get_by_role("listitem")).to_have_count(
+        1
+    )
+    stored = page.evaluate("localStorage.getItem('talon.gateways.v1')")
+    assert writer not in stored  # removing a gateway forgets its token
+
+
+def test_the_ui_unit_tests_pass() -> None:
+    # The SSE parser, stream resumption and gateway storage, tested without a browser (Vitest).
+    result = subprocess.run(
+        ["npx", "vitest", "run"], cwd=ROOT / "shared" / "ui", capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -178,6 +178,9 @@ function duration(step: Step): string {
   const end = millis(step.completedAt);
   if (start === null || end === null) return "";
   const ms = Math.max(0, end - start);
+  // Event times are commit times: a step that starts and ends in one transaction (the
+  // knowledge lookup, the final write) shows none rather than a made-up 0 ms.
+  if (ms === 0) return "";
   return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 

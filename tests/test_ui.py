@@ -465,6 +465,73 @@ def test_a_second_gateway_can_be_added_switched_and_removed(
     assert writer not in stored  # removing a gateway forgets its token
 
 
+def test_the_graph_shows_references_and_a_failed_agent_at_a_glance(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    page.goto(f"{gateway_url}/ui/ns/acme/graph")
+    graph = page.get_by_role("img", name="Object graph of acme")
+    expect(graph).to_be_visible()
+    references = page.get_by_role("table", name="References")
+    for source, label, target in (
+        ("customer-support", "template", "customer-support"),
+        ("customer-support-hubspot", "covers agent", "customer-support"),
+        ("renewal-check", "wakes", "customer-support"),
+        ("customer-support-stripe", "binds server", "stripe-readonly"),
+    ):
+        row = references.get_by_role("row").filter(has_text=label).filter(has_text=source)
+        expect(row.first).to_contain_text(target)
+    expect(page.get_by_text("failed agent")).to_have_count(0)
+    screenshot(page, "graph")
+    # A template change that breaks the agent: it turns Failed, and the graph says so.
+    definition = example.ok("GET", "/v1/ns/acme/agent-templates/customer-support")["definition"]
+    definition["customSpec"]["features"].append({"name": "region", "required": True})
+    example.ok(
+        "PATCH", "/v1/ns/acme/agent-templates/customer-support", json={"definition": definition}
+    )
+    page.reload()
+    expect(page.get_by_role("status")).to_contain_text("1 failed agent: customer-support")
+    failed = graph.get_by_role("link", name="Agent customer-support (Failed)")
+    expect(failed).to_be_visible()
+    screenshot(page, "graph-failed")
+    # Clicking a node opens the object (keyboard: focus it and press Enter).
+    failed.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Agent customer-support")).to_contain_text("Failed")
+
+
+def test_apply_shows_a_dry_run_with_field_changes_then_applies(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    page.goto(f"{gateway_url}/ui/ns/acme/apply")
+    schedule = (ROOT / "manifests" / "50-schedule.yaml").read_text()
+    changed = schedule.replace('cron: "0 14 * * 1-5"', 'cron: "0 15 * * 1-5"')
+    assert changed != schedule
+    knowledge = (
+        "apiVersion: talon.dev/v1alpha1\nkind: Knowledge\nmetadata: {name: faq, namespace: acme}\n"
+        "spec: {title: FAQ, contentType: text/markdown, content: '# FAQ'}\n"
+    )
+    page.get_by_label("Manifests (YAML)").fill(f"{changed}---\n{knowledge}")
+    page.get_by_role("button", name="Dry run").click()
+    result = page.get_by_role("region", name="Result")
+    expect(result).to_contain_text("Dry run: nothing was written")
+    expect(result.get_by_role("row", name=re.compile("Schedule renewal-check"))).to_contain_text(
+        'configuredspec.cron: "0 14 * * 1-5" → "0 15 * * 1-5"'
+    )
+    expect(result.get_by_role("row", name=re.compile("Knowledge faq"))).to_contain_text("created")
+    screenshot(page, "apply-dry-run")
+    example.ok("GET", "/v1/ns/acme/knowledge/faq", expect=404)  # nothing written
+    page.get_by_role("button", name="Apply").click()
+    expect(result).to_contain_text("Applied")
+    applied = example.ok("GET", "/v1/ns/acme/schedules/renewal-check")
+    assert applied["spec"]["cron"] == "0 15 * * 1-5"
+    # A bad manifest is refused whole, with the offending path.
+    page.get_by_label("Manifests (YAML)").fill(knowledge.replace("title: FAQ, ", "titel: FAQ, "))
+    page.get_by_role("button", name="Dry run").click()
+    expect(page.get_by_role("alert")).to_contain_text("items[0].spec.titel")
+
+
 def test_the_ui_unit_tests_pass() -> None:
     # The SSE parser, stream resumption and gateway storage, tested without a browser (Vitest).
     result = subprocess.run(

@@ -18,6 +18,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from conftest import ADMIN_TOKEN, ROOT, Api
+from conftest import _Server as GatewayServer
+from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
 from test_models import policy
@@ -160,10 +162,15 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def connect(page: Page, gateway_url: str, token: str, name: str = "local") -> None:
+def connect(
+    page: Page, gateway_url: str, token: str, name: str = "local", other: str | None = None
+) -> None:
+    """Connect the dashboard served by `gateway_url` to itself, or to the `other` gateway."""
     page.goto(f"{gateway_url}/ui/connect")
     page.get_by_label("Name").fill(name)
     expect(page.get_by_label("Gateway URL")).to_have_value(gateway_url)  # its own origin
+    if other is not None:
+        page.get_by_label("Gateway URL").fill(other)
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Connect").click()
     expect(page.get_by_role("group", name="Identity")).to_be_visible()
@@ -435,34 +442,46 @@ def test_a_read_only_token_sees_no_write_controls(
 
 
 def test_a_second_gateway_can_be_added_switched_and_removed(
-    page: Page, gateway_url: str, example: Api
+    page: Page, gateway_url: str, example: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = example.token("write", ["acme"])
-    connect(page, gateway_url, ADMIN_TOKEN, name="local-admin")
-    connect(page, gateway_url, writer, name="ci-writer")
-    gateway = page.get_by_role("combobox", name="Gateway")
-    identity = page.get_by_role("group", name="Identity")
-    expect(identity).to_contain_text("write")
-    expect(gateway.locator("option")).to_have_text(["local-admin", "ci-writer"])
-    gateway.select_option(label="local-admin")
-    expect(identity).to_contain_text("admin")
-    expect(identity).to_contain_text("ns: *")
-    # The choice survives a reload (localStorage), and each gateway keeps its own token.
-    page.reload()
-    expect(page.get_by_role("group", name="Identity")).to_contain_text("admin")
-    page.goto(f"{gateway_url}/ui/connect")
-    saved = page.get_by_role("region", name="Saved gateways")
-    expect(saved.get_by_role("listitem")).to_have_count(2)
-    screenshot(page, "gateways")
-    saved.get_by_role("button", name="Use gateway ci-writer").click()
-    expect(page.get_by_role("group", name="Identity")).to_contain_text("write")
-    page.goto(f"{gateway_url}/ui/connect")
-    page.get_by_role("button", name="Remove gateway ci-writer").click()
-    expect(page.get_by_role("region", name="Saved gateways").get_by_role("listitem")).to_have_count(
-        1
-    )
-    stored = page.evaluate("localStorage.getItem('talon.gateways.v1')")
-    assert writer not in stored  # removing a gateway forgets its token
+    # A second gateway on another origin, which allows this dashboard's origin (CORS).
+    monkeypatch.setenv("TALON_GATEWAY_ALLOWED_ORIGINS", gateway_url)
+    entrypoints.reset()
+    second = GatewayServer()
+    try:
+        writer = example.token("write", ["acme"])
+        connect(page, gateway_url, ADMIN_TOKEN, name="local-admin")
+        connect(page, gateway_url, writer, name="second", other=second.url)
+        gateway = page.get_by_role("combobox", name="Gateway")
+        identity = page.get_by_role("group", name="Identity")
+        expect(identity).to_contain_text(second.url)
+        expect(identity).to_contain_text("write")
+        expect(gateway.locator("option")).to_have_text(["local-admin", "second"])
+        # Its pages load from the other origin.
+        page.goto(f"{gateway_url}{AGENT}")
+        expect(page.get_by_role("heading", name="Agent customer-support")).to_be_visible()
+        expect(page.get_by_role("group", name="Identity")).to_contain_text(second.url)
+        gateway.select_option(label="local-admin")
+        expect(identity).to_contain_text("admin")
+        expect(identity).to_contain_text(gateway_url)
+        # The choice survives a reload (localStorage), and each gateway keeps its own token.
+        page.reload()
+        expect(page.get_by_role("group", name="Identity")).to_contain_text("admin")
+        page.goto(f"{gateway_url}/ui/connect")
+        saved = page.get_by_role("region", name="Saved gateways")
+        expect(saved.get_by_role("listitem")).to_have_count(2)
+        screenshot(page, "gateways")
+        saved.get_by_role("button", name="Use gateway second").click()
+        expect(page.get_by_role("group", name="Identity")).to_contain_text("write")
+        page.goto(f"{gateway_url}/ui/connect")
+        page.get_by_role("button", name="Remove gateway second").click()
+        remaining = page.get_by_role("region", name="Saved gateways").get_by_role("listitem")
+        expect(remaining).to_have_count(1)
+        stored = page.evaluate("localStorage.getItem('talon.gateways.v1')")
+        assert writer not in stored  # removing a gateway forgets its token
+    finally:
+        page.close()
+        second.close()
 
 
 def test_the_graph_shows_references_and_a_failed_agent_at_a_glance(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from talon.errors import ConfigError, details_from_validation_error
@@ -42,6 +42,18 @@ class GatewaySettings(_Section):
     # In the cloud the ops_mcp function is private: attach a Google ID token for it in
     # X-Serverless-Authorization (Authorization keeps carrying the caller's Talon token).
     ops_mcp_id_token: bool = False
+    # Browser origins (scheme://host[:port]) allowed to call the API from another origin: a
+    # dashboard hosted elsewhere, or another gateway's dashboard that saved this one (CORS).
+    # The dashboard this gateway serves at /ui/ is same-origin and needs no entry.
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return [origin.lower() for origin in value]
 
 
 class DatabaseSettings(_Section):

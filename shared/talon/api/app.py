@@ -18,6 +18,7 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from talon.api.cors import Cors
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
 from talon.api.routing import Context, Route
@@ -56,6 +57,7 @@ class Gateway:
             id_tokens = google_id_tokens() if gateway.ops_mcp_id_token else None
             self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_tokens=id_tokens)
         self.ui = StaticUI()
+        self.cors = Cors(services.settings.gateway.allowed_origins)
         self.routes: list[Route] = [
             Route(
                 "GET",
@@ -99,6 +101,10 @@ class Gateway:
             response = self.ui(request)
             response.headers["X-Request-Id"] = request_id
             return response
+        preflight = self.cors.preflight(request)
+        if preflight is not None:
+            preflight.headers["X-Request-Id"] = request_id
+            return preflight
         try:
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]
@@ -157,6 +163,7 @@ class Gateway:
                 },
             )
         response.headers["X-Request-Id"] = request_id
+        self.cors.decorate(request, response)
         log.info(
             "%s %s -> %d",
             request.method,

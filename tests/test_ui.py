@@ -217,10 +217,27 @@ def test_connect_from_a_deep_link_and_browse_the_example(
     schedule = page.get_by_role("region", name="Schedule")
     expect(schedule).to_contain_text("Next fire (America/Los_Angeles)")
     expect(schedule.get_by_role("link", name="enterprise-renewals")).to_be_visible()
-    expect(page.get_by_role("button", name="Run now")).to_be_visible()
+    # Run now wakes the named session (no worker here: the turn stays queued); the fire is
+    # listed with its reason, outcome and a link to the turn it woke.
+    page.get_by_role("button", name="Run now").click()
+    expect(schedule.get_by_role("status")).to_have_text(
+        "Fired: queued in session enterprise-renewals"
+    )
+    fires = page.get_by_role("region", name="Last fires")
+    expect(fires.get_by_role("row", name=re.compile("run queued"))).to_have_count(1)
+    expect(fires.get_by_role("link", name=re.compile(r"enterprise-renewals \/ "))).to_be_visible()
+    page.get_by_role("button", name="Disable").click()
+    expect(page.get_by_role("button", name="Enable")).to_be_visible()
+    assert example.ok("GET", "/v1/ns/acme/schedules/renewal-check")["spec"]["enabled"] is False
+    page.get_by_role("button", name="Enable").click()
+    expect(page.get_by_role("button", name="Disable")).to_be_visible()
     screenshot(page, "schedule")
+    fires.get_by_role("link", name=re.compile(r"enterprise-renewals \/ ")).click()
+    expect(page.get_by_role("heading", name="Session enterprise-renewals")).to_be_visible()
+    expect(page.locator(".msg.user .text")).to_contain_text("Review accounts renewing")
 
     # The side navigation lists every kind; bindings show their server and subjects.
+    page.goto(f"{gateway_url}/ui/ns/acme/schedules")
     page.get_by_role("navigation", name="Resources").get_by_role("link", name="Bindings").click()
     row = page.get_by_role("row", name=re.compile("customer-support-hubspot"))
     expect(row).to_contain_text("labels app=customer-support")

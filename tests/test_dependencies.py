@@ -79,7 +79,8 @@ def test_the_import_check_finds_an_undeclared_and_an_unused_package(
 ) -> None:
     problems = check_deps.import_problems(_without(pyproject, "werkzeug"), found, owners)
     assert problems == [
-        "werkzeug is imported (by shared/talon/api/app.py) but not declared in pyproject.toml"
+        "werkzeug is imported (by shared/talon/api/app.py, shared/talon/api/ui.py) but not "
+        "declared in pyproject.toml"
     ]
     project = {**pyproject["project"]}
     project["dependencies"] = [*project["dependencies"], "six>=1"]

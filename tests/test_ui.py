@@ -311,14 +311,18 @@ def test_chat_a_turn_and_watch_its_steps_arrive_before_it_ends(
     )
     # Each step shows how long it took.
     expect(tool_step).to_contain_text(re.compile(r"done\s*\d+(\.\d+)? m?s"))
-    # The tool call's arguments and result are in the history once the turn is written.
-    expect(page.get_by_text("Tool call stripe-readonly.list_invoices")).to_be_visible()
-    expect(page.get_by_text("Tool result")).to_be_visible()
+    # The tool step shows the call's arguments and result once the turn is written.
+    tool_step.get_by_text("arguments and result").click()
+    expect(tool_step).to_contain_text('"customer_id": "cus_acme_001"')
+    expect(tool_step).to_contain_text("in_1001")
     screenshot(page, "session")
 
     # A reload shows the same conversation from the API (history, not local state).
     page.reload()
     expect(page.locator(".msg.assistant .text").last).to_have_text(answer)
+    page.get_by_role("button", name="Show steps").click()  # a past turn's steps, on demand
+    expect(tool_step).to_have_attribute("data-state", "completed")
+    expect(steps).to_have_count(5)
 
 
 def test_cancel_a_running_turn(

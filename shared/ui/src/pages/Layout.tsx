@@ -118,7 +118,8 @@ function Layout() {
 
 /** /ui/: the first namespace the token sees. */
 export function Home() {
-  const { namespaces, who, loading } = useConnection();
+  const { namespaces, who, loading, error } = useConnection();
+  if (error) return null; // the layout shows it, with a way to reconnect
   if (loading || !who) return <Loading what="namespaces" />;
   if (namespaces.length === 0)
     return (

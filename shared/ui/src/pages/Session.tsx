@@ -288,10 +288,13 @@ export function SessionPage() {
   const shownTurns = new Set<string>();
   const rows: React.ReactNode[] = [];
   for (const m of messages) {
-    rows.push(<MessageRow key={`m${m.seq}`} message={m} />);
+    // A loaded turn shows its tool calls and results on its steps; past turns in the history.
+    const onSteps = m.turnId && state.turns[m.turnId] && (m.role === "tool" || (m.role === "assistant" && !m.content));
+    if (!onSteps) rows.push(<MessageRow key={`m${m.seq}`} message={m} />);
     if (m.role === "user" && m.turnId && !shownTurns.has(m.turnId)) {
       shownTurns.add(m.turnId);
-      rows.push(<TurnPanel key={`t${m.turnId}`} turnId={m.turnId} turn={state.turns[m.turnId]} base={base} dispatch={dispatch} />);
+      const own = messages.filter((x) => x.turnId === m.turnId);
+      rows.push(<TurnPanel key={`t${m.turnId}`} turnId={m.turnId} turn={state.turns[m.turnId]} messages={own} base={base} dispatch={dispatch} />);
     }
   }
 
@@ -404,7 +407,34 @@ function pretty(value: unknown): string {
   return JSON.stringify(value, null, 2);
 }
 
-function TurnPanel({ turnId, turn, base, dispatch }: { turnId: string; turn: Turn | undefined; base: string; dispatch: (a: Action) => void }) {
+/** The k-th tool step of a turn ran the k-th tool call its model answers asked for; the
+ *  history holds each call's arguments and, under the call's id, its result. */
+function toolDetails(steps: Step[], messages: Message[]): Map<number, { call: ToolCall; result?: string }> {
+  const calls = messages.filter((m) => m.role === "assistant").flatMap((m) => m.toolCalls ?? []);
+  const results = new Map(messages.filter((m) => m.role === "tool").map((m) => [m.toolCallId, m.content]));
+  const found = new Map<number, { call: ToolCall; result?: string }>();
+  steps
+    .filter((s) => s.kind === "tool")
+    .forEach((step, k) => {
+      const call = calls[k];
+      if (call && step.name === `call-${call.name}`) found.set(step.index, { call, result: results.get(call.id) });
+    });
+  return found;
+}
+
+function TurnPanel({
+  turnId,
+  turn,
+  messages,
+  base,
+  dispatch,
+}: {
+  turnId: string;
+  turn: Turn | undefined;
+  messages: Message[];
+  base: string;
+  dispatch: (a: Action) => void;
+}) {
   const { gateway } = useConnection();
   const [error, setError] = useState<Error | null>(null);
   if (!turn) {
@@ -430,6 +460,7 @@ function TurnPanel({ turnId, turn, base, dispatch }: { turnId: string; turn: Tur
     );
   }
   const steps = Object.values(turn.steps).sort((a, b) => a.index - b.index);
+  const tools = toolDetails(steps, messages);
   return (
     <li className={`turn state-${turn.state}`} aria-label={`Turn ${turnId.slice(0, 8)}`}>
       <p className="turn-head">
@@ -451,6 +482,15 @@ function TurnPanel({ turnId, turn, base, dispatch }: { turnId: string; turn: Tur
               </span>
             ) : null}
             {s.error ? <span className="error-inline">{s.error}</span> : null}
+            {tools.has(s.index) ? (
+              <details className="tool-io">
+                <summary>arguments and result</summary>
+                <p className="muted">arguments</p>
+                <pre>{pretty(tools.get(s.index)!.call.arguments)}</pre>
+                <p className="muted">result</p>
+                <pre>{tools.get(s.index)!.result === undefined ? "(none yet)" : pretty(tools.get(s.index)!.result)}</pre>
+              </details>
+            ) : null}
           </li>
         ))}
       </ol>

@@ -574,8 +574,10 @@ def test_apply_shows_a_dry_run_with_field_changes_then_applies(
 
 def test_the_ui_unit_tests_pass() -> None:
     # The SSE parser, stream resumption and gateway storage, tested without a browser (Vitest).
+    ui = ROOT / "shared" / "ui"
+    vitest = ui / "node_modules" / ".bin" / "vitest"  # installed by npm ci (scripts/setup.sh)
+    assert vitest.exists(), "run ./scripts/test, which installs the dashboard's packages"
     result = subprocess.run(
-        ["npx", "vitest", "run"], cwd=ROOT / "shared" / "ui", capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+        [str(vitest), "run"], cwd=ui, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr

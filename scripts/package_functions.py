@@ -2,6 +2,9 @@
 beside a copy of the core package (`talon/`), the skills, and a `requirements.txt`, which is
 what the Python buildpack installs: requirements.lock (every package pinned, with hashes; see
 scripts/lock) under `--require-hashes`, so a deployment installs exactly the files locked.
+The gateway also carries the built dashboard as `ui/dist` (served at /ui/; `talon/api/ui.py`
+finds it there), so build it first: `./scripts/test` or `./scripts/dev` do, or
+`npm ci && npm run build` in shared/ui (cloudbuild.yaml's `ui` step).
 
     python scripts/package_functions.py [--out dist/functions]
     gsutil cp dist/functions/*.zip gs://BUCKET/VERSION/   (cloudbuild.yaml does this)
@@ -16,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("gateway", "dispatch", "scheduler", "ops_mcp")
 LOCK = ROOT / "requirements.lock"
+UI_DIST = ROOT / "shared" / "ui" / "dist"
 
 
 def requirements() -> str:
@@ -29,7 +33,10 @@ def package(name: str, out: Path) -> Path:
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.write(ROOT / "functions" / name / "main.py", "main.py")
         archive.writestr("requirements.txt", requirements())
-        for folder, prefix in ((ROOT / "shared" / "talon", "talon"), (ROOT / "skills", "skills")):
+        folders = [(ROOT / "shared" / "talon", "talon"), (ROOT / "skills", "skills")]
+        if name == "gateway":
+            folders.append((UI_DIST, "ui/dist"))
+        for folder, prefix in folders:
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts:
                     archive.write(path, f"{prefix}/{path.relative_to(folder)}")
@@ -42,6 +49,11 @@ def main() -> int:
     args = parser.parse_args()
     if not LOCK.is_file():
         parser.error("requirements.lock is missing: generate it with scripts/lock")
+    if not (UI_DIST / "index.html").is_file():
+        parser.error(
+            f"the dashboard is not built ({UI_DIST} is missing): run `npm ci && npm run build` "
+            "in shared/ui"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in FUNCTIONS:

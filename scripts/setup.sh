@@ -67,3 +67,48 @@ ensure_tasks_emulator() {
     "$TASKS_EMULATOR_VENV/bin/python" -m pip install --quiet "gcloud-tasks-emulator==0.6.2"
   fi
 }
+
+# The dashboard (shared/ui): `npm ci` when the lockfile changed, `npm run build` when anything
+# the build reads changed. Both are skipped by a hash check when nothing did, so this costs a
+# few milliseconds on every run. The stamps live in node_modules, which `npm ci` replaces.
+UI="$ROOT/shared/ui"
+ui_sources_hash() {
+  (cd "$UI" && find index.html package.json package-lock.json tsconfig.json vite.config.ts \
+      src public -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+ensure_ui() {
+  local lock_hash sources_hash
+  lock_hash="$(sha256sum "$UI/package-lock.json" | cut -d' ' -f1)"
+  sources_hash="$(ui_sources_hash)"
+  if [ "$(cat "$UI/node_modules/.talon-build" 2>/dev/null)" = "$sources_hash" ] &&
+     [ -f "$UI/dist/index.html" ]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "building the dashboard (shared/ui) needs Node.js 20.19+ and npm on PATH" >&2
+    return 1
+  fi
+  if [ "$(cat "$UI/node_modules/.talon-ci" 2>/dev/null)" != "$lock_hash" ]; then
+    echo "installing the dashboard's packages (npm ci)" >&2
+    (cd "$UI" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$lock_hash" > "$UI/node_modules/.talon-ci"
+  fi
+  echo "building the dashboard (npm run build)" >&2
+  (cd "$UI" && npm run build --silent >/dev/null)
+  echo "$sources_hash" > "$UI/node_modules/.talon-build"
+}
+
+# The browser tests drive Debian's Chromium (Playwright's own browser downloads cannot be
+# reached here); install it when missing and we may.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Chromium from Debian packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  command -v chromium >/dev/null 2>&1 || {
+    echo "the browser tests need Chromium (apt-get install chromium)" >&2
+    return 1
+  }
+}

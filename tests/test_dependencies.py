@@ -78,9 +78,11 @@ def test_the_import_check_finds_an_undeclared_and_an_unused_package(
     pyproject: dict[str, Any], found: dict[str, set[str]], owners: dict[str, str]
 ) -> None:
     problems = check_deps.import_problems(_without(pyproject, "werkzeug"), found, owners)
-    assert problems == [
-        "werkzeug is imported (by shared/talon/api/app.py) but not declared in pyproject.toml"
-    ]
+    # One problem, naming the package and the modules that import it (the gateway among them).
+    (problem,) = problems
+    assert problem.startswith("werkzeug is imported (by ")
+    assert problem.endswith(") but not declared in pyproject.toml")
+    assert "shared/talon/api/app.py" in problem
     project = {**pyproject["project"]}
     project["dependencies"] = [*project["dependencies"], "six>=1"]
     problems = check_deps.import_problems({**pyproject, "project": project}, found, owners)

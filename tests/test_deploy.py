@@ -220,13 +220,15 @@ def test_model_keys_are_readable_by_the_worker_alone() -> None:
 def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None:
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]
-    assert ids == ["test", "package", "upload", "deploy"]
+    assert ids == ["ui", "test", "package", "upload", "deploy"]
+    steps = {step["id"]: step for step in build["steps"]}
     text = (ROOT / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
     assert used <= set(build["substitutions"]), used - set(build["substitutions"])
-    assert "./scripts/test" in build["steps"][0]["args"][1]
-    assert "scripts/package_functions.py" in build["steps"][1]["args"]
-    deploy = build["steps"][3]["args"][1]
+    assert "ensure_ui" in steps["ui"]["args"][1]  # the dashboard the gateway's zip carries
+    assert "./scripts/test" in steps["test"]["args"][1]
+    assert "scripts/package_functions.py" in steps["package"]["args"]
+    deploy = steps["deploy"]["args"][1]
     for variable in ("project", "region", "source_bucket", "source_version"):
         assert f'-var="{variable}=' in deploy or f"-var={variable}=" in deploy, variable
     variables = _load(TERRAFORM / "variables.tf")["variable"]
@@ -248,6 +250,8 @@ def test_packaged_functions_install_the_lock_with_hashes(tmp_path: Path) -> None
             assert {"main.py", "requirements.txt", "talon/entrypoints.py"} <= files, name
             requirements = archive.read("requirements.txt").decode()
         assert requirements == "--require-hashes\n" + lock, name
+        # Only the gateway serves the dashboard.
+        assert ("ui/dist/index.html" in files) == (name == "gateway"), name
 
 
 def test_the_lock_is_resolved_for_the_functions_runtime() -> None:
@@ -259,6 +263,7 @@ def test_the_lock_is_resolved_for_the_functions_runtime() -> None:
     version = f"3.{match.group(1)}"
     assert f"--python-version {version}" in (ROOT / "scripts" / "lock").read_text()
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
-    assert build["steps"][1]["name"] == f"python:{version}-slim"
+    package = next(step for step in build["steps"] if step["id"] == "package")
+    assert package["name"] == f"python:{version}-slim"
     header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
     assert header[1] == "#    scripts/lock", header  # made by the script, with its options

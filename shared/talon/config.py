@@ -58,6 +58,19 @@ class GatewaySettings(_Section):
                 raise ValueError(f"{host!r} is not a Host header value (host[:port|:*], no URL)")
         return hosts
 
+    # Browser origins (scheme://host[:port]) allowed to call the API from another origin: a
+    # dashboard hosted elsewhere, or another gateway's dashboard that saved this one (CORS).
+    # The dashboard this gateway serves at /ui/ is same-origin and needs no entry.
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return [origin.lower() for origin in value]
+
 
 class DatabaseSettings(_Section):
     driver: Literal["postgres"] = "postgres"

@@ -18,6 +18,7 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from talon.api.cors import Cors
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
 from talon.api.routing import Answer, Context, Route
@@ -25,6 +26,7 @@ from talon.api.schedules import schedule_routes
 from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.api.transport import check_request
+from talon.api.ui import StaticUI
 from talon.auth.principal import Principal
 from talon.auth.shared_secret import header_bytes
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
@@ -56,6 +58,8 @@ class Gateway:
             gateway = services.settings.gateway
             id_tokens = google_id_tokens() if gateway.ops_mcp_id_token else None
             self.ops_proxy = OpsProxy(gateway.ops_mcp_upstream, id_tokens=id_tokens)
+        self.ui = StaticUI()
+        self.cors = Cors(services.settings.gateway.allowed_origins)
         self.routes: list[Route] = [
             Route(
                 "GET",
@@ -98,6 +102,14 @@ class Gateway:
         given_id = request.headers.get("X-Request-Id", "")
         request_id = given_id if _REQUEST_ID_RE.match(given_id) else uuid.uuid4().hex
         principal: Principal | None = None
+        if self.ui.handles(request.path):  # the dashboard's files: public, no token
+            response = self.ui(request)
+            response.headers["X-Request-Id"] = request_id
+            return response
+        preflight = self.cors.preflight(request)
+        if preflight is not None:
+            preflight.headers["X-Request-Id"] = request_id
+            return preflight
         try:
             check_request(request)
             if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
@@ -165,6 +177,7 @@ class Gateway:
                 },
             )
         response.headers["X-Request-Id"] = request_id
+        self.cors.decorate(request, response)
         log.info(
             "%s %s -> %d",
             request.method,

@@ -142,7 +142,8 @@ class DevStack:
         self._apply_manifests_once(token)
         model = "demo provider (no OPENAI_API_KEY set)" if self.demo else "OpenAI (OPENAI_API_KEY)"
         self.say(
-            f"\nTalon is running.\n  gateway  {self.url}\n  token    {token}\n"
+            f"\nTalon is running.\n  gateway  {self.url}\n  UI       {self.url}/ui/\n"
+            f"  token    {token}\n"
             f"  model    {model}\n  ops MCP  {self.url}/mcp/talon-ops\n\n"
             f"  export TALON_URL={self.url} TALON_TOKEN={token}\n"
             "  talon get agents -n acme\n\nCtrl-C stops everything."

@@ -7,7 +7,6 @@ werkzeug URL map built from the route table, authenticates, enforces namespace i
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
 from talon.api.cors import Cors
+from talon.api.http import error_response, json_response
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
 from talon.api.routing import Answer, Context, Route
@@ -35,17 +35,6 @@ from talon.store.resources import namespace_not_found
 
 log = logging.getLogger("talon.gateway")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def json_response(
-    status: int, payload: Any, headers: dict[str, str] | None = None
-) -> flask.Response:
-    return flask.Response(
-        json.dumps(payload, separators=(",", ":")) + "\n",
-        status=status,
-        mimetype="application/json",
-        headers=headers,
-    )
 
 
 class Gateway:
@@ -142,17 +131,10 @@ class Gateway:
             response = json_response(exc.status, exc.to_dict(), headers)
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or []))
-            response = json_response(
-                405,
-                {
-                    "error": {
-                        "code": "method_not_allowed",
-                        "message": f"{request.method} is not allowed here; use {allowed}",
-                        "details": [],
-                    }
-                },
-                {"Allow": allowed},
-            )
+            response = error_response(
+                405, "method_not_allowed",
+                f"{request.method} is not allowed here; use {allowed}", headers={"Allow": allowed},
+            )  # fmt: skip
         except HTTPException as exc:
             code = exc.code or 400
             name = "not_found" if code == 404 else "bad_request"
@@ -161,21 +143,10 @@ class Gateway:
                 if code == 404
                 else (exc.description or "bad request")
             )
-            response = json_response(
-                code, {"error": {"code": name, "message": message, "details": []}}
-            )
+            response = error_response(code, name, message)
         except Exception:
             log.exception("unhandled error (request %s)", request_id)
-            response = json_response(
-                500,
-                {
-                    "error": {
-                        "code": "internal",
-                        "message": f"internal error; request id {request_id}",
-                        "details": [],
-                    }
-                },
-            )
+            response = error_response(500, "internal", f"internal error; request id {request_id}")
         response.headers["X-Request-Id"] = request_id
         self.cors.decorate(request, response)
         log.info(

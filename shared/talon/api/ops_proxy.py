@@ -7,8 +7,8 @@ from __future__ import annotations
 import flask
 import httpx
 
-from talon.api.app import json_response
 from talon.api.body import read_raw
+from talon.api.http import error_response, json_response
 from talon.api.id_tokens import IdTokenCache, MintIdToken
 from talon.api.unread_body import leave_unread
 from talon.auth.shared_secret import header_bytes
@@ -52,9 +52,7 @@ class OpsProxy:
                 request.method, f"{self.upstream}{OPS_PREFIX}", content=body, headers=headers
             )
         except Exception as exc:  # transport errors, or no ID token to be had
-            return json_response(502, {"error": {"code": "bad_gateway",
-                                                 "message": f"talon-ops is unreachable: {exc}",
-                                                 "details": []}})  # fmt: skip
+            return error_response(502, "bad_gateway", f"talon-ops is unreachable: {exc}")
         kept = {k: v for k, v in reply.headers.items()
                 if k.lower() in ("content-type", "mcp-session-id")}  # fmt: skip
         return flask.Response(reply.content, status=reply.status_code, headers=kept)

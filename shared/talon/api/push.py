@@ -22,8 +22,8 @@ from typing import Any
 
 import flask
 
-from talon.api.app import json_response
 from talon.api.google_oidc import GoogleOidcVerifier
+from talon.api.http import error_response, json_response
 from talon.auth.shared_secret import header_bytes, same_secret, text_bytes
 from talon.broker.base import Delivery, Outcome
 from talon.broker.outbox import DISPATCH_TOPIC
@@ -183,9 +183,8 @@ class DispatchEndpoint:
             return json_response(200, {"status": "ok"})
         try:
             if request.method != "POST":
-                return json_response(405, {"error": {"code": "method_not_allowed",
-                                                     "message": "POST only", "details": []}},
-                                     {"Allow": "POST"})  # fmt: skip
+                return error_response(405, "method_not_allowed", "POST only",
+                                      headers={"Allow": "POST"})  # fmt: skip
             refuse_secret_in_url(request)
             self.checks.request(request)
             if request.path.rstrip("/") == "/sweep":
@@ -200,8 +199,7 @@ class DispatchEndpoint:
         if result.outcome in (Outcome.ACK, Outcome.SETTLED):
             return flask.Response(status=204)
         # Any non-2xx makes Pub/Sub redeliver after its backoff.
-        return json_response(503, {"error": {"code": "retry", "message": "not done yet",
-                                             "details": []}})  # fmt: skip
+        return error_response(503, "retry", "not done yet")
 
     def _sweep(self, older_than: float = SWEEP_AFTER_SECONDS) -> int:
         """Publish outbox rows a crashed process left behind. Runs after each push and on

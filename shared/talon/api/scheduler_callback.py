@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import flask
 
-from talon.api.app import json_response
 from talon.api.google_oidc import GoogleOidcVerifier
+from talon.api.http import error_response, json_response
 from talon.auth.shared_secret import header_bytes, same_secret, text_bytes
 from talon.config import SchedulerSettings, require_settings
 from talon.errors import TalonError, Unauthenticated
@@ -63,9 +63,8 @@ class SchedulerEndpoint:
         if request.method == "GET" and request.path.rstrip("/") == "/healthz":
             return json_response(200, {"status": "ok"})
         if request.method != "POST":
-            return json_response(405, {"error": {"code": "method_not_allowed",
-                                                 "message": "POST only", "details": []}},
-                                 {"Allow": "POST"})  # fmt: skip
+            return error_response(405, "method_not_allowed", "POST only",
+                                  headers={"Allow": "POST"})  # fmt: skip
         try:
             self.verify_callback(request)
             if request.path.rstrip("/") == "/sweep":

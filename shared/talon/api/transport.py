@@ -13,7 +13,6 @@ the gateway refuses the same headers behind either server.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
+from talon.api.http import error_body, json_response
 from talon.errors import BadRequest, HeadersTooLarge
 
 MAX_HEADER_FIELD = 8190  # bytes of one `Name: value` line (gunicorn's limit_request_field_size)
@@ -68,16 +68,7 @@ def _json(
 ) -> flask.Response:
     # Shaped like the gateway's answers, request id included (a fresh one: these answers
     # come before the gateway, which validates a client's own).
-    return flask.Response(
-        json.dumps(body, separators=(",", ":")) + "\n",
-        status=status,
-        mimetype="application/json",
-        headers={"X-Request-Id": uuid.uuid4().hex, **(headers or {})},
-    )
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": []}}
+    return json_response(status, body, {"X-Request-Id": uuid.uuid4().hex, **(headers or {})})
 
 
 def install_json_errors(app: flask.Flask) -> None:

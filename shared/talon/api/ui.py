@@ -13,7 +13,6 @@ app's router draws the page, so deep links survive a reload.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import flask
 from werkzeug.security import safe_join
 from werkzeug.utils import send_file
+
+from talon.api.http import error_response
 
 PREFIX = "/ui"
 UI_DIR_ENV = "TALON_UI_DIR"
@@ -61,10 +62,7 @@ def default_dist() -> Path:
 def _json(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> flask.Response:
-    body = {"error": {"code": code, "message": message, "details": []}}
-    return flask.Response(
-        json.dumps(body) + "\n", status=status, mimetype="application/json", headers=headers
-    )
+    return error_response(status, code, message, headers=headers)
 
 
 class StaticUI:

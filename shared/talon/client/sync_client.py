@@ -1,0 +1,174 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from talon.client import calls
+from talon.client.errors import TalonConnectionError, error_from
+from talon.client.following import Follower
+from talon.client.models import (
+    Accepted,
+    ApplyResult,
+    Event,
+    Identity,
+    Message,
+    Resource,
+    Session,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+RETRIES = 2  # resends of a keyed POST after a dropped connection
+
+
+class Client:
+    """A Talon gateway: `Client(url, token)`, or `Client.from_env()` (TALON_URL, TALON_TOKEN).
+    Pass `transport=` (e.g. `httpx.MockTransport`) to test code that uses it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"User-Agent": "talon-sdk"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+                                  timeout=timeout, transport=transport)  # fmt: skip
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Client:
+        return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
+                   **options)  # fmt: skip
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def whoami(self) -> Identity:
+        return self._send(calls.whoami())
+
+    def get(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
+        return self._send(calls.get(kind, name, namespace))
+
+    def list(
+        self, kind: str, *, namespace: str | None = None, page_size: int = calls.PAGE_SIZE
+    ) -> Iterator[Resource]:
+        """Every object of a kind, page by page as the iteration goes."""
+        return self._pages(calls.list_resources(kind, namespace, page_size))
+
+    def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
+        return self._send(calls.delete(kind, name, namespace))
+
+    def apply(self, manifests: list[dict[str, Any]], *, dry_run: bool = False) -> list[ApplyResult]:
+        return self._send(calls.apply(manifests, dry_run=dry_run))
+
+    def create_session(
+        self, namespace: str, agent: str, session_id: str, *,
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:  # fmt: skip
+        """The named session (the existing one if it is already there)."""
+        return self._send(calls.create_session(namespace, agent, session_id, metadata))
+
+    def get_session(self, namespace: str, agent: str, session_id: str) -> Session:
+        return self._send(calls.get_session(namespace, agent, session_id))
+
+    def sessions(self, namespace: str, agent: str) -> Iterator[Session]:
+        return self._pages(calls.list_sessions(namespace, agent))
+
+    def send(
+        self, namespace: str, agent: str, session_id: str, content: str, *,
+        strategy: str | None = None, idempotency_key: str | None = None,
+    ) -> Accepted:  # fmt: skip
+        """Post a message; queues a turn. Sent with an Idempotency-Key (yours or a fresh one),
+        so the resend after a dropped connection yields the same turn, never a second."""
+        call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
+                                  idempotency_key=idempotency_key)  # fmt: skip
+        return self._send(call, retries=RETRIES)
+
+    def cancel(self, namespace: str, agent: str, session_id: str) -> Any:
+        return self._send(calls.cancel(namespace, agent, session_id))
+
+    def messages(self, namespace: str, agent: str, session_id: str) -> Iterator[Message]:
+        return self._pages(calls.list_messages(namespace, agent, session_id))
+
+    def stream(
+        self, namespace: str, agent: str, session_id: str, *,
+        after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
+    ) -> Iterator[Event]:  # fmt: skip
+        """The session's events after event `after` (None: only new ones), across dropped
+        connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
+        `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""
+        follower = Follower(after, until_turn_end, max_seconds)
+        path = calls.stream_path(namespace, agent, session_id)
+        while True:
+            headers, params = follower.request()
+            received = 0
+            try:
+                with connect_sse(self._http, "GET", path, headers=headers, params=params,
+                                 timeout=httpx.Timeout(30.0, read=None)) as source:  # fmt: skip
+                    if source.response.status_code != 200:
+                        source.response.read()
+                        raise error_from(source.response.status_code, _json(source.response))
+                    for sse in source.iter_sse():
+                        event = follower.event(sse.event, sse.data, sse.id)
+                        if event is not None:
+                            received += 1
+                            yield event
+            except (httpx.TransportError, SSEError) as exc:
+                time.sleep(follower.failed(exc))
+                continue
+            done = follower.finished(received)
+            if done is None:
+                done = self.get_session(namespace, agent, session_id).idle
+            if done:
+                return
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send(self, call: calls.Call, *, retries: int = 0) -> Any:
+        for attempt in range(retries + 1):
+            try:
+                response = self._http.request(call.method, call.path, params=call.params or None,
+                                              json=call.json, headers=call.headers)  # fmt: skip
+                break
+            except httpx.TransportError as exc:
+                if attempt == retries:
+                    raise TalonConnectionError(f"{call.method} {call.path}: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_from(response.status_code, _json(response))
+        return call.parse(_json(response))
+
+    def _pages(self, page: calls.Page) -> Iterator[Any]:
+        params = dict(page.call.params)
+        while True:
+            body = self._send(calls.Call(page.call.method, page.call.path, params=params))
+            for item in body.get("items", []):
+                yield page.read(item)
+            cursor = body.get(page.cursor_field)
+            if not cursor:
+                return
+            params[page.cursor_param] = cursor
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

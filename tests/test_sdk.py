@@ -1,0 +1,142 @@
+"""The Python SDK (`talon.client`) against the real gateway and a worker: typed answers,
+paginated iterators, errors carrying code and field paths, Idempotency-Key handled, and a
+stream that resumes across the gateway's `maxSeconds` ends and dropped connections; the
+asynchronous client the same way; a dropped POST resent with the same key (MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+import samples
+from conftest import ADMIN_TOKEN, Api
+from talon.client import (
+    AsyncClient,
+    Client,
+    Invalid,
+    NotFound,
+    StreamEnded,
+    Unauthenticated,
+)
+from test_models import _agent_with_policy, policy
+
+NS, AGENT, SESSION = "acme", "bot", "s1"
+
+
+@pytest.fixture
+def client(gateway_url: str) -> Any:
+    with Client(gateway_url, ADMIN_TOKEN) as talon:
+        yield talon
+
+
+def test_typed_answers_and_paginated_lists(api: Api, client: Client) -> None:
+    results = client.apply([samples.namespace(NS), *[samples.knowledge(NS, f"doc-{i}")
+                                                     for i in range(5)]])  # fmt: skip
+    assert [r.action for r in results] == ["created"] * 6
+    assert client.whoami().role == "admin"
+    names = [r.name for r in client.list("knowledge", namespace=NS, page_size=2)]
+    assert names == [f"doc-{i}" for i in range(5)]  # three pages, followed as iterated
+    doc = client.get("Knowledge", "doc-3", namespace=NS)
+    assert doc.kind == "Knowledge" and doc.namespace == NS and doc.spec is not None
+    dry = client.apply([samples.knowledge(NS, "doc-9")], dry_run=True)
+    assert dry[0].action == "created"
+    with pytest.raises(NotFound):
+        client.get("knowledge", "doc-9", namespace=NS)
+
+
+def test_errors_carry_their_code_and_field_paths(client: Client, gateway_url: str) -> None:
+    client.apply([samples.namespace(NS), samples.template(NS), samples.agent(NS)])
+    bad = samples.schedule(NS)
+    bad["spec"]["cron"] = "0 0 30 2 *"  # never fires
+    with pytest.raises(Invalid) as exc:
+        client.apply([bad])
+    assert exc.value.status == 422 and "items[0].spec.cron" in exc.value.fields
+    with pytest.raises(NotFound) as missing:
+        client.get_session(NS, AGENT, "nope")
+    assert missing.value.code == "not_found"
+    with Client(gateway_url, "tln_wrong") as stranger, pytest.raises(Unauthenticated):
+        stranger.whoami()
+
+
+def test_a_turn_followed_across_stream_ends_with_nothing_lost_or_repeated(
+    api: Api, client: Client, model_server: Any, start_worker: Any
+) -> None:
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    # An answer that takes ~3 s to stream: the gateway ends each connection after 1 s.
+    model_server.add({"pieces": [f"piece {i} " for i in range(12)], "chunk_delay": 0.25})
+    start_worker()
+    session = client.create_session(NS, AGENT, "renewals", metadata={"owner": "sdk"})
+    assert session.id == "renewals" and session.metadata == {"owner": "sdk"}
+    assert client.create_session(NS, AGENT, "renewals").metadata == {"owner": "sdk"}
+    accepted = client.send(NS, AGENT, SESSION, "Tell me slowly.", idempotency_key="k-1")
+    again = client.send(NS, AGENT, SESSION, "Tell me slowly.", idempotency_key="k-1")
+    assert again.turn_id == accepted.turn_id  # the same key: the same turn
+    events = list(client.stream(NS, AGENT, SESSION, after=accepted.stream_from,
+                                until_turn_end=True, max_seconds=1))  # fmt: skip
+    ids = [e.id for e in events]
+    assert ids == sorted(set(ids)) and ids == list(range(ids[0], ids[0] + len(ids)))
+    assert events[-1].type == "turn.completed"
+    text = "".join(e.data["text"] for e in events if e.type == "message.delta")
+    assert text == "".join(f"piece {i} " for i in range(12))
+    assert [m.role for m in client.messages(NS, AGENT, SESSION)] == ["user", "assistant"]
+    assert client.get_session(NS, AGENT, SESSION).idle
+
+
+def test_a_stream_ends_with_stream_ended_when_its_token_is_revoked(
+    api: Api, gateway_url: str
+) -> None:
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace(NS), samples.template(NS),
+                                                 samples.agent(NS)]})  # fmt: skip
+    api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions", 201, json={"id": SESSION})
+    reader = api.ok("POST", "/v1/tokens", 201, json={"name": "r", "role": "read",
+                                                     "namespaces": [NS]})  # fmt: skip
+    api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions/{SESSION}/message", 202,
+           json={"content": "anyone?"})  # no worker: the turn stays queued
+    with Client(gateway_url, reader["token"]) as talon:
+        stream = talon.stream(NS, AGENT, SESSION, after=0)
+        assert next(stream).type == "message.created"  # the stream is open
+        api.ok("DELETE", f"/v1/tokens/{reader['id']}")
+        with pytest.raises(StreamEnded) as ended:
+            list(stream)
+    assert ended.value.reason == "token_revoked"
+
+
+def test_the_async_client_runs_a_turn(api: Api, gateway_url: str, start_worker: Any) -> None:
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace(NS), samples.template(NS),
+                                                 samples.agent(NS)]})  # fmt: skip
+    start_worker()
+
+    async def run() -> list[str]:
+        async with AsyncClient(gateway_url, ADMIN_TOKEN) as talon:
+            assert (await talon.whoami()).role == "admin"
+            await talon.create_session(NS, AGENT, SESSION)
+            accepted = await talon.send(NS, AGENT, SESSION, "hello")
+            events = talon.stream(NS, AGENT, SESSION, after=accepted.stream_from,
+                                  until_turn_end=True)  # fmt: skip
+            types = [e.type async for e in events]
+            names = [r.name async for r in talon.list("agents", namespace=NS)]
+            assert names == [AGENT]
+            return types
+
+    types = asyncio.run(run())
+    assert "turn.started" in types and types[-1] == "turn.completed"
+
+
+def test_a_post_dropped_in_flight_is_resent_with_the_same_key() -> None:
+    keys: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            raise httpx.RemoteProtocolError("connection dropped", request=request)
+        assert json.loads(request.content) == {"content": "hi"}
+        return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
+
+    with Client("http://talon.test", "tln_x", transport=httpx.MockTransport(handler)) as talon:
+        accepted = talon.send(NS, AGENT, SESSION, "hi")
+    assert accepted.turn_id == "t-1" and accepted.stream_from == 7
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("sdk-")

@@ -94,8 +94,12 @@ def test_a_stream_ends_with_stream_ended_when_its_token_is_revoked(
     api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions", 201, json={"id": SESSION})
     reader = api.ok("POST", "/v1/tokens", 201, json={"name": "r", "role": "read",
                                                      "namespaces": [NS]})  # fmt: skip
-    api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions/{SESSION}/message", 202,
-           json={"content": "anyone?"})  # no worker: the turn stays queued
+    api.ok(
+        "POST",
+        f"/v1/ns/{NS}/agents/{AGENT}/sessions/{SESSION}/message",
+        202,
+        json={"content": "anyone?"},
+    )  # no worker: the turn stays queued
     with Client(gateway_url, reader["token"]) as talon:
         stream = talon.stream(NS, AGENT, SESSION, after=0)
         assert next(stream).type == "message.created"  # the stream is open

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from talon.client import calls
+import talon.client.calls as calls
 from talon.client.errors import TalonConnectionError, error_from
 from talon.client.following import Follower
 from talon.client.models import (

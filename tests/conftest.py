@@ -360,7 +360,11 @@ def start_worker(settings: Settings) -> Iterator[Any]:
             self.records: list[str] = []
 
         def emit(self, record: logging.LogRecord) -> None:
-            self.records.append(self.format(record))
+            # Only the workers' threads (all named talon-*): the in-process gateway's request
+            # threads may still be serving a previous test's stream against its dropped
+            # database, and their errors are not this worker's.
+            if record.threadName.startswith("talon-"):
+                self.records.append(self.format(record))
 
     errors = _Errors()
     talon_logger = logging.getLogger("talon")
@@ -378,7 +382,8 @@ def start_worker(settings: Settings) -> Iterator[Any]:
         worker = services.worker(tools=tools, demo_fallback=demo_fallback,
                                  lease_seconds=lease_seconds)  # fmt: skip
         stop = threading.Event()
-        thread = threading.Thread(target=run, args=(worker, stop), daemon=True)
+        thread = threading.Thread(target=run, args=(worker, stop), daemon=True,
+                                  name="talon-test-worker")  # fmt: skip
         thread.start()
         running.append((stop, thread, services))
         return worker

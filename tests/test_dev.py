@@ -3,6 +3,7 @@ applied once, a clean stop on SIGTERM and Ctrl-C, and data kept across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -29,11 +30,16 @@ TALON = [sys.executable, "-m", "talon.cli.main"]
 
 
 class DevProcess:
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *, sigint_ignored: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
+
+        def ignore_sigint() -> None:  # as a non-interactive shell's `talon dev &` starts it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
         self.process = subprocess.Popen(
             [*TALON, "dev", "--port", str(port), "--data-dir", str(data_dir)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=ignore_sigint if sigint_ignored else None,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -136,7 +142,8 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
     assert "talon dev: stopping" in "".join(dev.output)
     assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
 
-    again = DevProcess(data_dir, port)
+    again = DevProcess(data_dir, port, sigint_ignored=True)
+    stream = None
     try:
         again.wait_for("Ctrl-C stops everything")
         assert " created" not in "".join(again.output)  # manifests are applied on first start only
@@ -148,9 +155,21 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         history = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
                         "--agent", "customer-support", "-o", "json")  # fmt: skip
         assert json.loads(history.stdout)["messageCount"] == 6  # the thread survived
+        # A stream left open: stopping must not wait for it.
+        stream = httpx.stream("GET", f"{url}/v1/ns/acme/agents/customer-support/sessions/"
+                              "enterprise-renewals/stream", headers={
+                                  "Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+        assert stream.__enter__().status_code == 200
     finally:
+        started = time.monotonic()
         code = again.stop(signal.SIGINT)
+        stopped_in = time.monotonic() - started
+        if stream is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                stream.__exit__(None, None, None)
     assert code == 0, "".join(again.output)
+    assert stopped_in < 5.0, f"stopping took {stopped_in:.1f} s"
+    assert "Traceback" not in "".join(again.output), "".join(again.output)
     assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
 
 

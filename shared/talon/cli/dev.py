@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -32,6 +33,9 @@ EXAMPLE_SECRETS = {
     "STRIPE_READONLY_AUTHORIZATION": "Bearer example-stripe-readonly",
     "HUBSPOT_READONLY_AUTHORIZATION": "Bearer example-hubspot-readonly",
 }
+
+
+STOP_GRACE_SECONDS = 2.0
 
 
 class _Stop(Exception):
@@ -95,7 +99,11 @@ class DevStack:
         print(text, file=self.out, flush=True)
 
     def run(self) -> int:
+        # Installed explicitly, SIGINT too: a process started in the background by a
+        # non-interactive shell inherits SIGINT as ignored, and Python then never raises
+        # KeyboardInterrupt.
         previous = signal.signal(signal.SIGTERM, _raise_stop)
+        previous_int = signal.signal(signal.SIGINT, _raise_stop)
         try:
             self.start()
             return self.wait()
@@ -104,7 +112,7 @@ class DevStack:
             return 0
         finally:
             # A second Ctrl-C or SIGTERM must not cut the shutdown short.
-            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 self.stop()
@@ -246,14 +254,20 @@ class DevStack:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """SIGTERM to every child, then, after STOP_GRACE_SECONDS, SIGKILL to the process
+        groups still there: gunicorn would otherwise let open SSE streams run on for its 30 s
+        graceful timeout (their clients resume with Last-Event-ID against the next start)."""
         for _, process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for _, process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for _, process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # its own session: pgid == pid
                 process.wait()
         self.processes.clear()
         if self._lock is not None:  # only the holder of the data dir stops its cluster

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from conftest import ADMIN_TOKEN, ROOT
+from conftest import ADMIN_TOKEN, ROOT, Api
 from talon.cli.main import main
 
 MANIFESTS = str(ROOT / "manifests")
@@ -164,6 +165,8 @@ def test_send_follows_the_turn_and_get_session_shows_the_seed_shape(
     assert "call-skill.renewal-outreach" in out
     assert "assistant: (demo model) Here is what the tools returned. skill.renewal-outreach" in out
     assert out.strip().splitlines()[-1] == "turn completed"
+    # No example MCP servers run here: `send` says the turn went on without them.
+    assert "tools unavailable: mcp:stripe-readonly: " in out
 
     code, out, _ = cli("get", "session", "enterprise-renewals", "-n", "acme",
                        "--agent", "customer-support")  # fmt: skip
@@ -208,3 +211,27 @@ def test_worker_options_must_be_at_least_one(
         main(argv)
     assert exc.value.code == 2
     assert "must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_send_marks_a_failed_tool_call_and_exits_non_zero_when_the_turn_fails(
+    cli, api: Api, model_server: Any, start_worker: Any
+) -> None:
+    """The model calls a tool the agent does not have (the call's error is shown, marked
+    failed), then every profile fails: `talon send` prints why and exits 1; the answer of a
+    turn that streams is printed as it arrives."""
+    from test_models import _agent_with_policy, policy
+
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "delete_everything", "unoffered": True}]},
+        {"status": 500}, {"status": 500},
+        {"pieces": ["Streamed ", "answer."], "chunk_delay": 0.05},
+    )  # fmt: skip
+    start_worker()
+    code, out, _ = cli("send", "bot", "s1", "Do something drastic.", "-n", "acme")
+    assert code == 1, out
+    assert re.search(r"call-delete_everything +failed: error: ", out), out
+    assert out.strip().splitlines()[-1].startswith("turn failed: every model profile failed")
+    code, out, _ = cli("send", "bot", "s1", "Then answer.", "-n", "acme")
+    assert code == 0 and "assistant: Streamed answer." in out
+    assert out.count("Streamed answer.") == 1  # printed as it streamed, not again at the end

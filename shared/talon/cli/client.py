@@ -45,6 +45,7 @@ class TalonClient:
         headers = {"Accept": "application/json", "User-Agent": "talon-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self.token = token
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport

@@ -16,7 +16,7 @@ from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, resource_table, table
 from talon.cli.sessions import (
     SESSION_ALIASES,
-    describe,
+    EventPrinter,
     get_sessions,
     send,
     sessions_path,
@@ -81,15 +81,18 @@ def cmd_send(client: TalonClient, args: argparse.Namespace) -> int:
 
 
 def cmd_stream(client: TalonClient, args: argparse.Namespace) -> int:
-    path = f"{sessions_path(args.namespace, args.agent)}/{args.session}"
-    for event in stream_events(client, path, after=args.after, until_turn_end=args.until_turn_end):
+    """Follows the session (through reconnects) until Ctrl-C, or until no turn is open with
+    --until-turn-end; exits 1 if a turn it showed failed or was cancelled."""
+    printer = EventPrinter()
+    events = stream_events(client, args.namespace, args.agent, args.session, after=args.after,
+                           until_turn_end=args.until_turn_end)  # fmt: skip
+    for event in events:
         if args.output == "json":
             print(json.dumps(event), flush=True)
+            printer.failed |= event["type"] in ("turn.failed", "turn.cancelled")
         else:
-            line = describe(event)
-            if line:
-                print(line, flush=True)
-    return 0
+            printer.show(event)
+    return 1 if printer.failed else 0
 
 
 def cmd_delete(client: TalonClient, args: argparse.Namespace) -> int:

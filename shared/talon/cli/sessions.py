@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-
-from talon.cli.client import CliError, TalonClient, api_error
+from talon.cli.client import CliError, TalonClient
 from talon.cli.output import dump, table
+from talon.client import APIError, Client, StreamEnded, TalonConnectionError
 
 SESSION_ALIASES = ("session", "sessions")
 
@@ -43,37 +41,74 @@ def get_sessions(
 
 
 def stream_events(
-    client: TalonClient, path: str, *, after: int | None, until_turn_end: bool
+    client: TalonClient,
+    namespace: str,
+    agent: str,
+    session: str,
+    *,
+    after: int | None,
+    until_turn_end: bool,
 ) -> Iterator[dict[str, Any]]:
-    params: dict[str, str] = {}
-    if after is not None:
-        params["lastEventId"] = str(after)
-    if until_turn_end:
-        params["untilTurnEnd"] = "true"
-    try:
-        with client.http.stream("GET", f"{path}/stream", params=params, timeout=None) as reply:
-            if not reply.is_success:
-                reply.read()
-                raise api_error(reply)
-            data = None
-            for line in reply.iter_lines():
-                if line.startswith("data: "):
-                    data = line[6:]
-                elif line == "" and data is not None:
-                    yield json.loads(data)
-                    data = None
-    except httpx.TransportError as exc:
-        raise CliError(f"the stream from {client.base_url} broke: {exc}") from exc
+    """The session's events as the API shows them, through the SDK's stream: resumed after
+    the last event across dropped connections and the gateway's `maxSeconds` ends."""
+    with Client(client.base_url, client.token) as sdk:
+        try:
+            for event in sdk.stream(namespace, agent, session, after=after,
+                                    until_turn_end=until_turn_end):  # fmt: skip
+                yield event.model_dump(by_alias=True)
+        except StreamEnded as exc:
+            raise CliError(f"the stream ended: {exc} ({exc.reason})") from exc
+        except APIError as exc:
+            raise CliError(str(exc)) from exc
+        except TalonConnectionError as exc:
+            raise CliError(f"the stream from {client.base_url} broke: {exc}") from exc
+
+
+class EventPrinter:
+    """One terminal line per event worth showing; the answer as it streams."""
+
+    def __init__(self) -> None:
+        self._streamed: set[str | None] = set()  # turns whose answer was printed as deltas
+        self._mid_line = False
+        self.failed = False
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind, data = event["type"], event["data"]
+        if kind == "message.delta":
+            if data.get("reset"):
+                print("\n[the answer restarts]", flush=True)
+            elif event.get("turnId") not in self._streamed:
+                print("\nassistant: ", end="")
+            self._streamed.add(event.get("turnId"))
+            print(data.get("text", ""), end="", flush=True)
+            self._mid_line = True
+            return
+        if kind == "message.created" and event.get("turnId") in self._streamed:
+            return  # already printed as it streamed
+        line = describe(event)
+        if line is None:
+            return
+        if self._mid_line:
+            print()
+            self._mid_line = False
+        print(line, flush=True)
+        if kind in ("turn.failed", "turn.cancelled"):
+            self.failed = True
 
 
 def describe(event: dict[str, Any]) -> str | None:
     """One line per event worth showing in a terminal."""
     kind, data = event["type"], event["data"]
     if kind == "step.completed":
+        if data.get("isError"):
+            return f"  {data['step']:<24} failed: {data.get('error', '')}"
         extra = f" ({data['provider']})" if data.get("provider") else ""
         return f"  {data['step']:<24} done{extra}"
     if kind == "step.failed":
         return f"  {data['step']:<24} failed"
+    if kind == "tools.unavailable":
+        sources = "; ".join(f"{s.get('source')}: {s.get('error')}" for s in data.get("sources", []))
+        return f"  tools unavailable: {sources}"
     if kind == "message.created" and data.get("role") == "assistant":
         return f"\nassistant: {data['content']}"
     if kind in ("turn.started", "turn.completed", "turn.failed", "turn.cancelled"):
@@ -101,15 +136,9 @@ def send(
     print(f"turn {accepted['turnId']} queued")
     if not wait:
         return 0
-    status = 0
-    for event in stream_events(
-        client, f"{path}/{session}", after=accepted["streamFrom"], until_turn_end=True
-    ):
-        line = describe(event)
-        if line:
-            print(line, flush=True)
-        if event["type"] in ("turn.failed", "turn.cancelled") and (
-            event["turnId"] == accepted["turnId"]
-        ):
-            status = 1
-    return status
+    printer = EventPrinter()
+    for event in stream_events(client, namespace or "", agent or "", session,
+                               after=accepted["streamFrom"], until_turn_end=True):  # fmt: skip
+        if event.get("turnId") == accepted["turnId"]:
+            printer.show(event)
+    return 1 if printer.failed else 0

@@ -235,3 +235,28 @@ def test_send_marks_a_failed_tool_call_and_exits_non_zero_when_the_turn_fails(
     code, out, _ = cli("send", "bot", "s1", "Then answer.", "-n", "acme")
     assert code == 0 and "assistant: Streamed answer." in out
     assert out.count("Streamed answer.") == 1  # printed as it streamed, not again at the end
+
+
+def test_diff_shows_field_changes_from_the_servers_dry_run(cli, tmp_path: Path) -> None:
+    code, _, _ = cli("apply", "-f", MANIFESTS)
+    assert code == 0
+    code, out, _ = cli("diff", "-f", MANIFESTS)
+    assert (code, out) == (0, "")  # nothing would change
+    schedule = yaml.safe_load((ROOT / "manifests" / "50-schedule.yaml").read_text())
+    schedule["spec"]["cron"] = "0 15 * * 1-5"
+    schedule["metadata"]["labels"] = {"team": "revenue"}
+    fresh = {**yaml.safe_load((ROOT / "manifests" / "00-namespace.yaml").read_text())}
+    fresh["metadata"] = {"name": "globex"}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump_all([schedule, fresh]))
+    code, out, _ = cli("diff", "-f", str(tmp_path / "changed.yaml"))
+    assert code == 1
+    assert "~ schedule/renewal-check -n acme" in out
+    assert '    ~ spec.cron: "0 14 * * 1-5" -> "0 15 * * 1-5"' in out
+    assert '    + metadata.labels.team: "revenue"' in out
+    assert "+ namespace/globex (new)" in out
+    code, out, _ = cli("get", "schedule", "renewal-check", "-n", "acme", "-o", "json")
+    assert json.loads(out)["spec"]["cron"] == "0 14 * * 1-5"  # a diff changes nothing
+    broken = {**schedule, "spec": {**schedule["spec"], "cron": "not a cron"}}
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    code, _, err = cli("diff", "-f", str(tmp_path / "broken.yaml"))
+    assert code == 2 and "spec.cron" in one_error_line(err)

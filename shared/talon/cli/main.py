@@ -12,6 +12,7 @@ from typing import Any
 from talon import __version__
 from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, TalonClient
+from talon.cli.diff import diff as diff_manifests
 from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, resource_table, table
 from talon.cli.sessions import (
@@ -48,6 +49,10 @@ def cmd_apply(client: TalonClient, args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         print(line)
     return 0
+
+
+def cmd_diff(client: TalonClient, args: argparse.Namespace) -> int:
+    return diff_manifests(client, args.filename)
 
 
 def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
@@ -252,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="validate without saving")
     apply.set_defaults(remote=cmd_apply)
 
+    diff = commands.add_parser(
+        "diff", help="show what applying manifests would change (exit 0 none, 1 some, 2 error)"
+    )
+    diff.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
+    diff.set_defaults(remote=cmd_diff, error_status=2)
+
     get = commands.add_parser("get", parents=[output], help="list or show resources")
     get.add_argument("kind", help="agents, agent-templates, schedules, namespaces, ...")
     get.add_argument("name", nargs="?")
@@ -328,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.close()
     except (CliError, TalonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return int(getattr(args, "error_status", 1))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `talon stream ... | head`

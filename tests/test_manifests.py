@@ -12,6 +12,8 @@ from talon.errors import Invalid
 from talon.resources.kinds import Agent, AgentTemplate, Schedule
 from talon.resources.registry import BY_NAME, KINDS, kind_for_alias, parse_manifest
 
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parents[1]
 V = "talon.dev/v1alpha1"
 

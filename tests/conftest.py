@@ -39,6 +39,15 @@ _counter = itertools.count()
 _HEAVY_FIXTURES = frozenset({"cluster", "pubsub_emulator", "tasks_emulator", "browser"})
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-openapi",
+        action="store_true",
+        help="write the OpenAPI document the gateway serves to tests/data/openapi.json "
+        "instead of comparing them (test_openapi.py)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("fast") is None:

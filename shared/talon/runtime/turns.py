@@ -178,7 +178,7 @@ class TurnRunner:
                     deadline=deadline,
                     on_attempt_failed=deltas.attempt_failed,
                 )
-                output = {
+                output: dict[str, Any] = {
                     "content": response.content,
                     "toolCalls": [c.to_dict() for c in response.tool_calls],
                     "provider": response.provider,

@@ -58,7 +58,8 @@ def lock_due(tx: Tx, now: datetime, after: Key | None, limit: int) -> list[dict[
     resource_version, body."""
     # Keyset from the previous batch: the rows it moved left dead entries at the front of
     # the due index, which an OFFSET-less rescan would wade through every time.
-    where, params = "", ()
+    where = ""
+    params: tuple[str, ...] = ()
     if after is not None:
         where = (
             "AND (st.next_fire_at, st.namespace, st.name) > "

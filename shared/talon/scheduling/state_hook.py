@@ -12,7 +12,7 @@ from talon.store.resources import Record
 
 
 class ScheduleStateHook:
-    kinds = ("Schedule",)
+    kinds: tuple[str, ...] = ("Schedule",)
 
     def written(self, tx: Tx, record: Record, *, created: bool) -> None:
         """Next fire from now: a new, changed or re-enabled schedule never replays the past."""

@@ -68,7 +68,7 @@ def slot_to_fire(
 
 
 def _slots_between(spec: dict[str, Any], after: datetime, until: datetime) -> list[datetime]:
-    slots = []
+    slots: list[datetime] = []
     for instant in fire_times(spec["cron"], spec.get("timezone", "UTC"), after):
         if instant > until or len(slots) > _MAX_MISSED:
             break

@@ -8,6 +8,7 @@ transaction before the caller is answered. What a message does to a busy session
 
 from __future__ import annotations
 
+import builtins  # a class here has a method named `list`: later annotations say builtins.list
 import json
 import secrets
 import uuid
@@ -73,7 +74,7 @@ class SessionService:
 
     def list(
         self, namespace: str, agent: str, *, limit: int, after: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         with self.db.transaction() as tx:
             self._require_agent(tx, namespace, agent)
             rows = tx.all(
@@ -98,7 +99,7 @@ class SessionService:
 
     def messages(
         self, namespace: str, agent: str, session_id: str, *, after: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[builtins.list[dict[str, Any]], int | None]:
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id)
             rows = messages.page(tx, session["uid"], after=after, limit=limit + 1)
@@ -141,7 +142,7 @@ class SessionService:
             return posting.post(tx, session["uid"], session_id, request, idempotency_key, source)
 
     def ensure_many(
-        self, tx: Tx, targets: list[tuple[str, str, str]]
+        self, tx: Tx, targets: builtins.list[tuple[str, str, str]]
     ) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
         """Create each (namespace, agent, session id) that does not exist yet, lock them all
         (in uid order, so concurrent callers cannot deadlock) and return, per (namespace,
@@ -150,7 +151,7 @@ class SessionService:
         if not targets:
             return {}
 
-        def lock(keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        def lock(keys: builtins.list[tuple[str, str]]) -> builtins.list[dict[str, Any]]:
             return tx.all(
                 "SELECT uid, namespace, id, agent FROM sessions WHERE (namespace, id) IN "
                 "(SELECT namespace, id FROM jsonb_to_recordset(%s::jsonb) AS t(namespace text, "
@@ -194,7 +195,7 @@ class SessionService:
 
     def read_state(
         self, session_uid: uuid.UUID, after: int, limit: int = events.READ_LIMIT
-    ) -> tuple[list[events.Event], int | None]:
+    ) -> tuple[builtins.list[events.Event], int | None]:
         """Events after `after` and the number of open turns (None: the session is gone),
         in one transaction: what a stream needs when its notifications do not suffice."""
         with self.db.transaction() as tx:
@@ -208,7 +209,7 @@ class SessionService:
         row = tx.one(f"SELECT {OPEN_TURNS_SQL} FROM sessions s WHERE s.uid = %s", (session_uid,))
         return None if row is None else int(row["open"])
 
-    def cancel(self, namespace: str, agent: str, session_id: str) -> list[str]:
+    def cancel(self, namespace: str, agent: str, session_id: str) -> builtins.list[str]:
         """Cancel every open turn of the session; return their ids."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id, lock=True)
@@ -227,9 +228,9 @@ class SessionService:
             raise NotFound(f"Agent {agent!r} not found in namespace {namespace!r}")
 
     @staticmethod
-    def _session(  # type: ignore[no-untyped-def]
+    def _session(
         tx: Tx, namespace: str, session_id: str, lock: bool = False, columns: str = "*"
-    ):
+    ) -> dict[str, Any] | None:
         suffix = " FOR UPDATE" if lock else ""
         return tx.one(
             f"SELECT {columns} FROM sessions s WHERE namespace = %s AND id = %s{suffix}",

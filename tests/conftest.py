@@ -34,6 +34,31 @@ TEMPLATE_DB = "talon_test_template"
 _counter = itertools.count()
 
 
+# Fixtures whose use makes a test slow by nature: PostgreSQL, the emulators, a browser. A
+# test marked `fast` may not ask for them, even indirectly (checked at collection).
+_HEAVY_FIXTURES = frozenset({"cluster", "pubsub_emulator", "tasks_emulator", "browser"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-openapi",
+        action="store_true",
+        help="write the OpenAPI document the gateway serves to tests/data/openapi.json "
+        "instead of comparing them (test_openapi.py)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("fast") is None:
+            continue
+        heavy = sorted(_HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if heavy or item.get_closest_marker("slow") is not None:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked fast but needs {', '.join(heavy) or 'the slow mark'}"
+            )
+
+
 class Cluster:
     """Creates and drops databases on one server (ours, or $TALON_TEST_DATABASE_URL's)."""
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from talon.backoff import backoff_bound, backoff_delay
+
+pytestmark = pytest.mark.fast
 
 
 def test_the_bound_doubles_per_attempt_up_to_the_maximum() -> None:

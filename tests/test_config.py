@@ -9,6 +9,8 @@ import pytest
 from talon.config import env_variables, load_settings
 from talon.errors import ConfigError
 
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from talon.scheduling.cron import fire_times, next_fire
 
+pytestmark = pytest.mark.fast
+
 LA = "America/Los_Angeles"
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.fast
+
 
 def _load_checker() -> ModuleType:
     spec = importlib.util.spec_from_file_location("check_deps", ROOT / "scripts" / "check_deps.py")

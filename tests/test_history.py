@@ -10,6 +10,8 @@ import json
 import threading
 from typing import Any
 
+import pytest
+
 from conftest import Api, read_stream
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
@@ -37,23 +39,27 @@ USER = {"role": "user", "content": "hi"}
 # --- the guard, on its own -----------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_a_valid_history_is_returned_as_it_is() -> None:
     history = [USER, asks("a", "b"), result("a"), result("b"), {"role": "assistant",
                                                                 "content": "done"}]  # fmt: skip
     assert paired(history) is history
 
 
+@pytest.mark.fast
 def test_a_call_without_its_result_gets_an_error_result() -> None:
     fixed = paired([USER, asks("a", "b"), result("b"), USER])
     assert fixed == [USER, asks("a", "b"), result("a", MISSING_RESULT), result("b"), USER]
 
 
+@pytest.mark.fast
 def test_stray_repeated_and_unknown_results_are_dropped() -> None:
     history = [result("x"), USER, asks("a"), result("a", "first"), result("a", "again"),
                result("zzz"), USER, result("a")]  # fmt: skip
     assert paired(history) == [USER, asks("a"), result("a", "first"), USER]
 
 
+@pytest.mark.fast
 def test_results_follow_their_calls_in_order_and_repeated_ids_are_called_once() -> None:
     history = [USER, {**asks("a", "b", "a")}, result("b"), result("a")]
     assert paired(history) == [USER, asks("a", "b"), result("a"), result("b")]

@@ -19,6 +19,8 @@ import pytest
 from talon.api.id_tokens import IdTokenCache, expiry
 from talon.api.ops_proxy import OPS_PREFIX, OpsProxy
 
+pytestmark = pytest.mark.fast
+
 LIFETIME = 3600  # what Google's ID tokens last
 
 

@@ -216,3 +216,40 @@ def test_lifecycle_events_reach_the_worker(api: Api, db: Database, start_worker)
         time.sleep(0.05)
     assert sorted(tools.invalidated) == [("acme", "AgentTemplate", "support"),
                                          ("acme", "MCPServer", "tools")]  # fmt: skip
+
+
+def test_a_turn_costs_the_same_statements_and_transactions(
+    api: Api, db: Database, model_server, monkeypatch
+) -> None:
+    """What one turn with a tool call costs the worker: the journal's combined statements
+    (renewal with step, final step with completion) keep it at this count. A change here is
+    a change in every turn's cost, measured in Benchmarks."""
+    import talon.runtime.deltas
+    from talon.store.database import Tx
+
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
+        {"content": "two accounts renew"},
+    )
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
+    uid = session_uid(db)
+    # No streamed-delta flush mid-call on a slow machine: only the turn's own writes count.
+    monkeypatch.setattr(talon.runtime.deltas, "DELTA_FLUSH_SECONDS", 3600.0)
+    ran: list[tuple[int, str]] = []
+    original = Tx._run
+
+    def counting(self: Tx, sql: str, params: Any) -> Any:
+        ran.append((id(self), sql))
+        return original(self, sql, params)
+
+    monkeypatch.setattr(Tx, "_run", counting)
+    assert runner(db, RecordingTools(), "worker-a").drive(uid) is None
+    monkeypatch.undo()
+    transactions = list(dict.fromkeys(tx for tx, _ in ran))
+    per_transaction = [sum(tx == t for tx, _ in ran) for t in transactions]
+    # The claim (with the knowledge step); the model's tool call with the tool step's start;
+    # the call marked as running; its result; the answer with the three messages, the final
+    # step and the turn's completion.
+    assert per_transaction == [5, 3, 2, 2, 6]
+    assert sum("turn_steps" in sql for _, sql in ran) == 7

@@ -9,8 +9,11 @@ import pytest
 
 from talon.cli.manifest_files import read_documents
 from talon.errors import Invalid
-from talon.resources.kinds import Agent, AgentTemplate, Schedule
+from talon.resources.kinds import Agent, AgentTemplate
 from talon.resources.registry import BY_NAME, KINDS, kind_for_alias, parse_manifest
+from talon.resources.schedule_kind import Schedule
+
+pytestmark = pytest.mark.fast
 
 ROOT = Path(__file__).resolve().parents[1]
 V = "talon.dev/v1alpha1"

@@ -14,6 +14,8 @@ import pytest
 
 from model_server import ModelServer
 
+pytestmark = pytest.mark.fast
+
 SCHEMA = {"type": "object", "properties": {}}
 FUNCTION = {"name": "list_invoices", "description": "List.", "parameters": SCHEMA}
 TOOL = {"type": "function", "function": FUNCTION}

@@ -4,6 +4,8 @@ the ones the gateway enforces."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 import time
 from typing import Any
@@ -14,16 +16,42 @@ import schemathesis
 from pydantic import TypeAdapter, ValidationError
 
 import samples
-from conftest import Api
+from conftest import ROOT, Api
 from talon.resources.kinds import SESSION_ID_RE
 from talon.resources.meta import DnsLabel
 
 SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"
+COMMITTED = ROOT / "tests" / "data" / "openapi.json"
 
 
 @pytest.fixture
 def document(api: Api) -> dict[str, Any]:
     return api.as_token(None).ok("GET", "/v1/openapi.json")
+
+
+def test_the_served_document_is_the_committed_one(
+    document: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    """tests/data/openapi.json is the document the gateway serves, so a change to the API
+    shows in review as a diff of it. After changing the API on purpose, regenerate it with
+    `./scripts/test tests/test_openapi.py -k committed --update-openapi` and commit it."""
+    served = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if request.config.getoption("update_openapi"):
+        COMMITTED.write_text(served)
+        return
+    committed = COMMITTED.read_text() if COMMITTED.exists() else ""
+    if served != committed:
+        diff = difflib.unified_diff(
+            committed.splitlines(), served.splitlines(), str(COMMITTED.name), "served",
+            lineterm="", n=2,
+        )  # fmt: skip
+        shown = list(diff)
+        pytest.fail(
+            "the served OpenAPI document is not tests/data/openapi.json; if the API changed on "
+            "purpose, regenerate it (--update-openapi, see this test) and commit it:\n"
+            + "\n".join(shown[:120])
+            + (f"\n... {len(shown) - 120} more diff lines" if len(shown) > 120 else "")
+        )
 
 
 class Checked:

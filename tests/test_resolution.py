@@ -11,6 +11,8 @@ from talon.resources.kinds import Agent, AgentTemplate
 from talon.resources.registry import parse_manifest
 from talon.resources.resolution import VersionedTemplate, resolve_agent
 
+pytestmark = pytest.mark.fast
+
 V = "talon.dev/v1alpha1"
 
 

@@ -12,6 +12,8 @@ from conftest import ROOT
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.skills import SkillToolSource, load_skills
 
+pytestmark = pytest.mark.fast
+
 
 def _write(root: Path, folder: str, text: str) -> Path:
     path = root / folder / "SKILL.md"

@@ -26,6 +26,7 @@ def legal(name: str) -> bool:
     return bool(NAME_PATTERN.match(name)) and len(name) <= 64
 
 
+@pytest.mark.fast
 def test_legal_names_are_sent_unchanged_and_dotted_ones_sanitised() -> None:
     names = wire_names(["get_renewals", "list-invoices", *SEED_NAMES])
     assert names.wire("get_renewals") == "get_renewals"
@@ -37,6 +38,7 @@ def test_legal_names_are_sent_unchanged_and_dotted_ones_sanitised() -> None:
         assert names.registry(names.wire(name)) == name
 
 
+@pytest.mark.fast
 def test_names_differing_only_in_dot_and_underscore_stay_apart() -> None:
     names = wire_names(["crm.get_account", "crm_get_account", "crm.get.account"])
     wired = [names.wire(n) for n in ("crm.get_account", "crm_get_account", "crm.get.account")]
@@ -48,6 +50,7 @@ def test_names_differing_only_in_dot_and_underscore_stay_apart() -> None:
         assert names.registry(wire) == name
 
 
+@pytest.mark.fast
 def test_names_of_100_characters_get_distinct_short_forms() -> None:
     long_names = ["a" * 100, "a" * 99 + "b", LONG, LONG_TWIN]
     names = wire_names(long_names)
@@ -57,6 +60,7 @@ def test_names_of_100_characters_get_distinct_short_forms() -> None:
     assert wired[0].startswith("a" * 55 + "_")  # readable prefix, then a hash of the name
 
 
+@pytest.mark.fast
 def test_the_mapping_depends_on_the_set_of_names_not_their_order() -> None:
     pool = [*SEED_NAMES, "a.b", "a_b", "a-b", LONG, LONG_TWIN, "x" * 80]
     first = wire_names(pool).to_wire
@@ -66,6 +70,7 @@ def test_the_mapping_depends_on_the_set_of_names_not_their_order() -> None:
         assert wire_names(shuffled + shuffled[:3]).to_wire == first
 
 
+@pytest.mark.fast
 def test_long_or_odd_call_ids_get_a_stable_short_form() -> None:
     assert wire_call_id("call_abc123") == "call_abc123"
     for odd in ("x" * 41, "ws_689e2d4880a0819d98acca37694989b00b15d90494fc6b87", "toolu:01/ab", ""):

@@ -23,14 +23,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a record is emitted, not when configured, so a
     swapped stream (test capture, a daemonised process) never receives a closed file."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 
@@ -39,11 +39,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+_configured = False  # the process's root logger has Talon's handler
+
+
 def configure_logging() -> None:
     """Idempotent; format from TALON_LOG_FORMAT (json|text), level from TALON_LOG_LEVEL."""
-    root = logging.getLogger()
-    if getattr(root, "_talon_configured", False):
+    global _configured
+    if _configured:
         return
+    root = logging.getLogger()
     fmt = os.environ.get("TALON_LOG_FORMAT") or ("json" if os.environ.get("K_SERVICE") else "text")
     handler = _StderrHandler()
     if fmt == "json":
@@ -57,4 +61,4 @@ def configure_logging() -> None:
     # for tool servers) would drown the worker's own log.
     for noisy in ("httpx", "httpx2", "mcp.client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    root._talon_configured = True  # type: ignore[attr-defined]
+    _configured = True

@@ -109,7 +109,7 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
@@ -144,6 +144,9 @@ class _Loader(yaml.SafeLoader):
                 pass  # unhashable: construct_mapping below reports it
         data.update(self.construct_mapping(node))
 
+    def construct_json_timestamp(self, node: yaml.ScalarNode) -> Any:
+        return self.construct_yaml_str(node)  # a YAML timestamp is the string it is
+
     def construct_json_int(self, node: yaml.ScalarNode) -> Any:
         try:
             return self.construct_yaml_int(node)
@@ -153,7 +156,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_json_map)
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_json_int)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_json_timestamp)
 
 
 def load_yaml(raw: bytes) -> list[Any]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from talon import __version__, errors
 from talon.api.routing import Answer, Route
@@ -62,7 +63,9 @@ _ERROR_DESCRIPTIONS = {
 
 
 def build_openapi(routes: list[Route]) -> dict[str, Any]:
-    models = [(k.model, "validation") for k in KINDS] + [
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (k.model, "validation") for k in KINDS
+    ] + [
         (TokenRequest, "validation"),
         (CreateSession, "validation"),
         (PostMessage, "validation"),

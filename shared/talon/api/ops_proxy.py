@@ -41,11 +41,11 @@ class OpsProxy:
         except TalonError as exc:
             return leave_unread(request, json_response(exc.status, exc.to_dict()))
         # The bytes the caller sent (httpx would refuse non-ASCII text: a 502 for a bad token).
-        headers = {k: header_bytes(v) for k, v in request.headers.items()
+        headers = {k.encode("latin-1"): header_bytes(v) for k, v in request.headers.items()
                    if k.lower() in _FORWARDED}  # fmt: skip
         try:
             if self.id_tokens is not None:
-                headers["X-Serverless-Authorization"] = (
+                headers[b"X-Serverless-Authorization"] = (
                     f"Bearer {self.id_tokens(self.upstream)}".encode()
                 )
             reply = self.client.request(

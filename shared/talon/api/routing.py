@@ -4,7 +4,7 @@ OpenAPI document."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +75,7 @@ class Route:
     def path_params(self) -> tuple[Param, ...]:
         return tuple(PATH[name] for name in re.findall(r"<(\w+)>", self.rule))
 
-    def check_path(self, args: dict[str, str]) -> None:
+    def check_path(self, args: Mapping[str, Any]) -> None:
         """Refuse path segments that cannot name anything (see params.py)."""
         for param in self.path_params:
             param.parse(args[param.name])

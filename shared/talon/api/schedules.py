@@ -7,7 +7,7 @@ from typing import Any
 
 from talon.api.routing import Answer, Context, Route
 from talon.resources.registry import BY_NAME
-from talon.scheduling.timing import next_fire_after
+from talon.scheduling.timing import next_fire_at
 from talon.store.resources import Record
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
@@ -37,16 +37,6 @@ def schedule_statuses(ctx: Context, records: list[Record]) -> list[dict[str, Any
         {"nextFireAt": next_fire_at(r.body, now), "lastFires": fires[key]}
         for r, key in zip(records, keys, strict=True)
     ]
-
-
-def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:
-    """When the schedule fires next (None: disabled, or a `once` already past)."""
-    at = next_fire_after(spec, now)
-    return _iso(at) if at is not None else None
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def schedule_routes() -> list[Route]:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import flask
 from werkzeug.security import safe_join
-from werkzeug.utils import send_file
+from werkzeug.utils import redirect, send_file
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from talon.api.http import error_response
 
@@ -65,6 +66,13 @@ def _json(
     return error_response(status, code, message, headers=headers)
 
 
+def _built(response: WerkzeugResponse) -> flask.Response:
+    """Werkzeug's helpers build the class they are given (flask.Response here) but are typed
+    with their own base class."""
+    assert isinstance(response, flask.Response)
+    return response
+
+
 class StaticUI:
     def __init__(self, dist: Path | None = None) -> None:
         self.dist = dist or default_dist()
@@ -83,7 +91,7 @@ class StaticUI:
             )
         if request.path == PREFIX:
             # Relative asset URLs in index.html resolve against /ui/, not /.
-            return flask.redirect(PREFIX + "/", code=308)
+            return _built(redirect(PREFIX + "/", code=308, Response=flask.Response))
         index = self.dist / "index.html"
         if not index.is_file():
             return _json(
@@ -115,6 +123,7 @@ class StaticUI:
             max_age=None,
             response_class=flask.Response,
         )
+        response = _built(response)
         response.headers["Cache-Control"] = cache_control
         response.headers["X-Content-Type-Options"] = "nosniff"
         if path.suffix == ".html":

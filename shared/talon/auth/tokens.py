@@ -6,6 +6,7 @@ needed); the plaintext is returned once at creation and never stored.
 
 from __future__ import annotations
 
+import builtins  # a class here has a method named `list`: later annotations say builtins.list
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -272,7 +273,7 @@ class TokenService:
         return TokenInfo(**row)
 
     @staticmethod
-    def _visibility(principal: Principal) -> tuple[str, list[Any]]:
+    def _visibility(principal: Principal) -> tuple[str, builtins.list[Any]]:
         # An all-namespace admin manages every token; a scoped admin those within its scope
         # (every namespace of the token is one of its own), whoever minted them.
         if principal.namespaces is None:

@@ -9,7 +9,7 @@ from talon.store.resources import Record
 
 
 class LifecycleHook:
-    kinds = ("AgentTemplate", "MCPServer")
+    kinds: tuple[str, ...] = ("AgentTemplate", "MCPServer")
 
     def written(self, tx: Tx, record: Record, *, created: bool) -> None:
         if not created:  # nothing can have been built from a resource that did not exist

@@ -15,6 +15,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from talon.backoff import backoff_delay
 from talon.broker.base import Delivery, Handler, Outcome, Result
@@ -67,7 +68,7 @@ class PostgresBroker:
             delivery_id = int(row["id"])
             deliveries.append(Delivery(
                 str(delivery_id), row["topic"], row["payload"], int(row["attempts"]),
-                ack_in=lambda tx, delivery_id=delivery_id: _delete(tx, delivery_id),
+                ack_in=partial(_delete, delivery_id=delivery_id),
             ))  # fmt: skip
         deliveries.sort(key=lambda d: int(d.id))
         return deliveries, due

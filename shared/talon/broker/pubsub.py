@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.cloud import pubsub_v1
+# A module import: the package has no type hints, and `from google.cloud import pubsub_v1`
+# would look it up on the namespace package the typed Google clients share.
+import google.cloud.pubsub_v1 as pubsub_v1
 
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC
 from talon.broker.signing import SIGNATURE_ATTRIBUTE, sign

@@ -21,8 +21,8 @@ import uvicorn
 from mcp.server import MCPServer
 from mcp.types import ToolAnnotations
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True)
-WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=True)
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=True)
 
 INVOICES = {
     "cus_acme_001": [

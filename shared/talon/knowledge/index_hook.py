@@ -9,7 +9,7 @@ from talon.store.resources import Record
 
 
 class KnowledgeIndexHook:
-    kinds = ("Knowledge",)
+    kinds: tuple[str, ...] = ("Knowledge",)
 
     def written(self, tx: Tx, record: Record, *, created: bool) -> None:
         index_document(tx, record.namespace, record.name, record.resource_version, record.body)

@@ -28,8 +28,8 @@ from talon.services import Services
 
 log = logging.getLogger(__name__)
 OPS_PATH = "/mcp/talon-ops"
-_READ = ToolAnnotations(readOnlyHint=True)
-_WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
+_READ = ToolAnnotations(read_only_hint=True)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
 _DESCRIPTIONS = {t.name: t.description for t in TOOLS}
 
 

@@ -9,11 +9,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from talon.api.schedules import next_fire_at
 from talon.auth.principal import Principal
 from talon.errors import PermissionDenied, TalonError
 from talon.ops.catalog import DEFAULT_HISTORY, MAX_HISTORY, TOOLS
 from talon.resources.registry import BY_NAME
+from talon.scheduling.timing import next_fire_at
 from talon.services import Services
 from talon.store.resources import namespace_not_found
 
@@ -88,16 +88,9 @@ class OpsTools:
         self, principal: Principal, namespace: str, agent: str, session_id: str, turn_id: str
     ) -> dict[str, Any]:
         self._see(principal, namespace)
-        turn = self.services.sessions.turn(namespace, agent, session_id, turn_id)
-        with self.services.db.transaction() as tx:
-            outputs = {
-                int(r["idx"]): r["output"]
-                for r in tx.all(
-                    "SELECT idx, output FROM turn_steps WHERE turn_id::text = %s", (turn_id,)
-                )
-            }
+        turn = self.services.sessions.turn(namespace, agent, session_id, turn_id, outputs=True)
         for step in turn["steps"]:
-            step["output"] = _clip(outputs.get(step["index"]))
+            step["output"] = _clip(step["output"])
         return turn
 
     # -- write tools -----------------------------------------------------------------------------

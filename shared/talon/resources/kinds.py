@@ -1,43 +1,20 @@
-"""Spec models of every resource kind, in the manifest shapes of the seed."""
+"""Spec models of the resource kinds, in the manifest shapes of the seed: Namespace,
+AgentTemplate, Agent and Knowledge here, with what the kinds share (identifiers, session ids,
+secret references); Schedule in `schedule_kind.py`; MCPServer and MCPBinding in
+`mcp_kinds.py`. `registry.py` lists them all."""
 
 from __future__ import annotations
 
-import re
-import zoneinfo
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from croniter import croniter
-from pydantic import (
-    Field,
-    StringConstraints,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from talon.errors import Invalid
-from talon.resources.meta import DnsLabel, LabelKey, LabelValue, NonBlank, Resource, StrictModel
-from talon.scheduling.cron import next_fire
-from talon.scheduling.timing import once_instant
+from talon.resources.meta import DnsLabel, NonBlank, Resource, StrictModel
 
 IDENTIFIER_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SESSION_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 MAX_KNOWLEDGE_BYTES = 512 * 1024
-_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,3}")
-_ZONE_KEY_MAX = 64  # the longest IANA key has 32 characters
-_CRON_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
-# A `once` time must survive arithmetic (catch-up windows, Cloud Tasks legs, protobuf
-# timestamps) without overflowing; nothing useful lies outside this range.
-_AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_AT_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
-_AT_SCHEMA = {
-    "type": "string",
-    "description": "ISO 8601 date and time. Without a UTC offset it is a wall time in "
-    "`timezone` (kept as written, so a later `timezone` change moves the fire).",
-}
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_RE, max_length=64)]
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_RE)]
@@ -222,107 +199,6 @@ class Agent(Resource):
         return refs
 
 
-# --- Schedule --------------------------------------------------------------------------------
-
-
-class ScheduleTarget(StrictModel):
-    agent: DnsLabel
-    sessionMode: Literal["named", "new"] = "named"
-    sessionId: SessionId | None = None
-
-    @model_validator(mode="after")
-    def _session_mode(self) -> ScheduleTarget:
-        if self.sessionMode == "named" and not self.sessionId:
-            raise ValueError("sessionMode 'named' needs sessionId")
-        if self.sessionMode == "new" and self.sessionId:
-            raise ValueError("sessionMode 'new' takes no sessionId")
-        return self
-
-
-class ScheduleSpec(StrictModel):
-    kind: Literal["cron", "once"] = "cron"
-    cron: str | None = None
-    # Before `at`: reading an `at` without a UTC offset needs the zone (validated in order).
-    timezone: str = "UTC"
-    at: Annotated[datetime, WithJsonSchema(_AT_SCHEMA)] | None = None
-    target: ScheduleTarget
-    inputMessage: Annotated[str, StringConstraints(min_length=1, max_length=32_768)]
-    enabled: bool = True
-    missedFirePolicy: Literal["fireOnce", "skip"] = "fireOnce"
-
-    @field_validator("cron")
-    @classmethod
-    def _cron_syntax(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if len(value.split()) != 5:
-            raise ValueError("must have 5 fields: minute hour day-of-month month day-of-week")
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a valid cron expression")
-        # Valid syntax can still match no date at all (`0 0 30 2 *`); the scheduler would
-        # then fail on every next-fire computation. Cron has no year, so an expression that
-        # fires once from a fixed instant fires forever (and the answer is cached).
-        try:
-            next_fire(value, "UTC", _CRON_PROBE)
-        except (ValueError, OverflowError) as exc:
-            raise ValueError(f"{value!r} never fires (no date matches it)") from exc
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _iana_timezone(cls, value: str) -> str:
-        # The key becomes a file path inside tzdata: bound it before asking (a long one is
-        # an OSError, a directory name IsADirectoryError).
-        try:
-            if len(value) > _ZONE_KEY_MAX or not _ZONE_KEY.fullmatch(value):
-                raise ValueError
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            shown = value if len(value) <= _ZONE_KEY_MAX else f"{value[:_ZONE_KEY_MAX]}..."
-            raise ValueError(f"{shown!r} is not an IANA time zone") from exc
-        return value
-
-    @field_validator("at")
-    @classmethod
-    def _at_in_range(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        timezone = info.data.get("timezone")
-        if value is None or timezone is None:
-            return value  # no zone: its own error is reported
-        try:
-            instant = once_instant(value, timezone)
-        except OverflowError:
-            instant = None
-        if instant is None or not _AT_EARLIEST <= instant < _AT_LATEST:
-            raise ValueError(
-                f"must be from {_AT_EARLIEST:%Y-%m-%d} to before {_AT_LATEST:%Y-%m-%d} (UTC)"
-            )
-        return value
-
-    @field_validator("inputMessage")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> ScheduleSpec:
-        if self.kind == "cron" and (self.cron is None or self.at is not None):
-            raise ValueError("kind 'cron' needs 'cron' and takes no 'at'")
-        if self.kind == "once" and (self.at is None or self.cron is not None):
-            raise ValueError("kind 'once' needs 'at' and takes no 'cron'")
-        return self
-
-
-class Schedule(Resource):
-    KIND = "Schedule"
-    kind: Literal["Schedule"] = "Schedule"
-    spec: ScheduleSpec
-
-    def references(self) -> list[tuple[str, str, str]]:
-        return [("Agent", self.spec.target.agent, "spec.target.agent")]
-
-
 # --- Knowledge -------------------------------------------------------------------------------
 
 
@@ -345,79 +221,3 @@ class Knowledge(Resource):
     KIND = "Knowledge"
     kind: Literal["Knowledge"] = "Knowledge"
     spec: KnowledgeSpec
-
-
-# --- MCPServer / MCPBinding ------------------------------------------------------------------
-
-
-class HeaderFromSecret(StrictModel):
-    name: Annotated[str, StringConstraints(pattern=HEADER_NAME_RE)]
-    valueFrom: SecretRef
-
-
-class MCPServerSpec(StrictModel):
-    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
-    transport: Literal["streamable-http"] = "streamable-http"
-    headers: list[HeaderFromSecret] = Field(default_factory=list)
-    timeoutSeconds: float = Field(default=30.0, gt=0, le=600)
-    description: str = ""
-
-
-# Tool names are `<server>.<tool>`; these prefixes belong to built-ins and skills.
-RESERVED_SERVER_NAMES = frozenset({"talon", "skill"})
-
-
-class MCPServer(Resource):
-    KIND = "MCPServer"
-    kind: Literal["MCPServer"] = "MCPServer"
-    spec: MCPServerSpec
-
-    @model_validator(mode="after")
-    def _not_reserved(self) -> MCPServer:
-        if self.metadata.name in RESERVED_SERVER_NAMES:
-            name = self.metadata.name
-            message = f"{name!r} is reserved: tools named '{name}.*' belong to Talon"
-            # Raised as is (not a ValueError), so the error names the field, not the root.
-            raise Invalid(f"invalid MCPServer: metadata.name: {message}",
-                          [{"path": "metadata.name", "message": message}])  # fmt: skip
-        return self
-
-
-class LabelSelector(StrictModel):
-    matchLabels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-
-
-class BindingSubjects(StrictModel):
-    names: list[DnsLabel] = Field(default_factory=list)
-    selector: LabelSelector | None = None
-
-    @model_validator(mode="after")
-    def _some_subject(self) -> BindingSubjects:
-        if not self.names and self.selector is None:
-            raise ValueError("set 'names' or 'selector' (an empty selector matches every agent)")
-        return self
-
-
-ToolPattern = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-
-
-class ToolPolicy(StrictModel):
-    # Glob patterns over the server's tool names; no `allow` means every tool not denied.
-    allow: list[ToolPattern] | None = None
-    deny: list[ToolPattern] = Field(default_factory=list)
-
-
-class MCPBindingSpec(StrictModel):
-    server: DnsLabel
-    agents: BindingSubjects
-    tools: ToolPolicy = ToolPolicy()
-    readOnly: bool = True
-
-
-class MCPBinding(Resource):
-    KIND = "MCPBinding"
-    kind: Literal["MCPBinding"] = "MCPBinding"
-    spec: MCPBindingSpec
-
-    def references(self) -> list[tuple[str, str, str]]:
-        return [("MCPServer", self.spec.server, "spec.server")]

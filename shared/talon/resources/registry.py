@@ -9,16 +9,10 @@ from pydantic import ValidationError
 
 from talon import API_VERSION
 from talon.errors import Invalid, details_from_validation_error
-from talon.resources.kinds import (
-    Agent,
-    AgentTemplate,
-    Knowledge,
-    MCPBinding,
-    MCPServer,
-    Namespace,
-    Schedule,
-)
+from talon.resources.kinds import Agent, AgentTemplate, Knowledge, Namespace
+from talon.resources.mcp_kinds import MCPBinding, MCPServer
 from talon.resources.meta import Resource
+from talon.resources.schedule_kind import Schedule
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ agents that depend on a changed template or MCP server.
 
 from __future__ import annotations
 
+import builtins  # a class here has a method named `list`: later annotations say builtins.list
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,8 +93,8 @@ class ResourceService:
         *,
         limit: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
-        selector: list[LabelRequirement] | None = None,
-        visible_namespaces: list[str] | None = None,
+        selector: builtins.list[LabelRequirement] | None = None,
+        visible_namespaces: builtins.list[str] | None = None,
     ) -> Page:
         after = decode_page_token(page_token) if page_token else None
         with self.db.transaction() as tx:
@@ -178,7 +179,9 @@ class ResourceService:
                 hook.deleted(tx, record)
             return record
 
-    def apply(self, resources: list[Resource], *, dry_run: bool = False) -> list[ApplyResult]:
+    def apply(
+        self, resources: builtins.list[Resource], *, dry_run: bool = False
+    ) -> builtins.list[ApplyResult]:
         """Create or update every resource in one transaction (all or nothing)."""
         seen: dict[tuple[str, str, str], int] = {}
         for index, resource in enumerate(resources):
@@ -259,7 +262,7 @@ class ResourceService:
         with self.db.transaction() as tx:
             self._reresolve_dependents(tx, kind, namespace, name)
 
-    def _hooks(self, kind: str) -> list[ResourceHook]:
+    def _hooks(self, kind: str) -> builtins.list[ResourceHook]:
         return [hook for hook in self.hooks if kind in hook.kinds]
 
     def _require_namespace(self, tx: Tx, namespace: str, *, lock: bool) -> None:

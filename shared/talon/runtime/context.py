@@ -9,6 +9,7 @@ from typing import Any
 from talon.knowledge.index import retrieve
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.transcript import paired
+from talon.sessions import messages
 from talon.store.database import Tx
 
 HISTORY_TURNS = 40  # earlier turns sent to the model; whole turns, so tool pairs stay intact
@@ -63,17 +64,7 @@ def turn_input(history: list[dict[str, Any]]) -> str:
 
 def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:
     """Messages of earlier turns and of this one, turn by turn, in OpenAI chat format."""
-    # Both tables by their per-session keys, so the cost follows the window, not the size of
-    # the session or of the table: a turn's messages all come after its input message.
-    rows = tx.all(
-        "WITH t AS (SELECT id, seq, input_seq FROM turns "
-        "  WHERE session_uid = %s AND seq <= %s AND seq > %s) "
-        "SELECT m.role, m.content, m.tool_calls, m.tool_call_id FROM messages m "
-        "JOIN t ON t.id = m.turn_id "
-        "WHERE m.session_uid = %s AND m.seq >= (SELECT min(input_seq) FROM t) "
-        "ORDER BY t.seq, m.seq",
-        (session_uid, turn_seq, turn_seq - HISTORY_TURNS - 1, session_uid),
-    )
+    rows = messages.turn_window(tx, session_uid, turn_seq, HISTORY_TURNS)
     return paired(
         [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
     )

@@ -1,4 +1,16 @@
-"""The step journal of one turn, written under the turn's lease and fencing token."""
+"""The step journal of one turn, written under the turn's lease and fencing token.
+
+This module owns `turn_steps`: it decides which step is written when, and nothing else in
+the runtime writes or reads the table. Its statements are in `store/turn_steps.py`, a level
+below, so that the session views can read a turn's steps too: the sessions layer sits below
+the runtime (this module appends session events) and must not import it. Imports stay
+one-way: runtime/journal -> store/turn_steps <- sessions/views.
+
+The `turns` row is shared by contract, not by accident: the sessions layer queues and
+cancels turns (a cancel bumps the fencing token), the worker claims one (runtime/claim.py)
+and this journal renews its lease, journals its steps and completes it; each of the worker's
+writes first checks the fencing token, so a cancelled or taken-over turn refuses them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
-from talon.store.database import Database, Tx, jsonb
+from talon.store import turn_steps
+from talon.store.database import Database, Tx
+from talon.store.turn_steps import Step
+
+__all__ = [
+    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Heartbeat", "Lease", "Step", "begin_tool_call",
+    "complete", "load", "record", "renew",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -24,50 +43,11 @@ class Fenced(Exception):
 
 
 @dataclass(frozen=True)
-class Step:
-    idx: int
-    name: str
-    kind: str
-    state: str
-    output: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class Lease:
     turn_id: uuid.UUID
     session_uid: uuid.UUID
     token: int
     seconds: float
-
-
-# Lock the session row, then extend the turn's lease if this worker still holds it (fencing
-# token, state): the CTE's row lock is taken while the join reads the session, before the
-# UPDATE locks the turn row it produces. The statements below continue it; `r` has a row
-# only if the lease held.
-_RENEW_CTE = (
-    "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE), "
-    "r AS (UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "
-    "WHERE turns.id = %s AND turns.session_uid = s.uid AND fencing_token = %s "
-    "AND state = 'running' RETURNING 1)"
-)
-_STEP_COLUMNS = "(turn_id, idx, name, kind, state, output, fencing_token, completed_at)"
-_STEP_CONFLICT = (
-    "ON CONFLICT (turn_id, idx) DO UPDATE SET state = EXCLUDED.state, "
-    "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
-    "completed_at = EXCLUDED.completed_at"
-)
-# Renewing and journaling a step in one statement: the step is written only if the lease held.
-_RENEW_AND_STEP_SQL = (
-    _RENEW_CTE + ", w AS (INSERT INTO turn_steps " + _STEP_COLUMNS + " "
-    "SELECT %s::uuid, %s::int, %s::text, %s::text, %s::text, %s::jsonb, %s::bigint, "
-    "CASE WHEN %s::text = 'started' THEN NULL ELSE now() END "
-    "WHERE EXISTS (SELECT 1 FROM r) " + _STEP_CONFLICT + ") "
-    "SELECT count(*) FROM r"
-)
-
-
-def _renew_params(lease: Lease) -> tuple[Any, ...]:
-    return (lease.session_uid, lease.seconds, lease.turn_id, lease.token)
 
 
 def renew(tx: Tx, lease: Lease) -> None:
@@ -76,16 +56,12 @@ def renew(tx: Tx, lease: Lease) -> None:
     Locks the session row first, then the turn: the same order as the gateway and the claim,
     so concurrent writers queue instead of deadlocking.
     """
-    if tx.scalar(_RENEW_CTE + " SELECT count(*) FROM r", _renew_params(lease)) == 0:
+    if not turn_steps.renew(tx, lease):
         raise Fenced(str(lease.turn_id))
 
 
 def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:
-    rows = tx.all(
-        "SELECT idx, name, kind, state, output FROM turn_steps WHERE turn_id = %s ORDER BY idx",
-        (turn_id,),
-    )
-    return [Step(r["idx"], r["name"], r["kind"], r["state"], r["output"]) for r in rows]
+    return turn_steps.load(tx, turn_id)
 
 
 def record(
@@ -109,17 +85,16 @@ def record(
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
         if renewing:  # False only right after the lease was taken in this transaction
-            params = _renew_params(lease) + _step_params(lease, done)
-            if tx.scalar(_RENEW_AND_STEP_SQL, params) == 0:
+            if not turn_steps.renew_and_write(tx, lease, done):
                 raise Fenced(str(lease.turn_id))
         else:
-            _upsert(tx, lease, done)
+            turn_steps.write(tx, lease, done)
         batch.append((f"step.{done.state}", _step_event(done, summary=True)))
     elif renewing:
         renew(tx, lease)
     if starting is not None:
         if starting.kind == "tool":
-            _upsert(tx, lease, starting)
+            turn_steps.write(tx, lease, starting)
         batch.append(("step.started", _step_event(starting)))
     if batch and not defer_events:
         events.append(tx, lease.session_uid, batch, lease.turn_id)
@@ -127,19 +102,20 @@ def record(
     return batch
 
 
-def _upsert(tx: Tx, lease: Lease, step: Step) -> None:
-    tx.execute(
-        f"INSERT INTO turn_steps {_STEP_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
-        f"CASE WHEN %s = 'started' THEN NULL ELSE now() END) {_STEP_CONFLICT}",
-        _step_params(lease, step),
-    )
+def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, Any]) -> None:
+    """Mark tool step `idx` as running its call, under this lease, before any side effect
+    happens: a turn resumed after a crash answers such a call with an error result instead
+    of running it twice."""
+    renew(tx, lease)
+    turn_steps.begin_call(tx, lease, idx, name, {"call": call, "ran": True})
 
 
-def _step_params(lease: Lease, step: Step) -> tuple[Any, ...]:
-    return (
-        lease.turn_id, step.idx, step.name, step.kind, step.state, jsonb(step.output),
-        lease.token, step.state,
-    )  # fmt: skip
+def complete(tx: Tx, lease: Lease, idx: int, messages: int, provider: str | None) -> int:
+    """The final step `idx` (the turn wrote `messages` messages) and the turn's completion,
+    in one statement; returns how many other turns of the session are still open. The caller
+    renewed the lease in this transaction."""
+    step = Step(idx, WRITE, "write", "completed", {"messages": messages})
+    return turn_steps.complete_turn(tx, lease, step, provider)
 
 
 ERROR_PREVIEW_CHARS = 500

@@ -46,11 +46,11 @@ def paired(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             message = {**message, "tool_calls": unique_calls}
         out.append(message)
         for call in unique_calls:
-            result = results.get(call["id"])
-            if result is None:
+            answer = results.get(call["id"])
+            if answer is None:
                 changed = True
-                result = {"role": "tool", "content": MISSING_RESULT, "tool_call_id": call["id"]}
-            out.append(result)
+                answer = {"role": "tool", "content": MISSING_RESULT, "tool_call_id": call["id"]}
+            out.append(answer)
         if [r["tool_call_id"] for r in results.values()] != [c["id"] for c in unique_calls]:
             changed = True  # reordered to follow the calls
     return out if changed else messages

@@ -1,5 +1,10 @@
 """Runs a session's turns as journaled steps: load-knowledge, call-model, call-<tool>, ...,
-write-next-message. A redelivered turn resumes after its last completed step."""
+write-next-message. A redelivered turn resumes after its last completed step.
+
+Claiming a turn is `claim.py`; every step is written through the journal (`journal.py`, the
+owner of `turn_steps`) and the turn's messages through the sessions layer
+(`sessions/messages.py`): this module decides what runs next, and writes no table itself.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
+from talon.runtime.claim import Claim, ClaimOptions, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
     PolicyError,
@@ -23,21 +29,22 @@ from talon.runtime.failover import (
     policy_credentials,
 )
 from talon.runtime.journal import (
-    KNOWLEDGE,
     MODEL,
     WRITE,
     Fenced,
     Heartbeat,
     Lease,
     Step,
-    load,
+    begin_tool_call,
+    complete,
     record,
     renew,
 )
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
-from talon.store.database import Database, Tx, jsonb
+from talon.sessions import messages as session_messages
+from talon.store.database import Database, Tx
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
@@ -55,46 +62,6 @@ class RunnerSettings:
     max_attempts: int = 5  # deliveries of one turn before it is failed
     max_rounds: int = 8  # model calls per turn
     demo_fallback: bool = False
-
-
-@dataclass(frozen=True)
-class _Claim:
-    lease: Lease
-    turn: dict[str, Any]
-    agent: AgentContext
-    journal: dict[int, Step]
-    history: list[dict[str, Any]]
-
-
-_AGAIN = object()  # the head turn was settled during the claim; look for the next one
-
-# Claiming a session's head turn, in one statement: lock the session row, then its oldest
-# open turn (the order every writer uses), and take that turn unless another worker's lease
-# on it is live or it has used up its attempts; with the agent's resource row. `id` is NULL
-# when nothing was taken (`head_*` say why).
-_CLAIM_SQL = """
-WITH s AS (
-    SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s FOR UPDATE
-), head AS (
-    SELECT t.id, t.state, t.attempts, t.lease_expires_at,
-           COALESCE(t.state = 'running' AND t.lease_expires_at > now(), false) AS leased
-    FROM turns t JOIN s ON t.session_uid = s.uid
-    WHERE t.state IN ('queued', 'running') ORDER BY t.seq LIMIT 1 FOR UPDATE OF t
-), claimed AS (
-    UPDATE turns SET state = 'running', fencing_token = fencing_token + 1, lease_owner = %s,
-           lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
-           started_at = COALESCE(started_at, now())
-    FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
-    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at
-)
-SELECT s.namespace, s.id AS session_id, s.agent,
-       head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
-       head.lease_expires_at AS head_lease,
-       claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
-       r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
-FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
-LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
-"""
 
 
 class TurnRunner:
@@ -138,75 +105,24 @@ class TurnRunner:
         turn, return when its lease expires (look again then); otherwise None. `on_idle(tx)`
         runs inside the final write that leaves the session with no open turn (the broker
         acknowledges its delivery there)."""
+        options = ClaimOptions(
+            self.settings.worker_id, self.settings.lease_seconds, self.settings.max_attempts
+        )
         while True:
-            claimed = self._claim(session_uid)
-            if claimed is _AGAIN:
-                continue
-            if claimed is None or isinstance(claimed, datetime):
+            claimed = claim(self.db, session_uid, options)
+            if not isinstance(claimed, Claim):
                 return claimed
-            assert isinstance(claimed, _Claim)
             if not self._run(claimed, on_idle):
                 return None  # the final write saw no other open turn: nothing to claim
 
-    # -- claiming ----------------------------------------------------------------------------
-
-    def _claim(self, session_uid: uuid.UUID) -> _Claim | datetime | object | None:
-        with self.db.transaction() as tx:
-            while True:
-                row = tx.one(
-                    _CLAIM_SQL,
-                    (session_uid, self.settings.worker_id, self.settings.lease_seconds,
-                     self.settings.max_attempts),
-                )  # fmt: skip
-                if row is None or row["head_id"] is None:
-                    return None  # no such session, or nothing open
-                if row["id"] is not None:
-                    break
-                if row["head_leased"]:
-                    return row["head_lease"]  # another worker runs it
-                _finish_failed(
-                    tx, session_uid, row["head_id"], "too_many_attempts",
-                    f"gave up after {row['head_attempts']} attempts",
-                )  # fmt: skip
-            session = {"namespace": row["namespace"], "id": row["session_id"],
-                       "agent": row["agent"]}  # fmt: skip
-            turn = row
-            lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]),
-                          self.settings.lease_seconds)  # fmt: skip
-            started = [("turn.started", {"attempt": turn["attempts"],
-                                         "resumed": turn["attempts"] > 1})]  # fmt: skip
-            # Steps are only written under a claim: a turn claimed for the first time has none.
-            journal = {} if turn["attempts"] == 1 else {s.idx: s for s in load(tx, turn["id"])}
-            try:
-                found = {"labels": row["agent_labels"], "status": row["agent_status"]}
-                agent = ctx.agent_from_row(session, found if row["agent_found"] else None)
-            except ctx.TurnFailure as failure:
-                events.append(tx, session_uid, started, turn["id"])
-                _finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
-                return _AGAIN
-            history = ctx.history(tx, session_uid, int(turn["seq"]))
-            if 0 not in journal:
-                # Loading knowledge is a quick read: it completes inside the claim, one commit.
-                knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
-                journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
-                announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
-                next_step = Step(1, MODEL, "model", "started", {})
-                # The lease was taken a moment ago in this transaction: no renewal needed.
-                record(
-                    tx, lease, journal[0], next_step, before=[*started, announce], renewing=False
-                )
-            else:
-                events.append(tx, session_uid, started, turn["id"])
-            return _Claim(lease, turn, agent, journal, history)
-
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, claim: _Claim, on_idle: Callable[[Tx], None] | None = None) -> bool:
+    def _run(self, claimed: Claim, on_idle: Callable[[Tx], None] | None = None) -> bool:
         """Run the claimed turn; False when it completed and left no open turn behind (so
         `drive` need not look again)."""
-        lease, turn = claim.lease, claim.turn
+        lease, turn = claimed.lease, claimed.turn
         heartbeat = Heartbeat(self.db, lease)
-        agent, journal, history = claim.agent, claim.journal, claim.history
+        agent, journal, history = claimed.agent, claimed.journal, claimed.history
         try:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
@@ -262,7 +178,7 @@ class TurnRunner:
                     deadline=deadline,
                     on_attempt_failed=deltas.attempt_failed,
                 )
-                output = {
+                output: dict[str, Any] = {
                     "content": response.content,
                     "toolCalls": [c.to_dict() for c in response.tool_calls],
                     "provider": response.provider,
@@ -332,15 +248,7 @@ class TurnRunner:
             result, is_error = INTERRUPTED, True
         else:
             with self.db.transaction() as tx:
-                # Mark the call as begun under this lease before any side effect happens.
-                renew(tx, lease)
-                tx.execute(
-                    "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
-                    "fencing_token) VALUES (%s, %s, %s, 'tool', 'started', %s::jsonb, %s) "
-                    "ON CONFLICT (turn_id, idx) DO UPDATE SET output = EXCLUDED.output, "
-                    "fencing_token = EXCLUDED.fencing_token",
-                    (lease.turn_id, idx, name, jsonb({"call": call, "ran": True}), lease.token),
-                )
+                begin_tool_call(tx, lease, idx, name, call)
             try:
                 arguments = json.loads(call.get("arguments") or "{}")
                 if not isinstance(arguments, dict):
@@ -384,7 +292,10 @@ class TurnRunner:
         ]
         provider = None
         for message in written:
-            seq = _insert_message(tx, lease, message)
+            seq = session_messages.append(
+                tx, lease.session_uid, lease.turn_id, message["role"], message["content"],
+                message["tool_calls"], message["tool_call_id"],
+            )  # fmt: skip
             provider = message.get("provider") or provider
             if message["role"] == "assistant" and message["content"]:
                 new_events.append(
@@ -394,23 +305,8 @@ class TurnRunner:
                     )
                 )
         # The write step, the turn's completion and the count of the session's other open
-        # turns (the session row is locked, so it is the count at commit) in one statement.
-        params = (
-            lease.turn_id, idx, WRITE, jsonb({"messages": len(written)}), lease.token,
-            provider, lease.turn_id, lease.session_uid, lease.turn_id,
-        )  # fmt: skip
-        remaining = int(
-            tx.scalar(
-                "WITH step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
-                "  fencing_token, completed_at) "
-                "  VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())), "
-                "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
-                "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s) "
-                "SELECT count(*) FROM turns WHERE session_uid = %s AND id <> %s "
-                "AND state IN ('queued', 'running')",
-                params,
-            )
-        )
+        # turns in one statement.
+        remaining = complete(tx, lease, idx, len(written), provider)
         new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
         new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
         events.append(tx, lease.session_uid, new_events, lease.turn_id)
@@ -420,43 +316,9 @@ class TurnRunner:
         try:
             with self.db.transaction() as tx:
                 renew(tx, lease)
-                _finish_failed(tx, lease.session_uid, lease.turn_id, code, message, **extra)
+                finish_failed(tx, lease.session_uid, lease.turn_id, code, message, **extra)
         except Fenced:
             log.info("turn %s: fenced while recording its failure", lease.turn_id)
-
-
-def _insert_message(tx: Tx, lease: Lease, message: dict[str, Any]) -> int:
-    """Number the message in its session and insert it; returns its seq."""
-    params = (
-        lease.session_uid, lease.session_uid, message["role"], message["content"],
-        jsonb(message["tool_calls"]) if message["tool_calls"] else None,
-        message["tool_call_id"], lease.turn_id,
-    )  # fmt: skip
-    return int(
-        tx.scalar(
-            "WITH s AS (UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
-            "  RETURNING last_message) "
-            "INSERT INTO messages (session_uid, seq, role, content, tool_calls, tool_call_id, "
-            "  turn_id) SELECT %s::uuid, s.last_message, %s, %s, %s::jsonb, %s, %s::uuid "
-            "FROM s RETURNING seq",
-            params,
-        )
-    )
-
-
-def _finish_failed(
-    tx: Tx, session_uid: uuid.UUID, turn_id: uuid.UUID, code: str, message: str, **extra: Any
-) -> None:
-    error = {"code": code, "message": message, **extra}
-    tx.execute(
-        "UPDATE turns SET state = 'failed', finished_at = now(), error = %s::jsonb, "
-        "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
-        (jsonb(error), turn_id),
-    )
-    remaining = events.open_turns(tx, session_uid)
-    failed = {"code": code, "message": message, "openTurns": remaining}
-    events.append(tx, session_uid, [("turn.failed", failed)], turn_id)
-    log.warning("turn %s failed: %s: %s", turn_id, code, message)
 
 
 def _record_model(

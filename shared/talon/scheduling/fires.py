@@ -90,11 +90,11 @@ class ScheduleFirer:
         for fire in fires:
             uid, owner = owners[(fire.namespace, fire.session_id)]
             if owner != fire.spec["target"]["agent"]:
-                error = f"session {fire.session_id!r} belongs to agent {owner!r}"
-                planned.append((fire, None, error))
+                refusal = f"session {fire.session_id!r} belongs to agent {owner!r}"
+                planned.append((fire, None, refusal))
             else:
-                turn = NewTurn(uid, fire.spec["inputMessage"], f"schedule:{fire.name}")
-                planned.append((fire, turn, None))
+                wake = NewTurn(uid, fire.spec["inputMessage"], f"schedule:{fire.name}")
+                planned.append((fire, wake, None))
         rows = tx.all(
             "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
             "reason, outcome, session_id, turn_id, error) "

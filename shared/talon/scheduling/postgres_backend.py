@@ -4,18 +4,18 @@ primary key keeps every fire single even if two loops see the same due time."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import UTC, datetime
 
+from talon.scheduling import state
 from talon.scheduling.fires import Fire, ScheduleFirer
+from talon.scheduling.state import Key
 from talon.scheduling.timing import next_fire_after, slot_to_fire
 from talon.store.database import Database, Tx
 
 log = logging.getLogger(__name__)
 BATCH = 500  # schedules claimed and fired per transaction
-Key = tuple[str, str, str]  # (next fire as epoch seconds, namespace, name): batch keyset
 
 
 class LocalScheduler:
@@ -27,7 +27,7 @@ class LocalScheduler:
         """Fire every schedule due at `now` (default: the current time); return the fires."""
         now = now or datetime.now(UTC)
         with self.db.transaction() as tx:
-            _adopt_unknown(tx, now)
+            state.adopt_unknown(tx, now)
         fired = 0
         after: Key | None = None
         while True:
@@ -45,7 +45,7 @@ class LocalScheduler:
 
     def next_due(self) -> datetime | None:
         with self.db.transaction() as tx:
-            return tx.scalar("SELECT min(next_fire_at) FROM schedule_state")
+            return state.next_due(tx)
 
     def run(self, stop: threading.Event, *, interval: float = 1.0) -> None:
         """Tick until `stop`; sleep until the next due time, at most `interval` (schedules
@@ -64,30 +64,8 @@ class LocalScheduler:
     def _tick_batch(
         self, now: datetime, after: Key | None, *, isolate: bool
     ) -> tuple[int, int, Key | None]:
-        # Keyset from the previous batch: the rows it moved left dead entries at the front
-        # of the due index, which an OFFSET-less rescan would wade through every time.
-        where, params = "", ()
-        if after is not None:
-            where = (
-                "AND (st.next_fire_at, st.namespace, st.name) > "
-                "('epoch'::timestamptz + %s::numeric * interval '1 second', %s, %s) "
-            )
-            params = after
         with self.db.transaction() as tx:
-            # Lock the due rows first, then join their manifests: the planner cannot turn
-            # the join into a hash of every schedule, whatever its statistics say.
-            due = tx.all(
-                "WITH due AS (SELECT st.namespace, st.name, st.next_fire_at "
-                "FROM schedule_state st "
-                f"WHERE st.next_fire_at <= %s {where}"
-                "ORDER BY st.next_fire_at, st.namespace, st.name LIMIT %s "
-                "FOR UPDATE SKIP LOCKED) "
-                "SELECT due.namespace, due.name, extract(epoch FROM due.next_fire_at) AS due, "
-                "r.resource_version, r.body FROM due JOIN resources r ON r.kind = 'Schedule' "
-                "AND r.namespace = due.namespace AND r.name = due.name "
-                "ORDER BY due.next_fire_at, due.namespace, due.name",
-                (now, *params, BATCH),
-            )
+            due = state.lock_due(tx, now, after, BATCH)
             fires = []
             for row in due:
                 due_at = datetime.fromtimestamp(float(row["due"]), UTC)  # see fires.py, epoch
@@ -96,16 +74,8 @@ class LocalScheduler:
                     fires.append(Fire(row["namespace"], row["name"], slot, reason,
                                       row["resource_version"], row["body"]))  # fmt: skip
             count = self._fire(tx, fires) if not isolate else self._fire_isolated(tx, fires)
-            moved = [
-                {"namespace": r["namespace"], "name": r["name"],
-                 "next": _iso(next_fire_after(r["body"], now))}
-                for r in due
-            ]  # fmt: skip
-            tx.execute(
-                "UPDATE schedule_state st SET next_fire_at = n.next FROM jsonb_to_recordset("
-                "%s::jsonb) AS n(namespace text, name text, next timestamptz) "
-                "WHERE st.namespace = n.namespace AND st.name = n.name",
-                (json.dumps(moved),),
+            state.move_many(
+                tx, [(r["namespace"], r["name"], next_fire_after(r["body"], now)) for r in due]
             )
         last = (str(due[-1]["due"]), due[-1]["namespace"], due[-1]["name"]) if due else None
         return count, len(due), last
@@ -124,23 +94,3 @@ class LocalScheduler:
                 log.error("schedule %s/%s failed to fire: %s", fire.namespace, fire.name, exc)
             tx.execute("RELEASE SAVEPOINT fire")
         return count
-
-
-def _adopt_unknown(tx: Tx, now: datetime) -> None:
-    """Schedules with no state row yet (created before this table existed) start from now."""
-    rows = tx.all(
-        "SELECT r.namespace, r.name, r.resource_version, r.body FROM resources r "
-        "LEFT JOIN schedule_state st ON st.namespace = r.namespace AND st.name = r.name "
-        "WHERE r.kind = 'Schedule' AND st.name IS NULL LIMIT 100"
-    )
-    for row in rows:
-        tx.execute(
-            "INSERT INTO schedule_state (namespace, name, version, next_fire_at) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (row["namespace"], row["name"], row["resource_version"],
-             next_fire_after(row["body"], now)),
-        )  # fmt: skip
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from talon.scheduling import state
 from talon.scheduling.tasks import SCHEDULE_CHANGED
 from talon.scheduling.timing import next_fire_after
 from talon.store.database import Tx
@@ -11,21 +12,13 @@ from talon.store.resources import Record
 
 
 class ScheduleStateHook:
-    kinds = ("Schedule",)
+    kinds: tuple[str, ...] = ("Schedule",)
 
     def written(self, tx: Tx, record: Record, *, created: bool) -> None:
         """Next fire from now: a new, changed or re-enabled schedule never replays the past."""
         upcoming = next_fire_after(record.body, datetime.now(UTC))
-        tx.execute(
-            "INSERT INTO schedule_state (namespace, name, version, next_fire_at) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, name) DO UPDATE SET "
-            "version = EXCLUDED.version, next_fire_at = EXCLUDED.next_fire_at",
-            (record.namespace, record.name, record.resource_version, upcoming),
-        )
+        state.upsert(tx, record.namespace, record.name, record.resource_version, upcoming)
         tx.announce(SCHEDULE_CHANGED, (record.namespace, record.name))
 
     def deleted(self, tx: Tx, record: Record) -> None:
-        tx.execute(
-            "DELETE FROM schedule_state WHERE namespace = %s AND name = %s",
-            (record.namespace, record.name),
-        )
+        state.delete(tx, record.namespace, record.name)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from talon.errors import BadRequest
+from talon.scheduling import state
 from talon.scheduling.fires import ScheduleFirer
 from talon.scheduling.timing import next_fire_after, slot_to_fire
 from talon.store.database import Database
@@ -92,6 +93,28 @@ class TaskQueue(Protocol):
         ...
 
 
+def deliver_at(task: FireTask, now: datetime) -> datetime:
+    """When the task for `task`'s fire is delivered: at the fire, or, for a fire beyond the
+    queue's horizon, at the horizon (a leg: delivered early, it only enqueues the next)."""
+    return min(task.fire_at, now + HORIZON)
+
+
+def judge(task: FireTask, current: dict[str, Any] | None, now: datetime) -> str | None:
+    """What a delivered task does before anything fires, from the schedule's `current`
+    state (`next_fire_at`, `resource_version`; None: deleted): "gone", "stale" (the schedule
+    changed since the task was enqueued), "duplicate" (this fire was handled by an earlier
+    delivery), "early" (a leg), or None: the fire is due."""
+    if current is None:
+        return "gone"
+    if current["resource_version"] != task.version:
+        return "stale"
+    if current["next_fire_at"] != task.fire_at:
+        return "duplicate"
+    if now < task.fire_at - EARLY_TOLERANCE:
+        return "early"
+    return None
+
+
 class TaskScheduler:
     def __init__(
         self,
@@ -115,15 +138,9 @@ class TaskScheduler:
             rows = self._untasked(wanted)
             for row in rows:
                 task = FireTask(row["namespace"], row["name"], row["version"], row["next_fire_at"])
-                deliver_at = min(task.fire_at, self.clock() + HORIZON)
-                self.queue.enqueue(task, deliver_at)
+                self.queue.enqueue(task, deliver_at(task, self.clock()))
                 with self.db.transaction() as tx:
-                    tx.execute(
-                        "UPDATE schedule_state SET task_fire_at = next_fire_at, "
-                        "task_version = version WHERE namespace = %s AND name = %s "
-                        "AND version = %s AND next_fire_at = %s",
-                        (task.namespace, task.name, task.version, task.fire_at),
-                    )
+                    state.mark_tasked(tx, task.namespace, task.name, task.version, task.fire_at)
                 enqueued += 1
             if wanted is not None or len(rows) < SYNC_BATCH:
                 return enqueued
@@ -131,18 +148,8 @@ class TaskScheduler:
     def _untasked(self, keys: list[tuple[str, str]] | None) -> list[dict[str, Any]]:
         if keys == []:
             return []
-        where, params = "", []
-        if keys is not None:
-            where = "AND (namespace, name) IN (" + ", ".join(["(%s, %s)"] * len(keys)) + ")"
-            params = [part for key in keys for part in key]
         with self.db.transaction() as tx:
-            return tx.all(
-                "SELECT namespace, name, version, next_fire_at FROM schedule_state "
-                "WHERE next_fire_at IS NOT NULL AND (task_fire_at IS DISTINCT FROM next_fire_at "
-                f"OR task_version IS DISTINCT FROM version) {where} "
-                "ORDER BY next_fire_at LIMIT %s",
-                (*params, SYNC_BATCH),
-            )
+            return state.untasked(tx, keys, SYNC_BATCH)
 
     def deliver(self, task: FireTask) -> dict[str, Any]:
         """The callback: fire the task's slot (once, however often it is delivered), move the
@@ -156,37 +163,23 @@ class TaskScheduler:
     def _fire(self, task: FireTask) -> dict[str, Any]:
         now = self.clock()
         with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT st.next_fire_at, r.resource_version, r.body FROM schedule_state st "
-                "JOIN resources r ON r.kind = 'Schedule' AND r.namespace = st.namespace "
-                "AND r.name = st.name WHERE st.namespace = %s AND st.name = %s "
-                "FOR UPDATE OF st",
-                (task.namespace, task.name),
-            )
-            if row is None:
-                return {"outcome": "gone"}  # deleted since the task was enqueued
-            if row["resource_version"] != task.version:
-                return {"outcome": "stale", "version": str(row["resource_version"])}
-            if row["next_fire_at"] != task.fire_at:
-                return {"outcome": "duplicate"}  # this fire was handled by an earlier delivery
-            if now < task.fire_at - EARLY_TOLERANCE:
-                # A leg of a fire beyond the queue's horizon: forget the task so sync
-                # enqueues the next leg.
-                tx.execute(
-                    "UPDATE schedule_state SET task_fire_at = NULL WHERE namespace = %s "
-                    "AND name = %s",
-                    (task.namespace, task.name),
-                )
-                return {"outcome": "early"}
-            spec = row["body"]
+            current = state.lock_with_manifest(tx, task.namespace, task.name)
+            outcome = judge(task, current, now)
+            if outcome is not None:
+                answer = {"outcome": outcome}
+                if outcome == "stale" and current is not None:
+                    answer["version"] = str(current["resource_version"])
+                if outcome == "early":
+                    state.forget_task(tx, task.namespace, task.name)  # sync enqueues the next leg
+                return answer
+            assert current is not None  # judged "gone" otherwise
+            spec = current["body"]
             slot, reason = slot_to_fire(spec, task.fire_at, now)
             fired: dict[str, Any] = {"outcome": "skipped"}
             if slot is not None:
                 fired = self.firer.fire_in(tx, task.namespace, task.name, slot, reason)
                 if not fired["claimed"]:
                     fired["outcome"] = "duplicate"
-            tx.execute(
-                "UPDATE schedule_state SET next_fire_at = %s WHERE namespace = %s AND name = %s",
-                (next_fire_after(spec, max(now, task.fire_at)), task.namespace, task.name),
-            )
+            upcoming = next_fire_after(spec, max(now, task.fire_at))
+            state.move(tx, task.namespace, task.name, upcoming)
         return fired

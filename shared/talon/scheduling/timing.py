@@ -35,6 +35,13 @@ def next_fire_after(spec: dict[str, Any], after: datetime) -> datetime | None:
     return next_fire(spec["cron"], spec.get("timezone", "UTC"), after)
 
 
+def next_fire_at(spec: dict[str, Any], now: datetime) -> str | None:
+    """When the schedule fires next, as the API and talon-ops show it (UTC, `Z`); None:
+    disabled, or a `once` already past."""
+    at = next_fire_after(spec, now)
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z") if at is not None else None
+
+
 def slot_to_fire(
     spec: dict[str, Any], due_at: datetime, now: datetime
 ) -> tuple[datetime | None, str]:
@@ -61,7 +68,7 @@ def slot_to_fire(
 
 
 def _slots_between(spec: dict[str, Any], after: datetime, until: datetime) -> list[datetime]:
-    slots = []
+    slots: list[datetime] = []
     for instant in fire_times(spec["cron"], spec.get("timezone", "UTC"), after):
         if instant > until or len(slots) > _MAX_MISSED:
             break

@@ -194,7 +194,7 @@ class LocalPostgres:
 
     def _start_pgserver(self) -> None:
         try:
-            import pgserver  # type: ignore[import-not-found]
+            import pgserver
         except ImportError as exc:
             raise LocalPostgresError(
                 "no PostgreSQL found: install PostgreSQL (initdb and pg_ctl on PATH) "

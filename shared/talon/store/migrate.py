@@ -25,7 +25,7 @@ MIGRATION_LOCK_ID = 0x7A10_0001
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("talon.store") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins  # a class here has a method named `list`: later annotations say builtins.list
 import json
 import uuid
 from dataclasses import dataclass
@@ -151,10 +152,11 @@ class ResourceStore:
         *,
         after: str | None = None,
         limit: int = 100,
-        selector: list[LabelRequirement] | None = None,
-        visible_namespaces: list[str] | None = None,
-    ) -> list[Record]:
-        where, params = ["kind=%s"], [kind]
+        selector: builtins.list[LabelRequirement] | None = None,
+        visible_namespaces: builtins.list[str] | None = None,
+    ) -> builtins.list[Record]:
+        where = ["kind=%s"]
+        params: list[Any] = [kind]
         if namespace is not None:
             where.append("namespace=%s")
             params.append(namespace)
@@ -275,7 +277,9 @@ class ResourceStore:
                 (namespace, kind, name, ref_kind, ref_name),
             )
 
-    def dependents(self, tx: Tx, kind: str, namespace: str, name: str) -> list[tuple[str, str]]:
+    def dependents(
+        self, tx: Tx, kind: str, namespace: str, name: str
+    ) -> builtins.list[tuple[str, str]]:
         rows = tx.all(
             "SELECT kind, name FROM resource_refs WHERE namespace=%s AND ref_kind=%s "
             "AND ref_name=%s ORDER BY kind, name",
@@ -283,7 +287,9 @@ class ResourceStore:
         )
         return [(r["kind"], r["name"]) for r in rows]
 
-    def namespace_contents(self, tx: Tx, namespace: str, limit: int = 20) -> list[tuple[str, str]]:
+    def namespace_contents(
+        self, tx: Tx, namespace: str, limit: int = 20
+    ) -> builtins.list[tuple[str, str]]:
         rows = tx.all(
             "SELECT kind, name FROM resources WHERE namespace=%s ORDER BY kind, name LIMIT %s",
             (namespace, limit),

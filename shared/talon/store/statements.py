@@ -45,7 +45,7 @@ def run(connection: Connection, sql: str, params: tuple[Any, ...] | list[Any]) -
     cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
     if cache is None:
         cache = OrderedDict()
-        connection._talon_statements = cache  # type: ignore[attr-defined]
+        connection._talon_statements = cache
     begin = not connection._in_transaction and not connection.autocommit
     prepared = cache.get(sql)
     if prepared is None:

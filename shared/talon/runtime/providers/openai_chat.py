@@ -41,7 +41,12 @@ class OpenAIChatModel:
         # which cost ~13 ms per call at 80 messages against ~1 ms for the whole HTTP exchange.
         # `http_client` enforces the egress policy on every connection (tenancy/http_guard).
         self._client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            # Typed as httpx2.Client, but openai 3.x takes an httpx.Client as well (its
+            # `is_legacy_httpx_sync_client`); the egress-guarded transport is an httpx one.
+            http_client=http_client,  # type: ignore[arg-type]
         )
 
     def complete(self, request: ModelRequest) -> ModelResponse:
@@ -146,7 +151,9 @@ class OpenAIChatModel:
                 for part in _list(delta, "tool_calls", self.label):
                     if not isinstance(part, dict):
                         raise ModelError(f"{self.label}: malformed tool call", retryable=True)
-                    index = part.get("index") if isinstance(part.get("index"), int) else 0
+                    index = part.get("index")
+                    if not isinstance(index, int):
+                        index = 0
                     call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
                     call["id"] = str(part.get("id") or call["id"])
                     function = _dict(part, "function", self.label)

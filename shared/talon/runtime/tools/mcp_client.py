@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import PaginatedRequestParams
 
 from talon.runtime.tools.base import ToolResult
 from talon.tenancy.egress import EgressDenied, EgressPolicy
@@ -44,7 +45,9 @@ def list_tools(
         tools: list[RemoteTool] = []
         cursor = None
         for _ in range(_MAX_PAGES):
-            page = await session.list_tools(params={"cursor": cursor} if cursor else None)
+            page = await session.list_tools(
+                params=PaginatedRequestParams(cursor=cursor) if cursor else None
+            )
             tools += [
                 RemoteTool(
                     t.name,

@@ -1,0 +1,146 @@
+"""Claiming a session's next turn for this worker: the lease, the fencing token, the attempt
+count, and what the turn runs with (its agent, history and journal), read in the same
+transaction; a turn's first step (loading knowledge) completes inside the claim too.
+
+A turn that cannot run (its agent is gone or does not resolve, or it has used up its
+attempts) is failed here and the next one is looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from talon.runtime import context as ctx
+from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
+from talon.runtime.tools.base import AgentContext
+from talon.sessions import events
+from talon.store.database import Database, Tx, jsonb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    lease: Lease
+    turn: dict[str, Any]
+    agent: AgentContext
+    journal: dict[int, Step]
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ClaimOptions:
+    worker_id: str
+    lease_seconds: float
+    max_attempts: int  # deliveries of one turn before it is failed
+
+
+# Claiming a session's head turn, in one statement: lock the session row, then its oldest
+# open turn (the order every writer uses), and take that turn unless another worker's lease
+# on it is live or it has used up its attempts; with the agent's resource row. `id` is NULL
+# when nothing was taken (`head_*` say why).
+_CLAIM_SQL = """
+WITH s AS (
+    SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s FOR UPDATE
+), head AS (
+    SELECT t.id, t.state, t.attempts, t.lease_expires_at,
+           COALESCE(t.state = 'running' AND t.lease_expires_at > now(), false) AS leased
+    FROM turns t JOIN s ON t.session_uid = s.uid
+    WHERE t.state IN ('queued', 'running') ORDER BY t.seq LIMIT 1 FOR UPDATE OF t
+), claimed AS (
+    UPDATE turns SET state = 'running', fencing_token = fencing_token + 1, lease_owner = %s,
+           lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
+           started_at = COALESCE(started_at, now())
+    FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
+    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at
+)
+SELECT s.namespace, s.id AS session_id, s.agent,
+       head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
+       head.lease_expires_at AS head_lease,
+       claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
+       r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
+FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
+LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
+"""
+
+
+def claim(db: Database, session_uid: uuid.UUID, options: ClaimOptions) -> Claim | datetime | None:
+    """The session's head turn, claimed; or, when another worker's lease on it is live, when
+    that lease expires (look again then); or None when the session has no open turn."""
+    while True:
+        with db.transaction() as tx:
+            claimed = _claim_in(tx, session_uid, options)
+        if not isinstance(claimed, _Settled):
+            return claimed
+
+
+class _Settled:
+    """The head turn could not run and was failed in the claim's transaction: look again."""
+
+
+def _claim_in(
+    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions
+) -> Claim | datetime | _Settled | None:
+    while True:
+        row = tx.one(
+            _CLAIM_SQL,
+            (session_uid, options.worker_id, options.lease_seconds, options.max_attempts),
+        )
+        if row is None or row["head_id"] is None:
+            return None  # no such session, or nothing open
+        if row["id"] is not None:
+            break
+        if row["head_leased"]:
+            lease_expires: datetime = row["head_lease"]
+            return lease_expires  # another worker runs it
+        finish_failed(
+            tx, session_uid, row["head_id"], "too_many_attempts",
+            f"gave up after {row['head_attempts']} attempts",
+        )  # fmt: skip
+    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
+    turn = row
+    lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]), options.lease_seconds)
+    started = [("turn.started", {"attempt": turn["attempts"],
+                                 "resumed": turn["attempts"] > 1})]  # fmt: skip
+    # Steps are only written under a claim: a turn claimed for the first time has none.
+    journal = {} if turn["attempts"] == 1 else {s.idx: s for s in load(tx, turn["id"])}
+    try:
+        found = {"labels": row["agent_labels"], "status": row["agent_status"]}
+        agent = ctx.agent_from_row(session, found if row["agent_found"] else None)
+    except ctx.TurnFailure as failure:
+        events.append(tx, session_uid, started, turn["id"])
+        finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
+        return _Settled()
+    history = ctx.history(tx, session_uid, int(turn["seq"]))
+    if 0 not in journal:
+        # Loading knowledge is a quick read: it completes inside the claim, one commit.
+        knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
+        journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
+        announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
+        next_step = Step(1, MODEL, "model", "started", {})
+        # The lease was taken a moment ago in this transaction: no renewal needed.
+        record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False)
+    else:
+        events.append(tx, session_uid, started, turn["id"])
+    return Claim(lease, turn, agent, journal, history)
+
+
+def finish_failed(
+    tx: Tx, session_uid: uuid.UUID, turn_id: uuid.UUID, code: str, message: str, **extra: Any
+) -> None:
+    """Fail the turn with `code` and say so on its stream (with the session's open turns at
+    commit). The caller holds the session row's lock and, if it ran the turn, renewed."""
+    error = {"code": code, "message": message, **extra}
+    tx.execute(
+        "UPDATE turns SET state = 'failed', finished_at = now(), error = %s::jsonb, "
+        "lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+        (jsonb(error), turn_id),
+    )
+    remaining = events.open_turns(tx, session_uid)
+    failed = {"code": code, "message": message, "openTurns": remaining}
+    events.append(tx, session_uid, [("turn.failed", failed)], turn_id)
+    log.warning("turn %s failed: %s: %s", turn_id, code, message)

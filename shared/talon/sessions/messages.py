@@ -1,0 +1,74 @@
+"""A session's messages: a turn's answers and tool results as the worker writes them, the
+history window it sends the model, and the pages the API and talon-ops read.
+
+The user's message is the one exception: `turn_queue.py` writes it together with its turn,
+events and outbox row in one statement (a scheduler tick queues thousands at once). Every
+other write to `messages`, and to the session's message counter, is here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from talon.store.database import Tx, jsonb
+
+
+def append(
+    tx: Tx,
+    session_uid: uuid.UUID,
+    turn_id: uuid.UUID,
+    role: str,
+    content: str,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tool_call_id: str | None = None,
+) -> int:
+    """Number the message in its session and insert it, in one statement; returns its seq.
+    Takes the session row's lock (the caller's turn holds it already)."""
+    params = (
+        session_uid, session_uid, role, content, jsonb(tool_calls) if tool_calls else None,
+        tool_call_id, turn_id,
+    )  # fmt: skip
+    return int(
+        tx.scalar(
+            "WITH s AS (UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
+            "  RETURNING last_message) "
+            "INSERT INTO messages (session_uid, seq, role, content, tool_calls, tool_call_id, "
+            "  turn_id) SELECT %s::uuid, s.last_message, %s, %s, %s::jsonb, %s, %s::uuid "
+            "FROM s RETURNING seq",
+            params,
+        )
+    )
+
+
+def page(tx: Tx, session_uid: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` messages after seq `after`, oldest first."""
+    return tx.all(
+        "SELECT * FROM messages WHERE session_uid = %s AND seq > %s ORDER BY seq LIMIT %s",
+        (session_uid, after, limit),
+    )
+
+
+def recent(tx: Tx, session_uid: uuid.UUID, count: int) -> list[dict[str, Any]]:
+    """The last `count` messages, oldest first."""
+    return tx.all(
+        "SELECT * FROM (SELECT * FROM messages WHERE session_uid = %s ORDER BY seq DESC "
+        "LIMIT %s) m ORDER BY seq",
+        (session_uid, count),
+    )
+
+
+def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> list[dict[str, Any]]:
+    """The messages of turn `turn_seq` and of the `turns` turns before it, turn by turn.
+
+    Both tables by their per-session keys, so the cost follows the window, not the size of
+    the session or of the table: a turn's messages all come after its input message."""
+    return tx.all(
+        "WITH t AS (SELECT id, seq, input_seq FROM turns "
+        "  WHERE session_uid = %s AND seq <= %s AND seq > %s) "
+        "SELECT m.role, m.content, m.tool_calls, m.tool_call_id FROM messages m "
+        "JOIN t ON t.id = m.turn_id "
+        "WHERE m.session_uid = %s AND m.seq >= (SELECT min(input_seq) FROM t) "
+        "ORDER BY t.seq, m.seq",
+        (session_uid, turn_seq, turn_seq - turns - 1, session_uid),
+    )

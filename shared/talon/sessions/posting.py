@@ -1,0 +1,135 @@
+"""What a new message does to a session, in the caller's transaction with the session row
+locked: an `Idempotency-Key` retry answers with the turn it queued the first time, the
+multitask strategy decides about the turns still open (`enqueue` queues behind them,
+`reject` refuses, `interrupt` cancels them), then the message's turn is queued. Cancelling
+a session's open turns is here too: it is the same fencing move as an interrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from talon.errors import Conflict, Invalid
+from talon.sessions import events
+from talon.sessions.models import PostMessage
+from talon.sessions.turn_queue import NewTurn, queue_turns
+from talon.store.database import Tx, jsonb
+
+
+@dataclass(frozen=True)
+class Accepted:
+    turn_id: str
+    message_seq: int
+    state: str
+    replayed: bool  # an Idempotency-Key retry: nothing new was written
+    stream_from: int  # stream with Last-Event-ID = this to see the turn from its first event
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "turnId": self.turn_id,
+            "messageSeq": self.message_seq,
+            "state": self.state,
+            "streamFrom": self.stream_from,
+        }
+
+
+def request_hash(request: PostMessage) -> bytes:
+    """What an Idempotency-Key retry must repeat: the content and the strategy."""
+    body = json.dumps([request.content, request.multitask_strategy])
+    return hashlib.sha256(body.encode()).digest()
+
+
+def post(
+    tx: Tx,
+    session_uid: uuid.UUID,
+    session_id: str,
+    request: PostMessage,
+    idempotency_key: str | None,
+    source: str,
+) -> Accepted:
+    """Queue the message's turn under its strategy. The caller locked the session row."""
+    digest = request_hash(request)
+    if idempotency_key is not None:
+        previous = _replay(tx, session_uid, idempotency_key, digest)
+        if previous is not None:
+            return previous
+    open_turns = []
+    if request.multitask_strategy != "enqueue":  # enqueue queues behind whatever is open
+        open_turns = _lock_open_turns(tx, session_uid)
+    pending: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
+    if open_turns and request.multitask_strategy == "reject":
+        raise Conflict(
+            f"session {session_id!r} has a turn in progress; retry later or use "
+            "multitask_strategy 'enqueue' or 'interrupt'",
+            [{"path": "multitask_strategy", "message": "a turn is in progress"}],
+        )
+    if open_turns and request.multitask_strategy == "interrupt":
+        for turn in open_turns:
+            _cancel_turn(tx, turn["id"], "interrupted by a newer message")
+            # The new message's turn, queued below in this transaction, stays open.
+            pending.append(
+                ("turn.cancelled", {"reason": "interrupted", "openTurns": 1}, turn["id"])
+            )
+    for event_type, data, cancelled in pending:
+        events.append(tx, session_uid, [(event_type, data)], cancelled)
+    (queued,) = queue_turns(
+        tx, [NewTurn(session_uid, request.content, source, idempotency_key, digest)]
+    )
+    assert queued is not None  # the session row is locked by the caller
+    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from)
+
+
+def _replay(tx: Tx, session_uid: uuid.UUID, idempotency_key: str, digest: bytes) -> Accepted | None:
+    """The turn an earlier request with this key queued, or None; a key reused with another
+    body is refused."""
+    previous = tx.one(
+        "SELECT id, input_seq, state, request_hash, (SELECT min(id) - 1 FROM "
+        "session_events e WHERE e.turn_id = turns.id) AS stream_from FROM turns "
+        "WHERE session_uid = %s AND idempotency_key = %s",
+        (session_uid, idempotency_key),
+    )
+    if previous is None:
+        return None
+    if bytes(previous["request_hash"]) != digest:
+        raise Invalid(
+            "Idempotency-Key was already used with a different request",
+            [{"path": "Idempotency-Key", "message": "reused with another body"}],
+        )
+    return Accepted(
+        str(previous["id"]),
+        int(previous["input_seq"]),
+        previous["state"],
+        True,
+        int(previous["stream_from"] or 0),
+    )
+
+
+def cancel_open(tx: Tx, session_uid: uuid.UUID) -> list[str]:
+    """Cancel every open turn of the session (its row locked by the caller); their ids."""
+    open_turns = _lock_open_turns(tx, session_uid)
+    for turn in open_turns:
+        _cancel_turn(tx, turn["id"], "cancelled by request")
+        cancelled = {"reason": "requested", "openTurns": 0}  # all of them, at commit
+        events.append(tx, session_uid, [("turn.cancelled", cancelled)], turn["id"])
+    return [str(t["id"]) for t in open_turns]
+
+
+def _lock_open_turns(tx: Tx, session_uid: uuid.UUID) -> list[dict[str, Any]]:
+    return tx.all(
+        "SELECT id, state FROM turns WHERE session_uid = %s AND state IN "
+        "('queued', 'running') ORDER BY seq FOR UPDATE",
+        (session_uid,),
+    )
+
+
+def _cancel_turn(tx: Tx, turn_id: uuid.UUID, reason: str) -> None:
+    # Bumping the fencing token makes any worker still running this turn fail its next write.
+    tx.execute(
+        "UPDATE turns SET state = 'cancelled', fencing_token = fencing_token + 1, "
+        "finished_at = now(), error = %s::jsonb, lease_owner = NULL WHERE id = %s",
+        (jsonb({"code": "cancelled", "message": reason}), turn_id),
+    )

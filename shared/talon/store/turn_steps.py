@@ -1,0 +1,183 @@
+"""The step journal's table, `turn_steps`: every statement that reads or writes it.
+
+`runtime/journal.py` is the journal: it decides what is written when, under the turn's
+lease and fencing token, and it is the only writer. Its statements live here, below both the
+runtime and the sessions layer, because the session views (`sessions/views.py`: a turn with
+its steps, the latest turn's progress, the step outputs talon-ops shows) read the same table,
+and the sessions layer sits below the runtime (the runtime appends session events), so it
+may not import `runtime/`. No other module names `turn_steps`.
+
+Every write is guarded by the lease. The renewal (lock the session row, extend the turn's
+lease if the fencing token still holds) travels with the step in one statement, and the
+turn's last step with its completion in another: one round trip each, which is most of what
+a turn costs (see Benchmarks in the README).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from talon.store.database import Tx, jsonb
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the journal: step `idx` of a turn, `started` or finished with its output."""
+
+    idx: int
+    name: str
+    kind: str  # knowledge | model | tool | write
+    state: str  # started | completed | failed
+    output: dict[str, Any]
+
+
+class Guard(Protocol):
+    """What guards a write: the worker's lease on the turn (runtime/journal.Lease)."""
+
+    @property
+    def turn_id(self) -> uuid.UUID: ...
+    @property
+    def session_uid(self) -> uuid.UUID: ...
+    @property
+    def token(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+
+# Lock the session row, then extend the turn's lease if this worker still holds it (fencing
+# token, state): the CTE's row lock is taken while the join reads the session, before the
+# UPDATE locks the turn row it produces. The statements below continue it; `r` has a row
+# only if the lease held.
+_RENEW_CTE = (
+    "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE), "
+    "r AS (UPDATE turns SET lease_expires_at = now() + make_interval(secs => %s) FROM s "
+    "WHERE turns.id = %s AND turns.session_uid = s.uid AND fencing_token = %s "
+    "AND state = 'running' RETURNING 1)"
+)
+_COLUMNS = "(turn_id, idx, name, kind, state, output, fencing_token, completed_at)"
+_CONFLICT = (
+    "ON CONFLICT (turn_id, idx) DO UPDATE SET state = EXCLUDED.state, "
+    "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
+    "completed_at = EXCLUDED.completed_at"
+)
+# Renewing and journaling a step in one statement: the step is written only if the lease held.
+_RENEW_AND_WRITE_SQL = (
+    _RENEW_CTE + ", w AS (INSERT INTO turn_steps " + _COLUMNS + " "
+    "SELECT %s::uuid, %s::int, %s::text, %s::text, %s::text, %s::jsonb, %s::bigint, "
+    "CASE WHEN %s::text = 'started' THEN NULL ELSE now() END "
+    "WHERE EXISTS (SELECT 1 FROM r) " + _CONFLICT + ") "
+    "SELECT count(*) FROM r"
+)
+_WRITE_SQL = (
+    f"INSERT INTO turn_steps {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
+    f"CASE WHEN %s = 'started' THEN NULL ELSE now() END) {_CONFLICT}"
+)
+# A tool call about to run: its step says so (`ran`) before any side effect can happen. An
+# earlier `started` row (written when the step was announced) keeps its start time.
+_BEGIN_CALL_SQL = (
+    "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token) "
+    "VALUES (%s, %s, %s, 'tool', 'started', %s::jsonb, %s) "
+    "ON CONFLICT (turn_id, idx) DO UPDATE SET output = EXCLUDED.output, "
+    "fencing_token = EXCLUDED.fencing_token"
+)
+# The turn's last step, its completion and the count of the session's other open turns (the
+# session row is locked by the caller's renewal, so it is the count at commit).
+_COMPLETE_SQL = (
+    "WITH step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+    "  fencing_token, completed_at) "
+    "  VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())), "
+    "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
+    "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s) "
+    "SELECT count(*) FROM turns WHERE session_uid = %s AND id <> %s "
+    "AND state IN ('queued', 'running')"
+)
+
+
+def _guard_params(guard: Guard) -> tuple[Any, ...]:
+    return (guard.session_uid, guard.seconds, guard.turn_id, guard.token)
+
+
+def _step_params(guard: Guard, step: Step) -> tuple[Any, ...]:
+    return (
+        guard.turn_id, step.idx, step.name, step.kind, step.state, jsonb(step.output),
+        guard.token, step.state,
+    )  # fmt: skip
+
+
+def renew(tx: Tx, guard: Guard) -> bool:
+    """Extend the lease; False when this worker no longer holds the turn."""
+    return bool(tx.scalar(_RENEW_CTE + " SELECT count(*) FROM r", _guard_params(guard)))
+
+
+def renew_and_write(tx: Tx, guard: Guard, step: Step) -> bool:
+    """Extend the lease and write `step`, in one statement; False (nothing written) when
+    this worker no longer holds the turn."""
+    return bool(tx.scalar(_RENEW_AND_WRITE_SQL, _guard_params(guard) + _step_params(guard, step)))
+
+
+def write(tx: Tx, guard: Guard, step: Step) -> None:
+    """Write `step` (insert, or overwrite the row of the same index) without a renewal: for a
+    caller that renewed, or took the lease, earlier in this transaction."""
+    tx.execute(_WRITE_SQL, _step_params(guard, step))
+
+
+def begin_call(tx: Tx, guard: Guard, idx: int, name: str, output: dict[str, Any]) -> None:
+    """Mark tool step `idx` as running its call; the caller renewed in this transaction."""
+    tx.execute(_BEGIN_CALL_SQL, (guard.turn_id, idx, name, jsonb(output), guard.token))
+
+
+def complete_turn(tx: Tx, guard: Guard, step: Step, provider: str | None) -> int:
+    """Write the turn's last step and complete the turn, in one statement; returns how many
+    other turns of the session are still open. The caller renewed in this transaction."""
+    params = (
+        guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
+        provider, guard.turn_id, guard.session_uid, guard.turn_id,
+    )  # fmt: skip
+    return int(tx.scalar(_COMPLETE_SQL, params))
+
+
+def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:
+    """The turn's journal, in order: where a resumed turn picks up."""
+    rows = tx.all(
+        "SELECT idx, name, kind, state, output FROM turn_steps WHERE turn_id = %s ORDER BY idx",
+        (turn_id,),
+    )
+    return [Step(r["idx"], r["name"], r["kind"], r["state"], r["output"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A step as the API shows it: its row without the fencing token."""
+
+    idx: int
+    name: str
+    kind: str
+    state: str
+    started_at: datetime
+    completed_at: datetime | None
+    output: dict[str, Any] | None  # only when asked for: outputs can be large
+
+
+def read(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[StepRecord]:
+    """The turn's steps in order, with their outputs if `outputs`."""
+    rows = tx.all(
+        "SELECT idx, name, kind, state, started_at, completed_at"
+        + (", output" if outputs else "")
+        + " FROM turn_steps WHERE turn_id = %s ORDER BY idx",
+        (turn_id,),
+    )
+    return [
+        StepRecord(
+            idx=r["idx"],
+            name=r["name"],
+            kind=r["kind"],
+            state=r["state"],
+            started_at=r["started_at"],
+            completed_at=r["completed_at"],
+            output=r.get("output"),
+        )
+        for r in rows
+    ]

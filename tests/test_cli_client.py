@@ -1,0 +1,248 @@
+"""The CLI's HTTP client and commands through httpx's MockTransport: what goes on the wire
+(token, headers, paths, query, body), how the gateway's answers are printed, and how every
+kind of failure becomes one line. The live-gateway round trips are in test_cli.py; these
+cover the client's branches in milliseconds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from talon.cli.client import ApiError, CliError, TalonClient
+from talon.cli.main import build_parser
+
+pytestmark = pytest.mark.fast
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client_for(handler: Handler, token: str | None = "tln_secret") -> TalonClient:
+    return TalonClient("http://gateway.test/", token, transport=httpx.MockTransport(handler))
+
+
+def run(client: TalonClient, *argv: str) -> int:
+    """A remote command as `talon` runs it, on this client."""
+    args = build_parser().parse_args(list(argv))
+    return int(args.remote(client, args))
+
+
+def error_body(status: int, code: str, message: str, details: list[dict[str, str]]) -> Any:
+    return httpx.Response(
+        status, json={"error": {"code": code, "message": message, "details": details}}
+    )
+
+
+def test_a_request_carries_the_token_headers_query_and_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"ok": True})
+
+    answer = client_for(handler).request(
+        "POST", "/v1/apply", json={"items": []}, params={"dryRun": "true"}
+    )
+    assert answer == {"ok": True}
+    (request,) = seen
+    assert str(request.url) == "http://gateway.test/v1/apply?dryRun=true"
+    assert request.headers["Authorization"] == "Bearer tln_secret"
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["User-Agent"] == "talon-cli"
+    assert json.loads(request.content) == {"items": []}
+
+
+def test_without_a_token_no_authorization_is_sent_and_an_empty_answer_is_none() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "Authorization" not in request.headers
+        return httpx.Response(204)
+
+    assert client_for(handler, token=None).request("DELETE", "/v1/tokens/t1") is None
+
+
+def test_an_error_answer_is_one_line_naming_the_fields_not_already_said() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return error_body(422, "invalid", "invalid manifest: spec.cron: not a cron expression",
+                          [{"path": "spec.cron", "message": "not a cron expression"},
+                           {"path": "spec.timezone", "message": "unknown time zone"}])  # fmt: skip
+
+    with pytest.raises(ApiError) as caught:
+        client_for(handler).request("POST", "/v1/apply", json={})
+    error = caught.value
+    assert (error.status, error.code) == (422, "invalid")
+    # The first detail is already in the message; only the second is added.
+    assert str(error) == (
+        "invalid manifest: spec.cron: not a cron expression (HTTP 422 invalid): "
+        "spec.timezone: unknown time zone"
+    )
+
+
+def test_an_html_error_page_from_the_server_in_front_is_still_one_line() -> None:
+    page = "<html>\n<head><title>431 Request Header Fields Too Large</title></head></html>"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(431, text=page, headers={"Content-Type": "text/html"})
+
+    with pytest.raises(ApiError) as caught:
+        client_for(handler).request("GET", "/v1/whoami")
+    assert caught.value.code == "http_error"
+    assert str(caught.value) == "<html> (HTTP 431 http_error)"
+
+
+def test_an_unreachable_gateway_is_a_cli_error_naming_it() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(CliError, match=r"cannot reach the gateway at http://gateway.test: "):
+        client_for(handler).request("GET", "/v1/whoami")
+
+
+def test_listing_follows_page_tokens_and_keeps_the_selector(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pages = {None: (["a", "b"], "b"), "b": (["c"], None)}
+    asked: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        names, next_token = pages[request.url.params.get("pageToken")]
+        items = [{"metadata": {"name": n, "namespace": "acme"}, "spec": {"templateRef": "t"},
+                  "status": {"phase": "Resolved"}} for n in names]  # fmt: skip
+        return httpx.Response(200, json={"items": items, "nextPageToken": next_token})
+
+    assert run(client_for(handler), "get", "agents", "-n", "acme", "-l", "tier=gold") == 0
+    assert asked == [{"labelSelector": "tier=gold"},
+                     {"labelSelector": "tier=gold", "pageToken": "b"}]  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["NAME", "TEMPLATE", "PHASE"]
+    assert [line.split()[0] for line in lines[1:]] == ["a", "b", "c"]
+
+
+def test_an_empty_list_says_so_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/ns/acme/schedules"
+        return httpx.Response(200, json={"items": [], "nextPageToken": None})
+
+    assert run(client_for(handler), "get", "schedules", "-n", "acme") == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "No schedules found in namespace acme.\n")
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    return b"retry: 2000\n\n" + b"".join(
+        f"id: {e['id']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events
+    )
+
+
+def event(id_: int, type_: str, turn: str = "t-1", **data: Any) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "type": type_,
+        "turnId": turn,
+        "data": data,
+        "createdAt": "2026-01-01T00:00:00Z",
+    }
+
+
+class FakeSessions:
+    """The three calls `talon send` makes: create (or find) the session, post the message,
+    follow the stream from the position the post returned."""
+
+    def __init__(self, stream: bytes | httpx.SyncByteStream) -> None:
+        self.stream = stream
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.requests.append((request.method, request.url.path, dict(request.url.params), body))
+        base = "/v1/ns/acme/agents/bot/sessions"
+        if (request.method, request.url.path) == ("POST", base):
+            return httpx.Response(200, json={"id": body["id"]})
+        if (request.method, request.url.path) == ("POST", f"{base}/s1/message"):
+            return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
+        assert (request.method, request.url.path) == ("GET", f"{base}/s1/stream")
+        headers = {"Content-Type": "text/event-stream"}
+        if isinstance(self.stream, bytes):
+            return httpx.Response(200, content=self.stream, headers=headers)
+        return httpx.Response(200, stream=self.stream, headers=headers)
+
+
+def test_send_prints_the_turn_as_it_streams_and_succeeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gateway = FakeSessions(sse(
+        event(8, "turn.started", attempt=1),
+        event(9, "step.completed", step="call-model", provider="primary/openai:gpt"),
+        event(10, "message.created", role="assistant", content="Two renewals."),
+        event(11, "turn.completed", openTurns=0),
+    ))  # fmt: skip
+    code = run(client_for(gateway), "send", "bot", "s1", "Review renewals.", "-n", "acme",
+               "--strategy", "interrupt")  # fmt: skip
+    assert code == 0
+    assert gateway.requests == [
+        ("POST", "/v1/ns/acme/agents/bot/sessions", {}, {"id": "s1"}),
+        ("POST", "/v1/ns/acme/agents/bot/sessions/s1/message", {},
+         {"content": "Review renewals.", "multitask_strategy": "interrupt"}),
+        ("GET", "/v1/ns/acme/agents/bot/sessions/s1/stream", {"lastEventId": "7",
+                                                              "untilTurnEnd": "true"}, None),
+    ]  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == [
+        "turn t-1 queued",
+        "turn started",
+        "  call-model               done (primary/openai:gpt)",
+        "",
+        "assistant: Two renewals.",
+        "turn completed",
+    ]
+
+
+def test_send_fails_when_its_turn_fails_but_not_when_another_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other_fails = sse(event(8, "turn.failed", turn="t-0", message="boom"),
+                      event(9, "turn.completed", openTurns=0))  # fmt: skip
+    assert run(client_for(FakeSessions(other_fails)), "send", "bot", "s1", "hi", "-n", "acme") == 0
+    ours_fails = sse(event(8, "turn.failed", message="model_unavailable"))
+    assert run(client_for(FakeSessions(ours_fails)), "send", "bot", "s1", "hi", "-n", "acme") == 1
+    assert "turn failed: model_unavailable" in capsys.readouterr().out
+
+
+class BreaksAfter(httpx.SyncByteStream):
+    """A stream that delivers `data` and then loses the connection."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_a_stream_that_breaks_is_a_cli_error_after_what_arrived(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gateway = FakeSessions(BreaksAfter(sse(event(8, "turn.started", attempt=1))))
+    with pytest.raises(CliError, match=r"the stream from http://gateway\.test broke"):
+        run(client_for(gateway), "send", "bot", "s1", "hi", "-n", "acme")
+    assert capsys.readouterr().out.splitlines() == ["turn t-1 queued", "turn started"]
+
+
+def test_a_refused_stream_is_the_gateways_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return error_body(404, "not_found", "session 's9' not found for agent 'bot'", [])
+
+    with pytest.raises(ApiError, match=r"session 's9' not found for agent 'bot' \(HTTP 404"):
+        run(client_for(handler), "stream", "bot", "s9", "-n", "acme")
+
+
+def test_sessions_need_a_namespace_and_an_agent() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    with pytest.raises(CliError, match="pass -n NAMESPACE"):
+        run(client_for(handler), "get", "sessions", "--agent", "bot")
+    with pytest.raises(CliError, match="pass --agent AGENT"):
+        run(client_for(handler), "get", "sessions", "-n", "acme")

@@ -151,9 +151,10 @@ class FakeSessions:
     """The three calls `talon send` makes: create (or find) the session, post the message,
     follow the stream from the position the post returned."""
 
-    def __init__(self, stream: bytes | httpx.SyncByteStream) -> None:
-        self.stream = stream
+    def __init__(self, *streams: bytes | httpx.SyncByteStream) -> None:
+        self.streams = list(streams)  # one per connection the follower opens
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+        self.resumed_from: list[str | None] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
@@ -164,10 +165,12 @@ class FakeSessions:
         if (request.method, request.url.path) == ("POST", f"{base}/s1/message"):
             return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
         assert (request.method, request.url.path) == ("GET", f"{base}/s1/stream")
+        self.resumed_from.append(request.headers.get("Last-Event-ID"))
+        stream = self.streams.pop(0)
         headers = {"Content-Type": "text/event-stream"}
-        if isinstance(self.stream, bytes):
-            return httpx.Response(200, content=self.stream, headers=headers)
-        return httpx.Response(200, stream=self.stream, headers=headers)
+        if isinstance(stream, bytes):
+            return httpx.Response(200, content=stream, headers=headers)
+        return httpx.Response(200, stream=stream, headers=headers)
 
 
 def test_send_prints_the_turn_as_it_streams_and_succeeds(
@@ -186,9 +189,10 @@ def test_send_prints_the_turn_as_it_streams_and_succeeds(
         ("POST", "/v1/ns/acme/agents/bot/sessions", {}, {"id": "s1"}),
         ("POST", "/v1/ns/acme/agents/bot/sessions/s1/message", {},
          {"content": "Review renewals.", "multitask_strategy": "interrupt"}),
-        ("GET", "/v1/ns/acme/agents/bot/sessions/s1/stream", {"lastEventId": "7",
+        ("GET", "/v1/ns/acme/agents/bot/sessions/s1/stream", {"maxSeconds": "600",
                                                               "untilTurnEnd": "true"}, None),
     ]  # fmt: skip
+    assert gateway.resumed_from == ["7"]  # Last-Event-ID: after the position the post gave
     assert capsys.readouterr().out.splitlines() == [
         "turn t-1 queued",
         "turn started",
@@ -205,7 +209,7 @@ def test_send_fails_when_its_turn_fails_but_not_when_another_does(
     other_fails = sse(event(8, "turn.failed", turn="t-0", message="boom"),
                       event(9, "turn.completed", openTurns=0))  # fmt: skip
     assert run(client_for(FakeSessions(other_fails)), "send", "bot", "s1", "hi", "-n", "acme") == 0
-    ours_fails = sse(event(8, "turn.failed", message="model_unavailable"))
+    ours_fails = sse(event(8, "turn.failed", message="model_unavailable", openTurns=0))
     assert run(client_for(FakeSessions(ours_fails)), "send", "bot", "s1", "hi", "-n", "acme") == 1
     assert "turn failed: model_unavailable" in capsys.readouterr().out
 
@@ -221,20 +225,24 @@ class BreaksAfter(httpx.SyncByteStream):
         raise httpx.ReadError("connection reset by peer")
 
 
-def test_a_stream_that_breaks_is_a_cli_error_after_what_arrived(
+def test_a_stream_that_breaks_is_resumed_after_what_arrived(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    gateway = FakeSessions(BreaksAfter(sse(event(8, "turn.started", attempt=1))))
-    with pytest.raises(CliError, match=r"the stream from http://gateway\.test broke"):
-        run(client_for(gateway), "send", "bot", "s1", "hi", "-n", "acme")
-    assert capsys.readouterr().out.splitlines() == ["turn t-1 queued", "turn started"]
+    gateway = FakeSessions(
+        BreaksAfter(sse(event(8, "turn.started", attempt=1))),
+        sse(event(9, "turn.completed", openTurns=0)),
+    )  # fmt: skip
+    assert run(client_for(gateway), "send", "bot", "s1", "hi", "-n", "acme") == 0
+    assert gateway.resumed_from == ["7", "8"]  # the second connection resumes after event 8
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["turn t-1 queued", "turn started", "turn completed"]
 
 
 def test_a_refused_stream_is_the_gateways_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return error_body(404, "not_found", "session 's9' not found for agent 'bot'", [])
 
-    with pytest.raises(ApiError, match=r"session 's9' not found for agent 'bot' \(HTTP 404"):
+    with pytest.raises(CliError, match=r"session 's9' not found for agent 'bot' \(HTTP 404"):
         run(client_for(handler), "stream", "bot", "s9", "-n", "acme")
 
 

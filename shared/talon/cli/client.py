@@ -46,6 +46,7 @@ class TalonClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.token = token
+        self.transport = transport  # the SDK's stream (cli/sessions.py) goes through it too
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport

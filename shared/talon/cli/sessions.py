@@ -51,7 +51,7 @@ def stream_events(
 ) -> Iterator[dict[str, Any]]:
     """The session's events as the API shows them, through the SDK's stream: resumed after
     the last event across dropped connections and the gateway's `maxSeconds` ends."""
-    with Client(client.base_url, client.token) as sdk:
+    with Client(client.base_url, client.token, transport=client.transport) as sdk:
         try:
             for event in sdk.stream(namespace, agent, session, after=after,
                                     until_turn_end=until_turn_end):  # fmt: skip

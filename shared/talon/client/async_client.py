@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,8 +75,8 @@ class AsyncClient:
         return await self._send(calls.delete(kind, name, namespace))
 
     async def apply(
-        self, manifests: list[dict[str, Any]], *, dry_run: bool = False
-    ) -> list[ApplyResult]:
+        self, manifests: builtins.list[dict[str, Any]], *, dry_run: bool = False
+    ) -> builtins.list[ApplyResult]:
         return await self._send(calls.apply(manifests, dry_run=dry_run))
 
     async def create_session(

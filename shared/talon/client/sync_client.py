@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from collections.abc import Iterator
@@ -76,7 +77,9 @@ class Client:
     def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
         return self._send(calls.delete(kind, name, namespace))
 
-    def apply(self, manifests: list[dict[str, Any]], *, dry_run: bool = False) -> list[ApplyResult]:
+    def apply(
+        self, manifests: builtins.list[dict[str, Any]], *, dry_run: bool = False
+    ) -> builtins.list[ApplyResult]:
         return self._send(calls.apply(manifests, dry_run=dry_run))
 
     def create_session(

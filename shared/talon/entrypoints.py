@@ -40,6 +40,27 @@ def gateway() -> Any:
     return _once("gateway", lambda: Gateway(services()))
 
 
+def request_limits() -> Any:
+    """The gateway's request limits, from the settings alone: they hold while the database
+    is down. Invalid settings give the defaults here (not kept); building the gateway then
+    fails and says why."""
+    from talon.api.limits import RequestLimits
+    from talon.config import GatewaySettings, load_settings
+    from talon.errors import ConfigError
+
+    try:
+        return _once("limits", lambda: RequestLimits.from_settings(load_settings().gateway))
+    except ConfigError:
+        return RequestLimits.from_settings(GatewaySettings())
+
+
+def front_door() -> Any:
+    """What the gateway function serves: the Gateway behind its admission and body rules."""
+    from talon.api.front_door import FrontDoor
+
+    return _once("front_door", lambda: FrontDoor(gateway, request_limits()))
+
+
 def dispatch() -> Any:
     from talon.api.push import DispatchEndpoint
 

@@ -46,6 +46,10 @@ class MethodNotAllowed(TalonError):
     code, status = "method_not_allowed", 405
 
 
+class RequestTimeout(TalonError):
+    code, status = "request_timeout", 408
+
+
 class Conflict(TalonError):
     code, status = "conflict", 409
 
@@ -64,6 +68,12 @@ class HeadersTooLarge(TalonError):
 
 class Unavailable(TalonError):
     code, status = "unavailable", 503
+
+
+class Busy(TalonError):
+    """This instance is serving as many requests without a verified token as it allows."""
+
+    code, status = "busy", 503
 
 
 class ConfigError(TalonError):

@@ -53,12 +53,16 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing, unknown, expired or revoked bearer token.",
     403: "The token's role or tools do not allow this.",
     404: "No such object (or a namespace the token cannot see).",
+    408: "The body did not arrive within gateway.bodyTimeoutSeconds of the first read.",
     409: "Conflict with the current state (see message).",
     413: "Body over gateway.maxBodyBytes.",
     415: "Body neither JSON nor YAML.",
     422: "Well-formed but invalid (see details).",
     431: "A header field over 8,190 bytes, or over 64 KiB of headers in all.",
-    503: "The database is unavailable; retry.",
+    503: (
+        "The database is unavailable, or (code busy, without a valid token) the instance "
+        "is serving its limit of such requests; retry after Retry-After."
+    ),
 }
 
 
@@ -155,7 +159,7 @@ def _errors(route: Route) -> dict[str, Any]:
     if route.path_params or route.rule == "/v1/apply":  # apply: an item's namespace
         statuses.add(404)
     if route.request_schema:
-        statuses |= {413, 415, 422}
+        statuses |= {408, 413, 415, 422}
     if route.method != "GET":
         statuses |= {409, 422}
     documented = {a.status for a in route.answers}

@@ -22,6 +22,7 @@ import flask
 from werkzeug.exceptions import HTTPException
 
 from talon.api.http import error_body, json_response
+from talon.api.unread_body import finish
 from talon.errors import BadRequest, HeadersTooLarge
 
 MAX_HEADER_FIELD = 8190  # bytes of one `Name: value` line (gunicorn's limit_request_field_size)
@@ -63,7 +64,7 @@ def check_request(request: flask.Request) -> None:
         )
 
 
-def _json(
+def json_error(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> flask.Response:
     # Shaped like the gateway's answers, request id included (a fresh one: these answers
@@ -73,13 +74,13 @@ def _json(
 
 def install_json_errors(app: flask.Flask) -> None:
     """Make the framework's own HTTP errors (its 404 for /favicon.ico and /robots.txt, a
-    request it cannot read) JSON like every other answer."""
+    request it cannot read) JSON like every other answer, leaving an unread body unread."""
 
     def as_json(exc: HTTPException) -> flask.Response:
         status = exc.code or 500
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         body = error_body(code.get(status, "bad_request"), exc.description or exc.name)
-        return _json(status, body)
+        return finish(flask.request, json_error(status, body))
 
     app.register_error_handler(HTTPException, as_json)
 
@@ -89,4 +90,4 @@ def unavailable(exc: BaseException) -> flask.Response:
     a retryable JSON 503, not the framework's 500 with the exception's text."""
     log.error("gateway unavailable: %s", exc, exc_info=exc)
     body = error_body("unavailable", "the gateway is starting or its database is unreachable")
-    return _json(503, body, {"Retry-After": "1"})
+    return json_error(503, body, {"Retry-After": "1"})

@@ -1,0 +1,69 @@
+"""One timer thread for many deadlines (a thread per request body would cost more than the
+reads it guards). Callbacks run on that thread, so they must be quick and must not raise."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("talon.gateway")
+
+
+class Timer:
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        if not self.cancelled:
+            self._callback()
+
+
+class Deadlines:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` at `when` (time.monotonic()) unless the timer is cancelled first."""
+        timer = Timer(callback)
+        with self._wake:
+            heapq.heappush(self._heap, (when, next(self._order), timer))
+            # Started on first use, in the process that serves: gunicorn builds the app
+            # before it forks its workers, and a thread does not survive a fork.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="talon-deadlines",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+            self._wake.notify()
+        return timer
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                due = self._next_due()
+            try:
+                due.fire()
+            except Exception:  # one failed callback must not stop every later deadline
+                log.exception("deadline callback failed")
+
+    def _next_due(self) -> Timer:
+        while True:
+            while self._heap and self._heap[0][2].cancelled:
+                heapq.heappop(self._heap)
+            if self._heap:
+                wait = self._heap[0][0] - time.monotonic()
+                if wait <= 0:
+                    return heapq.heappop(self._heap)[2]
+                self._wake.wait(wait)
+            else:
+                self._wake.wait()

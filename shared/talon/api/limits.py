@@ -1,0 +1,38 @@
+"""The gateway's limits on a request, read once from the settings (no database needed, so
+they hold while the gateway itself cannot be built)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from talon.config import GatewaySettings
+
+
+def server_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """The threads serving requests in this process: THREADS, else functions-framework's
+    default (4 per core), which is what its gunicorn and `talon.serve` run with."""
+    try:
+        threads = int(environ.get("THREADS", ""))
+    except ValueError:
+        threads = (os.cpu_count() or 1) * 4
+    return max(1, threads)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_body_bytes: int
+    body_seconds: float
+    max_unauthenticated: int
+
+    @classmethod
+    def from_settings(
+        cls, gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
+    ) -> RequestLimits:
+        unauthenticated = gateway.max_unauthenticated_requests or server_threads(environ) // 2
+        return cls(
+            max_body_bytes=gateway.max_body_bytes,
+            body_seconds=gateway.body_timeout_seconds,
+            max_unauthenticated=max(1, unauthenticated),
+        )

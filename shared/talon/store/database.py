@@ -157,6 +157,11 @@ class Database:
         return self._connect()
 
     def _acquire(self) -> Connection:
+        if self._closed:
+            # A closed pool opens nothing: work still running from before the close (an SSE
+            # stream re-checking its token at shutdown) is answered as unavailable instead of
+            # connecting again, to a database that may be gone by then.
+            raise Unavailable("the database pool is closed")
         if not self._slots.acquire(timeout=30):
             raise Unavailable("database connection pool exhausted")
         while True:

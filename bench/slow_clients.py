@@ -5,14 +5,19 @@ N attacking connections of one kind, then times a normal `GET /healthz` (a fresh
 each time, one after another) for a while and reports the latencies.
 
     .venv/bin/python bench/slow_clients.py --connections 70 200
+    .venv/bin/python bench/slow_clients.py --server functions-framework   # the CLI alone
 
 Kinds of attack (`--kinds`), none sends a token:
   idle             connect, send nothing
   partial-headers  a request line and one header, then one more header line every 5 s
   unfinished-body  full headers of a 1 MB JSON POST to /v1/namespaces, 100 bytes of the body,
                    then one more byte every 5 s
-  unread-reply     a complete `Connection: close` GET /healthz whose reply is never read and
-                   whose connection is never closed
+  ops-unfinished-body  the same to /mcp/talon-ops, which reads the body before anyone checks
+                   a token (the gateway forwards it to the ops_mcp function)
+  unread-reply     a complete `Connection: close` GET /healthz; the client never closes the
+                   connection (the server has to)
+
+A connection the server closes is opened again (checked every 5 s): the attacker keeps N.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -46,12 +52,22 @@ OPENERS: dict[str, bytes] = {
         b"POST /v1/namespaces HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000000\r\n\r\n" + b"{" + b" " * 99
     ),
+    "ops-unfinished-body": (
+        b"POST /mcp/talon-ops HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n" + b"{" + b" " * 99
+    ),
     "unread-reply": b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
 }
-TRICKLES: dict[str, bytes] = {"partial-headers": b"X-Slow: 1\r\n", "unfinished-body": b" "}
+TRICKLES = {
+    "partial-headers": b"X-Slow: 1\r\n",
+    "unfinished-body": b" ",
+    "ops-unfinished-body": b" ",
+}
 
 SERVERS = {
-    # functions-framework's own CLI (gunicorn gthread): what `talon dev` runs.
+    # What `talon dev` runs since issue 13: Talon's gunicorn launcher.
+    "talon": ["-m", "talon.serve"],
+    # functions-framework's own CLI (gunicorn gthread, nothing of Talon's in the server).
     "functions-framework": ["-m", "functions_framework"],
 }
 
@@ -72,6 +88,8 @@ def gateway(server: str, threads: int, extra_env: dict[str, str]) -> Iterator[in
             "TALON_ADMIN_TOKEN": TOKEN,
             "TALON_LOG_LEVEL": "ERROR",
             "THREADS": str(threads),
+            # Nothing listens there: the attack's bodies never complete, so nothing is sent.
+            "TALON_GATEWAY_OPS_MCP_UPSTREAM": "http://127.0.0.1:9",
             **extra_env,
         }
         process = subprocess.Popen(
@@ -132,8 +150,6 @@ class Attack:
 
     def _open(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        # Never read: what the server sends stays in the buffers (the unread-reply kind).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         if OPENERS[self.kind]:
             sock.sendall(OPENERS[self.kind])
         return sock
@@ -166,12 +182,15 @@ class Attack:
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (whatever it answered before)."""
     try:
         sock.setblocking(False)
-        try:
-            return sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
+        while True:
+            try:
+                if sock.recv(65536) == b"":
+                    return True
+            except BlockingIOError:
+                return False
     finally:
         sock.setblocking(True)
 
@@ -204,9 +223,13 @@ def measure(port: int, kind: str, count: int, seconds: float, timeout: float) ->
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", choices=sorted(SERVERS), default="functions-framework")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="talon")
     parser.add_argument("--connections", type=int, nargs="+", default=[70, 200])
     parser.add_argument("--kinds", nargs="+", choices=sorted(OPENERS), default=list(OPENERS))
     parser.add_argument("--threads", type=int, default=64, help="THREADS (talon dev: 64)")
@@ -214,6 +237,10 @@ def main() -> int:
     parser.add_argument("--probe-timeout", type=float, default=60.0)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
+    # Stop the gateway and PostgreSQL on Ctrl-C or SIGTERM, also when started in the
+    # background (which leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     extra = dict(item.split("=", 1) for item in args.env)

@@ -1,6 +1,7 @@
-"""Slow and large requests (issue 13), over raw sockets, against the gateway served two
-ways: werkzeug's server (the other tests') and functions-framework's CLI (gunicorn gthread,
-THREADS=64: what `talon dev` and Cloud Run functions run).
+"""Slow and large requests (issue 13), over raw sockets, against the gateway served three
+ways: werkzeug's server (the other tests'), functions-framework's CLI (gunicorn gthread:
+what Cloud Run functions run) and `talon.serve` (what `talon dev` runs: the same app and
+gunicorn application, Talon's worker).
 
 - A body the gateway answers without reading (no token, too large, no such route, ...) is
   answered at once and never read: not by the gateway, not by functions-framework's
@@ -8,6 +9,9 @@ THREADS=64: what `talon dev` and Cloud Run functions run).
 - A body must arrive within gateway.bodyTimeoutSeconds (408), however slowly it trickles.
 - Requests without a verified token share gateway.maxUnauthenticatedRequests slots per
   process; beyond it a fast 503, and token holders are still served.
+- Under talon.serve, request heads that do not complete within
+  gateway.headerTimeoutSeconds are answered 408, and neither slow heads nor clients that
+  never close their connection hold a thread or the server's loop.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +28,15 @@ import pytest
 
 from conftest import ADMIN_TOKEN, ROOT, TEMPLATE_DB, TEST_CONFIG, Cluster
 from talon import entrypoints
+from talon.cli.dev import GATEWAY_ENV, gateway_command
 from talon.store.local_postgres import free_port
 
 BODY_SECONDS = 3
+HEADER_SECONDS = 1
 UNAUTHENTICATED = 2
 LIMITS_ENV = {
     "TALON_GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_SECONDS),
+    "TALON_GATEWAY_HEADER_TIMEOUT_SECONDS": str(HEADER_SECONDS),
     "TALON_GATEWAY_MAX_UNAUTHENTICATED_REQUESTS": str(UNAUTHENTICATED),
     # Forwarded to only when a body completes; the tests' talon-ops bodies never do.
     "TALON_GATEWAY_OPS_MCP_UPSTREAM": "http://127.0.0.1:9",
@@ -40,20 +46,19 @@ PIECE = b"x" * 16384
 AUTH = f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
 
 
-# -- the gateway, served two ways ----------------------------------------------------------
+# -- the gateway, served three ways --------------------------------------------------------
 
 
 class _Served:
-    """The gateway in a subprocess, started the way `talon dev` starts it, against a
-    database of its own."""
+    """The gateway in a subprocess, started the way `talon dev` starts it (or with
+    functions-framework's CLI in its place), against a database of its own."""
 
     def __init__(self, module: str, database_url: str, log: Path) -> None:
         self.port = free_port()
-        command = [sys.executable, "-m", module, "--target", "gateway",
-                   "--source", str(ROOT / "functions" / "gateway" / "main.py"),
-                   "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        command = gateway_command("127.0.0.1", self.port)
+        command[2] = module  # python -m <module> --target gateway ...
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
-        env |= {"THREADS": "64"} | LIMITS_ENV
+        env |= GATEWAY_ENV | LIMITS_ENV
         env |= {"TALON_CONTROL_PLANE_DATABASE_URL": database_url,
                 "TALON_ADMIN_TOKEN": ADMIN_TOKEN, "TALON_CONFIG": str(TEST_CONFIG)}  # fmt: skip
         self.log = log
@@ -110,7 +115,7 @@ def gateways(
     started.close()
 
 
-SERVERS = ["werkzeug", "functions_framework"]
+SERVERS = ["werkzeug", "functions_framework", "talon.serve"]
 
 
 def _port(request: pytest.FixtureRequest, gateways: _Gateways, server: str) -> int:
@@ -132,6 +137,11 @@ def server(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def port(request: pytest.FixtureRequest, gateways: _Gateways, server: str) -> int:
     return _port(request, gateways, server)
+
+
+@pytest.fixture
+def talon_serve_port(request: pytest.FixtureRequest, gateways: _Gateways) -> int:
+    return _port(request, gateways, "talon.serve")
 
 
 # -- raw HTTP ------------------------------------------------------------------------------
@@ -381,3 +391,104 @@ def test_requests_without_a_token_beyond_the_cap_get_a_fast_503(port: int) -> No
     while _status(_exchange(port, openapi, 5)) != 200:
         assert time.monotonic() < deadline, "the slots did not come back"
         time.sleep(0.1)
+
+
+# -- heads and closes under talon.serve ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /v1/namespaces HTTP/1.1\r\nHost: t\r\n", b"\r\n\r\nGET /healthz HTTP/1.1\r\n"],
+    ids=["nothing", "a partial head", "empty lines, then a partial head"],
+)
+def test_a_head_that_does_not_complete_is_answered_408(talon_serve_port: int, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", talon_serve_port), timeout=10) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        reply = b""
+        while not reply and time.monotonic() - started < HEADER_SECONDS + 5:
+            sock.settimeout(0.3)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                if sent:
+                    sock.sendall(b"X-Slow: 1\r\n")  # a header line now and then
+        elapsed = time.monotonic() - started
+        reply += _read_response(sock, 2)
+        assert _status(reply) == 408, reply[:300]
+        assert _json_body(reply)["error"]["code"] == "request_timeout"  # type: ignore[index]
+        assert HEADER_SECONDS - 0.5 < elapsed < HEADER_SECONDS + 2.5
+        assert _closed_by_server(sock)
+
+
+def _healthz_seconds(port: int) -> float:
+    started = time.monotonic()
+    assert _status(_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 10)) == 200
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "opener",
+    [
+        b"POST /v1/namespaces HTTP/1.1\r\nHost: t\r\n",  # a head that never completes
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",  # never closed
+    ],
+    ids=["partial heads", "connections the client never closes"],
+)
+def test_slow_clients_beyond_the_thread_count_do_not_stop_the_server(
+    talon_serve_port: int, opener: bytes
+) -> None:
+    threads = int(GATEWAY_ENV["THREADS"])
+    clients = []
+    try:
+        for _ in range(threads + 6):
+            sock = socket.create_connection(("127.0.0.1", talon_serve_port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(opener)
+            clients.append(sock)
+        time.sleep(0.3)
+        # Unfixed, this waits for a thread (partial heads) or for the server's loop, which
+        # lingers 2 s on each connection it closes, one after another.
+        assert max(_healthz_seconds(talon_serve_port) for _ in range(5)) < 1
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_requests_on_a_kept_alive_connection_still_work(talon_serve_port: int) -> None:
+    """Heads collected by the server's loop: a second request on the same connection, and
+    one whose head arrives in pieces."""
+    with socket.create_connection(("127.0.0.1", talon_serve_port), timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(f"GET /v1/whoami HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n".encode())
+            assert _status(_read_response(sock, 5)) == 200
+        request = f"GET /v1/whoami HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n".encode()
+        for i in range(0, len(request), 7):
+            sock.sendall(request[i : i + 7])
+            time.sleep(0.01)
+        assert _status(_read_response(sock, 5)) == 200
+
+
+def test_a_head_over_the_size_limit_is_refused(talon_serve_port: int) -> None:
+    lines = b"".join(b"X-Field-%d: %s\r\n" % (i, b"a" * 4000) for i in range(34))
+    with socket.create_connection(("127.0.0.1", talon_serve_port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + lines)  # 136 KB, no end
+        reply = _read_response(sock, 5)
+    assert _status(reply) == 431, reply[:300]
+    assert _json_body(reply)["error"]["code"] == "headers_too_large"  # type: ignore[index]
+
+
+def test_the_server_stops_promptly_with_slow_clients_connected(
+    cluster: Cluster, template_url: str, tmp_path: Path
+) -> None:
+    url = cluster.create(f"talon_limits_stop_{os.getpid()}", template=TEMPLATE_DB)
+    served = _Served("talon.serve", url, tmp_path / "serve.log")
+    clients = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(10)]
+    for sock in clients:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(0.3)
+    started = time.monotonic()
+    served.stop()
+    assert time.monotonic() - started < 10
+    for sock in clients:
+        sock.close()

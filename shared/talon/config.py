@@ -37,6 +37,10 @@ class GatewaySettings(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # A request body must have arrived this long after the gateway starts reading it (408).
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A request's line and headers must have arrived this long after its connection became
+    # readable (408); enforced by Talon's server (`python -m talon.serve`, what `talon dev`
+    # runs), which reads headers without holding a thread.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Requests served at once per process without a verified bearer token (a 503 beyond);
     # 0: half the server's threads (THREADS), so token holders always keep the other half.
     max_unauthenticated_requests: int = Field(default=0, ge=0)

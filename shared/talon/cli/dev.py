@@ -34,8 +34,23 @@ EXAMPLE_SECRETS = {
 }
 
 
+# Every open SSE stream holds a gunicorn thread (THREADS defaults to cores x 4).
+GATEWAY_ENV = {"THREADS": "64"}
+
+
 class _Stop(Exception):
     pass
+
+
+def gateway_command(host: str, port: int) -> list[str]:
+    """The gateway function under Talon's server (functions-framework's app and gunicorn
+    application, Talon's worker: see talon/serve), which reads request heads without
+    holding a thread and on a deadline."""
+    source = functions_dir() / "gateway" / "main.py"
+    return [
+        sys.executable, "-m", "talon.serve", "--target", "gateway",
+        "--source", str(source), "--host", host, "--port", str(port),
+    ]  # fmt: skip
 
 
 @dataclass
@@ -161,13 +176,8 @@ class DevStack:
             ) from exc
 
     def _spawn_gateway(self, env: dict[str, str]) -> None:
-        source = functions_dir() / "gateway" / "main.py"
-        command = [
-            sys.executable, "-m", "functions_framework", "--target", "gateway",
-            "--source", str(source), "--host", self.options.host, "--port", str(self.options.port),
-        ]  # fmt: skip
-        # Every open SSE stream holds a gunicorn thread (THREADS defaults to cores x 4).
-        self._spawn("gateway", command, {"THREADS": "64", **env})
+        command = gateway_command(self.options.host, self.options.port)
+        self._spawn("gateway", command, {**GATEWAY_ENV, **env})
 
     def _spawn_ops_mcp(self, env: dict[str, str]) -> int:
         """The ops_mcp function on a private port; the gateway forwards /mcp/talon-ops."""

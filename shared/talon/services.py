@@ -20,6 +20,7 @@ from talon.scheduling.state_hook import ScheduleStateHook
 from talon.scheduling.tasks import SCHEDULE_CHANGED, TaskScheduler
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
+from talon.sessions.usage import NamespaceUsageHook
 from talon.store.database import Database, connector_from_url
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
@@ -106,7 +107,7 @@ def resource_service(db: Database, tenancy: TenancyPolicy) -> ResourceService:
     return ResourceService(
         db,
         checks=[tenancy.check_resource],
-        hooks=[ScheduleStateHook(), KnowledgeIndexHook(), LifecycleHook()],
+        hooks=[ScheduleStateHook(), KnowledgeIndexHook(), LifecycleHook(), NamespaceUsageHook()],
     )
 
 

@@ -27,6 +27,7 @@ from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.api.transport import check_request
 from talon.api.ui import StaticUI
+from talon.api.usage import usage_routes
 from talon.auth.principal import Principal
 from talon.auth.shared_secret import header_bytes
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
@@ -75,6 +76,7 @@ class Gateway:
             *resource_routes(),
             *session_routes(),
             *schedule_routes(),
+            *usage_routes(),
         ]
         self._by_endpoint = {r.endpoint: r for r in self.routes}
         self.url_map = Map(

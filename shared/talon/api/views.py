@@ -111,6 +111,34 @@ class StepView(StrictModel):
     completedAt: Timestamp | None
 
 
+UsageGroupBy = Literal["agent", "session", "turn", "profile", "provider", "model", "day"]
+
+
+class UsageSums(StrictModel):
+    modelCalls: int = Field(
+        description="Model steps journaled (retries and failovers within a step count once)."
+    )
+    promptTokens: int
+    completionTokens: int
+    totalTokens: int
+
+
+class UsageGroup(UsageSums):
+    key: str | int = Field(
+        description="The agent, session id, turn seq, profile, provider, "
+        "model or UTC day (YYYY-MM-DD) summed."
+    )
+
+
+class Usage(StrictModel):
+    since: Timestamp | None
+    until: Timestamp | None
+    total: UsageSums
+    groupBy: UsageGroupBy | None = None
+    groups: list[UsageGroup] | None = None
+    nextPageToken: str | None = None
+
+
 class TurnView(StrictModel):
     id: str
     seq: int
@@ -123,6 +151,7 @@ class TurnView(StrictModel):
     startedAt: Timestamp | None
     finishedAt: Timestamp | None
     steps: list[StepView]
+    usage: UsageSums
 
 
 EventType = Literal[
@@ -189,4 +218,5 @@ RESPONSE_MODELS: tuple[type[StrictModel], ...] = (
     SessionEvent,
     FireResult,
     Fires,
+    Usage,
 )

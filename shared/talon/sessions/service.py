@@ -19,6 +19,7 @@ from talon.errors import Conflict, NotFound
 from talon.sessions import events, messages, posting
 from talon.sessions.models import CreateSession, PostMessage
 from talon.sessions.posting import Accepted
+from talon.sessions.usage import UsageQuery, usage_view
 from talon.sessions.views import (
     OPEN_TURNS_SQL,
     message_view,
@@ -27,7 +28,9 @@ from talon.sessions.views import (
     summary,
     turn_view,
 )
+from talon.store import model_usage
 from talon.store.database import Database, Tx, jsonb
+from talon.store.model_usage import Scope, Window
 from talon.store.resources import require_namespace
 
 __all__ = ["Accepted", "SessionService", "StreamStart"]
@@ -121,7 +124,31 @@ class SessionService:
                 raise NotFound(f"turn {turn_id!r} not found in session {session_id!r}")
             view = turn_view(row)
             view["steps"] = steps_view(tx, row["id"], outputs=outputs)
+            scope = Scope(namespace, turn_id=row["id"])
+            view["usage"] = model_usage.total(tx, scope, Window())
             return view
+
+    def usage(
+        self,
+        namespace: str,
+        query: UsageQuery,
+        *,
+        agent: str | None = None,
+        session_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Model token usage of the namespace, or of one agent, or of one of its sessions."""
+        with self.db.transaction() as tx:
+            if session_id is not None:
+                assert agent is not None
+                session = self._require(tx, namespace, agent, session_id, columns="uid, agent")
+                scope = Scope(namespace, agent=agent, session_uid=session["uid"])
+            elif agent is not None:
+                self._require_agent(tx, namespace, agent)
+                scope = Scope(namespace, agent=agent)
+            else:
+                require_namespace(tx, namespace)
+                scope = Scope(namespace)
+            return usage_view(tx, scope, query)
 
     # -- messages and turns ------------------------------------------------------------------
 

@@ -96,6 +96,7 @@ module "functions" {
   model_key_secrets  = var.model_key_secrets
   topics             = module.messaging.topics
   queue              = module.scheduler.queue
+  trace_sample_ratio = var.trace_sample_ratio
 
   depends_on = [google_project_service.apis]
 }

@@ -65,3 +65,13 @@ variable "mcp_header_secrets" {
   type        = list(string)
   default     = []
 }
+
+variable "trace_sample_ratio" {
+  description = "Share of new traces (turns, requests) exported to Cloud Trace, 0 to 1; a trace its caller sampled is always kept."
+  type        = number
+  default     = 0.1
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}

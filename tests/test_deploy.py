@@ -26,6 +26,8 @@ FUNCTIONS = sorted(p.name for p in (ROOT / "functions").iterdir() if (p / "main.
 # Read from the environment by Talon outside Settings (entrypoints, logging, bootstrap).
 EXTRA_ENV = {"TALON_ADMIN_TOKEN", "TALON_LOG_FORMAT", "TALON_LOG_LEVEL"}
 SETTINGS_ENV = {env for env, _, _ in env_variables()}
+# OpenTelemetry's own variables, read by the SDK (talon/telemetry/setup.py).
+TRACING_ENV = {"OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 # What a cloud deployment must set (the rest keep their defaults).
 REQUIRED_CLOUD_ENV = {
     "TALON_CONTROL_PLANE_DATABASE_INSTANCE_CONNECTION_NAME",
@@ -146,8 +148,12 @@ def test_environment_names_are_settings_the_code_reads() -> None:
         for name in [*plain, *secrets]:
             if name.startswith("TALON_"):
                 assert name in SETTINGS_ENV | EXTRA_ENV, f"{function}: {name} is read by nothing"
+            elif name.startswith("OTEL_"):
+                assert name in TRACING_ENV, f"{function}: {name} is no OpenTelemetry setting"
             else:
-                assert name == "FUNCTION_USE_ASGI" and function == "ops_mcp", name
+                assert (name == "FUNCTION_USE_ASGI" and function == "ops_mcp") or (
+                    name == "GOOGLE_CLOUD_PROJECT"), name  # fmt: skip
+        assert set(plain) >= TRACING_ENV, f"{function} does not export traces"
         names = set(plain) | set(secrets)
         missing = REQUIRED_CLOUD_ENV - names
         assert not missing, f"{function} lacks {sorted(missing)}"
@@ -155,6 +161,20 @@ def test_environment_names_are_settings_the_code_reads() -> None:
     assert set(dispatch_plain) >= REQUIRED_DISPATCH_ENV
     _, gateway_secrets = _env_of("gateway")
     assert "TALON_ADMIN_TOKEN" in gateway_secrets
+
+
+def test_every_function_exports_traces_to_cloud_trace_with_its_own_role() -> None:
+    from talon.telemetry.setup import exporter_names
+
+    env = _locals(_functions_module())["common_env"]
+    assert exporter_names({k: _unquote(v) for k, v in env.items()}) == ["gcp_trace"]
+    # A sampler the SDK knows, with its ratio from the root variable.
+    assert _unquote(env["OTEL_TRACES_SAMPLER"]) == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "${tostring(var.trace_sample_ratio)}"
+    iam = _load(TERRAFORM / "modules" / "iam" / "main.tf")
+    agent = _resources(iam, "google_project_iam_member")["trace_agent"]
+    assert agent["for_each"] == "${toset(local.functions)}"
+    assert _unquote(agent["role"]) == "roles/cloudtrace.agent"
 
 
 def test_the_ops_mcp_function_allows_its_own_hosts() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from talon.logs import configure_logging
 from talon.services import Services
+from talon.telemetry.setup import configure_tracing
 
 # Reentrant: building the gateway builds the services first, under the same lock.
 _lock = threading.RLock()
@@ -25,6 +26,7 @@ def _once(name: str, build: Any) -> Any:
             instance = _instances.get(name)
             if instance is None:
                 configure_logging()
+                configure_tracing()
                 instance = build()
                 _instances[name] = instance
     return instance

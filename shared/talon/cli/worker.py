@@ -8,6 +8,7 @@ from pathlib import Path
 from types import FrameType
 
 from talon.logs import configure_logging
+from talon.telemetry.setup import configure_tracing, flush_traces
 
 
 def run_worker(
@@ -23,6 +24,7 @@ def run_worker(
     from talon.services import Services
 
     configure_logging()
+    configure_tracing()
     settings = load_settings()
     broker = settings.control_plane.message_broker
     if not settings.worker.pull_mode or broker.driver != "postgres":
@@ -54,4 +56,5 @@ def run_worker(
         )
     finally:
         services.close()
+        flush_traces()
     return 0

@@ -9,6 +9,7 @@ attempts) is failed here and the next one is looked at.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,8 @@ class Claim:
     agent: AgentContext
     journal: dict[int, Step]
     history: list[dict[str, Any]]
+    started_ns: int = 0  # when the claim began (epoch ns): the attempt's span starts there
+    knowledge_ns: tuple[int, int] | None = None  # when this claim loaded the knowledge
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,14 @@ WITH s AS (
            lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
            started_at = COALESCE(started_at, now())
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
-    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at
+    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
+              turns.traceparent, turns.attempt_span
 )
 SELECT s.namespace, s.id AS session_id, s.agent,
        head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
        head.lease_expires_at AS head_lease,
        claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
+       claimed.traceparent, claimed.attempt_span,
        r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
 FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
 LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
@@ -73,7 +78,7 @@ def claim(db: Database, session_uid: uuid.UUID, options: ClaimOptions) -> Claim 
     that lease expires (look again then); or None when the session has no open turn."""
     while True:
         with db.transaction() as tx:
-            claimed = _claim_in(tx, session_uid, options)
+            claimed = _claim_in(tx, session_uid, options, time.time_ns())
         if not isinstance(claimed, _Settled):
             return claimed
 
@@ -83,7 +88,7 @@ class _Settled:
 
 
 def _claim_in(
-    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions
+    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
 ) -> Claim | datetime | _Settled | None:
     while True:
         row = tx.one(
@@ -116,9 +121,12 @@ def _claim_in(
         finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
         return _Settled()
     history = ctx.history(tx, session_uid, int(turn["seq"]))
+    knowledge_ns = None
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.
+        loading = time.time_ns()
         knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
+        knowledge_ns = (loading, time.time_ns())
         journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
         announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
         next_step = Step(1, MODEL, "model", "started", {})
@@ -126,7 +134,17 @@ def _claim_in(
         record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False)
     else:
         events.append(tx, session_uid, started, turn["id"])
-    return Claim(lease, turn, agent, journal, history)
+    return Claim(lease, turn, agent, journal, history, started_ns, knowledge_ns)
+
+
+def note_attempt_span(db: Database, lease: Lease, traceparent: str | None) -> None:
+    """Remember the running attempt's span on its turn, for the next attempt to link to (only
+    while traces are exported: it costs a commit)."""
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE turns SET attempt_span = %s WHERE id = %s AND fencing_token = %s",
+            (traceparent, lease.turn_id, lease.token),
+        )
 
 
 def finish_failed(

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
+from talon.runtime import turn_spans
 from talon.runtime.claim import Claim, ClaimOptions, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
@@ -45,6 +46,7 @@ from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.store.database import Database, Tx
+from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,9 @@ class TurnRunner:
             claimed = claim(self.db, session_uid, options)
             if not isinstance(claimed, Claim):
                 return claimed
-            if not self._run(claimed, on_idle):
-                return None  # the final write saw no other open turn: nothing to claim
+            with turn_spans.attempt(self.db, claimed):
+                if not self._run(claimed, on_idle):
+                    return None  # the final write saw no other open turn: nothing to claim
 
     # -- running -----------------------------------------------------------------------------
 
@@ -171,13 +174,15 @@ class TurnRunner:
             pending: Callable[..., list[tuple[str, dict[str, Any]]]] | None = None
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
-                response = complete_with_policy(
-                    clients,
-                    agent.effective["modelPolicy"].get("retry", {}),
-                    ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
-                    deadline=deadline,
-                    on_attempt_failed=deltas.attempt_failed,
-                )
+                with turn_spans.model_call(idx) as span:
+                    response = complete_with_policy(
+                        clients,
+                        agent.effective["modelPolicy"].get("retry", {}),
+                        ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
+                        deadline=deadline,
+                        on_attempt_failed=turn_spans.noting_failures(deltas.attempt_failed),
+                    )
+                    turn_spans.model_answered(span, response)
                 output: dict[str, Any] = {
                     "content": response.content,
                     "toolCalls": [c.to_dict() for c in response.tool_calls],
@@ -206,7 +211,7 @@ class TurnRunner:
             if not calls:
                 # The answer: the model step and the turn's messages commit together (a crash
                 # before this commit asks the model again, exactly as with two commits).
-                with self.db.transaction() as tx:
+                with tracing.span(WRITE), self.db.transaction() as tx:
                     recorded = []
                     if pending is not None:
                         recorded = pending(tx, defer_events=True)  # renews the lease
@@ -256,7 +261,9 @@ class TurnRunner:
             except ValueError as exc:
                 result, is_error = f"error: invalid tool arguments: {exc}", True
             else:
-                outcome = self.tools.call(agent, call["name"], arguments)
+                with turn_spans.tool_call(idx, call["name"]) as span:
+                    outcome = self.tools.call(agent, call["name"], arguments)
+                    turn_spans.tool_answered(span, outcome.is_error)
                 result, is_error = outcome.content, outcome.is_error
         done = Step(idx, name, "tool", "completed", {"call": call, "result": result,
                                                        "isError": is_error})  # fmt: skip
@@ -313,6 +320,7 @@ class TurnRunner:
         return remaining > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
+        tracing.fail_current(f"{code}: {message}"[:300])
         try:
             with self.db.transaction() as tx:
                 renew(tx, lease)

@@ -34,6 +34,14 @@ resource "google_project_iam_member" "sql_client" {
   member   = google_service_account.accounts[each.key].member
 }
 
+# Every function exports its spans to Cloud Trace (talon/telemetry).
+resource "google_project_iam_member" "trace_agent" {
+  for_each = toset(local.functions)
+  project  = var.project
+  role     = "roles/cloudtrace.agent"
+  member   = google_service_account.accounts[each.key].member
+}
+
 # Functions that enqueue schedule fires (gateway on schedule writes, scheduler for the next
 # fire, ops_mcp on pause/resume) attach the tasks account's OIDC token to each task.
 resource "google_service_account_iam_member" "act_as_tasks" {

@@ -18,7 +18,9 @@ resource "google_project_service" "apis" {
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
+    "cloudtrace.googleapis.com",
     "iam.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
@@ -97,6 +99,18 @@ module "functions" {
   topics             = module.messaging.topics
   queue              = module.scheduler.queue
   trace_sample_ratio = var.trace_sample_ratio
+
+  depends_on = [google_project_service.apis]
+}
+
+module "observability" {
+  source                    = "./modules/observability"
+  project                   = var.project
+  prefix                    = local.prefix
+  notification_channels     = var.alert_notification_channels
+  turn_failure_ratio        = var.alert_turn_failure_ratio
+  outbox_age_seconds        = var.alert_outbox_age_seconds
+  schedule_lateness_seconds = var.alert_schedule_lateness_seconds
 
   depends_on = [google_project_service.apis]
 }

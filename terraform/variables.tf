@@ -75,3 +75,27 @@ variable "trace_sample_ratio" {
     error_message = "trace_sample_ratio must be between 0 and 1."
   }
 }
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) that Talon's alerts notify; empty: the alerts open incidents only."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_turn_failure_ratio" {
+  description = "Alert when more than this share of turns fail over 10 minutes."
+  type        = number
+  default     = 0.1
+}
+
+variable "alert_outbox_age_seconds" {
+  description = "Alert when an outbox row has waited this long to be delivered."
+  type        = number
+  default     = 300
+}
+
+variable "alert_schedule_lateness_seconds" {
+  description = "Alert when schedule fires queue their turns this late (p99)."
+  type        = number
+  default     = 60
+}

@@ -1,9 +1,10 @@
-"""A local OTLP/HTTP trace receiver for the tests: what an OpenTelemetry Collector's `otlp`
-receiver does with `POST /v1/traces`, keeping the spans it decodes.
+"""A local OTLP/HTTP receiver for the tests: what an OpenTelemetry Collector's `otlp` receiver
+does with `POST /v1/traces` and `POST /v1/metrics`, keeping the spans and the latest value of
+each metric's points (Talon's exporter sends cumulative figures).
 
 As strict as a collector about what it accepts: protobuf only (`application/x-protobuf`;
 JSON, which Talon's exporter never sends, is a 415), a body that does not decode as an
-ExportTraceServiceRequest is a 400, any other path a 404.
+Export*ServiceRequest is a 400, any other path a 404.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+
+def _value_of_number(point: Any) -> Any:
+    return point.as_int if point.WhichOneof("value") == "as_int" else point.as_double
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,14 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, which) if which else None
 
 
+Point = tuple[str, str, frozenset[tuple[str, Any]]]  # service, metric, attributes
+
+
 @dataclass
 class OtlpReceiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
+    # The latest value of each point: a number (sum, gauge) or a histogram's (count, sum).
+    points: dict[Point, Any] = field(default_factory=dict)
     refused: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -59,17 +73,24 @@ class OtlpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path != "/v1/traces":
+                kinds: dict[str, tuple[Any, Any, Any]] = {
+                    "/v1/traces": (ExportTraceServiceRequest, ExportTraceServiceResponse,
+                                   receiver._keep),
+                    "/v1/metrics": (ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+                                    receiver._keep_metrics),
+                }  # fmt: skip
+                if self.path not in kinds:
                     return self._answer(404, b"")
                 if self.headers.get("Content-Type") != "application/x-protobuf":
                     return self._answer(415, b"")
-                request = ExportTraceServiceRequest()
+                request_type, response_type, keep = kinds[self.path]
+                request = request_type()
                 try:
                     request.ParseFromString(body)
                 except DecodeError:
                     return self._answer(400, b"")
-                receiver._keep(request)
-                self._answer(200, ExportTraceServiceResponse().SerializeToString())
+                keep(request)
+                self._answer(200, response_type().SerializeToString())
 
             def _answer(self, status: int, payload: bytes) -> None:
                 if status != 200:
@@ -103,6 +124,33 @@ class OtlpReceiver:
                     ))  # fmt: skip
         with self._lock:
             self.spans.extend(found)
+
+    def _keep_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        found: dict[Point, Any] = {}
+        for resource_metrics in request.resource_metrics:
+            resource = {a.key: _value(a.value) for a in resource_metrics.resource.attributes}
+            service = str(resource.get("service.name", ""))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    data = getattr(metric, metric.WhichOneof("data"))
+                    for point in data.data_points:
+                        attributes = frozenset((a.key, _value(a.value)) for a in point.attributes)
+                        if metric.WhichOneof("data") == "histogram":
+                            value: Any = (point.count, point.sum)
+                        else:
+                            value = _value_of_number(point)
+                        found[(service, metric.name, attributes)] = value
+        with self._lock:
+            self.points.update(found)
+
+    def metric(self, service: str, name: str, **attributes: Any) -> list[Any]:
+        """The latest values of `name`'s points from `service` whose attributes include
+        `attributes`."""
+        with self._lock:
+            return [
+                value for (svc, metric, attrs), value in self.points.items()
+                if svc == service and metric == name and set(attributes.items()) <= attrs
+            ]  # fmt: skip
 
     def wait_for(self, predicate: Any, timeout: float = 20) -> list[ReceivedSpan]:
         """The spans received so far, once `predicate(spans)` holds (AssertionError if it

@@ -27,7 +27,12 @@ FUNCTIONS = sorted(p.name for p in (ROOT / "functions").iterdir() if (p / "main.
 EXTRA_ENV = {"TALON_ADMIN_TOKEN", "TALON_LOG_FORMAT", "TALON_LOG_LEVEL"}
 SETTINGS_ENV = {env for env, _, _ in env_variables()}
 # OpenTelemetry's own variables, read by the SDK (talon/telemetry/setup.py).
-TRACING_ENV = {"OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
+TRACING_ENV = {
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_METRICS_EXPORTER",
+}
 # What a cloud deployment must set (the rest keep their defaults).
 REQUIRED_CLOUD_ENV = {
     "TALON_CONTROL_PLANE_DATABASE_INSTANCE_CONNECTION_NAME",
@@ -167,7 +172,9 @@ def test_every_function_exports_traces_to_cloud_trace_with_its_own_role() -> Non
     from talon.telemetry.setup import exporter_names
 
     env = _locals(_functions_module())["common_env"]
-    assert exporter_names({k: _unquote(v) for k, v in env.items()}) == ["gcp_trace"]
+    plain = {k: _unquote(v) for k, v in env.items()}
+    assert exporter_names(plain) == ["gcp_trace"]
+    assert exporter_names(plain, signal="metrics") == ["gcp_monitoring"]
     # A sampler the SDK knows, with its ratio from the root variable.
     assert _unquote(env["OTEL_TRACES_SAMPLER"]) == "parentbased_traceidratio"
     assert env["OTEL_TRACES_SAMPLER_ARG"] == "${tostring(var.trace_sample_ratio)}"
@@ -175,6 +182,27 @@ def test_every_function_exports_traces_to_cloud_trace_with_its_own_role() -> Non
     agent = _resources(iam, "google_project_iam_member")["trace_agent"]
     assert agent["for_each"] == "${toset(local.functions)}"
     assert _unquote(agent["role"]) == "roles/cloudtrace.agent"
+    writer = _resources(iam, "google_project_iam_member")["metric_writer"]
+    assert writer["for_each"] == "${toset(local.functions)}"
+    assert _unquote(writer["role"]) == "roles/monitoring.metricWriter"
+
+
+def test_the_dashboard_and_alerts_watch_metrics_talon_records() -> None:
+    """Every metric the dashboard charts or an alert watches is one Talon records (the names
+    in talon/telemetry/metrics.py and the gauges of Services.report_gauges)."""
+    recorded = set(re.findall(r'"(talon\.[a-z_.]+)"', "\n".join(
+        (ROOT / "shared" / "talon" / p).read_text()
+        for p in ("telemetry/metrics.py", "services.py")
+    )))  # fmt: skip
+    text = (TERRAFORM / "modules" / "observability" / "main.tf").read_text()
+    watched = set(re.findall(r"talon\.[a-z_.]+[a-z]", text))
+    assert watched and watched <= recorded, watched - recorded
+    document = _load(TERRAFORM / "modules" / "observability" / "main.tf")
+    alerts = _resources(document, "google_monitoring_alert_policy")
+    assert set(alerts) == {"turn_failures", "outbox_age", "schedule_lateness"}
+    assert "google_monitoring_dashboard" in {
+        kind for block in document["resource"] for kind in _labels(block)
+    }
 
 
 def test_the_ops_mcp_function_allows_its_own_hosts() -> None:

@@ -16,7 +16,7 @@ from conftest import worker_for_tests
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.store.database import Database, connector_from_url
-from talon.telemetry.setup import configure_tracing, flush_traces
+from talon.telemetry.setup import configure_telemetry, flush_telemetry
 
 
 class FileRecordingTool:
@@ -45,11 +45,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = worker_for_tests(db, tools=FileRecordingTool(calls_file),
                     lease_seconds=1.5)  # fmt: skip
-    configure_tracing()  # exported when the test sets OTEL_* (tests/test_tracing.py)
+    configure_telemetry()  # exported when the test sets OTEL_* (tests/test_tracing.py)
     try:
         worker.run_pull(stop, concurrency=3, visibility_seconds=2.0)
     finally:
-        flush_traces()
+        flush_telemetry()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import FrameType
 
 from talon.logs import configure_logging
-from talon.telemetry.setup import configure_tracing, flush_traces
+from talon.telemetry.setup import configure_telemetry, flush_telemetry, metrics_exported
 
 
 def run_worker(
@@ -24,7 +24,7 @@ def run_worker(
     from talon.services import Services
 
     configure_logging()
-    configure_tracing()
+    configure_telemetry()
     settings = load_settings()
     broker = settings.control_plane.message_broker
     if not settings.worker.pull_mode or broker.driver != "postgres":
@@ -34,6 +34,8 @@ def run_worker(
             "dispatch function instead"
         )
     services = Services.start(settings)
+    if metrics_exported():
+        services.report_gauges()
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -56,5 +58,5 @@ def run_worker(
         )
     finally:
         services.close()
-        flush_traces()
+        flush_telemetry()
     return 0

@@ -20,6 +20,7 @@ from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
 from talon.runtime.tools.base import AgentContext
 from talon.sessions import events
 from talon.store.database import Database, Tx, jsonb
+from talon.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,13 @@ WITH s AS (
            started_at = COALESCE(started_at, now())
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
     RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
-              turns.traceparent, turns.attempt_span
+              turns.created_at, turns.traceparent, turns.attempt_span
 )
 SELECT s.namespace, s.id AS session_id, s.agent,
        head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
        head.lease_expires_at AS head_lease,
        claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
-       claimed.traceparent, claimed.attempt_span,
+       claimed.created_at, claimed.traceparent, claimed.attempt_span,
        r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
 FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
 LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
@@ -106,6 +107,7 @@ def _claim_in(
             tx, session_uid, row["head_id"], "too_many_attempts",
             f"gave up after {row['head_attempts']} attempts",
         )  # fmt: skip
+        _count_failed(row["namespace"], row["agent"])
     session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
     turn = row
     lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]), options.lease_seconds)
@@ -119,6 +121,7 @@ def _claim_in(
     except ctx.TurnFailure as failure:
         events.append(tx, session_uid, started, turn["id"])
         finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
+        _count_failed(row["namespace"], row["agent"])
         return _Settled()
     history = ctx.history(tx, session_uid, int(turn["seq"]))
     knowledge_ns = None
@@ -135,6 +138,12 @@ def _claim_in(
     else:
         events.append(tx, session_uid, started, turn["id"])
     return Claim(lease, turn, agent, journal, history, started_ns, knowledge_ns)
+
+
+def _count_failed(namespace: str, agent: str) -> None:
+    """A turn failed before it could run (counted as its transaction commits, give or take a
+    rollback: a metric, not a record)."""
+    metrics.turns_ended.add(1, metrics.where(namespace=namespace, agent=agent, outcome="failed"))
 
 
 def note_attempt_span(db: Database, lease: Lease, traceparent: str | None) -> None:

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
-from talon.runtime import turn_spans
+from talon.runtime import turn_telemetry
 from talon.runtime.claim import Claim, ClaimOptions, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
@@ -114,7 +114,7 @@ class TurnRunner:
             claimed = claim(self.db, session_uid, options)
             if not isinstance(claimed, Claim):
                 return claimed
-            with turn_spans.attempt(self.db, claimed):
+            with turn_telemetry.attempt(self.db, claimed):
                 if not self._run(claimed, on_idle):
                     return None  # the final write saw no other open turn: nothing to claim
 
@@ -130,13 +130,17 @@ class TurnRunner:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
-            return self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
+            more = self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
+            turn_telemetry.ended(claimed, "completed")
+            return more
         except Fenced:
             log.info("turn %s: lost the lease or was cancelled; stopping", turn["id"])
         except ctx.TurnFailure as failure:
             self._fail(lease, failure.code, failure.message)
+            turn_telemetry.ended(claimed, "failed")
         except PolicyError as exc:
             self._fail(lease, "model_unavailable", str(exc), attempts=exc.attempts)
+            turn_telemetry.ended(claimed, "failed")
         finally:
             heartbeat.stop()
         return True
@@ -174,15 +178,15 @@ class TurnRunner:
             pending: Callable[..., list[tuple[str, dict[str, Any]]]] | None = None
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
-                with turn_spans.model_call(idx) as span:
+                with turn_telemetry.step(MODEL, "model", **{"talon.step.index": idx}) as span:
                     response = complete_with_policy(
                         clients,
                         agent.effective["modelPolicy"].get("retry", {}),
                         ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
                         deadline=deadline,
-                        on_attempt_failed=turn_spans.noting_failures(deltas.attempt_failed),
+                        on_attempt_failed=turn_telemetry.noting_failures(deltas.attempt_failed),
                     )
-                    turn_spans.model_answered(span, response)
+                    turn_telemetry.model_answered(span, response)
                 output: dict[str, Any] = {
                     "content": response.content,
                     "toolCalls": [c.to_dict() for c in response.tool_calls],
@@ -211,7 +215,7 @@ class TurnRunner:
             if not calls:
                 # The answer: the model step and the turn's messages commit together (a crash
                 # before this commit asks the model again, exactly as with two commits).
-                with tracing.span(WRITE), self.db.transaction() as tx:
+                with turn_telemetry.step(WRITE, "write"), self.db.transaction() as tx:
                     recorded = []
                     if pending is not None:
                         recorded = pending(tx, defer_events=True)  # renews the lease
@@ -261,9 +265,9 @@ class TurnRunner:
             except ValueError as exc:
                 result, is_error = f"error: invalid tool arguments: {exc}", True
             else:
-                with turn_spans.tool_call(idx, call["name"]) as span:
+                with turn_telemetry.tool_call(idx, call["name"]) as span:
                     outcome = self.tools.call(agent, call["name"], arguments)
-                    turn_spans.tool_answered(span, outcome.is_error)
+                    turn_telemetry.tool_answered(span, call["name"], outcome.is_error)
                 result, is_error = outcome.content, outcome.is_error
         done = Step(idx, name, "tool", "completed", {"call": call, "result": result,
                                                        "isError": is_error})  # fmt: skip

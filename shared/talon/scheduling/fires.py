@@ -13,7 +13,7 @@ from talon.sessions.service import SessionService
 from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Database, Tx
 from talon.store.resources import require_namespace
-from talon.telemetry import tracing
+from talon.telemetry import metrics, tracing
 
 RECENT_FIRES = 10
 
@@ -135,6 +135,9 @@ class ScheduleFirer:
                     claimed=True, outcome="queued", sessionId=fire.session_id,
                     turnId=str(turn.turn_id), streamFrom=queued[turn.turn_id].stream_from,
                 )  # fmt: skip
+                if fire.reason != "run":  # a manual run is not late for anything
+                    lateness = max(0.0, _lateness(fire.fire_at))
+                    metrics.schedule_lateness.record(lateness, {"namespace": fire.namespace})
             elif turn is None and (key := _key(fire)) in failed:
                 failed.discard(key)  # a fire listed twice is claimed by its first listing
                 result.update(claimed=True, outcome="failed", error=error)

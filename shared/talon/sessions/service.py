@@ -32,6 +32,7 @@ from talon.store import model_usage
 from talon.store.database import Database, Tx, jsonb
 from talon.store.model_usage import Scope, Window
 from talon.store.resources import require_namespace
+from talon.telemetry import metrics
 
 __all__ = ["Accepted", "SessionService", "StreamStart"]
 
@@ -166,7 +167,11 @@ class SessionService:
             session = self._require(
                 tx, namespace, agent, session_id, lock=True, columns="uid, agent"
             )
-            return posting.post(tx, session["uid"], session_id, request, idempotency_key, source)
+            accepted = posting.post(
+                tx, session["uid"], session_id, request, idempotency_key, source
+            )
+        _count_cancelled(namespace, agent, accepted.interrupted)
+        return accepted
 
     def ensure_many(
         self, tx: Tx, targets: builtins.list[tuple[str, str, str]]
@@ -240,7 +245,9 @@ class SessionService:
         """Cancel every open turn of the session; return their ids."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id, lock=True)
-            return posting.cancel_open(tx, session["uid"])
+            cancelled = posting.cancel_open(tx, session["uid"])
+        _count_cancelled(namespace, agent, len(cancelled))
+        return cancelled
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -280,3 +287,11 @@ class SessionService:
             self._require_agent(tx, namespace, agent)
             raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
         return session
+
+
+def _count_cancelled(namespace: str, agent: str, count: int) -> None:
+    """Cancelled turns, counted once their cancellation committed."""
+    if count:
+        metrics.turns_ended.add(
+            count, metrics.where(namespace=namespace, agent=agent, outcome="cancelled")
+        )

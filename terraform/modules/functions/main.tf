@@ -68,8 +68,10 @@ locals {
     TALON_CONTROL_PLANE_SCHEDULER_CALLBACK_VERIFICATION   = "oidc"
     TALON_WORKER_PULL_MODE                                = "false"
     # Traces to Cloud Trace (talon/telemetry): a sampled share of new traces, and always
-    # those whose caller sampled them. The project names the trace in log lines.
+    # those whose caller sampled them; metrics to Cloud Monitoring (every 60 s). The project
+    # names the trace in log lines.
     OTEL_TRACES_EXPORTER    = "gcp_trace"
+    OTEL_METRICS_EXPORTER   = "gcp_monitoring"
     OTEL_TRACES_SAMPLER     = "parentbased_traceidratio"
     OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)
     GOOGLE_CLOUD_PROJECT    = var.project

@@ -34,11 +34,19 @@ resource "google_project_iam_member" "sql_client" {
   member   = google_service_account.accounts[each.key].member
 }
 
-# Every function exports its spans to Cloud Trace (talon/telemetry).
+# Every function exports its spans to Cloud Trace and its metrics to Cloud Monitoring
+# (talon/telemetry).
 resource "google_project_iam_member" "trace_agent" {
   for_each = toset(local.functions)
   project  = var.project
   role     = "roles/cloudtrace.agent"
+  member   = google_service_account.accounts[each.key].member
+}
+
+resource "google_project_iam_member" "metric_writer" {
+  for_each = toset(local.functions)
+  project  = var.project
+  role     = "roles/monitoring.metricWriter"
   member   = google_service_account.accounts[each.key].member
 }
 

@@ -1,9 +1,9 @@
-"""Traces: one trace per turn across processes. The gateway (`talon.serve`, as `talon dev`
-runs it) and a pull worker run as separate processes exporting OTLP/HTTP to a local receiver;
-the turn's span is a child of the POST that queued it, its steps are its children, and an
-attempt resumed after a SIGKILL links to the attempt before it. Also: the receiver double
-refuses what a collector refuses, log lines carry the trace ids Cloud Logging correlates by,
-and nothing is exported (or installed) without an exporter configured."""
+"""Traces and metrics. The gateway (`talon.serve`, as `talon dev` runs it) and a pull worker
+run as separate processes exporting OTLP/HTTP to a local receiver: one trace per turn (the
+turn's span a child of the POST that queued it, its steps its children, an attempt resumed
+after a SIGKILL linked to the attempt before it) and the metrics a turn moves. Also: the
+receiver double refuses what a collector refuses, log lines carry the trace ids Cloud Logging
+correlates by, and nothing is exported (or installed) without an exporter configured."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def _otel_env(receiver: OtlpReceiver, service: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_SERVICE_NAME": service,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within a tenth of a second
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
     }
 
 
@@ -145,7 +146,7 @@ def _one(spans: list[ReceivedSpan], **match: Any) -> ReceivedSpan:
 
 
 @pytest.mark.slow
-def test_a_turn_is_one_trace_from_the_post_to_its_last_step(
+def test_a_turn_is_one_trace_from_the_post_to_its_last_step_and_moves_its_metrics(
     receiver: OtlpReceiver, database_url: str, tmp_path: Path, processes: list[_Process],
     model_server: Any,
 ) -> None:  # fmt: skip
@@ -191,6 +192,51 @@ def test_a_turn_is_one_trace_from_the_post_to_its_last_step(
     assert second_model.attributes["gen_ai.usage.input_tokens"] == 300
     assert tool.attributes["talon.tool"] == "get_renewals"
     assert tool.attributes["talon.tool.is_error"] is False
+    _the_metrics_the_turn_moved(receiver, client, processes)
+
+
+def _wait_metric(receiver: OtlpReceiver, service: str, name: str, expected: Any,
+                 **attributes: Any) -> None:  # fmt: skip
+    deadline = time.monotonic() + 20
+    while receiver.metric(service, name, **attributes) != [expected]:
+        if time.monotonic() > deadline:
+            raise AssertionError((service, name, attributes,
+                                  receiver.metric(service, name, **attributes)))  # fmt: skip
+        time.sleep(0.1)
+
+
+def _the_metrics_the_turn_moved(
+    receiver: OtlpReceiver, client: httpx.Client, processes: list[_Process]
+) -> None:
+    who = {"namespace": "acme", "agent": "bot"}
+    worker = "talon-worker"
+    _wait_metric(receiver, worker, "talon.turns.started", 1, **who)
+    _wait_metric(receiver, worker, "talon.turns.ended", 1, outcome="completed", **who)
+    assert receiver.metric(worker, "talon.turn.queue_wait", **who)[0][0] == 1
+    assert receiver.metric(worker, "talon.turn.run_time", outcome="completed", **who)[0][0] == 1
+    for kind, count in (("knowledge", 1), ("model", 2), ("tool", 1), ("write", 1)):
+        assert receiver.metric(worker, "talon.step.duration", kind=kind)[0][0] == count, kind
+    model = {"profile": "primary", "provider": "openai", "model": "model-a"}
+    assert receiver.metric(worker, "talon.model.tokens", type="input", **model) == [400]
+    assert receiver.metric(worker, "talon.model.tokens", type="output", **model) == [60]
+    assert receiver.metric(worker, "talon.tool.calls", tool="get_renewals", outcome="ok") == [1]
+    # With the worker gone, a queued turn waits in the outbox; cancelling it is counted by
+    # the gateway, and an open stream is too while it is open.
+    processes[-1].stop()
+    accepted = client.post(f"{SESSION}/message", json={"content": "Again"}).json()
+    with client.stream("GET", f"{SESSION}/stream") as stream:
+        next(stream.iter_lines())
+        _wait_metric(receiver, "talon-gateway", "talon.streams.open", 1, namespace="acme")
+    assert client.post(f"{SESSION}/cancel").json()["cancelled"] == [accepted["turnId"]]
+    _wait_metric(receiver, "talon-gateway", "talon.turns.ended", 1, outcome="cancelled", **who)
+    _wait_metric(receiver, "talon-gateway", "talon.streams.open", 0, namespace="acme")
+    deadline = time.monotonic() + 20
+    while not receiver.metric("talon-gateway", "talon.outbox.depth", topic="dispatch"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert receiver.metric("talon-gateway", "talon.outbox.depth", topic="dispatch")[0] >= 1
+    assert receiver.metric("talon-gateway", "talon.outbox.oldest_age", topic="dispatch")[0] >= 0
+    assert receiver.metric("talon-gateway", "talon.db.pool.in_use")
 
 
 @pytest.mark.slow
@@ -230,10 +276,13 @@ def test_the_receiver_refuses_what_a_collector_refuses(receiver: OtlpReceiver) -
     json_body = httpx.post(f"{receiver.url}/v1/traces", json={"resourceSpans": []})
     garbage = httpx.post(f"{receiver.url}/v1/traces", content=b"\xff\xff\xff",
                          headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
-    elsewhere = httpx.post(f"{receiver.url}/v1/metrics", content=b"",
+    elsewhere = httpx.post(f"{receiver.url}/v1/logs", content=b"",
                            headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
     assert (json_body.status_code, garbage.status_code, elsewhere.status_code) == (415, 400, 404)
-    assert receiver.spans == []
+    bad_metrics = httpx.post(f"{receiver.url}/v1/metrics", content=b"\xff\xff",
+                             headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
+    assert bad_metrics.status_code == 400
+    assert receiver.spans == [] and receiver.points == {}
     receiver.refused.clear()
 
 
@@ -250,10 +299,16 @@ def test_the_receiver_refuses_what_a_collector_refuses(receiver: OtlpReceiver) -
         ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, []),
     ],
 )
-def test_traces_are_exported_only_when_an_exporter_is_asked_for(
+def test_telemetry_is_exported_only_when_an_exporter_is_asked_for(
     environ: dict[str, str], names: list[str]
 ) -> None:
     assert exporter_names(environ) == names
+    # Metrics read the same rules from their own variables.
+    as_metrics = {k.replace("TRACES", "METRICS").replace("gcp_trace", "gcp_monitoring"): v.replace(
+        "gcp_trace", "gcp_monitoring") for k, v in environ.items()}  # fmt: skip
+    expected = [n.replace("gcp_trace", "gcp_monitoring") for n in names]
+    assert exporter_names(as_metrics, signal="metrics") == expected
+    assert exporter_names({"OTEL_TRACES_EXPORTER": "otlp"}, signal="metrics") == []
 
 
 @pytest.mark.fast

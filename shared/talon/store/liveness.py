@@ -109,10 +109,14 @@ class OwnerLock:
                     for name, value in _KEEPALIVE.items():
                         cursor.execute(f"SET {name} = {value}")
                     _client_keepalive(sock)
-                # Blocks while a claimer holds the key shared, for the length of its claim.
-                cursor.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                # Not a blocking lock: a waiting exclusive request makes every probe of the
+                # key fail, so this owner would look alive while it holds nothing. The key is
+                # busy only while claimers probe it (after this connection was lost: they
+                # may be taking our turns over), so try again shortly.
+                cursor.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
                                (LOCK_CLASS, self.owner))  # fmt: skip
-                cursor.fetchall()
+                if not cursor.fetchall()[0][0]:
+                    raise _Busy("the key is held by a claimer probing it")
                 self._socket = sock
                 self._held.set()
                 failures = 0
@@ -145,6 +149,10 @@ class OwnerLock:
                 continue
             except OSError:
                 return
+
+
+class _Busy(Exception):
+    pass
 
 
 def _client_keepalive(sock: socket.socket) -> None:

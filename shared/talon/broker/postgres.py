@@ -11,8 +11,9 @@ are not all woken by every row.
 A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
 available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
 only after its visibility timeout: a crashed worker's deliveries come back within about
-`takeover_poll` seconds. No process is told of a death, so while rows are held by other
-workers a dispatcher with idle handlers looks again every `takeover_poll` seconds.
+`takeover_poll` seconds. No process is told of a death, so while any row is pending (held,
+or waiting for its time) a dispatcher with idle handlers looks again every `takeover_poll`
+seconds; with the queue empty it only waits for notifications.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ MAX_BACKOFF = timedelta(seconds=60)
 
 # Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
 # for a row still hidden) and, in the same statement, say when the next row that was not
-# taken becomes available and whether other workers hold rows (rows this statement claims
-# are excluded: the outer query sees them as they were before).
+# taken becomes available (rows this statement claims are excluded: the outer query sees
+# them as they were before).
 _CLAIM_SQL = f"""
 WITH picked AS (
     SELECT id FROM outbox
@@ -51,12 +52,11 @@ WITH picked AS (
     FROM picked WHERE o.id = picked.id
     RETURNING o.id, o.topic, o.payload, o.attempts, o.available_at
 )
-SELECT id, topic, payload, attempts, NULL::float8 AS due, NULL::bool AS held FROM claimed
+SELECT id, topic, payload, attempts, NULL::float8 AS due FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL,
        EXTRACT(EPOCH FROM min(GREATEST(available_at, COALESCE(claimed_until, available_at)))
-                          - now())::float8,
-       COALESCE(bool_or(claimed_until >= now() AND claimed_by <> %s), false)
+                          - now())::float8
 FROM outbox
 WHERE published_at IS NULL AND topic = ANY(%s) AND id NOT IN (SELECT id FROM claimed)
 """
@@ -78,7 +78,6 @@ class PostgresBroker:
         self.visibility = timedelta(seconds=visibility_seconds)
         self.owner = owner
         self.takeover_poll = takeover_poll
-        self.others_hold = False  # at the last claim, other workers held rows
 
     def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
         """Claim up to `limit` available rows, oldest first; also say in how many seconds
@@ -86,12 +85,11 @@ class PostgresBroker:
         owner = self.owner or None
         with self.db.transaction() as tx:
             rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, owner,
-                                       self.owner, list(topics)))  # fmt: skip
+                                       list(topics)))  # fmt: skip
         deliveries, due = [], None
         for row in rows:
             if row["id"] is None:
                 due = None if row["due"] is None else max(0.0, float(row["due"]))
-                self.others_hold = bool(row["held"])
                 continue
             delivery_id = int(row["id"])
             deliveries.append(Delivery(
@@ -146,9 +144,8 @@ class PostgresBroker:
                 if len(deliveries) < free:
                     # The queue had nothing more for us at the claim's snapshot: whatever
                     # commits later is notified after `seen`.
-                    wait = idle_wait if due is None else min(idle_wait, due)
-                    if self.others_hold:  # a holder may die: nobody would tell us
-                        wait = min(wait, self.takeover_poll)
+                    # With rows pending, their holder may die, and nobody would tell us.
+                    wait = idle_wait if due is None else min(idle_wait, due, self.takeover_poll)
                     listener.wait_beyond(OUTBOX_CHANNEL, seen, wait)
 
     def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:

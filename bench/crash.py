@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from talon.store.liveness import LOCK_CLASS
+from talon.store.liveness import APPLICATION_NAME, owner_key_sql
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +113,9 @@ def query(connection: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
 
 
 def live_locks(connection: Any) -> int:
-    return int(query(connection, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                     "AND classid = %s AND granted", (LOCK_CLASS,))[0][0])  # fmt: skip
+    return int(query(connection, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                     "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                     "AND a.application_name = %s", (APPLICATION_NAME,))[0][0])  # fmt: skip
 
 
 def watch_takeover(
@@ -128,11 +129,12 @@ def watch_takeover(
     while time.monotonic() - killed_at < limit and (lock_gone is None or len(taken) < len(turns)):
         rows = query(
             connection,
-            "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-            "AND objid::bigint = (hashtext(%s)::bigint & 4294967295) AND granted), "
+            "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = "
+            f"{owner_key_sql('%s')}), "
             "array(SELECT id::text FROM turns WHERE id = ANY(%s::uuid[]) "
             "AND (state <> 'running' OR lease_owner IS DISTINCT FROM %s))",
-            (LOCK_CLASS, owner, turns, owner),
+            (owner, turns, owner),
         )
         now = time.monotonic() - killed_at
         held, moved = rows[0]

@@ -20,7 +20,7 @@ from test_crash import _open_turns, _setup
 
 from conftest import ROOT, Api, raw_connection
 from talon.runtime.turns import INTERRUPTED
-from talon.store.liveness import LOCK_CLASS
+from talon.store.liveness import APPLICATION_NAME, owner_key_sql
 
 pytestmark = pytest.mark.slow
 # Far beyond what a takeover by liveness takes, far below the 30 s lease.
@@ -79,15 +79,18 @@ def _scalar(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 def live_workers(database_url: str) -> int:
-    return int(_scalar(database_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                       "AND classid = %s AND granted AND database = (SELECT oid FROM pg_database "
-                       "WHERE datname = current_database())", (LOCK_CLASS,)))  # fmt: skip
+    """Worker processes holding their liveness lock on this database."""
+    return int(_scalar(database_url, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                       "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                       "AND a.application_name = %s AND a.datname = current_database()",
+                       (APPLICATION_NAME,)))  # fmt: skip
 
 
 def _lock_backend(database_url: str, owner: str) -> int | None:
+    """The backend holding `owner`'s liveness lock (a bigint key: two halves in pg_locks)."""
     return _scalar(database_url, "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                   "AND classid = %s AND objid::bigint = (hashtext(%s)::bigint & 4294967295) "
-                   "AND granted", (LOCK_CLASS, owner))  # fmt: skip
+                   "AND granted AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) "
+                   f"= {owner_key_sql('%s')}", (owner,))  # fmt: skip
 
 
 def _wait(condition: Any, timeout: float, what: str) -> float:
@@ -205,8 +208,8 @@ def test_a_worker_that_loses_its_liveness_connection_is_fenced_and_relocks(
         blocker.autocommit = True
         try:
             blocker.cursor().execute(
-                "SELECT pg_terminate_backend(%s), pg_advisory_lock_shared(%s, hashtext(%s))",
-                (pid, LOCK_CLASS, owner),
+                f"SELECT pg_terminate_backend(%s), pg_advisory_lock_shared({owner_key_sql('%s')})",
+                (pid, owner),
             )
             _wait(lambda: _open_turns(api, 1) == 0, TAKEOVER_BOUND, "the takeover")
         finally:

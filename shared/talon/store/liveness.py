@@ -1,6 +1,6 @@
 """Worker liveness tied to a PostgreSQL session: a process is alive while its lock is held.
 
-Each worker process holds a session-level advisory lock, keyed on its owner id, on one
+Each worker process holds a session-level advisory lock, keyed on a hash of its owner id, on one
 dedicated connection that runs nothing else. PostgreSQL releases the lock the moment that
 connection's backend exits, and the backend exits as soon as it reads end-of-file from its
 socket: a SIGKILLed or crashed process's kernel closes the socket, so its lock is gone within
@@ -37,17 +37,25 @@ from talon.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
-# The first half of the two-int advisory key (the second is hashtext(owner)): a class of our
-# own, apart from the single-bigint keys other locks use (migrations). 'taln' in ASCII.
-LOCK_CLASS = 0x74616C6E
+# An owner's key is a 64-bit hash of its id (hashtextextended, with a seed of our own): two
+# live workers never share one in practice (a 32-bit hash would, in a large enough fleet,
+# leave one of them unable to lock). 'taln' in ASCII.
+KEY_SEED = 0x74616C6E
+# The lock connection's application_name, so operators (and tests) can tell it apart.
+APPLICATION_NAME = "talon-liveness"
 _KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3}
+
+
+def owner_key_sql(owner: str) -> str:
+    """SQL for `owner`'s advisory lock key (`owner`: a column or a placeholder)."""
+    return f"hashtextextended({owner}, {KEY_SEED})"
 
 
 def owner_gone_sql(owner: str) -> str:
     """SQL, true when no live session holds `owner`'s lock (`owner`: a column or a
     placeholder). It takes a shared transaction-level lock when true: harmless, as only the
     owner ever asks for that key exclusively."""
-    return f"pg_try_advisory_xact_lock_shared({LOCK_CLASS}, hashtext({owner}))"
+    return f"pg_try_advisory_xact_lock_shared({owner_key_sql(owner)})"
 
 
 class OwnerLock:
@@ -113,8 +121,9 @@ class OwnerLock:
                 # key fail, so this owner would look alive while it holds nothing. The key is
                 # busy only while claimers probe it (after this connection was lost: they
                 # may be taking our turns over), so try again shortly.
-                cursor.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                               (LOCK_CLASS, self.owner))  # fmt: skip
+                cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
+                cursor.execute(f"SELECT pg_try_advisory_lock({owner_key_sql('%s')})",
+                               (self.owner,))  # fmt: skip
                 if not cursor.fetchall()[0][0]:
                     raise _Busy("the key is held by a claimer probing it")
                 self._socket = sock

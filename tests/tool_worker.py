@@ -1,6 +1,8 @@
 """A pull worker process with a test tool, for crash tests: `python tests/tool_worker.py
-DATABASE_URL CALLS_FILE`. Each tool call appends its nonce to CALLS_FILE (fsynced) and then
-takes a moment, so a SIGKILL can land during or right after the call."""
+DATABASE_URL CALLS_FILE [LEASE_SECONDS [TOOL_SECONDS]]`. Each tool call appends its nonce to
+CALLS_FILE (fsynced) and then takes a moment (TOOL_SECONDS, default 0.1), so a SIGKILL can
+land during or right after the call. LEASE_SECONDS defaults to 1.5 (the visibility timeout
+is half a second longer)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from talon.telemetry.setup import configure_telemetry, flush_telemetry
 
 
 class FileRecordingTool:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, seconds: float = 0.1) -> None:
         self.path = path
+        self.seconds = seconds
 
     def tools_for(self, context: AgentContext) -> Toolset:
         schema = {"type": "object", "properties": {"days": {"type": "integer"}}}
@@ -34,20 +37,23 @@ class FileRecordingTool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        time.sleep(0.1)
+        time.sleep(self.seconds)
         return ToolResult(json.dumps({"accounts": ["globex"], **arguments}))
 
 
 def main() -> None:
     database_url, calls_file = sys.argv[1], sys.argv[2]
+    lease = float(sys.argv[3]) if len(sys.argv) > 3 else 1.5
+    tool_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.1
     db = Database(connector_from_url(database_url, 10), 8)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    worker = worker_for_tests(db, tools=FileRecordingTool(calls_file),
-                    lease_seconds=1.5)  # fmt: skip
-    configure_telemetry()  # exported when the test sets OTEL_* (tests/test_tracing.py)
+    poll = float(os.environ.get("TALON_WORKER_TAKEOVER_POLL_SECONDS", "1.0"))
+    worker = worker_for_tests(db, tools=FileRecordingTool(calls_file, tool_seconds),
+                              lease_seconds=lease, takeover_poll_seconds=poll)  # fmt: skip
+    configure_telemetry()  # exported when the test sets OTEL_* (tests/test_telemetry.py)
     try:
-        worker.run_pull(stop, concurrency=3, visibility_seconds=2.0)
+        worker.run_pull(stop, concurrency=3, visibility_seconds=lease + 0.5)
     finally:
         flush_telemetry()
 

@@ -144,6 +144,9 @@ class WorkerSettings(_Section):
     mcp_routes: list[str] = ["/mcp/talon-ops"]
     # Where `<name>/SKILL.md` skills are loaded from (relative: to the working directory).
     skills_dir: str = "skills"
+    # While deliveries are pending, an idle pull worker looks this often for those
+    # whose worker died (store/liveness.py): about the longest a crashed turn waits.
+    takeover_poll_seconds: float = Field(default=1.0, gt=0)
 
 
 class SecretGrant(_Section):

@@ -34,6 +34,9 @@ class Outcome:
 class Result:
     outcome: str
     retry_at: datetime | None = None
+    # A retry that waits on another worker's turn: the broker may deliver it again as soon
+    # as that worker (its liveness owner id) dies, before `retry_at`.
+    holder: str | None = None
 
     @classmethod
     def ack(cls) -> Result:
@@ -44,8 +47,8 @@ class Result:
         return cls(Outcome.SETTLED)
 
     @classmethod
-    def retry(cls, at: datetime | None = None) -> Result:
-        return cls(Outcome.RETRY, at)
+    def retry(cls, at: datetime | None = None, *, holder: str | None = None) -> Result:
+        return cls(Outcome.RETRY, at, holder)
 
 
 class Handler(Protocol):

@@ -7,6 +7,13 @@ listener's notification count before each claim and, when the claim comes back s
 queue had no more for it), sleeps until the count moves past that mark: a row committed after
 the claim's snapshot is always notified after it, so no wake-up is lost, and idle handlers
 are not all woken by every row.
+
+A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
+available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
+only after its visibility timeout: a crashed worker's deliveries come back within about
+`takeover_poll` seconds. No process is told of a death, so while any row is pending (held,
+or waiting for its time) a dispatcher with idle handlers looks again every `takeover_poll`
+seconds; with the queue empty it only waits for notifications.
 """
 
 from __future__ import annotations
@@ -21,22 +28,27 @@ from talon.backoff import backoff_delay
 from talon.broker.base import Delivery, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
+from talon.store.liveness import owner_gone_sql
 from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
 
-# Claim up to %s rows and, in the same statement, say when the next row that was not taken
-# becomes available (rows this statement claims are excluded: the outer query sees them as
-# they were before).
-_CLAIM_SQL = """
+# Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
+# for a row still hidden) and, in the same statement, say when the next row that was not
+# taken becomes available (rows this statement claims are excluded: the outer query sees
+# them as they were before).
+_CLAIM_SQL = f"""
 WITH picked AS (
     SELECT id FROM outbox
     WHERE published_at IS NULL AND topic = ANY(%s) AND available_at <= now()
-      AND (claimed_until IS NULL OR claimed_until < now())
+      AND CASE WHEN claimed_until IS NULL OR claimed_until < now() THEN true
+               WHEN claimed_by IS NULL THEN false
+               ELSE {owner_gone_sql("claimed_by")} END
     ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE outbox o SET attempts = o.attempts + 1, claimed_until = now() + %s
+    UPDATE outbox o SET attempts = o.attempts + 1, claimed_until = now() + %s,
+           claimed_by = %s
     FROM picked WHERE o.id = picked.id
     RETURNING o.id, o.topic, o.payload, o.attempts, o.available_at
 )
@@ -51,15 +63,29 @@ WHERE published_at IS NULL AND topic = ANY(%s) AND id NOT IN (SELECT id FROM cla
 
 
 class PostgresBroker:
-    def __init__(self, db: Database, *, visibility_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        visibility_seconds: float = 60.0,
+        owner: str = "",
+        takeover_poll: float = 1.0,
+    ) -> None:
+        """`owner`: this process's liveness owner id (`store/liveness.py`), recorded on the
+        rows it claims; empty for a consumer without a liveness lock (its rows then come
+        back only after `visibility_seconds`)."""
         self.db = db
         self.visibility = timedelta(seconds=visibility_seconds)
+        self.owner = owner
+        self.takeover_poll = takeover_poll
 
     def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
         """Claim up to `limit` available rows, oldest first; also say in how many seconds
         the next row not claimed becomes available (None: no other row). One transaction."""
+        owner = self.owner or None
         with self.db.transaction() as tx:
-            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, list(topics)))
+            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, owner,
+                                       list(topics)))  # fmt: skip
         deliveries, due = [], None
         for row in rows:
             if row["id"] is None:
@@ -118,7 +144,8 @@ class PostgresBroker:
                 if len(deliveries) < free:
                     # The queue had nothing more for us at the claim's snapshot: whatever
                     # commits later is notified after `seen`.
-                    wait = idle_wait if due is None else min(idle_wait, due)
+                    # With rows pending, their holder may die, and nobody would tell us.
+                    wait = idle_wait if due is None else min(idle_wait, due, self.takeover_poll)
                     listener.wait_beyond(OUTBOX_CHANNEL, seen, wait)
 
     def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:
@@ -146,7 +173,15 @@ def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
         return
     delay = backoff_delay(delivery.attempt, initial=0.5, maximum=MAX_BACKOFF.total_seconds())
     at = result.retry_at or datetime.now(UTC) + timedelta(seconds=delay)
+    if result.holder:
+        # Waiting on another worker's turn: hidden until `at`, or until that worker dies.
+        tx.execute(
+            "UPDATE outbox SET claimed_until = %s, claimed_by = %s WHERE id = %s",
+            (at, result.holder, int(delivery.id)),
+        )
+        return
     tx.execute(
-        "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
+        "UPDATE outbox SET available_at = %s, claimed_until = NULL, claimed_by = NULL "
+        "WHERE id = %s",
         (at, int(delivery.id)),
     )

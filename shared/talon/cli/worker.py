@@ -49,13 +49,17 @@ def run_worker(
             demo_fallback=demo_fallback,
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
+            takeover_poll_seconds=settings.worker.takeover_poll_seconds,
         )
-        worker.run_pull(
-            stop,
-            concurrency=concurrency,
-            visibility_seconds=visibility_seconds,
-            schedules=settings.control_plane.scheduler.backend == "postgres",
-        )
+        try:
+            worker.run_pull(
+                stop,
+                concurrency=concurrency,
+                visibility_seconds=visibility_seconds,
+                schedules=settings.control_plane.scheduler.backend == "postgres",
+            )
+        finally:
+            worker.close()
     finally:
         services.close()
         flush_telemetry()

@@ -15,13 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
 from talon.runtime import turn_telemetry
-from talon.runtime.claim import Claim, ClaimOptions, claim, finish_failed
+from talon.runtime.claim import Busy, Claim, ClaimOptions, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
     PolicyError,
@@ -102,9 +101,10 @@ class TurnRunner:
 
     def drive(
         self, session_uid: uuid.UUID, *, on_idle: Callable[[Tx], None] | None = None
-    ) -> datetime | None:
-        """Run the session's turns until none is runnable. If another worker holds the head
-        turn, return when its lease expires (look again then); otherwise None. `on_idle(tx)`
+    ) -> Busy | None:
+        """Run the session's turns until none is runnable. If another live worker holds the
+        head turn, return who and until when (look again then, or once it dies); otherwise
+        None. `on_idle(tx)`
         runs inside the final write that leaves the session with no open turn (the broker
         acknowledges its delivery there)."""
         options = ClaimOptions(

@@ -1,4 +1,8 @@
-"""The worker: takes dispatch events from the broker and drives the sessions they name."""
+"""The worker: takes dispatch events from the broker and drives the sessions they name.
+
+A worker holds its liveness lock (`store/liveness.py`) for as long as it lives: other
+workers take its turns over the moment its process dies, instead of waiting out the lease.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,15 @@ from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database, Tx
+from talon.store.liveness import OwnerLock
 from talon.store.notify import Listener
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 TOPICS = (DISPATCH_TOPIC, LIFECYCLE_TOPIC)
+# How long a delivery waits for this worker's liveness lock (at start-up, or after its
+# connection dropped) before it is handed back for a retry.
+LOCK_WAIT_SECONDS = 10.0
 
 
 def worker_id() -> str:
@@ -42,15 +50,19 @@ class Worker:
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
         max_attempts: int = 5,
+        takeover_poll_seconds: float = 1.0,
     ) -> None:
         self.db = db
+        self.id = worker_id()
+        self.takeover_poll = takeover_poll_seconds
+        self.liveness = OwnerLock(db.raw_connect, self.id, closed=lambda: db.closed)
         self.tools = tools if tools is not None else default_tools(db, skills_dir, tenancy)
         self.resources = resources
         self.runner = TurnRunner(
             db,
             self.tools,
             RunnerSettings(
-                worker_id(),
+                self.id,
                 lease_seconds=lease_seconds,
                 demo_fallback=demo_fallback,
                 max_attempts=max_attempts,
@@ -58,9 +70,17 @@ class Worker:
             tenancy,
         )
 
+    def close(self) -> None:
+        """Release the liveness lock (its turns are then free to be taken over)."""
+        self.liveness.close()
+
     def handle(self, delivery: Delivery) -> Result:
         """Settle one broker delivery. Safe to call twice for the same event."""
         if delivery.topic == DISPATCH_TOPIC:
+            if not self.liveness.wait_held(LOCK_WAIT_SECONDS):
+                # A lease taken without the lock would look dead to every other worker.
+                log.warning("no liveness lock: handing dispatch %s back", delivery.id)
+                return Result.retry()
             try:
                 session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
             except (KeyError, ValueError):
@@ -75,10 +95,11 @@ class Worker:
                     ack_in(tx)
                     acked.append(True)
 
-            busy_until = self.runner.drive(session_uid, on_idle=on_idle)
-            if busy_until is not None:
-                # Another worker holds the session; look again when its lease would expire.
-                return Result.retry(busy_until + timedelta(milliseconds=100))
+            busy = self.runner.drive(session_uid, on_idle=on_idle)
+            if busy is not None:
+                # Another worker holds the session; look again when its lease would expire,
+                # or as soon as that worker dies.
+                return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
             return Result.settled() if acked else Result.ack()
         if delivery.topic == LIFECYCLE_TOPIC:
             return self._lifecycle(delivery.payload)
@@ -110,7 +131,12 @@ class Worker:
     ) -> None:
         """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
         A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
-        broker = PostgresBroker(self.db, visibility_seconds=visibility_seconds)
+        broker = PostgresBroker(
+            self.db,
+            visibility_seconds=visibility_seconds,
+            owner=self.id,
+            takeover_poll=self.takeover_poll,
+        )
         listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
         listener.wait_ready(10)
         threads = [

@@ -155,6 +155,10 @@ class Database:
             except Exception as exc:
                 log.warning("after-commit hook %r failed; left for its sweep: %s", topic, exc)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def raw_connect(self) -> Connection:
         """A new connection outside the pool (for LISTEN, which holds one for good)."""
         return self._connect()

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dev.set_defaults(local=cmd_dev)
 
-    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
+    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL or Pub/Sub)")
     worker.add_argument(
         "--concurrency", type=_at_least_one, default=4, help="turns run in parallel"
     )

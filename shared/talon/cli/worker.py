@@ -1,13 +1,19 @@
-"""`talon worker`: the pull-mode worker (worker.pullMode) as a long-running process."""
+"""`talon worker`: the pull-mode worker (worker.pullMode) as a long-running process, on the
+PostgreSQL queue or on Pub/Sub subscriptions (streaming pull), per message_broker.driver."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from talon.logs import configure_logging
+
+log = logging.getLogger(__name__)
+SWEEP_EVERY_SECONDS = 10.0
 
 
 def run_worker(
@@ -25,12 +31,16 @@ def run_worker(
     configure_logging()
     settings = load_settings()
     broker = settings.control_plane.message_broker
-    if not settings.worker.pull_mode or broker.driver != "postgres":
+    if not settings.worker.pull_mode:
         raise CliError(
-            "`talon worker` pulls from the postgres broker (worker.pullMode: true, "
-            "message_broker.driver: postgres); with gcp_pubsub, turns are pushed to the "
-            "dispatch function instead"
+            "`talon worker` pulls (worker.pullMode: true); with pullMode false, turns are "
+            "pushed to the dispatch function instead"
         )
+    consumer = None
+    if broker.driver == "gcp_pubsub":
+        from talon.broker.pubsub_pull import PubSubConsumer  # Google import only when configured
+
+        consumer = PubSubConsumer(broker)
     services = Services.start(settings)
     stop = threading.Event()
 
@@ -46,12 +56,28 @@ def run_worker(
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
         )
+        if services.relay is not None:  # publish outbox rows a crashed process left behind
+            relay = services.relay
+            threading.Thread(target=_sweep, args=(relay.flush, stop), name="talon-sweep",
+                             daemon=True).start()  # fmt: skip
         worker.run_pull(
             stop,
             concurrency=concurrency,
             visibility_seconds=visibility_seconds,
             schedules=settings.control_plane.scheduler.backend == "postgres",
+            max_delivery_attempts=broker.max_delivery_attempts,
+            consumer=consumer,
         )
     finally:
         services.close()
     return 0
+
+
+def _sweep(flush: Callable[..., int], stop: threading.Event) -> None:
+    """What the dispatch function's sweep does in push mode: outbox rows committed but never
+    published (their process died between commit and publish) go out after a while."""
+    while not stop.wait(SWEEP_EVERY_SECONDS):
+        try:
+            flush(older_than_seconds=SWEEP_EVERY_SECONDS)
+        except Exception as exc:
+            log.warning("outbox sweep failed: %s", exc)

@@ -8,13 +8,15 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from talon.broker.base import Delivery, Result
+from talon.broker.base import Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
+from talon.runtime.dead_letters import fail_dead_lettered
 from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
@@ -60,6 +62,13 @@ class Worker:
 
     def handle(self, delivery: Delivery) -> Result:
         """Settle one broker delivery. Safe to call twice for the same event."""
+        if delivery.dead_lettered:
+            if delivery.topic == DISPATCH_TOPIC:
+                fail_dead_lettered(self.db, delivery.payload, delivery.attempt)
+            else:
+                log.error("dead %s event %s dropped: %r", delivery.topic, delivery.id,
+                          delivery.payload)  # fmt: skip
+            return Result.ack()
         if delivery.topic == DISPATCH_TOPIC:
             try:
                 session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
@@ -107,16 +116,25 @@ class Worker:
         concurrency: int = 4,
         visibility_seconds: float = 60.0,
         schedules: bool = False,
+        max_delivery_attempts: int = 10,
+        consumer: Consumer | None = None,
     ) -> None:
-        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
-        A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
-        broker = PostgresBroker(self.db, visibility_seconds=visibility_seconds)
-        listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
-        listener.wait_ready(10)
+        """Pull mode (worker.pullMode): consume the PostgreSQL queue (or `consumer`, e.g.
+        Pub/Sub subscriptions) until `stop` is set. A delivery claimed by a worker that dies
+        is redelivered after `visibility_seconds` (Pub/Sub: its ack deadline)."""
+        listener = None
+        if consumer is None:
+            broker = PostgresBroker(
+                self.db, visibility_seconds=visibility_seconds, max_attempts=max_delivery_attempts
+            )
+            listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
+            listener.wait_ready(10)
+            consume = partial(broker.run, TOPICS, self.handle, listener, stop)
+        else:
+            consume = partial(consumer.consume, self.handle, stop)
         threads = [
             threading.Thread(
-                target=broker.run,
-                args=(TOPICS, self.handle, listener, stop),
+                target=consume,
                 kwargs={"concurrency": concurrency},
                 name="talon-dispatcher",
                 daemon=True,
@@ -138,6 +156,7 @@ class Worker:
         try:
             stop.wait()
         finally:
-            listener.close()  # wakes the dispatcher so it sees `stop`
+            if listener is not None:
+                listener.close()  # wakes the dispatcher so it sees `stop`
             for thread in threads:
                 thread.join(timeout=60)

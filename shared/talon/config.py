@@ -115,6 +115,9 @@ class MessageBrokerSettings(_Section):
     dispatch_subscription: str = "talon-session-dispatch-pull"
     lifecycle_subscription: str = "talon-lifecycle-pull"
     dead_letter_subscription: str = "talon-dead-letters-pull"
+    # Where the dispatch and lifecycle subscriptions send what they give up on (Terraform's
+    # dead-letter policy; `talon dev --broker pubsub` creates it on the emulator).
+    dead_letter_topic: str = "talon-dead-letters"
     # The ack deadline the pull worker keeps extending while a turn runs (Pub/Sub's minimum
     # is 10 s): a killed worker's messages come back after at most this long.
     pull_ack_deadline_seconds: int = Field(default=10, ge=10, le=600)

@@ -1,0 +1,235 @@
+"""Pull mode on Pub/Sub against the gcloud emulator: the gateway publishes through the outbox,
+a worker consumes the dispatch, lifecycle and dead-letter subscriptions by streaming pull and
+runs the turns with the same handler the push function uses.
+
+The emulator implements what these tests rely on (checked here by the tests themselves):
+`delivery_attempt` on pulled messages of a subscription with a dead-letter policy, the retry
+policy's backoff, and forwarding to the dead-letter topic after `max_delivery_attempts` with
+the `CloudPubSubDeadLetterSource*` attributes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import samples
+from conftest import TEST_CONFIG, Api, read_stream
+from talon import entrypoints
+from talon.broker.base import Delivery, Handler, Result
+from talon.broker.outbox import DISPATCH_TOPIC
+from talon.broker.pubsub import PubSubPublisher
+from talon.broker.pubsub_pull import PubSubConsumer
+from talon.broker.pubsub_topology import create_pull_topology, delete_pull_topology
+from talon.config import MessageBrokerSettings, load_settings
+from talon.services import Services
+from talon.store.database import Database
+
+PROJECT = "talon-test"
+BASE = "/v1/ns/acme/agents/bot/sessions"
+_ids = itertools.count()
+
+
+def pull_env(run: str, emulator: str, database_url: str) -> dict[str, str]:
+    """The variables that put Talon on pull-mode Pub/Sub with this run's names."""
+    return {
+        "PUBSUB_EMULATOR_HOST": emulator,
+        "TALON_CONTROL_PLANE_DATABASE_URL": database_url,
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DRIVER": "gcp_pubsub",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_PROJECT": PROJECT,
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DISPATCH_TOPIC": f"dispatch-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_LIFECYCLE_TOPIC": f"lifecycle-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DEAD_LETTER_TOPIC": f"dead-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DISPATCH_SUBSCRIPTION": f"dispatch-pull-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_LIFECYCLE_SUBSCRIPTION": f"lifecycle-pull-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DEAD_LETTER_SUBSCRIPTION": f"dead-pull-{run}",
+        "TALON_CONTROL_PLANE_MESSAGE_BROKER_MAX_DELIVERY_ATTEMPTS": "5",
+        "TALON_WORKER_PULL_MODE": "true",
+    }
+
+
+@pytest.fixture
+def broker(
+    pubsub_emulator: str, gateway_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MessageBrokerSettings]:
+    """Fresh topics and pull subscriptions (retry 1-2 s, dead letters after 5 deliveries);
+    the gateway publishing to them."""
+    env = pull_env(f"p{next(_ids)}", pubsub_emulator, database_url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    entrypoints.reset()
+    settings = load_settings(TEST_CONFIG).control_plane.message_broker
+    create_pull_topology(settings, minimum_backoff_seconds=1, maximum_backoff_seconds=2)
+    yield settings
+    entrypoints.reset()
+    delete_pull_topology(settings)
+
+
+class RecordingConsumer(PubSubConsumer):
+    """The real consumer; every delivery and what the handler answered are noted, and
+    `fail_first` makes the handler raise on that many dispatch deliveries of each message
+    (a handler that keeps failing, e.g. on a bug) before the real one runs."""
+
+    def __init__(self, settings: MessageBrokerSettings, fail_first: int = 0) -> None:
+        super().__init__(settings)
+        self.fail_first = fail_first
+        self.seen: list[tuple[Delivery, str]] = []
+        self._lock = threading.Lock()
+
+    def consume(self, handler: Handler, stop: threading.Event, *, concurrency: int) -> None:
+        def recording(delivery: Delivery) -> Result:
+            failing = delivery.attempt <= self.fail_first and not delivery.dead_lettered
+            try:
+                if failing and delivery.topic == DISPATCH_TOPIC:
+                    raise RuntimeError("a handler that keeps failing")
+                result = handler(delivery)
+            except Exception:
+                with self._lock:
+                    self.seen.append((delivery, "raised"))
+                raise
+            with self._lock:
+                self.seen.append((delivery, result.outcome))
+            return result
+
+        super().consume(recording, stop, concurrency=concurrency)
+
+    def dispatches(self) -> list[tuple[Delivery, str]]:
+        with self._lock:
+            return [(d, outcome) for d, outcome in self.seen if d.topic == DISPATCH_TOPIC]
+
+
+@pytest.fixture
+def pull_worker(broker: MessageBrokerSettings) -> Iterator[Callable[..., RecordingConsumer]]:
+    """Start in-process pull workers on the emulator (stopped at teardown)."""
+    running: list[tuple[threading.Event, threading.Thread, Services]] = []
+
+    def start(*, fail_first: int = 0, lease_seconds: float = 2.0) -> RecordingConsumer:
+        services = Services.start(load_settings(TEST_CONFIG))
+        worker = services.worker(demo_fallback=True, lease_seconds=lease_seconds)
+        consumer = RecordingConsumer(broker, fail_first)
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=worker.run_pull, args=(stop,),
+            kwargs={"concurrency": 2, "consumer": consumer}, daemon=True,
+        )  # fmt: skip
+        thread.start()
+        running.append((stop, thread, services))
+        return consumer
+
+    yield start
+    for stop, thread, services in running:
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        services.close()
+
+
+def _agent(api: Api) -> None:
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+
+
+def _post(api: Api, session: str, content: str) -> dict[str, Any]:
+    if api.get(f"{BASE}/{session}").status_code == 404:
+        api.ok("POST", BASE, 201, json={"id": session})
+    return api.ok("POST", f"{BASE}/{session}/message", 202, json={"content": content})
+
+
+def _wait(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _answers(api: Api, session: str) -> list[str]:
+    messages = api.ok("GET", f"{BASE}/{session}/messages")["items"]
+    return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+def test_turns_run_through_streaming_pull(api: Api, pull_worker: Any) -> None:
+    _agent(api)
+    consumer = pull_worker()
+    posted = {f"s{i}": [_post(api, f"s{i}", f"s{i} hello {r}") for r in range(2)]
+              for i in range(3)}  # fmt: skip
+    for session, accepted in posted.items():
+        events = read_stream(api, f"{BASE}/{session}/stream", last_event_id=0,
+                             params={"untilTurnEnd": "true"}, timeout=60)  # fmt: skip
+        assert events[-1]["type"] == "turn.completed", events[-3:]
+        _wait(lambda s=session: len(_answers(api, s)) == 2, 30, "both answers")
+        assert _answers(api, session) == [f"(demo model) Received: {session} hello {r}"
+                                          for r in range(2)]  # fmt: skip
+        for turn in accepted:
+            view = api.ok("GET", f"{BASE}/{session}/turns/{turn['turnId']}")
+            assert view["state"] == "completed" and view["attempts"] == 1
+    # Every dispatch event was acknowledged (a delivery that found its session busy was
+    # deferred and acknowledged when it came back).
+    _wait(lambda: _settled(consumer) == _turn_ids(posted), 30, "every event acknowledged")
+
+
+def _turn_ids(posted: dict[str, list[dict[str, Any]]]) -> set[str]:
+    return {turn["turnId"] for accepted in posted.values() for turn in accepted}
+
+
+def _settled(consumer: RecordingConsumer) -> set[str]:
+    return {d.payload["turnId"] for d, outcome in consumer.dispatches() if outcome == "ack"}
+
+
+def test_duplicate_and_late_deliveries_yield_one_turn(
+    api: Api, pull_worker: Any, broker: MessageBrokerSettings, db: Database
+) -> None:
+    _agent(api)
+    accepted = _post(api, "s1", "once only")
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid::text FROM sessions WHERE id = 's1'")
+    payload = {"sessionUid": uid, "turnId": accepted["turnId"]}
+    publisher = PubSubPublisher(broker)
+    # Duplicates published before any worker runs: they arrive together with the original.
+    for n in range(3):
+        publisher.publish(DISPATCH_TOPIC, payload, key=uid, outbox_id=-1 - n)
+    consumer = pull_worker()
+    _wait(lambda: _answers(api, "s1"), 60, "the answer")
+    # A late duplicate, after the turn completed.
+    publisher.publish(DISPATCH_TOPIC, payload, key=uid, outbox_id=-9)
+    _wait(lambda: sum(o == "ack" for _, o in consumer.dispatches()) >= 5, 60,
+          "all five deliveries acknowledged")  # fmt: skip
+    time.sleep(1)
+    assert _answers(api, "s1") == ["(demo model) Received: once only"]
+    turn = api.ok("GET", f"{BASE}/s1/turns/{accepted['turnId']}")
+    assert turn["state"] == "completed" and turn["attempts"] == 1
+    assert [s["name"] for s in turn["steps"]] == ["load-knowledge", "call-model",
+                                                  "write-next-message"]  # fmt: skip
+    outcomes = [o for _, o in consumer.dispatches()]
+    assert outcomes.count("ack") == 5 and set(outcomes) <= {"ack", "retry"}, outcomes
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_and_its_turn_fails(
+    api: Api, pull_worker: Any
+) -> None:
+    """The emulator redelivers with the retry policy's backoff, counts `delivery_attempt`,
+    and after 5 deliveries moves the message to the dead-letter topic; the worker reads it
+    from the dead-letter subscription and fails the turn, the reason in the stream."""
+    _agent(api)
+    consumer = pull_worker(fail_first=100)
+    accepted = _post(api, "s1", "doomed")
+    events = read_stream(api, f"{BASE}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"}, timeout=90)  # fmt: skip
+    failed = events[-1]
+    assert failed["type"] == "turn.failed" and failed["turnId"] == accepted["turnId"]
+    assert failed["data"]["code"] == "dead_lettered"
+    assert failed["data"]["message"] == (
+        "its dispatch event failed 5 deliveries and was dead-lettered"
+    )
+    seen = [(d.attempt, d.dead_lettered, outcome) for d, outcome in consumer.dispatches()]
+    assert seen == [*[(n, False, "raised") for n in range(1, 6)], (5, True, "ack")]
+    turn = api.ok("GET", f"{BASE}/s1/turns/{accepted['turnId']}")
+    assert turn["state"] == "failed" and turn["error"]["code"] == "dead_lettered"
+    # The session goes on: the next message runs.
+    consumer.fail_first = 0
+    _post(api, "s1", "after the dead one")
+    _wait(lambda: _answers(api, "s1"), 60, "the next turn's answer")

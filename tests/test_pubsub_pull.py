@@ -11,6 +11,11 @@ the `CloudPubSubDeadLetterSource*` attributes.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +24,7 @@ from typing import Any
 import pytest
 
 import samples
-from conftest import TEST_CONFIG, Api, read_stream
+from conftest import ROOT, TEST_CONFIG, Api, read_stream
 from talon import entrypoints
 from talon.broker.base import Delivery, Handler, Result
 from talon.broker.outbox import DISPATCH_TOPIC
@@ -29,6 +34,7 @@ from talon.broker.pubsub_topology import create_pull_topology, delete_pull_topol
 from talon.config import MessageBrokerSettings, load_settings
 from talon.services import Services
 from talon.store.database import Database
+from test_models import policy
 
 PROJECT = "talon-test"
 BASE = "/v1/ns/acme/agents/bot/sessions"
@@ -233,3 +239,140 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_its_turn_fails(
     consumer.fail_first = 0
     _post(api, "s1", "after the dead one")
     _wait(lambda: _answers(api, "s1"), 60, "the next turn's answer")
+
+
+# --- a killed pull worker --------------------------------------------------------------------
+
+
+def _process_env(broker_env: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
+    return {**base, **broker_env, "TALON_LOG_LEVEL": "WARNING"}
+
+
+@pytest.fixture
+def process_env(
+    pubsub_emulator: str, database_url: str, broker: MessageBrokerSettings
+) -> dict[str, str]:
+    """The environment of a worker process on this test's topics and subscriptions."""
+    env = {key: os.environ[key] for key in os.environ if key.startswith("TALON_CONTROL_PLANE")}
+    env["PUBSUB_EMULATOR_HOST"] = pubsub_emulator
+    env["TALON_WORKER_PULL_MODE"] = "true"
+    return _process_env(env)
+
+
+@pytest.mark.slow
+def test_sigkill_of_talon_worker_during_a_model_call_resumes_from_the_journal(
+    api: Api, model_server: Any, process_env: dict[str, str]
+) -> None:
+    """`talon worker` itself on gcp_pubsub + pullMode (the seed's configuration): killed while
+    the model answers, its message comes back after the ack deadline it stopped extending,
+    and the next worker resumes the turn."""
+    template = samples.template("acme")
+    template["definition"]["modelPolicy"] = policy(model_server.url, "primary")
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme"), template,
+                                                 samples.agent("acme")]})  # fmt: skip
+    model_server.add({"hang": 30, "content": "never delivered"}, {"content": "answered"})
+    accepted = _post(api, "s0", "hi")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "talon.cli.main", "worker", "--lease-seconds", "1.5"],
+            cwd=ROOT, env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    first = spawn()
+    try:
+        _wait(lambda: model_server.requests, 30, "the model call")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    second = spawn()
+    try:
+        _wait(lambda: _answers(api, "s0"), 60, "the resumed turn")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, errors = second.communicate(timeout=60)
+    assert second.returncode == 0 and b"Traceback" not in errors, errors.decode()
+    assert _answers(api, "s0") == ["answered"]
+    turn = api.ok("GET", f"{BASE}/s0/turns/{accepted['turnId']}")
+    assert turn["state"] == "completed" and turn["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_kills_of_the_pull_worker_complete_every_turn_once_and_repeat_no_tool_call(
+    api: Api, model_server: Any, process_env: dict[str, str], tmp_path: Any
+) -> None:
+    sessions = 3
+    template = samples.template("acme")
+    template["definition"]["modelPolicy"] = policy(model_server.url, "primary")
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace("acme"), template,
+                                                 samples.agent("acme")]})  # fmt: skip
+    tool_call = {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 14},
+                                 "nonce": True}]}  # fmt: skip
+    model_server.add(*[tool_call, {"content": "Globex renews soon."}] * 40)
+    for i in range(sessions):
+        for round_ in range(2):
+            _post(api, f"s{i}", f"s{i} renewals {round_}")
+    calls_file = tmp_path / "calls.jsonl"
+    database_url = process_env["TALON_CONTROL_PLANE_DATABASE_URL"]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "tool_worker.py"), database_url,
+             str(calls_file)],
+            cwd=ROOT, env={**process_env, "PYTHONPATH": str(ROOT / "tests")},
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def calls() -> list[str]:
+        if not calls_file.exists():
+            return []
+        return [json.loads(line)["nonce"] for line in calls_file.read_text().splitlines()]
+
+    def open_turns() -> int:
+        total = 0
+        for i in range(sessions):
+            view = api.ok("GET", f"{BASE}/s{i}")
+            total += (view["activeTurn"] is not None) + view["queuedTurns"]
+        return total
+
+    worker, kills = spawn(), 0
+    deadline = time.monotonic() + 180
+    delays = itertools.cycle([0.0, 0.05, 0.3])
+    try:
+        while time.monotonic() < deadline and open_turns():
+            if kills >= 3:
+                time.sleep(0.2)
+                continue
+            seen = len(calls())  # kill once a tool call has begun: during it or just after
+            while len(calls()) == seen and open_turns() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(next(delays))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            kills += 1
+            worker = spawn()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=60)
+    assert kills == 3
+    assert open_turns() == 0, "turns left open"
+    assert b"Traceback" not in errors, errors.decode()
+    nonces = calls()
+    assert len(nonces) == len(set(nonces)), "a tool call ran twice"
+    resumed = 0
+    for i in range(sessions):
+        messages = api.ok("GET", f"{BASE}/s{i}/messages")["items"]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assert users == [f"s{i} renewals {r}" for r in range(2)]
+        finals = [m for m in messages if m["role"] == "assistant" and not m.get("toolCalls")]
+        assert len(finals) == 2  # one final answer per turn: none lost, none doubled
+        for message in messages:
+            for call in message.get("toolCalls") or []:
+                answers = [m for m in messages if m.get("toolCallId") == call["id"]]
+                assert len(answers) == 1
+        for turn_id in {m["turnId"] for m in finals}:
+            turn = api.ok("GET", f"{BASE}/s{i}/turns/{turn_id}")
+            assert turn["state"] == "completed"
+            resumed += turn["attempts"] > 1
+    assert resumed >= 1, "no kill landed inside a turn; the test proved nothing"

@@ -1,6 +1,7 @@
 """A pull worker process with a test tool, for crash tests: `python tests/tool_worker.py
 DATABASE_URL CALLS_FILE`. Each tool call appends its nonce to CALLS_FILE (fsynced) and then
-takes a moment, so a SIGKILL can land during or right after the call."""
+takes a moment, so a SIGKILL can land during or right after the call. With the gcp_pubsub
+driver in the environment it pulls from Pub/Sub, as `talon worker` does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 from conftest import worker_for_tests
+from talon.config import load_settings
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.store.database import Database, connector_from_url
@@ -44,7 +46,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = worker_for_tests(db, tools=FileRecordingTool(calls_file),
                     lease_seconds=1.5)  # fmt: skip
-    worker.run_pull(stop, concurrency=3, visibility_seconds=2.0)
+    broker = load_settings().control_plane.message_broker
+    consumer = None
+    if broker.driver == "gcp_pubsub":
+        from talon.broker.pubsub_pull import PubSubConsumer
+
+        consumer = PubSubConsumer(broker)
+    worker.run_pull(stop, concurrency=3, visibility_seconds=2.0, consumer=consumer)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 import samples
@@ -34,6 +35,7 @@ from talon.broker.pubsub_topology import create_pull_topology, delete_pull_topol
 from talon.config import MessageBrokerSettings, load_settings
 from talon.services import Services
 from talon.store.database import Database
+from talon.store.local_postgres import free_port
 from test_models import policy
 
 PROJECT = "talon-test"
@@ -274,10 +276,14 @@ def test_sigkill_of_talon_worker_during_a_model_call_resumes_from_the_journal(
     model_server.add({"hang": 30, "content": "never delivered"}, {"content": "answered"})
     accepted = _post(api, "s0", "hi")
 
+    health_port = free_port()
+
     def spawn() -> subprocess.Popen[bytes]:
+        # $PORT as Cloud Run sets it: the worker answers the platform's /healthz probes.
         return subprocess.Popen(
             [sys.executable, "-m", "talon.cli.main", "worker", "--lease-seconds", "1.5"],
-            cwd=ROOT, env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT, env={**process_env, "PORT": str(health_port)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
     first = spawn()
@@ -289,6 +295,7 @@ def test_sigkill_of_talon_worker_during_a_model_call_resumes_from_the_journal(
     second = spawn()
     try:
         _wait(lambda: _answers(api, "s0"), 60, "the resumed turn")
+        assert httpx.get(f"http://127.0.0.1:{health_port}/healthz").status_code == 200
     finally:
         second.send_signal(signal.SIGTERM)
         _, errors = second.communicate(timeout=60)

@@ -4,9 +4,11 @@ PostgreSQL queue or on Pub/Sub subscriptions (streaming pull), per message_broke
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
@@ -49,6 +51,7 @@ def run_worker(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    health = _health_server(os.environ.get("PORT"))
     try:
         worker = services.worker(
             skills_dir=Path(services.settings.worker.skills_dir),
@@ -69,8 +72,32 @@ def run_worker(
             consumer=consumer,
         )
     finally:
+        if health is not None:
+            health.shutdown()
         services.close()
     return 0
+
+
+class _Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = 200 if self.path == "/healthz" else 404
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return  # probes every few seconds: not worth a log line each
+
+
+def _health_server(port: str | None) -> ThreadingHTTPServer | None:
+    """On Cloud Run (a service with CPU always allocated, see terraform/modules/worker) the
+    platform probes $PORT: answer /healthz while the worker runs (it exits if its consumer
+    fails for good, and is restarted)."""
+    if not port:
+        return None
+    server = ThreadingHTTPServer(("0.0.0.0", int(port)), _Health)
+    threading.Thread(target=server.serve_forever, name="talon-health", daemon=True).start()
+    return server
 
 
 def _sweep(flush: Callable[..., int], stop: threading.Event) -> None:

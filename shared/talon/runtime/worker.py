@@ -154,7 +154,9 @@ class Worker:
             thread.start()
         log.info("worker pulling %s with %d threads", ", ".join(TOPICS), concurrency)
         try:
-            stop.wait()
+            while not stop.wait(1.0):
+                if not threads[0].is_alive():  # its consumer failed for good: let it show
+                    raise RuntimeError("the broker consumer stopped; see the log above")
         finally:
             if listener is not None:
                 listener.close()  # wakes the dispatcher so it sees `stop`

@@ -87,6 +87,7 @@ class RecordingConsumer(PubSubConsumer):
         super().__init__(settings)
         self.fail_first = fail_first
         self.seen: list[tuple[Delivery, str]] = []
+        self.times: list[float] = []  # when each of `seen` was handled (monotonic)
         self._lock = threading.Lock()
 
     def consume(self, handler: Handler, stop: threading.Event, *, concurrency: int) -> None:
@@ -97,14 +98,17 @@ class RecordingConsumer(PubSubConsumer):
                     raise RuntimeError("a handler that keeps failing")
                 result = handler(delivery)
             except Exception:
-                with self._lock:
-                    self.seen.append((delivery, "raised"))
+                self._note(delivery, "raised")
                 raise
-            with self._lock:
-                self.seen.append((delivery, result.outcome))
+            self._note(delivery, result.outcome)
             return result
 
         super().consume(recording, stop, concurrency=concurrency)
+
+    def _note(self, delivery: Delivery, outcome: str) -> None:
+        with self._lock:
+            self.seen.append((delivery, outcome))
+            self.times.append(time.monotonic())
 
     def dispatches(self) -> list[tuple[Delivery, str]]:
         with self._lock:
@@ -178,6 +182,41 @@ def test_turns_run_through_streaming_pull(api: Api, pull_worker: Any) -> None:
     # Every dispatch event was acknowledged (a delivery that found its session busy was
     # deferred and acknowledged when it came back).
     _wait(lambda: _settled(consumer) == _turn_ids(posted), 30, "every event acknowledged")
+    # A changed template goes out on the lifecycle topic; the worker pulls and handles it.
+    api.ok("PATCH", "/v1/ns/acme/agent-templates/support",
+           json={"definition": {"systemPrompt": "Be brief."}})  # fmt: skip
+
+    def lifecycle() -> list[dict[str, Any]]:
+        return [d.payload for d, outcome in list(consumer.seen)
+                if d.topic == "lifecycle" and outcome == "ack"]  # fmt: skip
+
+    _wait(lifecycle, 30, "the lifecycle event")
+    assert lifecycle()[0]["kind"] == "AgentTemplate" and lifecycle()[0]["name"] == "support"
+
+
+def test_a_delivery_for_a_busy_session_comes_back_when_the_lease_expires(
+    api: Api, pull_worker: Any, db: Database
+) -> None:
+    """Another worker holds the turn (it died: its lease runs out in 4 s). The delivery is
+    not nacked into a quick retry loop: its deadline is set to the lease's expiry, and then
+    the turn is taken over and resumed."""
+    from talon.runtime.claim import Claim, ClaimOptions, claim
+
+    _agent(api)
+    accepted = _post(api, "s1", "taken over")
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
+    assert isinstance(claim(db, uid, ClaimOptions("a-worker-that-died", 4.0, 5)), Claim)
+    held_at = time.monotonic()
+    consumer = pull_worker()
+    _wait(lambda: _answers(api, "s1"), 60, "the answer")
+    outcomes = [o for _, o in consumer.dispatches()]
+    assert outcomes == ["retry", "ack"], outcomes
+    came_back = [t for (d, _), t in zip(consumer.seen, consumer.times, strict=True)
+                 if d.topic == DISPATCH_TOPIC][1]  # fmt: skip
+    assert came_back - held_at >= 4.0  # not before the lease ran out
+    turn = api.ok("GET", f"{BASE}/s1/turns/{accepted['turnId']}")
+    assert turn["state"] == "completed" and turn["attempts"] == 2
 
 
 def _turn_ids(posted: dict[str, list[dict[str, Any]]]) -> set[str]:

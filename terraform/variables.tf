@@ -99,3 +99,40 @@ variable "alert_schedule_lateness_seconds" {
   type        = number
   default     = 60
 }
+
+variable "worker_mode" {
+  description = "push: Pub/Sub pushes turns to the dispatch function. pull: a long-running worker (talon worker, worker.pullMode) consumes pull subscriptions by streaming pull; see README (Deploying, Pull mode)."
+  type        = string
+  default     = "push"
+  validation {
+    condition     = contains(["push", "pull"], var.worker_mode)
+    error_message = "worker_mode is push or pull."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of a Pub/Sub message before it is dead-lettered (the turn it names then fails); Pub/Sub accepts 5 to 100."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub's dead-letter policy takes 5 to 100 delivery attempts."
+  }
+}
+
+variable "worker_image" {
+  description = "The pull worker's image (Dockerfile.worker; cloudbuild.yaml builds and pushes it). Used when worker_mode is pull."
+  type        = string
+  default     = ""
+}
+
+variable "worker" {
+  description = "The pull worker's size: instances (fixed), turns run at once per instance, CPU and memory per instance."
+  type = object({
+    instances   = number
+    concurrency = number
+    cpu         = string
+    memory      = string
+  })
+  default = { instances = 1, concurrency = 8, cpu = "1", memory = "1Gi" }
+}

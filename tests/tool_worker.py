@@ -2,7 +2,8 @@
 DATABASE_URL CALLS_FILE [LEASE_SECONDS [TOOL_SECONDS]]`. Each tool call appends its nonce to
 CALLS_FILE (fsynced) and then takes a moment (TOOL_SECONDS, default 0.1), so a SIGKILL can
 land during or right after the call. LEASE_SECONDS defaults to 1.5 (the visibility timeout
-is half a second longer)."""
+is half a second longer). With the gcp_pubsub driver in the environment it pulls from
+Pub/Sub, as `talon worker` does."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 from conftest import worker_for_tests
+from talon.config import load_settings
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.store.database import Database, connector_from_url
@@ -51,9 +53,22 @@ def main() -> None:
     poll = float(os.environ.get("TALON_WORKER_TAKEOVER_POLL_SECONDS", "1.0"))
     worker = worker_for_tests(db, tools=FileRecordingTool(calls_file, tool_seconds),
                               lease_seconds=lease, takeover_poll_seconds=poll)  # fmt: skip
+    broker = load_settings().control_plane.message_broker
+    consumer = None
+    if broker.driver == "gcp_pubsub":
+        from talon.broker.outbox import OUTBOX_COMMITTED
+        from talon.broker.pubsub import PubSubPublisher
+        from talon.broker.pubsub_pull import PubSubConsumer
+        from talon.broker.relay import OutboxRelay
+
+        consumer = PubSubConsumer(broker)
+        # What the worker queues (a dead letter's fresh event) is published as `talon worker`
+        # publishes it: right after commit.
+        relay = OutboxRelay(db, PubSubPublisher(broker))
+        db.on_commit(OUTBOX_COMMITTED, lambda ids: relay.flush(ids=ids))
     configure_telemetry()  # exported when the test sets OTEL_* (tests/test_telemetry.py)
     try:
-        worker.run_pull(stop, concurrency=3, visibility_seconds=lease + 0.5)
+        worker.run_pull(stop, concurrency=3, visibility_seconds=lease + 0.5, consumer=consumer)
     finally:
         flush_telemetry()
 

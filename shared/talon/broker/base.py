@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,9 @@ class Delivery:
     topic: str
     payload: dict[str, Any]
     attempt: int  # 1 on first delivery
+    # The broker gave up on this event after its deliveries ran out (a dead letter): the
+    # handler settles what the event was for (fails the turn it names) instead of doing it.
+    dead_lettered: bool = False
     # Drivers whose queue lives in our database offer to acknowledge inside the handler's own
     # last transaction, so the work and its acknowledgement commit together (one commit less
     # per delivery); the handler then returns `Result.settled()`.
@@ -53,3 +57,10 @@ class Result:
 
 class Handler(Protocol):
     def __call__(self, delivery: Delivery) -> Result: ...
+
+
+class Consumer(Protocol):
+    """A broker the worker pulls from: hands deliveries to `handler`, at most `concurrency`
+    at a time, until `stop` is set; returns once the handlers in progress are done."""
+
+    def consume(self, handler: Handler, stop: threading.Event, *, concurrency: int) -> None: ...

@@ -30,6 +30,6 @@ def backlog(tx: Tx) -> list[tuple[str, int, float]]:
     rows = tx.all(
         "SELECT topic, count(*) AS depth, "
         "extract(epoch FROM now() - min(created_at))::float8 AS oldest "
-        "FROM outbox WHERE published_at IS NULL GROUP BY topic"
+        "FROM outbox WHERE published_at IS NULL AND dead_at IS NULL GROUP BY topic"
     )
     return [(r["topic"], int(r["depth"]), float(r["oldest"])) for r in rows]

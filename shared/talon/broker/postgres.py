@@ -14,6 +14,11 @@ only after its visibility timeout: a crashed worker's deliveries come back withi
 `takeover_poll` seconds. No process is told of a death, so while any row is pending (held,
 or waiting for its time) a dispatcher with idle handlers looks again every `takeover_poll`
 seconds; with the queue empty it only waits for notifications.
+
+Dead letters: every claim counts an attempt. A row claimed more than `max_attempts` times
+(its handler kept failing, or its workers kept dying) is handed to the handler once more as a
+dead letter (`Delivery.dead_lettered`: the worker fails the turn it names, with the reason in
+the session's stream) and then marked dead, kept for inspection and never claimed again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -41,7 +47,7 @@ MAX_BACKOFF = timedelta(seconds=60)
 _CLAIM_SQL = f"""
 WITH picked AS (
     SELECT id FROM outbox
-    WHERE published_at IS NULL AND topic = ANY(%s) AND available_at <= now()
+    WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s) AND available_at <= now()
       AND CASE WHEN claimed_until IS NULL OR claimed_until < now() THEN true
                WHEN claimed_by IS NULL THEN false
                ELSE {owner_gone_sql("claimed_by")} END
@@ -58,7 +64,8 @@ SELECT NULL, NULL, NULL, NULL,
        EXTRACT(EPOCH FROM min(GREATEST(available_at, COALESCE(claimed_until, available_at)))
                           - now())::float8
 FROM outbox
-WHERE published_at IS NULL AND topic = ANY(%s) AND id NOT IN (SELECT id FROM claimed)
+WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s)
+  AND id NOT IN (SELECT id FROM claimed)
 """
 
 
@@ -70,6 +77,7 @@ class PostgresBroker:
         visibility_seconds: float = 60.0,
         owner: str = "",
         takeover_poll: float = 1.0,
+        max_attempts: int = 10,
     ) -> None:
         """`owner`: this process's liveness owner id (`store/liveness.py`), recorded on the
         rows it claims; empty for a consumer without a liveness lock (its rows then come
@@ -78,6 +86,7 @@ class PostgresBroker:
         self.visibility = timedelta(seconds=visibility_seconds)
         self.owner = owner
         self.takeover_poll = takeover_poll
+        self.max_attempts = max_attempts
 
     def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
         """Claim up to `limit` available rows, oldest first; also say in how many seconds
@@ -104,6 +113,16 @@ class PostgresBroker:
             return  # acknowledged in the handler's own transaction
         with self.db.transaction() as tx:
             _settle_in(tx, delivery, result)
+
+    def mark_dead(self, delivery: Delivery) -> None:
+        """Keep the row for inspection; it is never claimed again."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE outbox SET dead_at = now(), claimed_until = NULL WHERE id = %s",
+                (int(delivery.id),),
+            )
+        log.warning("%s event %s dead after %d deliveries: %r", delivery.topic, delivery.id,
+                    delivery.attempt, delivery.payload)  # fmt: skip
 
     def run(
         self,
@@ -150,13 +169,19 @@ class PostgresBroker:
 
     def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:
         try:
+            dead = delivery.attempt > self.max_attempts
+            if dead:  # its deliveries ran out: the handler settles it as a dead letter
+                delivery = replace(delivery, attempt=delivery.attempt - 1, dead_lettered=True)
             try:
                 result = handler(delivery)
             except Exception:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
             try:
-                self.settle(delivery, result)
+                if dead and result.outcome != Outcome.RETRY:
+                    self.mark_dead(delivery)
+                else:
+                    self.settle(delivery, result)
             except Exception as exc:  # the row stays claimed and comes back after the timeout
                 log.warning("could not settle delivery %s: %s", delivery.id, exc)
         finally:

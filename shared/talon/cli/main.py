@@ -177,8 +177,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         raise CliError(f"gateway.httpAddr must be HOST:PORT, not {default_port!r}") from exc
     host = args.host or default_host or "127.0.0.1"
     options = DevOptions(
-        host, port, Path(args.data_dir), manifests, config, example_tools=not args.no_example_tools
-    )
+        host, port, Path(args.data_dir), manifests, config,
+        example_tools=not args.no_example_tools, broker=args.broker,
+    )  # fmt: skip
     return DevStack(options).run()
 
 
@@ -227,9 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-example-tools", action="store_true",
         help="do not start the example Stripe/HubSpot-like MCP servers (ports 8091, 8092)",
     )  # fmt: skip
+    dev.add_argument(
+        "--broker", choices=["postgres", "pubsub"], default="postgres",
+        help="pubsub: run on the Pub/Sub emulator (started and stopped here) with the pull worker",
+    )  # fmt: skip
     dev.set_defaults(local=cmd_dev)
 
-    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
+    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL or Pub/Sub)")
     worker.add_argument(
         "--concurrency", type=_at_least_one, default=4, help="turns run in parallel"
     )

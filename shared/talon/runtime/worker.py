@@ -12,13 +12,15 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from talon.broker.base import Delivery, Result
+from talon.broker.base import Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
+from talon.runtime.dead_letters import fail_dead_lettered
 from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
@@ -76,6 +78,13 @@ class Worker:
 
     def handle(self, delivery: Delivery) -> Result:
         """Settle one broker delivery. Safe to call twice for the same event."""
+        if delivery.dead_lettered:
+            if delivery.topic == DISPATCH_TOPIC:
+                fail_dead_lettered(self.db, delivery.payload, delivery.attempt)
+            else:
+                log.error("dead %s event %s dropped: %r", delivery.topic, delivery.id,
+                          delivery.payload)  # fmt: skip
+            return Result.ack()
         if delivery.topic == DISPATCH_TOPIC:
             if not self.liveness.wait_held(LOCK_WAIT_SECONDS):
                 # A lease taken without the lock would look dead to every other worker.
@@ -128,21 +137,30 @@ class Worker:
         concurrency: int = 4,
         visibility_seconds: float = 60.0,
         schedules: bool = False,
+        max_delivery_attempts: int = 10,
+        consumer: Consumer | None = None,
     ) -> None:
-        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
-        A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
-        broker = PostgresBroker(
-            self.db,
-            visibility_seconds=visibility_seconds,
-            owner=self.id,
-            takeover_poll=self.takeover_poll,
-        )
-        listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
-        listener.wait_ready(10)
+        """Pull mode (worker.pullMode): consume the PostgreSQL queue (or `consumer`, e.g.
+        Pub/Sub subscriptions) until `stop` is set. A delivery claimed by a worker that dies
+        is redelivered as soon as its liveness lock is gone, or after `visibility_seconds`
+        (Pub/Sub: its ack deadline)."""
+        listener = None
+        if consumer is None:
+            broker = PostgresBroker(
+                self.db,
+                visibility_seconds=visibility_seconds,
+                owner=self.id,
+                takeover_poll=self.takeover_poll,
+                max_attempts=max_delivery_attempts,
+            )
+            listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
+            listener.wait_ready(10)
+            consume = partial(broker.run, TOPICS, self.handle, listener, stop)
+        else:
+            consume = partial(consumer.consume, self.handle, stop)
         threads = [
             threading.Thread(
-                target=broker.run,
-                args=(TOPICS, self.handle, listener, stop),
+                target=consume,
                 kwargs={"concurrency": concurrency},
                 name="talon-dispatcher",
                 daemon=True,
@@ -162,8 +180,11 @@ class Worker:
             thread.start()
         log.info("worker pulling %s with %d threads", ", ".join(TOPICS), concurrency)
         try:
-            stop.wait()
+            while not stop.wait(1.0):
+                if not threads[0].is_alive():  # its consumer failed for good: let it show
+                    raise RuntimeError("the broker consumer stopped; see the log above")
         finally:
-            listener.close()  # wakes the dispatcher so it sees `stop`
+            if listener is not None:
+                listener.close()  # wakes the dispatcher so it sees `stop`
             for thread in threads:
                 thread.join(timeout=60)

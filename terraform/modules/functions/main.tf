@@ -192,6 +192,11 @@ resource "google_secret_manager_secret_iam_member" "model_keys" {
   member    = "serviceAccount:${var.accounts["dispatch"]}"
 }
 
+output "common_env" {
+  description = "The environment every function gets; the pull worker starts from it too."
+  value       = local.common_env
+}
+
 output "urls" {
   value = { for key, fn in google_cloudfunctions2_function.talon : key => fn.service_config[0].uri }
 }

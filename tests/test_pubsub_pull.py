@@ -338,12 +338,17 @@ def test_sigkill_of_talon_worker_during_a_model_call_resumes_from_the_journal(
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     second = spawn()
+    killed_at = time.monotonic()
     try:
-        _wait(lambda: _answers(api, "s0"), 60, "the resumed turn")
+        # Within the ack deadline (10 s) the message is delivered again; the rest is the
+        # new process starting (slow on a loaded machine).
+        _wait(lambda: _answers(api, "s0"), 120, "the resumed turn")
+        print(f"resumed {time.monotonic() - killed_at:.1f} s after the kill")
         assert httpx.get(f"http://127.0.0.1:{health_port}/healthz").status_code == 200
     finally:
         second.send_signal(signal.SIGTERM)
         _, errors = second.communicate(timeout=60)
+        print(errors.decode()[-4000:])
     assert second.returncode == 0 and b"Traceback" not in errors, errors.decode()
     assert _answers(api, "s0") == ["answered"]
     turn = api.ok("GET", f"{BASE}/s0/turns/{accepted['turnId']}")

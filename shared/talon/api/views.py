@@ -173,6 +173,59 @@ class Fires(StrictModel):
     items: list[FireView]
 
 
+class ToolSourceView(StrictModel):
+    type: Literal["builtin", "skill", "mcp"]
+    skill: str | None = Field(default=None, description="type skill: the skill's name.")
+    server: str | None = Field(default=None, description="type mcp: the MCPServer.")
+    tool: str | None = Field(default=None, description="type mcp: the tool's name there.")
+    allowedBy: list[str] = Field(
+        default_factory=list, description="type mcp: the MCPBindings that permit the tool."
+    )
+
+
+class EffectiveTool(StrictModel):
+    name: str = Field(description="The name the agent's model sees and calls.")
+    description: str
+    inputSchema: dict[str, Any]
+    readOnlyHint: bool | None = Field(
+        default=None, description="type mcp: the tool's readOnlyHint annotation."
+    )
+    source: ToolSourceView
+
+
+class ServerBindingView(StrictModel):
+    name: str
+    allow: list[str] | None = Field(description="Globs; null: every tool not denied.")
+    deny: list[str]
+    readOnly: bool
+
+
+class ServerToolsView(StrictModel):
+    server: str
+    state: Literal["available", "unavailable", "unbound"] = Field(
+        description="unbound: referenced, but no binding covers the agent (not contacted); "
+        "unavailable: could not list its tools now (see error)."
+    )
+    error: str | None
+    bindings: list[ServerBindingView]
+    tools: list[str] = Field(description="The tools offered to the agent.")
+    withheld: list[str] = Field(description="Tools the server lists that no binding permits.")
+
+
+class UnavailableSource(StrictModel):
+    source: str = Field(description="`mcp:<server>` or `skill:<name>`.")
+    error: str
+
+
+class AgentTools(StrictModel):
+    agent: str
+    tools: list[EffectiveTool] = Field(description="What a turn would offer the model now.")
+    servers: list[ServerToolsView]
+    unavailable: list[UnavailableSource] = Field(
+        description="Sources a turn would go without now, as its tools.unavailable event says."
+    )
+
+
 RESPONSE_MODELS: tuple[type[StrictModel], ...] = (
     Health,
     Whoami,
@@ -189,4 +242,5 @@ RESPONSE_MODELS: tuple[type[StrictModel], ...] = (
     SessionEvent,
     FireResult,
     Fires,
+    AgentTools,
 )

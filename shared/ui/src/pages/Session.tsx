@@ -32,6 +32,13 @@ interface Step {
   toolCalls?: string[];
   isError?: boolean;
   error?: string;
+  // A tool step's call as the stream carries it (bounded previews; the history has it all).
+  tool?: string;
+  callId?: string;
+  arguments?: string;
+  argumentsTruncated?: number;
+  result?: string;
+  resultTruncated?: number;
   documents?: { name?: string; document?: string; version?: string | number; chunks?: number[] }[];
 }
 interface Turn {
@@ -135,6 +142,12 @@ function applyEvent(state: State, event: StreamEvent): State {
     case "step.failed": {
       const previous = turn.steps[data.index] ?? { index: data.index, name: data.step, kind: data.kind, state: "started" };
       const step: Step = { ...previous, name: data.step, kind: data.kind ?? previous.kind };
+      if (data.arguments !== undefined) {
+        step.tool = data.tool;
+        step.callId = data.callId;
+        step.arguments = data.arguments;
+        step.argumentsTruncated = data.argumentsTruncated;
+      }
       if (event.type === "step.started") {
         step.state = "started";
         step.startedAt = event.createdAt;
@@ -146,6 +159,10 @@ function applyEvent(state: State, event: StreamEvent): State {
         step.isError = data.isError;
         step.error = data.error;
         step.documents = data.documents ?? step.documents;
+        if (data.result !== undefined) {
+          step.result = data.result;
+          step.resultTruncated = data.resultTruncated;
+        }
       }
       turn.steps = { ...turn.steps, [data.index]: step };
       if (turn.state === "queued") turn.state = "running";
@@ -157,7 +174,7 @@ function applyEvent(state: State, event: StreamEvent): State {
     case "tools.unavailable":
       turn.notices = [
         ...turn.notices,
-        ...(data.sources ?? []).map((s: { source?: string; reason?: string }) => `tools unavailable: ${s.source ?? ""} ${s.reason ?? ""}`.trim()),
+        ...(data.sources ?? []).map((s: { source?: string; error?: string }) => `tools unavailable: ${s.source ?? ""}: ${s.error ?? ""}`),
       ];
       break;
     default:
@@ -233,7 +250,7 @@ export function SessionPage() {
           onEvent: (event) => {
             dispatch({ type: "event", event });
             if (event.type === "turn.completed" || event.type === "turn.failed" || event.type === "turn.cancelled") {
-              // Tool calls and results are in the history, not the stream: fetch what is new.
+              // The turn's messages (whole tool calls and results) are written now: fetch them.
               allMessages(gateway, base, lastSeq.current)
                 .then((items) => {
                   lastSeq.current = items.reduce((m, x) => Math.max(m, x.seq), lastSeq.current);
@@ -422,6 +439,26 @@ function toolDetails(steps: Step[], messages: Message[]): Map<number, { call: To
   return found;
 }
 
+/** A tool step's arguments and result: from the stream as the call starts and ends (bounded
+ *  previews), then whole from the history once the turn has written its messages. */
+function ToolIO({ step, fromHistory }: { step: Step; fromHistory?: { call: ToolCall; result?: string } }) {
+  if (step.kind !== "tool") return null;
+  const args = fromHistory ? fromHistory.call.arguments : step.arguments;
+  const result = fromHistory?.result ?? step.result;
+  if (args === undefined && result === undefined) return null;
+  const cut = (n: number | undefined, whole: boolean) => (n && !whole ? ` (first part; ${n} characters in all)` : "");
+  return (
+    <div className="tool-io" aria-label={`Tool call ${step.tool ?? step.name.replace(/^call-/, "")}`}>
+      <p className="muted">arguments{cut(step.argumentsTruncated, !!fromHistory)}</p>
+      <pre data-testid="tool-arguments">{args === undefined || args === "" ? "{}" : pretty(args)}</pre>
+      <details open={step.state !== "started"}>
+        <summary>result{cut(step.resultTruncated, fromHistory?.result !== undefined)}</summary>
+        <pre data-testid="tool-result">{result === undefined ? (step.state === "started" ? "(running…)" : "(none)") : pretty(result)}</pre>
+      </details>
+    </div>
+  );
+}
+
 function TurnPanel({
   turnId,
   turn,
@@ -482,15 +519,7 @@ function TurnPanel({
               </span>
             ) : null}
             {s.error ? <span className="error-inline">{s.error}</span> : null}
-            {tools.has(s.index) ? (
-              <details className="tool-io">
-                <summary>arguments and result</summary>
-                <p className="muted">arguments</p>
-                <pre>{pretty(tools.get(s.index)!.call.arguments)}</pre>
-                <p className="muted">result</p>
-                <pre>{tools.get(s.index)!.result === undefined ? "(none yet)" : pretty(tools.get(s.index)!.result)}</pre>
-              </details>
-            ) : null}
+            <ToolIO step={s} fromHistory={tools.get(s.index)} />
           </li>
         ))}
       </ol>

@@ -66,6 +66,8 @@ def test_a_deep_link_loads_the_app_and_the_router_draws_the_page(gateway_url: st
         "/ui/ns/acme/agents/customer-support",
         "/ui/ns/acme/agents/customer-support/sessions/enterprise-renewals",
         "/ui/ns/acme/schedules/renewal-check",
+        "/ui/ns/acme/graph",
+        "/ui/tokens",
         "/ui/connect",
     ):
         reply = httpx.get(f"{gateway_url}{path}")
@@ -247,6 +249,40 @@ def test_connect_from_a_deep_link_and_browse_the_example(
     screenshot(page, "bindings")
 
 
+def test_every_kind_has_a_deep_link_with_its_status_yaml_and_related_objects(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    pages = {
+        "agent-templates/customer-support": ("Template customer-support", "Related",
+                                             ["customer-support", "stripe-readonly"]),
+        "knowledge/renewal-playbook": ("Knowledge renewal-playbook", "Document", []),
+        "mcp-servers/stripe-readonly": ("MCP server stripe-readonly", "Related",
+                                        ["customer-support-stripe", "customer-support"]),
+        "mcp-bindings/customer-support-hubspot": ("MCP binding customer-support-hubspot",
+                                                  "Related",
+                                                  ["hubspot-readonly", "customer-support"]),
+        "schedules/renewal-check": ("Schedule renewal-check", "Schedule",
+                                    ["customer-support", "enterprise-renewals"]),
+    }  # fmt: skip
+    for path, (heading, region, links) in pages.items():
+        page.goto(f"{gateway_url}/ui/ns/acme/{path}")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        expect(page.get_by_role("region", name="Summary")).to_contain_text("Version")
+        kind = example.ok("GET", f"/v1/ns/acme/{path}")["kind"]
+        expect(page.get_by_role("region", name="YAML")).to_contain_text(f"kind: {kind}")
+        related = page.get_by_role("region", name=region)
+        for name in links:
+            expect(related.get_by_role("link", name=name, exact=True).first).to_be_visible()
+    # A named session is created from the agent page, which opens it.
+    page.goto(f"{gateway_url}{AGENT}")
+    page.get_by_label("Session id").fill("q4-review")
+    page.get_by_role("button", name="Create session").click()
+    expect(page.get_by_role("heading", name="Session q4-review")).to_be_visible()
+    assert page.url == f"{gateway_url}{AGENT}/sessions/q4-review"
+    assert example.ok("GET", f"{SESSIONS}/q4-review")["id"] == "q4-review"
+
+
 def test_the_agent_page_names_each_effective_tool_with_its_source_and_binding(
     page: Page, gateway_url: str, example: Api
 ) -> None:
@@ -363,6 +399,15 @@ def test_usable_at_phone_width_and_by_keyboard(page: Page, gateway_url: str, exa
     # Nothing wider than the phone: no sideways scrolling of the page.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "agent-phone")
+    # The other main pages fit too (wide tables scroll inside their own box).
+    example.ok("POST", SESSIONS, 201, json={"id": "phone"})
+    for path in (f"{AGENT}/sessions/phone", "/ui/tokens", "/ui/ns/acme/schedules/renewal-check",
+                 "/ui/ns/acme/graph", "/ui/ns/acme/apply"):  # fmt: skip
+        page.goto(f"{gateway_url}{path}")
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    page.goto(f"{gateway_url}{AGENT}")
+    expect(page.get_by_role("heading", name="Agent customer-support")).to_be_visible()
     # The first Tab reaches the skip link, which moves focus to the content.
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
@@ -427,6 +472,10 @@ def test_chat_a_turn_and_watch_its_steps_arrive_before_it_ends(
     ]  # fmt: skip
     expect(page.locator('[data-step="call-model"]').first).to_contain_text(
         "primary/openai:model-primary"
+    )
+    # The knowledge step names the documents it used.
+    expect(page.locator('[data-step="load-knowledge"]')).to_contain_text(
+        "documents renewal-playbook"
     )
     # Each step shows how long it took.
     expect(tool_step).to_contain_text(re.compile(r"done\s*\d+(\.\d+)? m?s"))

@@ -412,6 +412,7 @@ def test_a_token_for_another_namespace_cannot_list_an_agents_tools(
     assert reader.ok("GET", TOOLS)["agent"] == "customer-support"
 
 
+@pytest.mark.fast
 def test_tool_step_events_carry_bounded_arguments_and_results() -> None:
     call = {"id": "c1", "name": "x.big", "arguments": json.dumps({"q": "a" * 5000})}
     started = _step_event(Step(3, "call-x.big", "tool", "started", {"call": call}))

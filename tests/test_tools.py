@@ -17,15 +17,11 @@ from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
 from talon.runtime.context import agent_context
-from talon.runtime.journal import (
-    ARGUMENTS_PREVIEW_CHARS,
-    RESULT_PREVIEW_CHARS,
-    Step,
-    _step_event,
-)
+from talon.runtime.journal import Step, _step_event
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.mcp_source import MCPToolSource
 from talon.runtime.tools.registry import default_tools
+from talon.sessions.views import ARGUMENTS_PREVIEW_CHARS, RESULT_PREVIEW_CHARS
 from talon.store.local_postgres import free_port
 
 STRIPE_AUTH = "Bearer sk_test_readonly_123"
@@ -234,6 +230,13 @@ def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(
     assert started["data"]["callId"] == done["data"]["callId"]
     assert "in_1001" in done["data"]["result"] and done["data"]["isError"] is False
     assert started["id"] < done["id"] < events[-1]["id"]
+    # The turn's view has the same previews (a page opened mid-turn shows earlier calls).
+    turn = acme.ok("GET", f"{SESSIONS}/billing/turns/{done['turnId']}")
+    step = next(s for s in turn["steps"] if s["kind"] == "tool")
+    assert {k: step[k] for k in ("tool", "callId", "arguments", "result")} == {
+        k: done["data"][k] for k in ("tool", "callId", "arguments", "result")
+    }
+    assert "output" not in step and "arguments" not in turn["steps"][1]  # a model step
     assert events[-1]["type"] == "turn.completed"
     assert stripe.calls["list_invoices"] == 1
     answer = acme.ok("GET", f"{SESSIONS}/billing/messages")["items"][-1]

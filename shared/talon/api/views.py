@@ -109,6 +109,17 @@ class StepView(StrictModel):
     state: Literal["started", "completed", "failed"]
     startedAt: Timestamp
     completedAt: Timestamp | None
+    # A tool step's call, as its step events carry it (first 2,000 characters of each).
+    tool: str | None = Field(default=None, description="kind tool: the tool's name.")
+    callId: str | None = Field(default=None, description="kind tool: the model's call id.")
+    arguments: str | None = Field(default=None, description="kind tool: the call's arguments.")
+    argumentsTruncated: int | None = Field(
+        default=None, description="The full length of the arguments, when cut."
+    )
+    result: str | None = Field(default=None, description="kind tool, once done: its result.")
+    resultTruncated: int | None = Field(
+        default=None, description="The full length of the result, when cut."
+    )
 
 
 class TurnView(StrictModel):

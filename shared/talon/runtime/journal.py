@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
+from talon.sessions.views import tool_call_preview
 from talon.store import turn_steps
 from talon.store.database import Database, Tx
 from talon.store.turn_steps import Step
@@ -119,29 +120,12 @@ def complete(tx: Tx, lease: Lease, idx: int, messages: int, provider: str | None
 
 
 ERROR_PREVIEW_CHARS = 500
-# A tool call's arguments and result as the stream shows them, so a viewer sees them before
-# the turn's messages are written; bounded so an event stays small (the whole of both is in
-# the session's messages once the turn ends). Nothing else goes in: no header values or
-# secret references, which never reach the journal.
-ARGUMENTS_PREVIEW_CHARS = 2_000
-RESULT_PREVIEW_CHARS = 2_000
-
-
-def _preview(data: dict[str, Any], key: str, text: str, limit: int) -> None:
-    data[key] = text[:limit]
-    if len(text) > limit:
-        data[f"{key}Truncated"] = len(text)  # the full length, for the reader to say so
 
 
 def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"step": step.name, "index": step.idx, "kind": step.kind}
-    if step.kind == "tool" and isinstance(step.output.get("call"), dict):
-        call = step.output["call"]
-        data["tool"] = call.get("name")
-        data["callId"] = call.get("id")
-        _preview(data, "arguments", str(call.get("arguments") or ""), ARGUMENTS_PREVIEW_CHARS)
-    if summary and step.kind == "tool" and "result" in step.output:
-        _preview(data, "result", str(step.output["result"]), RESULT_PREVIEW_CHARS)
+    if step.kind == "tool":  # the call as it starts, and its result as it ends
+        data.update(tool_call_preview(step.output, with_result=summary))
     if summary and step.kind == "model":
         data["provider"] = step.output.get("provider")
         data["toolCalls"] = [c["name"] for c in step.output.get("toolCalls", [])]

@@ -385,6 +385,7 @@ def test_an_admin_creates_a_token_sees_its_secret_once_and_revokes_it(
     assert secret not in page.content()
     # Revoking asks first, then the token is refused.
     row.get_by_role("button", name="Revoke ci-reader").click()
+    expect(row.get_by_role("button", name="Keep")).to_be_focused()  # Enter would not revoke
     row.get_by_role("button", name="Confirm revoke").click()
     expect(row).to_contain_text("revoked")
     assert reader.get("/v1/whoami").status_code == 401

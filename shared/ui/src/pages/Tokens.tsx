@@ -129,7 +129,8 @@ function TokenRow({ token, own, onRevoked }: { token: TokenView; own: boolean; o
             <button type="button" className="danger" onClick={revoke}>
               Confirm revoke
             </button>
-            <button type="button" className="small" onClick={() => setConfirming(false)}>
+            {/* Focus lands on the safe choice: Enter does not revoke by accident. */}
+            <button type="button" className="small" onClick={() => setConfirming(false)} autoFocus>
               Keep
             </button>
           </span>

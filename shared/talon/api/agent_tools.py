@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from talon.api.routing import Answer, Context, Route
 from talon.errors import Conflict
 from talon.resources.registry import BY_NAME
+from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.builtin import BuiltinTools
 from talon.runtime.tools.skills import PREFIX as SKILL_PREFIX
@@ -77,41 +78,42 @@ class AgentTools:
                 f"{status.get('message', '')}".rstrip(": ")
             )
         context = AgentContext(ns, agent, "", status["effective"], record.labels)
-        tools: list[dict[str, Any]] = []
+        tools: dict[str, dict[str, Any]] = {}  # by name, first source wins (as the registry)
         unavailable: list[dict[str, str]] = []
+
+        def offer(spec: ToolSpec, source: dict[str, Any], **extra: Any) -> None:
+            tools.setdefault(spec.name, {"name": spec.name, "description": spec.description,
+                                         "inputSchema": spec.parameters, **extra,
+                                         "source": source})  # fmt: skip
+
         for spec in self.builtins.tools_for(context).tools:
-            tools.append(_tool(spec.name, spec.description, spec.parameters, {"type": "builtin"}))
+            offer(spec, {"type": "builtin"})
         skills = self.skills.tools_for(context)
         unavailable += skills.unavailable
         for spec in skills.tools:
             skill = spec.name.removeprefix(SKILL_PREFIX)
-            source: dict[str, Any] = {"type": "skill", "skill": skill}
-            tools.append(_tool(spec.name, spec.description, spec.parameters, source))
+            offer(spec, {"type": "skill", "skill": skill})
         inventory = self.mcp.inventory(context)
-        servers = [_server(entry) for entry in inventory]
+        servers = {entry.server: _server(entry) for entry in inventory}
         for entry in inventory:
             if entry.error is not None:
                 unavailable.append({"source": f"mcp:{entry.server}", "error": entry.error})
-            for offered in entry.offered:
-                t = offered.tool
-                origin: dict[str, Any] = {"type": "mcp", "server": entry.server, "tool": t.name,
-                          "allowedBy": list(offered.allowed_by)}  # fmt: skip
-                tool = _tool(f"{entry.server}.{t.name}", t.description,
-                             t.input_schema, origin)  # fmt: skip
-                tool["readOnlyHint"] = t.read_only_hint
-                tools.append(tool)
-        listed = {entry.server for entry in inventory}
-        for name in status["effective"].get("mcpServerRefs") or []:
-            if name not in listed:  # referenced, but no binding covers the agent
-                servers.append({"server": name, "state": "unbound", "error": None,
-                                "bindings": [], "tools": [], "withheld": []})  # fmt: skip
-        return {"agent": agent, "tools": tools, "servers": servers, "unavailable": unavailable}
-
-
-def _tool(
-    name: str, description: str, schema: dict[str, Any], source: dict[str, Any]
-) -> dict[str, Any]:
-    return {"name": name, "description": description, "inputSchema": schema, "source": source}
+            for o in entry.offered:
+                source = {"type": "mcp", "server": entry.server, "tool": o.tool.name,
+                          "allowedBy": list(o.allowed_by)}  # fmt: skip
+                spec = ToolSpec(o.name, o.tool.description, o.tool.input_schema)
+                offer(spec, source, readOnlyHint=o.tool.read_only_hint)
+        refs = status["effective"].get("mcpServerRefs") or []
+        for name in refs:
+            # Referenced, but no binding covers the agent: not contacted.
+            servers.setdefault(name, {"server": name, "state": "unbound", "error": None,
+                                      "bindings": [], "tools": [], "withheld": []})  # fmt: skip
+        return {
+            "agent": agent,
+            "tools": list(tools.values()),
+            "servers": [servers[name] for name in refs if name in servers],
+            "unavailable": unavailable,
+        }
 
 
 def _server(entry: ServerTools) -> dict[str, Any]:

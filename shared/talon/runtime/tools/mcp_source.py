@@ -38,6 +38,7 @@ SEPARATOR = "."
 class OfferedTool:
     """A server tool the agent is offered, and the bindings that permit it."""
 
+    name: str  # as the agent's model sees it: `<server>.<tool>`
     tool: mcp_client.RemoteTool
     allowed_by: tuple[str, ...]
 
@@ -82,10 +83,8 @@ class MCPToolSource:
                 unavailable.append({"source": f"mcp:{entry.server}", "error": entry.error})
                 continue
             tools += [
-                ToolSpec(f"{entry.server}{SEPARATOR}{o.tool.name}", o.tool.description,
-                         o.tool.input_schema)
-                for o in entry.offered
-            ]  # fmt: skip
+                ToolSpec(o.name, o.tool.description, o.tool.input_schema) for o in entry.offered
+            ]
         return Toolset(tools, unavailable)
 
     def inventory(self, context: AgentContext) -> list[ServerTools]:
@@ -109,7 +108,7 @@ class MCPToolSource:
                     g.binding for g in grants[name] if g.permits(tool.name, tool.read_only_hint)
                 )
                 if allowing:
-                    offered.append(OfferedTool(tool, allowing))
+                    offered.append(OfferedTool(f"{name}{SEPARATOR}{tool.name}", tool, allowing))
                 else:
                     withheld.append(tool.name)
             return ServerTools(name, bound, offered, withheld)

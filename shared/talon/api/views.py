@@ -156,7 +156,14 @@ class SessionEvent(StrictModel):
     id: int = Field(description="Per-session, increasing: resume after it with Last-Event-ID.")
     type: EventType
     turnId: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="By type. step.*: `step`, `index`, `kind`; a model step's completion "
+        "`provider` and `toolCalls`; a tool step's `tool`, `callId` and `arguments`, and on "
+        "completion `result`, `isError` (and `error`), each text cut at 2,000 characters "
+        "(`argumentsTruncated` / `resultTruncated`: the full length); a knowledge step's "
+        "completion `documents`. message.delta: `text` (`reset`: start over). "
+        "tools.unavailable: `sources` [{source, error}]."
+    )
     createdAt: Timestamp
 
 

@@ -397,6 +397,7 @@ def test_usable_at_phone_width_and_by_keyboard(page: Page, gateway_url: str, exa
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{gateway_url}{AGENT}")
     expect(page.get_by_role("heading", name="Agent customer-support")).to_be_visible()
+    expect(page.get_by_role("table", name="Effective tools")).to_be_visible()  # the widest part
     # Nothing wider than the phone: no sideways scrolling of the page.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "agent-phone")

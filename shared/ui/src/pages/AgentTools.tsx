@@ -82,19 +82,21 @@ export function AgentTools({ ns, agent }: { ns: string; agent: string }) {
       {view ? (
         <>
           <div className="table-wrap">
-            <table aria-label="Effective tools">
+            <table aria-label="Effective tools" className="tools-table">
               <thead>
                 <tr>
                   <th scope="col">Tool</th>
                   <th scope="col">Source</th>
                   <th scope="col">Allowed by</th>
-                  <th scope="col">Description</th>
+                  <th scope="col" className="desc">
+                    Description
+                  </th>
                 </tr>
               </thead>
               <tbody>
                 {view.tools.map((t) => (
                   <tr key={t.name}>
-                    <th scope="row">
+                    <th scope="row" title={t.description}>
                       <code>{t.name}</code>
                       {t.readOnlyHint ? <span className="muted"> (read-only)</span> : null}
                     </th>
@@ -116,7 +118,7 @@ export function AgentTools({ ns, agent }: { ns: string; agent: string }) {
                         "the template"
                       )}
                     </td>
-                    <td className="muted">{t.description}</td>
+                    <td className="muted desc">{t.description}</td>
                   </tr>
                 ))}
               </tbody>
@@ -124,7 +126,7 @@ export function AgentTools({ ns, agent }: { ns: string; agent: string }) {
           </div>
           {view.servers.length > 0 ? (
             <div className="table-wrap">
-              <table aria-label="MCP servers of this agent">
+              <table aria-label="MCP servers of this agent" className="tools-table">
                 <thead>
                   <tr>
                     <th scope="col">MCP server</th>

@@ -17,6 +17,7 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from talon.api.agent_tools import AgentTools
 from talon.api.cors import Cors
 from talon.api.http import error_response, http_request_entry, json_response
 from talon.api.openapi import build_openapi
@@ -78,6 +79,7 @@ class Gateway:
             *session_routes(),
             *schedule_routes(),
             *usage_routes(),
+            *AgentTools(services).routes(),
         ]
         self._by_endpoint = {r.endpoint: r for r in self.routes}
         self.url_map = Map(

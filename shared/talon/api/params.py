@@ -147,6 +147,15 @@ LIMIT = Param(
     minimum=1,
     maximum=MAX_PAGE_SIZE,
 )
+FIRES_LIMIT = Param(
+    "limit",
+    "query",
+    "integer",
+    "How many fires, newest first (default 10).",
+    default=10,
+    minimum=1,
+    maximum=100,
+)
 PAGE_TOKEN = Param(
     "pageToken",
     "query",

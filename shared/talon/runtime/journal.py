@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
+from talon.sessions.views import tool_call_preview
 from talon.store import turn_steps
 from talon.store.database import Database, Tx
 from talon.store.model_usage import ModelUsage
@@ -141,6 +142,8 @@ ERROR_PREVIEW_CHARS = 500
 
 def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"step": step.name, "index": step.idx, "kind": step.kind}
+    if step.kind == "tool":  # the call as it starts, and its result as it ends
+        data.update(tool_call_preview(step.output, with_result=summary))
     if summary and step.kind == "model":
         data["provider"] = step.output.get("provider")
         data["toolCalls"] = [c["name"] for c in step.output.get("toolCalls", [])]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from talon.store import model_usage
 from talon.store.database import Tx, jsonb
@@ -171,11 +171,15 @@ class StepRecord:
     output: dict[str, Any] | None  # only when asked for: outputs can be large
 
 
-def read(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[StepRecord]:
-    """The turn's steps in order, with their outputs if `outputs`."""
+def read(
+    tx: Tx, turn_id: uuid.UUID, *, outputs: bool | Literal["tool"] = False
+) -> list[StepRecord]:
+    """The turn's steps in order, with their outputs if `outputs` (`"tool"`: only tool steps'
+    outputs, a call and its result, not the model's answers)."""
+    column = {True: ", output", "tool": ", CASE WHEN kind = 'tool' THEN output END AS output"}
     rows = tx.all(
         "SELECT idx, name, kind, state, started_at, completed_at"
-        + (", output" if outputs else "")
+        + column.get(outputs, "")
         + " FROM turn_steps WHERE turn_id = %s ORDER BY idx",
         (turn_id,),
     )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from talon.errors import BadRequest
 from talon.resources.kinds import SESSION_ID_RE
 from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from talon.sessions.posting import IDEMPOTENCY_KEY_EXPECTS, IDEMPOTENCY_KEY_PATTERN
 
 INT64_MAX = 2**63 - 1  # PostgreSQL bigint: event ids, sequence numbers
 # ASCII digits only (int() also takes "1_0", " 1" and other scripts' digits), and few enough
@@ -225,6 +226,6 @@ IDEMPOTENCY_KEY = Param(
     "string",
     "Makes retries safe: the same key with the same body answers the first request's turn "
     "(200) without queueing another; the same key with another body is refused (422).",
-    pattern="[\\u0020-\\u007e]{1,200}",
-    expects="1 to 200 printable ASCII characters",
+    pattern=IDEMPOTENCY_KEY_PATTERN,
+    expects=IDEMPOTENCY_KEY_EXPECTS,
 )

@@ -1,0 +1,53 @@
+"""`python -m talon.grpc`: the gRPC server on its own, as `talon dev` and the Cloud Run
+service run it. The address: --address, else 0.0.0.0:$PORT on Cloud Run, else
+gateway.grpcAddr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from talon.grpc.server import PortTaken, build_server
+from talon.services import Services
+
+STOP_GRACE_SECONDS = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m talon.grpc")
+    parser.add_argument("--address", help="host:port to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    services = Services.start()
+    address = args.address or (
+        f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT")
+        else services.settings.gateway.grpc_addr
+    )  # fmt: skip
+    try:
+        server, port = build_server(services, address)
+    except PortTaken as exc:
+        print(f"talon grpc: {exc}", file=sys.stderr)
+        services.close()
+        return 2
+    stopped = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    logging.getLogger("talon.grpc").info("serving gRPC on %s (port %d)", address, port)
+    stopped.wait()
+    server.stop(STOP_GRACE_SECONDS).wait()
+    services.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

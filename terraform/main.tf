@@ -1,5 +1,6 @@
 # Talon on Google Cloud: Cloud SQL for PostgreSQL, Pub/Sub push to the dispatch function,
-# Cloud Tasks for schedule fires, four Cloud Run functions sharing the core package.
+# Cloud Tasks for schedule fires, four Cloud Run functions sharing the core package, and the
+# gRPC surface as a Cloud Run service (a container image Cloud Build builds).
 
 locals {
   prefix = "talon-${var.environment}"
@@ -96,6 +97,20 @@ module "functions" {
   model_key_secrets  = var.model_key_secrets
   topics             = module.messaging.topics
   queue              = module.scheduler.queue
+
+  depends_on = [google_project_service.apis]
+}
+
+module "grpc" {
+  source          = "./modules/grpc"
+  project         = var.project
+  region          = var.region
+  prefix          = local.prefix
+  image           = "${var.region}-docker.pkg.dev/${var.project}/${local.prefix}/grpc:${var.source_version}"
+  service_account = module.iam.emails["gateway"]
+  environment     = module.functions.gateway_environment
+  secrets         = module.functions.gateway_secrets
+  scaling         = var.grpc
 
   depends_on = [google_project_service.apis]
 }

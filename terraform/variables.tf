@@ -65,3 +65,15 @@ variable "mcp_header_secrets" {
   type        = list(string)
   default     = []
 }
+
+variable "grpc" {
+  description = "Scaling of the gRPC Cloud Run service (talon.v1); see README (gRPC)."
+  type = object({
+    min_instances = number
+    max_instances = number
+    concurrency   = number
+    memory        = string
+    cpu           = string
+    timeout       = number
+  })
+}

@@ -558,3 +558,31 @@ def test_a_taken_port_is_refused(settings: Settings, grpc_port: int) -> None:
             build_server(services, f"127.0.0.1:{grpc_port}")
     finally:
         services.close()
+
+
+def test_what_the_database_cannot_store_is_refused_naming_the_field(rpc: Grpc) -> None:
+    """The HTTP API's body rules (talon.json_values) hold for gRPC messages too: NUL
+    characters and non-finite numbers anywhere are INVALID_ARGUMENT, never INTERNAL."""
+    create_namespace(rpc, NS)
+    agents, sessions = rpc.stub(agents_pb2_grpc, "Agents"), rpc.sessions()
+    get = agents_pb2.GetAgentRequest(namespace="te\x00am", name="bot")
+    code, _, details = failure(lambda: rpc.call(agents, "GetAgent", get))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details) == [("namespace", "NUL characters (U+0000) are not accepted")]
+    agent = json_format.ParseDict(samples.agent(NS), agents_pb2.Agent())
+    agent.spec.update({"ratio": float("nan")})
+    create = agents_pb2.CreateAgentRequest(namespace=NS, agent=agent)
+    code, _, details = failure(lambda: rpc.call(agents, "CreateAgent", create))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details)[0][0] == "agent.spec.ratio"
+    metadata = struct_pb2.Struct()
+    metadata.update({"k\x00": "v"})
+    session = sessions_pb2.CreateSessionRequest(namespace=NS, agent="bot", metadata=metadata)
+    code, _, details = failure(lambda: rpc.call(sessions, "CreateSession", session))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details)[0][0] == "metadata.k\\u0000"
+    stream = rpc.call(sessions, "StreamEvents", sessions_pb2.StreamEventsRequest(
+        namespace=NS, agent="bot", session_id="s\x00"))  # fmt: skip
+    code, _, details = failure(lambda: list(stream))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details)[0][0] == "session_id"

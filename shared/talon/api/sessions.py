@@ -24,6 +24,7 @@ from talon.api.params import (
     UNTIL_TURN_END,
 )
 from talon.api.routing import Answer, Context, Route
+from talon.auth.access import bearer_secret
 from talon.sessions.follow import KEEP_ALIVE, FollowOptions, StreamEnd, follow
 from talon.sessions.models import CreateSession, PostMessage
 
@@ -91,7 +92,7 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         max_seconds=ctx.param("maxSeconds"),
     )
     assert ctx.principal is not None
-    secret = ctx.request.headers.get("Authorization", "").partition(" ")[2].strip()
+    secret = bearer_secret(ctx.request.headers.get("Authorization", "")) or b""
     access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
     options = replace(options, access=access, access_until=access_until)
     sessions = ctx.services.sessions

@@ -13,6 +13,7 @@ import threading
 from types import FrameType
 
 from talon.grpc.server import PortTaken, build_server
+from talon.logs import configure_logging
 from talon.services import Services
 
 STOP_GRACE_SECONDS = 5.0
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m talon.grpc")
     parser.add_argument("--address", help="host:port to listen on")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()  # TALON_LOG_LEVEL, TALON_LOG_FORMAT (json on Cloud Run)
     services = Services.start()
     address = args.address or (
         f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT")

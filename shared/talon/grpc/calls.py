@@ -8,11 +8,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from talon.auth.access import authenticate, authorize, refuse_tool_tokens
 from talon.auth.principal import Principal
 from talon.errors import BadRequest, TalonError
+from talon.grpc.convert import to_plain
 from talon.grpc.errors import to_status
+from talon.json_values import Problem, check
 from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from talon.services import Services
 
@@ -40,12 +43,23 @@ def page_size(value: int, field: str = "page_size") -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+def check_request(request: Message) -> None:
+    """Refuse what the HTTP API's body decoding refuses (talon.json_values): NUL characters,
+    non-finite numbers, nesting deeper than 64 levels, anywhere in the request."""
+    try:
+        check(to_plain(request))
+    except Problem as exc:
+        raise BadRequest(exc.message, exc.details) from exc
+
+
 def guarded(handler: Callable[..., T]) -> Callable[..., T]:
-    """A handler whose request may be refused before its call runs (a required field
-    missing): that ends the call with its status too. The context is the last argument."""
+    """A handler whose request is checked (check_request) and may be refused before its
+    call runs (a required field missing): that ends the call with its status too. The
+    request and context are the last two arguments."""
 
     def call(*args: Any) -> T:
         try:
+            check_request(args[-2])
             return handler(*args)
         except TalonError as exc:
             Calls.abort(args[-1], exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
@@ -50,3 +51,45 @@ def whole_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [whole_numbers(item) for item in value]
     return value
+
+
+def to_plain(message: Message) -> dict[str, Any]:
+    """A message as plain Python values under its proto field names, whatever they hold
+    (NaN included: json_format refuses to write it), for talon.json_values.check."""
+    return {field.name: _plain_field(field, value) for field, value in message.ListFields()}
+
+
+def _plain_field(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        return {key: _plain_single(value_field, item) for key, item in value.items()}
+    if field.is_repeated:
+        return [_plain_single(field, item) for item in value]
+    return _plain_single(field, value)
+
+
+def _plain_single(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is None:
+        return value
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain_value(item) for key, item in value.fields.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain_value(item) for item in value.values]
+    if isinstance(value, struct_pb2.Value):
+        return _plain_value(value)
+    return to_plain(value)
+
+
+def _plain_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _plain_value(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain_value(item) for item in value.list_value.values]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None

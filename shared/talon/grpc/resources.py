@@ -197,6 +197,7 @@ class ApplyServicer(apply_pb2_grpc.ApplyServicer):
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
 
+    @guarded
     def Apply(
         self, request: apply_pb2.ApplyRequest, context: grpc.ServicerContext
     ) -> apply_pb2.ApplyResponse:

@@ -11,8 +11,16 @@ import grpc
 
 from talon.actions.requests import validated
 from talon.actions.streams import DEFAULT_MAX_SECONDS, MAX_SECONDS, open_events, reader_access
+from talon.auth.access import bearer_secret
 from talon.errors import BadRequest, TalonError, Unauthenticated
-from talon.grpc.calls import Calls, guarded, metadata_value, page_size, required
+from talon.grpc.calls import (
+    Calls,
+    check_request,
+    guarded,
+    metadata_value,
+    page_size,
+    required,
+)
 from talon.grpc.convert import from_struct, to_message
 from talon.grpc.gen import sessions_pb2, sessions_pb2_grpc
 from talon.sessions.follow import KEEP_ALIVE, FollowOptions, StreamEnd, follow
@@ -150,6 +158,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
 
     def StreamEvents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            check_request(request)
             ns, agent = self._where(request)
             sid = required(request.session_id, "session_id")
             max_seconds = request.max_seconds or DEFAULT_MAX_SECONDS
@@ -166,7 +175,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
             Calls.abort(context, exc)
 
         def body(principal: Any) -> Iterator[Any]:
-            secret = metadata_value(context, "authorization").partition(" ")[2].strip()
+            secret = bearer_secret(metadata_value(context, "authorization")) or b""
             access, access_until = reader_access(self.calls.services.tokens, principal, secret)
             options = FollowOptions(
                 until_turn_end=request.until_turn_end, heartbeat=STREAM_HEARTBEAT_SECONDS,

@@ -586,3 +586,149 @@ def test_what_the_database_cannot_store_is_refused_naming_the_field(rpc: Grpc) -
     code, _, details = failure(lambda: list(stream))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(details)[0][0] == "session_id"
+
+
+# --- the isolation matrix -------------------------------------------------------------------
+
+SAMPLE_NAMES = {"MCPServer": "tools", "Knowledge": "faq", "AgentTemplate": "support",
+                "Agent": "bot", "MCPBinding": "bind", "Schedule": "wake"}  # fmt: skip
+SAMPLE_BODIES = {"MCPServer": samples.mcp_server, "Knowledge": samples.knowledge,
+                 "AgentTemplate": samples.template, "Agent": samples.agent,
+                 "MCPBinding": samples.binding, "Schedule": samples.schedule}  # fmt: skip
+
+
+SCALARS = {"agent": "bot", "session_id": "s1", "content": "hello",
+           "turn_id": "00000000-0000-0000-0000-000000000000"}  # fmt: skip
+
+
+def _isolation_calls(ns: str) -> list[tuple[Any, str, Any]]:
+    """Every talon.v1 method that names a namespace, filled in for `ns` (stub class, method,
+    request): read from the services' descriptors, so a new method is in the matrix."""
+    modules = [(*KINDS[kind][:2], kind) for kind in KINDS]
+    modules += [(namespaces_pb2, namespaces_pb2_grpc, "Namespace"),
+                (sessions_pb2, sessions_pb2_grpc, "")]  # fmt: skip
+    bodies = {**SAMPLE_BODIES, "Namespace": samples.namespace}
+    calls = []
+    for pb2, pb2_grpc, kind in modules:
+        for service in pb2.DESCRIPTOR.services_by_name.values():
+            stub = getattr(pb2_grpc, f"{service.name}Stub")
+            for method in service.methods:
+                fields = method.input_type.fields_by_name
+                if method.name in ("ListNamespaces", "CreateNamespace"):
+                    continue  # they name no namespace: see the auth test
+                request = getattr(pb2, method.input_type.name)()
+                scalars = {**SCALARS, "name": ns if kind == "Namespace" else SAMPLE_NAMES.get(kind),
+                           "namespace": ns}  # fmt: skip
+                for field in fields.values():
+                    if field.message_type is None and field.name in scalars:
+                        setattr(request, field.name, scalars[field.name])
+                    elif field.message_type is not None and kind in bodies and (
+                            field.message_type.name == KINDS.get(kind, ("",) * 5)[4]
+                            or field.message_type.name == "Namespace"):  # fmt: skip
+                        getattr(request, field.name).CopyFrom(json_format.ParseDict(
+                            bodies[kind](ns), getattr(pb2, field.message_type.name)()))  # fmt: skip
+                calls.append((stub, method.name, request))
+    return calls
+
+
+def _call(client: Grpc, stub: Any, method: str, request: Any) -> Any:
+    reply = client.call(stub(client.channel), method, request)
+    return list(reply) if method == "StreamEvents" else reply
+
+
+def test_isolation_matrix_a_token_of_ns_a_never_sees_ns_b(rpc: Grpc, api: Api) -> None:
+    for ns in ("blue", "red"):
+        items = [samples.namespace(ns), *samples.full_set(ns)]
+        api.ok("POST", "/v1/apply", json={"items": items})
+        api.ok("POST", f"/v1/ns/{ns}/agents/bot/sessions", 201, json={"id": "s1"})
+    scoped = rpc.as_token(api.token("admin", ["blue"]))
+    calls = _isolation_calls("red")
+    # six kinds x five methods, two schedule actions, nine session methods, three namespace ones
+    assert len(calls) == 6 * 5 + 2 + 9 + 3
+    for stub, method, request in calls:
+        code, message, _ = failure(lambda s=stub, m=method, r=request: _call(scoped, s, m, r))
+        assert (code, message) == (grpc.StatusCode.NOT_FOUND, "namespace 'red' not found"), method
+    # Indistinguishable from a namespace that does not exist at all, even for an admin.
+    for stub, method, request in _isolation_calls("ghost"):
+        code, message, _ = failure(lambda s=stub, m=method, r=request: _call(rpc, s, m, r))
+        assert (code, message) == (grpc.StatusCode.NOT_FOUND, "namespace 'ghost' not found"), (
+            method)  # fmt: skip
+    # Nothing in red changed, and blue's own calls work with the same token.
+    assert api.ok("GET", "/v1/ns/red/agents/bot")["metadata"]["generation"] == 1
+    assert api.ok("GET", "/v1/namespaces/red")["metadata"]["generation"] == 1
+    assert api.ok("GET", "/v1/ns/red/agents/bot/sessions/s1")["messageCount"] == 0
+    for stub, method, request in _isolation_calls("blue"):
+        if method.startswith(("Get", "List")) and method != "GetTurn":  # (no such turn)
+            _call(scoped, stub, method, request)
+
+
+def test_tool_tokens_and_revoked_streams(team_bot: Grpc, api: Api) -> None:
+    rpc = team_bot
+    body = {"name": "ops-only", "role": "read", "namespaces": [NS], "tools": ["read_session"]}
+    minted = api.ok("POST", "/v1/tokens", 201, json=body)
+    tools = rpc.as_token(minted["token"])
+    listing = agents_pb2.ListAgentsRequest(namespace=NS)
+    code, message, _ = failure(
+        lambda: tools.call(tools.stub(agents_pb2_grpc, "Agents"), "ListAgents", listing)
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "talon-ops" in message
+    # A stream open when its token is revoked ends with UNAUTHENTICATED, and sends nothing
+    # committed after the revocation.
+    rpc.call(rpc.sessions(), "CreateSession", sessions_pb2.CreateSessionRequest(
+        namespace=NS, agent="bot", session_id="s1"))  # fmt: skip
+    reader = api.ok("POST", "/v1/tokens", 201, json={
+        "name": "reader", "role": "read", "namespaces": [NS]})  # fmt: skip
+    client = rpc.as_token(reader["token"])
+    received: list[Any] = []
+    outcome: list[grpc.StatusCode] = []
+
+    def follow() -> None:
+        stream = client.call(client.sessions(), "StreamEvents", sessions_pb2.StreamEventsRequest(
+            namespace=NS, agent="bot", session_id="s1"))  # fmt: skip
+        try:
+            received.extend(stream)
+        except grpc.RpcError as exc:
+            outcome.append(exc.code())  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)
+    api.ok("DELETE", f"/v1/tokens/{reader['id']}")
+    revoked_at = time.monotonic()
+    _post(rpc, "s1", "secret plans")
+    thread.join(10)
+    assert not thread.is_alive() and outcome == [grpc.StatusCode.UNAUTHENTICATED]
+    assert time.monotonic() - revoked_at < 3
+    assert not any("secret plans" in str(event) for event in received)
+
+
+def test_calls_beyond_the_threads_are_refused_not_queued(
+    team_bot: Grpc, settings: Settings
+) -> None:
+    services = Services.start(settings)
+    server, port = build_server(services, "127.0.0.1:0", threads=2)
+    server.start()
+    client = Grpc(port, ADMIN_TOKEN)
+    try:
+        client.call(client.sessions(), "CreateSession", sessions_pb2.CreateSessionRequest(
+            namespace=NS, agent="bot", session_id="s1"))  # fmt: skip
+        request = sessions_pb2.StreamEventsRequest(namespace=NS, agent="bot", session_id="s1")
+        streams = [client.call(client.sessions(), "StreamEvents", request) for _ in range(2)]
+        time.sleep(0.5)  # both hold a thread, waiting for events
+        get = sessions_pb2.GetSessionRequest(namespace=NS, agent="bot", session_id="s1")
+        code, _, _ = failure(lambda: client.call(client.sessions(), "GetSession", get))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for stream in streams:
+            stream.cancel()
+        deadline = time.monotonic() + 15  # a cancelled stream's thread notices within 5 s
+        while True:
+            try:
+                assert client.call(client.sessions(), "GetSession", get).id == "s1"
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        client.channel.close()
+        server.stop(0).wait()
+        services.close()

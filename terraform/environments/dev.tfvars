@@ -13,4 +13,4 @@ functions = {
 }
 
 # The gRPC Cloud Run service: like the gateway, it mostly waits on PostgreSQL and holds streams.
-grpc = { min_instances = 0, max_instances = 3, concurrency = 80, memory = "512Mi", cpu = "1", timeout = 3600 }
+grpc = { min_instances = 0, max_instances = 3, concurrency = 64, memory = "512Mi", cpu = "1", timeout = 3600 }

@@ -12,7 +12,7 @@ import sys
 import threading
 from types import FrameType
 
-from talon.grpc.server import PortTaken, build_server
+from talon.grpc.server import DEFAULT_THREADS, PortTaken, build_server
 from talon.logs import configure_logging
 from talon.services import Services
 
@@ -22,6 +22,10 @@ STOP_GRACE_SECONDS = 5.0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m talon.grpc")
     parser.add_argument("--address", help="host:port to listen on")
+    parser.add_argument(
+        "--threads", type=int, default=int(os.environ.get("THREADS") or DEFAULT_THREADS),
+        help=f"concurrent calls, open streams included (default $THREADS or {DEFAULT_THREADS})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     configure_logging()  # TALON_LOG_LEVEL, TALON_LOG_FORMAT (json on Cloud Run)
     services = Services.start()
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         else services.settings.gateway.grpc_addr
     )  # fmt: skip
     try:
-        server, port = build_server(services, address)
+        server, port = build_server(services, address, threads=args.threads)
     except PortTaken as exc:
         print(f"talon grpc: {exc}", file=sys.stderr)
         services.close()

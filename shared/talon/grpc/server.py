@@ -31,6 +31,10 @@ def build_server(
     not started; returns it and the port bound."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="talon-grpc"),
+        # A call beyond the threads is refused at once (RESOURCE_EXHAUSTED, which clients
+        # retry) rather than queued behind streams that may stay open for minutes; Cloud Run
+        # sends an instance at most this many (terraform: the service's concurrency).
+        maximum_concurrent_rpcs=threads,
         options=[
             # Another process on the port is an error, not a silent share of its traffic.
             ("grpc.so_reuseport", 0),

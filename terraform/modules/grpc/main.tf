@@ -72,6 +72,12 @@ resource "google_cloud_run_v2_service" "grpc" {
         }
       }
 
+      # As many calls as the container serves at once (open streams included).
+      env {
+        name  = "THREADS"
+        value = tostring(var.scaling.concurrency)
+      }
+
       # gRPC health checking (grpc.health.v1), which the server serves.
       startup_probe {
         grpc {

@@ -732,3 +732,41 @@ def test_calls_beyond_the_threads_are_refused_not_queued(
         client.channel.close()
         server.stop(0).wait()
         services.close()
+
+
+def test_update_with_a_field_mask_changes_only_the_masked_paths(rpc: Grpc, api: Api) -> None:
+    create_namespace(rpc, NS)
+    for manifest in samples.full_set(NS)[:4]:
+        create(rpc, manifest)
+    agents = rpc.stub(agents_pb2_grpc, "Agents")
+    api.ok("PATCH", f"/v1/ns/{NS}/agents/bot", json={"metadata": {"labels": {"tier": "gold"}}})
+    before = api.ok("GET", f"/v1/ns/{NS}/agents/bot")
+    # Only the name and the masked path: the rest of the stored agent stays as it is.
+    partial = agents_pb2.Agent()
+    partial.metadata.name = "bot"
+    partial.spec.update({"features": {"customer_id": "c-42"}})
+    request = agents_pb2.UpdateAgentRequest(namespace=NS, agent=partial)
+    request.update_mask.paths.append("spec.features")
+    updated = rpc.call(agents, "UpdateAgent", request)
+    after = api.ok("GET", f"/v1/ns/{NS}/agents/bot")
+    assert after["spec"]["features"] == {"customer_id": "c-42"}
+    assert after["spec"]["templateRef"] == before["spec"]["templateRef"]
+    assert after["metadata"]["labels"] == {"tier": "gold"}
+    assert updated.metadata.resource_version == after["metadata"]["resourceVersion"]
+    # A masked path the message lacks is removed; labels go as a whole map.
+    request = agents_pb2.UpdateAgentRequest(namespace=NS, agent=partial)
+    request.update_mask.paths.extend(["metadata.labels"])
+    rpc.call(agents, "UpdateAgent", request)
+    assert api.ok("GET", f"/v1/ns/{NS}/agents/bot")["metadata"]["labels"] == {}
+    # A stale version with a mask is a conflict like any other; a path outside the
+    # resource's writable parts is refused naming update_mask.
+    partial.metadata.resource_version = before["metadata"]["resourceVersion"]
+    request = agents_pb2.UpdateAgentRequest(namespace=NS, agent=partial)
+    request.update_mask.paths.append("spec.features")
+    assert failure(lambda: rpc.call(agents, "UpdateAgent", request))[0] == (
+        grpc.StatusCode.ABORTED)  # fmt: skip
+    request = agents_pb2.UpdateAgentRequest(namespace=NS, agent=partial)
+    request.update_mask.paths.append("metadata.name")
+    code, _, details = failure(lambda: rpc.call(agents, "UpdateAgent", request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details)[0][0] == "update_mask"

@@ -4,6 +4,7 @@ the resource service)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -12,6 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from talon.actions import resources as actions
+from talon.errors import BadRequest
 from talon.grpc.calls import Calls, guarded, page_size, required
 from talon.grpc.convert import from_struct, to_manifest, to_message, to_struct
 from talon.grpc.gen import (
@@ -32,6 +34,7 @@ from talon.grpc.gen import (
     schedules_pb2,
     schedules_pb2_grpc,
 )
+from talon.grpc.masks import apply_mask, check_mask
 from talon.resources.registry import BY_NAME, Kind, parse_manifest
 from talon.services import Services
 
@@ -137,14 +140,37 @@ class KindServicer:
         given = getattr(request, field)
         namespace, visible = self._where(request, given.metadata.name)
 
+        paths = list(request.update_mask.paths)
+        check_mask(paths, self.kind.body_field)
+
         def body(principal: Any) -> Message:
-            resource = parse_manifest(
-                to_manifest(given), expected_kind=self.kind, namespace=namespace
-            )
+            manifest = to_manifest(given)
+            if paths:
+                manifest = self._masked(namespace, manifest, paths)
+            resource = parse_manifest(manifest, expected_kind=self.kind, namespace=namespace)
             record = self.services.resources.replace(resource)
             return self._message(record.to_manifest(self.kind.body_field))
 
         return self.calls.run(context, self.write_role, visible, body, prefix=f"{field}.")
+
+    def _masked(
+        self, namespace: str, given: dict[str, Any], paths: Sequence[str]
+    ) -> dict[str, Any]:
+        """The stored manifest with the masked paths from `given`, at the version read (or
+        the one given): a write in between makes the replace a conflict, not a lost update."""
+        name = (given.get("metadata") or {}).get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("metadata.name is required",
+                             [{"path": "metadata.name", "message": "required"}])  # fmt: skip
+        current = self.services.resources.get(self.kind, namespace, name)
+        stored = current.to_manifest(self.kind.body_field)
+        stored.pop("status", None)
+        merged = apply_mask(stored, given, paths)
+        version = (given.get("metadata") or {}).get("resourceVersion")
+        merged.setdefault("metadata", {})["resourceVersion"] = version or str(
+            current.resource_version
+        )
+        return merged
 
     def delete(self, request: Any, context: grpc.ServicerContext) -> Message:
         name = required(request.name, "name")

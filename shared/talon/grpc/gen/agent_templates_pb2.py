@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etalon/v1/agent_templates.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xb0\x01\n\rAgentTemplate\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12+\n\ndefinition\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"m\n\x19ListAgentTemplatesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"g\n\x1aListAgentTemplatesResponse\x12\x30\n\x0f\x61gent_templates\x18\x01 \x03(\x0b\x32\x17.talon.v1.AgentTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x17GetAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"`\n\x1a\x43reateAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12/\n\x0e\x61gent_template\x18\x02 \x01(\x0b\x32\x17.talon.v1.AgentTemplate\"`\n\x1aUpdateAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12/\n\x0e\x61gent_template\x18\x02 \x01(\x0b\x32\x17.talon.v1.AgentTemplate\"=\n\x1a\x44\x65leteAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\xc3\x03\n\x0e\x41gentTemplates\x12_\n\x12ListAgentTemplates\x12#.talon.v1.ListAgentTemplatesRequest\x1a$.talon.v1.ListAgentTemplatesResponse\x12N\n\x10GetAgentTemplate\x12!.talon.v1.GetAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13\x43reateAgentTemplate\x12$.talon.v1.CreateAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13UpdateAgentTemplate\x12$.talon.v1.UpdateAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13\x44\x65leteAgentTemplate\x12$.talon.v1.DeleteAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplateB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etalon/v1/agent_templates.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xb0\x01\n\rAgentTemplate\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12+\n\ndefinition\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"m\n\x19ListAgentTemplatesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"g\n\x1aListAgentTemplatesResponse\x12\x30\n\x0f\x61gent_templates\x18\x01 \x03(\x0b\x32\x17.talon.v1.AgentTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x17GetAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"`\n\x1a\x43reateAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12/\n\x0e\x61gent_template\x18\x02 \x01(\x0b\x32\x17.talon.v1.AgentTemplate\"\x91\x01\n\x1aUpdateAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12/\n\x0e\x61gent_template\x18\x02 \x01(\x0b\x32\x17.talon.v1.AgentTemplate\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"=\n\x1a\x44\x65leteAgentTemplateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\xc3\x03\n\x0e\x41gentTemplates\x12_\n\x12ListAgentTemplates\x12#.talon.v1.ListAgentTemplatesRequest\x1a$.talon.v1.ListAgentTemplatesResponse\x12N\n\x10GetAgentTemplate\x12!.talon.v1.GetAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13\x43reateAgentTemplate\x12$.talon.v1.CreateAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13UpdateAgentTemplate\x12$.talon.v1.UpdateAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplate\x12T\n\x13\x44\x65leteAgentTemplate\x12$.talon.v1.DeleteAgentTemplateRequest\x1a\x17.talon.v1.AgentTemplateB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.agent_templa
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_AGENTTEMPLATE']._serialized_start=101
-  _globals['_AGENTTEMPLATE']._serialized_end=277
-  _globals['_LISTAGENTTEMPLATESREQUEST']._serialized_start=279
-  _globals['_LISTAGENTTEMPLATESREQUEST']._serialized_end=388
-  _globals['_LISTAGENTTEMPLATESRESPONSE']._serialized_start=390
-  _globals['_LISTAGENTTEMPLATESRESPONSE']._serialized_end=493
-  _globals['_GETAGENTTEMPLATEREQUEST']._serialized_start=495
-  _globals['_GETAGENTTEMPLATEREQUEST']._serialized_end=553
-  _globals['_CREATEAGENTTEMPLATEREQUEST']._serialized_start=555
-  _globals['_CREATEAGENTTEMPLATEREQUEST']._serialized_end=651
-  _globals['_UPDATEAGENTTEMPLATEREQUEST']._serialized_start=653
-  _globals['_UPDATEAGENTTEMPLATEREQUEST']._serialized_end=749
-  _globals['_DELETEAGENTTEMPLATEREQUEST']._serialized_start=751
-  _globals['_DELETEAGENTTEMPLATEREQUEST']._serialized_end=812
-  _globals['_AGENTTEMPLATES']._serialized_start=815
-  _globals['_AGENTTEMPLATES']._serialized_end=1266
+  _globals['_AGENTTEMPLATE']._serialized_start=135
+  _globals['_AGENTTEMPLATE']._serialized_end=311
+  _globals['_LISTAGENTTEMPLATESREQUEST']._serialized_start=313
+  _globals['_LISTAGENTTEMPLATESREQUEST']._serialized_end=422
+  _globals['_LISTAGENTTEMPLATESRESPONSE']._serialized_start=424
+  _globals['_LISTAGENTTEMPLATESRESPONSE']._serialized_end=527
+  _globals['_GETAGENTTEMPLATEREQUEST']._serialized_start=529
+  _globals['_GETAGENTTEMPLATEREQUEST']._serialized_end=587
+  _globals['_CREATEAGENTTEMPLATEREQUEST']._serialized_start=589
+  _globals['_CREATEAGENTTEMPLATEREQUEST']._serialized_end=685
+  _globals['_UPDATEAGENTTEMPLATEREQUEST']._serialized_start=688
+  _globals['_UPDATEAGENTTEMPLATEREQUEST']._serialized_end=833
+  _globals['_DELETEAGENTTEMPLATEREQUEST']._serialized_start=835
+  _globals['_DELETEAGENTTEMPLATEREQUEST']._serialized_end=896
+  _globals['_AGENTTEMPLATES']._serialized_start=899
+  _globals['_AGENTTEMPLATES']._serialized_end=1350
 # @@protoc_insertion_point(module_scope)

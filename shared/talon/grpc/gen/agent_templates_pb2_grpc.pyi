@@ -36,7 +36,9 @@ class AgentTemplatesStub:
     GetAgentTemplate: _grpc.UnaryUnaryMultiCallable[_agent_templates_pb2.GetAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]
     CreateAgentTemplate: _grpc.UnaryUnaryMultiCallable[_agent_templates_pb2.CreateAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]
     UpdateAgentTemplate: _grpc.UnaryUnaryMultiCallable[_agent_templates_pb2.UpdateAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteAgentTemplate: _grpc.UnaryUnaryMultiCallable[_agent_templates_pb2.DeleteAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -48,7 +50,9 @@ class AgentTemplatesAsyncStub(AgentTemplatesStub):
     GetAgentTemplate: _aio.UnaryUnaryMultiCallable[_agent_templates_pb2.GetAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]  # type: ignore[assignment]
     CreateAgentTemplate: _aio.UnaryUnaryMultiCallable[_agent_templates_pb2.CreateAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]  # type: ignore[assignment]
     UpdateAgentTemplate: _aio.UnaryUnaryMultiCallable[_agent_templates_pb2.UpdateAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteAgentTemplate: _aio.UnaryUnaryMultiCallable[_agent_templates_pb2.DeleteAgentTemplateRequest, _agent_templates_pb2.AgentTemplate]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -81,7 +85,9 @@ class AgentTemplatesServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_templates_pb2.UpdateAgentTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_templates_pb2.AgentTemplate, _abc.Awaitable[_agent_templates_pb2.AgentTemplate]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAgentTemplate(

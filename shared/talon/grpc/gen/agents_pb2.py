@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15talon/v1/agents.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa2\x01\n\x05\x41gent\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"e\n\x11ListAgentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"N\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.talon.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fGetAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"G\n\x12\x43reateAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.talon.v1.Agent\"G\n\x12UpdateAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.talon.v1.Agent\"5\n\x12\x44\x65leteAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\xc3\x02\n\x06\x41gents\x12G\n\nListAgents\x12\x1b.talon.v1.ListAgentsRequest\x1a\x1c.talon.v1.ListAgentsResponse\x12\x36\n\x08GetAgent\x12\x19.talon.v1.GetAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0b\x43reateAgent\x12\x1c.talon.v1.CreateAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0bUpdateAgent\x12\x1c.talon.v1.UpdateAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0b\x44\x65leteAgent\x12\x1c.talon.v1.DeleteAgentRequest\x1a\x0f.talon.v1.AgentB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15talon/v1/agents.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa2\x01\n\x05\x41gent\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"e\n\x11ListAgentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"N\n\x12ListAgentsResponse\x12\x1f\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0f.talon.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fGetAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"G\n\x12\x43reateAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.talon.v1.Agent\"x\n\x12UpdateAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.talon.v1.Agent\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x12\x44\x65leteAgentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\xc3\x02\n\x06\x41gents\x12G\n\nListAgents\x12\x1b.talon.v1.ListAgentsRequest\x1a\x1c.talon.v1.ListAgentsResponse\x12\x36\n\x08GetAgent\x12\x19.talon.v1.GetAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0b\x43reateAgent\x12\x1c.talon.v1.CreateAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0bUpdateAgent\x12\x1c.talon.v1.UpdateAgentRequest\x1a\x0f.talon.v1.Agent\x12<\n\x0b\x44\x65leteAgent\x12\x1c.talon.v1.DeleteAgentRequest\x1a\x0f.talon.v1.AgentB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.agents_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_AGENT']._serialized_start=92
-  _globals['_AGENT']._serialized_end=254
-  _globals['_LISTAGENTSREQUEST']._serialized_start=256
-  _globals['_LISTAGENTSREQUEST']._serialized_end=357
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=359
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=437
-  _globals['_GETAGENTREQUEST']._serialized_start=439
-  _globals['_GETAGENTREQUEST']._serialized_end=489
-  _globals['_CREATEAGENTREQUEST']._serialized_start=491
-  _globals['_CREATEAGENTREQUEST']._serialized_end=562
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=564
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=635
-  _globals['_DELETEAGENTREQUEST']._serialized_start=637
-  _globals['_DELETEAGENTREQUEST']._serialized_end=690
-  _globals['_AGENTS']._serialized_start=693
-  _globals['_AGENTS']._serialized_end=1016
+  _globals['_AGENT']._serialized_start=126
+  _globals['_AGENT']._serialized_end=288
+  _globals['_LISTAGENTSREQUEST']._serialized_start=290
+  _globals['_LISTAGENTSREQUEST']._serialized_end=391
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=393
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=471
+  _globals['_GETAGENTREQUEST']._serialized_start=473
+  _globals['_GETAGENTREQUEST']._serialized_end=523
+  _globals['_CREATEAGENTREQUEST']._serialized_start=525
+  _globals['_CREATEAGENTREQUEST']._serialized_end=596
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=598
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=718
+  _globals['_DELETEAGENTREQUEST']._serialized_start=720
+  _globals['_DELETEAGENTREQUEST']._serialized_end=773
+  _globals['_AGENTS']._serialized_start=776
+  _globals['_AGENTS']._serialized_end=1099
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,9 @@ class AgentsStub:
     GetAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]
     CreateAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateAgentRequest, _agents_pb2.Agent]
     UpdateAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.UpdateAgentRequest, _agents_pb2.Agent]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.Agent]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -48,7 +50,9 @@ class AgentsAsyncStub(AgentsStub):
     GetAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
     CreateAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
     UpdateAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.UpdateAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -81,7 +85,9 @@ class AgentsServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.UpdateAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.Agent, _abc.Awaitable[_agents_pb2.Agent]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAgent(

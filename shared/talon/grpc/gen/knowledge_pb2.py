@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talon/v1/knowledge.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xaa\x01\n\rKnowledgeBase\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"h\n\x14ListKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"\\\n\x15ListKnowledgeResponse\x12*\n\tknowledge\x18\x01 \x03(\x0b\x32\x17.talon.v1.KnowledgeBase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13GetKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x16\x43reateKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\tknowledge\x18\x02 \x01(\x0b\x32\x17.talon.v1.KnowledgeBase\"W\n\x16UpdateKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\tknowledge\x18\x02 \x01(\x0b\x32\x17.talon.v1.KnowledgeBase\"9\n\x16\x44\x65leteKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x8f\x03\n\tKnowledge\x12P\n\rListKnowledge\x12\x1e.talon.v1.ListKnowledgeRequest\x1a\x1f.talon.v1.ListKnowledgeResponse\x12\x46\n\x0cGetKnowledge\x12\x1d.talon.v1.GetKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0f\x43reateKnowledge\x12 .talon.v1.CreateKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0fUpdateKnowledge\x12 .talon.v1.UpdateKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0f\x44\x65leteKnowledge\x12 .talon.v1.DeleteKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBaseB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talon/v1/knowledge.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xaa\x01\n\rKnowledgeBase\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"h\n\x14ListKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"\\\n\x15ListKnowledgeResponse\x12*\n\tknowledge\x18\x01 \x03(\x0b\x32\x17.talon.v1.KnowledgeBase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13GetKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x16\x43reateKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\tknowledge\x18\x02 \x01(\x0b\x32\x17.talon.v1.KnowledgeBase\"\x88\x01\n\x16UpdateKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12*\n\tknowledge\x18\x02 \x01(\x0b\x32\x17.talon.v1.KnowledgeBase\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x16\x44\x65leteKnowledgeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x8f\x03\n\tKnowledge\x12P\n\rListKnowledge\x12\x1e.talon.v1.ListKnowledgeRequest\x1a\x1f.talon.v1.ListKnowledgeResponse\x12\x46\n\x0cGetKnowledge\x12\x1d.talon.v1.GetKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0f\x43reateKnowledge\x12 .talon.v1.CreateKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0fUpdateKnowledge\x12 .talon.v1.UpdateKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBase\x12L\n\x0f\x44\x65leteKnowledge\x12 .talon.v1.DeleteKnowledgeRequest\x1a\x17.talon.v1.KnowledgeBaseB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.knowledge_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_KNOWLEDGEBASE']._serialized_start=95
-  _globals['_KNOWLEDGEBASE']._serialized_end=265
-  _globals['_LISTKNOWLEDGEREQUEST']._serialized_start=267
-  _globals['_LISTKNOWLEDGEREQUEST']._serialized_end=371
-  _globals['_LISTKNOWLEDGERESPONSE']._serialized_start=373
-  _globals['_LISTKNOWLEDGERESPONSE']._serialized_end=465
-  _globals['_GETKNOWLEDGEREQUEST']._serialized_start=467
-  _globals['_GETKNOWLEDGEREQUEST']._serialized_end=521
-  _globals['_CREATEKNOWLEDGEREQUEST']._serialized_start=523
-  _globals['_CREATEKNOWLEDGEREQUEST']._serialized_end=610
-  _globals['_UPDATEKNOWLEDGEREQUEST']._serialized_start=612
-  _globals['_UPDATEKNOWLEDGEREQUEST']._serialized_end=699
-  _globals['_DELETEKNOWLEDGEREQUEST']._serialized_start=701
-  _globals['_DELETEKNOWLEDGEREQUEST']._serialized_end=758
-  _globals['_KNOWLEDGE']._serialized_start=761
-  _globals['_KNOWLEDGE']._serialized_end=1160
+  _globals['_KNOWLEDGEBASE']._serialized_start=129
+  _globals['_KNOWLEDGEBASE']._serialized_end=299
+  _globals['_LISTKNOWLEDGEREQUEST']._serialized_start=301
+  _globals['_LISTKNOWLEDGEREQUEST']._serialized_end=405
+  _globals['_LISTKNOWLEDGERESPONSE']._serialized_start=407
+  _globals['_LISTKNOWLEDGERESPONSE']._serialized_end=499
+  _globals['_GETKNOWLEDGEREQUEST']._serialized_start=501
+  _globals['_GETKNOWLEDGEREQUEST']._serialized_end=555
+  _globals['_CREATEKNOWLEDGEREQUEST']._serialized_start=557
+  _globals['_CREATEKNOWLEDGEREQUEST']._serialized_end=644
+  _globals['_UPDATEKNOWLEDGEREQUEST']._serialized_start=647
+  _globals['_UPDATEKNOWLEDGEREQUEST']._serialized_end=783
+  _globals['_DELETEKNOWLEDGEREQUEST']._serialized_start=785
+  _globals['_DELETEKNOWLEDGEREQUEST']._serialized_end=842
+  _globals['_KNOWLEDGE']._serialized_start=845
+  _globals['_KNOWLEDGE']._serialized_end=1244
 # @@protoc_insertion_point(module_scope)

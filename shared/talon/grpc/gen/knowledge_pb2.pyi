@@ -5,6 +5,7 @@ talon.v1.Knowledge: CRUD for Knowledge resources in a namespace (HTTP: /v1/ns/{n
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
@@ -170,18 +171,27 @@ class UpdateKnowledgeRequest(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     KNOWLEDGE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     @_builtins.property
     def knowledge(self) -> Global___KnowledgeBase: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Unset or empty: replace the whole resource. Otherwise only these paths, taken from the
+        resource above (a path it lacks is removed): "spec", "spec.<key>[.<key>...]",
+        "metadata.labels", "metadata.annotations"; "*" is the whole resource.
+        """
+
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         knowledge: Global___KnowledgeBase | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge", b"knowledge"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge", b"knowledge", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["knowledge", b"knowledge", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["knowledge", b"knowledge", "namespace", b"namespace", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,7 +36,9 @@ class KnowledgeStub:
     GetKnowledge: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetKnowledgeRequest, _knowledge_pb2.KnowledgeBase]
     CreateKnowledge: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.CreateKnowledgeRequest, _knowledge_pb2.KnowledgeBase]
     UpdateKnowledge: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.UpdateKnowledgeRequest, _knowledge_pb2.KnowledgeBase]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteKnowledge: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteKnowledgeRequest, _knowledge_pb2.KnowledgeBase]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -48,7 +50,9 @@ class KnowledgeAsyncStub(KnowledgeStub):
     GetKnowledge: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetKnowledgeRequest, _knowledge_pb2.KnowledgeBase]  # type: ignore[assignment]
     CreateKnowledge: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.CreateKnowledgeRequest, _knowledge_pb2.KnowledgeBase]  # type: ignore[assignment]
     UpdateKnowledge: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.UpdateKnowledgeRequest, _knowledge_pb2.KnowledgeBase]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteKnowledge: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteKnowledgeRequest, _knowledge_pb2.KnowledgeBase]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -81,7 +85,9 @@ class KnowledgeServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_pb2.UpdateKnowledgeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_pb2.KnowledgeBase, _abc.Awaitable[_knowledge_pb2.KnowledgeBase]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteKnowledge(

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btalon/v1/mcp_bindings.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa7\x01\n\nMCPBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"j\n\x16ListMCPBindingsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"^\n\x17ListMCPBindingsResponse\x12*\n\x0cmcp_bindings\x18\x01 \x03(\x0b\x32\x14.talon.v1.MCPBinding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x14GetMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x17\x43reateMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x0bmcp_binding\x18\x02 \x01(\x0b\x32\x14.talon.v1.MCPBinding\"W\n\x17UpdateMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x0bmcp_binding\x18\x02 \x01(\x0b\x32\x14.talon.v1.MCPBinding\":\n\x17\x44\x65leteMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x93\x03\n\x0bMCPBindings\x12V\n\x0fListMCPBindings\x12 .talon.v1.ListMCPBindingsRequest\x1a!.talon.v1.ListMCPBindingsResponse\x12\x45\n\rGetMCPBinding\x12\x1e.talon.v1.GetMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10\x43reateMCPBinding\x12!.talon.v1.CreateMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10UpdateMCPBinding\x12!.talon.v1.UpdateMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10\x44\x65leteMCPBinding\x12!.talon.v1.DeleteMCPBindingRequest\x1a\x14.talon.v1.MCPBindingB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btalon/v1/mcp_bindings.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa7\x01\n\nMCPBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"j\n\x16ListMCPBindingsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"^\n\x17ListMCPBindingsResponse\x12*\n\x0cmcp_bindings\x18\x01 \x03(\x0b\x32\x14.talon.v1.MCPBinding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x14GetMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x17\x43reateMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x0bmcp_binding\x18\x02 \x01(\x0b\x32\x14.talon.v1.MCPBinding\"\x88\x01\n\x17UpdateMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\x0bmcp_binding\x18\x02 \x01(\x0b\x32\x14.talon.v1.MCPBinding\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x17\x44\x65leteMCPBindingRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x93\x03\n\x0bMCPBindings\x12V\n\x0fListMCPBindings\x12 .talon.v1.ListMCPBindingsRequest\x1a!.talon.v1.ListMCPBindingsResponse\x12\x45\n\rGetMCPBinding\x12\x1e.talon.v1.GetMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10\x43reateMCPBinding\x12!.talon.v1.CreateMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10UpdateMCPBinding\x12!.talon.v1.UpdateMCPBindingRequest\x1a\x14.talon.v1.MCPBinding\x12K\n\x10\x44\x65leteMCPBinding\x12!.talon.v1.DeleteMCPBindingRequest\x1a\x14.talon.v1.MCPBindingB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.mcp_bindings
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_MCPBINDING']._serialized_start=98
-  _globals['_MCPBINDING']._serialized_end=265
-  _globals['_LISTMCPBINDINGSREQUEST']._serialized_start=267
-  _globals['_LISTMCPBINDINGSREQUEST']._serialized_end=373
-  _globals['_LISTMCPBINDINGSRESPONSE']._serialized_start=375
-  _globals['_LISTMCPBINDINGSRESPONSE']._serialized_end=469
-  _globals['_GETMCPBINDINGREQUEST']._serialized_start=471
-  _globals['_GETMCPBINDINGREQUEST']._serialized_end=526
-  _globals['_CREATEMCPBINDINGREQUEST']._serialized_start=528
-  _globals['_CREATEMCPBINDINGREQUEST']._serialized_end=615
-  _globals['_UPDATEMCPBINDINGREQUEST']._serialized_start=617
-  _globals['_UPDATEMCPBINDINGREQUEST']._serialized_end=704
-  _globals['_DELETEMCPBINDINGREQUEST']._serialized_start=706
-  _globals['_DELETEMCPBINDINGREQUEST']._serialized_end=764
-  _globals['_MCPBINDINGS']._serialized_start=767
-  _globals['_MCPBINDINGS']._serialized_end=1170
+  _globals['_MCPBINDING']._serialized_start=132
+  _globals['_MCPBINDING']._serialized_end=299
+  _globals['_LISTMCPBINDINGSREQUEST']._serialized_start=301
+  _globals['_LISTMCPBINDINGSREQUEST']._serialized_end=407
+  _globals['_LISTMCPBINDINGSRESPONSE']._serialized_start=409
+  _globals['_LISTMCPBINDINGSRESPONSE']._serialized_end=503
+  _globals['_GETMCPBINDINGREQUEST']._serialized_start=505
+  _globals['_GETMCPBINDINGREQUEST']._serialized_end=560
+  _globals['_CREATEMCPBINDINGREQUEST']._serialized_start=562
+  _globals['_CREATEMCPBINDINGREQUEST']._serialized_end=649
+  _globals['_UPDATEMCPBINDINGREQUEST']._serialized_start=652
+  _globals['_UPDATEMCPBINDINGREQUEST']._serialized_end=788
+  _globals['_DELETEMCPBINDINGREQUEST']._serialized_start=790
+  _globals['_DELETEMCPBINDINGREQUEST']._serialized_end=848
+  _globals['_MCPBINDINGS']._serialized_start=851
+  _globals['_MCPBINDINGS']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ talon.v1.MCPBindings: CRUD for MCPBinding resources in a namespace (HTTP: /v1/ns
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
@@ -168,18 +169,27 @@ class UpdateMCPBindingRequest(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     MCP_BINDING_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     @_builtins.property
     def mcp_binding(self) -> Global___MCPBinding: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Unset or empty: replace the whole resource. Otherwise only these paths, taken from the
+        resource above (a path it lacks is removed): "spec", "spec.<key>[.<key>...]",
+        "metadata.labels", "metadata.annotations"; "*" is the whole resource.
+        """
+
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         mcp_binding: Global___MCPBinding | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["mcp_binding", b"mcp_binding"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mcp_binding", b"mcp_binding", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mcp_binding", b"mcp_binding", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mcp_binding", b"mcp_binding", "namespace", b"namespace", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,7 +36,9 @@ class MCPBindingsStub:
     GetMCPBinding: _grpc.UnaryUnaryMultiCallable[_mcp_bindings_pb2.GetMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]
     CreateMCPBinding: _grpc.UnaryUnaryMultiCallable[_mcp_bindings_pb2.CreateMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]
     UpdateMCPBinding: _grpc.UnaryUnaryMultiCallable[_mcp_bindings_pb2.UpdateMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteMCPBinding: _grpc.UnaryUnaryMultiCallable[_mcp_bindings_pb2.DeleteMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -48,7 +50,9 @@ class MCPBindingsAsyncStub(MCPBindingsStub):
     GetMCPBinding: _aio.UnaryUnaryMultiCallable[_mcp_bindings_pb2.GetMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]  # type: ignore[assignment]
     CreateMCPBinding: _aio.UnaryUnaryMultiCallable[_mcp_bindings_pb2.CreateMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]  # type: ignore[assignment]
     UpdateMCPBinding: _aio.UnaryUnaryMultiCallable[_mcp_bindings_pb2.UpdateMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteMCPBinding: _aio.UnaryUnaryMultiCallable[_mcp_bindings_pb2.DeleteMCPBindingRequest, _mcp_bindings_pb2.MCPBinding]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -81,7 +85,9 @@ class MCPBindingsServicer(metaclass=_abc_1.ABCMeta):
         request: _mcp_bindings_pb2.UpdateMCPBindingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mcp_bindings_pb2.MCPBinding, _abc.Awaitable[_mcp_bindings_pb2.MCPBinding]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteMCPBinding(

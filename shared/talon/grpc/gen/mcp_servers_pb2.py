@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalon/v1/mcp_servers.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa6\x01\n\tMCPServer\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"i\n\x15ListMCPServersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"[\n\x16ListMCPServersResponse\x12(\n\x0bmcp_servers\x18\x01 \x03(\x0b\x32\x13.talon.v1.MCPServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13GetMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"T\n\x16\x43reateMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\nmcp_server\x18\x02 \x01(\x0b\x32\x13.talon.v1.MCPServer\"T\n\x16UpdateMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\nmcp_server\x18\x02 \x01(\x0b\x32\x13.talon.v1.MCPServer\"9\n\x16\x44\x65leteMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x83\x03\n\nMCPServers\x12S\n\x0eListMCPServers\x12\x1f.talon.v1.ListMCPServersRequest\x1a .talon.v1.ListMCPServersResponse\x12\x42\n\x0cGetMCPServer\x12\x1d.talon.v1.GetMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0f\x43reateMCPServer\x12 .talon.v1.CreateMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0fUpdateMCPServer\x12 .talon.v1.UpdateMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0f\x44\x65leteMCPServer\x12 .talon.v1.DeleteMCPServerRequest\x1a\x13.talon.v1.MCPServerB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalon/v1/mcp_servers.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa6\x01\n\tMCPServer\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"i\n\x15ListMCPServersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"[\n\x16ListMCPServersResponse\x12(\n\x0bmcp_servers\x18\x01 \x03(\x0b\x32\x13.talon.v1.MCPServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13GetMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"T\n\x16\x43reateMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\nmcp_server\x18\x02 \x01(\x0b\x32\x13.talon.v1.MCPServer\"\x85\x01\n\x16UpdateMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\'\n\nmcp_server\x18\x02 \x01(\x0b\x32\x13.talon.v1.MCPServer\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x16\x44\x65leteMCPServerRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t2\x83\x03\n\nMCPServers\x12S\n\x0eListMCPServers\x12\x1f.talon.v1.ListMCPServersRequest\x1a .talon.v1.ListMCPServersResponse\x12\x42\n\x0cGetMCPServer\x12\x1d.talon.v1.GetMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0f\x43reateMCPServer\x12 .talon.v1.CreateMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0fUpdateMCPServer\x12 .talon.v1.UpdateMCPServerRequest\x1a\x13.talon.v1.MCPServer\x12H\n\x0f\x44\x65leteMCPServer\x12 .talon.v1.DeleteMCPServerRequest\x1a\x13.talon.v1.MCPServerB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.mcp_servers_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_MCPSERVER']._serialized_start=97
-  _globals['_MCPSERVER']._serialized_end=263
-  _globals['_LISTMCPSERVERSREQUEST']._serialized_start=265
-  _globals['_LISTMCPSERVERSREQUEST']._serialized_end=370
-  _globals['_LISTMCPSERVERSRESPONSE']._serialized_start=372
-  _globals['_LISTMCPSERVERSRESPONSE']._serialized_end=463
-  _globals['_GETMCPSERVERREQUEST']._serialized_start=465
-  _globals['_GETMCPSERVERREQUEST']._serialized_end=519
-  _globals['_CREATEMCPSERVERREQUEST']._serialized_start=521
-  _globals['_CREATEMCPSERVERREQUEST']._serialized_end=605
-  _globals['_UPDATEMCPSERVERREQUEST']._serialized_start=607
-  _globals['_UPDATEMCPSERVERREQUEST']._serialized_end=691
-  _globals['_DELETEMCPSERVERREQUEST']._serialized_start=693
-  _globals['_DELETEMCPSERVERREQUEST']._serialized_end=750
-  _globals['_MCPSERVERS']._serialized_start=753
-  _globals['_MCPSERVERS']._serialized_end=1140
+  _globals['_MCPSERVER']._serialized_start=131
+  _globals['_MCPSERVER']._serialized_end=297
+  _globals['_LISTMCPSERVERSREQUEST']._serialized_start=299
+  _globals['_LISTMCPSERVERSREQUEST']._serialized_end=404
+  _globals['_LISTMCPSERVERSRESPONSE']._serialized_start=406
+  _globals['_LISTMCPSERVERSRESPONSE']._serialized_end=497
+  _globals['_GETMCPSERVERREQUEST']._serialized_start=499
+  _globals['_GETMCPSERVERREQUEST']._serialized_end=553
+  _globals['_CREATEMCPSERVERREQUEST']._serialized_start=555
+  _globals['_CREATEMCPSERVERREQUEST']._serialized_end=639
+  _globals['_UPDATEMCPSERVERREQUEST']._serialized_start=642
+  _globals['_UPDATEMCPSERVERREQUEST']._serialized_end=775
+  _globals['_DELETEMCPSERVERREQUEST']._serialized_start=777
+  _globals['_DELETEMCPSERVERREQUEST']._serialized_end=834
+  _globals['_MCPSERVERS']._serialized_start=837
+  _globals['_MCPSERVERS']._serialized_end=1224
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,8 @@ class MCPServersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateMCPServer(self, request, context):
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match.
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,9 @@ class MCPServersStub:
     GetMCPServer: _grpc.UnaryUnaryMultiCallable[_mcp_servers_pb2.GetMCPServerRequest, _mcp_servers_pb2.MCPServer]
     CreateMCPServer: _grpc.UnaryUnaryMultiCallable[_mcp_servers_pb2.CreateMCPServerRequest, _mcp_servers_pb2.MCPServer]
     UpdateMCPServer: _grpc.UnaryUnaryMultiCallable[_mcp_servers_pb2.UpdateMCPServerRequest, _mcp_servers_pb2.MCPServer]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteMCPServer: _grpc.UnaryUnaryMultiCallable[_mcp_servers_pb2.DeleteMCPServerRequest, _mcp_servers_pb2.MCPServer]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -48,7 +50,9 @@ class MCPServersAsyncStub(MCPServersStub):
     GetMCPServer: _aio.UnaryUnaryMultiCallable[_mcp_servers_pb2.GetMCPServerRequest, _mcp_servers_pb2.MCPServer]  # type: ignore[assignment]
     CreateMCPServer: _aio.UnaryUnaryMultiCallable[_mcp_servers_pb2.CreateMCPServerRequest, _mcp_servers_pb2.MCPServer]  # type: ignore[assignment]
     UpdateMCPServer: _aio.UnaryUnaryMultiCallable[_mcp_servers_pb2.UpdateMCPServerRequest, _mcp_servers_pb2.MCPServer]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteMCPServer: _aio.UnaryUnaryMultiCallable[_mcp_servers_pb2.DeleteMCPServerRequest, _mcp_servers_pb2.MCPServer]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
 
@@ -81,7 +85,9 @@ class MCPServersServicer(metaclass=_abc_1.ABCMeta):
         request: _mcp_servers_pb2.UpdateMCPServerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mcp_servers_pb2.MCPServer, _abc.Awaitable[_mcp_servers_pb2.MCPServer]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteMCPServer(

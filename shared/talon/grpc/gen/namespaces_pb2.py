@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talon/v1/namespaces.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa6\x01\n\tNamespace\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"V\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"Z\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.talon.v1.Namespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13GetNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x16\x43reateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.talon.v1.Namespace\"@\n\x16UpdateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.talon.v1.Namespace\"&\n\x16\x44\x65leteNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x83\x03\n\nNamespaces\x12S\n\x0eListNamespaces\x12\x1f.talon.v1.ListNamespacesRequest\x1a .talon.v1.ListNamespacesResponse\x12\x42\n\x0cGetNamespace\x12\x1d.talon.v1.GetNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0f\x43reateNamespace\x12 .talon.v1.CreateNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0fUpdateNamespace\x12 .talon.v1.UpdateNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0f\x44\x65leteNamespace\x12 .talon.v1.DeleteNamespaceRequest\x1a\x13.talon.v1.NamespaceB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talon/v1/namespaces.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa6\x01\n\tNamespace\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"V\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"Z\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.talon.v1.Namespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13GetNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x16\x43reateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.talon.v1.Namespace\"q\n\x16UpdateNamespaceRequest\x12&\n\tnamespace\x18\x01 \x01(\x0b\x32\x13.talon.v1.Namespace\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"&\n\x16\x44\x65leteNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x83\x03\n\nNamespaces\x12S\n\x0eListNamespaces\x12\x1f.talon.v1.ListNamespacesRequest\x1a .talon.v1.ListNamespacesResponse\x12\x42\n\x0cGetNamespace\x12\x1d.talon.v1.GetNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0f\x43reateNamespace\x12 .talon.v1.CreateNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0fUpdateNamespace\x12 .talon.v1.UpdateNamespaceRequest\x1a\x13.talon.v1.Namespace\x12H\n\x0f\x44\x65leteNamespace\x12 .talon.v1.DeleteNamespaceRequest\x1a\x13.talon.v1.NamespaceB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.namespaces_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_NAMESPACE']._serialized_start=96
-  _globals['_NAMESPACE']._serialized_end=262
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=264
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=350
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=352
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=442
-  _globals['_GETNAMESPACEREQUEST']._serialized_start=444
-  _globals['_GETNAMESPACEREQUEST']._serialized_end=479
-  _globals['_CREATENAMESPACEREQUEST']._serialized_start=481
-  _globals['_CREATENAMESPACEREQUEST']._serialized_end=545
-  _globals['_UPDATENAMESPACEREQUEST']._serialized_start=547
-  _globals['_UPDATENAMESPACEREQUEST']._serialized_end=611
-  _globals['_DELETENAMESPACEREQUEST']._serialized_start=613
-  _globals['_DELETENAMESPACEREQUEST']._serialized_end=651
-  _globals['_NAMESPACES']._serialized_start=654
-  _globals['_NAMESPACES']._serialized_end=1041
+  _globals['_NAMESPACE']._serialized_start=130
+  _globals['_NAMESPACE']._serialized_end=296
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=298
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=384
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=386
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=476
+  _globals['_GETNAMESPACEREQUEST']._serialized_start=478
+  _globals['_GETNAMESPACEREQUEST']._serialized_end=513
+  _globals['_CREATENAMESPACEREQUEST']._serialized_start=515
+  _globals['_CREATENAMESPACEREQUEST']._serialized_end=579
+  _globals['_UPDATENAMESPACEREQUEST']._serialized_start=581
+  _globals['_UPDATENAMESPACEREQUEST']._serialized_end=694
+  _globals['_DELETENAMESPACEREQUEST']._serialized_start=696
+  _globals['_DELETENAMESPACEREQUEST']._serialized_end=734
+  _globals['_NAMESPACES']._serialized_start=737
+  _globals['_NAMESPACES']._serialized_end=1124
 # @@protoc_insertion_point(module_scope)

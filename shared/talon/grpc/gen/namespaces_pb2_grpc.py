@@ -83,7 +83,7 @@ class NamespacesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateNamespace(self, request, context):
-        """Replaces the namespace's spec (the HTTP API's PUT).
+        """Replaces the namespace (the HTTP API's PUT), or the paths of update_mask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

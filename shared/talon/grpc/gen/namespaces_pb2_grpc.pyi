@@ -37,7 +37,7 @@ class NamespacesStub:
     GetNamespace: _grpc.UnaryUnaryMultiCallable[_namespaces_pb2.GetNamespaceRequest, _namespaces_pb2.Namespace]
     CreateNamespace: _grpc.UnaryUnaryMultiCallable[_namespaces_pb2.CreateNamespaceRequest, _namespaces_pb2.Namespace]
     UpdateNamespace: _grpc.UnaryUnaryMultiCallable[_namespaces_pb2.UpdateNamespaceRequest, _namespaces_pb2.Namespace]
-    """Replaces the namespace's spec (the HTTP API's PUT)."""
+    """Replaces the namespace (the HTTP API's PUT), or the paths of update_mask."""
     DeleteNamespace: _grpc.UnaryUnaryMultiCallable[_namespaces_pb2.DeleteNamespaceRequest, _namespaces_pb2.Namespace]
     """Deletes an empty namespace (FAILED_PRECONDITION otherwise)."""
 
@@ -48,7 +48,7 @@ class NamespacesAsyncStub(NamespacesStub):
     GetNamespace: _aio.UnaryUnaryMultiCallable[_namespaces_pb2.GetNamespaceRequest, _namespaces_pb2.Namespace]  # type: ignore[assignment]
     CreateNamespace: _aio.UnaryUnaryMultiCallable[_namespaces_pb2.CreateNamespaceRequest, _namespaces_pb2.Namespace]  # type: ignore[assignment]
     UpdateNamespace: _aio.UnaryUnaryMultiCallable[_namespaces_pb2.UpdateNamespaceRequest, _namespaces_pb2.Namespace]  # type: ignore[assignment]
-    """Replaces the namespace's spec (the HTTP API's PUT)."""
+    """Replaces the namespace (the HTTP API's PUT), or the paths of update_mask."""
     DeleteNamespace: _aio.UnaryUnaryMultiCallable[_namespaces_pb2.DeleteNamespaceRequest, _namespaces_pb2.Namespace]  # type: ignore[assignment]
     """Deletes an empty namespace (FAILED_PRECONDITION otherwise)."""
 
@@ -80,7 +80,7 @@ class NamespacesServicer(metaclass=_abc_1.ABCMeta):
         request: _namespaces_pb2.UpdateNamespaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_namespaces_pb2.Namespace, _abc.Awaitable[_namespaces_pb2.Namespace]]:
-        """Replaces the namespace's spec (the HTTP API's PUT)."""
+        """Replaces the namespace (the HTTP API's PUT), or the paths of update_mask."""
 
     @_abc_1.abstractmethod
     def DeleteNamespace(

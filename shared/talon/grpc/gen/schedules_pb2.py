@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from talon.grpc.gen import resources_pb2 as talon_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talon/v1/schedules.proto\x12\x08talon.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa5\x01\n\x08Schedule\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"h\n\x14ListSchedulesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"W\n\x15ListSchedulesResponse\x12%\n\tschedules\x18\x01 \x03(\x0b\x32\x12.talon.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x12GetScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"P\n\x15\x43reateScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.talon.v1.Schedule\"P\n\x15UpdateScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.talon.v1.Schedule\"8\n\x15\x44\x65leteScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"5\n\x12RunScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x13RunScheduleResponse\x12%\n\x04\x66ire\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\";\n\x18ListScheduleFiresRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x19ListScheduleFiresResponse\x12\x14\n\x0cnext_fire_at\x18\x01 \x01(\t\x12&\n\x05\x66ires\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct2\x9d\x04\n\tSchedules\x12P\n\rListSchedules\x12\x1e.talon.v1.ListSchedulesRequest\x1a\x1f.talon.v1.ListSchedulesResponse\x12?\n\x0bGetSchedule\x12\x1c.talon.v1.GetScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0e\x43reateSchedule\x12\x1f.talon.v1.CreateScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0eUpdateSchedule\x12\x1f.talon.v1.UpdateScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0e\x44\x65leteSchedule\x12\x1f.talon.v1.DeleteScheduleRequest\x1a\x12.talon.v1.Schedule\x12J\n\x0bRunSchedule\x12\x1c.talon.v1.RunScheduleRequest\x1a\x1d.talon.v1.RunScheduleResponse\x12\\\n\x11ListScheduleFires\x12\".talon.v1.ListScheduleFiresRequest\x1a#.talon.v1.ListScheduleFiresResponseB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talon/v1/schedules.proto\x12\x08talon.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18talon/v1/resources.proto\"\xa5\x01\n\x08Schedule\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x08metadata\x18\x03 \x01(\x0b\x32\x14.talon.v1.ObjectMeta\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06status\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"h\n\x14ListSchedulesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0elabel_selector\x18\x04 \x01(\t\"W\n\x15ListSchedulesResponse\x12%\n\tschedules\x18\x01 \x03(\x0b\x32\x12.talon.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x12GetScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"P\n\x15\x43reateScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.talon.v1.Schedule\"\x81\x01\n\x15UpdateScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12$\n\x08schedule\x18\x02 \x01(\x0b\x32\x12.talon.v1.Schedule\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x15\x44\x65leteScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"5\n\x12RunScheduleRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x13RunScheduleResponse\x12%\n\x04\x66ire\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\";\n\x18ListScheduleFiresRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x19ListScheduleFiresResponse\x12\x14\n\x0cnext_fire_at\x18\x01 \x01(\t\x12&\n\x05\x66ires\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct2\x9d\x04\n\tSchedules\x12P\n\rListSchedules\x12\x1e.talon.v1.ListSchedulesRequest\x1a\x1f.talon.v1.ListSchedulesResponse\x12?\n\x0bGetSchedule\x12\x1c.talon.v1.GetScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0e\x43reateSchedule\x12\x1f.talon.v1.CreateScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0eUpdateSchedule\x12\x1f.talon.v1.UpdateScheduleRequest\x1a\x12.talon.v1.Schedule\x12\x45\n\x0e\x44\x65leteSchedule\x12\x1f.talon.v1.DeleteScheduleRequest\x1a\x12.talon.v1.Schedule\x12J\n\x0bRunSchedule\x12\x1c.talon.v1.RunScheduleRequest\x1a\x1d.talon.v1.RunScheduleResponse\x12\\\n\x11ListScheduleFires\x12\".talon.v1.ListScheduleFiresRequest\x1a#.talon.v1.ListScheduleFiresResponseB0\n\x0c\x64\x65v.talon.v1P\x01Z\x1etalon.dev/api/talon/v1;talonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +35,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talon.grpc.gen.schedules_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.talon.v1P\001Z\036talon.dev/api/talon/v1;talonv1'
-  _globals['_SCHEDULE']._serialized_start=95
-  _globals['_SCHEDULE']._serialized_end=260
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=262
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=366
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=368
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=455
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=457
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=510
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=512
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=592
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=594
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=674
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=676
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=732
-  _globals['_RUNSCHEDULEREQUEST']._serialized_start=734
-  _globals['_RUNSCHEDULEREQUEST']._serialized_end=787
-  _globals['_RUNSCHEDULERESPONSE']._serialized_start=789
-  _globals['_RUNSCHEDULERESPONSE']._serialized_end=849
-  _globals['_LISTSCHEDULEFIRESREQUEST']._serialized_start=851
-  _globals['_LISTSCHEDULEFIRESREQUEST']._serialized_end=910
-  _globals['_LISTSCHEDULEFIRESRESPONSE']._serialized_start=912
-  _globals['_LISTSCHEDULEFIRESRESPONSE']._serialized_end=1001
-  _globals['_SCHEDULES']._serialized_start=1004
-  _globals['_SCHEDULES']._serialized_end=1545
+  _globals['_SCHEDULE']._serialized_start=129
+  _globals['_SCHEDULE']._serialized_end=294
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=296
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=400
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=402
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=489
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=491
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=544
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=546
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=626
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=629
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=758
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=760
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=816
+  _globals['_RUNSCHEDULEREQUEST']._serialized_start=818
+  _globals['_RUNSCHEDULEREQUEST']._serialized_end=871
+  _globals['_RUNSCHEDULERESPONSE']._serialized_start=873
+  _globals['_RUNSCHEDULERESPONSE']._serialized_end=933
+  _globals['_LISTSCHEDULEFIRESREQUEST']._serialized_start=935
+  _globals['_LISTSCHEDULEFIRESREQUEST']._serialized_end=994
+  _globals['_LISTSCHEDULEFIRESRESPONSE']._serialized_start=996
+  _globals['_LISTSCHEDULEFIRESRESPONSE']._serialized_end=1085
+  _globals['_SCHEDULES']._serialized_start=1088
+  _globals['_SCHEDULES']._serialized_end=1629
 # @@protoc_insertion_point(module_scope)

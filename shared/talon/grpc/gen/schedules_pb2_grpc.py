@@ -94,7 +94,8 @@ class SchedulesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSchedule(self, request, context):
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match.
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,9 @@ class SchedulesStub:
     GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.GetScheduleRequest, _schedules_pb2.Schedule]
     CreateSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.CreateScheduleRequest, _schedules_pb2.Schedule]
     UpdateSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.UpdateScheduleRequest, _schedules_pb2.Schedule]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.DeleteScheduleRequest, _schedules_pb2.Schedule]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
     RunSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.RunScheduleRequest, _schedules_pb2.RunScheduleResponse]
@@ -52,7 +54,9 @@ class SchedulesAsyncStub(SchedulesStub):
     GetSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.GetScheduleRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
     CreateSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.CreateScheduleRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
     UpdateSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.UpdateScheduleRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
-    """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+    """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+    metadata.resource_version must match.
+    """
     DeleteSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.DeleteScheduleRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
     """Returns the deleted resource; FAILED_PRECONDITION while others depend on it."""
     RunSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.RunScheduleRequest, _schedules_pb2.RunScheduleResponse]  # type: ignore[assignment]
@@ -89,7 +93,9 @@ class SchedulesServicer(metaclass=_abc_1.ABCMeta):
         request: _schedules_pb2.UpdateScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_schedules_pb2.Schedule, _abc.Awaitable[_schedules_pb2.Schedule]]:
-        """Replaces the resource (the HTTP API's PUT); a set metadata.resource_version must match."""
+        """Replaces the resource (the HTTP API's PUT), or the paths of update_mask; a set
+        metadata.resource_version must match.
+        """
 
     @_abc_1.abstractmethod
     def DeleteSchedule(

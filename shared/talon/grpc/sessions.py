@@ -34,8 +34,9 @@ _STRATEGIES = {
     pb.REJECT: "reject",
     pb.INTERRUPT: "interrupt",
 }
-# Between checks that the client is still there and its token still valid.
+# Between checks of the table and of the reader's token while a stream is quiet.
 STREAM_HEARTBEAT_SECONDS = 5.0
+CANCELLED = StreamEnd("cancelled", "the client cancelled the call")
 
 
 def _session(view: dict[str, Any]) -> sessions_pb2.Session:
@@ -176,18 +177,25 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
 
         def body(principal: Any) -> Iterator[Any]:
             secret = bearer_secret(metadata_value(context, "authorization")) or b""
-            access, access_until = reader_access(self.calls.services.tokens, principal, secret)
+            reader, access_until = reader_access(self.calls.services.tokens, principal, secret)
+
+            def access() -> StreamEnd | None:
+                return CANCELLED if not context.is_active() else reader()
+
             options = FollowOptions(
                 until_turn_end=request.until_turn_end, heartbeat=STREAM_HEARTBEAT_SECONDS,
                 max_seconds=max_seconds, access=access, access_until=access_until,
             )  # fmt: skip
             inbox, start = open_events(self.calls.services, principal, ns, agent, sid, after)
             try:
+                # A client that goes away wakes the stream, which then ends and frees its thread.
+                if not context.add_callback(inbox.wake):
+                    return
                 for event in follow(self.sessions, inbox, start, options):
-                    if not context.is_active():
-                        return
                     if event is KEEP_ALIVE:
                         continue
+                    if event is CANCELLED:
+                        return
                     if isinstance(event, StreamEnd):
                         raise Unauthenticated(
                             event.message, [{"path": "authorization", "message": event.reason}]

@@ -1,6 +1,7 @@
 # Talon on Google Cloud: Cloud SQL for PostgreSQL, Pub/Sub to the worker code (pushed to the
 # dispatch function, or pulled by a long-running worker: var.worker_mode), Cloud Tasks for
-# schedule fires, four Cloud Run functions sharing the core package.
+# schedule fires, four Cloud Run functions sharing the core package, and the gRPC surface as a
+# Cloud Run service (a container image Cloud Build builds).
 
 locals {
   prefix = "talon-${var.environment}"
@@ -139,6 +140,20 @@ module "worker" {
   database_password_secret = module.database.password_secret_id
   mcp_header_secrets       = var.mcp_header_secrets
   model_key_secrets        = var.model_key_secrets
+
+  depends_on = [google_project_service.apis]
+}
+
+module "grpc" {
+  source          = "./modules/grpc"
+  project         = var.project
+  region          = var.region
+  prefix          = local.prefix
+  image           = "${var.region}-docker.pkg.dev/${var.project}/${local.prefix}/grpc:${var.source_version}"
+  service_account = module.iam.emails["gateway"]
+  environment     = module.functions.gateway_environment
+  secrets         = module.functions.gateway_secrets
+  scaling         = var.grpc
 
   depends_on = [google_project_service.apis]
 }

@@ -3,6 +3,11 @@ output "gateway_url" {
   value       = module.functions.urls["gateway"]
 }
 
+output "grpc_url" {
+  description = "The gRPC surface (talon.v1 over HTTP/2 with TLS; host:443 for grpcurl)."
+  value       = module.grpc.url
+}
+
 output "ops_mcp_url" {
   description = "The talon-ops MCP endpoint, served through the gateway (the ops_mcp function itself is private)."
   value       = "${module.functions.urls["gateway"]}/mcp/talon-ops"

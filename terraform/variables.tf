@@ -136,3 +136,15 @@ variable "worker" {
   })
   default = { instances = 1, concurrency = 8, cpu = "1", memory = "1Gi" }
 }
+
+variable "grpc" {
+  description = "Scaling of the gRPC Cloud Run service (talon.v1); see README (gRPC)."
+  type = object({
+    min_instances = number
+    max_instances = number
+    concurrency   = number
+    memory        = string
+    cpu           = string
+    timeout       = number
+  })
+}

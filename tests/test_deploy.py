@@ -268,7 +268,8 @@ def test_model_keys_are_readable_by_the_worker_alone() -> None:
 def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None:
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]
-    assert ids == ["ui", "test", "package", "upload", "registry", "image", "deploy"]
+    assert ids == ["ui", "test", "package", "upload", "registry", "image-build", "image-push",
+                   "worker-image", "deploy"]  # fmt: skip
     steps = {step["id"]: step for step in build["steps"]}
     text = (ROOT / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
@@ -284,12 +285,59 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     assert {"project", "region", "source_bucket", "source_version"} <= declared
     assert "environments/${_ENV}.tfvars" in deploy
     # The pull worker's image: built from Dockerfile.worker, pushed, and handed to Terraform.
-    image = "${_REGION}-docker.pkg.dev/${PROJECT_ID}/talon/worker:${_VERSION}"
-    build_script = steps["image"]["args"][1]
+    image = "${_REGION}-docker.pkg.dev/${PROJECT_ID}/talon-${_ENV}/worker:${_VERSION}"
+    build_script = steps["worker-image"]["args"][1]
     assert f"docker build -f Dockerfile.worker -t {image} ." in build_script
     assert f"docker push {image}" in build_script
     assert f'-var="worker_image={image}"' in deploy and "worker_image" in declared
-    assert set(steps["deploy"]["waitFor"]) == {"upload", "image"}
+    assert set(steps["deploy"]["waitFor"]) == {"upload", "image-push", "worker-image"}
+    assert "talon-${_ENV}" in steps["registry"]["args"][1]  # the repository both images use
+
+
+def test_the_grpc_service_is_the_gateway_over_http2() -> None:
+    """The gRPC Cloud Run service: the image Cloud Build pushes, cleartext HTTP/2 to the
+    container (a port named h2c), gRPC health probes, and the gateway's account, environment
+    and secrets (the same database and IAM wiring), public like the gateway."""
+    module = _load(TERRAFORM / "modules" / "grpc" / "main.tf")
+    service = _resources(module, "google_cloud_run_v2_service")["grpc"]
+    template = service["template"][0]
+    container = template["containers"][0]
+    assert [(_unquote(p["name"]), p["container_port"]) for p in container["ports"]] == [
+        ("h2c", 8080)]  # fmt: skip
+    assert container["startup_probe"][0]["grpc"][0]["port"] == 8080
+    assert template["service_account"] == "${var.service_account}"
+    assert sorted(d['"env"']["for_each"] for d in container["dynamic"]) == [
+        "${var.environment}", "${var.secrets}"]  # fmt: skip
+    public = _resources(module, "google_cloud_run_v2_service_iam_member")["public"]
+    assert _unquote(public["member"]) == "allUsers"
+
+    root = _load(TERRAFORM / "main.tf")
+    call = next(_labels(m)["grpc"] for m in root["module"] if "grpc" in _labels(m))
+    assert call["service_account"] == '${module.iam.emails["gateway"]}'
+    assert call["environment"] == "${module.functions.gateway_environment}"
+    assert call["secrets"] == "${module.functions.gateway_secrets}"
+    outputs = {_unquote(k): v for o in _functions_module()["output"] for k, v in o.items()}
+    assert outputs["gateway_environment"]["value"] == (
+        '${merge(local.common_env, local.env["gateway"])}')  # fmt: skip
+    assert outputs["gateway_secrets"]["value"] == '${local.secrets["gateway"]}'
+
+    # Terraform deploys the tag cloudbuild.yaml pushes.
+    image = _unquote(call["image"])
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    steps = {step["id"]: step for step in build["steps"]}
+    pushed = steps["image-push"]["args"][1]
+    assert pushed in steps["image-build"]["args"]
+    assert image.replace("${var.region}", "${_REGION}").replace(
+        "${var.project}", "${PROJECT_ID}").replace("${local.prefix}", "talon-${_ENV}").replace(
+        "${var.source_version}", "${_VERSION}") == pushed  # fmt: skip
+    assert "grpc.Dockerfile" in steps["image-build"]["args"]
+    assert "image-push" in steps["deploy"]["waitFor"]
+    dockerfile = (ROOT / "grpc.Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile
+    assert 'CMD ["python", "-m", "talon.grpc"]' in dockerfile
+    function = _resources(_functions_module(), "google_cloudfunctions2_function")["talon"]
+    version = _unquote(function["build_config"][0]["runtime"]).removeprefix("python")
+    assert f"FROM python:{version[0]}.{version[1:]}-slim" in dockerfile  # the functions' Python
 
 
 def test_packaged_functions_install_the_lock_with_hashes(tmp_path: Path) -> None:
@@ -394,9 +442,15 @@ def test_the_pull_worker_runs_talon_worker_with_cpu_always_allocated_and_no_invo
     assert container["resources"][0]["cpu_idle"] is False  # CPU always allocated
     assert _unquote(container["startup_probe"][0]["http_get"][0]["path"]) == "/healthz"
     assert _module_call("worker")["enabled"] == "${local.pull}"
-    # Nobody may invoke it: no run.invoker grant on it anywhere.
+    # Nobody may invoke it: no run.invoker grant on it anywhere (the one Cloud Run service
+    # grant there is, is the public gRPC service's, on that service).
     for path in _tf_files():
         text = path.read_text()
+        if path.parent.name == "grpc":
+            grants = _resources(_load(path), "google_cloud_run_v2_service_iam_member")
+            assert [g["name"] for g in grants.values()] == [
+                "${google_cloud_run_v2_service.grpc.name}"]  # fmt: skip
+            continue
         assert "google_cloud_run_v2_service_iam" not in text, path
     # Its own account, granted only what a turn needs.
     grants = {

@@ -35,12 +35,14 @@ class DevProcess:
         self, data_dir: Path, port: int, *extra: str, sigint_ignored: bool = False
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
+        self.grpc_port = free_port()
 
         def ignore_sigint() -> None:  # as a non-interactive shell's `talon dev &` starts it
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         self.process = subprocess.Popen(
-            [*TALON, "dev", "--port", str(port), "--data-dir", str(data_dir), *extra],
+            [*TALON, "dev", "--port", str(port), "--data-dir", str(data_dir),
+             "--grpc-port", str(self.grpc_port), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=ignore_sigint if sigint_ignored else None,
         )  # fmt: skip
@@ -97,6 +99,9 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         dev.wait_for("Ctrl-C stops everything")
         output = "".join(dev.output)
         assert "agent/customer-support -n acme created" in output
+        # The gRPC server, on gateway.grpcAddr's host (talon.yaml: 0.0.0.0) at --grpc-port.
+        assert f"  gRPC     0.0.0.0:{dev.grpc_port}" in output
+        assert grpc_health(f"127.0.0.1:{dev.grpc_port}") == "SERVING"
         token = (data_dir / "admin-token").read_text().strip()
         assert token in output
         listed = talon(url, token, "get", "agents", "-n", "acme")
@@ -174,6 +179,35 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
     assert stopped_in < 5.0, f"stopping took {stopped_in:.1f} s"
     assert "Traceback" not in "".join(again.output), "".join(again.output)
     assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
+
+
+def grpc_health(address: str) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def test_talon_dev_refuses_a_busy_grpc_port(data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
+        result = subprocess.run(
+            [*TALON, "dev", "--port", str(free_port()), "--host", "127.0.0.1",
+             "--grpc-port", str(port), "--data-dir", str(data_dir)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"the gRPC port 127.0.0.1:{port} is in use" in result.stderr
+    assert "--grpc-port" in result.stderr
 
 
 def test_talon_dev_refuses_a_busy_port(data_dir: Path) -> None:

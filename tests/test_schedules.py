@@ -113,7 +113,7 @@ def test_run_and_fires_of_a_missing_schedule_are_404(acme: Api) -> None:
 
 
 def test_fires_shows_the_next_fire_time(acme: Api) -> None:
-    from talon.api.schedules import next_fire_at
+    from talon.scheduling.timing import next_fire_at
 
     listing = acme.ok("GET", "/v1/ns/acme/schedules/renewal-check/fires")
     assert listing["nextFireAt"].endswith(("21:00:00Z", "22:00:00Z"))  # 14:00 in Los Angeles

@@ -32,8 +32,9 @@ class _Section(BaseModel):
 class GatewaySettings(_Section):
     # Where `talon dev` serves; on Cloud Run the platform sets the port ($PORT) instead.
     http_addr: str = "127.0.0.1:8080"
-    # The seed reserves a gRPC surface; Talon serves HTTP only, so this is accepted, unused.
-    grpc_addr: str = ""
+    # Where the gRPC surface (talon.grpc) listens under `talon dev` and `python -m talon.grpc`;
+    # on Cloud Run the platform sets the port ($PORT) instead.
+    grpc_addr: str = "0.0.0.0:50051"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # A request body must have arrived this long after the gateway starts reading it (408).
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)

@@ -59,6 +59,10 @@ class Conflict(TalonError):
     code, status = "conflict", 409
 
 
+class AlreadyExists(Conflict):
+    """A create of a name that is taken (HTTP 409 like any conflict; gRPC ALREADY_EXISTS)."""
+
+
 class PayloadTooLarge(TalonError):
     code, status = "payload_too_large", 413
 

@@ -11,3 +11,6 @@ functions = {
   scheduler = { min_instances = 0, max_instances = 3, concurrency = 20, memory = "512Mi", cpu = "1", timeout = 120 }
   ops_mcp   = { min_instances = 0, max_instances = 2, concurrency = 20, memory = "512Mi", cpu = "1", timeout = 300 }
 }
+
+# The gRPC Cloud Run service: like the gateway, it mostly waits on PostgreSQL and holds streams.
+grpc = { min_instances = 0, max_instances = 3, concurrency = 64, memory = "512Mi", cpu = "1", timeout = 3600 }

@@ -29,11 +29,10 @@ from talon.api.tokens import token_routes
 from talon.api.transport import check_request
 from talon.api.ui import StaticUI
 from talon.api.usage import usage_routes
+from talon.auth.access import authenticate, authorize, refuse_tool_tokens
 from talon.auth.principal import Principal
-from talon.auth.shared_secret import header_bytes
-from talon.errors import PermissionDenied, TalonError, Unauthenticated
+from talon.errors import TalonError
 from talon.services import Services
-from talon.store.resources import namespace_not_found
 from talon.telemetry import tracing
 
 log = logging.getLogger("talon.gateway")
@@ -150,23 +149,16 @@ class Gateway:
             span.update_name(f"{request.method} {route.rule}")
             span.set_attribute("http.route", route.rule)
             if route.role is not None:
-                principal = self._authenticate(request)
-                if principal.tools is not None:
-                    raise PermissionDenied(
-                        "this token is limited to talon-ops tools; use it at /mcp/talon-ops"
-                    )
+                principal = authenticate(
+                    self.services.tokens, request.headers.get("Authorization", "")
+                )
+                refuse_tool_tokens(principal)
             # A malformed segment names nothing, in any namespace: refused before the
             # visibility check, which it cannot tell anything about.
             route.check_path(args)
             if route.role is not None:
                 assert principal is not None
-                namespace = args.get("ns")
-                if namespace is not None and not principal.can_see(namespace):
-                    raise namespace_not_found(namespace)
-                if not principal.has_role(route.role):
-                    raise PermissionDenied(
-                        f"this route needs the {route.role} role; the token has {principal.role}"
-                    )
+                authorize(principal, route.role, args.get("ns"))
             params = route.parse_params(request)
             ctx = Context(request, self.services, principal, request_id, params)
             response = self._to_response(route, route.handler(ctx, **args))
@@ -192,15 +184,6 @@ class Gateway:
             log.exception("unhandled error (request %s)", request_id)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
         return response, principal, False
-
-    def _authenticate(self, request: flask.Request) -> Principal:
-        header = request.headers.get("Authorization", "")
-        scheme, _, secret = header.partition(" ")
-        secret = secret.strip(" \t")
-        if scheme.lower() != "bearer" or not secret:
-            raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
-        # Hashed as the bytes the client sent, whatever they are.
-        return self.services.tokens.authenticate(header_bytes(secret))
 
     @staticmethod
     def _to_response(route: Route, result: Any) -> flask.Response:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from talon.errors import BadRequest
 from talon.resources.kinds import SESSION_ID_RE
 from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from talon.sessions.posting import IDEMPOTENCY_KEY_EXPECTS, IDEMPOTENCY_KEY_PATTERN
 from talon.sessions.usage import RFC3339
 
 INT64_MAX = 2**63 - 1  # PostgreSQL bigint: event ids, sequence numbers
@@ -235,8 +236,8 @@ IDEMPOTENCY_KEY = Param(
     "string",
     "Makes retries safe: the same key with the same body answers the first request's turn "
     "(200) without queueing another; the same key with another body is refused (422).",
-    pattern="[\\u0020-\\u007e]{1,200}",
-    expects="1 to 200 printable ASCII characters",
+    pattern=IDEMPOTENCY_KEY_PATTERN,
+    expects=IDEMPOTENCY_KEY_EXPECTS,
 )
 _RFC3339_EXPECTS = "an RFC 3339 date-time with an offset, e.g. 2026-11-01T00:00:00Z"
 SINCE = Param(

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from talon import API_VERSION
+from talon.actions import resources as actions
 from talon.api.body import parse_body
 from talon.api.params import DRY_RUN, LABEL_SELECTOR, LIMIT, PAGE_TOKEN
 from talon.api.routing import Answer, Context, Route
-from talon.api.schedules import schedule_statuses
-from talon.errors import Invalid, NotFound, PermissionDenied, TalonError
+from talon.errors import Invalid
 from talon.resources.meta import Resource
 from talon.resources.registry import BY_NAME, KINDS, Kind, parse_manifest
-from talon.store.resources import Record, parse_label_selector
+from talon.store.resources import Record
 
 NAMESPACE = BY_NAME["Namespace"]
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
-MAX_APPLY_ITEMS = 500
 LIST_QUERY = (LIMIT, PAGE_TOKEN, LABEL_SELECTOR)
 
 
@@ -26,30 +25,21 @@ def _manifest(kind: Kind, record: Record) -> dict[str, Any]:
 
 def list_resources(ctx: Context, kind: Kind, ns: str | None = None) -> dict[str, Any]:
     assert ctx.principal is not None
-    selector = parse_label_selector(ctx.param("labelSelector") or "")
-    page = ctx.services.resources.list(
+    page = actions.list_manifests(
+        ctx.services,
+        ctx.principal,
         kind,
         ns,
         limit=ctx.param("limit"),
         page_token=ctx.param("pageToken") or None,
-        selector=selector,
-        visible_namespaces=ctx.principal.visible_namespaces if not ns else None,
+        label_selector=ctx.param("labelSelector") or "",
     )
     return {
         "apiVersion": API_VERSION,
         "kind": f"{kind.name}List",
-        "items": _manifests(ctx, kind, page.records),
+        "items": page.items,
         "nextPageToken": page.next_page_token,
     }
-
-
-def _manifests(ctx: Context, kind: Kind, records: list[Record]) -> list[dict[str, Any]]:
-    """Manifests as read back: schedules carry their live fire status."""
-    manifests = [_manifest(kind, r) for r in records]
-    if kind.name == "Schedule":
-        for manifest, live in zip(manifests, schedule_statuses(ctx, records), strict=True):
-            manifest["status"] = {**manifest.get("status", {}), **live}
-    return manifests
 
 
 def _body_resource(ctx: Context, kind: Kind, ns: str | None, name: str | None = None) -> Resource:
@@ -73,18 +63,11 @@ def _body_resource(ctx: Context, kind: Kind, ns: str | None, name: str | None = 
 def create_resource(ctx: Context, kind: Kind, ns: str | None = None) -> tuple[int, Any]:
     resource = _body_resource(ctx, kind, ns)
     assert ctx.principal is not None
-    if kind.name == "Namespace" and not ctx.principal.can_see(resource.metadata.name):
-        # Refused before looking, so a scoped token cannot probe which namespaces exist.
-        raise PermissionDenied(
-            "this token may only create the namespaces it is scoped to",
-            [{"path": "metadata.name", "message": "outside the token's namespaces"}],
-        )
-    record = ctx.services.resources.create(resource)
-    return 201, _manifest(kind, record)
+    return 201, _manifest(kind, actions.create(ctx.services, ctx.principal, resource))
 
 
 def get_resource(ctx: Context, kind: Kind, ns: str, name: str) -> dict[str, Any]:
-    return _manifests(ctx, kind, [ctx.services.resources.get(kind, ns, name)])[0]
+    return actions.get_manifest(ctx.services, kind, ns, name)
 
 
 def replace_resource(ctx: Context, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:
@@ -115,58 +98,9 @@ def apply_manifests(ctx: Context) -> dict[str, Any]:
     ):
         body = body.get("items")
     documents = body if isinstance(body, list) else [body]
-    if not documents:
-        raise Invalid("nothing to apply", [{"path": "items", "message": "empty"}])
-    if len(documents) > MAX_APPLY_ITEMS:
-        raise Invalid(
-            f"at most {MAX_APPLY_ITEMS} manifests per apply",
-            [{"path": "items", "message": f"{len(documents)} items"}],
-        )
-    resources: list[Resource] = []
-    problems: list[dict[str, str]] = []
-    for index, document in enumerate(documents):
-        try:
-            resources.append(parse_manifest(document, path=f"items[{index}]"))
-        except TalonError as exc:
-            problems.extend(exc.details)
-    if problems:
-        raise Invalid(
-            f"{len(problems)} problem(s) in the manifests: "
-            + "; ".join(f"{p['path']}: {p['message']}" for p in problems[:5]),
-            problems,
-        )
-    for index, resource in enumerate(resources):
-        # The namespace an item lives in, or (a Namespace item) the one it is: either way
-        # one outside the token's scope reads exactly like a missing one, dry run or not.
-        is_namespace = resource.kind == "Namespace"
-        namespace = resource.metadata.name if is_namespace else resource.metadata.namespace
-        if namespace is not None and not ctx.principal.can_see(namespace):
-            field = "metadata.name" if is_namespace else "metadata.namespace"
-            raise NotFound(
-                f"namespace {namespace!r} not found",
-                [{"path": f"items[{index}].{field}", "message": "not found"}],
-            )
-        if resource.kind == "Namespace" and not ctx.principal.has_role("admin"):
-            raise PermissionDenied(
-                "creating or changing namespaces needs an admin token",
-                [{"path": f"items[{index}].kind", "message": "needs the admin role"}],
-            )
-    dry_run = ctx.param("dryRun")
-    results = ctx.services.resources.apply(resources, dry_run=dry_run)
-    items = []
-    for result in results:
-        kind = BY_NAME[result.record.kind]
-        items.append(
-            {
-                "kind": kind.name,
-                "namespace": result.record.namespace or None,
-                "name": result.record.name,
-                "action": result.action,
-                "resourceVersion": str(result.record.resource_version),
-                "object": _manifest(kind, result.record),
-            }
-        )
-    return {"dryRun": dry_run, "items": items}
+    return actions.apply_documents(
+        ctx.services, ctx.principal, documents, dry_run=ctx.param("dryRun")
+    )
 
 
 def _bind(handler: Any, kind: Kind, rename: dict[str, str] | None = None) -> Any:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import flask
-from pydantic import ValidationError
 
+from talon.actions.requests import validated
+from talon.actions.streams import open_events, reader_access
 from talon.api.body import parse_body
 from talon.api.params import (
     AFTER,
@@ -25,10 +24,8 @@ from talon.api.params import (
     UNTIL_TURN_END,
 )
 from talon.api.routing import Answer, Context, Route
-from talon.auth.tokens import TOKENS_CHANNEL
-from talon.errors import Invalid, TalonError, details_from_validation_error
-from talon.sessions.events import EVENTS_CHANNEL, stream_key
-from talon.sessions.follow import EXPIRED, KEEP_ALIVE, FollowOptions, StreamEnd, follow
+from talon.auth.access import bearer_secret
+from talon.sessions.follow import KEEP_ALIVE, FollowOptions, StreamEnd, follow
 from talon.sessions.models import CreateSession, PostMessage
 from talon.telemetry import metrics
 
@@ -39,14 +36,7 @@ def _model(ctx: Context, model: Any, *, allow_empty: bool = False) -> Any:
     body = parse_body(
         ctx.request, ctx.services.settings.gateway.max_body_bytes, optional=allow_empty
     )
-    if body is None:
-        body = {}
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        details = details_from_validation_error(exc)
-        raise Invalid(f"invalid request: {details[0]['path']}: {details[0]['message']}",
-                      details) from exc  # fmt: skip
+    return validated(model, {} if body is None else body)
 
 
 def create_session(ctx: Context, ns: str, agent: str) -> tuple[int, dict[str, Any]]:
@@ -102,20 +92,12 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         # with Last-Event-ID and misses nothing.
         max_seconds=ctx.param("maxSeconds"),
     )
-    access, access_until = _access_of(ctx)
+    assert ctx.principal is not None
+    secret = bearer_secret(ctx.request.headers.get("Authorization", "")) or b""
+    access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
     options = replace(options, access=access, access_until=access_until)
     sessions = ctx.services.sessions
-    # Subscribe before reading: whatever commits after the read is notified; so is a
-    # revocation of the reader's token, which ends the stream.
-    assert ctx.principal is not None
-    inbox = ctx.services.listener().subscribe(
-        EVENTS_CHANNEL, stream_key(ns, session_id), (TOKENS_CHANNEL, ctx.principal.token_id)
-    )
-    try:
-        start = sessions.open_stream(ns, agent, session_id, after)
-    except BaseException:
-        inbox.close()
-        raise
+    inbox, start = open_events(ctx.services, ctx.principal, ns, agent, session_id, after)
 
     def lines() -> Iterator[str]:
         metrics.open_streams.add(1, {"namespace": ns})
@@ -147,28 +129,6 @@ def _stream_position(ctx: Context) -> int | None:
     preferring the query would replay everything on every reconnect."""
     header = ctx.param("Last-Event-ID")
     return header if header is not None else ctx.param("lastEventId")
-
-
-def _access_of(ctx: Context) -> tuple[Callable[[], StreamEnd | None], float | None]:
-    """How an open stream re-checks its reader: the token it was opened with, authenticated
-    again (a revocation empties the token cache first), and the token's expiry."""
-    principal, tokens = ctx.principal, ctx.services.tokens
-    assert principal is not None
-    secret = ctx.request.headers.get("Authorization", "").partition(" ")[2].strip()
-
-    def access() -> StreamEnd | None:
-        try:
-            tokens.authenticate(secret)
-        except TalonError:
-            if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
-                return EXPIRED
-            return StreamEnd("token_revoked", "the token this stream was opened with was revoked")
-        return None
-
-    if principal.expires_at is None:
-        return access, None
-    left = (principal.expires_at - datetime.now(UTC)).total_seconds()
-    return access, time.monotonic() + max(0.0, left)
 
 
 def _format_end(end: StreamEnd) -> str:

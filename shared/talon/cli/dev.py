@@ -21,6 +21,7 @@ import httpx
 import talon
 from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, TalonClient
+from talon.cli.dev_grpc import ensure_grpc_port_free, grpc_command, local_host
 from talon.cli.dev_pubsub import PubSubEmulator
 from talon.cli.manifest_files import read_documents
 from talon.services import ADMIN_TOKEN_ENV
@@ -65,6 +66,7 @@ class DevOptions:
     config: Path | None
     example_tools: bool = True
     broker: str = "postgres"  # or "pubsub": the Pub/Sub emulator and the pull worker
+    grpc: tuple[str, int] | None = None  # (host, port) of the gRPC server; None: none
 
 
 def functions_dir() -> Path:
@@ -139,6 +141,8 @@ class DevStack:
     def start(self) -> None:
         options = self.options
         _ensure_port_free(options.host, options.port)
+        if options.grpc is not None:
+            ensure_grpc_port_free(*options.grpc)
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.say(f"talon dev: PostgreSQL in {options.data_dir / 'postgres'}")
@@ -160,6 +164,9 @@ class DevStack:
         env["TALON_GATEWAY_OPS_MCP_UPSTREAM"] = f"http://127.0.0.1:{ops_port}"
         self._spawn_gateway(env)
         self._wait_healthy()
+        if options.grpc is not None:
+            self._spawn("gRPC server", grpc_command(*options.grpc), env)
+            wait_for_port(local_host(options.grpc[0]), options.grpc[1], timeout=60)
         wait_for_port("127.0.0.1", ops_port, timeout=60)
         # Offline by design: without credentials the example agent answers with the demo model.
         self.demo = not os.environ.get("OPENAI_API_KEY")
@@ -171,7 +178,9 @@ class DevStack:
         self.say(
             f"\nTalon is running.\n  gateway  {self.url}\n  UI       {self.url}/ui/\n"
             f"  token    {token}\n"
-            f"  model    {model}\n  ops MCP  {self.url}/mcp/talon-ops\n\n"
+            f"  model    {model}\n  ops MCP  {self.url}/mcp/talon-ops\n"
+            + (f"  gRPC     {options.grpc[0]}:{options.grpc[1]}\n" if options.grpc else "")
+            + "\n"
             f"  export TALON_URL={self.url} TALON_TOKEN={token}\n"
             "  talon get agents -n acme\n\nCtrl-C stops everything."
         )

@@ -164,13 +164,15 @@ def cmd_whoami(client: TalonClient, args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from talon.cli.dev import DevOptions, DevStack
+    from talon.cli.dev_grpc import grpc_address
 
     manifests = None if args.no_manifests else Path(args.manifests)
     config = Path(args.config) if args.config else None
     if config is None and Path("talon.yaml").is_file():
         config = Path("talon.yaml")
     # --host/--port win; otherwise gateway.httpAddr from the config (and its env override).
-    default_host, _, default_port = load_settings(config).gateway.http_addr.rpartition(":")
+    settings = load_settings(config)
+    default_host, _, default_port = settings.gateway.http_addr.rpartition(":")
     try:
         port = args.port if args.port is not None else int(default_port)
     except ValueError as exc:
@@ -179,6 +181,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     options = DevOptions(
         host, port, Path(args.data_dir), manifests, config,
         example_tools=not args.no_example_tools, broker=args.broker,
+        grpc=grpc_address(settings, args.host, args.grpc_port),
     )  # fmt: skip
     return DevStack(options).run()
 
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run the local stack (PostgreSQL + gateway)")
     dev.add_argument("--port", type=int, help="default: the port of gateway.httpAddr (8080)")
     dev.add_argument("--host", help="default: the host of gateway.httpAddr")
+    dev.add_argument("--grpc-port", type=int, help="default: the port of gateway.grpcAddr (50051)")
     dev.add_argument("--data-dir", default=".talon", help="where PostgreSQL keeps its data")
     dev.add_argument("--manifests", default="manifests", help="applied on the first start")
     dev.add_argument("--no-manifests", action="store_true", help="apply nothing")

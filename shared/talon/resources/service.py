@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from talon.errors import Conflict, Invalid, NotFound, TalonError
+from talon.errors import AlreadyExists, Conflict, Invalid, NotFound, TalonError
 from talon.resources.hooks import ResourceHook
 from talon.resources.kinds import Agent, TemplateDefinition
 from talon.resources.meta import Resource
@@ -219,7 +219,7 @@ class ResourceService:
             self._require_namespace(tx, namespace, lock=True)
         current = self.store.get(tx, kind.name, namespace, name, lock="update")
         if mode == "create" and current is not None:
-            raise Conflict(f"{kind.name} {name!r} already exists")
+            raise AlreadyExists(f"{kind.name} {name!r} already exists")
         if mode == "replace" and current is None:
             raise NotFound(_not_found_message(kind, namespace, name))
         expected = resource.metadata.resourceVersion

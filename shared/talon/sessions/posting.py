@@ -19,6 +19,10 @@ from talon.sessions.models import PostMessage
 from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Tx, jsonb
 
+# What an idempotency key may be (the HTTP header and the gRPC field alike).
+IDEMPOTENCY_KEY_PATTERN = "[\\u0020-\\u007e]{1,200}"
+IDEMPOTENCY_KEY_EXPECTS = "1 to 200 printable ASCII characters"
+
 
 @dataclass(frozen=True)
 class Accepted:

@@ -58,6 +58,12 @@ class Inbox:
             self._items.clear()
             return items
 
+    def wake(self) -> None:
+        """Wake the reader as a missed notification would (it re-checks what it follows),
+        from any thread: e.g. when its client went away."""
+        with self._cond:
+            self._put(None)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from talon import API_VERSION
-from talon.errors import BadRequest, Conflict, NotFound
+from talon.errors import AlreadyExists, BadRequest, NotFound
 from talon.resources.meta import check_label_key, check_label_value
 from talon.store.database import Tx, is_unique_violation, jsonb
 
@@ -218,7 +218,7 @@ class ResourceStore:
             )
         except Exception as exc:
             if is_unique_violation(exc):
-                raise Conflict(f"{kind} {name!r} already exists") from exc
+                raise AlreadyExists(f"{kind} {name!r} already exists") from exc
             raise
         assert row is not None
         return Record(**row)

@@ -197,6 +197,15 @@ output "common_env" {
   value       = local.common_env
 }
 
+# The gateway's environment and secrets, which the gRPC service (modules/grpc) shares.
+output "gateway_environment" {
+  value = merge(local.common_env, local.env["gateway"])
+}
+
+output "gateway_secrets" {
+  value = local.secrets["gateway"]
+}
+
 output "urls" {
   value = { for key, fn in google_cloudfunctions2_function.talon : key => fn.service_config[0].uri }
 }

@@ -20,8 +20,9 @@ import httpx
 
 import talon
 from talon.cli.apply import apply_documents, summary_lines
-from talon.cli.client import CliError, TalonClient
+from talon.cli.client import CliError, error_line
 from talon.cli.manifest_files import read_documents
+from talon.client import Client, TalonError
 from talon.services import ADMIN_TOKEN_ENV
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
@@ -244,12 +245,12 @@ class DevStack:
         if not folder.is_dir():
             self.say(f"talon dev: no manifests folder at {folder}; nothing applied")
             return
-        client = TalonClient(self.url, token)
-        try:
-            result = apply_documents(client, read_documents([str(folder)]))
-        finally:
-            client.close()
-        for line in summary_lines(result):
+        with Client(self.url, token) as client:
+            try:
+                result = apply_documents(client, read_documents([str(folder)]))
+            except TalonError as exc:
+                raise CliError(f"applying {folder}: {error_line(exc, self.url)}") from exc
+        for line in summary_lines(result, dry_run=False):
             self.say(f"  {line}")
         marker.write_text(f"{folder.resolve()}\n")
 

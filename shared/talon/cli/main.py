@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from talon import __version__
 from talon.cli.apply import apply_documents, summary_lines
-from talon.cli.client import CliError, TalonClient
+from talon.cli.client import CliError, error_line, plain
 from talon.cli.diff import diff as diff_manifests
 from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, resource_table, table
@@ -20,9 +20,11 @@ from talon.cli.sessions import (
     EventPrinter,
     get_sessions,
     send,
-    sessions_path,
+    session_scope,
     stream_events,
 )
+from talon.client import Client
+from talon.client import TalonError as SdkError
 from talon.config import load_settings
 from talon.errors import TalonError
 from talon.resources.registry import KINDS, Kind, kind_for_alias
@@ -36,37 +38,40 @@ def _kind(alias: str) -> Kind:
     return kind
 
 
-def _collection_path(kind: Kind, namespace: str | None) -> str:
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _scope(kind: Kind, namespace: str | None) -> str | None:
     if not kind.namespaced:
-        return f"/v1/{kind.plural}"
+        return None
     if not namespace:
         raise CliError(f"{kind.plural} live in a namespace: pass -n NAMESPACE")
-    return f"/v1/ns/{namespace}/{kind.plural}"
+    return namespace
 
 
-def cmd_apply(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     result = apply_documents(client, read_documents(args.filename), dry_run=args.dry_run)
-    for line in summary_lines(result):
+    for line in summary_lines(result, dry_run=args.dry_run):
         print(line)
     return 0
 
 
-def cmd_diff(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_diff(client: Client, args: argparse.Namespace) -> int:
     return diff_manifests(client, args.filename)
 
 
-def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
     if args.kind in SESSION_ALIASES:
         get_sessions(client, args.namespace, args.agent, args.name, args.output)
         return 0
     kind = _kind(args.kind)
-    path = _collection_path(kind, args.namespace)
+    namespace = _scope(kind, args.namespace)
     if args.name:
-        item = client.request("GET", f"{path}/{args.name}")
+        item = plain(client.get(kind.plural, args.name, namespace=namespace))
         print(dump(item, args.output) if args.output else resource_table(kind.name, [item]))
         return 0
-    params = {"labelSelector": args.selector} if args.selector else None
-    items = list(client.paginate(path, params))
+    found = client.list(kind.plural, namespace=namespace, selector=args.selector)
+    items = [plain(i) for i in found]
     if args.output:
         listing = {"apiVersion": "talon.dev/v1alpha1", "kind": f"{kind.name}List", "items": items}
         print(dump(listing, args.output))
@@ -78,14 +83,14 @@ def cmd_get(client: TalonClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_send(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_send(client: Client, args: argparse.Namespace) -> int:
     return send(
         client, args.namespace, args.agent, args.session, args.message,
         strategy=args.strategy, wait=not args.no_wait,
     )  # fmt: skip
 
 
-def cmd_stream(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_stream(client: Client, args: argparse.Namespace) -> int:
     """Follows the session (through reconnects) until Ctrl-C, or until no turn is open with
     --until-turn-end; exits 1 if a turn it showed failed or was cancelled."""
     printer = EventPrinter()
@@ -100,38 +105,30 @@ def cmd_stream(client: TalonClient, args: argparse.Namespace) -> int:
     return 1 if printer.failed else 0
 
 
-def cmd_delete(client: TalonClient, args: argparse.Namespace) -> int:
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     if args.kind in SESSION_ALIASES:
-        client.request("DELETE", f"{sessions_path(args.namespace, args.agent)}/{args.name}")
+        client.delete_session(*session_scope(args.namespace, args.agent), args.name)
         print(f"session/{args.name} deleted")
         return 0
     kind = _kind(args.kind)
-    client.request("DELETE", f"{_collection_path(kind, args.namespace)}/{args.name}")
+    client.delete(kind.plural, args.name, namespace=_scope(kind, args.namespace))
     print(f"{kind.name.lower()}/{args.name} deleted")
     return 0
 
 
-def cmd_tokens_create(client: TalonClient, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
-        "name": args.name,
-        "role": args.role,
-        "namespaces": args.namespace or ["*"],
-    }
-    if args.ttl is not None:
-        body["ttlSeconds"] = args.ttl
-    if args.tool:
-        body["tools"] = args.tool
-    created = client.request("POST", "/v1/tokens", json=body)
+def cmd_tokens_create(client: Client, args: argparse.Namespace) -> int:
+    created = client.create_token(args.name, role=args.role, namespaces=args.namespace,
+                                  ttl_seconds=args.ttl, tools=args.tool)  # fmt: skip
     if args.output:
-        print(dump(created, args.output))
+        print(dump(plain(created), args.output))
     else:
-        print(f"token {created['id']} created; the secret is shown only once:")
-        print(created["token"])
+        print(f"token {created.id} created; the secret is shown only once:")
+        print(created.token)
     return 0
 
 
-def cmd_tokens_list(client: TalonClient, args: argparse.Namespace) -> int:
-    items = list(client.paginate("/v1/tokens"))
+def cmd_tokens_list(client: Client, args: argparse.Namespace) -> int:
+    items = [plain(t) for t in client.tokens()]
     if args.output:
         print(dump({"items": items}, args.output))
         return 0
@@ -151,14 +148,14 @@ def cmd_tokens_list(client: TalonClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tokens_revoke(client: TalonClient, args: argparse.Namespace) -> int:
-    client.request("DELETE", f"/v1/tokens/{args.id}")
+def cmd_tokens_revoke(client: Client, args: argparse.Namespace) -> int:
+    client.revoke_token(args.id)
     print(f"token {args.id} revoked")
     return 0
 
 
-def cmd_whoami(client: TalonClient, args: argparse.Namespace) -> int:
-    print(dump(client.request("GET", "/v1/whoami"), args.output or "yaml"))
+def cmd_whoami(client: Client, args: argparse.Namespace) -> int:
+    print(dump(plain(client.whoami()), args.output or "yaml"))
     return 0
 
 
@@ -327,16 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_remote(client: Client, args: argparse.Namespace) -> int:
+    """A command that talks to the gateway, with the SDK's errors as one-line CliErrors."""
+    try:
+        return int(args.remote(client, args))
+    except SdkError as exc:
+        raise CliError(error_line(exc, client.base_url)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "local"):
             return int(args.local(args))
-        client = TalonClient.from_env(args.url, args.token)
-        try:
-            return int(args.remote(client, args))
-        finally:
-            client.close()
+        url = args.url or os.environ.get("TALON_URL") or DEFAULT_URL
+        with Client(url, args.token or os.environ.get("TALON_TOKEN")) as client:
+            return run_remote(client, args)
     except (CliError, TalonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(args, "error_status", 1))

@@ -27,17 +27,20 @@ from talon.client.following import StreamEnded
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
 from talon.client.sync_client import Client
 
 __all__ = [
     "APIError", "Accepted", "ApplyResult", "AsyncClient", "BadRequest", "Client", "Conflict",
-    "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied", "Resource",
-    "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
-    "Unauthenticated",
+    "CreatedToken", "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied",
+    "Resource", "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
+    "Token", "Turn", "Unauthenticated",
 ]  # fmt: skip

@@ -17,11 +17,14 @@ from talon.client.following import Follower
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
 from talon.client.sync_client import DEFAULT_URL, RETRIES, _json
 
@@ -66,10 +69,11 @@ class AsyncClient:
         return await self._send(calls.get(kind, name, namespace))
 
     def list(
-        self, kind: str, *, namespace: str | None = None, page_size: int = calls.PAGE_SIZE
-    ) -> AsyncIterator[Resource]:
-        """Every object of a kind, page by page as the iteration goes."""
-        return self._pages(calls.list_resources(kind, namespace, page_size))
+        self, kind: str, *, namespace: str | None = None, selector: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> AsyncIterator[Resource]:  # fmt: skip
+        """Every object of a kind (with labels matching `selector`), page by page."""
+        return self._pages(calls.list_resources(kind, namespace, page_size, selector))
 
     async def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
         return await self._send(calls.delete(kind, name, namespace))
@@ -101,6 +105,35 @@ class AsyncClient:
         call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
                                   idempotency_key=idempotency_key)  # fmt: skip
         return await self._send(call, retries=RETRIES)
+
+    async def delete_session(self, namespace: str, agent: str, session_id: str) -> Session:
+        return await self._send(calls.delete_session(namespace, agent, session_id))
+
+    async def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> Turn:
+        return await self._send(calls.get_turn(namespace, agent, session_id, turn_id))
+
+    async def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._send(calls.schedule_fires(namespace, name))
+
+    async def run_schedule(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._send(calls.run_schedule(namespace, name))
+
+    async def create_token(
+        self, name: str, *, role: str = "read", namespaces: builtins.list[str] | None = None,
+        ttl_seconds: int | None = None, tools: builtins.list[str] | None = None,
+    ) -> CreatedToken:  # fmt: skip
+        call = calls.create_token(name, role, namespaces or ["*"], ttl_seconds=ttl_seconds,
+                                  tools=tools)  # fmt: skip
+        return await self._send(call)
+
+    def tokens(self) -> AsyncIterator[Token]:
+        return self._pages(calls.list_tokens())
+
+    async def get_token(self, token_id: str) -> Token:
+        return await self._send(calls.get_token(token_id))
+
+    async def revoke_token(self, token_id: str) -> Token:
+        return await self._send(calls.revoke_token(token_id))
 
     async def cancel(self, namespace: str, agent: str, session_id: str) -> Any:
         return await self._send(calls.cancel(namespace, agent, session_id))

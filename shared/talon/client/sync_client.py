@@ -17,11 +17,14 @@ from talon.client.following import Follower
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -51,6 +54,10 @@ class Client:
         return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
                    **options)  # fmt: skip
 
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
     def close(self) -> None:
         self._http.close()
 
@@ -69,10 +76,12 @@ class Client:
         return self._send(calls.get(kind, name, namespace))
 
     def list(
-        self, kind: str, *, namespace: str | None = None, page_size: int = calls.PAGE_SIZE
-    ) -> Iterator[Resource]:
-        """Every object of a kind, page by page as the iteration goes."""
-        return self._pages(calls.list_resources(kind, namespace, page_size))
+        self, kind: str, *, namespace: str | None = None, selector: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> Iterator[Resource]:  # fmt: skip
+        """Every object of a kind (with labels matching `selector`, e.g. `app=support,!beta`),
+        page by page as the iteration goes."""
+        return self._pages(calls.list_resources(kind, namespace, page_size, selector))
 
     def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
         return self._send(calls.delete(kind, name, namespace))
@@ -104,6 +113,39 @@ class Client:
         call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
                                   idempotency_key=idempotency_key)  # fmt: skip
         return self._send(call, retries=RETRIES)
+
+    def delete_session(self, namespace: str, agent: str, session_id: str) -> Session:
+        return self._send(calls.delete_session(namespace, agent, session_id))
+
+    def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> Turn:
+        """A turn with its steps."""
+        return self._send(calls.get_turn(namespace, agent, session_id, turn_id))
+
+    def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
+        """`{"nextFireAt": ..., "items": [recent fires, newest first]}`."""
+        return self._send(calls.schedule_fires(namespace, name))
+
+    def run_schedule(self, namespace: str, name: str) -> dict[str, Any]:
+        """Fire the schedule now."""
+        return self._send(calls.run_schedule(namespace, name))
+
+    def create_token(
+        self, name: str, *, role: str = "read", namespaces: builtins.list[str] | None = None,
+        ttl_seconds: int | None = None, tools: builtins.list[str] | None = None,
+    ) -> CreatedToken:  # fmt: skip
+        """A new token; its secret (`.token`) is shown only in this answer."""
+        return self._send(calls.create_token(name, role, namespaces or ["*"],
+                                             ttl_seconds=ttl_seconds, tools=tools))  # fmt: skip
+
+    def tokens(self) -> Iterator[Token]:
+        return self._pages(calls.list_tokens())
+
+    def get_token(self, token_id: str) -> Token:
+        return self._send(calls.get_token(token_id))
+
+    def revoke_token(self, token_id: str) -> Token:
+        """Revoke the token and every token minted from it."""
+        return self._send(calls.revoke_token(token_id))
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> Any:
         return self._send(calls.cancel(namespace, agent, session_id))

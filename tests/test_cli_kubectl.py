@@ -239,3 +239,33 @@ def test_watch_follows_sessions_and_turns_until_ctrl_c(
     for watcher in (turns, sessions):
         code, err = watcher.interrupt()
         assert (code, err) == (0, "")
+
+
+def test_send_reports_a_tool_server_the_agent_cannot_reach(
+    cli, start_worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example servers' secrets are set but nothing listens where stripe-readonly points:
+    `talon send` names the server and why, and the turn goes on without it."""
+    from talon.store.local_postgres import free_port
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("STRIPE_READONLY_AUTHORIZATION", "Bearer x")
+    monkeypatch.setenv("HUBSPOT_READONLY_AUTHORIZATION", "Bearer y")
+    cli("apply", "-f", MANIFESTS)
+    dead = f"http://127.0.0.1:{free_port()}/mcp"
+    code, shown, _ = cli("get", "mcp-server", "stripe-readonly", "-n", "acme", "-o", "yaml")
+    server = yaml.safe_load(shown)
+    server["spec"]["url"] = dead
+    server.pop("status", None)
+    (tmp_path / "server.yaml").write_text(yaml.safe_dump(server))
+    assert cli("apply", "-f", str(tmp_path / "server.yaml"))[0] == 0
+    start_worker(demo_fallback=True)
+    code, out, _ = cli("send", "customer-support", "s1", "Review renewals.", "-n", "acme")
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if "tools unavailable" in line]
+    assert (
+        lines[0]
+        == f"  tools unavailable: mcp:stripe-readonly: {dead}: All connection attempts failed"
+    )
+    assert lines[1].startswith("  tools unavailable: mcp:hubspot-readonly: ")  # not running here
+    assert out.strip().splitlines()[-1] == "turn completed"

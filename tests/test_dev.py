@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,20 +84,41 @@ def data_dir() -> Iterator[Path]:
 
 
 def talon(url: str, token: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TALON_URL": url, "TALON_TOKEN": token}
+    env = {**os.environ, "TALON_URL": url, "TALON_TOKEN": token, "TALON_CLI_CONFIG": os.devnull}
     return subprocess.run([*TALON, *argv], env=env, capture_output=True, text=True, timeout=60)
+
+
+def example_url(output: str, kind: str) -> str:
+    match = re.search(rf"example {kind} MCP server at (http://127\.0\.0\.1:\d+/mcp)", output)
+    assert match, output
+    return match.group(1)
+
+
+def server_url(url: str, token: str, name: str) -> str:
+    got = talon(url, token, "get", "mcp-server", name, "-n", "acme", "-o", "jsonpath={.spec.url}")
+    assert got.returncode == 0, got.stderr
+    return got.stdout.strip()
 
 
 def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # The manifests' historical port taken by someone else: the examples run on free ports.
+    squatter = socket.socket()
+    with contextlib.suppress(OSError):
+        squatter.bind(("127.0.0.1", 8091))
+        squatter.listen()
     dev = DevProcess(data_dir, port)
     try:
         dev.wait_for("Ctrl-C stops everything")
         output = "".join(dev.output)
         assert "agent/customer-support -n acme created" in output
+        first_stripe = example_url(output, "stripe")
+        assert first_stripe != "http://127.0.0.1:8091/mcp"
         token = (data_dir / "admin-token").read_text().strip()
         assert token in output
+        assert server_url(url, token, "stripe-readonly") == first_stripe
+        assert server_url(url, token, "hubspot-readonly") == example_url(output, "hubspot")
         listed = talon(url, token, "get", "agents", "-n", "acme")
         assert listed.returncode == 0, listed.stderr
         assert "customer-support" in listed.stdout and "Resolved" in listed.stdout
@@ -138,6 +161,7 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert deleted.returncode == 0, deleted.stderr
     finally:
         code = dev.stop(signal.SIGTERM)
+        squatter.close()
     assert code == 0, "".join(dev.output)
     assert "talon dev: stopping" in "".join(dev.output)
     assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
@@ -148,6 +172,9 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         again.wait_for("Ctrl-C stops everything")
         assert " created" not in "".join(again.output)  # manifests are applied on first start only
         token = (data_dir / "admin-token").read_text().strip()
+        # The stored example servers follow the servers to their new ports.
+        output = "".join(again.output)
+        assert server_url(url, token, "stripe-readonly") == example_url(output, "stripe")
         schedules = talon(url, token, "get", "schedules", "-n", "acme")
         assert schedules.returncode == 0 and "renewal-check" not in schedules.stdout
         agents = talon(url, token, "get", "agents", "-n", "acme")
@@ -174,8 +201,6 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
 
 
 def test_talon_dev_refuses_a_busy_port(data_dir: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

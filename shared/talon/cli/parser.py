@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--config", help="talon.yaml to use (default: ./talon.yaml if present)")
     dev.add_argument(
         "--no-example-tools", action="store_true",
-        help="do not start the example Stripe/HubSpot-like MCP servers (ports 8091, 8092)",
+        help="do not start the example Stripe/HubSpot-like MCP servers (on free ports)",
     )  # fmt: skip
     dev.set_defaults(local=cmd_dev)
 

@@ -106,8 +106,10 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "step.failed":
         return f"  {data['step']:<24} failed"
     if kind == "tools.unavailable":
-        sources = "; ".join(f"{s.get('source')}: {s.get('error')}" for s in data.get("sources", []))
-        return f"  tools unavailable: {sources}"
+        # One line per source the turn goes on without (a server it cannot reach, a secret
+        # that is not set), naming it and why.
+        return "\n".join(f"  tools unavailable: {s.get('source')}: {s.get('error')}"
+                         for s in data.get("sources", []))  # fmt: skip
     if kind == "message.created" and data.get("role") == "assistant":
         return f"\nassistant: {data['content']}"
     if kind in ("turn.started", "turn.completed", "turn.failed", "turn.cancelled"):

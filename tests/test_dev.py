@@ -25,6 +25,7 @@ import yaml
 from test_ops_mcp import mcp_call
 
 from conftest import ROOT
+from talon.client import Client
 from talon.store.local_postgres import free_port
 
 pytestmark = pytest.mark.slow
@@ -144,11 +145,8 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert "in_1001" in view["messages"][-1]["content"]
         # The same session through talon-ops, under the gateway's base URL, with a token
         # that sees only acme.
-        request = {"name": "ops", "role": "read", "namespaces": ["acme"]}
-        minted = httpx.post(
-            f"{url}/v1/tokens", headers={"Authorization": f"Bearer {token}"}, json=request
-        )
-        scoped = minted.json()["token"]
+        with Client(url, token) as sdk:
+            scoped = sdk.create_token("ops", role="read", namespaces=["acme"]).token
         error, history = mcp_call(f"{url}/mcp/talon-ops", scoped, "read_session",
                                   namespace="acme", agent="customer-support",
                                   session_id="enterprise-renewals")  # fmt: skip

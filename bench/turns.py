@@ -140,7 +140,9 @@ def client_loop(
         if progress is not None:
             with progress.get_lock():
                 progress.value += 1
-    own.close()  # ends a held stream's connection too
+    if held is not None:
+        held.close()
+    own.close()
     return timings
 
 

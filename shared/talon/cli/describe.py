@@ -61,8 +61,9 @@ def describe_agent(client: Client, namespace: str, name: str) -> list[str]:
     template = (status.get("resolvedFrom") or {}).get("template") or {}
     lines.append(_field("Template", (agent.spec or {}).get("templateRef")))
     if template:
-        lines.append(_field("  resolved from", f"resourceVersion {template.get('resourceVersion')}"
-                            f", generation {template.get('generation')}"))  # fmt: skip
+        version = f"resourceVersion {template.get('resourceVersion')}"
+        lines.append(_field("Resolved from", f"template {template.get('name')} ({version}, "
+                            f"generation {template.get('generation')})"))  # fmt: skip
     profiles = (effective.get("modelPolicy") or {}).get("profiles") or []
     rows = [[p.get("name"), (p.get("model") or {}).get("provider"),
              (p.get("model") or {}).get("name")] for p in profiles]  # fmt: skip
@@ -133,6 +134,7 @@ def _recent_events(client: Client, namespace: str, agent: str, session_id: str, 
         rows.append([event.id, event.type, (event.turn_id or "")[:8], detail])
         if event.id >= last:
             break
+    events.close()  # the connection, now
     return table(rows, ["ID", "TYPE", "TURN", "DETAIL"])
 
 

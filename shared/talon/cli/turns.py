@@ -66,10 +66,12 @@ def get_turns(client: Client, args: argparse.Namespace) -> int:
     last = client.get_session(ns, agent, session_id).last_event_id
     states = TurnStates()
     if last > 0:
-        for event in client.stream(ns, agent, session_id, after=0):
+        replay = client.stream(ns, agent, session_id, after=0)
+        for event in replay:
             states.see(event)
             if event.id >= last:
                 break
+        replay.close()
     rows = [r for r in states.rows.values() if args.name in (None, r[0])]
     if args.output == "name":
         print("\n".join(f"turn/{r[0]}" for r in rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -50,6 +50,10 @@ class AsyncClient:
     def from_env(cls, **options: Any) -> AsyncClient:
         return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
                    **options)  # fmt: skip
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -144,7 +148,7 @@ class AsyncClient:
     async def stream(
         self, namespace: str, agent: str, session_id: str, *,
         after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
         """The session's events after event `after` (None: only new ones), across dropped
         connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
         `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
@@ -156,10 +156,11 @@ class Client:
     def stream(
         self, namespace: str, agent: str, session_id: str, *,
         after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
-    ) -> Iterator[Event]:  # fmt: skip
+    ) -> Generator[Event, None, None]:  # fmt: skip
         """The session's events after event `after` (None: only new ones), across dropped
         connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
-        `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""
+        `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends.
+        `.close()` it (or let it be collected) to drop the connection when stopping early."""
         follower = Follower(after, until_turn_end, max_seconds)
         path = calls.stream_path(namespace, agent, session_id)
         while True:

@@ -86,6 +86,10 @@ def test_describe_an_agent_a_session_and_a_schedule(
     assert code == 0 and "Spec:" in out and "timeoutSeconds: 20" in out
     code, _, err = cli("describe", "agent", "nobody", "-n", "acme")
     assert code == 1 and "HTTP 404" in one_error_line(err)
+    code, out, _ = cli("describe", "namespace", "acme")
+    assert code == 0 and out.startswith("Name:           acme\nKind:           Namespace")
+    code, _, err = cli("describe", "session", "s1", "-n", "acme")
+    assert code == 1 and "--agent AGENT" in one_error_line(err)
 
 
 def test_output_formats_and_all_namespaces(cli, tmp_path: Path) -> None:

@@ -169,10 +169,10 @@ def describe_other(client: Client, kind: str, namespace: str | None, name: str) 
 
 
 def describe(
-    client: Client, kind: str, plural: str, namespace: str | None, name: str, agent: str | None
-) -> str:
-    if plural in ("agent-templates", "agents", "schedules", "knowledge", "mcp-servers",
-                  "mcp-bindings") and not namespace:  # fmt: skip
+    client: Client, plural: str, namespaced: bool, namespace: str | None, name: str,
+    agent: str | None,
+) -> str:  # fmt: skip
+    if namespaced and not namespace:
         raise CliError(f"{plural} live in a namespace: pass -n NAMESPACE")
     if plural == "agents":
         lines = describe_agent(client, namespace or "", name)
@@ -183,5 +183,5 @@ def describe(
     elif plural == "schedules":
         lines = describe_schedule(client, namespace or "", name)
     else:
-        lines = describe_other(client, kind, namespace, name)
+        lines = describe_other(client, plural, namespace, name)
     return "\n".join(line.rstrip() for line in lines)

@@ -173,9 +173,9 @@ def _delete_files(client: Client, filenames: list[str], ignore_not_found: bool) 
 
 def cmd_describe(client: Client, args: argparse.Namespace) -> int:
     if args.kind in SESSION_ALIASES:
-        plural, name = "sessions", "Session"
+        plural, namespaced = "sessions", True
     else:
         kind = kind_of(args.kind)
-        plural, name = kind.plural, kind.name
-    print(describe(client, name, plural, args.namespace, args.name, args.agent))
+        plural, namespaced = kind.plural, kind.namespaced
+    print(describe(client, plural, namespaced, args.namespace, args.name, args.agent))
     return 0

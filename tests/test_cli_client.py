@@ -254,5 +254,8 @@ def test_sessions_need_a_namespace_and_an_agent() -> None:
 
     with pytest.raises(CliError, match="pass -n NAMESPACE"):
         run(client_for(handler), "get", "sessions", "--agent", "bot")
+    for argv in (("stream", "bot", "s1"), ("send", "bot", "s1", "hi")):
+        with pytest.raises(CliError, match="pass -n NAMESPACE"):
+            run(client_for(handler), *argv)
     with pytest.raises(CliError, match="pass --agent AGENT"):
         run(client_for(handler), "get", "sessions", "-n", "acme")

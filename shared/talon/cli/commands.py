@@ -12,7 +12,7 @@ from talon.cli.client import CliError, plain
 from talon.cli.diff import diff as diff_manifests
 from talon.cli.manifest_files import read_documents
 from talon.cli.output import dump, table
-from talon.cli.sessions import EventPrinter, send, stream_events
+from talon.cli.sessions import EventPrinter, send, session_scope, stream_events
 from talon.client import Client
 from talon.config import load_settings
 
@@ -39,7 +39,8 @@ def cmd_stream(client: Client, args: argparse.Namespace) -> int:
     """Follows the session (through reconnects) until Ctrl-C, or until no turn is open with
     --until-turn-end; exits 1 if a turn it showed failed or was cancelled."""
     printer = EventPrinter()
-    events = stream_events(client, args.namespace, args.agent, args.session, after=args.after,
+    namespace, agent = session_scope(args.namespace, args.agent)
+    events = stream_events(client, namespace, agent, args.session, after=args.after,
                            until_turn_end=args.until_turn_end)  # fmt: skip
     for event in events:
         if args.output == "json":

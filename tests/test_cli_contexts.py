@@ -114,6 +114,11 @@ def test_shell_completion(tmp_path: Path) -> None:
            "COMP_POINT": "14", "_ARGCOMPLETE_STDOUT_FILENAME": str(words)}  # fmt: skip
     subprocess.run([sys.executable, "-m", "talon.cli.main"], env=env, check=True)
     assert sorted(words.read_text().split("\x0b")) == ["mcp-bindings", "mcp-servers"]
+    # Each TAB runs talon: the parser is built without importing the SDK (httpx, pydantic).
+    check = "import sys, talon.cli.main; print(sorted({'httpx', 'pydantic'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    assert loaded.strip() == "[]"
 
 
 def test_commands_use_the_current_context(

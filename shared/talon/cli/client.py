@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+if TYPE_CHECKING:  # imported when used: the parser (and completion) does not need the SDK
+    from pydantic import BaseModel
 
-from talon.client import APIError, TalonConnectionError, TalonError
+    from talon.client import TalonError
 
 
 class CliError(Exception):
@@ -16,6 +17,8 @@ class CliError(Exception):
 def error_line(error: TalonError, base_url: str) -> str:
     """The SDK's error as the CLI prints it: the API's message, status and code, then the
     fields it names that the message does not already say."""
+    from talon.client import APIError, TalonConnectionError
+
     if isinstance(error, TalonConnectionError):
         return f"cannot reach the gateway at {base_url}: {error}"
     if not isinstance(error, APIError):

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import argcomplete
 
 from talon.cli import contexts
 from talon.cli.client import CliError, error_line
 from talon.cli.parser import build_parser
-from talon.client import Client
-from talon.client import TalonError as SdkError
-from talon.errors import TalonError
+
+if TYPE_CHECKING:
+    from talon.client import Client
 
 
 def run_remote(client: Client, args: argparse.Namespace) -> int:
     """A command that talks to the gateway, with the SDK's errors as one-line CliErrors."""
+    from talon.client import TalonError as SdkError
+
     try:
         return int(args.remote(client, args))
     except SdkError as exc:
@@ -26,8 +29,11 @@ def run_remote(client: Client, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argcomplete.autocomplete(parser)
+    argcomplete.autocomplete(parser)  # answers a TAB and exits, before the heavy imports
     args = parser.parse_args(argv)
+    from talon.client import Client
+    from talon.errors import TalonError
+
     try:
         if hasattr(args, "local"):
             return int(args.local(args))

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from jsonpath_ng.ext import parse as parse_jsonpath
 
 from talon.cli.client import CliError
 
@@ -130,6 +129,8 @@ def render_jsonpath(template: str, value: Any) -> str:
     """kubectl's JSONPath template: each `{expr}` (`.items[*].metadata.name`, filters such as
     `[?(@.kind=="Agent")]`) replaced by what it finds, space separated; text outside braces
     kept, with `\\n` and `\\t` as newline and tab. A bare expression needs no braces."""
+    from jsonpath_ng.ext import parse as parse_jsonpath  # only when asked for
+
     if "{" not in template:
         template = "{" + template + "}"
 

@@ -3,38 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import argcomplete
 
 from talon import __version__
 from talon.cli import contexts
-from talon.cli.commands import (
-    cmd_apply,
-    cmd_dev,
-    cmd_diff,
-    cmd_send,
-    cmd_stream,
-    cmd_tokens_create,
-    cmd_tokens_list,
-    cmd_tokens_revoke,
-    cmd_whoami,
-    cmd_worker,
-)
 from talon.cli.contexts import context_names
 from talon.cli.output import output_format
-from talon.cli.resources import cmd_delete, cmd_describe, cmd_get
-from talon.resources.registry import KINDS
 
-KIND_WORDS = sorted(
-    {"session", "sessions", "turn", "turns", *(k.plural for k in KINDS)}
-    | {k.name.lower() for k in KINDS}
-)
+# What this module imports stays light: completion builds the parser on every TAB, so the
+# commands (and the SDK, httpx, pydantic under them) are imported only when one runs.
+
+
+def lazy(target: str) -> Callable[..., int]:
+    """The command `module:function`, imported when it runs."""
+    module, _, name = target.partition(":")
+
+    def run(*args: Any) -> int:
+        return int(getattr(importlib.import_module(module), name)(*args))
+
+    return run
 
 
 def kind_words(**_: Any) -> list[str]:
     """For shell completion of KIND."""
-    return KIND_WORDS
+    from talon.resources.registry import KINDS
+
+    return sorted({"session", "sessions", "turn", "turns", *(k.plural for k in KINDS)}
+                  | {k.name.lower() for k in KINDS})  # fmt: skip
 
 
 def _at_least_one(text: str) -> int:
@@ -80,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-example-tools", action="store_true",
         help="do not start the example Stripe/HubSpot-like MCP servers (on free ports)",
     )  # fmt: skip
-    dev.set_defaults(local=cmd_dev)
+    dev.set_defaults(local=lazy("talon.cli.commands:cmd_dev"))
 
     worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
     worker.add_argument(
@@ -103,18 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-attempts", type=_at_least_one, default=5,
         help="a turn started this many times without finishing (its worker kept dying) fails",
     )  # fmt: skip
-    worker.set_defaults(local=cmd_worker)
+    worker.set_defaults(local=lazy("talon.cli.commands:cmd_worker"))
 
     apply = commands.add_parser("apply", help="create or update resources from manifests")
     apply.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
     apply.add_argument("--dry-run", action="store_true", help="validate without saving")
-    apply.set_defaults(remote=cmd_apply)
+    apply.set_defaults(remote=lazy("talon.cli.commands:cmd_apply"))
 
     diff = commands.add_parser(
         "diff", help="show what applying manifests would change (exit 0 none, 1 some, 2 error)"
     )
     diff.add_argument("-f", "--filename", action="append", required=True, help="file or folder")
-    diff.set_defaults(remote=cmd_diff, error_status=2)
+    diff.set_defaults(remote=lazy("talon.cli.commands:cmd_diff"), error_status=2)
 
     get = commands.add_parser("get", parents=[output], help="list or show resources")
     get.add_argument(
@@ -132,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-w", "--watch", action="store_true",
         help="sessions and turns: print changes as they happen, until Ctrl-C",
     )  # fmt: skip
-    get.set_defaults(remote=cmd_get)
+    get.set_defaults(remote=lazy("talon.cli.resources:cmd_get"))
 
     describe = commands.add_parser(
         "describe", help="an object, its status and related objects, for people"
@@ -141,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("name")
     describe.add_argument("-n", "--namespace", help="default: the context's namespace")
     describe.add_argument("--agent", help="the agent, for sessions")
-    describe.set_defaults(remote=cmd_describe)
+    describe.set_defaults(remote=lazy("talon.cli.resources:cmd_describe"))
 
     delete = commands.add_parser("delete", help="delete resources by name or from manifests")
     delete.add_argument("kind", nargs="?").completer = kind_words  # type: ignore[attr-defined]
@@ -154,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("-n", "--namespace", help="default: the context's namespace")
     delete.add_argument("--agent", help="the agent, for sessions")
-    delete.set_defaults(remote=cmd_delete)
+    delete.set_defaults(remote=lazy("talon.cli.resources:cmd_delete"))
 
     send_cmd = commands.add_parser(
         "send", help="post a message to a session (created if new) and follow the turn"
@@ -168,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do if a turn is already running",
     )  # fmt: skip
     send_cmd.add_argument("--no-wait", action="store_true", help="do not follow the turn")
-    send_cmd.set_defaults(remote=cmd_send)
+    send_cmd.set_defaults(remote=lazy("talon.cli.commands:cmd_send"))
 
     stream_cmd = commands.add_parser("stream", help="follow a session's events")
     stream_cmd.add_argument("agent")
@@ -177,10 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream_cmd.add_argument("--after", type=int, help="replay events after this id (0: all)")
     stream_cmd.add_argument("--until-turn-end", action="store_true")
     stream_cmd.add_argument("-o", "--output", choices=["json"], help="raw events as JSON lines")
-    stream_cmd.set_defaults(remote=cmd_stream)
+    stream_cmd.set_defaults(remote=lazy("talon.cli.commands:cmd_stream"))
 
     whoami = commands.add_parser("whoami", parents=[full], help="show the current token")
-    whoami.set_defaults(remote=cmd_whoami)
+    whoami.set_defaults(remote=lazy("talon.cli.commands:cmd_whoami"))
 
     tokens = commands.add_parser("tokens", help="manage API tokens (admin)")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -196,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="limit the token to this talon-ops tool (repeat); such a token works only at "
         "/mcp/talon-ops",
     )  # fmt: skip
-    create.set_defaults(remote=cmd_tokens_create, keep_namespace=True)
+    create.set_defaults(remote=lazy("talon.cli.commands:cmd_tokens_create"), keep_namespace=True)
     listing = token_commands.add_parser("list", parents=[full], help="list tokens")
-    listing.set_defaults(remote=cmd_tokens_list)
+    listing.set_defaults(remote=lazy("talon.cli.commands:cmd_tokens_list"))
     revoke = token_commands.add_parser("revoke", help="revoke a token")
     revoke.add_argument("id")
-    revoke.set_defaults(remote=cmd_tokens_revoke)
+    revoke.set_defaults(remote=lazy("talon.cli.commands:cmd_tokens_revoke"))
     _config_commands(commands)
     completion = commands.add_parser("completion", help="print the shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "fish"])

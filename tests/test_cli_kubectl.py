@@ -165,6 +165,15 @@ def test_get_turns_of_a_session(cli, start_worker, monkeypatch: pytest.MonkeyPat
     assert json.loads(out)["id"] == turn_id
     code, _, err = cli("get", "turns", "-n", "acme", "--agent", "customer-support")
     assert code == 1 and "--session" in one_error_line(err)
+    code, out, _ = cli("get", "sessions", "-n", "acme", "--agent", "customer-support", "-o", "name")
+    assert out == "session/s1\n"
+    code, out, _ = cli("get", "sessions", "-A", "-o", "wide")
+    header, row = out.strip().splitlines()
+    assert header.split()[:3] == ["NAMESPACE", "AGENT", "ID"] and "ACTIVE" in header
+    assert row.split()[:4] == ["acme", "customer-support", "s1", "active"]
+    code, out, _ = cli("get", "sessions", "-n", "acme", "--agent", "customer-support",
+                       "-o", "jsonpath={.items[0].messageCount}")  # fmt: skip
+    assert out.strip() == "4"
 
 
 class Watcher:

@@ -282,3 +282,19 @@ def test_send_reports_a_tool_server_the_agent_cannot_reach(
     )
     assert lines[1].startswith("  tools unavailable: mcp:hubspot-readonly: ")  # not running here
     assert out.strip().splitlines()[-1] == "turn completed"
+
+
+def test_cancel_a_sessions_open_turns(cli) -> None:
+    cli("apply", "-f", MANIFESTS)  # no worker: the turn stays queued
+    code, out, _ = cli("send", "customer-support", "s1", "Wait.", "-n", "acme", "--no-wait")
+    turn_id = out.split()[1]
+    code, out, _ = cli("cancel", "customer-support", "s1", "-n", "acme")
+    assert (code, out) == (0, f"turn {turn_id} cancelled\n")
+    code, out, _ = cli("cancel", "customer-support", "s1", "-n", "acme")
+    assert (code, out) == (0, "no open turn to cancel\n")
+    code, out, _ = cli("get", "turns", "-n", "acme", "--agent", "customer-support",
+                       "--session", "s1", "-o", "name")  # fmt: skip
+    assert out == f"turn/{turn_id}\n"
+    code, out, _ = cli("get", "turn", turn_id, "-n", "acme", "--agent", "customer-support",
+                       "--session", "s1", "-o", "jsonpath={.state}")  # fmt: skip
+    assert out.strip() == "cancelled"

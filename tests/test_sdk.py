@@ -205,3 +205,20 @@ def test_the_async_client_has_the_same_calls(client: Client, gateway_url: str) -
                 await talon.turn(NS, AGENT, "gone", "00000000-0000-0000-0000-000000000000")
 
     asyncio.run(run())
+
+
+def test_cancel_messages_session_lists_and_deletes(client: Client) -> None:
+    client.apply([samples.namespace(NS), samples.template(NS), samples.agent(NS),
+                  samples.knowledge(NS, "old")])  # fmt: skip
+    client.create_session(NS, AGENT, SESSION)
+    accepted = client.send(NS, AGENT, SESSION, "queued, no worker")
+    assert [s.id for s in client.sessions(NS, AGENT)] == [SESSION]
+    assert not client.get_session(NS, AGENT, SESSION).idle
+    assert client.cancel(NS, AGENT, SESSION) == {"cancelled": [accepted.turn_id]}
+    assert client.turn(NS, AGENT, SESSION, accepted.turn_id).state == "cancelled"
+    assert [(m.role, m.content) for m in client.messages(NS, AGENT, SESSION)] == [
+        ("user", "queued, no worker")
+    ]
+    assert client.delete("knowledge", "old", namespace=NS).name == "old"
+    with pytest.raises(NotFound):
+        client.get("knowledge", "old", namespace=NS)

@@ -51,6 +51,18 @@ def cmd_stream(client: Client, args: argparse.Namespace) -> int:
     return 1 if printer.failed else 0
 
 
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    """Cancel the session's open turns (the running one and those queued behind it)."""
+    namespace, agent = session_scope(args.namespace, args.agent)
+    answer = client.cancel(namespace, agent, args.session)
+    cancelled = (answer.get("cancelled") or []) if isinstance(answer, dict) else []
+    for turn_id in cancelled:
+        print(f"turn {turn_id} cancelled")
+    if not cancelled:
+        print("no open turn to cancel")
+    return 0
+
+
 def cmd_tokens_create(client: Client, args: argparse.Namespace) -> int:
     created = client.create_token(args.name, role=args.role, namespaces=args.namespace,
                                   ttl_seconds=args.ttl, tools=args.tool)  # fmt: skip

@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     send_cmd.add_argument("--no-wait", action="store_true", help="do not follow the turn")
     send_cmd.set_defaults(remote=lazy("talon.cli.commands:cmd_send"))
 
+    cancel_cmd = commands.add_parser("cancel", help="cancel a session's open turns")
+    cancel_cmd.add_argument("agent")
+    cancel_cmd.add_argument("session")
+    cancel_cmd.add_argument("-n", "--namespace", help="default: the context's namespace")
+    cancel_cmd.set_defaults(remote=lazy("talon.cli.commands:cmd_cancel"))
+
     stream_cmd = commands.add_parser("stream", help="follow a session's events")
     stream_cmd.add_argument("agent")
     stream_cmd.add_argument("session")

@@ -92,6 +92,18 @@ def test_an_html_error_page_from_the_server_in_front_is_still_one_line() -> None
     assert str(caught.value) == "HTTP 431 (HTTP 431 http_error)"
 
 
+def test_an_answer_that_is_not_the_apis_is_one_line() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/whoami":
+            return httpx.Response(200, text="<html>captive portal</html>")
+        return httpx.Response(200, json={"items": [{"metadata": {}}], "nextPageToken": None})
+
+    with pytest.raises(CliError, match=r"^GET /v1/whoami: the answer is not what the API"):
+        run(client_for(handler), "whoami")
+    with pytest.raises(CliError, match=r"^GET /v1/ns/acme/agents: the answer is not what"):
+        run(client_for(handler), "get", "agents", "-n", "acme")
+
+
 def test_an_unreachable_gateway_is_a_cli_error_naming_it() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

@@ -22,6 +22,7 @@ from talon.client.errors import (
     TalonConnectionError,
     TalonError,
     Unauthenticated,
+    UnexpectedAnswer,
 )
 from talon.client.following import StreamEnded
 from talon.client.models import (
@@ -42,5 +43,5 @@ __all__ = [
     "APIError", "Accepted", "ApplyResult", "AsyncClient", "BadRequest", "Client", "Conflict",
     "CreatedToken", "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied",
     "Resource", "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
-    "Token", "Turn", "Unauthenticated",
+    "Token", "Turn", "Unauthenticated", "UnexpectedAnswer",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 import talon.client.calls as calls
-from talon.client.errors import TalonConnectionError, error_from
+from talon.client.errors import TalonConnectionError, UnexpectedAnswer, error_from, parsed
 from talon.client.following import Follower
 from talon.client.models import (
     Accepted,
@@ -199,14 +199,17 @@ class Client:
                     raise TalonConnectionError(f"{call.method} {call.path}: {exc}") from exc
         if response.status_code >= 400:
             raise error_from(response.status_code, _json(response))
-        return call.parse(_json(response))
+        return parsed(f"{call.method} {call.path}", call.parse, _json(response))
 
     def _pages(self, page: calls.Page) -> Iterator[Any]:
         params = dict(page.call.params)
         while True:
             body = self._send(calls.Call(page.call.method, page.call.path, params=params))
-            for item in body.get("items", []):
-                yield page.read(item)
+            name = f"{page.call.method} {page.call.path}"
+            if not isinstance(body, dict):
+                raise UnexpectedAnswer(f"{name}: the answer is not a page of a list")
+            for item in body.get("items") or []:
+                yield parsed(name, page.read, item)
             cursor = body.get(page.cursor_field)
             if not cursor:
                 return

@@ -64,6 +64,11 @@ def test_contexts_are_kept_in_a_file_only_its_owner_reads(
     assert talon(capsys, "config", "current-context")[1] == "prod\n"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
+    viewed = yaml.safe_load(talon(capsys, "config", "view")[1])
+    assert viewed["contexts"][0]["token"] == "REDACTED" and "token" not in viewed["contexts"][1]
+    assert yaml.safe_load(talon(capsys, "config", "view", "--raw")[1]) == yaml.safe_load(
+        config.read_text()
+    )
     talon(capsys, "config", "set-context", "dev", "--token", "")  # '' removes a field
     assert "token" not in yaml.safe_load(config.read_text())["contexts"][0]
     code, _, err = talon(capsys, "config", "use-context", "staging")

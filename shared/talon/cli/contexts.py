@@ -122,6 +122,16 @@ def cmd_get_contexts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """The file as YAML, tokens shown as REDACTED unless --raw."""
+    config = load()
+    if not args.raw:
+        config["contexts"] = [{**c, "token": "REDACTED"} if c.get("token") else c
+                              for c in config["contexts"]]  # fmt: skip
+    print(yaml.safe_dump(config, sort_keys=False).rstrip())
+    return 0
+
+
 def cmd_current_context(args: argparse.Namespace) -> int:
     current = load().get("currentContext")
     if not current:

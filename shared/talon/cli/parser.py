@@ -222,6 +222,9 @@ def _config_commands(commands: Any) -> None:
     actions.add_parser("get-contexts", help="list the contexts").set_defaults(
         local=contexts.cmd_get_contexts
     )
+    view = actions.add_parser("view", help="print the config file (tokens redacted)")
+    view.add_argument("--raw", action="store_true", help="show the tokens too")
+    view.set_defaults(local=contexts.cmd_view)
     actions.add_parser("current-context", help="print the current context").set_defaults(
         local=contexts.cmd_current_context
     )

@@ -54,12 +54,14 @@ def test_describe_an_agent_a_session_and_a_schedule(
     assert code == 0, out
     assert "Name:           customer-support" in out and "Phase:          Resolved" in out
     assert "Template:       customer-support" in out
+    assert 'Features:       customer_id="cus_acme_001"' in out
     bindings = out[out.index("Bindings:") : out.index("Tool sources:")]
     assert "customer-support-stripe    stripe-readonly    get_*,list_*,search_*" in bindings
     assert "customer-support-hubspot   hubspot-readonly   *" in bindings
     sources = out[out.index("Tool sources:") :]
     assert "mcp:stripe-readonly" in sources and "customer-support-stripe" in sources
     assert "skill.renewal-outreach" in sources
+    assert "talon.*" in sources  # the built-in tools
     assert "http://127.0.0.1:8091/mcp" in out  # the server's URL under MCP servers
 
     start_worker(demo_fallback=True)

@@ -3,6 +3,7 @@ person as `kubectl describe` does (a field per line, related objects as small ta
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -64,6 +65,13 @@ def describe_agent(client: Client, namespace: str, name: str) -> list[str]:
         version = f"resourceVersion {template.get('resourceVersion')}"
         lines.append(_field("Resolved from", f"template {template.get('name')} ({version}, "
                             f"generation {template.get('generation')})"))  # fmt: skip
+    features = effective.get("features") or {}
+    if features:
+        lines.append(
+            _field(
+                "Features", ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(features.items()))
+            )
+        )
     profiles = (effective.get("modelPolicy") or {}).get("profiles") or []
     rows = [[p.get("name"), (p.get("model") or {}).get("provider"),
              (p.get("model") or {}).get("name")] for p in profiles]  # fmt: skip
@@ -94,6 +102,7 @@ def describe_agent(client: Client, namespace: str, name: str) -> list[str]:
         source_rows.append([f"mcp:{ref}", "mcpServerRefs", ",".join(via) or "-"])
     for skill in effective.get("skills") or []:
         source_rows.append([f"skill.{skill}", "skills", "-"])
+    source_rows.append(["talon.*", "built-in (every agent)", "-"])
     lines += _section("Tool sources", table(source_rows, ["SOURCE", "FROM", "BINDINGS"])
                       if source_rows else "<none>")  # fmt: skip
     return lines

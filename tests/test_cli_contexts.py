@@ -4,6 +4,7 @@ wins; shell completion. The last test runs commands against a live gateway throu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import stat
 import subprocess
@@ -16,7 +17,9 @@ import yaml
 
 from conftest import ADMIN_TOKEN
 from talon.cli import contexts
+from talon.cli.client import CliError
 from talon.cli.main import main
+from talon.client import AsyncClient, Client
 
 MANIFESTS = test_cli.MANIFESTS
 
@@ -95,8 +98,24 @@ def test_flags_win_over_the_environment_which_wins_over_the_context(
     assert (target("http://flag:4", "tln_flag").url, target("http://flag:4", "tln_flag").token) == (
         "http://flag:4", "tln_flag"
     )  # fmt: skip
-    with pytest.raises(contexts.CliError, match="no context 'missing'"):
+    with pytest.raises(CliError, match="no context 'missing'"):
         target(context="missing")
+
+
+@pytest.mark.fast
+def test_the_sdk_connects_where_the_cli_does(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contexts.save({"currentContext": "dev", "contexts": [
+        {"name": "dev", "url": "http://ctx:1", "token": "tln_ctx"},
+        {"name": "other", "url": "http://other:2"}]})  # fmt: skip
+    with Client.from_env() as sdk:
+        assert sdk.base_url == "http://ctx:1"
+        assert sdk._http.headers["Authorization"] == "Bearer tln_ctx"
+    with Client.from_env(context="other") as sdk:
+        assert sdk.base_url == "http://other:2" and "Authorization" not in sdk._http.headers
+    monkeypatch.setenv("TALON_URL", "http://env:3")
+    async_sdk = AsyncClient.from_env()
+    assert async_sdk.base_url == "http://env:3"
+    asyncio.run(async_sdk.aclose())
 
 
 @pytest.mark.fast

@@ -12,6 +12,7 @@ import argcomplete
 from talon.cli import contexts
 from talon.cli.client import CliError, error_line
 from talon.cli.parser import build_parser
+from talon.contexts import ContextError
 
 if TYPE_CHECKING:
     from talon.client import Client
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.namespace = target.namespace  # -n, else the context's default namespace
         with Client(target.url, target.token) as client:
             return run_remote(client, args)
-    except (CliError, TalonError) as exc:
+    except (CliError, ContextError, TalonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(args, "error_status", 1))
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 from talon.client import Client
 
-with Client.from_env() as talon:          # TALON_URL, TALON_TOKEN
+with Client.from_env() as talon:          # TALON_URL/TALON_TOKEN, else the current context
     talon.create_session("acme", "customer-support", "enterprise-renewals")
     accepted = talon.send("acme", "customer-support", "enterprise-renewals", "Hi")
     for event in talon.stream("acme", "customer-support", "enterprise-renewals",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -26,7 +25,8 @@ from talon.client.models import (
     Token,
     Turn,
 )
-from talon.client.sync_client import DEFAULT_URL, RETRIES, _json
+from talon.client.sync_client import RETRIES, _json
+from talon.contexts import resolve
 
 
 class AsyncClient:
@@ -47,9 +47,12 @@ class AsyncClient:
                                   timeout=timeout, transport=transport)  # fmt: skip
 
     @classmethod
-    def from_env(cls, **options: Any) -> AsyncClient:
-        return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
-                   **options)  # fmt: skip
+    def from_env(cls, *, context: str | None = None, **options: Any) -> AsyncClient:
+        """$TALON_URL and $TALON_TOKEN, else the current context of the CLI's contexts file
+        (or the one named), as `talon` resolves them (talon/contexts.py); raises
+        `talon.contexts.ContextError` for an unreadable file or an unknown context."""
+        target = resolve(context=context)
+        return cls(target.url, target.token, **options)
 
     @property
     def base_url(self) -> str:

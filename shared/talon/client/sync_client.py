@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import os
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -26,14 +25,15 @@ from talon.client.models import (
     Token,
     Turn,
 )
+from talon.contexts import resolve
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 RETRIES = 2  # resends of a keyed POST after a dropped connection
 
 
 class Client:
-    """A Talon gateway: `Client(url, token)`, or `Client.from_env()` (TALON_URL, TALON_TOKEN).
-    Pass `transport=` (e.g. `httpx.MockTransport`) to test code that uses it."""
+    """A Talon gateway: `Client(url, token)`, or `Client.from_env()` (TALON_URL and
+    TALON_TOKEN, else the CLI's current context). Pass `transport=` (e.g.
+    `httpx.MockTransport`) to test code that uses it."""
 
     def __init__(
         self,
@@ -50,9 +50,12 @@ class Client:
                                   timeout=timeout, transport=transport)  # fmt: skip
 
     @classmethod
-    def from_env(cls, **options: Any) -> Client:
-        return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
-                   **options)  # fmt: skip
+    def from_env(cls, *, context: str | None = None, **options: Any) -> Client:
+        """$TALON_URL and $TALON_TOKEN, else the current context of the CLI's contexts file
+        (or the one named), as `talon` resolves them (talon/contexts.py); raises
+        `talon.contexts.ContextError` for an unreadable file or an unknown context."""
+        target = resolve(context=context)
+        return cls(target.url, target.token, **options)
 
     @property
     def base_url(self) -> str:

@@ -130,6 +130,9 @@ def test_output_formats_and_all_namespaces(cli, tmp_path: Path) -> None:
 
 def test_delete_what_files_define(cli, tmp_path: Path) -> None:
     folder = second_namespace(tmp_path)
+    # The namespace last in the file: delete -f still deletes it last.
+    documents = list(yaml.safe_load_all((folder / "globex.yaml").read_text()))
+    (folder / "globex.yaml").write_text(yaml.safe_dump_all([*documents[1:], documents[0]]))
     cli("apply", "-f", MANIFESTS)
     cli("apply", "-f", str(folder))
     code, out, _ = cli("delete", "-f", str(folder))

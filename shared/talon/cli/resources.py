@@ -145,11 +145,15 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _delete_files(client: Client, filenames: list[str], ignore_not_found: bool) -> int:
-    """The objects the manifests name, in reverse order (an Agent before its template, the
-    namespace last), so nothing is refused for being in use by what follows."""
+    """The objects the manifests name, in the reverse of apply's dependency order (schedules
+    and agents before their templates and servers, namespaces last) whatever their order in
+    the files, so nothing is refused for being in use by what is deleted later."""
     from talon.client import NotFound
 
-    for document in reversed(read_documents(filenames)):
+    rank = {kind.name: index for index, kind in enumerate(KINDS)}
+    documents = list(reversed(read_documents(filenames)))
+    documents.sort(key=lambda d: -rank.get(str(_kind_name(d.body)), len(rank)))
+    for document in documents:
         body: dict[str, Any] = document.body if isinstance(document.body, dict) else {}
         metadata: dict[str, Any] = body.get("metadata") or {}
         if not isinstance(metadata, dict):
@@ -169,6 +173,12 @@ def _delete_files(client: Client, filenames: list[str], ignore_not_found: bool) 
             continue
         print(f"{title} deleted")
     return 0
+
+
+def _kind_name(body: Any) -> str | None:
+    kind = body.get("kind") if isinstance(body, dict) else None
+    found = kind_for_alias(str(kind)) or BY_NAME.get(str(kind)) if kind else None
+    return found.name if found else None
 
 
 def cmd_describe(client: Client, args: argparse.Namespace) -> int:

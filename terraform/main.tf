@@ -1,5 +1,6 @@
-# Talon on Google Cloud: Cloud SQL for PostgreSQL, Pub/Sub push to the dispatch function,
-# Cloud Tasks for schedule fires, four Cloud Run functions sharing the core package.
+# Talon on Google Cloud: Cloud SQL for PostgreSQL, Pub/Sub to the worker code (pushed to the
+# dispatch function, or pulled by a long-running worker: var.worker_mode), Cloud Tasks for
+# schedule fires, four Cloud Run functions sharing the core package.
 
 locals {
   prefix = "talon-${var.environment}"
@@ -9,6 +10,10 @@ locals {
     for name in ["gateway", "dispatch", "scheduler", "ops_mcp"] :
     name => "https://${var.region}-${var.project}.cloudfunctions.net/${local.prefix}-${replace(name, "_", "-")}"
   }
+  pull = var.worker_mode == "pull"
+  # The functions, plus the pull worker when it runs: it reads the database password and
+  # relays its own outbox (publishes) like they do.
+  runtime_members = merge(module.iam.function_members, local.pull ? { worker = module.iam.worker_member } : {})
 }
 
 resource "google_project_service" "apis" {
@@ -18,7 +23,9 @@ resource "google_project_service" "apis" {
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
+    "cloudtrace.googleapis.com",
     "iam.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
@@ -44,18 +51,21 @@ module "database" {
   tier                = var.database_tier
   availability        = var.database_availability
   deletion_protection = var.deletion_protection
-  accessors           = module.iam.function_members
+  accessors           = local.runtime_members
 
   depends_on = [google_project_service.apis]
 }
 
 module "messaging" {
-  source             = "./modules/messaging"
-  project            = var.project
-  prefix             = local.prefix
-  dispatch_url       = local.function_urls["dispatch"]
-  push_account_email = module.iam.emails["pubsub_push"]
-  publishers         = module.iam.function_members
+  source                = "./modules/messaging"
+  project               = var.project
+  prefix                = local.prefix
+  dispatch_url          = local.function_urls["dispatch"]
+  push_account_email    = module.iam.emails["pubsub_push"]
+  publishers            = local.runtime_members
+  worker_mode           = var.worker_mode
+  max_delivery_attempts = var.max_delivery_attempts
+  worker_member         = module.iam.worker_member
 
   depends_on = [google_project_service.apis]
 }
@@ -96,6 +106,39 @@ module "functions" {
   model_key_secrets  = var.model_key_secrets
   topics             = module.messaging.topics
   queue              = module.scheduler.queue
+  trace_sample_ratio = var.trace_sample_ratio
+
+  depends_on = [google_project_service.apis]
+}
+
+module "observability" {
+  source                    = "./modules/observability"
+  project                   = var.project
+  prefix                    = local.prefix
+  notification_channels     = var.alert_notification_channels
+  turn_failure_ratio        = var.alert_turn_failure_ratio
+  outbox_age_seconds        = var.alert_outbox_age_seconds
+  schedule_lateness_seconds = var.alert_schedule_lateness_seconds
+
+  depends_on = [google_project_service.apis]
+}
+
+module "worker" {
+  source                   = "./modules/worker"
+  enabled                  = local.pull
+  project                  = var.project
+  region                   = var.region
+  prefix                   = local.prefix
+  image                    = var.worker_image
+  account_email            = module.iam.emails["worker"]
+  size                     = var.worker
+  common_env               = module.functions.common_env
+  subscriptions            = module.messaging.subscriptions
+  dead_letter_subscription = module.messaging.dead_letter_subscriptions["dispatch"]
+  max_delivery_attempts    = var.max_delivery_attempts
+  database_password_secret = module.database.password_secret_id
+  mcp_header_secrets       = var.mcp_header_secrets
+  model_key_secrets        = var.model_key_secrets
 
   depends_on = [google_project_service.apis]
 }

@@ -65,3 +65,74 @@ variable "mcp_header_secrets" {
   type        = list(string)
   default     = []
 }
+
+variable "trace_sample_ratio" {
+  description = "Share of new traces (turns, requests) exported to Cloud Trace, 0 to 1; a trace its caller sampled is always kept."
+  type        = number
+  default     = 0.1
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}
+
+variable "alert_notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) that Talon's alerts notify; empty: the alerts open incidents only."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_turn_failure_ratio" {
+  description = "Alert when more than this share of turns fail over 10 minutes."
+  type        = number
+  default     = 0.1
+}
+
+variable "alert_outbox_age_seconds" {
+  description = "Alert when an outbox row has waited this long to be delivered."
+  type        = number
+  default     = 300
+}
+
+variable "alert_schedule_lateness_seconds" {
+  description = "Alert when schedule fires queue their turns this late (p99)."
+  type        = number
+  default     = 60
+}
+
+variable "worker_mode" {
+  description = "push: Pub/Sub pushes turns to the dispatch function. pull: a long-running worker (talon worker, worker.pullMode) consumes pull subscriptions by streaming pull; see README (Deploying, Pull mode)."
+  type        = string
+  default     = "push"
+  validation {
+    condition     = contains(["push", "pull"], var.worker_mode)
+    error_message = "worker_mode is push or pull."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of a Pub/Sub message before it is dead-lettered (the turn it names then fails); Pub/Sub accepts 5 to 100."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub's dead-letter policy takes 5 to 100 delivery attempts."
+  }
+}
+
+variable "worker_image" {
+  description = "The pull worker's image (Dockerfile.worker; cloudbuild.yaml builds and pushes it). Used when worker_mode is pull."
+  type        = string
+  default     = ""
+}
+
+variable "worker" {
+  description = "The pull worker's size: instances (fixed), turns run at once per instance, CPU and memory per instance."
+  type = object({
+    instances   = number
+    concurrency = number
+    cpu         = string
+    memory      = string
+  })
+  default = { instances = 1, concurrency = 8, cpu = "1", memory = "1Gi" }
+}

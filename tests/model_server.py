@@ -165,8 +165,15 @@ def _completion(request: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any
         "created": int(time.time()),
         "model": request.get("model", "test"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        "usage": _usage(reply),
     }
+
+
+def _usage(reply: dict[str, Any]) -> dict[str, int]:
+    """The reply's token counts: scripted as `usage: [prompt, completion]`, else 10 and 5."""
+    prompt, completion = reply.get("usage") or (10, 5)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
 
 
 def _arguments(call: dict[str, Any]) -> str:
@@ -195,8 +202,7 @@ def _chunks(request: dict[str, Any], reply: dict[str, Any]) -> list[dict[str, An
         delta = {"tool_calls": [part]}
         chunks.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    chunks.append({**base, "choices": [], "usage": usage})
+    chunks.append({**base, "choices": [], "usage": _usage(reply)})
     return chunks
 
 

@@ -8,6 +8,7 @@ secrets sent out through MCP headers or a model base URL; unfiltered URLs)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,55 @@ def test_the_worker_refuses_an_ungranted_header_even_if_it_was_stored(
         source._connection("acme", server["body"])
     assert source.tools_for(context).tools == []
     assert "acme-stripe-secret" not in listener.everything_sent()
+
+
+def test_the_tools_route_contacts_servers_only_as_the_policy_allows(
+    writer: Api, listener: Listener, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GET .../agents/{agent}/tools` lists MCP servers the way the worker does: a stored
+    server whose URL the policy now refuses (the metadata address) and one whose header
+    names a platform secret the namespace was never granted are reported unavailable, with
+    the reason, and nothing reaches them; a redirect to the metadata server is not followed."""
+    monkeypatch.setenv("OPENAI_API_KEY", PLATFORM_KEY)
+    redirector = Listener(redirect_to="http://169.254.169.254/computeMetadata/v1/token")
+    servers = {"metadata": "http://127.0.0.1:9/mcp", "platform-key": f"{listener.url}/mcp",
+               "redirect": f"{redirector.url}/mcp"}  # fmt: skip
+    try:
+        writer.ok("POST", "/v1/apply", json={"items": [
+            samples.template("acme", servers=list(servers)), samples.agent("acme"),
+            *[samples.mcp_server("acme", name, url) for name, url in servers.items()],
+            *[samples.binding("acme", f"bind-{name}", name) for name in servers],
+        ]})  # fmt: skip
+        # As if stored before the policy tightened (the apply checks refuse both today).
+        stored = {
+            "metadata": {"url": "http://169.254.169.254/computeMetadata/v1/mcp"},
+            "platform-key": {
+                "url": f"{listener.url}/mcp",
+                "headers": [{"name": "Authorization", "valueFrom": {"env": "OPENAI_API_KEY"}}],
+            },
+        }
+        with db.transaction() as tx:
+            for name, spec in stored.items():
+                tx.execute(
+                    "UPDATE resources SET body = %s::jsonb, resource_version = "
+                    "resource_version + 1 WHERE kind = 'MCPServer' AND namespace = 'acme' "
+                    "AND name = %s",
+                    (json.dumps(spec), name),
+                )
+        answer = writer.ok("GET", "/v1/ns/acme/agents/bot/tools")
+    finally:
+        redirector.close()
+    by_server = {s["server"]: s for s in answer["servers"]}
+    assert {name: s["state"] for name, s in by_server.items()} == dict.fromkeys(
+        servers, "unavailable")  # fmt: skip
+    assert "egress denied" in by_server["metadata"]["error"]
+    assert "link-local" in by_server["metadata"]["error"]
+    assert "is not granted to namespace 'acme'" in by_server["platform-key"]["error"]
+    assert listener.requests == []
+    assert PLATFORM_KEY not in json.dumps(answer)
+    assert [r["path"] for r in redirector.requests] and all(
+        r["path"] == "/mcp" for r in redirector.requests)  # fmt: skip
+    assert [t["source"]["type"] for t in answer["tools"]] == ["builtin"]
 
 
 # --- model base URLs and the platform key ----------------------------------------------------

@@ -213,7 +213,11 @@ def test_isolation_matrix_a_token_of_ns_a_never_sees_ns_b(two: Api) -> None:
     gateway = entrypoints.gateway()
     requests = _isolation_requests(gateway, B)
     # six kinds x two prefixes x six routes, four namespace routes, nine session routes x two
-    assert len(requests) == 6 * 2 * 6 + 4 + 9 * 2 + 2 * 2  # ... and two schedule actions x two
+    # ... two schedule actions x two, an agent's effective tools x two, and three usage
+    # routes (namespace, agent, session) x two
+    assert len(requests) == 6 * 2 * 6 + 4 + 9 * 2 + 2 * 2 + 1 * 2 + 3 * 2
+    assert ("GET", f"/v1/ns/{B}/agents/bot/tools", None) in requests
+    assert any(path.endswith("/sessions/s1/usage") for _, path, _ in requests), requests
     for method, path, body in requests:
         response = scoped.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.status_code)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import samples
-from conftest import Api, worker_for_tests
+from conftest import Api, read_stream, worker_for_tests
 from talon.broker import outbox
 from talon.broker.base import Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL
@@ -29,13 +29,16 @@ def queued(db: Database) -> list[dict]:
         return tx.all("SELECT payload, attempts, available_at > now() AS later FROM outbox")
 
 
-def run_broker(db: Database, handle: Any, *, concurrency: int, idle_wait: float) -> Any:
+def run_broker(
+    db: Database, handle: Any, *, concurrency: int, idle_wait: float, max_attempts: int = 10
+) -> Any:
     """Start a dispatcher; returns a function that stops it."""
     listener = Listener(db.raw_connect, (OUTBOX_CHANNEL,))
     assert listener.wait_ready(10)
     stop = threading.Event()
+    broker = PostgresBroker(db, max_attempts=max_attempts)
     thread = threading.Thread(
-        target=PostgresBroker(db).run, args=(TOPICS, handle, listener, stop),
+        target=broker.run, args=(TOPICS, handle, listener, stop),
         kwargs={"concurrency": concurrency, "idle_wait": idle_wait}, daemon=True,
     )  # fmt: skip
     thread.start()
@@ -181,3 +184,128 @@ def test_handlers_without_a_database_queue_get_no_transactional_ack(api: Api, db
     assert result.outcome == "ack"
     messages = api.ok("GET", f"{base}/s1/messages")["items"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
+def _post(api: Api, session: str, content: str) -> dict[str, Any]:
+    base = "/v1/ns/acme/agents/bot/sessions"
+    if api.get(f"{base}/{session}").status_code == 404:
+        api.ok("POST", base, 201, json={"id": session})
+    return api.ok("POST", f"{base}/{session}/message", 202, json={"content": content})
+
+
+def test_a_row_that_keeps_failing_is_dead_and_its_turn_fails_with_the_reason(
+    api: Api, db: Database
+) -> None:
+    """Rows used to be retried forever. After max_attempts claims the worker gets the row as
+    a dead letter (it fails the turn, the reason in the stream) and the row is kept, dead."""
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    accepted = _post(api, "s1", "never handled")
+    worker = worker_for_tests(db)
+    seen: list[tuple[int, bool]] = []
+
+    def handle(delivery: Delivery) -> Result:
+        seen.append((delivery.attempt, delivery.dead_lettered))
+        if not delivery.dead_lettered:
+            raise RuntimeError("a handler that keeps failing")
+        return worker.handle(delivery)
+
+    halt = run_broker(db, handle, concurrency=1, idle_wait=0.2, max_attempts=3)
+    try:
+        wait_for(lambda: (True in dict(seen).values()) and _dead_rows(db), 30)
+    finally:
+        halt()
+    assert seen == [(1, False), (2, False), (3, False), (3, True)]
+    assert _dead_rows(db) == [accepted["turnId"]]
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    turn = api.ok("GET", f"{base}/turns/{accepted['turnId']}")
+    assert turn["state"] == "failed" and turn["error"]["code"] == "dead_lettered"
+    events = read_stream(api, f"{base}/stream", last_event_id=0, params={"untilTurnEnd": "true"})
+    failed = [e for e in events if e["type"] == "turn.failed"]
+    assert [(e["turnId"], e["data"]["code"]) for e in failed] == [
+        (accepted["turnId"], "dead_lettered")
+    ]
+    assert "failed 3 deliveries and was dead-lettered" in failed[0]["data"]["message"]
+    # A later message on the session runs normally.
+    _post(api, "s1", "after the dead one")
+    halt = run_broker(db, worker.handle, concurrency=1, idle_wait=0.2)
+    try:
+        wait_for(lambda: len(api.ok("GET", f"{base}/messages")["items"]) == 3, 30)
+    finally:
+        halt()
+
+
+def _dead_rows(db: Database) -> list[str]:
+    with db.transaction() as tx:
+        rows = tx.all("SELECT payload->>'turnId' AS turn FROM outbox WHERE dead_at IS NOT NULL")
+    return [row["turn"] for row in rows]
+
+
+def test_a_dead_letter_fails_nothing_while_a_live_worker_drives_the_session(
+    api: Api, db: Database
+) -> None:
+    """An event can run out of deliveries by finding its session busy each time (a long
+    turn): the live worker holding the session runs every open turn, so nothing is failed,
+    and each event is queued again with a fresh count, so that no turn is left without a
+    delivery should that worker die later."""
+    from talon.runtime.claim import Claim, ClaimOptions, claim
+    from talon.store.liveness import OwnerLock
+
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    first = _post(api, "s1", "running long")
+    second = _post(api, "s1", "queued behind")
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
+        before = tx.scalar("SELECT max(id) FROM outbox")
+    alive = OwnerLock(db.raw_connect, "another-worker")
+    try:
+        assert alive.wait_held(10)
+        held = claim(db, uid, ClaimOptions("another-worker", 30.0, 5))
+        assert isinstance(held, Claim)
+        worker = worker_for_tests(db)
+        for accepted in (first, second):
+            payload = {"sessionUid": str(uid), "turnId": accepted["turnId"]}
+            dead = Delivery("m", DISPATCH_TOPIC, payload, 10, dead_lettered=True)
+            assert worker.handle(dead).outcome == "ack"
+    finally:
+        alive.close()
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    states = [api.ok("GET", f"{base}/turns/{a['turnId']}")["state"] for a in (first, second)]
+    assert states == ["running", "queued"]
+    assert _fresh_events(db, before) == [first["turnId"], second["turnId"]]
+
+
+def test_a_dead_letter_for_a_session_whose_worker_died_fails_its_turn_and_frees_the_rest(
+    api: Api, db: Database
+) -> None:
+    """The worker holding the session died (no liveness lock, lease not yet expired): the
+    event's turn is failed, and the turn behind it gets a fresh event, so it runs."""
+    from talon.runtime.claim import Claim, ClaimOptions, claim
+
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    first = _post(api, "s1", "its worker died")
+    second = _post(api, "s1", "queued behind")
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
+        before = tx.scalar("SELECT max(id) FROM outbox")
+    assert isinstance(claim(db, uid, ClaimOptions("a-worker-that-died", 30.0, 5)), Claim)
+    payload = {"sessionUid": str(uid), "turnId": first["turnId"]}
+    dead = Delivery("m", DISPATCH_TOPIC, payload, 10, dead_lettered=True)
+    assert worker_for_tests(db).handle(dead).outcome == "ack"
+    base = "/v1/ns/acme/agents/bot/sessions/s1"
+    failed = api.ok("GET", f"{base}/turns/{first['turnId']}")
+    assert failed["state"] == "failed" and failed["error"]["code"] == "dead_lettered"
+    assert api.ok("GET", f"{base}/turns/{second['turnId']}")["state"] == "queued"
+    assert _fresh_events(db, before) == [second["turnId"]]
+
+
+def _fresh_events(db: Database, after_id: int) -> list[str]:
+    with db.transaction() as tx:
+        rows = tx.all(
+            "SELECT payload->>'turnId' AS turn FROM outbox WHERE id > %s AND topic = %s "
+            "ORDER BY id",
+            (after_id, DISPATCH_TOPIC),
+        )
+    return [row["turn"] for row in rows]

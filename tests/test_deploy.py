@@ -26,6 +26,13 @@ FUNCTIONS = sorted(p.name for p in (ROOT / "functions").iterdir() if (p / "main.
 # Read from the environment by Talon outside Settings (entrypoints, logging, bootstrap).
 EXTRA_ENV = {"TALON_ADMIN_TOKEN", "TALON_LOG_FORMAT", "TALON_LOG_LEVEL"}
 SETTINGS_ENV = {env for env, _, _ in env_variables()}
+# OpenTelemetry's own variables, read by the SDK (talon/telemetry/setup.py).
+TRACING_ENV = {
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_METRICS_EXPORTER",
+}
 # What a cloud deployment must set (the rest keep their defaults).
 REQUIRED_CLOUD_ENV = {
     "TALON_CONTROL_PLANE_DATABASE_INSTANCE_CONNECTION_NAME",
@@ -146,8 +153,12 @@ def test_environment_names_are_settings_the_code_reads() -> None:
         for name in [*plain, *secrets]:
             if name.startswith("TALON_"):
                 assert name in SETTINGS_ENV | EXTRA_ENV, f"{function}: {name} is read by nothing"
+            elif name.startswith("OTEL_"):
+                assert name in TRACING_ENV, f"{function}: {name} is no OpenTelemetry setting"
             else:
-                assert name == "FUNCTION_USE_ASGI" and function == "ops_mcp", name
+                assert (name == "FUNCTION_USE_ASGI" and function == "ops_mcp") or (
+                    name == "GOOGLE_CLOUD_PROJECT"), name  # fmt: skip
+        assert set(plain) >= TRACING_ENV, f"{function} does not export traces"
         names = set(plain) | set(secrets)
         missing = REQUIRED_CLOUD_ENV - names
         assert not missing, f"{function} lacks {sorted(missing)}"
@@ -155,6 +166,43 @@ def test_environment_names_are_settings_the_code_reads() -> None:
     assert set(dispatch_plain) >= REQUIRED_DISPATCH_ENV
     _, gateway_secrets = _env_of("gateway")
     assert "TALON_ADMIN_TOKEN" in gateway_secrets
+
+
+def test_every_function_exports_traces_to_cloud_trace_with_its_own_role() -> None:
+    from talon.telemetry.setup import exporter_names
+
+    env = _locals(_functions_module())["common_env"]
+    plain = {k: _unquote(v) for k, v in env.items()}
+    assert exporter_names(plain) == ["gcp_trace"]
+    assert exporter_names(plain, signal="metrics") == ["gcp_monitoring"]
+    # A sampler the SDK knows, with its ratio from the root variable.
+    assert _unquote(env["OTEL_TRACES_SAMPLER"]) == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "${tostring(var.trace_sample_ratio)}"
+    iam = _load(TERRAFORM / "modules" / "iam" / "main.tf")
+    agent = _resources(iam, "google_project_iam_member")["trace_agent"]
+    assert agent["for_each"] == "${toset(local.functions)}"
+    assert _unquote(agent["role"]) == "roles/cloudtrace.agent"
+    writer = _resources(iam, "google_project_iam_member")["metric_writer"]
+    assert writer["for_each"] == "${toset(local.functions)}"
+    assert _unquote(writer["role"]) == "roles/monitoring.metricWriter"
+
+
+def test_the_dashboard_and_alerts_watch_metrics_talon_records() -> None:
+    """Every metric the dashboard charts or an alert watches is one Talon records (the names
+    in talon/telemetry/metrics.py and the gauges of Services.report_gauges)."""
+    recorded = set(re.findall(r'"(talon\.[a-z_.]+)"', "\n".join(
+        (ROOT / "shared" / "talon" / p).read_text()
+        for p in ("telemetry/metrics.py", "services.py")
+    )))  # fmt: skip
+    text = (TERRAFORM / "modules" / "observability" / "main.tf").read_text()
+    watched = set(re.findall(r"talon\.[a-z_.]+[a-z]", text))
+    assert watched and watched <= recorded, watched - recorded
+    document = _load(TERRAFORM / "modules" / "observability" / "main.tf")
+    alerts = _resources(document, "google_monitoring_alert_policy")
+    assert set(alerts) == {"turn_failures", "outbox_age", "schedule_lateness"}
+    assert "google_monitoring_dashboard" in {
+        kind for block in document["resource"] for kind in _labels(block)
+    }
 
 
 def test_the_ops_mcp_function_allows_its_own_hosts() -> None:
@@ -220,7 +268,7 @@ def test_model_keys_are_readable_by_the_worker_alone() -> None:
 def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None:
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]
-    assert ids == ["ui", "test", "package", "upload", "deploy"]
+    assert ids == ["ui", "test", "package", "upload", "registry", "image", "deploy"]
     steps = {step["id"]: step for step in build["steps"]}
     text = (ROOT / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
@@ -235,6 +283,13 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     declared = {name for block in variables for name in _labels(block)}
     assert {"project", "region", "source_bucket", "source_version"} <= declared
     assert "environments/${_ENV}.tfvars" in deploy
+    # The pull worker's image: built from Dockerfile.worker, pushed, and handed to Terraform.
+    image = "${_REGION}-docker.pkg.dev/${PROJECT_ID}/talon/worker:${_VERSION}"
+    build_script = steps["image"]["args"][1]
+    assert f"docker build -f Dockerfile.worker -t {image} ." in build_script
+    assert f"docker push {image}" in build_script
+    assert f'-var="worker_image={image}"' in deploy and "worker_image" in declared
+    assert set(steps["deploy"]["waitFor"]) == {"upload", "image"}
 
 
 def test_packaged_functions_install_the_lock_with_hashes(tmp_path: Path) -> None:
@@ -267,3 +322,127 @@ def test_the_lock_is_resolved_for_the_functions_runtime() -> None:
     assert package["name"] == f"python:{version}-slim"
     header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
     assert header[1] == "#    scripts/lock", header  # made by the script, with its options
+
+
+# --- pull mode (worker_mode = "pull") --------------------------------------------------------
+
+
+def _worker_module() -> dict[str, Any]:
+    return _load(TERRAFORM / "modules" / "worker" / "main.tf")
+
+
+def _variable(name: str) -> dict[str, Any]:
+    for block in _load(TERRAFORM / "variables.tf")["variable"]:
+        if name in _labels(block):
+            return dict(_labels(block)[name])
+    raise AssertionError(f"variable {name} is not declared")
+
+
+def _module_call(name: str) -> dict[str, Any]:
+    root = _load(TERRAFORM / "main.tf")
+    return dict(next(_labels(m)[name] for m in root["module"] if name in _labels(m)))
+
+
+def test_worker_mode_selects_push_or_pull_and_dead_letters_count_the_same() -> None:
+    mode = _variable("worker_mode")
+    assert _unquote(mode["default"]) == "push"
+    assert 'contains(["push", "pull"], var.worker_mode)' in mode["validation"][0]["condition"]
+    attempts = _variable("max_delivery_attempts")
+    condition = attempts["validation"][0]["condition"]
+    assert ">= 5" in condition and "<= 100" in condition  # what Pub/Sub accepts
+    messaging = _load(TERRAFORM / "modules" / "messaging" / "main.tf")
+    subscriptions = _resources(messaging, "google_pubsub_subscription")
+    assert subscriptions["push"]["for_each"] == '${var.worker_mode == "push" ? local.topics : {}}'
+    assert subscriptions["pull"]["for_each"] == '${var.worker_mode == "pull" ? local.topics : {}}'
+    for kind in ("push", "pull"):
+        policy = subscriptions[kind]["dead_letter_policy"][0]
+        assert policy["max_delivery_attempts"] == "${var.max_delivery_attempts}", kind
+        assert policy["dead_letter_topic"] == "${google_pubsub_topic.dead_letter[each.key].id}"
+        assert subscriptions[kind]["retry_policy"], kind
+    assert "push_config" not in subscriptions["pull"]
+    # Pub/Sub's service agent may publish to the dead-letter topics and subscribe to whichever
+    # subscriptions forward to them.
+    agent = _resources(messaging, "google_pubsub_subscription_iam_member")
+    assert agent["dead_letter_subscriber"]["subscription"] == "${local.sources[each.key]}"
+    assert agent["dead_letter_subscriber"]["member"] == "${local.pubsub_agent}"
+    publisher = _resources(messaging, "google_pubsub_topic_iam_member")["dead_letter_publisher"]
+    assert publisher["member"] == "${local.pubsub_agent}"
+    # The dispatch dead letters reach the worker code in both modes: pushed to dispatch...
+    dead = subscriptions["dead_letter"]
+    push = _labels(dead["dynamic"][0])["push_config"]
+    assert push["for_each"] == '${each.key == "dispatch" && var.worker_mode == "push" ? [1] : []}'
+    # ... or pulled by the worker, which may read exactly its three subscriptions.
+    worker_grant = agent["worker"]
+    assert _unquote(worker_grant["role"]) == "roles/pubsub.subscriber"
+    assert worker_grant["member"] == "${var.worker_member}"
+    assert "dispatch-dead-letter" in worker_grant["for_each"]
+    call = _module_call("messaging")
+    assert call["worker_mode"] == "${var.worker_mode}"
+    assert call["max_delivery_attempts"] == "${var.max_delivery_attempts}"
+
+
+def test_the_pull_worker_runs_talon_worker_with_cpu_always_allocated_and_no_invokers() -> None:
+    worker = _worker_module()
+    service = _resources(worker, "google_cloud_run_v2_service")["worker"]
+    assert service["count"] == "${var.enabled ? 1 : 0}"
+    assert _unquote(service["ingress"]) == "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    template = service["template"][0]
+    scaling = template["scaling"][0]
+    assert scaling["min_instance_count"] == scaling["max_instance_count"]
+    container = template["containers"][0]
+    assert [_unquote(a) for a in container["args"][:2]] == ["worker", "--concurrency"]
+    assert container["resources"][0]["cpu_idle"] is False  # CPU always allocated
+    assert _unquote(container["startup_probe"][0]["http_get"][0]["path"]) == "/healthz"
+    assert _module_call("worker")["enabled"] == "${local.pull}"
+    # Nobody may invoke it: no run.invoker grant on it anywhere.
+    for path in _tf_files():
+        text = path.read_text()
+        assert "google_cloud_run_v2_service_iam" not in text, path
+    # Its own account, granted only what a turn needs.
+    grants = {
+        (kind, name)
+        for kind in ("google_project_iam_member", "google_secret_manager_secret_iam_member")
+        for name in _resources(worker, kind)
+    }  # fmt: skip
+    assert grants == {("google_project_iam_member", "sql_client"),
+                      ("google_project_iam_member", "telemetry"),
+                      ("google_secret_manager_secret_iam_member", "mcp_headers"),
+                      ("google_secret_manager_secret_iam_member", "model_keys")}  # fmt: skip
+    assert _unquote(_resources(worker, "google_project_iam_member")["sql_client"]["role"]) == (
+        "roles/cloudsql.client"
+    )
+
+
+def test_the_pull_workers_environment_is_settings_the_code_reads() -> None:
+    worker = _locals(_worker_module())
+    assert worker["env"] == "${merge(var.common_env, local.pull_env)}"
+    assert _module_call("worker")["common_env"] == "${module.functions.common_env}"
+    outputs = _labels(_functions_module()["output"][0]) | _labels(_functions_module()["output"][1])
+    assert outputs["common_env"]["value"] == "${local.common_env}"
+    plain = {**_locals(_functions_module())["common_env"], **worker["pull_env"]}
+    for name in [*plain, *worker["secrets"]]:
+        assert name in SETTINGS_ENV | EXTRA_ENV | TRACING_ENV | {"GOOGLE_CLOUD_PROJECT"}, (
+            f"worker: {name} is read by nothing")  # fmt: skip
+    telemetry = _resources(_load(TERRAFORM / "modules" / "worker" / "main.tf"),
+                           "google_project_iam_member")["telemetry"]  # fmt: skip
+    assert "roles/cloudtrace.agent" in telemetry["for_each"]
+    assert "roles/monitoring.metricWriter" in telemetry["for_each"]
+    assert set(plain) | set(worker["secrets"]) >= REQUIRED_CLOUD_ENV
+    assert _unquote(plain["TALON_WORKER_PULL_MODE"]) == "true"
+    assert _unquote(plain["TALON_CONTROL_PLANE_MESSAGE_BROKER_DRIVER"]) == "gcp_pubsub"
+    for setting in ("DISPATCH_SUBSCRIPTION", "LIFECYCLE_SUBSCRIPTION", "DEAD_LETTER_SUBSCRIPTION",
+                    "MAX_DELIVERY_ATTEMPTS"):  # fmt: skip
+        assert f"TALON_CONTROL_PLANE_MESSAGE_BROKER_{setting}" in plain, setting
+    call = _module_call("worker")
+    assert call["subscriptions"] == "${module.messaging.subscriptions}"
+    assert call["dead_letter_subscription"] == (
+        '${module.messaging.dead_letter_subscriptions["dispatch"]}'
+    )
+
+
+def test_the_worker_image_installs_the_lock_with_hashes_and_runs_talon_worker() -> None:
+    dockerfile = (ROOT / "Dockerfile.worker").read_text()
+    assert "FROM python:3.12-slim" in dockerfile  # the functions' runtime (python312)
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
+    assert 'ENTRYPOINT ["talon"]' in dockerfile and 'CMD ["worker"]' in dockerfile
+    assert "USER nobody" in dockerfile

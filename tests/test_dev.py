@@ -33,14 +33,16 @@ TALON = [sys.executable, "-m", "talon.cli.main"]
 
 
 class DevProcess:
-    def __init__(self, data_dir: Path, port: int, *, sigint_ignored: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, *extra: str, sigint_ignored: bool = False
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
 
         def ignore_sigint() -> None:  # as a non-interactive shell's `talon dev &` starts it
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         self.process = subprocess.Popen(
-            [*TALON, "dev", "--port", str(port), "--data-dir", str(data_dir)],
+            [*TALON, "dev", "--port", str(port), "--data-dir", str(data_dir), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=ignore_sigint if sigint_ignored else None,
         )  # fmt: skip
@@ -210,3 +212,27 @@ def test_talon_dev_refuses_a_busy_port(data_dir: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 1
     assert f"127.0.0.1:{port} is in use" in result.stderr
+
+
+def test_talon_dev_on_the_pubsub_emulator_with_the_pull_worker(data_dir: Path) -> None:
+    """`talon dev --broker pubsub`: the seed's configuration (gcp_pubsub, pullMode) on the
+    emulator, which talon dev starts on a free port and stops with everything else."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dev = DevProcess(data_dir, port, "--broker", "pubsub")
+    try:
+        dev.wait_for("Ctrl-C stops everything", timeout=180)
+        output = "".join(dev.output)
+        emulator = output.split("Pub/Sub emulator on ", 1)[1].split()[0]
+        token = (data_dir / "admin-token").read_text().strip()
+        sent = talon(url, token, "send", "customer-support", "enterprise-renewals",
+                     "Review renewals due in 14 days.", "-n", "acme")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert "turn completed" in sent.stdout and "in_1001" in sent.stdout, sent.stdout
+    finally:
+        code = dev.stop(signal.SIGTERM)
+    assert code == 0, "".join(dev.output)
+    assert "Traceback" not in "".join(dev.output), "".join(dev.output)
+    host, _, emulator_port = emulator.rpartition(":")
+    with pytest.raises(OSError):  # the emulator stopped with talon dev
+        socket.create_connection((host, int(emulator_port)), timeout=2).close()

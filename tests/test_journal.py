@@ -14,6 +14,7 @@ from talon.broker.base import Delivery
 from talon.runtime.tools.base import AgentContext, ToolResult
 from talon.runtime.turns import INTERRUPTED, RunnerSettings, TurnRunner
 from talon.store.database import Database
+from talon.store.liveness import OwnerLock
 from test_models import RecordingTools, _agent_with_policy, policy
 
 BASE = "/v1/ns/acme/agents/bot/sessions/s1"
@@ -42,7 +43,16 @@ def expire_leases(db: Database) -> None:
                    "WHERE state = 'running'")  # fmt: skip
 
 
+_locks: dict[str, tuple[Database, OwnerLock]] = {}
+
+
 def runner(db: Database, tools: Any, name: str) -> TurnRunner:
+    """A runner as worker `name`, alive (holding its liveness lock, as a Worker does, until
+    the test's pool closes): its leases hold until they expire."""
+    held = _locks.get(name)
+    if held is None or held[0] is not db:
+        held = _locks[name] = (db, OwnerLock(db.raw_connect, name, closed=lambda: db.closed))
+    assert held[1].wait_held(10)
     return TurnRunner(db, tools, RunnerSettings(name, lease_seconds=30), tenancy_for_tests())
 
 
@@ -139,8 +149,8 @@ def test_a_turn_under_a_live_lease_is_left_to_its_worker(
     owner.join(timeout=20)
 
     # worker-b touched nothing and said when to look again: when worker-a's lease runs out.
-    assert busy_until is not None
-    assert 20 < (busy_until - datetime.now(UTC)).total_seconds() <= 30
+    assert busy_until is not None and busy_until.owner == "worker-a"
+    assert 20 < (busy_until.until - datetime.now(UTC)).total_seconds() <= 30
     assert tools.calls == [("get_renewals", {"days": 7})]
     turn = api.ok("GET", f"{BASE}/turns/{api.ok('GET', f'{BASE}/messages')['items'][0]['turnId']}")
     assert turn["state"] == "completed" and turn["attempts"] == 1

@@ -94,6 +94,23 @@ _NEVER = {
     "scheduling": {"runtime", "api", "ops", "cli"},
     "runtime": {"api", "ops", "cli"},
     "ops": {"api", "runtime", "cli"},
+    # Traces are a leaf every layer may use: it imports no other part of Talon but its errors.
+    "telemetry": {
+        "store",
+        "sessions",
+        "scheduling",
+        "runtime",
+        "broker",
+        "api",
+        "ops",
+        "cli",
+        "services",
+        "resources",
+        "auth",
+        "tenancy",
+        "knowledge",
+        "client",
+    },
 }
 
 

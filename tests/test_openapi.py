@@ -118,10 +118,13 @@ def test_a_real_sessions_answers_match_the_document(
     completed = call("GET", f"{SESSIONS}/life/turns/{turn['turnId']}", 200).json()
     assert completed["state"] == "completed" and completed["steps"]
     call("GET", SESSIONS, 200)
+    call("GET", f"{SESSIONS}/life/usage?groupBy=turn", 200)
     call("POST", f"{SESSIONS}/life/cancel", 200)
     fired = call("POST", "/v1/ns/acme/schedules/renewal-check/run", 202).json()
     _wait_idle(acme, fired["sessionId"])
     call("GET", "/v1/ns/acme/schedules/renewal-check/fires", 200)
+    call("GET", "/v1/ns/acme/schedules/renewal-check/fires?limit=1", 200)
+    call("GET", "/v1/ns/acme/agents/customer-support/tools", 200)
     call("GET", "/v1/ns/acme/schedules/renewal-check", 200)
     call("DELETE", f"{SESSIONS}/life", 200)
     call("GET", "/v1/openapi.json", 200)

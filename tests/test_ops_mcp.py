@@ -85,8 +85,8 @@ def mcp_call(
 def test_the_tools_and_a_session_inspected_with_an_acme_token(acme: Api, ops_server: str) -> None:
     token = acme.token("read", ["acme"])
     assert mcp_call(ops_server, token) == [
-        "inspect_turn", "list_agents", "list_namespaces", "list_schedules", "list_sessions",
-        "pause_schedule", "read_session", "trigger_schedule",
+        "get_usage", "inspect_turn", "list_agents", "list_namespaces", "list_schedules",
+        "list_sessions", "pause_schedule", "read_session", "trigger_schedule",
     ]  # fmt: skip
     assert mcp_call(ops_server, token, "list_namespaces") == (False, {"namespaces": ["acme"]})
     error, agents = mcp_call(ops_server, token, "list_agents", namespace="acme")
@@ -103,6 +103,13 @@ def test_the_tools_and_a_session_inspected_with_an_acme_token(acme: Api, ops_ser
     assert turn["steps"][0]["name"] == "load-knowledge" and "output" in turn["steps"][0]
     error, schedules = mcp_call(ops_server, token, "list_schedules", namespace="acme")
     assert schedules["schedules"][0]["name"] == "renewal-check"
+    # The demo model reports no tokens: one model call, counted, with zero tokens.
+    error, usage = mcp_call(ops_server, token, "get_usage", namespace="acme",
+                            agent="customer-support", group_by="session")  # fmt: skip
+    assert not error and usage["total"]["modelCalls"] == 1
+    assert [g["key"] for g in usage["groups"]] == ["enterprise-renewals"]
+    error, message = mcp_call(ops_server, token, "get_usage", namespace="acme", since="yesterday")
+    assert error and "since must be an RFC 3339 date-time" in message
 
 
 def test_other_namespaces_read_as_missing_and_writes_need_the_role(
@@ -273,6 +280,7 @@ def test_isolation_matrix_every_tool_reads_a_hidden_namespace_as_missing(
         "read_session": {"agent": "bot", "session_id": "s1"},
         "inspect_turn": {"agent": "bot", "session_id": "s1", "turn_id": acme.turn_id},  # type: ignore[attr-defined]
         "trigger_schedule": {"name": "wake"}, "pause_schedule": {"name": "wake"},
+        "get_usage": {"agent": "bot"},
     }  # fmt: skip
     assert {t.name for t in TOOLS} == {"list_namespaces", *arguments}  # a new tool is added here
     for tool, extra in arguments.items():

@@ -215,3 +215,40 @@ def test_sweep_route_publishes_orphans_without_traffic(
                                ack_ids=[m.ack_id for m in reply.received_messages])  # fmt: skip
     finally:
         subscriber.delete_subscription(subscription=pull)
+
+
+def test_a_pushed_dead_letter_fails_the_turn_it_names(
+    api: Api, dispatch_server, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Push mode: the dispatch topic's dead-letter subscription pushes to dispatch too. A
+    message Pub/Sub dead-lettered carries its original data and signature plus the
+    CloudPubSubDeadLetterSource* attributes; dispatch fails the turn it names, once."""
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    base = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", base, 201, json={"id": "s1"})
+    accepted = api.ok("POST", f"{base}/s1/message", 202, json={"content": "stuck"})
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid::text FROM sessions WHERE id = 's1'")
+    monkeypatch.setenv("TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_VERIFICATION", "token")
+    monkeypatch.setenv("TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_TOKEN", PUSH_TOKEN)
+    entrypoints.reset()
+    envelope = _envelope({"sessionUid": uid, "turnId": accepted["turnId"]})
+    envelope["message"]["attributes"].update({
+        "CloudPubSubDeadLetterSourceSubscription": "talon-dev-session-dispatch-push",
+        "CloudPubSubDeadLetterSourceDeliveryCount": "10",
+    })  # fmt: skip
+    for _ in range(2):  # a redelivered dead letter changes nothing more
+        assert httpx.post(f"{dispatch_server.url}/", json=envelope).status_code == 204
+    turn = api.ok("GET", f"{base}/s1/turns/{accepted['turnId']}")
+    assert turn["state"] == "failed" and turn["error"]["code"] == "dead_lettered"
+    events = read_stream(api, f"{base}/s1/stream", last_event_id=0,
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    failed = [e["data"] for e in events if e["type"] == "turn.failed"]
+    assert failed == [
+        {
+            "code": "dead_lettered",
+            "openTurns": 0,
+            "message": "its dispatch event failed 10 deliveries and was dead-lettered",
+        }
+    ]

@@ -4,6 +4,8 @@ a server that is down; and the same through a worker's turn."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +17,11 @@ from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
 from talon.runtime.context import agent_context
+from talon.runtime.journal import Step, _step_event
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.mcp_source import MCPToolSource
 from talon.runtime.tools.registry import default_tools
+from talon.sessions.views import ARGUMENTS_PREVIEW_CHARS, RESULT_PREVIEW_CHARS
 from talon.store.local_postgres import free_port
 
 STRIPE_AUTH = "Bearer sk_test_readonly_123"
@@ -216,6 +220,23 @@ def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(
     events = _turn(acme, "billing", "List the open invoices, please.")
     steps = [(e["type"], e["data"].get("step")) for e in events if e["type"].startswith("step.")]
     assert ("step.completed", "call-stripe-readonly.list_invoices") in steps
+    # The call's arguments as it starts and its result as it ends, before the turn's end.
+    started, done = (
+        next(e for e in events if e["type"] == kind and e["data"]["step"].startswith("call-s"))
+        for kind in ("step.started", "step.completed")
+    )
+    assert started["data"]["tool"] == "stripe-readonly.list_invoices"
+    assert json.loads(started["data"]["arguments"]) == {"customer_id": "cus_acme_001"}
+    assert started["data"]["callId"] == done["data"]["callId"]
+    assert "in_1001" in done["data"]["result"] and done["data"]["isError"] is False
+    assert started["id"] < done["id"] < events[-1]["id"]
+    # The turn's view has the same previews (a page opened mid-turn shows earlier calls).
+    turn = acme.ok("GET", f"{SESSIONS}/billing/turns/{done['turnId']}")
+    step = next(s for s in turn["steps"] if s["kind"] == "tool")
+    assert {k: step[k] for k in ("tool", "callId", "arguments", "result")} == {
+        k: done["data"][k] for k in ("tool", "callId", "arguments", "result")
+    }
+    assert "output" not in step and "arguments" not in turn["steps"][1]  # a model step
     assert events[-1]["type"] == "turn.completed"
     assert stripe.calls["list_invoices"] == 1
     answer = acme.ok("GET", f"{SESSIONS}/billing/messages")["items"][-1]
@@ -288,3 +309,131 @@ def test_the_seed_turn_completes_against_the_strict_model_server(
     assert [s["output"]["call"]["name"] for s in turn["steps"] if s["kind"] == "tool"] == [
         "skill.renewal-outreach", "stripe-readonly.list_invoices"
     ]  # fmt: skip
+
+
+# --- GET .../agents/{agent}/tools: the same resolution, through the public API ----------------
+
+TOOLS = "/v1/ns/acme/agents/customer-support/tools"
+
+
+def test_the_api_lists_the_effective_tools_with_their_sources(
+    acme: Api, stripe: RunningServer
+) -> None:
+    answer = acme.ok("GET", TOOLS)
+    by_name = {t["name"]: t for t in answer["tools"]}
+    # Exactly what a turn would offer: the worker's registry, name for name.
+    worker_names = [t.name for t in default_tools(
+        entrypoints.services().db, ROOT / "skills", entrypoints.services().tenancy
+    ).tools_for(_context()).tools]  # fmt: skip
+    assert list(by_name) == worker_names
+    assert by_name["talon.current_time"]["source"] == {"type": "builtin"}
+    assert by_name["skill.renewal-outreach"]["source"]["skill"] == "renewal-outreach"
+    listed = by_name["stripe-readonly.list_invoices"]
+    assert listed["source"] == {
+        "type": "mcp",
+        "server": "stripe-readonly",
+        "tool": "list_invoices",
+        "allowedBy": ["customer-support-stripe"],
+    }
+    assert listed["readOnlyHint"] is True and listed["inputSchema"]["required"] == ["customer_id"]
+    assert by_name["hubspot-readonly.search_companies"]["source"]["allowedBy"] == [
+        "customer-support-hubspot"
+    ]
+    servers = {s["server"]: s for s in answer["servers"]}
+    assert servers["stripe-readonly"]["state"] == "available"
+    assert servers["stripe-readonly"]["withheld"] == ["refund_invoice"]  # not allowed
+    assert servers["stripe-readonly"]["bindings"] == [{
+        "name": "customer-support-stripe", "allow": ["get_*", "list_*", "search_*"],
+        "deny": [], "readOnly": True}]  # fmt: skip
+    # delete_contact is denied, create_note writes (the binding is read-only).
+    assert sorted(servers["hubspot-readonly"]["withheld"]) == ["create_note", "delete_contact"]
+    assert answer["unavailable"] == []
+    assert stripe.headers_seen[-1]["authorization"] == STRIPE_AUTH  # listed with its secret
+    assert sum(stripe.calls.values()) == 0  # listing calls no tool
+    assert acme.ok("GET", TOOLS.replace("/ns/", "/namespaces/")) == answer
+
+
+def test_the_api_reports_an_unreachable_or_unbound_server_instead_of_failing(
+    acme: Api,
+) -> None:
+    _set_server(acme, "hubspot-readonly", {"url": f"http://127.0.0.1:{free_port()}/mcp"})
+    acme.ok("DELETE", "/v1/ns/acme/mcp-bindings/customer-support-stripe")
+    answer = acme.ok("GET", TOOLS)
+    servers = {s["server"]: s for s in answer["servers"]}
+    assert servers["hubspot-readonly"]["state"] == "unavailable"
+    assert servers["hubspot-readonly"]["error"]
+    assert servers["stripe-readonly"] == {"server": "stripe-readonly", "state": "unbound",
+                                          "error": None, "bindings": [], "tools": [],
+                                          "withheld": []}  # fmt: skip
+    assert [u["source"] for u in answer["unavailable"]] == ["mcp:hubspot-readonly"]
+    assert [t["source"]["type"] for t in answer["tools"]] == ["builtin", "skill"]
+
+
+def test_a_server_that_never_answers_costs_the_api_its_timeout(acme: Api) -> None:
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
+        _set_server(acme, "stripe-readonly", {"timeoutSeconds": 1, "url": url})
+        started = time.monotonic()
+        answer = acme.ok("GET", TOOLS)
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+    states = {s["server"]: s["state"] for s in answer["servers"]}
+    assert states == {"stripe-readonly": "unavailable", "hubspot-readonly": "available"}
+
+
+def test_the_api_tools_of_a_failed_or_missing_agent(acme: Api) -> None:
+    missing = acme.get("/v1/ns/acme/agents/nobody/tools")
+    assert missing.status_code == 404
+    # A template change the agent does not satisfy: it turns Failed.
+    definition = acme.ok("GET", "/v1/ns/acme/agent-templates/customer-support")["definition"]
+    definition["customSpec"]["features"].append({"name": "region", "required": True})
+    acme.ok("PATCH", "/v1/ns/acme/agent-templates/customer-support",
+            json={"definition": definition})  # fmt: skip
+    failed = acme.get(TOOLS)
+    assert failed.status_code == 409 and "does not resolve" in failed.json()["error"]["message"]
+
+
+def test_a_token_for_another_namespace_cannot_list_an_agents_tools(
+    acme: Api, stripe: RunningServer
+) -> None:
+    acme.ok("POST", "/v1/namespaces", 201, json={"metadata": {"name": "globex"}})
+    outsider = acme.as_token(acme.token("admin", ["globex"]))
+    requests = len(stripe.headers_seen)
+    for path in (TOOLS, TOOLS.replace("/ns/", "/namespaces/")):
+        answer = outsider.get(path)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    # Same as a namespace that does not exist, and the servers were never contacted.
+    assert outsider.get("/v1/ns/nowhere/agents/customer-support/tools").json()["error"][
+        "message"
+    ] == answer.json()["error"]["message"].replace("acme", "nowhere")
+    assert len(stripe.headers_seen) == requests
+    reader = acme.as_token(acme.token("read", ["acme"]))
+    assert reader.ok("GET", TOOLS)["agent"] == "customer-support"
+
+
+@pytest.mark.fast
+def test_tool_step_events_carry_bounded_arguments_and_results() -> None:
+    call = {"id": "c1", "name": "x.big", "arguments": json.dumps({"q": "a" * 5000})}
+    started = _step_event(Step(3, "call-x.big", "tool", "started", {"call": call}))
+    assert started["arguments"] == call["arguments"][:ARGUMENTS_PREVIEW_CHARS]
+    assert started["argumentsTruncated"] == len(call["arguments"])
+    assert "result" not in started
+    output = {"call": call, "result": "r" * 3000, "isError": False}
+    done = _step_event(Step(3, "call-x.big", "tool", "completed", output), summary=True)
+    assert len(done["result"]) == RESULT_PREVIEW_CHARS and done["resultTruncated"] == 3000
+    small = _step_event(
+        Step(
+            4,
+            "call-x.s",
+            "tool",
+            "completed",
+            {"call": {**call, "arguments": "{}"}, "result": "ok"},
+        ),
+        summary=True,
+    )
+    assert small["arguments"] == "{}" and small["result"] == "ok"
+    assert "argumentsTruncated" not in small and "resultTruncated" not in small

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from conftest import _Server as GatewayServer
 from talon import entrypoints
 from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
+from talon.store.local_postgres import free_port
 from test_models import policy
 
 DIST = ROOT / "shared" / "ui" / "dist"
@@ -64,6 +66,8 @@ def test_a_deep_link_loads_the_app_and_the_router_draws_the_page(gateway_url: st
         "/ui/ns/acme/agents/customer-support",
         "/ui/ns/acme/agents/customer-support/sessions/enterprise-renewals",
         "/ui/ns/acme/schedules/renewal-check",
+        "/ui/ns/acme/graph",
+        "/ui/tokens",
         "/ui/connect",
     ):
         reply = httpx.get(f"{gateway_url}{path}")
@@ -121,7 +125,8 @@ def page(browser: Browser, gateway_url: str) -> Iterator[Page]:
     # A fresh context per test: its own localStorage, so no saved gateway leaks between tests.
     # Closed before the gateway's database goes (it depends on gateway_url), so no request of
     # the page's reaches a dropped database.
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # The viewer's zone differs from the example schedule's, so both are shown apart.
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, timezone_id="Asia/Tokyo")
     context.set_default_timeout(15_000)
     opened = context.new_page()
     errors: list[str] = []
@@ -244,14 +249,167 @@ def test_connect_from_a_deep_link_and_browse_the_example(
     screenshot(page, "bindings")
 
 
+def test_every_kind_has_a_deep_link_with_its_status_yaml_and_related_objects(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    pages = {
+        "agent-templates/customer-support": ("Template customer-support", "Related",
+                                             ["customer-support", "stripe-readonly"]),
+        "knowledge/renewal-playbook": ("Knowledge renewal-playbook", "Document", []),
+        "mcp-servers/stripe-readonly": ("MCP server stripe-readonly", "Related",
+                                        ["customer-support-stripe", "customer-support"]),
+        "mcp-bindings/customer-support-hubspot": ("MCP binding customer-support-hubspot",
+                                                  "Related",
+                                                  ["hubspot-readonly", "customer-support"]),
+        "schedules/renewal-check": ("Schedule renewal-check", "Schedule",
+                                    ["customer-support", "enterprise-renewals"]),
+    }  # fmt: skip
+    for path, (heading, region, links) in pages.items():
+        page.goto(f"{gateway_url}/ui/ns/acme/{path}")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        expect(page.get_by_role("region", name="Summary")).to_contain_text("Version")
+        kind = example.ok("GET", f"/v1/ns/acme/{path}")["kind"]
+        expect(page.get_by_role("region", name="YAML")).to_contain_text(f"kind: {kind}")
+        related = page.get_by_role("region", name=region)
+        for name in links:
+            expect(related.get_by_role("link", name=name, exact=True).first).to_be_visible()
+    # A named session is created from the agent page, which opens it.
+    page.goto(f"{gateway_url}{AGENT}")
+    page.get_by_label("Session id").fill("q4-review")
+    page.get_by_role("button", name="Create session").click()
+    expect(page.get_by_role("heading", name="Session q4-review")).to_be_visible()
+    assert page.url == f"{gateway_url}{AGENT}/sessions/q4-review"
+    assert example.ok("GET", f"{SESSIONS}/q4-review")["id"] == "q4-review"
+
+
+def test_the_agent_page_names_each_effective_tool_with_its_source_and_binding(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    page.goto(f"{gateway_url}{AGENT}")
+    effective = page.get_by_role("table", name="Effective tools")
+    listed = effective.get_by_role("row", name=re.compile(r"stripe-readonly\.list_invoices"))
+    expect(listed).to_contain_text("MCP server stripe-readonly")
+    expect(listed.get_by_role("link", name="customer-support-stripe")).to_be_visible()
+    search = effective.get_by_role("row", name=re.compile(r"hubspot-readonly\.search_companies"))
+    expect(search.get_by_role("link", name="customer-support-hubspot")).to_be_visible()
+    builtin = effective.get_by_role("row", name=re.compile(r"talon\.current_time"))
+    expect(builtin).to_contain_text("every agent")
+    skill = effective.get_by_role("row", name=re.compile(r"skill\.renewal-outreach"))
+    expect(skill).to_contain_text("skill renewal-outreach")
+    expect(effective).not_to_contain_text("refund_invoice")  # no binding permits it
+    servers = page.get_by_role("table", name="MCP servers of this agent")
+    stripe = servers.get_by_role("row", name=re.compile("stripe-readonly"))
+    expect(stripe).to_contain_text("3 tools offered")
+    expect(stripe).to_contain_text("refund_invoice")  # withheld, and shown as such
+    expect(stripe).to_contain_text("allow get_*, list_*, search_*, read-only")
+    screenshot(page, "agent-tools")
+    # A server that goes away is reported with the reason; the other tools stay listed.
+    down = {"url": f"http://127.0.0.1:{free_port()}/mcp"}
+    example.ok("PATCH", "/v1/ns/acme/mcp-servers/hubspot-readonly", json={"spec": down})
+    page.get_by_role("button", name="Refresh tools").click()
+    hubspot = servers.get_by_role("row", name=re.compile("hubspot-readonly"))
+    expect(hubspot).to_contain_text("unreachable")
+    expect(effective.get_by_role("row", name=re.compile(r"hubspot-readonly\."))).to_have_count(0)
+    expect(listed).to_be_visible()
+
+
+def test_a_schedule_lists_more_than_its_last_five_fires_in_both_zones(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    run = "/v1/ns/acme/schedules/renewal-check/run"
+    fired: list[dict[str, Any]] = []
+    while len(fired) < 7:  # fire slots are whole seconds: a second run within one is a no-op
+        result = example.ok("POST", run, 202)
+        if result["claimed"]:
+            fired.append(result)
+        else:
+            time.sleep(0.2)
+    connect(page, gateway_url, ADMIN_TOKEN)
+    page.goto(f"{gateway_url}/ui/ns/acme/schedules/renewal-check")
+    schedule = page.get_by_role("region", name="Schedule")
+    # The next fire in the schedule's zone and in the viewer's (the browser is in Tokyo).
+    zoned = schedule.locator("dt", has_text="Next fire (America/Los_Angeles)").locator("+ dd")
+    yours = schedule.locator("dt", has_text="Next fire (yours, Asia/Tokyo)").locator("+ dd")
+    expect(zoned.locator("time")).to_be_visible()
+    expect(yours.locator("time")).to_have_attribute(
+        "datetime", zoned.locator("time").get_attribute("datetime") or ""
+    )
+    assert zoned.inner_text() != yours.inner_text()
+    fires = page.get_by_role("region", name="Last fires")
+    expect(fires.get_by_role("row", name=re.compile("run"))).to_have_count(7)
+    expect(fires).to_contain_text("7 most recent fires, newest first.")
+    links = fires.get_by_role("link", name=re.compile(r"enterprise-renewals \/ "))
+    expect(links).to_have_count(7)
+    oldest = fired[0]["turnId"]
+    expect(links.last).to_have_attribute("href", re.compile(f"#turn-{oldest}$"))
+    screenshot(page, "schedule-fires")
+    links.last.click()
+    expect(page.get_by_role("heading", name="Session enterprise-renewals")).to_be_visible()
+    assert page.url.endswith(f"#turn-{oldest}")
+
+
+def test_an_admin_creates_a_token_sees_its_secret_once_and_revokes_it(
+    page: Page, gateway_url: str, example: Api
+) -> None:
+    connect(page, gateway_url, ADMIN_TOKEN)
+    page.get_by_role("link", name="Tokens").click()
+    expect(page.get_by_role("heading", name="Tokens", exact=True)).to_be_visible()
+    assert page.url == f"{gateway_url}/ui/tokens"
+    form = page.get_by_role("form", name="Create a token")
+    form.get_by_label("Token name").fill("ci-reader")
+    form.get_by_label("Role").select_option("read")
+    form.get_by_label("Expires after").select_option(label="1 day")
+    form.get_by_label("acme", exact=True).check()
+    form.get_by_role("button", name="Create token").click()
+    created = page.get_by_role("status", name="New token")
+    secret = created.get_by_label("Token secret").inner_text()
+    assert secret.startswith("tln_")
+    reader = example.as_token(secret)
+    who = reader.ok("GET", "/v1/whoami")
+    assert (who["name"], who["role"], who["namespaces"]) == ("ci-reader", "read", ["acme"])
+    expires = example.ok("GET", f"/v1/tokens/{who['tokenId']}")["expiresAt"]
+    lifetime = datetime.fromisoformat(expires.replace("Z", "+00:00")) - datetime.now(UTC)
+    assert timedelta(hours=23, minutes=55) < lifetime <= timedelta(days=1)
+    row = page.get_by_role("table", name="Tokens").get_by_role("row", name=re.compile("ci-reader"))
+    for text in ("read", "acme", "active", who["tokenId"]):
+        expect(row).to_contain_text(text)
+    expect(row).not_to_contain_text(secret)
+    screenshot(page, "tokens")
+    # Shown once: gone when dismissed, and nowhere after a reload.
+    created.get_by_role("button", name="Done").click()
+    expect(page.get_by_text(secret)).to_have_count(0)
+    page.reload()
+    expect(row).to_contain_text("active")
+    assert secret not in page.content()
+    # Revoking asks first, then the token is refused.
+    row.get_by_role("button", name="Revoke ci-reader").click()
+    expect(row.get_by_role("button", name="Keep")).to_be_focused()  # Enter would not revoke
+    row.get_by_role("button", name="Confirm revoke").click()
+    expect(row).to_contain_text("revoked")
+    assert reader.get("/v1/whoami").status_code == 401
+    reader.http.close()
+
+
 def test_usable_at_phone_width_and_by_keyboard(page: Page, gateway_url: str, example: Api) -> None:
     connect(page, gateway_url, ADMIN_TOKEN)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{gateway_url}{AGENT}")
     expect(page.get_by_role("heading", name="Agent customer-support")).to_be_visible()
+    expect(page.get_by_role("table", name="Effective tools")).to_be_visible()  # the widest part
     # Nothing wider than the phone: no sideways scrolling of the page.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "agent-phone")
+    # The other main pages fit too (wide tables scroll inside their own box).
+    example.ok("POST", SESSIONS, 201, json={"id": "phone"})
+    for path in (f"{AGENT}/sessions/phone", "/ui/tokens", "/ui/ns/acme/schedules/renewal-check",
+                 "/ui/ns/acme/graph", "/ui/ns/acme/apply"):  # fmt: skip
+        page.goto(f"{gateway_url}{path}")
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    page.goto(f"{gateway_url}{AGENT}")
+    expect(page.get_by_role("heading", name="Agent customer-support")).to_be_visible()
     # The first Tab reaches the skip link, which moves focus to the content.
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
@@ -288,7 +446,15 @@ def test_chat_a_turn_and_watch_its_steps_arrive_before_it_ends(
     expect(page.get_by_label("Message", exact=True)).to_have_value("")
     tool_step = page.locator('[data-step="call-stripe-readonly.list_invoices"]')
     expect(tool_step).to_have_attribute("data-state", "completed")
-    # The tool step is done while the turn still runs: steps arrive live, not at the end.
+    # The tool step is done while the turn still runs: steps arrive live, not at the end,
+    # with the call's arguments and result from the stream's step events.
+    expect(tool_step.get_by_test_id("tool-arguments")).to_contain_text(
+        '"customer_id": "cus_acme_001"'
+    )
+    expect(tool_step.get_by_test_id("tool-result")).to_contain_text("in_1001")
+    # ...not from the history: the turn's messages are not written yet.
+    written = example.ok("GET", f"{SESSIONS}/enterprise-renewals/messages")["items"]
+    assert [m["role"] for m in written] == ["user"]
     turn_state = page.get_by_test_id("turn-state")
     assert turn_state.inner_text() == "running"
     # The answer streams in pieces (message.delta) before the turn completes.
@@ -309,10 +475,13 @@ def test_chat_a_turn_and_watch_its_steps_arrive_before_it_ends(
     expect(page.locator('[data-step="call-model"]').first).to_contain_text(
         "primary/openai:model-primary"
     )
+    # The knowledge step names the documents it used.
+    expect(page.locator('[data-step="load-knowledge"]')).to_contain_text(
+        "documents renewal-playbook"
+    )
     # Each step shows how long it took.
     expect(tool_step).to_contain_text(re.compile(r"done\s*\d+(\.\d+)? m?s"))
-    # The tool step shows the call's arguments and result once the turn is written.
-    tool_step.get_by_text("arguments and result").click()
+    # Once the turn is written, the whole call and result come from the history.
     expect(tool_step).to_contain_text('"customer_id": "cus_acme_001"')
     expect(tool_step).to_contain_text("in_1001")
     screenshot(page, "session")
@@ -449,6 +618,7 @@ def test_a_read_only_token_sees_no_write_controls(
         "enterprise-renewals"
     )
     expect(page.get_by_role("button", name="Create session")).to_have_count(0)
+    expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
     expect(
         page.get_by_role("navigation", name="Resources").get_by_role("link", name="Apply")
     ).to_have_count(0)
@@ -460,6 +630,10 @@ def test_a_read_only_token_sees_no_write_controls(
     expect(page.get_by_role("button", name="Run now")).to_have_count(0)
     expect(page.get_by_role("button", name="Disable")).to_have_count(0)
     screenshot(page, "read-only-schedule")
+    page.goto(f"{gateway_url}/ui/tokens")
+    expect(page.get_by_text("Token management needs an admin token")).to_be_visible()
+    expect(page.get_by_role("button", name="Create token")).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("^Revoke"))).to_have_count(0)
 
 
 def test_a_second_gateway_can_be_added_switched_and_removed(

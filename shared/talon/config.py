@@ -109,6 +109,24 @@ class MessageBrokerSettings(_Section):
     push_service_account_email: str = ""
     # Every function that publishes signs with it when set, so set it on all of them.
     push_token: str = ""
+    # Pull mode (`talon worker` with worker.pullMode): the subscriptions it consumes by
+    # streaming pull. The dead-letter one (empty: not consumed) receives what the others
+    # gave up on; the worker then fails the turn a dead dispatch event named.
+    dispatch_subscription: str = "talon-session-dispatch-pull"
+    lifecycle_subscription: str = "talon-lifecycle-pull"
+    dead_letter_subscription: str = "talon-dead-letters-pull"
+    # Where the dispatch and lifecycle subscriptions send what they give up on (Terraform's
+    # dead-letter policy; `talon dev --broker pubsub` creates it on the emulator).
+    dead_letter_topic: str = "talon-dead-letters"
+    # The ack deadline the pull worker keeps extending while a turn runs (Pub/Sub's minimum
+    # is 10 s): a killed worker's messages come back after at most this long.
+    pull_ack_deadline_seconds: int = Field(default=10, ge=10, le=600)
+    # How long one message is kept leased at most (a turn's timeout plus some margin).
+    pull_max_lease_seconds: int = Field(default=900, ge=10)
+    # Deliveries of one event before it is dead-lettered and the turn it names fails. The
+    # postgres broker counts its rows' claims; Pub/Sub's dead-letter policy (5 to 100, set
+    # by Terraform from the same number) counts deliveries.
+    max_delivery_attempts: int = Field(default=10, ge=1, le=100)
 
 
 class SchedulerSettings(_Section):
@@ -144,6 +162,9 @@ class WorkerSettings(_Section):
     mcp_routes: list[str] = ["/mcp/talon-ops"]
     # Where `<name>/SKILL.md` skills are loaded from (relative: to the working directory).
     skills_dir: str = "skills"
+    # While deliveries are pending, an idle pull worker looks this often for those
+    # whose worker died (store/liveness.py): about the longest a crashed turn waits.
+    takeover_poll_seconds: float = Field(default=1.0, gt=0)
 
 
 class SecretGrant(_Section):

@@ -12,6 +12,7 @@ from typing import Any
 
 from talon.logs import configure_logging
 from talon.services import Services
+from talon.telemetry.setup import configure_telemetry, metrics_exported
 
 # Reentrant: building the gateway builds the services first, under the same lock.
 _lock = threading.RLock()
@@ -25,13 +26,20 @@ def _once(name: str, build: Any) -> Any:
             instance = _instances.get(name)
             if instance is None:
                 configure_logging()
+                configure_telemetry()
                 instance = build()
                 _instances[name] = instance
     return instance
 
 
 def services() -> Services:
-    return _once("services", Services.start)
+    def build() -> Services:
+        started = Services.start()
+        if metrics_exported():
+            started.report_gauges()
+        return started
+
+    return _once("services", build)
 
 
 def gateway() -> Any:

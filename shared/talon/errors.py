@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from pydantic import ValidationError
 
@@ -17,6 +17,11 @@ class TalonError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or []
+
+    @classmethod
+    def at(cls, path: str, message: str) -> Self:
+        """The error of one field, parameter or header: `path` and what is wrong with it."""
+        return cls(f"{path} {message}", [{"path": path, "message": message}])
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}

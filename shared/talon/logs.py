@@ -7,6 +7,11 @@ import logging
 import os
 import sys
 
+from talon.telemetry.tracing import current_ids
+
+TRACE_FIELD = "logging.googleapis.com/trace"
+SPAN_FIELD = "logging.googleapis.com/spanId"
+SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
 
@@ -18,6 +23,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             **{k: v for k, v in vars(record).items() if k not in _STANDARD},
         }
+        ids = current_ids()
+        if ids is not None:  # the fields Cloud Logging joins a line to its trace by
+            trace_id, span_id, sampled = ids
+            project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+            entry[TRACE_FIELD] = f"projects/{project}/traces/{trace_id}" if project else trace_id
+            entry[SPAN_FIELD] = span_id
+            entry[SAMPLED_FIELD] = sampled
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from talon.auth.tokens import TOKENS_CHANNEL, TokenService
+from talon.broker import outbox
 from talon.broker.lifecycle import LifecycleHook
 from talon.broker.outbox import OUTBOX_COMMITTED
 from talon.broker.relay import OutboxRelay
@@ -20,9 +21,11 @@ from talon.scheduling.state_hook import ScheduleStateHook
 from talon.scheduling.tasks import SCHEDULE_CHANGED, TaskScheduler
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
+from talon.sessions.usage import NamespaceUsageHook
 from talon.store.database import Database, connector_from_url
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
+from talon.telemetry import metrics
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 if TYPE_CHECKING:
@@ -82,6 +85,21 @@ class Services:
 
         return Worker(self.db, tenancy=self.tenancy, resources=self.resources, **options)
 
+    def report_gauges(self) -> None:
+        """Gauges read when metrics are collected: the outbox's backlog (the same figure from
+        every process: aggregate it with max) and this process's database pool."""
+
+        def backlog() -> list[tuple[str, int, float]]:
+            with self.db.transaction() as tx:
+                return outbox.backlog(tx)
+
+        metrics.observe("talon.outbox.depth", "{message}", "Outbox rows not yet delivered.",
+                        lambda: [(depth, {"topic": t}) for t, depth, _ in backlog()])  # fmt: skip
+        metrics.observe("talon.outbox.oldest_age", "s", "Age of the oldest undelivered row.",
+                        lambda: [(age, {"topic": t}) for t, _, age in backlog()])  # fmt: skip
+        metrics.observe("talon.db.pool.in_use", "{connection}", "Pool connections in use.",
+                        lambda: [(self.db.in_use, {"size": self.db.size})])  # fmt: skip
+
     def listener(self) -> Listener:
         """The process's LISTEN connection (session events, token invalidations), started
         on first use."""
@@ -106,7 +124,7 @@ def resource_service(db: Database, tenancy: TenancyPolicy) -> ResourceService:
     return ResourceService(
         db,
         checks=[tenancy.check_resource],
-        hooks=[ScheduleStateHook(), KnowledgeIndexHook(), LifecycleHook()],
+        hooks=[ScheduleStateHook(), KnowledgeIndexHook(), LifecycleHook(), NamespaceUsageHook()],
     )
 
 

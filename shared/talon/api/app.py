@@ -17,8 +17,9 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from talon.api.agent_tools import AgentTools
 from talon.api.cors import Cors
-from talon.api.http import error_response, json_response
+from talon.api.http import error_response, http_request_entry, json_response
 from talon.api.openapi import build_openapi
 from talon.api.resources import resource_routes
 from talon.api.routing import Answer, Context, Route
@@ -27,11 +28,13 @@ from talon.api.sessions import session_routes
 from talon.api.tokens import token_routes
 from talon.api.transport import check_request
 from talon.api.ui import StaticUI
+from talon.api.usage import usage_routes
 from talon.auth.principal import Principal
 from talon.auth.shared_secret import header_bytes
 from talon.errors import PermissionDenied, TalonError, Unauthenticated
 from talon.services import Services
 from talon.store.resources import namespace_not_found
+from talon.telemetry import tracing
 
 log = logging.getLogger("talon.gateway")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -75,6 +78,8 @@ class Gateway:
             *resource_routes(),
             *session_routes(),
             *schedule_routes(),
+            *usage_routes(),
+            *AgentTools(services).routes(),
         ]
         self._by_endpoint = {r.endpoint: r for r in self.routes}
         self.url_map = Map(
@@ -99,12 +104,51 @@ class Gateway:
         if preflight is not None:
             preflight.headers["X-Request-Id"] = request_id
             return preflight
+        # The request's span continues the caller's trace (Cloud Run's front end sends one).
+        with tracing.span(request.method, parent=request.headers.get("traceparent"),
+                          kind=tracing.SpanKind.SERVER) as span:  # fmt: skip
+            response, principal, proxied = self._handle(request, request_id, span)
+            tracing.set_attributes(span, {
+                "http.request.method": request.method, "url.path": request.path,
+                "http.response.status_code": response.status_code,
+                "talon.request_id": request_id,
+                "talon.token_id": principal.token_id if principal else None,
+            })  # fmt: skip
+            if response.status_code >= 500:
+                tracing.fail(span, f"HTTP {response.status_code}")
+            if proxied:  # talon-ops answers for itself
+                return response
+            response.headers["X-Request-Id"] = request_id
+            self.cors.decorate(request, response)
+            duration = time.perf_counter() - started
+            log.info(
+                "%s %s -> %d",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={
+                    "request_id": request_id,
+                    "duration_ms": round(duration * 1000, 2),
+                    "token_id": principal.token_id if principal else None,
+                    "httpRequest": http_request_entry(request, response, duration),
+                },
+            )
+        return response
+
+    def _handle(
+        self, request: flask.Request, request_id: str, span: tracing.Span
+    ) -> tuple[flask.Response, Principal | None, bool]:
+        """The route's answer, who asked, and whether talon-ops answered (as it is)."""
+        principal: Principal | None = None
         try:
             check_request(request)
             if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
-                return self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
+                proxied = self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
+                return proxied, None, True
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
             route = self._by_endpoint[endpoint]
+            span.update_name(f"{request.method} {route.rule}")
+            span.set_attribute("http.route", route.rule)
             if route.role is not None:
                 principal = self._authenticate(request)
                 if principal.tools is not None:
@@ -147,20 +191,7 @@ class Gateway:
         except Exception:
             log.exception("unhandled error (request %s)", request_id)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
-        response.headers["X-Request-Id"] = request_id
-        self.cors.decorate(request, response)
-        log.info(
-            "%s %s -> %d",
-            request.method,
-            request.path,
-            response.status_code,
-            extra={
-                "request_id": request_id,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "token_id": principal.token_id if principal else None,
-            },
-        )
-        return response
+        return response, principal, False
 
     def _authenticate(self, request: flask.Request) -> Principal:
         header = request.headers.get("Authorization", "")

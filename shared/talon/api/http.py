@@ -36,3 +36,24 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> flask.Response:
     return json_response(status, error_body(code, message, details), headers)
+
+
+def http_request_entry(
+    request: flask.Request, response: flask.Response, seconds: float
+) -> dict[str, Any]:
+    """The access log's `httpRequest`, in Cloud Logging's HttpRequest shape (it renders the
+    line as a request and groups it with its trace)."""
+    entry: dict[str, Any] = {
+        "requestMethod": request.method,
+        "requestUrl": request.url,
+        "status": response.status_code,
+        "latency": f"{seconds:.6f}s",
+        "remoteIp": request.remote_addr,
+        "userAgent": request.headers.get("User-Agent"),
+        "protocol": request.environ.get("SERVER_PROTOCOL"),
+    }
+    if response.content_length is not None:
+        entry["responseSize"] = str(response.content_length)
+    if request.content_length:
+        entry["requestSize"] = str(request.content_length)
+    return {k: v for k, v in entry.items() if v is not None}

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from talon.errors import BadRequest
 from talon.resources.kinds import SESSION_ID_RE
 from talon.resources.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from talon.sessions.usage import RFC3339
 
 INT64_MAX = 2**63 - 1  # PostgreSQL bigint: event ids, sequence numbers
 # ASCII digits only (int() also takes "1_0", " 1" and other scripts' digits), and few enough
@@ -146,6 +147,15 @@ LIMIT = Param(
     minimum=1,
     maximum=MAX_PAGE_SIZE,
 )
+FIRES_LIMIT = Param(
+    "limit",
+    "query",
+    "integer",
+    "How many fires, newest first (default 10).",
+    default=10,
+    minimum=1,
+    maximum=100,
+)
 PAGE_TOKEN = Param(
     "pageToken",
     "query",
@@ -227,4 +237,29 @@ IDEMPOTENCY_KEY = Param(
     "(200) without queueing another; the same key with another body is refused (422).",
     pattern="[\\u0020-\\u007e]{1,200}",
     expects="1 to 200 printable ASCII characters",
+)
+_RFC3339_EXPECTS = "an RFC 3339 date-time with an offset, e.g. 2026-11-01T00:00:00Z"
+SINCE = Param(
+    "since",
+    "query",
+    "string",
+    "Start of the time range, inclusive (RFC 3339; default: 30 days before `until`).",
+    pattern=RFC3339,
+    expects=_RFC3339_EXPECTS,
+)
+UNTIL = Param(
+    "until",
+    "query",
+    "string",
+    "End of the time range, exclusive (RFC 3339; default: now).",
+    pattern=RFC3339,
+    expects=_RFC3339_EXPECTS,
+)
+USAGE_GROUP_BY = Param(
+    "groupBy",
+    "query",
+    "string",
+    "Also sum per agent, session, turn, profile, provider, model or UTC day (YYYY-MM-DD).",
+    pattern="agent|session|turn|profile|provider|model|day",
+    expects="one of agent, session, turn, profile, provider, model, day",
 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from talon.api.google_oidc import GoogleOidcVerifier
 from talon.api.http import error_response, json_response
 from talon.auth.shared_secret import header_bytes, same_secret, text_bytes
 from talon.broker.base import Delivery, Outcome
-from talon.broker.outbox import DISPATCH_TOPIC
+from talon.broker.messages import event_topic, to_delivery
 from talon.broker.signing import SIGNATURE_ATTRIBUTE, signed_by
 from talon.config import MessageBrokerSettings, require_settings
 from talon.errors import BadRequest, TalonError, Unauthenticated
@@ -52,21 +51,15 @@ class PushMessage:
 
     @property
     def topic(self) -> str:
-        return self.attributes.get("eventTopic", DISPATCH_TOPIC)
+        return event_topic(self.attributes)
 
     def delivery(self) -> Delivery:
         try:
-            payload = json.loads(self.data or b"{}")
+            return to_delivery(self.id, self.data, self.attributes, self.attempt)
         except ValueError as exc:
             raise BadRequest(
                 "message.data is not base64 JSON", [{"path": "message.data", "message": str(exc)}]
             ) from exc
-        return Delivery(
-            id=self.id,
-            topic=self.topic,
-            payload=payload if isinstance(payload, dict) else {},
-            attempt=self.attempt,
-        )
 
 
 def _invalid(path: str, message: str) -> BadRequest:

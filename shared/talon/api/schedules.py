@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from talon.api.params import FIRES_LIMIT
 from talon.api.routing import Answer, Context, Route
 from talon.resources.registry import BY_NAME
 from talon.scheduling.timing import next_fire_at
@@ -23,7 +24,7 @@ def schedule_fires(ctx: Context, ns: str, name: str) -> dict[str, Any]:
     record = ctx.services.resources.get(BY_NAME["Schedule"], ns, name)  # 404s like other routes
     return {
         "nextFireAt": next_fire_at(record.body, datetime.now(UTC)),
-        "items": ctx.services.schedules.recent(ns, name),
+        "items": ctx.services.schedules.recent(ns, name, limit=ctx.param("limit")),
     }
 
 
@@ -49,6 +50,6 @@ def schedule_routes() -> list[Route]:
                   role="write", tags=("schedules",), answers=(Answer(202, "FireResult"),)),
             Route("GET", f"{item}/fires", schedule_fires,
                   "The schedule's most recent fires and their outcome.", tags=("schedules",),
-                  answers=(Answer(200, "Fires"),)),
+                  query=(FIRES_LIMIT,), answers=(Answer(200, "Fires"),)),
         ]  # fmt: skip
     return routes

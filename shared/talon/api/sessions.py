@@ -30,6 +30,7 @@ from talon.errors import Invalid, TalonError, details_from_validation_error
 from talon.sessions.events import EVENTS_CHANNEL, stream_key
 from talon.sessions.follow import EXPIRED, KEEP_ALIVE, FollowOptions, StreamEnd, follow
 from talon.sessions.models import CreateSession, PostMessage
+from talon.telemetry import metrics
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 
@@ -117,14 +118,18 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         raise
 
     def lines() -> Iterator[str]:
-        yield "retry: 2000\n\n"
-        for event in follow(sessions, inbox, start, options):
-            if event is KEEP_ALIVE:
-                yield ": keep-alive\n\n"
-            elif isinstance(event, StreamEnd):
-                yield _format_end(event)
-            else:
-                yield _format(event)
+        metrics.open_streams.add(1, {"namespace": ns})
+        try:
+            yield "retry: 2000\n\n"
+            for event in follow(sessions, inbox, start, options):
+                if event is KEEP_ALIVE:
+                    yield ": keep-alive\n\n"
+                elif isinstance(event, StreamEnd):
+                    yield _format_end(event)
+                else:
+                    yield _format(event)
+        finally:
+            metrics.open_streams.add(-1, {"namespace": ns})
 
     response = flask.Response(
         lines(),

@@ -109,6 +109,45 @@ class StepView(StrictModel):
     state: Literal["started", "completed", "failed"]
     startedAt: Timestamp
     completedAt: Timestamp | None
+    # A tool step's call, as its step events carry it (first 2,000 characters of each).
+    tool: str | None = Field(default=None, description="kind tool: the tool's name.")
+    callId: str | None = Field(default=None, description="kind tool: the model's call id.")
+    arguments: str | None = Field(default=None, description="kind tool: the call's arguments.")
+    argumentsTruncated: int | None = Field(
+        default=None, description="The full length of the arguments, when cut."
+    )
+    result: str | None = Field(default=None, description="kind tool, once done: its result.")
+    resultTruncated: int | None = Field(
+        default=None, description="The full length of the result, when cut."
+    )
+
+
+UsageGroupBy = Literal["agent", "session", "turn", "profile", "provider", "model", "day"]
+
+
+class UsageSums(StrictModel):
+    modelCalls: int = Field(
+        description="Model steps journaled (retries and failovers within a step count once)."
+    )
+    promptTokens: int
+    completionTokens: int
+    totalTokens: int
+
+
+class UsageGroup(UsageSums):
+    key: str | int = Field(
+        description="The agent, session id, turn seq, profile, provider, "
+        "model or UTC day (YYYY-MM-DD) summed."
+    )
+
+
+class Usage(StrictModel):
+    since: Timestamp | None
+    until: Timestamp | None
+    total: UsageSums
+    groupBy: UsageGroupBy | None = None
+    groups: list[UsageGroup] | None = None
+    nextPageToken: str | None = None
 
 
 class TurnView(StrictModel):
@@ -123,6 +162,7 @@ class TurnView(StrictModel):
     startedAt: Timestamp | None
     finishedAt: Timestamp | None
     steps: list[StepView]
+    usage: UsageSums
 
 
 EventType = Literal[
@@ -145,7 +185,14 @@ class SessionEvent(StrictModel):
     id: int = Field(description="Per-session, increasing: resume after it with Last-Event-ID.")
     type: EventType
     turnId: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="By type. step.*: `step`, `index`, `kind`; a model step's completion "
+        "`provider` and `toolCalls`; a tool step's `tool`, `callId` and `arguments`, and on "
+        "completion `result`, `isError` (and `error`), each text cut at 2,000 characters "
+        "(`argumentsTruncated` / `resultTruncated`: the full length); a knowledge step's "
+        "completion `documents`. message.delta: `text` (`reset`: start over). "
+        "tools.unavailable: `sources` [{source, error}]."
+    )
     createdAt: Timestamp
 
 
@@ -173,6 +220,59 @@ class Fires(StrictModel):
     items: list[FireView]
 
 
+class ToolSourceView(StrictModel):
+    type: Literal["builtin", "skill", "mcp"]
+    skill: str | None = Field(default=None, description="type skill: the skill's name.")
+    server: str | None = Field(default=None, description="type mcp: the MCPServer.")
+    tool: str | None = Field(default=None, description="type mcp: the tool's name there.")
+    allowedBy: list[str] = Field(
+        default_factory=list, description="type mcp: the MCPBindings that permit the tool."
+    )
+
+
+class EffectiveTool(StrictModel):
+    name: str = Field(description="The name the agent's model sees and calls.")
+    description: str
+    inputSchema: dict[str, Any]
+    readOnlyHint: bool | None = Field(
+        default=None, description="type mcp: the tool's readOnlyHint annotation."
+    )
+    source: ToolSourceView
+
+
+class ServerBindingView(StrictModel):
+    name: str
+    allow: list[str] | None = Field(description="Globs; null: every tool not denied.")
+    deny: list[str]
+    readOnly: bool
+
+
+class ServerToolsView(StrictModel):
+    server: str
+    state: Literal["available", "unavailable", "unbound"] = Field(
+        description="unbound: referenced, but no binding covers the agent (not contacted); "
+        "unavailable: could not list its tools now (see error)."
+    )
+    error: str | None
+    bindings: list[ServerBindingView]
+    tools: list[str] = Field(description="The tools offered to the agent.")
+    withheld: list[str] = Field(description="Tools the server lists that no binding permits.")
+
+
+class UnavailableSource(StrictModel):
+    source: str = Field(description="`mcp:<server>` or `skill:<name>`.")
+    error: str
+
+
+class AgentTools(StrictModel):
+    agent: str
+    tools: list[EffectiveTool] = Field(description="What a turn would offer the model now.")
+    servers: list[ServerToolsView]
+    unavailable: list[UnavailableSource] = Field(
+        description="Sources a turn would go without now, as its tools.unavailable event says."
+    )
+
+
 RESPONSE_MODELS: tuple[type[StrictModel], ...] = (
     Health,
     Whoami,
@@ -189,4 +289,6 @@ RESPONSE_MODELS: tuple[type[StrictModel], ...] = (
     SessionEvent,
     FireResult,
     Fires,
+    Usage,
+    AgentTools,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,9 @@ class Delivery:
     topic: str
     payload: dict[str, Any]
     attempt: int  # 1 on first delivery
+    # The broker gave up on this event after its deliveries ran out (a dead letter): the
+    # handler settles what the event was for (fails the turn it names) instead of doing it.
+    dead_lettered: bool = False
     # Drivers whose queue lives in our database offer to acknowledge inside the handler's own
     # last transaction, so the work and its acknowledgement commit together (one commit less
     # per delivery); the handler then returns `Result.settled()`.
@@ -34,6 +38,9 @@ class Outcome:
 class Result:
     outcome: str
     retry_at: datetime | None = None
+    # A retry that waits on another worker's turn: the broker may deliver it again as soon
+    # as that worker (its liveness owner id) dies, before `retry_at`.
+    holder: str | None = None
 
     @classmethod
     def ack(cls) -> Result:
@@ -44,9 +51,16 @@ class Result:
         return cls(Outcome.SETTLED)
 
     @classmethod
-    def retry(cls, at: datetime | None = None) -> Result:
-        return cls(Outcome.RETRY, at)
+    def retry(cls, at: datetime | None = None, *, holder: str | None = None) -> Result:
+        return cls(Outcome.RETRY, at, holder)
 
 
 class Handler(Protocol):
     def __call__(self, delivery: Delivery) -> Result: ...
+
+
+class Consumer(Protocol):
+    """A broker the worker pulls from: hands deliveries to `handler`, at most `concurrency`
+    at a time, until `stop` is set; returns once the handlers in progress are done."""
+
+    def consume(self, handler: Handler, stop: threading.Event, *, concurrency: int) -> None: ...

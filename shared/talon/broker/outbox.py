@@ -22,3 +22,14 @@ def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> in
     )
     tx.announce(OUTBOX_COMMITTED, int(row_id))
     return int(row_id)
+
+
+def backlog(tx: Tx) -> list[tuple[str, int, float]]:
+    """Per topic: rows not yet delivered and the age in seconds of the oldest (what an
+    operator alerts on when the broker falls behind)."""
+    rows = tx.all(
+        "SELECT topic, count(*) AS depth, "
+        "extract(epoch FROM now() - min(created_at))::float8 AS oldest "
+        "FROM outbox WHERE published_at IS NULL AND dead_at IS NULL GROUP BY topic"
+    )
+    return [(r["topic"], int(r["depth"]), float(r["oldest"])) for r in rows]

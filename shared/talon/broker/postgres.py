@@ -7,6 +7,18 @@ listener's notification count before each claim and, when the claim comes back s
 queue had no more for it), sleeps until the count moves past that mark: a row committed after
 the claim's snapshot is always notified after it, so no wake-up is lost, and idle handlers
 are not all woken by every row.
+
+A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
+available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
+only after its visibility timeout: a crashed worker's deliveries come back within about
+`takeover_poll` seconds. No process is told of a death, so while any row is pending (held,
+or waiting for its time) a dispatcher with idle handlers looks again every `takeover_poll`
+seconds; with the queue empty it only waits for notifications.
+
+Dead letters: every claim counts an attempt. A row claimed more than `max_attempts` times
+(its handler kept failing, or its workers kept dying) is handed to the handler once more as a
+dead letter (`Delivery.dead_lettered`: the worker fails the turn it names, with the reason in
+the session's stream) and then marked dead, kept for inspection and never claimed again.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -21,22 +34,27 @@ from talon.backoff import backoff_delay
 from talon.broker.base import Delivery, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
+from talon.store.liveness import owner_gone_sql
 from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
 
-# Claim up to %s rows and, in the same statement, say when the next row that was not taken
-# becomes available (rows this statement claims are excluded: the outer query sees them as
-# they were before).
-_CLAIM_SQL = """
+# Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
+# for a row still hidden) and, in the same statement, say when the next row that was not
+# taken becomes available (rows this statement claims are excluded: the outer query sees
+# them as they were before).
+_CLAIM_SQL = f"""
 WITH picked AS (
     SELECT id FROM outbox
-    WHERE published_at IS NULL AND topic = ANY(%s) AND available_at <= now()
-      AND (claimed_until IS NULL OR claimed_until < now())
+    WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s) AND available_at <= now()
+      AND CASE WHEN claimed_until IS NULL OR claimed_until < now() THEN true
+               WHEN claimed_by IS NULL THEN false
+               ELSE {owner_gone_sql("claimed_by")} END
     ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE outbox o SET attempts = o.attempts + 1, claimed_until = now() + %s
+    UPDATE outbox o SET attempts = o.attempts + 1, claimed_until = now() + %s,
+           claimed_by = %s
     FROM picked WHERE o.id = picked.id
     RETURNING o.id, o.topic, o.payload, o.attempts, o.available_at
 )
@@ -46,20 +64,37 @@ SELECT NULL, NULL, NULL, NULL,
        EXTRACT(EPOCH FROM min(GREATEST(available_at, COALESCE(claimed_until, available_at)))
                           - now())::float8
 FROM outbox
-WHERE published_at IS NULL AND topic = ANY(%s) AND id NOT IN (SELECT id FROM claimed)
+WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s)
+  AND id NOT IN (SELECT id FROM claimed)
 """
 
 
 class PostgresBroker:
-    def __init__(self, db: Database, *, visibility_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        visibility_seconds: float = 60.0,
+        owner: str = "",
+        takeover_poll: float = 1.0,
+        max_attempts: int = 10,
+    ) -> None:
+        """`owner`: this process's liveness owner id (`store/liveness.py`), recorded on the
+        rows it claims; empty for a consumer without a liveness lock (its rows then come
+        back only after `visibility_seconds`)."""
         self.db = db
         self.visibility = timedelta(seconds=visibility_seconds)
+        self.owner = owner
+        self.takeover_poll = takeover_poll
+        self.max_attempts = max_attempts
 
     def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
         """Claim up to `limit` available rows, oldest first; also say in how many seconds
         the next row not claimed becomes available (None: no other row). One transaction."""
+        owner = self.owner or None
         with self.db.transaction() as tx:
-            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, list(topics)))
+            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, owner,
+                                       list(topics)))  # fmt: skip
         deliveries, due = [], None
         for row in rows:
             if row["id"] is None:
@@ -78,6 +113,16 @@ class PostgresBroker:
             return  # acknowledged in the handler's own transaction
         with self.db.transaction() as tx:
             _settle_in(tx, delivery, result)
+
+    def mark_dead(self, delivery: Delivery) -> None:
+        """Keep the row for inspection; it is never claimed again."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE outbox SET dead_at = now(), claimed_until = NULL WHERE id = %s",
+                (int(delivery.id),),
+            )
+        log.warning("%s event %s dead after %d deliveries: %r", delivery.topic, delivery.id,
+                    delivery.attempt, delivery.payload)  # fmt: skip
 
     def run(
         self,
@@ -118,18 +163,25 @@ class PostgresBroker:
                 if len(deliveries) < free:
                     # The queue had nothing more for us at the claim's snapshot: whatever
                     # commits later is notified after `seen`.
-                    wait = idle_wait if due is None else min(idle_wait, due)
+                    # With rows pending, their holder may die, and nobody would tell us.
+                    wait = idle_wait if due is None else min(idle_wait, due, self.takeover_poll)
                     listener.wait_beyond(OUTBOX_CHANNEL, seen, wait)
 
     def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:
         try:
+            dead = delivery.attempt > self.max_attempts
+            if dead:  # its deliveries ran out: the handler settles it as a dead letter
+                delivery = replace(delivery, attempt=delivery.attempt - 1, dead_lettered=True)
             try:
                 result = handler(delivery)
             except Exception:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
             try:
-                self.settle(delivery, result)
+                if dead and result.outcome != Outcome.RETRY:
+                    self.mark_dead(delivery)
+                else:
+                    self.settle(delivery, result)
             except Exception as exc:  # the row stays claimed and comes back after the timeout
                 log.warning("could not settle delivery %s: %s", delivery.id, exc)
         finally:
@@ -146,7 +198,15 @@ def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
         return
     delay = backoff_delay(delivery.attempt, initial=0.5, maximum=MAX_BACKOFF.total_seconds())
     at = result.retry_at or datetime.now(UTC) + timedelta(seconds=delay)
+    if result.holder:
+        # Waiting on another worker's turn: hidden until `at`, or until that worker dies.
+        tx.execute(
+            "UPDATE outbox SET claimed_until = %s, claimed_by = %s WHERE id = %s",
+            (at, result.holder, int(delivery.id)),
+        )
+        return
     tx.execute(
-        "UPDATE outbox SET available_at = %s, claimed_until = NULL WHERE id = %s",
+        "UPDATE outbox SET available_at = %s, claimed_until = NULL, claimed_by = NULL "
+        "WHERE id = %s",
         (at, int(delivery.id)),
     )

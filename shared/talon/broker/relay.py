@@ -34,7 +34,9 @@ class OutboxRelay:
                     filters = " AND id = ANY(%s)"
                     params.append(ids)
                 rows = tx.all(
+                    # Dead rows (the postgres broker's dead letters) are not published.
                     "SELECT id, topic, key, payload FROM outbox WHERE published_at IS NULL "
+                    "AND dead_at IS NULL "
                     "AND created_at <= now() - make_interval(secs => %s)" + filters +
                     " ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
                     [older_than_seconds, *params],

@@ -121,8 +121,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         raise CliError(f"gateway.httpAddr must be HOST:PORT, not {default_port!r}") from exc
     host = args.host or default_host or "127.0.0.1"
     options = DevOptions(
-        host, port, Path(args.data_dir), manifests, config, example_tools=not args.no_example_tools
-    )
+        host, port, Path(args.data_dir), manifests, config,
+        example_tools=not args.no_example_tools, broker=args.broker,
+    )  # fmt: skip
     return DevStack(options).run()
 
 

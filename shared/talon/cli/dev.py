@@ -22,6 +22,7 @@ import talon
 from talon.cli.apply import apply_documents, summary_lines
 from talon.cli.client import CliError, error_line
 from talon.cli.dev_examples import EXAMPLE_SERVERS, example_url, pointed, repoint
+from talon.cli.dev_pubsub import PubSubEmulator
 from talon.cli.manifest_files import read_documents
 from talon.client import Client, TalonError
 from talon.services import ADMIN_TOKEN_ENV
@@ -64,6 +65,7 @@ class DevOptions:
     manifests: Path | None
     config: Path | None
     example_tools: bool = True
+    broker: str = "postgres"  # or "pubsub": the Pub/Sub emulator and the pull worker
 
 
 def functions_dir() -> Path:
@@ -109,6 +111,7 @@ class DevStack:
         self.demo = True
         self.example_urls: dict[str, str] = {}  # example MCP server -> its URL, when started
         self._lock: TextIO | None = None
+        self.pubsub: PubSubEmulator | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -152,6 +155,9 @@ class DevStack:
         }
         if options.config is not None:
             env["TALON_CONFIG"] = str(options.config.resolve())
+        if options.broker == "pubsub":
+            self.pubsub = PubSubEmulator(options.data_dir)
+            env.update(self.pubsub.start(self.say, options.config))
         ops_port = self._spawn_ops_mcp(env)
         env["TALON_GATEWAY_OPS_MCP_UPSTREAM"] = f"http://127.0.0.1:{ops_port}"
         self._spawn_gateway(env)
@@ -297,6 +303,8 @@ class DevStack:
                     os.killpg(process.pid, signal.SIGKILL)  # its own session: pgid == pid
                 process.wait()
         self.processes.clear()
+        if self.pubsub is not None:
+            self.pubsub.stop()
         if self._lock is not None:  # only the holder of the data dir stops its cluster
             self.postgres.stop()
             self._lock.close()

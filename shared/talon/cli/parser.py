@@ -79,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-example-tools", action="store_true",
         help="do not start the example Stripe/HubSpot-like MCP servers (on free ports)",
     )  # fmt: skip
+    dev.add_argument(
+        "--broker", choices=["postgres", "pubsub"], default="postgres",
+        help="pubsub: run on the Pub/Sub emulator (started and stopped here) with the pull worker",
+    )  # fmt: skip
     dev.set_defaults(local=lazy("talon.cli.commands:cmd_dev"))
 
-    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL broker)")
+    worker = commands.add_parser("worker", help="run a pull-mode worker (PostgreSQL or Pub/Sub)")
     worker.add_argument(
         "--concurrency", type=_at_least_one, default=4, help="turns run in parallel"
     )

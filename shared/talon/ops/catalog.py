@@ -23,6 +23,12 @@ TOOLS = (
     OpsTool("list_schedules", "Schedules of a namespace, with their next fire time."),
     OpsTool("read_session", f"A session's messages, oldest first (at most {MAX_HISTORY})."),
     OpsTool("inspect_turn", "A turn of a session: its state and journaled steps."),
+    OpsTool(
+        "get_usage",
+        "Model tokens spent by a namespace, agent or session in a time range (RFC 3339 since/"
+        "until, default the last 30 days), optionally grouped by agent, session, turn, "
+        "profile, provider, model or day.",
+    ),
     OpsTool("trigger_schedule", "Fire a schedule now (needs the write role).", write=True),
     OpsTool("pause_schedule", "Pause or resume a schedule (needs the write role).", write=True),
 )

@@ -103,6 +103,14 @@ def build_server(ops: OpsTools, verifier: TalonTokenVerifier, auth: AuthSettings
         return await run("inspect_turn", namespace=namespace, agent=agent,
                          session_id=session_id, turn_id=turn_id)  # fmt: skip
 
+    @tool("get_usage")
+    async def get_usage(
+        namespace: str, agent: str | None = None, session_id: str | None = None,
+        since: str | None = None, until: str | None = None, group_by: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        return await run("get_usage", namespace=namespace, agent=agent, session_id=session_id,
+                         since=since, until=until, group_by=group_by)  # fmt: skip
+
     @tool("trigger_schedule", write=True)
     async def trigger_schedule(namespace: str, name: str) -> dict[str, Any]:
         return await run("trigger_schedule", namespace=namespace, name=name)

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from talon.auth.principal import Principal
-from talon.errors import PermissionDenied, TalonError
+from talon.errors import BadRequest, PermissionDenied, TalonError
 from talon.ops.catalog import DEFAULT_HISTORY, MAX_HISTORY, TOOLS
 from talon.resources.registry import BY_NAME
 from talon.scheduling.timing import next_fire_at
 from talon.services import Services
+from talon.sessions.usage import UsageQuery, window
 from talon.store.resources import namespace_not_found
 
 MAX_LIST = 200
@@ -92,6 +93,17 @@ class OpsTools:
         for step in turn["steps"]:
             step["output"] = _clip(step["output"])
         return turn
+
+    def get_usage(
+        self, principal: Principal, namespace: str, agent: str | None = None,
+        session_id: str | None = None, since: str | None = None, until: str | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        self._see(principal, namespace)
+        if session_id is not None and agent is None:
+            raise BadRequest.at("agent", "is required with session_id")
+        query = UsageQuery(window(since, until), group_by=group_by, limit=MAX_LIST)
+        return self.services.sessions.usage(namespace, query, agent=agent, session_id=session_id)
 
     # -- write tools -----------------------------------------------------------------------------
 

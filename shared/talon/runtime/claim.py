@@ -4,11 +4,16 @@ transaction; a turn's first step (loading knowledge) completes inside the claim 
 
 A turn that cannot run (its agent is gone or does not resolve, or it has used up its
 attempts) is failed here and the next one is looked at.
+
+A lease is live while it has not expired and its owner's process is alive: the owner holds
+its liveness lock (`store/liveness.py`), so a crashed worker's turn is taken over at once
+rather than after its lease runs out. The check costs nothing on a turn nobody else holds.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +24,8 @@ from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
 from talon.runtime.tools.base import AgentContext
 from talon.sessions import events
 from talon.store.database import Database, Tx, jsonb
+from talon.store.liveness import owner_gone_sql
+from talon.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ class Claim:
     agent: AgentContext
     journal: dict[int, Step]
     history: list[dict[str, Any]]
+    started_ns: int = 0  # when the claim began (epoch ns): the attempt's span starts there
+    knowledge_ns: tuple[int, int] | None = None  # when this claim loaded the knowledge
 
 
 @dataclass(frozen=True)
@@ -39,16 +48,28 @@ class ClaimOptions:
     max_attempts: int  # deliveries of one turn before it is failed
 
 
+@dataclass(frozen=True)
+class Busy:
+    """Another live worker holds the session's head turn: look again `until` (its lease's
+    expiry) or as soon as `owner` dies."""
+
+    until: datetime
+    owner: str
+
+
 # Claiming a session's head turn, in one statement: lock the session row, then its oldest
 # open turn (the order every writer uses), and take that turn unless another worker's lease
-# on it is live or it has used up its attempts; with the agent's resource row. `id` is NULL
-# when nothing was taken (`head_*` say why).
-_CLAIM_SQL = """
+# on it is live (unexpired, and its owner alive) or it has used up its attempts; with the
+# agent's resource row. `id` is NULL when nothing was taken (`head_*` say why). The CASE
+# asks about the owner only for an unexpired lease.
+_CLAIM_SQL = f"""
 WITH s AS (
     SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s FOR UPDATE
 ), head AS (
-    SELECT t.id, t.state, t.attempts, t.lease_expires_at,
-           COALESCE(t.state = 'running' AND t.lease_expires_at > now(), false) AS leased
+    SELECT t.id, t.state, t.attempts, t.lease_expires_at, t.lease_owner,
+           CASE WHEN t.state = 'running' AND t.lease_expires_at > now()
+                THEN t.lease_owner IS NULL OR NOT {owner_gone_sql("t.lease_owner")}
+                ELSE false END AS leased
     FROM turns t JOIN s ON t.session_uid = s.uid
     WHERE t.state IN ('queued', 'running') ORDER BY t.seq LIMIT 1 FOR UPDATE OF t
 ), claimed AS (
@@ -56,24 +77,26 @@ WITH s AS (
            lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
            started_at = COALESCE(started_at, now())
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
-    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at
+    RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
+              turns.created_at, turns.traceparent, turns.attempt_span
 )
 SELECT s.namespace, s.id AS session_id, s.agent,
        head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
-       head.lease_expires_at AS head_lease,
+       head.lease_expires_at AS head_lease, head.lease_owner AS head_owner,
        claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
+       claimed.created_at, claimed.traceparent, claimed.attempt_span,
        r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
 FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
 LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
 """
 
 
-def claim(db: Database, session_uid: uuid.UUID, options: ClaimOptions) -> Claim | datetime | None:
-    """The session's head turn, claimed; or, when another worker's lease on it is live, when
-    that lease expires (look again then); or None when the session has no open turn."""
+def claim(db: Database, session_uid: uuid.UUID, options: ClaimOptions) -> Claim | Busy | None:
+    """The session's head turn, claimed; or, when another live worker's lease on it holds,
+    that worker and when its lease expires; or None when the session has no open turn."""
     while True:
         with db.transaction() as tx:
-            claimed = _claim_in(tx, session_uid, options)
+            claimed = _claim_in(tx, session_uid, options, time.time_ns())
         if not isinstance(claimed, _Settled):
             return claimed
 
@@ -83,8 +106,8 @@ class _Settled:
 
 
 def _claim_in(
-    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions
-) -> Claim | datetime | _Settled | None:
+    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
+) -> Claim | Busy | _Settled | None:
     while True:
         row = tx.one(
             _CLAIM_SQL,
@@ -95,12 +118,12 @@ def _claim_in(
         if row["id"] is not None:
             break
         if row["head_leased"]:
-            lease_expires: datetime = row["head_lease"]
-            return lease_expires  # another worker runs it
+            return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
         finish_failed(
             tx, session_uid, row["head_id"], "too_many_attempts",
             f"gave up after {row['head_attempts']} attempts",
         )  # fmt: skip
+        _count_failed(row["namespace"], row["agent"])
     session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
     turn = row
     lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]), options.lease_seconds)
@@ -114,11 +137,15 @@ def _claim_in(
     except ctx.TurnFailure as failure:
         events.append(tx, session_uid, started, turn["id"])
         finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
+        _count_failed(row["namespace"], row["agent"])
         return _Settled()
     history = ctx.history(tx, session_uid, int(turn["seq"]))
+    knowledge_ns = None
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.
+        loading = time.time_ns()
         knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
+        knowledge_ns = (loading, time.time_ns())
         journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
         announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
         next_step = Step(1, MODEL, "model", "started", {})
@@ -126,7 +153,23 @@ def _claim_in(
         record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False)
     else:
         events.append(tx, session_uid, started, turn["id"])
-    return Claim(lease, turn, agent, journal, history)
+    return Claim(lease, turn, agent, journal, history, started_ns, knowledge_ns)
+
+
+def _count_failed(namespace: str, agent: str) -> None:
+    """A turn failed before it could run (counted as its transaction commits, give or take a
+    rollback: a metric, not a record)."""
+    metrics.turns_ended.add(1, metrics.where(namespace=namespace, agent=agent, outcome="failed"))
+
+
+def note_attempt_span(db: Database, lease: Lease, traceparent: str | None) -> None:
+    """Remember the running attempt's span on its turn, for the next attempt to link to (only
+    while traces are exported: it costs a commit)."""
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE turns SET attempt_span = %s WHERE id = %s AND fencing_token = %s",
+            (traceparent, lease.turn_id, lease.token),
+        )
 
 
 def finish_failed(

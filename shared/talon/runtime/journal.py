@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
+from talon.sessions.views import tool_call_preview
 from talon.store import turn_steps
 from talon.store.database import Database, Tx
+from talon.store.model_usage import ModelUsage
 from talon.store.turn_steps import Step
 
 __all__ = [
@@ -85,7 +87,7 @@ def record(
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
         if renewing:  # False only right after the lease was taken in this transaction
-            if not turn_steps.renew_and_write(tx, lease, done):
+            if not turn_steps.renew_and_write(tx, lease, done, usage_of(done)):
                 raise Fenced(str(lease.turn_id))
         else:
             turn_steps.write(tx, lease, done)
@@ -118,14 +120,34 @@ def complete(tx: Tx, lease: Lease, idx: int, messages: int, provider: str | None
     return turn_steps.complete_turn(tx, lease, step, provider)
 
 
+def usage_of(step: Step) -> ModelUsage | None:
+    """A model step's tokens and who answered (its provider label is `profile/provider:model`,
+    runtime/failover.py); None for other steps."""
+    if step.kind != "model":
+        return None
+    profile, _, rest = str(step.output.get("provider") or "").partition("/")
+    provider, _, model = rest.partition(":")
+    counts = step.output.get("usage") or {}
+    return ModelUsage(
+        profile=profile,
+        provider=provider,
+        model=model,
+        prompt_tokens=int(counts.get("promptTokens", 0)),
+        completion_tokens=int(counts.get("completionTokens", 0)),
+    )
+
+
 ERROR_PREVIEW_CHARS = 500
 
 
 def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"step": step.name, "index": step.idx, "kind": step.kind}
+    if step.kind == "tool":  # the call as it starts, and its result as it ends
+        data.update(tool_call_preview(step.output, with_result=summary))
     if summary and step.kind == "model":
         data["provider"] = step.output.get("provider")
         data["toolCalls"] = [c["name"] for c in step.output.get("toolCalls", [])]
+        data["usage"] = step.output.get("usage") or {}
     if summary and step.kind == "tool":
         data["isError"] = bool(step.output.get("isError"))
         if data["isError"]:  # the stream says what went wrong, not just that it did

@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any
 
 from talon.runtime import context as ctx
-from talon.runtime.claim import Claim, ClaimOptions, claim, finish_failed
+from talon.runtime import turn_telemetry
+from talon.runtime.claim import Busy, Claim, ClaimOptions, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
     PolicyError,
@@ -45,6 +45,7 @@ from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.store.database import Database, Tx
+from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,10 @@ class TurnRunner:
 
     def drive(
         self, session_uid: uuid.UUID, *, on_idle: Callable[[Tx], None] | None = None
-    ) -> datetime | None:
-        """Run the session's turns until none is runnable. If another worker holds the head
-        turn, return when its lease expires (look again then); otherwise None. `on_idle(tx)`
+    ) -> Busy | None:
+        """Run the session's turns until none is runnable. If another live worker holds the
+        head turn, return who and until when (look again then, or once it dies); otherwise
+        None. `on_idle(tx)`
         runs inside the final write that leaves the session with no open turn (the broker
         acknowledges its delivery there)."""
         options = ClaimOptions(
@@ -112,8 +114,9 @@ class TurnRunner:
             claimed = claim(self.db, session_uid, options)
             if not isinstance(claimed, Claim):
                 return claimed
-            if not self._run(claimed, on_idle):
-                return None  # the final write saw no other open turn: nothing to claim
+            with turn_telemetry.attempt(self.db, claimed):
+                if not self._run(claimed, on_idle):
+                    return None  # the final write saw no other open turn: nothing to claim
 
     # -- running -----------------------------------------------------------------------------
 
@@ -127,13 +130,17 @@ class TurnRunner:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
-            return self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
+            more = self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
+            turn_telemetry.ended(claimed, "completed")
+            return more
         except Fenced:
             log.info("turn %s: lost the lease or was cancelled; stopping", turn["id"])
         except ctx.TurnFailure as failure:
             self._fail(lease, failure.code, failure.message)
+            turn_telemetry.ended(claimed, "failed")
         except PolicyError as exc:
             self._fail(lease, "model_unavailable", str(exc), attempts=exc.attempts)
+            turn_telemetry.ended(claimed, "failed")
         finally:
             heartbeat.stop()
         return True
@@ -171,13 +178,15 @@ class TurnRunner:
             pending: Callable[..., list[tuple[str, dict[str, Any]]]] | None = None
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
-                response = complete_with_policy(
-                    clients,
-                    agent.effective["modelPolicy"].get("retry", {}),
-                    ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
-                    deadline=deadline,
-                    on_attempt_failed=deltas.attempt_failed,
-                )
+                with turn_telemetry.step(MODEL, "model", **{"talon.step.index": idx}) as span:
+                    response = complete_with_policy(
+                        clients,
+                        agent.effective["modelPolicy"].get("retry", {}),
+                        ModelRequest(messages, tools, deadline - time.monotonic(), deltas.add),
+                        deadline=deadline,
+                        on_attempt_failed=turn_telemetry.noting_failures(deltas.attempt_failed),
+                    )
+                    turn_telemetry.model_answered(span, response)
                 output: dict[str, Any] = {
                     "content": response.content,
                     "toolCalls": [c.to_dict() for c in response.tool_calls],
@@ -206,7 +215,7 @@ class TurnRunner:
             if not calls:
                 # The answer: the model step and the turn's messages commit together (a crash
                 # before this commit asks the model again, exactly as with two commits).
-                with self.db.transaction() as tx:
+                with turn_telemetry.step(WRITE, "write"), self.db.transaction() as tx:
                     recorded = []
                     if pending is not None:
                         recorded = pending(tx, defer_events=True)  # renews the lease
@@ -256,7 +265,9 @@ class TurnRunner:
             except ValueError as exc:
                 result, is_error = f"error: invalid tool arguments: {exc}", True
             else:
-                outcome = self.tools.call(agent, call["name"], arguments)
+                with turn_telemetry.tool_call(idx, call["name"]) as span:
+                    outcome = self.tools.call(agent, call["name"], arguments)
+                    turn_telemetry.tool_answered(span, call["name"], outcome.is_error)
                 result, is_error = outcome.content, outcome.is_error
         done = Step(idx, name, "tool", "completed", {"call": call, "result": result,
                                                        "isError": is_error})  # fmt: skip
@@ -313,6 +324,7 @@ class TurnRunner:
         return remaining > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
+        tracing.fail_current(f"{code}: {message}"[:300])
         try:
             with self.db.transaction() as tx:
                 renew(tx, lease)

@@ -1,4 +1,8 @@
-"""The worker: takes dispatch events from the broker and drives the sessions they name."""
+"""The worker: takes dispatch events from the broker and drives the sessions they name.
+
+A worker holds its liveness lock (`store/liveness.py`) for as long as it lives: other
+workers take its turns over the moment its process dies, instead of waiting out the lease.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,28 @@ import socket
 import threading
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from talon.broker.base import Delivery, Result
+from talon.broker.base import Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
+from talon.runtime.dead_letters import fail_dead_lettered
 from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database, Tx
+from talon.store.liveness import OwnerLock
 from talon.store.notify import Listener
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 TOPICS = (DISPATCH_TOPIC, LIFECYCLE_TOPIC)
+# How long a delivery waits for this worker's liveness lock (at start-up, or after its
+# connection dropped) before it is handed back for a retry.
+LOCK_WAIT_SECONDS = 10.0
 
 
 def worker_id() -> str:
@@ -42,15 +52,19 @@ class Worker:
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
         max_attempts: int = 5,
+        takeover_poll_seconds: float = 1.0,
     ) -> None:
         self.db = db
+        self.id = worker_id()
+        self.takeover_poll = takeover_poll_seconds
+        self.liveness = OwnerLock(db.raw_connect, self.id, closed=lambda: db.closed)
         self.tools = tools if tools is not None else default_tools(db, skills_dir, tenancy)
         self.resources = resources
         self.runner = TurnRunner(
             db,
             self.tools,
             RunnerSettings(
-                worker_id(),
+                self.id,
                 lease_seconds=lease_seconds,
                 demo_fallback=demo_fallback,
                 max_attempts=max_attempts,
@@ -58,9 +72,24 @@ class Worker:
             tenancy,
         )
 
+    def close(self) -> None:
+        """Release the liveness lock (its turns are then free to be taken over)."""
+        self.liveness.close()
+
     def handle(self, delivery: Delivery) -> Result:
         """Settle one broker delivery. Safe to call twice for the same event."""
+        if delivery.dead_lettered:
+            if delivery.topic == DISPATCH_TOPIC:
+                fail_dead_lettered(self.db, delivery.payload, delivery.attempt)
+            else:
+                log.error("dead %s event %s dropped: %r", delivery.topic, delivery.id,
+                          delivery.payload)  # fmt: skip
+            return Result.ack()
         if delivery.topic == DISPATCH_TOPIC:
+            if not self.liveness.wait_held(LOCK_WAIT_SECONDS):
+                # A lease taken without the lock would look dead to every other worker.
+                log.warning("no liveness lock: handing dispatch %s back", delivery.id)
+                return Result.retry()
             try:
                 session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
             except (KeyError, ValueError):
@@ -75,10 +104,11 @@ class Worker:
                     ack_in(tx)
                     acked.append(True)
 
-            busy_until = self.runner.drive(session_uid, on_idle=on_idle)
-            if busy_until is not None:
-                # Another worker holds the session; look again when its lease would expire.
-                return Result.retry(busy_until + timedelta(milliseconds=100))
+            busy = self.runner.drive(session_uid, on_idle=on_idle)
+            if busy is not None:
+                # Another worker holds the session; look again when its lease would expire,
+                # or as soon as that worker dies.
+                return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
             return Result.settled() if acked else Result.ack()
         if delivery.topic == LIFECYCLE_TOPIC:
             return self._lifecycle(delivery.payload)
@@ -107,16 +137,30 @@ class Worker:
         concurrency: int = 4,
         visibility_seconds: float = 60.0,
         schedules: bool = False,
+        max_delivery_attempts: int = 10,
+        consumer: Consumer | None = None,
     ) -> None:
-        """Pull mode (worker.pullMode): consume the PostgreSQL queue until `stop` is set.
-        A delivery claimed by a worker that dies is redelivered after `visibility_seconds`."""
-        broker = PostgresBroker(self.db, visibility_seconds=visibility_seconds)
-        listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
-        listener.wait_ready(10)
+        """Pull mode (worker.pullMode): consume the PostgreSQL queue (or `consumer`, e.g.
+        Pub/Sub subscriptions) until `stop` is set. A delivery claimed by a worker that dies
+        is redelivered as soon as its liveness lock is gone, or after `visibility_seconds`
+        (Pub/Sub: its ack deadline)."""
+        listener = None
+        if consumer is None:
+            broker = PostgresBroker(
+                self.db,
+                visibility_seconds=visibility_seconds,
+                owner=self.id,
+                takeover_poll=self.takeover_poll,
+                max_attempts=max_delivery_attempts,
+            )
+            listener = Listener(self.db.raw_connect, (OUTBOX_CHANNEL,))
+            listener.wait_ready(10)
+            consume = partial(broker.run, TOPICS, self.handle, listener, stop)
+        else:
+            consume = partial(consumer.consume, self.handle, stop)
         threads = [
             threading.Thread(
-                target=broker.run,
-                args=(TOPICS, self.handle, listener, stop),
+                target=consume,
                 kwargs={"concurrency": concurrency},
                 name="talon-dispatcher",
                 daemon=True,
@@ -136,8 +180,11 @@ class Worker:
             thread.start()
         log.info("worker pulling %s with %d threads", ", ".join(TOPICS), concurrency)
         try:
-            stop.wait()
+            while not stop.wait(1.0):
+                if not threads[0].is_alive():  # its consumer failed for good: let it show
+                    raise RuntimeError("the broker consumer stopped; see the log above")
         finally:
-            listener.close()  # wakes the dispatcher so it sees `stop`
+            if listener is not None:
+                listener.close()  # wakes the dispatcher so it sees `stop`
             for thread in threads:
                 thread.join(timeout=60)

@@ -13,6 +13,7 @@ from talon.sessions.service import SessionService
 from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Database, Tx
 from talon.store.resources import require_namespace
+from talon.telemetry import metrics, tracing
 
 RECENT_FIRES = 10
 
@@ -93,7 +94,13 @@ class ScheduleFirer:
                 refusal = f"session {fire.session_id!r} belongs to agent {owner!r}"
                 planned.append((fire, None, refusal))
             else:
-                wake = NewTurn(uid, fire.spec["inputMessage"], f"schedule:{fire.name}")
+                # The fire starts the trace of the turn it wakes (the turn keeps its context).
+                with tracing.span("schedule.fire", attributes={
+                    "talon.namespace": fire.namespace, "talon.schedule": fire.name,
+                    "talon.schedule.fire_at": _iso(fire.fire_at), "talon.reason": fire.reason,
+                    "talon.schedule.lateness_seconds": _lateness(fire.fire_at),
+                }):  # fmt: skip
+                    wake = NewTurn(uid, fire.spec["inputMessage"], f"schedule:{fire.name}")
                 planned.append((fire, wake, None))
         rows = tx.all(
             "INSERT INTO schedule_fires (namespace, schedule, fire_at, schedule_version, "
@@ -128,6 +135,9 @@ class ScheduleFirer:
                     claimed=True, outcome="queued", sessionId=fire.session_id,
                     turnId=str(turn.turn_id), streamFrom=queued[turn.turn_id].stream_from,
                 )  # fmt: skip
+                if fire.reason != "run":  # a manual run is not late for anything
+                    lateness = max(0.0, _lateness(fire.fire_at))
+                    metrics.schedule_lateness.record(lateness, {"namespace": fire.namespace})
             elif turn is None and (key := _key(fire)) in failed:
                 failed.discard(key)  # a fire listed twice is claimed by its first listing
                 result.update(claimed=True, outcome="failed", error=error)
@@ -162,3 +172,7 @@ class ScheduleFirer:
                  "outcome": r["outcome"], "error": r["error"]}
             )  # fmt: skip
         return found
+
+
+def _lateness(fire_at: datetime) -> float:
+    return round((datetime.now(UTC) - fire_at).total_seconds(), 3)

@@ -27,6 +27,7 @@ class Accepted:
     state: str
     replayed: bool  # an Idempotency-Key retry: nothing new was written
     stream_from: int  # stream with Last-Event-ID = this to see the turn from its first event
+    interrupted: int = 0  # open turns this message cancelled (multitask_strategy interrupt)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,7 +81,8 @@ def post(
         tx, [NewTurn(session_uid, request.content, source, idempotency_key, digest)]
     )
     assert queued is not None  # the session row is locked by the caller
-    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from)
+    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from,
+                    len(pending))  # fmt: skip
 
 
 def _replay(tx: Tx, session_uid: uuid.UUID, idempotency_key: str, digest: bytes) -> Accepted | None:

@@ -19,6 +19,7 @@ from talon.errors import Conflict, NotFound
 from talon.sessions import events, messages, posting
 from talon.sessions.models import CreateSession, PostMessage
 from talon.sessions.posting import Accepted
+from talon.sessions.usage import UsageQuery, usage_view
 from talon.sessions.views import (
     OPEN_TURNS_SQL,
     message_view,
@@ -27,8 +28,11 @@ from talon.sessions.views import (
     summary,
     turn_view,
 )
+from talon.store import model_usage
 from talon.store.database import Database, Tx, jsonb
+from talon.store.model_usage import Scope, Window
 from talon.store.resources import require_namespace
+from talon.telemetry import metrics
 
 __all__ = ["Accepted", "SessionService", "StreamStart"]
 
@@ -121,7 +125,31 @@ class SessionService:
                 raise NotFound(f"turn {turn_id!r} not found in session {session_id!r}")
             view = turn_view(row)
             view["steps"] = steps_view(tx, row["id"], outputs=outputs)
+            scope = Scope(namespace, turn_id=row["id"])
+            view["usage"] = model_usage.total(tx, scope, Window())
             return view
+
+    def usage(
+        self,
+        namespace: str,
+        query: UsageQuery,
+        *,
+        agent: str | None = None,
+        session_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Model token usage of the namespace, or of one agent, or of one of its sessions."""
+        with self.db.transaction() as tx:
+            if session_id is not None:
+                assert agent is not None
+                session = self._require(tx, namespace, agent, session_id, columns="uid, agent")
+                scope = Scope(namespace, agent=agent, session_uid=session["uid"])
+            elif agent is not None:
+                self._require_agent(tx, namespace, agent)
+                scope = Scope(namespace, agent=agent)
+            else:
+                require_namespace(tx, namespace)
+                scope = Scope(namespace)
+            return usage_view(tx, scope, query)
 
     # -- messages and turns ------------------------------------------------------------------
 
@@ -139,7 +167,11 @@ class SessionService:
             session = self._require(
                 tx, namespace, agent, session_id, lock=True, columns="uid, agent"
             )
-            return posting.post(tx, session["uid"], session_id, request, idempotency_key, source)
+            accepted = posting.post(
+                tx, session["uid"], session_id, request, idempotency_key, source
+            )
+        _count_cancelled(namespace, agent, accepted.interrupted)
+        return accepted
 
     def ensure_many(
         self, tx: Tx, targets: builtins.list[tuple[str, str, str]]
@@ -213,7 +245,9 @@ class SessionService:
         """Cancel every open turn of the session; return their ids."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id, lock=True)
-            return posting.cancel_open(tx, session["uid"])
+            cancelled = posting.cancel_open(tx, session["uid"])
+        _count_cancelled(namespace, agent, len(cancelled))
+        return cancelled
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -253,3 +287,11 @@ class SessionService:
             self._require_agent(tx, namespace, agent)
             raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
         return session
+
+
+def _count_cancelled(namespace: str, agent: str, count: int) -> None:
+    """Cancelled turns, counted once their cancellation committed."""
+    if count:
+        metrics.turns_ended.add(
+            count, metrics.where(namespace=namespace, agent=agent, outcome="cancelled")
+        )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL, OUTBOX_COMMITTED
 from talon.sessions.events import EVENTS_CHANNEL, EVENTS_JSON_SQL, NOTIFY_PAYLOAD_SQL
 from talon.store.database import Tx
+from talon.telemetry.tracing import current_traceparent
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class NewTurn:
     idempotency_key: str | None = None
     request_hash: bytes = b""
     turn_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # The span that queued it (a request, a schedule fire): the turn's trace continues there.
+    traceparent: str | None = field(default_factory=current_traceparent)
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,10 @@ class QueuedTurn:
 _QUEUE_SQL = f"""
 WITH input AS (
     SELECT i.session_uid, i.turn_id, i.content, i.source, i.idempotency_key,
-           decode(i.request_hash, 'hex') AS request_hash, i.ord
+           decode(i.request_hash, 'hex') AS request_hash, i.traceparent, i.ord
     FROM jsonb_to_recordset(%s::jsonb) AS i(session_uid uuid, turn_id uuid, content text,
                                             source text, idempotency_key text,
-                                            request_hash text, ord bigint)
+                                            request_hash text, traceparent text, ord bigint)
 ), numbered AS (
     SELECT input.*,
            row_number() OVER (PARTITION BY session_uid ORDER BY ord) AS k,
@@ -61,8 +64,10 @@ WITH input AS (
     INSERT INTO messages (session_uid, seq, role, content, turn_id)
     SELECT session_uid, seq, 'user', content, turn_id FROM w
 ), t AS (
-    INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, input_seq)
-    SELECT turn_id, session_uid, turn_seq, source, idempotency_key, request_hash, seq FROM w
+    INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, input_seq,
+                       traceparent)
+    SELECT turn_id, session_uid, turn_seq, source, idempotency_key, request_hash, seq,
+           traceparent FROM w
 ), e AS (
     INSERT INTO session_events (session_uid, id, turn_id, type, data)
     SELECT session_uid, last_event - 1, turn_id, 'message.created',
@@ -76,7 +81,9 @@ WITH input AS (
 ), o AS (
     INSERT INTO outbox (topic, key, payload)
     SELECT '{DISPATCH_TOPIC}', session_uid::text,
-           jsonb_build_object('sessionUid', session_uid::text, 'turnId', turn_id::text)
+           jsonb_strip_nulls(jsonb_build_object('sessionUid', session_uid::text,
+                                                'turnId', turn_id::text,
+                                                'traceparent', traceparent))
     FROM w ORDER BY ord
     RETURNING id, (payload->>'turnId')::uuid AS turn_id
 )
@@ -97,7 +104,7 @@ def queue_turns(tx: Tx, turns: list[NewTurn]) -> list[QueuedTurn | None]:
     rows = tx.all(_QUEUE_SQL, (json.dumps([
         {"session_uid": str(t.session_uid), "turn_id": str(t.turn_id), "content": t.content,
          "source": t.source, "idempotency_key": t.idempotency_key,
-         "request_hash": t.request_hash.hex(), "ord": n}
+         "request_hash": t.request_hash.hex(), "traceparent": t.traceparent, "ord": n}
         for n, t in enumerate(turns, start=1)
     ]),))  # fmt: skip
     queued: list[QueuedTurn | None] = [None] * len(turns)

@@ -54,10 +54,38 @@ def message_view(row: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+# A tool call's arguments and result as the stream's step events and the turn view show them,
+# so a viewer sees them before the turn's messages are written; bounded so an event stays
+# small (the whole of both is in the session's messages once the turn ends). Nothing else
+# goes in: header values and secret references never reach the journal.
+ARGUMENTS_PREVIEW_CHARS = 2_000
+RESULT_PREVIEW_CHARS = 2_000
+
+
+def tool_call_preview(output: dict[str, Any], *, with_result: bool) -> dict[str, Any]:
+    """A tool step's call (`tool`, `callId`, `arguments`) and, `with_result`, its `result`,
+    each cut to its preview length (`<field>Truncated`: the full length, when cut)."""
+    call = output.get("call")
+    if not isinstance(call, dict):
+        return {}
+    preview: dict[str, Any] = {"tool": call.get("name"), "callId": call.get("id")}
+    _cut(preview, "arguments", str(call.get("arguments") or ""), ARGUMENTS_PREVIEW_CHARS)
+    if with_result and "result" in output:
+        _cut(preview, "result", str(output["result"]), RESULT_PREVIEW_CHARS)
+    return preview
+
+
+def _cut(into: dict[str, Any], key: str, text: str, limit: int) -> None:
+    into[key] = text[:limit]
+    if len(text) > limit:
+        into[f"{key}Truncated"] = len(text)
+
+
 def steps_view(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[dict[str, Any]]:
-    """The turn's steps in order; with each one's `output` (as journaled) if `outputs`."""
+    """The turn's steps in order; a tool step with its call's preview; with each one's
+    `output` (as journaled) if `outputs`."""
     views = []
-    for step in turn_steps.read(tx, turn_id, outputs=outputs):
+    for step in turn_steps.read(tx, turn_id, outputs=True if outputs else "tool"):
         view: dict[str, Any] = {
             "index": step.idx,
             "name": step.name,
@@ -66,6 +94,8 @@ def steps_view(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[dic
             "startedAt": iso(step.started_at),
             "completedAt": iso(step.completed_at),
         }
+        if step.kind == "tool" and step.output is not None:
+            view.update(tool_call_preview(step.output, with_result=step.state != "started"))
         if outputs:
             view["output"] = step.output
         views.append(view)

@@ -135,6 +135,9 @@ class Database:
         self._commit_hooks: dict[str, Callable[[list[Any]], object]] = {}
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
+        self.size = pool_size
+        self._in_use = 0  # connections handed out (a metric: read without the lock)
+        self._count_lock = threading.Lock()
 
     def on_commit(self, topic: str, hook: Callable[[list[Any]], object]) -> None:
         """Call `hook` with the items a transaction announced on `topic`, after it commits.
@@ -151,6 +154,10 @@ class Database:
                 hook(items)
             except Exception as exc:
                 log.warning("after-commit hook %r failed; left for its sweep: %s", topic, exc)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def raw_connect(self) -> Connection:
         """A new connection outside the pool (for LISTEN, which holds one for good)."""
@@ -172,16 +179,28 @@ class Database:
             # A connection idle for a while may have been cut by the server, a proxy or a
             # restart; check it rather than fail the caller's first statement.
             if time.monotonic() - since < self._ping_after or _alive(connection):
-                return connection
+                return self._handed_out(connection)
             _close_quietly(connection)
         try:
-            return self._connect()
+            return self._handed_out(self._connect())
         except Exception as exc:
             self._slots.release()
             log.error("database connection failed: %s", exc)
             raise Unavailable("database is unavailable") from exc
 
+    def _handed_out(self, connection: Connection) -> Connection:
+        with self._count_lock:
+            self._in_use += 1
+        return connection
+
+    @property
+    def in_use(self) -> int:
+        """Connections of the pool in use right now."""
+        return self._in_use
+
     def _release(self, connection: Connection, healthy: bool) -> None:
+        with self._count_lock:
+            self._in_use -= 1
         try:
             if healthy and not self._closed:
                 self._idle.put((connection, time.monotonic()))

@@ -18,9 +18,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from talon.store import model_usage
 from talon.store.database import Tx, jsonb
+from talon.store.model_usage import ModelUsage
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,16 @@ _CONFLICT = (
     "completed_at = EXCLUDED.completed_at"
 )
 # Renewing and journaling a step in one statement: the step is written only if the lease held.
-_RENEW_AND_WRITE_SQL = (
-    _RENEW_CTE + ", w AS (INSERT INTO turn_steps " + _COLUMNS + " "
+_WRITE_CTE = (
+    "w AS (INSERT INTO turn_steps " + _COLUMNS + " "
     "SELECT %s::uuid, %s::int, %s::text, %s::text, %s::text, %s::jsonb, %s::bigint, "
     "CASE WHEN %s::text = 'started' THEN NULL ELSE now() END "
-    "WHERE EXISTS (SELECT 1 FROM r) " + _CONFLICT + ") "
-    "SELECT count(*) FROM r"
+    "WHERE EXISTS (SELECT 1 FROM r) " + _CONFLICT + ")"
+)
+_RENEW_AND_WRITE_SQL = _RENEW_CTE + ", " + _WRITE_CTE + " SELECT count(*) FROM r"
+# A model step with the tokens it spent (model_usage), still one statement.
+_RENEW_AND_WRITE_MODEL_SQL = (
+    _RENEW_CTE + ", " + _WRITE_CTE + ", " + model_usage.RECORD_CTE + " SELECT count(*) FROM r"
 )
 _WRITE_SQL = (
     f"INSERT INTO turn_steps {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
@@ -112,10 +118,14 @@ def renew(tx: Tx, guard: Guard) -> bool:
     return bool(tx.scalar(_RENEW_CTE + " SELECT count(*) FROM r", _guard_params(guard)))
 
 
-def renew_and_write(tx: Tx, guard: Guard, step: Step) -> bool:
-    """Extend the lease and write `step`, in one statement; False (nothing written) when
-    this worker no longer holds the turn."""
-    return bool(tx.scalar(_RENEW_AND_WRITE_SQL, _guard_params(guard) + _step_params(guard, step)))
+def renew_and_write(tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None = None) -> bool:
+    """Extend the lease and write `step` (and the model `usage` it records), in one
+    statement; False (nothing written) when this worker no longer holds the turn."""
+    params = _guard_params(guard) + _step_params(guard, step)
+    if usage is None:
+        return bool(tx.scalar(_RENEW_AND_WRITE_SQL, params))
+    params += model_usage.record_params(guard.turn_id, step.idx, usage)
+    return bool(tx.scalar(_RENEW_AND_WRITE_MODEL_SQL, params))
 
 
 def write(tx: Tx, guard: Guard, step: Step) -> None:
@@ -161,11 +171,15 @@ class StepRecord:
     output: dict[str, Any] | None  # only when asked for: outputs can be large
 
 
-def read(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[StepRecord]:
-    """The turn's steps in order, with their outputs if `outputs`."""
+def read(
+    tx: Tx, turn_id: uuid.UUID, *, outputs: bool | Literal["tool"] = False
+) -> list[StepRecord]:
+    """The turn's steps in order, with their outputs if `outputs` (`"tool"`: only tool steps'
+    outputs, a call and its result, not the model's answers)."""
+    column = {True: ", output", "tool": ", CASE WHEN kind = 'tool' THEN output END AS output"}
     rows = tx.all(
         "SELECT idx, name, kind, state, started_at, completed_at"
-        + (", output" if outputs else "")
+        + column.get(outputs, "")
         + " FROM turn_steps WHERE turn_id = %s ORDER BY idx",
         (turn_id,),
     )

@@ -8,6 +8,7 @@ import { ResourceDetail, ResourceList } from "./pages/Resources";
 import { SessionPage } from "./pages/Session";
 import { GraphPage } from "./pages/Graph";
 import { ApplyPage } from "./pages/Apply";
+import { TokensPage } from "./pages/Tokens";
 import "./styles.css";
 
 function AgentSessions() {
@@ -30,6 +31,7 @@ const router = createBrowserRouter(
       element: <RequireGateway />,
       children: [
         { index: true, element: <Home /> },
+        { path: "tokens", element: <TokensPage /> },
         { path: "ns/:ns", element: <NamespaceHome /> },
         { path: "ns/:ns/graph", element: <GraphPage /> },
         { path: "ns/:ns/apply", element: <ApplyPage /> },

@@ -33,6 +33,7 @@ variable "mcp_header_secrets" { type = list(string) }
 variable "model_key_secrets" { type = list(string) }
 variable "topics" { type = map(string) }
 variable "queue" { type = string }
+variable "trace_sample_ratio" { type = number }
 
 data "google_project" "this" {
   project_id = var.project
@@ -66,6 +67,14 @@ locals {
     TALON_CONTROL_PLANE_SCHEDULER_SERVICE_ACCOUNT_EMAIL   = var.accounts["tasks"]
     TALON_CONTROL_PLANE_SCHEDULER_CALLBACK_VERIFICATION   = "oidc"
     TALON_WORKER_PULL_MODE                                = "false"
+    # Traces to Cloud Trace (talon/telemetry): a sampled share of new traces, and always
+    # those whose caller sampled them; metrics to Cloud Monitoring (every 60 s). The project
+    # names the trace in log lines.
+    OTEL_TRACES_EXPORTER    = "gcp_trace"
+    OTEL_METRICS_EXPORTER   = "gcp_monitoring"
+    OTEL_TRACES_SAMPLER     = "parentbased_traceidratio"
+    OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)
+    GOOGLE_CLOUD_PROJECT    = var.project
   }
   env = {
     gateway = {
@@ -181,6 +190,11 @@ resource "google_secret_manager_secret_iam_member" "model_keys" {
   secret_id = each.value
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${var.accounts["dispatch"]}"
+}
+
+output "common_env" {
+  description = "The environment every function gets; the pull worker starts from it too."
+  value       = local.common_env
 }
 
 output "urls" {

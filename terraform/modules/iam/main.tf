@@ -11,6 +11,7 @@ locals {
     dispatch    = "Talon dispatch (runs turns)"
     scheduler   = "Talon scheduler (Cloud Tasks callback)"
     ops_mcp     = "Talon ops MCP server"
+    worker      = "Talon pull worker (runs turns; worker_mode pull)"
     pubsub_push = "Pub/Sub push to Talon dispatch"
     tasks       = "Cloud Tasks calls to Talon scheduler"
   }
@@ -31,6 +32,22 @@ resource "google_project_iam_member" "sql_client" {
   for_each = toset(local.functions)
   project  = var.project
   role     = "roles/cloudsql.client"
+  member   = google_service_account.accounts[each.key].member
+}
+
+# Every function exports its spans to Cloud Trace and its metrics to Cloud Monitoring
+# (talon/telemetry).
+resource "google_project_iam_member" "trace_agent" {
+  for_each = toset(local.functions)
+  project  = var.project
+  role     = "roles/cloudtrace.agent"
+  member   = google_service_account.accounts[each.key].member
+}
+
+resource "google_project_iam_member" "metric_writer" {
+  for_each = toset(local.functions)
+  project  = var.project
+  role     = "roles/monitoring.metricWriter"
   member   = google_service_account.accounts[each.key].member
 }
 
@@ -67,6 +84,11 @@ output "emails" {
 output "function_members" {
   description = "IAM member strings of the four function service accounts."
   value       = { for key in local.functions : key => google_service_account.accounts[key].member }
+}
+
+output "worker_member" {
+  description = "IAM member string of the pull worker's account (granted nothing in push mode)."
+  value       = google_service_account.accounts["worker"].member
 }
 
 output "admin_token_secret_id" {

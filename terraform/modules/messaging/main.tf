@@ -1,5 +1,9 @@
-# The session-dispatch and lifecycle topics, each pushed to the dispatch function with an
-# OIDC token, with retry backoff and a dead-letter topic.
+# The session-dispatch and lifecycle topics, with retry backoff and a dead-letter topic each.
+# worker_mode "push": each is pushed to the dispatch function with an OIDC token. "pull": each
+# has a pull subscription the long-running worker (modules/worker) consumes by streaming pull.
+# Either way the dispatch topic's dead letters reach the worker code (pushed to dispatch, or
+# pulled by the worker), which fails the turn a dead event names; the lifecycle topic's are
+# kept for inspection.
 
 variable "project" { type = string }
 variable "prefix" { type = string }
@@ -8,6 +12,12 @@ variable "push_account_email" { type = string }
 variable "publishers" {
   description = "IAM members that publish (every function relays its transaction outbox)."
   type        = map(string)
+}
+variable "worker_mode" { type = string }
+variable "max_delivery_attempts" { type = number }
+variable "worker_member" {
+  description = "IAM member of the pull worker's account (subscribes in pull mode)."
+  type        = string
 }
 
 data "google_project" "this" {
@@ -34,7 +44,7 @@ resource "google_pubsub_topic" "dead_letter" {
 }
 
 resource "google_pubsub_subscription" "push" {
-  for_each = local.topics
+  for_each = var.worker_mode == "push" ? local.topics : {}
   project  = var.project
   name     = "${each.value}-push"
   topic    = google_pubsub_topic.topics[each.key].id
@@ -62,17 +72,82 @@ resource "google_pubsub_subscription" "push" {
 
   dead_letter_policy {
     dead_letter_topic     = google_pubsub_topic.dead_letter[each.key].id
-    max_delivery_attempts = 20
+    max_delivery_attempts = var.max_delivery_attempts
   }
 }
 
-# Keep dead letters for inspection: a pull subscription on each dead-letter topic.
+# Pull mode: the worker keeps extending a message's deadline while its turn runs (its client
+# leases it), so the subscription's own deadline is what a killed worker's messages wait
+# before they come back.
+resource "google_pubsub_subscription" "pull" {
+  for_each = var.worker_mode == "pull" ? local.topics : {}
+  project  = var.project
+  name     = "${each.value}-pull"
+  topic    = google_pubsub_topic.topics[each.key].id
+
+  ack_deadline_seconds       = 10
+  message_retention_duration = "604800s"
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter[each.key].id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+}
+
+locals {
+  # Subscriptions Pub/Sub forwards dead letters from (its agent must be a subscriber there).
+  sources = merge(
+    { for key, sub in google_pubsub_subscription.push : key => sub.name },
+    { for key, sub in google_pubsub_subscription.pull : key => sub.name },
+  )
+}
+
+# The dispatch topic's dead letters go to the worker code, which fails the turn each names
+# (with the reason in the session's stream): pushed to the dispatch function in push mode,
+# pulled by the worker in pull mode. The lifecycle topic's are kept for inspection (pull).
 resource "google_pubsub_subscription" "dead_letter" {
   for_each                   = local.topics
   project                    = var.project
   name                       = "${each.value}-dead-letter"
   topic                      = google_pubsub_topic.dead_letter[each.key].id
   message_retention_duration = "604800s"
+  ack_deadline_seconds       = 60
+
+  dynamic "push_config" {
+    for_each = each.key == "dispatch" && var.worker_mode == "push" ? [1] : []
+    content {
+      push_endpoint = var.dispatch_url
+      oidc_token {
+        service_account_email = var.push_account_email
+        audience              = var.dispatch_url
+      }
+      attributes = {
+        x-goog-version = "v1"
+      }
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+}
+
+# The pull worker reads exactly its subscriptions (no project-wide Pub/Sub role).
+resource "google_pubsub_subscription_iam_member" "worker" {
+  for_each = var.worker_mode == "pull" ? merge(
+    { for key, sub in google_pubsub_subscription.pull : key => sub.name },
+    { dispatch-dead-letter = google_pubsub_subscription.dead_letter["dispatch"].name },
+  ) : {}
+  project      = var.project
+  subscription = each.value
+  role         = "roles/pubsub.subscriber"
+  member       = var.worker_member
 }
 
 resource "google_pubsub_topic_iam_member" "publishers" {
@@ -95,7 +170,7 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
 resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   for_each     = local.topics
   project      = var.project
-  subscription = google_pubsub_subscription.push[each.key].name
+  subscription = local.sources[each.key]
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_agent
 }
@@ -111,5 +186,10 @@ output "topics" {
 }
 
 output "subscriptions" {
-  value = { for key, sub in google_pubsub_subscription.push : key => sub.name }
+  description = "The subscription of each topic (push or pull, per worker_mode)."
+  value       = local.sources
+}
+
+output "dead_letter_subscriptions" {
+  value = { for key, sub in google_pubsub_subscription.dead_letter : key => sub.name }
 }

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from talon.runtime.providers.base import ToolSpec
@@ -32,13 +34,41 @@ LIST_TTL_SECONDS = 300.0  # a server's tools may change without its manifest cha
 SEPARATOR = "."
 
 
+@dataclass(frozen=True)
+class OfferedTool:
+    """A server tool the agent is offered, and the bindings that permit it."""
+
+    name: str  # as the agent's model sees it: `<server>.<tool>`
+    tool: mcp_client.RemoteTool
+    allowed_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerTools:
+    """One server the agent's spec references, as the worker resolves it now."""
+
+    server: str
+    grants: tuple[Grant, ...]  # the bindings that cover the agent for this server
+    offered: list[OfferedTool] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)  # listed but no binding permits them
+    error: str | None = None  # the server could not list its tools now
+
+
 class MCPToolSource:
     def __init__(
-        self, db: Database, tenancy: TenancyPolicy, *, list_ttl: float = LIST_TTL_SECONDS
+        self,
+        db: Database,
+        tenancy: TenancyPolicy,
+        *,
+        list_ttl: float = LIST_TTL_SECONDS,
+        max_list_seconds: float | None = None,
     ) -> None:
         self.db = db
         self.tenancy = tenancy
         self.list_ttl = list_ttl
+        # A cap on each server's own timeout when listing (the gateway's inspection route
+        # answers a person waiting); None: the server's timeoutSeconds.
+        self.max_list_seconds = max_list_seconds
         # (namespace, server, resource version) -> (tools, monotonic time listed)
         self._lists: dict[tuple[str, str, int], tuple[list[mcp_client.RemoteTool], float]] = {}
         self._lock = threading.Lock()
@@ -46,22 +76,47 @@ class MCPToolSource:
     # -- the ToolSource port ----------------------------------------------------------------
 
     def tools_for(self, context: AgentContext) -> Toolset:
-        servers, grants = self._policy(context)
         tools: list[ToolSpec] = []
         unavailable: list[dict[str, str]] = []
-        for name, server in servers.items():
-            try:
-                remote = self._list(context.namespace, name, server)
-            except _UNREACHABLE as exc:
-                log.warning("MCP server %s/%s unavailable: %s", context.namespace, name, exc)
-                unavailable.append({"source": f"mcp:{name}", "error": str(exc)})
+        for entry in self.inventory(context):
+            if entry.error is not None:
+                unavailable.append({"source": f"mcp:{entry.server}", "error": entry.error})
                 continue
             tools += [
-                ToolSpec(f"{name}{SEPARATOR}{t.name}", t.description, t.input_schema)
-                for t in remote
-                if permitted(grants[name], t.name, t.read_only_hint)
+                ToolSpec(o.name, o.tool.description, o.tool.input_schema) for o in entry.offered
             ]
         return Toolset(tools, unavailable)
+
+    def inventory(self, context: AgentContext) -> list[ServerTools]:
+        """Each bound server the agent references, in `mcpServerRefs` order: the tools it
+        offers the agent with the bindings that permit each, the ones no binding permits, or
+        why it cannot be listed now. Servers are listed concurrently, each within its
+        timeout, through the tenancy policy (egress, secret grants)."""
+        servers, grants = self._policy(context)
+
+        def one(name: str) -> ServerTools:
+            bound = tuple(grants[name])
+            try:
+                remote = self._list(context.namespace, name, servers[name])
+            except _UNREACHABLE as exc:
+                log.warning("MCP server %s/%s unavailable: %s", context.namespace, name, exc)
+                why = f"egress denied: {exc}" if isinstance(exc, EgressDenied) else str(exc)
+                return ServerTools(name, bound, error=why)
+            offered, withheld = [], []
+            for tool in remote:
+                allowing = tuple(
+                    g.binding for g in grants[name] if g.permits(tool.name, tool.read_only_hint)
+                )
+                if allowing:
+                    offered.append(OfferedTool(f"{name}{SEPARATOR}{tool.name}", tool, allowing))
+                else:
+                    withheld.append(tool.name)
+            return ServerTools(name, bound, offered, withheld)
+
+        if len(servers) <= 1:
+            return [one(name) for name in servers]
+        with ThreadPoolExecutor(min(len(servers), 8), thread_name_prefix="talon-mcp") as pool:
+            return list(pool.map(one, servers))
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         server_name, _, tool = name.partition(SEPARATOR)
@@ -128,6 +183,8 @@ class MCPToolSource:
         body = server["body"]
         url, headers = self._connection(namespace, body)
         timeout = float(body.get("timeoutSeconds", 30.0))
+        if self.max_list_seconds is not None:
+            timeout = min(timeout, self.max_list_seconds)
         tools = mcp_client.list_tools(url, headers, timeout, self.tenancy.egress)
         with self._lock:
             for stale in [k for k in self._lists if k[:2] == key[:2] and k != key]:

@@ -5,6 +5,7 @@ import { age, ErrorBox, Fields, Section } from "../components";
 import { useConnection } from "../connection";
 import { useLoad } from "../hooks";
 import { uiPath } from "../kinds";
+import { AgentTools } from "./AgentTools";
 import { bindingCovers, LinkList, profiles } from "./Resources";
 
 interface SessionSummary {
@@ -50,71 +51,7 @@ export function AgentPanels({ ns, agent }: { ns: string; agent: Resource }) {
           ]}
         />
       </Section>
-      <Section title="Tools">
-        <p className="muted">
-          Where the agent's tools come from. An MCP server's tools reach the agent only through a binding that covers it; bindings add up.
-        </p>
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Source</th>
-                <th scope="col">Tools</th>
-                <th scope="col">Allowed by</th>
-              </tr>
-            </thead>
-            <tbody>
-              <tr>
-                <th scope="row">built-in</th>
-                <td>
-                  <code>talon.*</code> (e.g. <code>talon.current_time</code>)
-                </td>
-                <td>every agent</td>
-              </tr>
-              {(effective.skills ?? []).map((skill: string) => (
-                <tr key={`skill-${skill}`}>
-                  <th scope="row">skill</th>
-                  <td>
-                    <code>skill.{skill}</code>
-                  </td>
-                  <td>the template's skills</td>
-                </tr>
-              ))}
-              {servers.map((server) => {
-                const grants = bindings.filter((b) => b.spec?.server === server);
-                return (
-                  <tr key={`server-${server}`}>
-                    <th scope="row">
-                      MCP <Link to={uiPath(ns, "mcp-servers", server)}>{server}</Link>
-                    </th>
-                    <td>
-                      <code>{server}.*</code>
-                    </td>
-                    <td>
-                      {!related.data ? "…" : grants.length === 0 ? (
-                        <span className="warn">no binding covers this agent: none of its tools are offered</span>
-                      ) : (
-                        <ul className="links">
-                          {grants.map((b) => (
-                            <li key={b.metadata.name}>
-                              <Link to={uiPath(ns, "mcp-bindings", b.metadata.name)}>{b.metadata.name}</Link>{" "}
-                              <span className="muted">
-                                allow {b.spec?.tools?.allow ? b.spec.tools.allow.join(", ") : "all"}
-                                {b.spec?.tools?.deny?.length ? `, deny ${b.spec.tools.deny.join(", ")}` : ""}
-                                {b.spec?.readOnly === false ? "" : ", read-only"}
-                              </span>
-                            </li>
-                          ))}
-                        </ul>
-                      )}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
-      </Section>
+      <AgentTools ns={ns} agent={name} />
       <Section title="Sessions">
         <ErrorBox error={related.error} />
         {canWrite(who) ? <NewSession ns={ns} agent={name} /> : null}

@@ -148,15 +148,26 @@ export function GraphPage() {
           {nodes.map((n) => {
             const href = uiPath(ns, n.kind, n.name);
             const state = n.missing ? "missing" : n.failed ? "failed" : "ok";
+            const label = `${KINDS.find((k) => k.path === n.kind)?.singular} ${n.name}`;
+            if (n.missing)
+              // Nothing to open: a picture with a name, not a link that goes nowhere.
+              return (
+                <g key={n.key} role="img" aria-label={`${label} (missing)`} className="graph-node missing" data-node={n.key}>
+                  <rect x={n.x} y={n.y} width={NODE_W} height={NODE_H} rx={6} />
+                  <text x={n.x + 10} y={n.y + NODE_H / 2 + 5}>
+                    {n.name.length > 22 ? `${n.name.slice(0, 21)}…` : n.name}
+                  </text>
+                </g>
+              );
             return (
               <a
                 key={n.key}
                 href={`/ui${href}`}
                 onClick={(event) => {
                   event.preventDefault();
-                  if (!n.missing) navigate(href);
+                  navigate(href);
                 }}
-                aria-label={`${KINDS.find((k) => k.path === n.kind)?.singular} ${n.name}${n.missing ? " (missing)" : n.failed ? " (Failed)" : ""}`}
+                aria-label={`${label}${n.failed ? " (Failed)" : ""}`}
                 className={`graph-node ${state}`}
                 data-node={n.key}
               >

@@ -50,6 +50,11 @@ function Layout() {
         <Link to="/connect" className="small">
           Manage gateways
         </Link>
+        {who?.role === "admin" ? (
+          <Link to="/tokens" className="small">
+            Tokens
+          </Link>
+        ) : null}
         {namespaces.length > 0 ? (
           <label className="inline">
             <span>Namespace</span>

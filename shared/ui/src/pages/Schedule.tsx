@@ -3,6 +3,7 @@ import { Link } from "react-router";
 import { canWrite, nsPath, request, type Resource } from "../api";
 import { ErrorBox, Fields, Section, Time, viewerZone } from "../components";
 import { useConnection } from "../connection";
+import { useLoad } from "../hooks";
 import { uiPath } from "../kinds";
 import { sessionPath } from "./Agent";
 
@@ -14,6 +15,9 @@ interface Fire {
   outcome: string;
   error: string | null;
 }
+
+const FIRST_PAGE = 20;
+const MAX_FIRES = 100; // what GET .../fires?limit= allows
 
 export function nextFireCell(schedule: Resource) {
   if (schedule.spec?.enabled === false) return <span className="muted">disabled</span>;
@@ -27,8 +31,13 @@ export function SchedulePanels({ ns, schedule, reload }: { ns: string; schedule:
   const spec = schedule.spec ?? {};
   const target = spec.target ?? {};
   const zone: string = spec.timezone ?? "UTC";
-  const fires: Fire[] = schedule.status?.lastFires ?? [];
   const name = schedule.metadata.name;
+  const [limit, setLimit] = useState(FIRST_PAGE);
+  // The schedule's own status has its last 5 fires; .../fires has up to 100.
+  const history = useLoad(`${ns}/fires/${name}/${limit}/${schedule.metadata.resourceVersion}`, (gw, signal) =>
+    request<{ items: Fire[] }>(gw, "GET", `${nsPath(ns, "schedules", name, "fires")}?limit=${limit}`, { signal }),
+  );
+  const fires: Fire[] = history.data?.items ?? schedule.status?.lastFires ?? [];
   const enabled = spec.enabled !== false;
 
   async function act(what: () => Promise<string>) {
@@ -37,6 +46,7 @@ export function SchedulePanels({ ns, schedule, reload }: { ns: string; schedule:
     try {
       setNotice(await what());
       reload();
+      history.reload();
     } catch (e) {
       setError(e as Error);
     }
@@ -98,6 +108,7 @@ export function SchedulePanels({ ns, schedule, reload }: { ns: string; schedule:
         <ErrorBox error={error} />
       </Section>
       <Section title="Last fires">
+        <ErrorBox error={history.error} />
         {fires.length === 0 ? (
           <p className="muted">Not fired yet.</p>
         ) : (
@@ -135,6 +146,14 @@ export function SchedulePanels({ ns, schedule, reload }: { ns: string; schedule:
                 ))}
               </tbody>
             </table>
+            <p className="muted">
+              {fires.length} most recent fire{fires.length === 1 ? "" : "s"}, newest first.{" "}
+              {fires.length >= limit && limit < MAX_FIRES ? (
+                <button type="button" className="small" onClick={() => setLimit(MAX_FIRES)}>
+                  Show more fires
+                </button>
+              ) : null}
+            </p>
           </div>
         )}
       </Section>

@@ -4,185 +4,9 @@ import { ApiError, canWrite, nsPath, request } from "../api";
 import { ErrorBox, Fields, Loading, Section, Time } from "../components";
 import { useConnection } from "../connection";
 import { uiPath } from "../kinds";
-import { follow, type StreamEvent, type StreamStatus } from "../sse";
+import { follow, type StreamStatus } from "../sse";
+import { duration, OPEN, reduce, type Action, type Message, type SessionView, type Step, type ToolCall, type Turn, type TurnView } from "../sessionState";
 import { sessionPath } from "./Agent";
-
-interface ToolCall {
-  id: string;
-  name: string;
-  arguments: unknown;
-}
-interface Message {
-  seq: number;
-  role: string;
-  content: string;
-  toolCalls?: ToolCall[];
-  toolCallId?: string;
-  turnId: string | null;
-  createdAt?: string;
-}
-interface Step {
-  index: number;
-  name: string;
-  kind: string;
-  state: string;
-  startedAt?: string | null;
-  completedAt?: string | null;
-  provider?: string | null;
-  toolCalls?: string[];
-  isError?: boolean;
-  error?: string;
-  documents?: { name?: string; document?: string; version?: string | number; chunks?: number[] }[];
-}
-interface Turn {
-  id: string;
-  state: string;
-  steps: Record<number, Step>;
-  text: string; // the answer as it streams (message.delta)
-  provider?: string | null;
-  error?: string;
-  source?: string;
-  notices: string[];
-}
-interface TurnView {
-  id: string;
-  state: string;
-  source: string;
-  provider: string | null;
-  error: { message?: string } | null;
-  steps?: { index: number; name: string; kind: string; state: string; startedAt: string | null; completedAt: string | null }[];
-}
-interface SessionView {
-  id: string;
-  agent: string;
-  ns: string;
-  status: string;
-  metadata: Record<string, unknown>;
-  activeTurn: TurnView | null;
-  queuedTurns: number;
-  messageCount: number;
-  lastEventId: number;
-  createdAt: string;
-  updatedAt: string;
-}
-
-interface State {
-  messages: Record<number, Message>;
-  turns: Record<string, Turn>;
-}
-type Action = { type: "messages"; items: Message[] } | { type: "event"; event: StreamEvent } | { type: "turn"; view: TurnView };
-
-const OPEN = new Set(["queued", "running"]);
-
-function emptyTurn(id: string): Turn {
-  return { id, state: "queued", steps: {}, text: "", notices: [] };
-}
-
-function reduce(state: State, action: Action): State {
-  switch (action.type) {
-    case "messages": {
-      const messages = { ...state.messages };
-      for (const m of action.items) messages[m.seq] = m;
-      return { ...state, messages };
-    }
-    case "turn": {
-      const v = action.view;
-      const turn = { ...(state.turns[v.id] ?? emptyTurn(v.id)) };
-      turn.state = OPEN.has(turn.state) || !state.turns[v.id] ? v.state : turn.state;
-      turn.provider = v.provider ?? turn.provider;
-      turn.source = v.source;
-      if (v.error?.message) turn.error = v.error.message;
-      const steps = { ...turn.steps };
-      for (const s of v.steps ?? []) steps[s.index] = { ...s, ...steps[s.index] };
-      turn.steps = steps;
-      return { ...state, turns: { ...state.turns, [v.id]: turn } };
-    }
-    case "event":
-      return applyEvent(state, action.event);
-  }
-}
-
-function applyEvent(state: State, event: StreamEvent): State {
-  const data = event.data ?? {};
-  if (event.type === "message.created") {
-    if (state.messages[data.seq]) return state;
-    const message: Message = { seq: data.seq, role: data.role, content: data.content, turnId: event.turnId, createdAt: event.createdAt };
-    return { ...state, messages: { ...state.messages, [data.seq]: message } };
-  }
-  if (!event.turnId) return state;
-  const turn: Turn = { ...(state.turns[event.turnId] ?? emptyTurn(event.turnId)) };
-  switch (event.type) {
-    case "turn.queued":
-      turn.source = data.source;
-      break;
-    case "turn.started":
-      turn.state = "running";
-      break;
-    case "turn.completed":
-      turn.state = "completed";
-      turn.provider = data.provider;
-      break;
-    case "turn.failed":
-      turn.state = "failed";
-      turn.error = data.message ?? data.code;
-      break;
-    case "turn.cancelled":
-      turn.state = "cancelled";
-      turn.error = data.reason;
-      break;
-    case "step.started":
-    case "step.completed":
-    case "step.failed": {
-      const previous = turn.steps[data.index] ?? { index: data.index, name: data.step, kind: data.kind, state: "started" };
-      const step: Step = { ...previous, name: data.step, kind: data.kind ?? previous.kind };
-      if (event.type === "step.started") {
-        step.state = "started";
-        step.startedAt = event.createdAt;
-      } else {
-        step.state = event.type === "step.completed" ? "completed" : "failed";
-        step.completedAt = event.createdAt;
-        step.provider = data.provider ?? step.provider;
-        step.toolCalls = data.toolCalls ?? step.toolCalls;
-        step.isError = data.isError;
-        step.error = data.error;
-        step.documents = data.documents ?? step.documents;
-      }
-      turn.steps = { ...turn.steps, [data.index]: step };
-      if (turn.state === "queued") turn.state = "running";
-      break;
-    }
-    case "message.delta":
-      turn.text = data.reset ? data.text : turn.text + data.text;
-      break;
-    case "tools.unavailable":
-      turn.notices = [
-        ...turn.notices,
-        ...(data.sources ?? []).map((s: { source?: string; reason?: string }) => `tools unavailable: ${s.source ?? ""} ${s.reason ?? ""}`.trim()),
-      ];
-      break;
-    default:
-      return state;
-  }
-  return { ...state, turns: { ...state.turns, [turn.id]: turn } };
-}
-
-function millis(iso: string | null | undefined): number | null {
-  if (!iso) return null;
-  // Event times carry microseconds; Date wants at most milliseconds.
-  const t = Date.parse(iso.replace(/(\.\d{3})\d+/, "$1"));
-  return Number.isNaN(t) ? null : t;
-}
-
-function duration(step: Step): string {
-  const start = millis(step.startedAt);
-  const end = millis(step.completedAt);
-  if (start === null || end === null) return "";
-  const ms = Math.max(0, end - start);
-  // Event times are commit times: a step that starts and ends in one transaction (the
-  // knowledge lookup, the final write) shows none rather than a made-up 0 ms.
-  if (ms === 0) return "";
-  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(2)} s`;
-}
 
 async function allMessages(gw: { url: string; token: string }, base: string, after: number, signal?: AbortSignal): Promise<Message[]> {
   const items: Message[] = [];
@@ -233,7 +57,7 @@ export function SessionPage() {
           onEvent: (event) => {
             dispatch({ type: "event", event });
             if (event.type === "turn.completed" || event.type === "turn.failed" || event.type === "turn.cancelled") {
-              // Tool calls and results are in the history, not the stream: fetch what is new.
+              // The turn's messages (whole tool calls and results) are written now: fetch them.
               allMessages(gateway, base, lastSeq.current)
                 .then((items) => {
                   lastSeq.current = items.reduce((m, x) => Math.max(m, x.seq), lastSeq.current);
@@ -422,6 +246,26 @@ function toolDetails(steps: Step[], messages: Message[]): Map<number, { call: To
   return found;
 }
 
+/** A tool step's arguments and result: from the stream as the call starts and ends (bounded
+ *  previews), then whole from the history once the turn has written its messages. */
+function ToolIO({ step, fromHistory }: { step: Step; fromHistory?: { call: ToolCall; result?: string } }) {
+  if (step.kind !== "tool") return null;
+  const args = fromHistory ? fromHistory.call.arguments : step.arguments;
+  const result = fromHistory?.result ?? step.result;
+  if (args === undefined && result === undefined) return null;
+  const cut = (n: number | undefined, whole: boolean) => (n && !whole ? ` (first part; ${n} characters in all)` : "");
+  return (
+    <div className="tool-io" aria-label={`Tool call ${step.tool ?? step.name.replace(/^call-/, "")}`}>
+      <p className="muted">arguments{cut(step.argumentsTruncated, !!fromHistory)}</p>
+      <pre data-testid="tool-arguments">{args === undefined || args === "" ? "{}" : pretty(args)}</pre>
+      <details open={step.state !== "started"}>
+        <summary>result{cut(step.resultTruncated, fromHistory?.result !== undefined)}</summary>
+        <pre data-testid="tool-result">{result === undefined ? (step.state === "started" ? "(running…)" : "(none)") : pretty(result)}</pre>
+      </details>
+    </div>
+  );
+}
+
 function TurnPanel({
   turnId,
   turn,
@@ -482,15 +326,7 @@ function TurnPanel({
               </span>
             ) : null}
             {s.error ? <span className="error-inline">{s.error}</span> : null}
-            {tools.has(s.index) ? (
-              <details className="tool-io">
-                <summary>arguments and result</summary>
-                <p className="muted">arguments</p>
-                <pre>{pretty(tools.get(s.index)!.call.arguments)}</pre>
-                <p className="muted">result</p>
-                <pre>{tools.get(s.index)!.result === undefined ? "(none yet)" : pretty(tools.get(s.index)!.result)}</pre>
-              </details>
-            ) : null}
+            <ToolIO step={s} fromHistory={tools.get(s.index)} />
           </li>
         ))}
       </ol>

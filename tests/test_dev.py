@@ -138,6 +138,13 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
             "call-stripe-readonly.list_invoices", "call-model", "write-next-message",
         ], sent.stdout  # fmt: skip
         assert "in_1001" in sent.stdout  # the invoice the tool returned, in the answer
+        described = talon(url, token, "describe", "agent", "customer-support", "-n", "acme")
+        assert re.search(
+            r"stripe-readonly\.list_invoices +mcp stripe-readonly \(list_invoices\) "
+            r"+customer-support-stripe",
+            described.stdout,
+        ), described.stdout
+        assert re.search(r"stripe-readonly +available", described.stdout), described.stdout
         session = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
                         "--agent", "customer-support", "-o", "yaml")  # fmt: skip
         view = yaml.safe_load(session.stdout)

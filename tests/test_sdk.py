@@ -219,6 +219,10 @@ def test_cancel_messages_session_lists_and_deletes(client: Client) -> None:
     assert [(m.role, m.content) for m in client.messages(NS, AGENT, SESSION)] == [
         ("user", "queued, no worker")
     ]
+    tools = client.agent_tools(NS, AGENT)
+    assert {"name": "talon.current_time", "type": "builtin"} in [
+        {"name": t["name"], "type": t["source"]["type"]} for t in tools["tools"]
+    ]
     assert client.delete("knowledge", "old", namespace=NS).name == "old"
     with pytest.raises(NotFound):
         client.get("knowledge", "old", namespace=NS)

@@ -10,7 +10,7 @@ import yaml
 
 from talon.cli.client import CliError, plain
 from talon.cli.output import table
-from talon.client import Client, Resource
+from talon.client import APIError, Client, Resource
 
 RECENT_EVENTS = 15
 
@@ -94,17 +94,35 @@ def describe_agent(client: Client, namespace: str, name: str) -> list[str]:
                      str(spec.get("readOnly", "")).lower()])  # fmt: skip
     headers = ["NAME", "SERVER", "ALLOW", "DENY", "READ-ONLY"]
     lines += _section("Bindings", table(rows, headers) if rows else "<none>")
-    # Where each tool comes from. The API does not list an agent's tools by name (that needs
-    # the servers' tools/list); this shows the sources and the rules that filter them.
-    source_rows = []
-    for ref in refs:
-        via = [b["metadata"]["name"] for b in mine if (b.get("spec") or {}).get("server") == ref]
-        source_rows.append([f"mcp:{ref}", "mcpServerRefs", ",".join(via) or "-"])
-    for skill in effective.get("skills") or []:
-        source_rows.append([f"skill.{skill}", "skills", "-"])
-    source_rows.append(["talon.*", "built-in (every agent)", "-"])
-    lines += _section("Tool sources", table(source_rows, ["SOURCE", "FROM", "BINDINGS"])
-                      if source_rows else "<none>")  # fmt: skip
+    lines += _tools(client, namespace, name)
+    return lines
+
+
+def _tools(client: Client, namespace: str, agent: str) -> list[str]:
+    """The agent's effective tools by name and where each comes from, and each MCP server's
+    state, from `GET .../agents/{agent}/tools` (the worker's own sources)."""
+    try:
+        answer = client.agent_tools(namespace, agent)
+    except APIError as exc:  # e.g. 409: the agent does not resolve
+        return _section("Tools", f"<unknown: {exc.message}>")
+    rows = []
+    for tool in answer.get("tools") or []:
+        source = tool.get("source") or {}
+        kind = source.get("type", "")
+        where = {
+            "skill": f"skill {source.get('skill')}",
+            "mcp": f"mcp {source.get('server')} ({source.get('tool')})",
+        }.get(kind, kind)
+        rows.append([tool.get("name"), where, ",".join(source.get("allowedBy") or []) or "-",
+                     "yes" if tool.get("readOnlyHint") else "-"])  # fmt: skip
+    lines = _section("Tools", table(rows, ["NAME", "SOURCE", "ALLOWED BY", "READ-ONLY"])
+                     if rows else "<none>")  # fmt: skip
+    servers = [[s.get("server"), s.get("state"), len(s.get("tools") or []),
+                ",".join(s.get("withheld") or []) or "-", s.get("error") or ""]
+               for s in answer.get("servers") or []]  # fmt: skip
+    if servers:
+        headers = ["SERVER", "STATE", "TOOLS", "WITHHELD", "ERROR"]
+        lines += _section("Tool servers", table(servers, headers))
     return lines
 
 

@@ -155,6 +155,9 @@ class DevStack:
         }
         if options.config is not None:
             env["TALON_CONFIG"] = str(options.config.resolve())
+        if options.example_tools:  # the worker and the gateway (its agent tools route) read them
+            for name, value in EXAMPLE_SECRETS.items():
+                env.setdefault(name, value)
         if options.broker == "pubsub":
             self.pubsub = PubSubEmulator(options.data_dir)
             env.update(self.pubsub.start(self.say, options.config))
@@ -216,8 +219,6 @@ class DevStack:
             self._wait_listening(name, port)
             self.example_urls[kind] = example_url(port)
             self.say(f"talon dev: {name} at {self.example_urls[kind]}")
-        for name, value in EXAMPLE_SECRETS.items():
-            env.setdefault(name, value)
 
     def _wait_listening(self, name: str, port: int, timeout: float = 30.0) -> None:
         """Until the process just started accepts connections on `port`; an error naming the

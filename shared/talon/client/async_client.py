@@ -119,6 +119,9 @@ class AsyncClient:
     async def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> Turn:
         return await self._send(calls.get_turn(namespace, agent, session_id, turn_id))
 
+    async def agent_tools(self, namespace: str, agent: str) -> dict[str, Any]:
+        return await self._send(calls.agent_tools(namespace, agent))
+
     async def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._send(calls.schedule_fires(namespace, name))
 

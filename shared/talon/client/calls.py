@@ -152,6 +152,10 @@ def get_turn(namespace: str, agent: str, session_id: str, turn_id: str) -> Call:
     return Call("GET", path, parse=Turn.model_validate)
 
 
+def agent_tools(namespace: str, agent: str) -> Call:
+    return Call("GET", f"{collection('agents', namespace)}/{_segment(agent)}/tools")
+
+
 def schedule_fires(namespace: str, name: str) -> Call:
     return Call("GET", f"{collection('schedules', namespace)}/{_segment(name)}/fires")
 

@@ -124,6 +124,11 @@ class Client:
         """A turn with its steps."""
         return self._send(calls.get_turn(namespace, agent, session_id, turn_id))
 
+    def agent_tools(self, namespace: str, agent: str) -> dict[str, Any]:
+        """The tools a turn of the agent would be offered now, each with its source, and per
+        MCP server its state, bindings and withheld tools (`GET .../agents/{agent}/tools`)."""
+        return self._send(calls.agent_tools(namespace, agent))
+
     def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
         """`{"nextFireAt": ..., "items": [recent fires, newest first]}`."""
         return self._send(calls.schedule_fires(namespace, name))

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from talon.client import Client, Event
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,37 +115,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-SESSIONS = "/v1/ns/bench/agents/bot/sessions"
-
-
 def client_loop(
     base: str, n: int, turns: int, progress: Any, stream: str = "per-turn"
 ) -> list[tuple[float, float]]:
-    """One client on its own session: post, read the stream to the turn's completion, again.
-    `stream`: "per-turn" opens a stream for each turn from the POST's `streamFrom`;
-    "session" keeps one stream open across turns, as a chat UI does.
+    """One client on its own session, through the SDK: post, read the stream to the turn's
+    completion, again. `stream`: "per-turn" opens a stream for each turn from the POST's
+    `streamFrom`; "session" keeps one stream open across turns, as a chat UI does.
     Returns (POST to first event, POST to completion) per turn, in seconds."""
-    own = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
-                       timeout=60)  # fmt: skip
-    own.post(SESSIONS, json={"id": f"c{n}"}).raise_for_status()
+    own = Client(base, TOKEN, timeout=60)
+    own.create_session("bench", "bot", f"c{n}")
     held = None
     if stream == "session":  # from now on: the events of the turns posted below
-        held = own.stream(
-            "GET", f"{SESSIONS}/c{n}/stream", params={"maxSeconds": 3600, "heartbeat": 1}
-        )
-        lines = held.__enter__().iter_lines()
+        held = own.stream("bench", "bot", f"c{n}", max_seconds=3600)
     timings = []
     for i in range(turns):
         started = time.perf_counter()
-        accepted = own.post(f"{SESSIONS}/c{n}/message", json={"content": f"turn {i}"})
-        accepted.raise_for_status()
-        body = accepted.json()
-        if held is None:
-            params = {"lastEventId": body["streamFrom"], "untilTurnEnd": "true"}
-            with own.stream("GET", f"{SESSIONS}/c{n}/stream", params=params) as reply:
-                first, done = _read_turn(reply.iter_lines(), body["turnId"], started)
-        else:
-            first, done = _read_turn(lines, body["turnId"], started)
+        accepted = own.send("bench", "bot", f"c{n}", f"turn {i}")
+        events = held or own.stream("bench", "bot", f"c{n}", after=accepted.stream_from,
+                                    until_turn_end=True)  # fmt: skip
+        first, done = _read_turn(events, accepted.turn_id, started)
         if done is None:  # a stream that ends before its turn is a bug, not a fast turn
             raise RuntimeError(f"client {n}: the stream ended before turn {i} completed")
         timings.append((first or done, done))
@@ -152,25 +141,22 @@ def client_loop(
             with progress.get_lock():
                 progress.value += 1
     if held is not None:
-        held.__exit__(None, None, None)
+        held.close()
     own.close()
     return timings
 
 
 def _read_turn(
-    lines: Iterator[str], turn_id: str, started: float
+    events: Iterator[Event], turn_id: str, started: float
 ) -> tuple[float | None, float | None]:
     """Reads up to `turn_id`'s completion; (first event, completion) seconds after `started`."""
     first = None
-    for line in lines:
-        if not line.startswith("data: "):
-            continue
-        event = json.loads(line[6:])
-        if event.get("turnId") != turn_id:
+    for event in events:
+        if event.turn_id != turn_id:
             continue  # a held stream has no other turns' events left; this is a guard
         if first is None:
             first = time.perf_counter() - started
-        if event["type"] == "turn.completed":
+        if event.type == "turn.completed":
             return first, time.perf_counter() - started
     return first, None
 
@@ -200,9 +186,8 @@ def client_process(
             raise
 
     def run_one(n: int) -> None:
-        own = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
-        own.post(SESSIONS, json={"id": f"c{n}"}).raise_for_status()
-        own.close()
+        with Client(base, TOKEN) as own:
+            own.create_session("bench", "bot", f"c{n}")
         gate.wait()
         ready.put(client_loop(base, n, turns, progress, stream))
 
@@ -304,7 +289,8 @@ def main() -> int:
         {"apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
          "metadata": {"name": "bot", "namespace": "bench"}, "spec": {"templateRef": "bench"}},
     ]  # fmt: skip
-    http.post("/v1/apply", json={"items": items}).raise_for_status()
+    with Client(base, TOKEN, timeout=60) as sdk:
+        sdk.apply(items)
     worker = subprocess.Popen(
         [sys.executable, "-m", "talon.cli.main", "worker",
          "--concurrency", str(args.worker_concurrency)],

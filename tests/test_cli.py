@@ -17,9 +17,17 @@ MANIFESTS = str(ROOT / "manifests")
 
 
 @pytest.fixture
-def cli(gateway_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def cli(
+    gateway_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path_factory: pytest.TempPathFactory,
+):
     monkeypatch.setenv("TALON_URL", gateway_url)
     monkeypatch.setenv("TALON_TOKEN", ADMIN_TOKEN)
+    # No contexts but the test's own (never the user's ~/.config/talon/config.yaml).
+    config = tmp_path_factory.mktemp("talon-cli") / "config.yaml"
+    monkeypatch.setenv("TALON_CLI_CONFIG", str(config))
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))

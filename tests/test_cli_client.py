@@ -7,27 +7,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from talon.cli.client import ApiError, CliError, TalonClient
-from talon.cli.main import build_parser
+from talon.cli.client import CliError
+from talon.cli.main import build_parser, run_remote
+from talon.client import Client
 
 pytestmark = pytest.mark.fast
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client_for(handler: Handler, token: str | None = "tln_secret") -> TalonClient:
-    return TalonClient("http://gateway.test/", token, transport=httpx.MockTransport(handler))
+def client_for(handler: Handler, token: str | None = "tln_secret") -> Client:
+    return Client("http://gateway.test/", token, transport=httpx.MockTransport(handler))
 
 
-def run(client: TalonClient, *argv: str) -> int:
+def run(client: Client, *argv: str) -> int:
     """A remote command as `talon` runs it, on this client."""
     args = build_parser().parse_args(list(argv))
-    return int(args.remote(client, args))
+    return run_remote(client, args)
 
 
 def error_body(status: int, code: str, message: str, details: list[dict[str, str]]) -> Any:
@@ -36,31 +38,32 @@ def error_body(status: int, code: str, message: str, details: list[dict[str, str
     )
 
 
-def test_a_request_carries_the_token_headers_query_and_body() -> None:
+def test_a_request_carries_the_token_headers_query_and_body(tmp_path: Path) -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(201, json={"ok": True})
+        return httpx.Response(200, json={"dryRun": True, "items": [
+            {"kind": "Namespace", "name": "acme", "action": "created"}]})  # fmt: skip
 
-    answer = client_for(handler).request(
-        "POST", "/v1/apply", json={"items": []}, params={"dryRun": "true"}
-    )
-    assert answer == {"ok": True}
+    manifest = tmp_path / "ns.yaml"
+    manifest.write_text("apiVersion: talon.dev/v1alpha1\nkind: Namespace\nmetadata: {name: acme}\n")
+    assert run(client_for(handler), "apply", "-f", str(manifest), "--dry-run") == 0
     (request,) = seen
     assert str(request.url) == "http://gateway.test/v1/apply?dryRun=true"
     assert request.headers["Authorization"] == "Bearer tln_secret"
-    assert request.headers["Accept"] == "application/json"
-    assert request.headers["User-Agent"] == "talon-cli"
-    assert json.loads(request.content) == {"items": []}
+    assert request.headers["User-Agent"] == "talon-sdk"
+    assert json.loads(request.content)["items"][0]["metadata"] == {"name": "acme"}
 
 
-def test_without_a_token_no_authorization_is_sent_and_an_empty_answer_is_none() -> None:
+def test_without_a_token_no_authorization_is_sent(capsys: pytest.CaptureFixture[str]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert "Authorization" not in request.headers
-        return httpx.Response(204)
+        return httpx.Response(200, json={"id": "t1", "name": "ci", "role": "read",
+                                         "namespaces": ["*"]})  # fmt: skip
 
-    assert client_for(handler, token=None).request("DELETE", "/v1/tokens/t1") is None
+    assert run(client_for(handler, token=None), "tokens", "revoke", "t1") == 0
+    assert capsys.readouterr().out == "token t1 revoked\n"
 
 
 def test_an_error_answer_is_one_line_naming_the_fields_not_already_said() -> None:
@@ -69,12 +72,10 @@ def test_an_error_answer_is_one_line_naming_the_fields_not_already_said() -> Non
                           [{"path": "spec.cron", "message": "not a cron expression"},
                            {"path": "spec.timezone", "message": "unknown time zone"}])  # fmt: skip
 
-    with pytest.raises(ApiError) as caught:
-        client_for(handler).request("POST", "/v1/apply", json={})
-    error = caught.value
-    assert (error.status, error.code) == (422, "invalid")
+    with pytest.raises(CliError) as caught:
+        run(client_for(handler), "get", "schedule", "nightly", "-n", "acme")
     # The first detail is already in the message; only the second is added.
-    assert str(error) == (
+    assert str(caught.value) == (
         "invalid manifest: spec.cron: not a cron expression (HTTP 422 invalid): "
         "spec.timezone: unknown time zone"
     )
@@ -86,10 +87,21 @@ def test_an_html_error_page_from_the_server_in_front_is_still_one_line() -> None
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(431, text=page, headers={"Content-Type": "text/html"})
 
-    with pytest.raises(ApiError) as caught:
-        client_for(handler).request("GET", "/v1/whoami")
-    assert caught.value.code == "http_error"
-    assert str(caught.value) == "<html> (HTTP 431 http_error)"
+    with pytest.raises(CliError) as caught:
+        run(client_for(handler), "whoami")
+    assert str(caught.value) == "HTTP 431 (HTTP 431 http_error)"
+
+
+def test_an_answer_that_is_not_the_apis_is_one_line() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/whoami":
+            return httpx.Response(200, text="<html>captive portal</html>")
+        return httpx.Response(200, json={"items": [{"metadata": {}}], "nextPageToken": None})
+
+    with pytest.raises(CliError, match=r"^GET /v1/whoami: the answer is not what the API"):
+        run(client_for(handler), "whoami")
+    with pytest.raises(CliError, match=r"^GET /v1/ns/acme/agents: the answer is not what"):
+        run(client_for(handler), "get", "agents", "-n", "acme")
 
 
 def test_an_unreachable_gateway_is_a_cli_error_naming_it() -> None:
@@ -97,7 +109,7 @@ def test_an_unreachable_gateway_is_a_cli_error_naming_it() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     with pytest.raises(CliError, match=r"cannot reach the gateway at http://gateway.test: "):
-        client_for(handler).request("GET", "/v1/whoami")
+        run(client_for(handler), "whoami")
 
 
 def test_listing_follows_page_tokens_and_keeps_the_selector(
@@ -109,13 +121,14 @@ def test_listing_follows_page_tokens_and_keeps_the_selector(
     def handler(request: httpx.Request) -> httpx.Response:
         asked.append(dict(request.url.params))
         names, next_token = pages[request.url.params.get("pageToken")]
-        items = [{"metadata": {"name": n, "namespace": "acme"}, "spec": {"templateRef": "t"},
+        items = [{"apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
+                  "metadata": {"name": n, "namespace": "acme"}, "spec": {"templateRef": "t"},
                   "status": {"phase": "Resolved"}} for n in names]  # fmt: skip
         return httpx.Response(200, json={"items": items, "nextPageToken": next_token})
 
     assert run(client_for(handler), "get", "agents", "-n", "acme", "-l", "tier=gold") == 0
-    assert asked == [{"labelSelector": "tier=gold"},
-                     {"labelSelector": "tier=gold", "pageToken": "b"}]  # fmt: skip
+    assert asked == [{"limit": "100", "labelSelector": "tier=gold"},
+                     {"limit": "100", "labelSelector": "tier=gold", "pageToken": "b"}]  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["NAME", "TEMPLATE", "PHASE"]
     assert [line.split()[0] for line in lines[1:]] == ["a", "b", "c"]
@@ -161,7 +174,8 @@ class FakeSessions:
         self.requests.append((request.method, request.url.path, dict(request.url.params), body))
         base = "/v1/ns/acme/agents/bot/sessions"
         if (request.method, request.url.path) == ("POST", base):
-            return httpx.Response(200, json={"id": body["id"]})
+            return httpx.Response(200, json={"id": body["id"], "agent": "bot", "ns": "acme",
+                                             "status": "active"})  # fmt: skip
         if (request.method, request.url.path) == ("POST", f"{base}/s1/message"):
             return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
         assert (request.method, request.url.path) == ("GET", f"{base}/s1/stream")
@@ -252,5 +266,8 @@ def test_sessions_need_a_namespace_and_an_agent() -> None:
 
     with pytest.raises(CliError, match="pass -n NAMESPACE"):
         run(client_for(handler), "get", "sessions", "--agent", "bot")
+    for argv in (("stream", "bot", "s1"), ("send", "bot", "s1", "hi")):
+        with pytest.raises(CliError, match="pass -n NAMESPACE"):
+            run(client_for(handler), *argv)
     with pytest.raises(CliError, match="pass --agent AGENT"):
         run(client_for(handler), "get", "sessions", "-n", "acme")

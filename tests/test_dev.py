@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import yaml
 from test_ops_mcp import mcp_call
 
 from conftest import ROOT
+from talon.client import Client
 from talon.store.local_postgres import free_port
 
 pytestmark = pytest.mark.slow
@@ -87,13 +89,30 @@ def data_dir() -> Iterator[Path]:
 
 
 def talon(url: str, token: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TALON_URL": url, "TALON_TOKEN": token}
+    env = {**os.environ, "TALON_URL": url, "TALON_TOKEN": token, "TALON_CLI_CONFIG": os.devnull}
     return subprocess.run([*TALON, *argv], env=env, capture_output=True, text=True, timeout=60)
+
+
+def example_url(output: str, kind: str) -> str:
+    match = re.search(rf"example {kind} MCP server at (http://127\.0\.0\.1:\d+/mcp)", output)
+    assert match, output
+    return match.group(1)
+
+
+def server_url(url: str, token: str, name: str) -> str:
+    got = talon(url, token, "get", "mcp-server", name, "-n", "acme", "-o", "jsonpath={.spec.url}")
+    assert got.returncode == 0, got.stderr
+    return got.stdout.strip()
 
 
 def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # The manifests' historical port taken by someone else: the examples run on free ports.
+    squatter = socket.socket()
+    with contextlib.suppress(OSError):
+        squatter.bind(("127.0.0.1", 8091))
+        squatter.listen()
     dev = DevProcess(data_dir, port)
     try:
         dev.wait_for("Ctrl-C stops everything")
@@ -102,8 +121,12 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         # The gRPC server, on gateway.grpcAddr's host (talon.yaml: 0.0.0.0) at --grpc-port.
         assert f"  gRPC     0.0.0.0:{dev.grpc_port}" in output
         assert grpc_health(f"127.0.0.1:{dev.grpc_port}") == "SERVING"
+        first_stripe = example_url(output, "stripe")
+        assert first_stripe != "http://127.0.0.1:8091/mcp"
         token = (data_dir / "admin-token").read_text().strip()
         assert token in output
+        assert server_url(url, token, "stripe-readonly") == first_stripe
+        assert server_url(url, token, "hubspot-readonly") == example_url(output, "hubspot")
         listed = talon(url, token, "get", "agents", "-n", "acme")
         assert listed.returncode == 0, listed.stderr
         assert "customer-support" in listed.stdout and "Resolved" in listed.stdout
@@ -120,6 +143,13 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
             "call-stripe-readonly.list_invoices", "call-model", "write-next-message",
         ], sent.stdout  # fmt: skip
         assert "in_1001" in sent.stdout  # the invoice the tool returned, in the answer
+        described = talon(url, token, "describe", "agent", "customer-support", "-n", "acme")
+        assert re.search(
+            r"stripe-readonly\.list_invoices +mcp stripe-readonly \(list_invoices\) "
+            r"+customer-support-stripe",
+            described.stdout,
+        ), described.stdout
+        assert re.search(r"stripe-readonly +available", described.stdout), described.stdout
         session = talon(url, token, "get", "session", "enterprise-renewals", "-n", "acme",
                         "--agent", "customer-support", "-o", "yaml")  # fmt: skip
         view = yaml.safe_load(session.stdout)
@@ -129,11 +159,8 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert "in_1001" in view["messages"][-1]["content"]
         # The same session through talon-ops, under the gateway's base URL, with a token
         # that sees only acme.
-        request = {"name": "ops", "role": "read", "namespaces": ["acme"]}
-        minted = httpx.post(
-            f"{url}/v1/tokens", headers={"Authorization": f"Bearer {token}"}, json=request
-        )
-        scoped = minted.json()["token"]
+        with Client(url, token) as sdk:
+            scoped = sdk.create_token("ops", role="read", namespaces=["acme"]).token
         error, history = mcp_call(f"{url}/mcp/talon-ops", scoped, "read_session",
                                   namespace="acme", agent="customer-support",
                                   session_id="enterprise-renewals")  # fmt: skip
@@ -146,6 +173,7 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         assert deleted.returncode == 0, deleted.stderr
     finally:
         code = dev.stop(signal.SIGTERM)
+        squatter.close()
     assert code == 0, "".join(dev.output)
     assert "talon dev: stopping" in "".join(dev.output)
     assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
@@ -156,6 +184,9 @@ def test_talon_dev_serves_the_examples_and_stops_cleanly(data_dir: Path) -> None
         again.wait_for("Ctrl-C stops everything")
         assert " created" not in "".join(again.output)  # manifests are applied on first start only
         token = (data_dir / "admin-token").read_text().strip()
+        # The stored example servers follow the servers to their new ports.
+        output = "".join(again.output)
+        assert server_url(url, token, "stripe-readonly") == example_url(output, "stripe")
         schedules = talon(url, token, "get", "schedules", "-n", "acme")
         assert schedules.returncode == 0 and "renewal-check" not in schedules.stdout
         agents = talon(url, token, "get", "agents", "-n", "acme")
@@ -193,8 +224,6 @@ def grpc_health(address: str) -> str:
 
 
 def test_talon_dev_refuses_a_busy_grpc_port(data_dir: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -211,8 +240,6 @@ def test_talon_dev_refuses_a_busy_grpc_port(data_dir: Path) -> None:
 
 
 def test_talon_dev_refuses_a_busy_port(data_dir: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -144,3 +144,85 @@ def test_a_post_dropped_in_flight_is_resent_with_the_same_key() -> None:
         accepted = talon.send(NS, AGENT, SESSION, "hi")
     assert accepted.turn_id == "t-1" and accepted.stream_from == 7
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("sdk-")
+
+
+def test_tokens_turns_schedules_selectors_and_session_delete(
+    client: Client, gateway_url: str, start_worker: Any
+) -> None:
+    labelled = samples.knowledge(NS, "tagged")
+    labelled["metadata"]["labels"] = {"tier": "gold"}
+    client.apply([samples.namespace(NS), samples.template(NS), samples.agent(NS),
+                  samples.schedule(NS), samples.knowledge(NS, "plain"), labelled])  # fmt: skip
+    assert [k.name for k in client.list("knowledge", namespace=NS, selector="tier=gold")] == [
+        "tagged"
+    ]
+    assert [k.name for k in client.list("knowledge", namespace=NS, selector="!tier")] == ["plain"]
+
+    created = client.create_token("ci", role="write", namespaces=[NS], ttl_seconds=600)
+    assert created.token.startswith("tln_") and created.expires_at is not None
+    assert created.id in [t.id for t in client.tokens()]
+    with Client(gateway_url, created.token) as ci:
+        assert ci.whoami().namespaces == [NS]
+    assert client.get_token(created.id).role == "write"
+    assert client.revoke_token(created.id).revoked_at is not None
+    with Client(gateway_url, created.token) as ci, pytest.raises(Unauthenticated):
+        ci.whoami()
+
+    start_worker()
+    schedule = samples.schedule(NS)["metadata"]["name"]
+    fired = client.run_schedule(NS, schedule)
+    fires = client.schedule_fires(NS, schedule)
+    assert fires["items"][0]["reason"] == "run" and "nextFireAt" in fires
+    session_id = fired.get("sessionId") or samples.schedule(NS)["spec"]["target"]["sessionId"]
+    events = client.stream(NS, AGENT, session_id, after=0, until_turn_end=True)
+    turn_id = next(e.turn_id for e in events if e.type == "turn.queued")
+    for _ in events:  # to the turn's end
+        pass
+    turn = client.turn(NS, AGENT, session_id, str(turn_id))
+    assert turn.state == "completed" and turn.steps
+    assert client.delete_session(NS, AGENT, session_id).id == session_id
+    with pytest.raises(NotFound):
+        client.turn(NS, AGENT, session_id, str(turn_id))
+
+
+def test_the_async_client_has_the_same_calls(client: Client, gateway_url: str) -> None:
+    client.apply([samples.namespace(NS), samples.template(NS), samples.agent(NS),
+                  samples.schedule(NS)])  # fmt: skip
+    schedule = samples.schedule(NS)["metadata"]["name"]
+
+    async def run() -> None:
+        async with AsyncClient(gateway_url, ADMIN_TOKEN) as talon:
+            created = await talon.create_token("a", namespaces=[NS])
+            assert created.id in [t.id async for t in talon.tokens()]
+            assert (await talon.get_token(created.id)).name == "a"
+            assert (await talon.revoke_token(created.id)).revoked_at is not None
+            assert [a.name async for a in talon.list("agents", namespace=NS,
+                                                     selector="app=nothing")] == []  # fmt: skip
+            assert "items" in await talon.schedule_fires(NS, schedule)
+            await talon.create_session(NS, AGENT, "gone")
+            assert (await talon.delete_session(NS, AGENT, "gone")).id == "gone"
+            with pytest.raises(NotFound):
+                await talon.turn(NS, AGENT, "gone", "00000000-0000-0000-0000-000000000000")
+
+    asyncio.run(run())
+
+
+def test_cancel_messages_session_lists_and_deletes(client: Client) -> None:
+    client.apply([samples.namespace(NS), samples.template(NS), samples.agent(NS),
+                  samples.knowledge(NS, "old")])  # fmt: skip
+    client.create_session(NS, AGENT, SESSION)
+    accepted = client.send(NS, AGENT, SESSION, "queued, no worker")
+    assert [s.id for s in client.sessions(NS, AGENT)] == [SESSION]
+    assert not client.get_session(NS, AGENT, SESSION).idle
+    assert client.cancel(NS, AGENT, SESSION) == {"cancelled": [accepted.turn_id]}
+    assert client.turn(NS, AGENT, SESSION, accepted.turn_id).state == "cancelled"
+    assert [(m.role, m.content) for m in client.messages(NS, AGENT, SESSION)] == [
+        ("user", "queued, no worker")
+    ]
+    tools = client.agent_tools(NS, AGENT)
+    assert {"name": "talon.current_time", "type": "builtin"} in [
+        {"name": t["name"], "type": t["source"]["type"]} for t in tools["tools"]
+    ]
+    assert client.delete("knowledge", "old", namespace=NS).name == "old"
+    with pytest.raises(NotFound):
+        client.get("knowledge", "old", namespace=NS)

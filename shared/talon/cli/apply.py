@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from talon.cli.client import ApiError, TalonClient
 from talon.cli.manifest_files import Document
+from talon.client import APIError, ApplyResult, Client
 
 _ITEM_PATH = re.compile(r"^items\[(\d+)\]\.?")
 
 
 def apply_documents(
-    client: TalonClient, documents: list[Document], *, dry_run: bool = False
-) -> dict[str, Any]:
+    client: Client, documents: list[Document], *, dry_run: bool = False
+) -> list[ApplyResult]:
     """Apply all documents in one server-side transaction (all or nothing)."""
     try:
-        return client.request(
-            "POST",
-            "/v1/apply",
-            json={"items": [d.body for d in documents]},
-            params={"dryRun": "true"} if dry_run else None,
-        )
-    except ApiError as exc:
+        return client.apply([d.body for d in documents], dry_run=dry_run)
+    except APIError as exc:
         raise _with_sources(exc, documents) from exc
 
 
-def _with_sources(error: ApiError, documents: list[Document]) -> ApiError:
+def _with_sources(error: APIError, documents: list[Document]) -> APIError:
     """Rewrite `items[3].spec.x` into `manifests/agent.yaml#2: spec.x` so users find the line."""
 
     def locate(path: str) -> str:
@@ -40,14 +34,13 @@ def _with_sources(error: ApiError, documents: list[Document]) -> ApiError:
     details = [{**d, "path": locate(str(d.get("path", "")))} for d in error.details]
     # The server's message repeats the first details with raw item paths; the details say it all.
     message = error.message.split(": ", 1)[0] if details else error.message
-    return ApiError(error.status, error.code, message, details)
+    return type(error)(error.status, error.code, message, details)
 
 
-def summary_lines(result: dict[str, Any]) -> list[str]:
-    suffix = " (dry run)" if result.get("dryRun") else ""
+def summary_lines(items: list[ApplyResult], *, dry_run: bool) -> list[str]:
+    suffix = " (dry run)" if dry_run else ""
     lines = []
-    for item in result.get("items", []):
-        kind = item["kind"].lower()
-        where = f" -n {item['namespace']}" if item.get("namespace") else ""
-        lines.append(f"{kind}/{item['name']}{where} {item['action']}{suffix}")
+    for item in items:
+        where = f" -n {item.namespace}" if item.namespace else ""
+        lines.append(f"{item.kind.lower()}/{item.name}{where} {item.action}{suffix}")
     return lines

@@ -20,17 +20,18 @@ import httpx
 
 import talon
 from talon.cli.apply import apply_documents, summary_lines
-from talon.cli.client import CliError, TalonClient
+from talon.cli.client import CliError, error_line
+from talon.cli.dev_examples import EXAMPLE_SERVERS, example_url, pointed, repoint
 from talon.cli.dev_grpc import ensure_grpc_port_free, grpc_command, local_host
 from talon.cli.dev_pubsub import PubSubEmulator
 from talon.cli.manifest_files import read_documents
+from talon.client import Client, TalonError
 from talon.services import ADMIN_TOKEN_ENV
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 DATABASE = "talon"
 APPLIED_MARKER = "manifests-applied"
-# The example manifests' MCP servers (manifests/10-mcp-servers.yaml) and their secrets.
-EXAMPLE_TOOL_SERVERS = {"stripe": 8091, "hubspot": 8092}
+# The example manifests' MCP servers' secrets (the servers: cli/dev_examples.py).
 EXAMPLE_SECRETS = {
     "STRIPE_READONLY_AUTHORIZATION": "Bearer example-stripe-readonly",
     "HUBSPOT_READONLY_AUTHORIZATION": "Bearer example-hubspot-readonly",
@@ -110,6 +111,7 @@ class DevStack:
         self.postgres = LocalPostgres(options.data_dir / "postgres", durable=True)
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.demo = True
+        self.example_urls: dict[str, str] = {}  # example MCP server -> its URL, when started
         self._lock: TextIO | None = None
         self.pubsub: PubSubEmulator | None = None
 
@@ -157,6 +159,9 @@ class DevStack:
         }
         if options.config is not None:
             env["TALON_CONFIG"] = str(options.config.resolve())
+        if options.example_tools:  # the worker and the gateway (its agent tools route) read them
+            for name, value in EXAMPLE_SECRETS.items():
+                env.setdefault(name, value)
         if options.broker == "pubsub":
             self.pubsub = PubSubEmulator(options.data_dir)
             env.update(self.pubsub.start(self.say, options.config))
@@ -213,18 +218,30 @@ class DevStack:
         return port
 
     def _spawn_example_tools(self, env: dict[str, str]) -> None:
-        """The example Stripe- and HubSpot-like MCP servers the example manifests bind."""
-        for kind, port in EXAMPLE_TOOL_SERVERS.items():
-            try:
-                _ensure_port_free("127.0.0.1", port)
-            except CliError:
-                self.say(f"talon dev: port {port} is taken; not starting the example {kind} "
-                         "MCP server")  # fmt: skip
-                continue
+        """The example Stripe- and HubSpot-like MCP servers the example manifests bind, each on
+        a free port (the example MCPServer objects are pointed at them: dev_examples.py)."""
+        for kind in EXAMPLE_SERVERS:
+            port = free_port()
             command = [sys.executable, "-m", "talon.examples.mcp_servers", kind, str(port)]
-            self._spawn(f"example {kind} MCP server", command, env)
-        for name, value in EXAMPLE_SECRETS.items():
-            env.setdefault(name, value)
+            name = f"example {kind} MCP server"
+            self._spawn(name, command, env)
+            self._wait_listening(name, port)
+            self.example_urls[kind] = example_url(port)
+            self.say(f"talon dev: {name} at {self.example_urls[kind]}")
+
+    def _wait_listening(self, name: str, port: int, timeout: float = 30.0) -> None:
+        """Until the process just started accepts connections on `port`; an error naming the
+        port if it exits first (e.g. another program took the port meanwhile)."""
+        process = self.processes[-1][1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise CliError(f"the {name} exited (code {process.returncode}) instead of "
+                               f"listening on 127.0.0.1:{port}")  # fmt: skip
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
+            time.sleep(0.05)
+        raise CliError(f"the {name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
     def _spawn_worker(self, env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "talon.cli.main", "worker"]
@@ -253,20 +270,23 @@ class DevStack:
 
     def _apply_manifests_once(self, token: str) -> None:
         folder = self.options.manifests
-        marker = self.options.data_dir / APPLIED_MARKER
-        if folder is None or marker.exists():
-            return
-        if not folder.is_dir():
-            self.say(f"talon dev: no manifests folder at {folder}; nothing applied")
-            return
-        client = TalonClient(self.url, token)
-        try:
-            result = apply_documents(client, read_documents([str(folder)]))
-        finally:
-            client.close()
-        for line in summary_lines(result):
-            self.say(f"  {line}")
-        marker.write_text(f"{folder.resolve()}\n")
+        data_dir = self.options.data_dir
+        marker = data_dir / APPLIED_MARKER
+        with Client(self.url, token) as client:
+            try:
+                if folder is not None and not marker.exists() and not folder.is_dir():
+                    self.say(f"talon dev: no manifests folder at {folder}; nothing applied")
+                elif folder is not None and not marker.exists():
+                    documents = pointed(read_documents([str(folder)]), self.example_urls,
+                                        data_dir)  # fmt: skip
+                    result = apply_documents(client, documents)
+                    for line in summary_lines(result, dry_run=False):
+                        self.say(f"  {line}")
+                    marker.write_text(f"{folder.resolve()}\n")
+                if self.example_urls:
+                    repoint(client, self.example_urls, data_dir, self.say)
+            except TalonError as exc:
+                raise CliError(f"applying {folder}: {error_line(exc, self.url)}") from exc
 
     def wait(self) -> int:
         while True:

@@ -9,8 +9,9 @@ import json
 from typing import Any
 
 from talon.cli.apply import apply_documents
-from talon.cli.client import TalonClient
+from talon.cli.client import plain
 from talon.cli.manifest_files import read_documents
+from talon.client import Client
 from talon.resources.registry import BY_NAME
 
 # Set by the server, not by a manifest: not a difference a user made.
@@ -50,23 +51,22 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def diff(client: TalonClient, filenames: list[str]) -> int:
-    result = apply_documents(client, read_documents(filenames), dry_run=True)
+def diff(client: Client, filenames: list[str]) -> int:
+    items = apply_documents(client, read_documents(filenames), dry_run=True)
     differs = False
-    for item in result.get("items", []):
-        where = f" -n {item['namespace']}" if item.get("namespace") else ""
-        title = f"{item['kind'].lower()}/{item['name']}{where}"
-        if item["action"] == "unchanged":
+    for item in items:
+        where = f" -n {item.namespace}" if item.namespace else ""
+        title = f"{item.kind.lower()}/{item.name}{where}"
+        if item.action == "unchanged":
             continue
         differs = True
-        if item["action"] == "created":
+        if item.action == "created":
             print(f"+ {title} (new)")
             continue
-        kind = BY_NAME[item["kind"]]
-        scope = f"/v1/ns/{item['namespace']}" if kind.namespaced else "/v1"
-        current = client.request("GET", f"{scope}/{kind.plural}/{item['name']}")
+        current = plain(client.get(item.kind, item.name, namespace=item.namespace))
+        after = (item.model_extra or {}).get("object") or {}
         print(f"~ {title}")
-        for op, path, old, new in field_changes(_comparable(current), _comparable(item["object"])):
+        for op, path, old, new in field_changes(_comparable(current), _comparable(after)):
             if op == "~":
                 print(f"    ~ {path}: {_show(old)} -> {_show(new)}")
             elif op == "+":

@@ -5,43 +5,47 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from talon.cli.client import CliError, TalonClient
+from talon.cli.client import CliError, plain
 from talon.cli.output import dump, table
-from talon.client import APIError, Client, StreamEnded, TalonConnectionError
+from talon.client import Client, Session, StreamEnded
 
 SESSION_ALIASES = ("session", "sessions")
 
 
-def sessions_path(namespace: str | None, agent: str | None) -> str:
+def session_scope(namespace: str | None, agent: str | None) -> tuple[str, str]:
     if not namespace:
         raise CliError("sessions live in a namespace: pass -n NAMESPACE")
     if not agent:
         raise CliError("sessions belong to an agent: pass --agent AGENT")
-    return f"/v1/ns/{namespace}/agents/{agent}/sessions"
+    return namespace, agent
+
+
+SESSION_HEADERS = ["ID", "STATUS", "TURN", "QUEUED", "MESSAGES", "UPDATED"]
+
+
+def session_row(session: Session) -> list[Any]:
+    turn = (session.active_turn or {}).get("state", "-")
+    updated = (session.model_extra or {}).get("updatedAt", "")
+    return [session.id, session.status, turn, session.queued_turns, session.message_count,
+            updated]  # fmt: skip
 
 
 def get_sessions(
-    client: TalonClient, namespace: str | None, agent: str | None, name: str | None, fmt: str | None
+    client: Client, namespace: str | None, agent: str | None, name: str | None, fmt: str | None
 ) -> None:
-    path = sessions_path(namespace, agent)
+    ns, agent_name = session_scope(namespace, agent)
     if name:
-        view = client.request("GET", f"{path}/{name}")
-        print(dump(view, fmt or "yaml"))
+        print(dump(plain(client.get_session(ns, agent_name, name)), fmt or "yaml"))
         return
-    items = list(client.paginate(path))
+    items = list(client.sessions(ns, agent_name))
     if fmt:
-        print(dump({"items": items}, fmt))
+        print(dump({"items": [plain(s) for s in items]}, fmt))
         return
-    rows = [
-        [s["id"], s["status"], (s["activeTurn"] or {}).get("state", "-"), s["messageCount"],
-         s["updatedAt"]]
-        for s in items
-    ]  # fmt: skip
-    print(table(rows, ["ID", "STATUS", "TURN", "MESSAGES", "UPDATED"]))
+    print(table([session_row(s) for s in items], SESSION_HEADERS))
 
 
 def stream_events(
-    client: TalonClient,
+    client: Client,
     namespace: str,
     agent: str,
     session: str,
@@ -51,17 +55,12 @@ def stream_events(
 ) -> Iterator[dict[str, Any]]:
     """The session's events as the API shows them, through the SDK's stream: resumed after
     the last event across dropped connections and the gateway's `maxSeconds` ends."""
-    with Client(client.base_url, client.token, transport=client.transport) as sdk:
-        try:
-            for event in sdk.stream(namespace, agent, session, after=after,
-                                    until_turn_end=until_turn_end):  # fmt: skip
-                yield event.model_dump(by_alias=True)
-        except StreamEnded as exc:
-            raise CliError(f"the stream ended: {exc} ({exc.reason})") from exc
-        except APIError as exc:
-            raise CliError(str(exc)) from exc
-        except TalonConnectionError as exc:
-            raise CliError(f"the stream from {client.base_url} broke: {exc}") from exc
+    try:
+        for event in client.stream(namespace, agent, session, after=after,
+                                   until_turn_end=until_turn_end):  # fmt: skip
+            yield event.model_dump(by_alias=True)
+    except StreamEnded as exc:
+        raise CliError(f"the stream ended: {exc} ({exc.reason})") from exc
 
 
 class EventPrinter:
@@ -107,8 +106,10 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "step.failed":
         return f"  {data['step']:<24} failed"
     if kind == "tools.unavailable":
-        sources = "; ".join(f"{s.get('source')}: {s.get('error')}" for s in data.get("sources", []))
-        return f"  tools unavailable: {sources}"
+        # One line per source the turn goes on without (a server it cannot reach, a secret
+        # that is not set), naming it and why.
+        return "\n".join(f"  tools unavailable: {s.get('source')}: {s.get('error')}"
+                         for s in data.get("sources", []))  # fmt: skip
     if kind == "message.created" and data.get("role") == "assistant":
         return f"\nassistant: {data['content']}"
     if kind in ("turn.started", "turn.completed", "turn.failed", "turn.cancelled"):
@@ -118,7 +119,7 @@ def describe(event: dict[str, Any]) -> str | None:
 
 
 def send(
-    client: TalonClient,
+    client: Client,
     namespace: str | None,
     agent: str | None,
     session: str,
@@ -127,18 +128,15 @@ def send(
     strategy: str,
     wait: bool,
 ) -> int:
-    path = sessions_path(namespace, agent)
-    client.request("POST", path, json={"id": session})  # idempotent: returns an existing one
-    accepted = client.request(
-        "POST", f"{path}/{session}/message",
-        json={"content": content, "multitask_strategy": strategy},
-    )  # fmt: skip
-    print(f"turn {accepted['turnId']} queued")
+    ns, agent_name = session_scope(namespace, agent)
+    client.create_session(ns, agent_name, session)  # idempotent: returns an existing one
+    accepted = client.send(ns, agent_name, session, content, strategy=strategy)
+    print(f"turn {accepted.turn_id} queued")
     if not wait:
         return 0
     printer = EventPrinter()
-    for event in stream_events(client, namespace or "", agent or "", session,
-                               after=accepted["streamFrom"], until_turn_end=True):  # fmt: skip
-        if event.get("turnId") == accepted["turnId"]:
+    for event in stream_events(client, ns, agent_name, session, after=accepted.stream_from,
+                               until_turn_end=True):  # fmt: skip
+        if event.get("turnId") == accepted.turn_id:
             printer.show(event)
     return 1 if printer.failed else 0

@@ -2,7 +2,7 @@
 
 from talon.client import Client
 
-with Client.from_env() as talon:          # TALON_URL, TALON_TOKEN
+with Client.from_env() as talon:          # TALON_URL/TALON_TOKEN, else the current context
     talon.create_session("acme", "customer-support", "enterprise-renewals")
     accepted = talon.send("acme", "customer-support", "enterprise-renewals", "Hi")
     for event in talon.stream("acme", "customer-support", "enterprise-renewals",
@@ -22,22 +22,26 @@ from talon.client.errors import (
     TalonConnectionError,
     TalonError,
     Unauthenticated,
+    UnexpectedAnswer,
 )
 from talon.client.following import StreamEnded
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
 from talon.client.sync_client import Client
 
 __all__ = [
     "APIError", "Accepted", "ApplyResult", "AsyncClient", "BadRequest", "Client", "Conflict",
-    "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied", "Resource",
-    "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
-    "Unauthenticated",
+    "CreatedToken", "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied",
+    "Resource", "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
+    "Token", "Turn", "Unauthenticated", "UnexpectedAnswer",
 ]  # fmt: skip

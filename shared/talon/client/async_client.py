@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 import talon.client.calls as calls
-from talon.client.errors import TalonConnectionError, error_from
+from talon.client.errors import TalonConnectionError, UnexpectedAnswer, error_from, parsed
 from talon.client.following import Follower
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
-from talon.client.sync_client import DEFAULT_URL, RETRIES, _json
+from talon.client.sync_client import RETRIES, _json
+from talon.contexts import resolve
 
 
 class AsyncClient:
@@ -44,9 +47,16 @@ class AsyncClient:
                                   timeout=timeout, transport=transport)  # fmt: skip
 
     @classmethod
-    def from_env(cls, **options: Any) -> AsyncClient:
-        return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
-                   **options)  # fmt: skip
+    def from_env(cls, *, context: str | None = None, **options: Any) -> AsyncClient:
+        """$TALON_URL and $TALON_TOKEN, else the current context of the CLI's contexts file
+        (or the one named), as `talon` resolves them (talon/contexts.py); raises
+        `talon.contexts.ContextError` for an unreadable file or an unknown context."""
+        target = resolve(context=context)
+        return cls(target.url, target.token, **options)
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -66,10 +76,11 @@ class AsyncClient:
         return await self._send(calls.get(kind, name, namespace))
 
     def list(
-        self, kind: str, *, namespace: str | None = None, page_size: int = calls.PAGE_SIZE
-    ) -> AsyncIterator[Resource]:
-        """Every object of a kind, page by page as the iteration goes."""
-        return self._pages(calls.list_resources(kind, namespace, page_size))
+        self, kind: str, *, namespace: str | None = None, selector: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> AsyncIterator[Resource]:  # fmt: skip
+        """Every object of a kind (with labels matching `selector`), page by page."""
+        return self._pages(calls.list_resources(kind, namespace, page_size, selector))
 
     async def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
         return await self._send(calls.delete(kind, name, namespace))
@@ -102,6 +113,38 @@ class AsyncClient:
                                   idempotency_key=idempotency_key)  # fmt: skip
         return await self._send(call, retries=RETRIES)
 
+    async def delete_session(self, namespace: str, agent: str, session_id: str) -> Session:
+        return await self._send(calls.delete_session(namespace, agent, session_id))
+
+    async def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> Turn:
+        return await self._send(calls.get_turn(namespace, agent, session_id, turn_id))
+
+    async def agent_tools(self, namespace: str, agent: str) -> dict[str, Any]:
+        return await self._send(calls.agent_tools(namespace, agent))
+
+    async def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._send(calls.schedule_fires(namespace, name))
+
+    async def run_schedule(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._send(calls.run_schedule(namespace, name))
+
+    async def create_token(
+        self, name: str, *, role: str = "read", namespaces: builtins.list[str] | None = None,
+        ttl_seconds: int | None = None, tools: builtins.list[str] | None = None,
+    ) -> CreatedToken:  # fmt: skip
+        call = calls.create_token(name, role, namespaces or ["*"], ttl_seconds=ttl_seconds,
+                                  tools=tools)  # fmt: skip
+        return await self._send(call)
+
+    def tokens(self) -> AsyncIterator[Token]:
+        return self._pages(calls.list_tokens())
+
+    async def get_token(self, token_id: str) -> Token:
+        return await self._send(calls.get_token(token_id))
+
+    async def revoke_token(self, token_id: str) -> Token:
+        return await self._send(calls.revoke_token(token_id))
+
     async def cancel(self, namespace: str, agent: str, session_id: str) -> Any:
         return await self._send(calls.cancel(namespace, agent, session_id))
 
@@ -111,7 +154,7 @@ class AsyncClient:
     async def stream(
         self, namespace: str, agent: str, session_id: str, *,
         after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
         """The session's events after event `after` (None: only new ones), across dropped
         connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
         `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""
@@ -158,14 +201,17 @@ class AsyncClient:
                     raise TalonConnectionError(f"{call.method} {call.path}: {exc}") from exc
         if response.status_code >= 400:
             raise error_from(response.status_code, _json(response))
-        return call.parse(_json(response))
+        return parsed(f"{call.method} {call.path}", call.parse, _json(response))
 
     async def _pages(self, page: calls.Page) -> AsyncIterator[Any]:
         params = dict(page.call.params)
         while True:
             body = await self._send(calls.Call(page.call.method, page.call.path, params=params))
-            for item in body.get("items", []):
-                yield page.read(item)
+            name = f"{page.call.method} {page.call.path}"
+            if not isinstance(body, dict):
+                raise UnexpectedAnswer(f"{name}: the answer is not a page of a list")
+            for item in body.get("items") or []:
+                yield parsed(name, page.read, item)
             cursor = body.get(page.cursor_field)
             if not cursor:
                 return

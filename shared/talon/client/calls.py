@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from talon.client.models import Accepted, ApplyResult, Identity, Message, Resource, Session
+from talon.client.models import (
+    Accepted,
+    ApplyResult,
+    CreatedToken,
+    Identity,
+    Message,
+    Resource,
+    Session,
+    Token,
+    Turn,
+)
 from talon.resources.registry import BY_NAME, kind_for_alias
 
 PAGE_SIZE = 100
@@ -71,9 +81,13 @@ def get(kind: str, name: str, namespace: str | None) -> Call:
                 parse=Resource.model_validate)  # fmt: skip
 
 
-def list_resources(kind: str, namespace: str | None, page_size: int = PAGE_SIZE) -> Page:
-    call = Call("GET", collection(kind, namespace), params={"limit": page_size})
-    return Page(call, Resource.model_validate)
+def list_resources(
+    kind: str, namespace: str | None, page_size: int = PAGE_SIZE, selector: str | None = None
+) -> Page:
+    params: dict[str, Any] = {"limit": page_size}
+    if selector:
+        params["labelSelector"] = selector
+    return Page(Call("GET", collection(kind, namespace), params=params), Resource.model_validate)
 
 
 def delete(kind: str, name: str, namespace: str | None) -> Call:
@@ -126,6 +140,52 @@ def post_message(
     key = idempotency_key or f"sdk-{uuid.uuid4().hex}"
     return Call("POST", f"{sessions_path(namespace, agent, session_id)}/message", json=body,
                 headers={"Idempotency-Key": key}, parse=Accepted.model_validate)  # fmt: skip
+
+
+def delete_session(namespace: str, agent: str, session_id: str) -> Call:
+    return Call("DELETE", sessions_path(namespace, agent, session_id),
+                parse=Session.model_validate)  # fmt: skip
+
+
+def get_turn(namespace: str, agent: str, session_id: str, turn_id: str) -> Call:
+    path = f"{sessions_path(namespace, agent, session_id)}/turns/{_segment(turn_id)}"
+    return Call("GET", path, parse=Turn.model_validate)
+
+
+def agent_tools(namespace: str, agent: str) -> Call:
+    return Call("GET", f"{collection('agents', namespace)}/{_segment(agent)}/tools")
+
+
+def schedule_fires(namespace: str, name: str) -> Call:
+    return Call("GET", f"{collection('schedules', namespace)}/{_segment(name)}/fires")
+
+
+def run_schedule(namespace: str, name: str) -> Call:
+    return Call("POST", f"{collection('schedules', namespace)}/{_segment(name)}/run")
+
+
+def create_token(
+    name: str, role: str, namespaces: list[str], *, ttl_seconds: int | None = None,
+    tools: list[str] | None = None,
+) -> Call:  # fmt: skip
+    body: dict[str, Any] = {"name": name, "role": role, "namespaces": namespaces}
+    if ttl_seconds is not None:
+        body["ttlSeconds"] = ttl_seconds
+    if tools:
+        body["tools"] = tools
+    return Call("POST", "/v1/tokens", json=body, parse=CreatedToken.model_validate)
+
+
+def list_tokens(page_size: int = PAGE_SIZE) -> Page:
+    return Page(Call("GET", "/v1/tokens", params={"limit": page_size}), Token.model_validate)
+
+
+def get_token(token_id: str) -> Call:
+    return Call("GET", f"/v1/tokens/{_segment(token_id)}", parse=Token.model_validate)
+
+
+def revoke_token(token_id: str) -> Call:
+    return Call("DELETE", f"/v1/tokens/{_segment(token_id)}", parse=Token.model_validate)
 
 
 def cancel(namespace: str, agent: str, session_id: str) -> Call:

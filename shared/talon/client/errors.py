@@ -14,6 +14,23 @@ class TalonConnectionError(TalonError):
     """The gateway could not be reached (or the connection dropped before an answer)."""
 
 
+class UnexpectedAnswer(TalonError):
+    """A success status whose body is not what the API documents (a proxy's page, a gateway
+    of another version)."""
+
+
+def parsed(call_name: str, parse: Any, body: Any) -> Any:
+    """`parse(body)`, or UnexpectedAnswer naming the call when the body does not fit."""
+    from pydantic import ValidationError
+
+    try:
+        return parse(body)
+    except (ValidationError, TypeError, KeyError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnexpectedAnswer(f"{call_name}: the answer is not what the API documents "
+                               f"({first})") from exc  # fmt: skip
+
+
 class APIError(TalonError):
     def __init__(
         self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None

@@ -63,6 +63,32 @@ class Session(_Model):
         return self.active_turn is None and self.queued_turns == 0
 
 
+class Turn(_Model):
+    """A turn with its steps (`GET .../turns/{turnId}`)."""
+
+    id: str
+    state: str
+    steps: list[dict[str, Any]] = []
+
+
+class Token(_Model):
+    """An API token as listed (never its secret)."""
+
+    id: str
+    name: str
+    role: str
+    namespaces: list[str]
+    tools: list[str] | None = None
+    expires_at: str | None = Field(default=None, alias="expiresAt")
+    revoked_at: str | None = Field(default=None, alias="revokedAt")
+
+
+class CreatedToken(Token):
+    """A token just created: `token` is its secret, shown this once."""
+
+    token: str
+
+
 class Accepted(_Model):
     """A posted message: the turn it queued and where its stream starts."""
 

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import builtins
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, connect_sse
 
 import talon.client.calls as calls
-from talon.client.errors import TalonConnectionError, error_from
+from talon.client.errors import TalonConnectionError, UnexpectedAnswer, error_from, parsed
 from talon.client.following import Follower
 from talon.client.models import (
     Accepted,
     ApplyResult,
+    CreatedToken,
     Event,
     Identity,
     Message,
     Resource,
     Session,
+    Token,
+    Turn,
 )
+from talon.contexts import resolve
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 RETRIES = 2  # resends of a keyed POST after a dropped connection
 
 
 class Client:
-    """A Talon gateway: `Client(url, token)`, or `Client.from_env()` (TALON_URL, TALON_TOKEN).
-    Pass `transport=` (e.g. `httpx.MockTransport`) to test code that uses it."""
+    """A Talon gateway: `Client(url, token)`, or `Client.from_env()` (TALON_URL and
+    TALON_TOKEN, else the CLI's current context). Pass `transport=` (e.g.
+    `httpx.MockTransport`) to test code that uses it."""
 
     def __init__(
         self,
@@ -47,9 +50,16 @@ class Client:
                                   timeout=timeout, transport=transport)  # fmt: skip
 
     @classmethod
-    def from_env(cls, **options: Any) -> Client:
-        return cls(os.environ.get("TALON_URL") or DEFAULT_URL, os.environ.get("TALON_TOKEN"),
-                   **options)  # fmt: skip
+    def from_env(cls, *, context: str | None = None, **options: Any) -> Client:
+        """$TALON_URL and $TALON_TOKEN, else the current context of the CLI's contexts file
+        (or the one named), as `talon` resolves them (talon/contexts.py); raises
+        `talon.contexts.ContextError` for an unreadable file or an unknown context."""
+        target = resolve(context=context)
+        return cls(target.url, target.token, **options)
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
 
     def close(self) -> None:
         self._http.close()
@@ -69,10 +79,12 @@ class Client:
         return self._send(calls.get(kind, name, namespace))
 
     def list(
-        self, kind: str, *, namespace: str | None = None, page_size: int = calls.PAGE_SIZE
-    ) -> Iterator[Resource]:
-        """Every object of a kind, page by page as the iteration goes."""
-        return self._pages(calls.list_resources(kind, namespace, page_size))
+        self, kind: str, *, namespace: str | None = None, selector: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> Iterator[Resource]:  # fmt: skip
+        """Every object of a kind (with labels matching `selector`, e.g. `app=support,!beta`),
+        page by page as the iteration goes."""
+        return self._pages(calls.list_resources(kind, namespace, page_size, selector))
 
     def delete(self, kind: str, name: str, *, namespace: str | None = None) -> Resource:
         return self._send(calls.delete(kind, name, namespace))
@@ -105,6 +117,44 @@ class Client:
                                   idempotency_key=idempotency_key)  # fmt: skip
         return self._send(call, retries=RETRIES)
 
+    def delete_session(self, namespace: str, agent: str, session_id: str) -> Session:
+        return self._send(calls.delete_session(namespace, agent, session_id))
+
+    def turn(self, namespace: str, agent: str, session_id: str, turn_id: str) -> Turn:
+        """A turn with its steps."""
+        return self._send(calls.get_turn(namespace, agent, session_id, turn_id))
+
+    def agent_tools(self, namespace: str, agent: str) -> dict[str, Any]:
+        """The tools a turn of the agent would be offered now, each with its source, and per
+        MCP server its state, bindings and withheld tools (`GET .../agents/{agent}/tools`)."""
+        return self._send(calls.agent_tools(namespace, agent))
+
+    def schedule_fires(self, namespace: str, name: str) -> dict[str, Any]:
+        """`{"nextFireAt": ..., "items": [recent fires, newest first]}`."""
+        return self._send(calls.schedule_fires(namespace, name))
+
+    def run_schedule(self, namespace: str, name: str) -> dict[str, Any]:
+        """Fire the schedule now."""
+        return self._send(calls.run_schedule(namespace, name))
+
+    def create_token(
+        self, name: str, *, role: str = "read", namespaces: builtins.list[str] | None = None,
+        ttl_seconds: int | None = None, tools: builtins.list[str] | None = None,
+    ) -> CreatedToken:  # fmt: skip
+        """A new token; its secret (`.token`) is shown only in this answer."""
+        return self._send(calls.create_token(name, role, namespaces or ["*"],
+                                             ttl_seconds=ttl_seconds, tools=tools))  # fmt: skip
+
+    def tokens(self) -> Iterator[Token]:
+        return self._pages(calls.list_tokens())
+
+    def get_token(self, token_id: str) -> Token:
+        return self._send(calls.get_token(token_id))
+
+    def revoke_token(self, token_id: str) -> Token:
+        """Revoke the token and every token minted from it."""
+        return self._send(calls.revoke_token(token_id))
+
     def cancel(self, namespace: str, agent: str, session_id: str) -> Any:
         return self._send(calls.cancel(namespace, agent, session_id))
 
@@ -114,10 +164,11 @@ class Client:
     def stream(
         self, namespace: str, agent: str, session_id: str, *,
         after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
-    ) -> Iterator[Event]:  # fmt: skip
+    ) -> Generator[Event, None, None]:  # fmt: skip
         """The session's events after event `after` (None: only new ones), across dropped
         connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
-        `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""
+        `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends.
+        `.close()` it (or let it be collected) to drop the connection when stopping early."""
         follower = Follower(after, until_turn_end, max_seconds)
         path = calls.stream_path(namespace, agent, session_id)
         while True:
@@ -156,14 +207,17 @@ class Client:
                     raise TalonConnectionError(f"{call.method} {call.path}: {exc}") from exc
         if response.status_code >= 400:
             raise error_from(response.status_code, _json(response))
-        return call.parse(_json(response))
+        return parsed(f"{call.method} {call.path}", call.parse, _json(response))
 
     def _pages(self, page: calls.Page) -> Iterator[Any]:
         params = dict(page.call.params)
         while True:
             body = self._send(calls.Call(page.call.method, page.call.path, params=params))
-            for item in body.get("items", []):
-                yield page.read(item)
+            name = f"{page.call.method} {page.call.path}"
+            if not isinstance(body, dict):
+                raise UnexpectedAnswer(f"{name}: the answer is not a page of a list")
+            for item in body.get("items") or []:
+                yield parsed(name, page.read, item)
             cursor = body.get(page.cursor_field)
             if not cursor:
                 return

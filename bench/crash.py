@@ -4,13 +4,14 @@ doubled or has a tool call run twice.
 Starts its own durable PostgreSQL, the gateway under functions-framework, an OpenAI-compatible
 model server whose every answer takes `--model-seconds`, and `--workers` pull-worker
 processes (`tests/tool_worker.py`: the worker `talon worker` runs, every timing at its
-default — 30 s lease, 30.5 s visibility, 1 s takeover poll — plus a tool that records each
+default — 30 s lease, 30.5 s visibility, 0.5 s takeover poll — plus a tool that records each
 call it runs). Every turn asks the model, runs one tool call (`--tool-seconds`), asks again
-and answers. `--sessions` sessions get `--turns` turns queued between them; while they run,
-the benchmark SIGKILLs `--kills` times a worker that holds a running turn and watches the
-dead worker's turns: takeover time is from the kill until another worker holds the turn (its
-lease owner changed), polled every 10 ms; then a replacement worker is started. At the end
-every turn must be completed with one final answer, and no tool call may have run twice.
+and answers. `--sessions` chat-like clients, one per session, post a message and wait for
+its turn to end, `--turns` turns between them; while they run, the benchmark SIGKILLs
+`--kills` times a worker that holds a running turn and watches the dead worker's turns:
+takeover time is from the kill until another worker holds the turn (its lease owner
+changed), polled every 10 ms; then a replacement worker is started. At the end every turn
+must be completed with one final answer, and no tool call may have run twice.
 
     .venv/bin/python bench/crash.py --kills 20
 """
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -120,42 +122,49 @@ def live_locks(connection: Any) -> int:
 
 def watch_takeover(
     connection: Any, owner: str, turns: list[str], killed_at: float, limit: float
-) -> tuple[float | None, dict[str, float]]:
+) -> tuple[float | None, float | None, dict[str, float]]:
     """Poll until every turn in `turns` is held by another owner (or finished); return when
-    the dead owner's lock was gone and when each turn was taken over, in seconds after the
-    kill (a turn still held after `limit` seconds is left out)."""
+    the dead owner's lock was gone, when none of its outbox rows was left (all claimed
+    again) and when each turn was taken over, in seconds after the kill (a turn still held
+    after `limit` seconds is left out)."""
     lock_gone: float | None = None
+    rows_gone: float | None = None
     taken: dict[str, float] = {}
-    while time.monotonic() - killed_at < limit and (lock_gone is None or len(taken) < len(turns)):
+    while time.monotonic() - killed_at < limit and (
+        lock_gone is None or rows_gone is None or len(taken) < len(turns)
+    ):
         rows = query(
             connection,
             "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = "
             f"{owner_key_sql('%s')}), "
             "array(SELECT id::text FROM turns WHERE id = ANY(%s::uuid[]) "
-            "AND (state <> 'running' OR lease_owner IS DISTINCT FROM %s))",
-            (owner, turns, owner),
+            "AND (state <> 'running' OR lease_owner IS DISTINCT FROM %s)), "
+            "(SELECT count(*) FROM outbox WHERE claimed_by = %s)",
+            (owner, turns, owner, owner),
         )
         now = time.monotonic() - killed_at
-        held, moved = rows[0]
+        held, moved, rows_held = rows[0]
         if lock_gone is None and not held:
             lock_gone = now
+        if rows_gone is None and not rows_held:
+            rows_gone = now
         for turn in moved or []:
             taken.setdefault(turn, now)
         time.sleep(0.01)
-    return lock_gone, taken
+    return lock_gone, rows_gone, taken
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--sessions", type=int, default=6)
+    parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--turns", type=int, default=300, help="total, across the sessions")
     parser.add_argument("--model-seconds", type=float, default=0.3)
     parser.add_argument("--tool-seconds", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--takeover-poll", type=float, default=1.0,
+    parser.add_argument("--takeover-poll", type=float, default=0.5,
                         help="worker.takeoverPollSeconds of the workers")  # fmt: skip
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -216,19 +225,46 @@ def main() -> int:
             time.sleep(0.1)
         for s in range(args.sessions):
             http.post(SESSIONS, json={"id": f"s{s}"}).raise_for_status()
-        posted = 0
-        for i in range(args.turns):
-            s = i % args.sessions
-            reply = http.post(f"{SESSIONS}/s{s}/message", json={"content": f"turn {i}"})
-            reply.raise_for_status()
-            posted += 1
+        # Chat-like clients, one per session: post, wait for the turn to end, post again.
+        per_session = args.turns // args.sessions
+        posted = [0]
+        count_lock = threading.Lock()
+        client_errors: list[str] = []
+
+        def client(s: int) -> None:
+            own = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                               headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+            connection = pg.connect("talon")
+            connection.autocommit = True
+            try:
+                for i in range(per_session):
+                    reply = own.post(f"{SESSIONS}/s{s}/message", json={"content": f"turn {i}"})
+                    reply.raise_for_status()
+                    with count_lock:
+                        posted[0] += 1
+                    turn = reply.json()["turnId"]
+                    while query(connection, "SELECT 1 FROM turns WHERE id = %s "
+                                "AND state IN ('queued', 'running')", (turn,)):  # fmt: skip
+                        time.sleep(0.05)
+            except Exception as exc:  # reported, and the run fails
+                client_errors.append(repr(exc))
+            finally:
+                own.close()
+                connection.close()
+
+        clients = [threading.Thread(target=client, args=(s,)) for s in range(args.sessions)]
+        for thread in clients:
+            thread.start()
         started = time.monotonic()
 
         takeovers: list[float] = []
         lock_releases: list[float] = []
+        rows_reclaimed: list[float] = []
         orphaned = 0
         kills = 0
         while kills < args.kills and time.monotonic() - started < 600:
+            if not any(thread.is_alive() for thread in clients):
+                break
             time.sleep(rng.uniform(0.5, 2.0))  # lands anywhere in a step
             holders = query(watcher, "SELECT DISTINCT lease_owner FROM turns "
                             "WHERE state = 'running' AND lease_expires_at > now()")  # fmt: skip
@@ -236,8 +272,7 @@ def main() -> int:
             owned = {int(o.split(":")[1]): o for (o,) in holders if o}
             victims = [pid for pid in owned if pid in workers.running]
             if not victims:
-                if not query(watcher, "SELECT 1 FROM turns WHERE state IN ('queued', 'running') "
-                             "LIMIT 1"):  # fmt: skip
+                if not any(thread.is_alive() for thread in clients):
                     break  # every turn is done: too few turns for the kills asked
                 continue
             pid = rng.choice(victims)
@@ -249,7 +284,9 @@ def main() -> int:
                 watcher, "SELECT id::text FROM turns WHERE state = 'running' AND lease_owner = %s",
                 (owner,))]  # fmt: skip
             orphaned += len(held)
-            lock_gone, taken = watch_takeover(watcher, owner, held, killed_at, 60.0)
+            lock_gone, rows_gone, taken = watch_takeover(watcher, owner, held, killed_at, 60.0)
+            if rows_gone is not None:
+                rows_reclaimed.append(rows_gone)
             # The replacement starts once the survivors took over: on two cores a Python
             # process starting up would slow them down, which a separate machine would not.
             workers.start()
@@ -259,12 +296,8 @@ def main() -> int:
             if len(taken) < len(held):
                 print(f"kill {kills}: {len(held) - len(taken)} turn(s) not taken over in 60 s",
                       file=sys.stderr)  # fmt: skip
-        # Let every turn finish.
-        deadline = time.monotonic() + 300
-        while query(watcher, "SELECT 1 FROM turns WHERE state IN ('queued', 'running') LIMIT 1"):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        for thread in clients:  # every client's turns done
+            thread.join(timeout=600)
         elapsed = time.monotonic() - started
         states = dict(query(watcher, "SELECT state, count(*) FROM turns GROUP BY state"))
         # One final answer (an assistant message without tool calls) per completed turn.
@@ -283,7 +316,8 @@ def main() -> int:
         result = {
             "workers": args.workers,
             "sessions": args.sessions,
-            "turns": posted,
+            "turns": posted[0],
+            "client_errors": client_errors,
             "kills": kills,
             "turns_orphaned_by_kills": orphaned,
             "turns_resumed": int(resumed),
@@ -297,9 +331,14 @@ def main() -> int:
                 "p50": round(percentile(lock_releases, 0.5) * 1000, 1),
                 "max": round(max(lock_releases) * 1000, 1),
             } if lock_releases else None,
+            # When the dead worker's deliveries were all claimed again by the survivors.
+            "deliveries_reclaimed_seconds": {
+                "p50": round(percentile(rows_reclaimed, 0.5), 3),
+                "p99": round(percentile(rows_reclaimed, 0.99), 3),
+            } if rows_reclaimed else None,
             "turns_not_taken_over": orphaned - len(takeovers),
             "turns_completed": int(states.get("completed", 0)),
-            "turns_lost": posted - int(states.get("completed", 0)),
+            "turns_lost": posted[0] - int(states.get("completed", 0)),
             "turns_failed": int(states.get("failed", 0)),
             "failures": [list(f) for f in failures],
             "turns_by_attempts": {str(k): int(v) for k, v in sorted(attempts.items())},
@@ -313,7 +352,7 @@ def main() -> int:
             "load_average_1m_at_end": round(os.getloadavg()[0], 1),
         }  # fmt: skip
         print(json.dumps(result, indent=2))
-        bad = (result["turns_lost"] or result["turns_duplicated"]
+        bad = (result["turns_lost"] or result["turns_duplicated"] or client_errors
                or result["tool_calls_repeated"] or result["turns_not_taken_over"])  # fmt: skip
         return 1 if bad else 0
     finally:

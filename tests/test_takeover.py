@@ -23,8 +23,9 @@ from talon.runtime.turns import INTERRUPTED
 from talon.store.liveness import APPLICATION_NAME, owner_key_sql
 
 pytestmark = pytest.mark.slow
-# Far beyond what a takeover by liveness takes, far below the 30 s lease.
-TAKEOVER_BOUND = 10.0
+# Far beyond what a takeover by liveness takes (under a second unloaded, see bench/crash.py),
+# yet below the 30 s lease: a turn done within it was not freed by the lease running out.
+TAKEOVER_BOUND = 20.0
 
 
 def _env() -> dict[str, str]:

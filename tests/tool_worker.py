@@ -50,7 +50,7 @@ def main() -> None:
     db = Database(connector_from_url(database_url, 10), 8)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    poll = float(os.environ.get("TALON_WORKER_TAKEOVER_POLL_SECONDS", "1.0"))
+    poll = float(os.environ.get("TALON_WORKER_TAKEOVER_POLL_SECONDS", "0.5"))
     worker = worker_for_tests(db, tools=FileRecordingTool(calls_file, tool_seconds),
                               lease_seconds=lease, takeover_poll_seconds=poll)  # fmt: skip
     broker = load_settings().control_plane.message_broker

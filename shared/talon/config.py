@@ -165,7 +165,7 @@ class WorkerSettings(_Section):
     skills_dir: str = "skills"
     # While deliveries are pending, an idle pull worker looks this often for those
     # whose worker died (store/liveness.py): about the longest a crashed turn waits.
-    takeover_poll_seconds: float = Field(default=1.0, gt=0)
+    takeover_poll_seconds: float = Field(default=0.5, gt=0)
 
 
 class SecretGrant(_Section):

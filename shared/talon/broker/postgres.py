@@ -76,7 +76,7 @@ class PostgresBroker:
         *,
         visibility_seconds: float = 60.0,
         owner: str = "",
-        takeover_poll: float = 1.0,
+        takeover_poll: float = 0.5,
         max_attempts: int = 10,
     ) -> None:
         """`owner`: this process's liveness owner id (`store/liveness.py`), recorded on the

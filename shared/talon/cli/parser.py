@@ -97,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--lease-seconds", type=float, default=30.0,
-        help="a turn whose worker stops renewing is taken over after this long",
+        help="a turn whose worker hangs (alive, not renewing) is taken over after this long; "
+        "a dead worker's turns are taken over at once (see README, Crash takeover)",
     )  # fmt: skip
     worker.add_argument(
         "--visibility-seconds", type=float, default=30.0,
-        help="a claimed delivery not settled by then is delivered again",
+        help="a claimed delivery not settled by then is delivered again (at once if its "
+        "worker died)",
     )  # fmt: skip
     worker.add_argument(
         "--max-attempts", type=_at_least_one, default=5,

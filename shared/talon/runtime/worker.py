@@ -52,7 +52,7 @@ class Worker:
         demo_fallback: bool = False,
         lease_seconds: float = 30.0,
         max_attempts: int = 5,
-        takeover_poll_seconds: float = 1.0,
+        takeover_poll_seconds: float = 0.5,
     ) -> None:
         self.db = db
         self.id = worker_id()

@@ -1,7 +1,7 @@
 """Worker liveness tied to a PostgreSQL session: a process is alive while its lock is held.
 
-Each worker process holds a session-level advisory lock, keyed on a hash of its owner id, on one
-dedicated connection that runs nothing else. PostgreSQL releases the lock the moment that
+Each worker process holds a session-level advisory lock, keyed on a hash of its owner id, on
+one dedicated connection that runs nothing else. PostgreSQL releases the lock the moment that
 connection's backend exits, and the backend exits as soon as it reads end-of-file from its
 socket: a SIGKILLed or crashed process's kernel closes the socket, so its lock is gone within
 milliseconds, with no heartbeat written anywhere (a turn that does not crash pays nothing).
@@ -117,11 +117,11 @@ class OwnerLock:
                     for name, value in _KEEPALIVE.items():
                         cursor.execute(f"SET {name} = {value}")
                     _client_keepalive(sock)
+                cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
                 # Not a blocking lock: a waiting exclusive request makes every probe of the
                 # key fail, so this owner would look alive while it holds nothing. The key is
                 # busy only while claimers probe it (after this connection was lost: they
                 # may be taking our turns over), so try again shortly.
-                cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
                 cursor.execute(f"SELECT pg_try_advisory_lock({owner_key_sql('%s')})",
                                (self.owner,))  # fmt: skip
                 if not cursor.fetchall()[0][0]:

@@ -6,8 +6,9 @@ each message to the same handler the push function calls (`Worker.handle`), so t
 way a turn runs. Flow control keeps at most `concurrency` dispatch messages outstanding; the
 client's lease management keeps extending a message's ack deadline (by
 `pullAckDeadlineSeconds`, up to `pullMaxLeaseSeconds`) while its turn runs, so a killed worker's
-messages come back within one deadline. A message is acknowledged only once the handler
-returns, after the turn's final commit. A failed one is nacked: the subscription's retry
+messages come back within one deadline (its turns are taken over sooner than that by the
+other workers' orphan sweep, runtime/orphans.py). A message is acknowledged only once the
+handler returns, after the turn's final commit. A failed one is nacked: the subscription's retry
 policy spaces out its redeliveries, and its dead-letter policy moves it to the dead-letter
 topic after `maxDeliveryAttempts`. A session busy on another worker defers its message to
 when that worker's lease would expire (released from lease management, deadline set then).

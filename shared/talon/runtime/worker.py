@@ -21,6 +21,7 @@ from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
 from talon.runtime.dead_letters import fail_dead_lettered
+from talon.runtime.orphans import Capacity, OrphanSweep
 from talon.runtime.tools.base import ToolSource
 from talon.runtime.tools.registry import default_tools
 from talon.runtime.turns import RunnerSettings, TurnRunner
@@ -130,6 +131,12 @@ class Worker:
             return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
         return Result.settled() if acked else Result.ack()
 
+    def take_over(self, session_uid: uuid.UUID) -> Result:
+        """Drive a session whose running turn's owner died (the orphan sweep): the same path
+        as a dispatch delivery for it, which no broker acknowledges."""
+        orphan = {"sessionUid": str(session_uid)}
+        return self.handle(Delivery(f"orphan:{session_uid}", DISPATCH_TOPIC, orphan, 1))
+
     def _lifecycle(self, event: dict[str, Any]) -> Result:
         """A template or MCP server changed: drop what was built from it, re-check agents."""
         kind, namespace, name = event.get("kind"), event.get("namespace"), event.get("name")
@@ -158,8 +165,11 @@ class Worker:
         """Pull mode (worker.pullMode): consume the PostgreSQL queue (or `consumer`, e.g.
         Pub/Sub subscriptions) until `stop` is set. A delivery claimed by a worker that dies
         is redelivered as soon as its liveness lock is gone, or after `visibility_seconds`
-        (Pub/Sub: its ack deadline)."""
+        (Pub/Sub: its ack deadline). With a `consumer`, which keeps a dead worker's messages
+        until their ack deadline, an orphan sweep takes the dead worker's turns over within
+        about `takeover_poll` seconds (`runtime/orphans.py`)."""
         listener = None
+        sweep = None
         if consumer is None:
             broker = PostgresBroker(
                 self.db,
@@ -172,7 +182,15 @@ class Worker:
             listener.wait_ready(10)
             consume = partial(broker.run, TOPICS, self.handle, listener, stop)
         else:
-            consume = partial(consumer.consume, self.handle, stop)
+            capacity = Capacity(concurrency)
+            sweep = OrphanSweep(self.db, self.id, self.take_over, capacity,
+                                poll=self.takeover_poll)  # fmt: skip
+
+            def counted(delivery: Delivery) -> Result:
+                with capacity.busy():
+                    return self.handle(delivery)
+
+            consume = partial(consumer.consume, counted, stop)
         threads = [
             threading.Thread(
                 target=consume,
@@ -181,6 +199,9 @@ class Worker:
                 daemon=True,
             )
         ]
+        if sweep is not None:
+            threads.append(threading.Thread(target=sweep.run, args=(stop,),
+                                            name="talon-orphan-sweep", daemon=True))  # fmt: skip
         if schedules:  # the `postgres` scheduler backend runs beside the consumers
             from talon.scheduling.fires import ScheduleFirer
             from talon.scheduling.postgres_backend import LocalScheduler

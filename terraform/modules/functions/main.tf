@@ -81,6 +81,10 @@ locals {
       TALON_GATEWAY_OPS_MCP_UPSTREAM = var.urls["ops_mcp"]
       TALON_GATEWAY_OPS_MCP_ID_TOKEN = "true"
       TALON_GATEWAY_PUBLIC_URL       = var.urls["gateway"]
+      # functions-framework's gunicorn serves THREADS requests at once (else 4 per core):
+      # as many as Cloud Run sends, and what the gateway's caps on unauthenticated requests
+      # and open streams are derived from (README: Request limits).
+      THREADS = tostring(var.scaling["gateway"].concurrency)
     }
     dispatch = {
       TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_VERIFICATION          = "oidc"

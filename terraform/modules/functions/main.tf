@@ -81,10 +81,6 @@ locals {
       TALON_GATEWAY_OPS_MCP_UPSTREAM = var.urls["ops_mcp"]
       TALON_GATEWAY_OPS_MCP_ID_TOKEN = "true"
       TALON_GATEWAY_PUBLIC_URL       = var.urls["gateway"]
-      # functions-framework's gunicorn serves THREADS requests at once (else 4 per core):
-      # as many as Cloud Run sends, and what the gateway's caps on unauthenticated requests
-      # and open streams are derived from (README: Request limits).
-      THREADS = tostring(var.scaling["gateway"].concurrency)
     }
     dispatch = {
       TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_VERIFICATION          = "oidc"
@@ -99,6 +95,13 @@ locals {
       # The Host headers its DNS-rebinding protection accepts: its own.
       TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS = join(",", local.ops_mcp_hosts)
     }
+  }
+  # functions-framework's gunicorn serves THREADS requests at once (else 4 per core): the
+  # gateway serves as many as Cloud Run sends it, and derives its caps on unauthenticated
+  # requests and open streams from them (README: Request limits). Not in env["gateway"],
+  # which the gRPC service shares: it sets THREADS from its own concurrency.
+  server_env = {
+    gateway = { THREADS = tostring(var.scaling["gateway"].concurrency) }
   }
   # Secrets arrive as environment variables, resolved by Cloud Run at start.
   secrets = {
@@ -137,7 +140,7 @@ resource "google_cloudfunctions2_function" "talon" {
     timeout_seconds                  = var.scaling[each.key].timeout
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
-    environment_variables            = merge(local.common_env, local.env[each.key])
+    environment_variables            = merge(local.common_env, local.env[each.key], lookup(local.server_env, each.key, {}))
 
     dynamic "secret_environment_variables" {
       for_each = local.secrets[each.key]

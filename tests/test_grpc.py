@@ -740,7 +740,9 @@ def test_calls_beyond_the_threads_are_refused_not_queued(
 
 def test_open_streams_never_take_every_thread(team_bot: Grpc, settings: Settings, api: Api) -> None:
     """8 threads: streams may hold 6 (gateway.maxOpenStreams by default), 1 per token."""
-    services = Services.start(settings)
+    defaults = settings.gateway.model_copy(update={"max_open_streams": 0,
+                                                   "max_streams_per_token": 0})  # fmt: skip
+    services = Services.start(settings.model_copy(update={"gateway": defaults}))
     server, port = build_server(services, "127.0.0.1:0", threads=8)
     server.start()
     admin = Grpc(port, ADMIN_TOKEN)

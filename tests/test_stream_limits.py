@@ -36,7 +36,9 @@ class _Gateway:
     def __init__(self, database_url: str, log: Path) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
-        env |= GATEWAY_ENV
+        # The defaults, derived from THREADS (the tests' configuration lifts them).
+        env |= GATEWAY_ENV | {"TALON_GATEWAY_MAX_OPEN_STREAMS": "0",
+                              "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": "0"}  # fmt: skip
         env |= {"TALON_CONTROL_PLANE_DATABASE_URL": database_url,
                 "TALON_ADMIN_TOKEN": ADMIN_TOKEN, "TALON_CONFIG": str(TEST_CONFIG)}  # fmt: skip
         self.process = subprocess.Popen(

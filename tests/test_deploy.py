@@ -168,6 +168,18 @@ def test_environment_names_are_settings_the_code_reads() -> None:
     assert "TALON_ADMIN_TOKEN" in gateway_secrets
 
 
+def test_the_gateway_serves_as_many_requests_at_once_as_cloud_run_sends_it() -> None:
+    """THREADS (functions-framework's gunicorn) follows the gateway's concurrency: the caps on
+    unauthenticated requests and open streams are shares of it (README: Request limits)."""
+    module = _functions_module()
+    assert _locals(module)["server_env"] == {
+        "gateway": {"THREADS": '${tostring(var.scaling["gateway"].concurrency)}'}}  # fmt: skip
+    function = _resources(module, "google_cloudfunctions2_function")["talon"]
+    assert function["service_config"][0]["environment_variables"] == (
+        "${merge(local.common_env, local.env[each.key], "
+        "lookup(local.server_env, each.key, {}))}")  # fmt: skip
+
+
 def test_every_function_exports_traces_to_cloud_trace_with_its_own_role() -> None:
     from talon.telemetry.setup import exporter_names
 

@@ -66,6 +66,13 @@ def wiring(
     queue = f"e2e-scheduler-{run}"
     values: dict[str, str | None] = {
         "TALON_LOG_FORMAT": "text",
+        # Telemetry goes to Cloud Trace and Monitoring in the cloud; nowhere here (no network):
+        # the exporters stay off (tests/test_telemetry.py covers them with a local receiver).
+        "OTEL_TRACES_EXPORTER": None,
+        "OTEL_METRICS_EXPORTER": None,
+        "OTEL_TRACES_SAMPLER": None,
+        "OTEL_TRACES_SAMPLER_ARG": None,
+        "GOOGLE_CLOUD_PROJECT": None,
         # The Cloud SQL connector cannot reach a local server: a URL instead (and no password
         # secret; it is in the URL).
         "TALON_CONTROL_PLANE_DATABASE_INSTANCE_CONNECTION_NAME": None,

@@ -705,7 +705,10 @@ def test_tool_tokens_and_revoked_streams(team_bot: Grpc, api: Api) -> None:
 def test_calls_beyond_the_threads_are_refused_not_queued(
     team_bot: Grpc, settings: Settings
 ) -> None:
-    services = Services.start(settings)
+    # Streams allowed every thread here, to fill them (by default they never may: below).
+    gateway = settings.gateway.model_copy(update={"max_open_streams": 2,
+                                                  "max_streams_per_token": 2})  # fmt: skip
+    services = Services.start(settings.model_copy(update={"gateway": gateway}))
     server, port = build_server(services, "127.0.0.1:0", threads=2)
     server.start()
     client = Grpc(port, ADMIN_TOKEN)
@@ -731,6 +734,55 @@ def test_calls_beyond_the_threads_are_refused_not_queued(
                 time.sleep(0.2)
     finally:
         client.channel.close()
+        server.stop(0).wait()
+        services.close()
+
+
+def test_open_streams_never_take_every_thread(team_bot: Grpc, settings: Settings, api: Api) -> None:
+    """8 threads: streams may hold 6 (gateway.maxOpenStreams by default), 1 per token."""
+    defaults = settings.gateway.model_copy(update={"max_open_streams": 0,
+                                                   "max_streams_per_token": 0})  # fmt: skip
+    services = Services.start(settings.model_copy(update={"gateway": defaults}))
+    server, port = build_server(services, "127.0.0.1:0", threads=8)
+    server.start()
+    admin = Grpc(port, ADMIN_TOKEN)
+    readers = [admin.as_token(api.token("read", [NS])) for _ in range(7)]
+    streams: list[Any] = []
+    try:
+        admin.call(admin.sessions(), "CreateSession", sessions_pb2.CreateSessionRequest(
+            namespace=NS, agent="bot", session_id="s1"))  # fmt: skip
+        request = sessions_pb2.StreamEventsRequest(namespace=NS, agent="bot", session_id="s1")
+        streams = [r.call(r.sessions(), "StreamEvents", request) for r in readers[:6]]
+        time.sleep(0.5)  # all six hold a thread, waiting for events
+        # The same token again: its share is taken.
+        code, message, _ = failure(
+            lambda: list(readers[0].call(readers[0].sessions(), "StreamEvents", request))
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "maxStreamsPerToken" in message
+        # Another token: every stream slot is taken.
+        code, message, _ = failure(
+            lambda: list(readers[6].call(readers[6].sessions(), "StreamEvents", request))
+        )
+        assert code == grpc.StatusCode.UNAVAILABLE and "maxOpenStreams" in message
+        # Everything else is still served.
+        get = sessions_pb2.GetSessionRequest(namespace=NS, agent="bot", session_id="s1")
+        assert admin.call(admin.sessions(), "GetSession", get).id == "s1"
+        # A cancelled stream gives its slot back.
+        streams[0].cancel()
+        deadline = time.monotonic() + 5
+        while True:
+            again = readers[6].call(readers[6].sessions(), "StreamEvents", request)
+            streams.append(again)
+            time.sleep(0.3)
+            if again.running():
+                break
+            assert time.monotonic() < deadline, "the cancelled stream kept its slot"
+    finally:
+        for stream in streams:
+            stream.cancel()
+        admin.channel.close()
+        for reader in readers:
+            reader.channel.close()
         server.stop(0).wait()
         services.close()
 

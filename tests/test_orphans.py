@@ -13,7 +13,7 @@ from typing import Any
 from test_crash import _setup
 
 from conftest import Api
-from talon.runtime.orphans import Capacity, OrphanSweep, find_orphans
+from talon.runtime.orphans import Capacity, OrphanSweep, find_orphans, find_stalled
 from talon.store.database import Database
 from talon.store.liveness import OwnerLock
 
@@ -96,6 +96,25 @@ def test_the_sweep_takes_only_idle_handlers_and_never_drives_a_session_twice_at_
         for thread in threads:
             thread.join(10)
     assert capacity.idle() == 2 and set(driven) <= orphans
+
+
+def test_a_session_whose_queued_head_turn_nobody_started_is_stalled(
+    api: Api, model_server: Any, db: Database
+) -> None:
+    """A queued head turn that has waited (its delivery lost with a killed worker) makes its
+    session stalled; a recent one, or one queued behind a running turn, does not."""
+    _setup(api, model_server, 3)
+    for i in range(3):
+        api.ok("POST", f"{BASE}/s{i}/message", 202, json={"content": "queued"})
+    with db.transaction() as tx:
+        uids = {r["id"]: uuid.UUID(str(r["uid"])) for r in tx.all("SELECT id, uid FROM sessions")}
+        # s0 and s2: queued a minute ago; s2's head turn, though, runs (a live worker has it).
+        tx.execute("UPDATE turns SET created_at = now() - interval '60 seconds' "
+                   "WHERE session_uid IN (%s, %s)", (uids["s0"], uids["s2"]))  # fmt: skip
+    _running(db, api, "s2", "someone")  # s2's turns all run now, none queued at its head
+    assert find_stalled(db, 10, stalled_seconds=30) == [uids["s0"]]
+    assert find_stalled(db, 10, skip={uids["s0"]}, stalled_seconds=30) == []
+    assert set(find_stalled(db, 10, stalled_seconds=0)) == {uids["s0"], uids["s1"]}
 
 
 def _wait_for(condition: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 import samples
 from conftest import ADMIN_TOKEN, Api
+from talon import entrypoints
 from talon.client import (
     AsyncClient,
     Client,
@@ -22,6 +24,8 @@ from talon.client import (
     StreamEnded,
     Unauthenticated,
 )
+from talon.client.errors import APIError
+from talon.client.following import MAX_FAILURES, Follower
 from test_models import _agent_with_policy, policy
 
 NS, AGENT, SESSION = "acme", "bot", "s1"
@@ -107,6 +111,44 @@ def test_a_stream_ends_with_stream_ended_when_its_token_is_revoked(
         with pytest.raises(StreamEnded) as ended:
             list(stream)
     assert ended.value.reason == "token_revoked"
+
+
+def test_a_stream_refused_for_its_token_s_share_is_retried_after_retry_after(
+    api: Api, gateway_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALON_GATEWAY_MAX_STREAMS_PER_TOKEN", "1")
+    entrypoints.reset()  # the session's gateway, rebuilt with this limit
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace(NS), samples.template(NS),
+                                                 samples.agent(NS)]})  # fmt: skip
+    api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions", 201, json={"id": SESSION})
+    reader = api.ok("POST", "/v1/tokens", 201, json={"name": "r", "role": "read",
+                                                     "namespaces": [NS]})  # fmt: skip
+    api.ok("POST", f"/v1/ns/{NS}/agents/{AGENT}/sessions/{SESSION}/message", 202,
+           json={"content": "anyone?"})  # fmt: skip
+    with Client(gateway_url, reader["token"]) as talon:
+        holder = talon.stream(NS, AGENT, SESSION, after=0, max_seconds=2)
+        assert next(holder).type == "message.created"  # the token's one stream slot
+        started = time.monotonic()
+        follower = talon.stream(NS, AGENT, SESSION, after=0)
+        # Refused (429, Retry-After: 5) while the holder is open; served once it ended.
+        assert next(follower).type == "message.created"
+        assert time.monotonic() - started >= 5
+        follower.close()
+        holder.close()
+
+
+def test_a_follower_retries_only_what_the_gateway_asks_to_retry() -> None:
+    follower = Follower(after=None, until_turn_end=False)
+    busy = APIError(503, "busy", "full")
+    assert follower.refused(APIError(404, "not_found", "no"), "5") is None
+    assert follower.refused(busy, None) is None
+    delay = follower.refused(APIError(429, "too_many_streams", "share"), "3")
+    assert delay is not None and 3 <= delay <= 3.2
+    huge = follower.refused(busy, "86400")
+    assert huge is not None and 60 <= huge <= 61
+    for _ in range(MAX_FAILURES - 2):
+        assert follower.refused(busy, "1") is not None
+    assert follower.refused(busy, "1") is None  # failing for too long: raised
 
 
 def test_the_async_client_runs_a_turn(api: Api, gateway_url: str, start_worker: Any) -> None:

@@ -172,9 +172,14 @@ def test_a_turn_is_one_trace_from_the_post_to_its_last_step_and_moves_its_metric
                 name="POST /v1/ns/<ns>/agents/<agent>/sessions/<session_id>/message")  # fmt: skip
     assert post.trace_id == caller_trace and post.parent_id == "00f067aa0ba902b7"
     assert post.kind == SERVER and post.attributes["http.response.status_code"] == 202
+    # The broker's delivery continues the POST's trace (the outbox row carried it); the turn
+    # is the POST's child too, linked to the delivery that brought it to this worker.
+    deliver = _one(spans, service="talon-worker", name="deliver dispatch")
+    assert deliver.trace_id == caller_trace and deliver.parent_id == post.span_id
+    assert deliver.kind == CONSUMER and deliver.attributes["talon.delivery.attempt"] == 1
     turn = _one(spans, service="talon-worker", name="turn")
     assert turn.trace_id == caller_trace and turn.parent_id == post.span_id
-    assert turn.kind == CONSUMER and turn.links == []
+    assert turn.kind == CONSUMER and turn.links == [(caller_trace, deliver.span_id)]
     assert turn.attributes["talon.turn.id"] == accepted.json()["turnId"]
     assert turn.attributes["talon.turn.attempt"] == 1
     children = sorted((s for s in spans if s.parent_id == turn.span_id), key=lambda s: s.start_ns)
@@ -269,7 +274,7 @@ def test_an_attempt_resumed_after_a_crash_links_to_the_one_before(
     assert resumed.attributes["talon.turn.attempt"] == 2
     assert resumed.parent_id == post.span_id and resumed.trace_id == post.trace_id
     _, trace_id, span_id, _ = noted.split("-")
-    assert resumed.links == [(trace_id, span_id)] and trace_id == post.trace_id
+    assert (trace_id, span_id) in resumed.links and trace_id == post.trace_id
 
 
 def test_the_receiver_refuses_what_a_collector_refuses(receiver: OtlpReceiver) -> None:

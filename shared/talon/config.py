@@ -45,6 +45,13 @@ class GatewaySettings(_Section):
     # Requests served at once per process without a verified bearer token (a 503 beyond);
     # 0: half the server's threads (THREADS), so token holders always keep the other half.
     max_unauthenticated_requests: int = Field(default=0, ge=0)
+    # SSE streams open at once per process (each holds a server thread; a 503 beyond); 0:
+    # three quarters of the threads left to token holders (THREADS minus the above), so the
+    # rest always serve other requests.
+    max_open_streams: int = Field(default=0, ge=0)
+    # Streams one token may hold open at once per process (a 429 beyond); 0: a quarter of
+    # maxOpenStreams, so one reader never takes every slot.
+    max_streams_per_token: int = Field(default=0, ge=0)
     public_url: str = ""
     # Base URL of the ops_mcp function; when set, the gateway forwards /mcp/talon-ops there
     # (how `talon dev` serves both under one base URL; in the cloud each has its own URL).

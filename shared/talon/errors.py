@@ -85,6 +85,12 @@ class Busy(TalonError):
     code, status = "busy", 503
 
 
+class TooManyStreams(TalonError):
+    """The reader's token has as many streams open on this instance as it allows."""
+
+    code, status = "too_many_streams", 429
+
+
 class ConfigError(TalonError):
     code = "config"
 

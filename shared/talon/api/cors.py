@@ -14,7 +14,7 @@ import flask
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
 # What the dashboard and the CLI send: JSON or YAML bodies, retry-safe posts, stream resumes.
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-Id"
-EXPOSED_HEADERS = "X-Request-Id, Allow, WWW-Authenticate"
+EXPOSED_HEADERS = "X-Request-Id, Allow, WWW-Authenticate, Retry-After"
 PREFLIGHT_MAX_AGE = "600"
 
 

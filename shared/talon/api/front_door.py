@@ -9,6 +9,8 @@
   checks the token before it reads anything, so a wrong token costs one lookup, not a
   thread. `GET /healthz` never counts: it is the platform's probe, it reads no body, and an
   instance whose slots are full is healthy.
+- A session's SSE stream (`GET .../sessions/{id}/stream` with a bearer token) takes one of
+  the process's stream slots before anything else is done for it: see stream_slots.py.
 - Every answer leaves an unread body unread (unread_body.finish).
 """
 
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING
 
 import flask
 
+from talon.actions.stream_slots import STREAM_RETRY_AFTER_SECONDS, StreamSlots
 from talon.api.limits import RequestLimits
 from talon.api.transport import error_body, json_error, unavailable
 from talon.api.unread_body import finish, leave_unread
 from talon.auth.shared_secret import header_bytes
-from talon.errors import Busy
+from talon.errors import Busy, TalonError
 
 if TYPE_CHECKING:
     from talon.api.app import Gateway
@@ -64,12 +67,16 @@ class FrontDoor:
     def __init__(self, build: Callable[[], Gateway], limits: RequestLimits) -> None:
         self.build = build
         self.slots = Slots(limits.max_unauthenticated)
+        self.streams = StreamSlots(limits.max_open_streams, limits.max_streams_per_token)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
             gateway = self.build()
         except Exception as exc:  # retried on the next request (see entrypoints)
             return finish(request, unavailable(exc))
+        stream_secret = _stream_secret(request, gateway)
+        if stream_secret is not None:
+            return self._stream(request, gateway, stream_secret)
         if not self._needs_slot(request, gateway):
             return finish(request, gateway(request))
         if not self.slots.take():
@@ -78,6 +85,23 @@ class FrontDoor:
             return finish(request, gateway(request))
         finally:
             self.slots.give_back()
+
+    def _stream(self, request: flask.Request, gateway: Gateway, secret: bytes) -> flask.Response:
+        try:
+            lease = self.streams.take(secret)
+        except TalonError as exc:
+            body = error_body(exc.code, exc.message)
+            retry = {"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)}
+            refused = json_error(exc.status, body, retry)
+            gateway.cors.decorate(request, refused)
+            return finish(request, refused)
+        try:
+            response = finish(request, gateway(request))
+        except BaseException:
+            lease.release()
+            raise
+        response.call_on_close(lease.release)  # when the stream ends, whatever ends it
+        return response
 
     @staticmethod
     def _needs_slot(request: flask.Request, gateway: Gateway) -> bool:
@@ -92,6 +116,20 @@ class FrontDoor:
             except Exception:  # unknown, expired, revoked, or cannot be checked now
                 return True
         return False
+
+
+def _stream_secret(request: flask.Request, gateway: Gateway) -> bytes | None:
+    """The bearer secret of a request for a session's stream (None: not one, or no token,
+    which the gateway refuses at once)."""
+    if request.method != "GET" or not request.path.rstrip("/").endswith("/stream"):
+        return None
+    try:
+        endpoint, _ = gateway.url_map.bind_to_environ(request.environ).match()
+    except Exception:  # no such route: the gateway answers it
+        return None
+    if not str(endpoint).endswith("/stream"):
+        return None
+    return bearer_secret(request.headers.get("Authorization", ""))
 
 
 def busy() -> flask.Response:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from talon.actions.stream_slots import stream_caps
 from talon.config import GatewaySettings
 
 
@@ -25,14 +26,24 @@ class RequestLimits:
     max_body_bytes: int
     body_seconds: float
     max_unauthenticated: int
+    max_open_streams: int = 1
+    max_streams_per_token: int = 1
 
     @classmethod
     def from_settings(
         cls, gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
     ) -> RequestLimits:
-        unauthenticated = gateway.max_unauthenticated_requests or server_threads(environ) // 2
+        threads = server_threads(environ)
+        unauthenticated = max(1, gateway.max_unauthenticated_requests or threads // 2)
+        # Streams hold their thread for minutes: they may take some of the threads requests
+        # with a token can count on, never all of them.
+        streams, per_token = stream_caps(
+            threads - unauthenticated, gateway.max_open_streams, gateway.max_streams_per_token
+        )
         return cls(
             max_body_bytes=gateway.max_body_bytes,
             body_seconds=gateway.body_timeout_seconds,
-            max_unauthenticated=max(1, unauthenticated),
+            max_unauthenticated=unauthenticated,
+            max_open_streams=streams,
+            max_streams_per_token=per_token,
         )

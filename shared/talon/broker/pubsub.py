@@ -35,6 +35,8 @@ class PubSubPublisher:
         data = json.dumps(payload, separators=(",", ":")).encode()
         # `topic` would clash with publish()'s own parameter.
         attributes = {"eventTopic": topic, "key": key, "outboxId": str(outbox_id)}
+        if isinstance(payload.get("traceparent"), str):  # W3C trace context, for consumers
+            attributes["traceparent"] = payload["traceparent"]
         if self._push_token:
             attributes[SIGNATURE_ATTRIBUTE] = sign(self._push_token, topic, data)
         future = self._client.publish(self._topics[topic], data, **attributes)

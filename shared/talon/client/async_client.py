@@ -163,19 +163,28 @@ class AsyncClient:
         while True:
             headers, params = follower.request()
             received = 0
+            refused: float | None = None
             try:
                 async with aconnect_sse(self._http, "GET", path, headers=headers, params=params,
                                  timeout=httpx.Timeout(30.0, read=None)) as source:  # fmt: skip
                     if source.response.status_code != 200:
                         await source.response.aread()
-                        raise error_from(source.response.status_code, _json(source.response))
-                    async for sse in source.aiter_sse():
-                        event = follower.event(sse.event, sse.data, sse.id)
-                        if event is not None:
-                            received += 1
-                            yield event
+                        error = error_from(source.response.status_code, _json(source.response))
+                        retry_after = source.response.headers.get("Retry-After")
+                        refused = follower.refused(error, retry_after)
+                        if refused is None:
+                            raise error
+                    else:
+                        async for sse in source.aiter_sse():
+                            event = follower.event(sse.event, sse.data, sse.id)
+                            if event is not None:
+                                received += 1
+                                yield event
             except (httpx.TransportError, SSEError) as exc:
                 await asyncio.sleep(follower.failed(exc))
+                continue
+            if refused is not None:  # busy: as the gateway asked
+                await asyncio.sleep(refused)
                 continue
             done = follower.finished(received)
             if done is None:

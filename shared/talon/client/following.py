@@ -5,7 +5,9 @@ The gateway ends a stream after `maxSeconds` (its threads are finite), when `unt
 met, or (with a final `stream.end` event) when the reader's token is revoked or expires; a
 connection may also just drop. A follower resumes after the last event id it saw, so nothing
 is lost or repeated, and stops only when the caller stops iterating, the turns it waits for
-are over, or access ended.
+are over, or access ended. An instance with as many streams open as it serves answers 503
+`busy` (or 429 `too_many_streams` when this token has its share) with Retry-After: the
+follower waits that long plus a jitter and tries again, giving up like any failure.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from talon.backoff import backoff_delay
-from talon.client.errors import TalonConnectionError
+from talon.client.errors import APIError, TalonConnectionError
 from talon.client.models import TERMINAL_TURN_EVENTS, Event
 
 MAX_FAILURES = 8  # consecutive failed connections before giving up
+RETRYABLE_STATUSES = frozenset({429, 503})  # refusals the gateway asks to retry later
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is waited this long
 
 
 class StreamEnded(Exception):
@@ -84,3 +88,19 @@ class Follower:
         if self.failures > MAX_FAILURES:
             raise TalonConnectionError(f"the stream kept failing: {error}") from error
         return backoff_delay(self.failures, initial=0.2, maximum=5.0)
+
+    def refused(self, error: APIError, retry_after: str | None) -> float | None:
+        """The gateway refused the stream: the delay before the next attempt when it asked
+        for a retry (429/503 with Retry-After: that long plus a jitter, so followers refused
+        together do not come back together); None when the error is final or the follower
+        has failed too often (raise it)."""
+        if error.status not in RETRYABLE_STATUSES or retry_after is None:
+            return None
+        try:
+            seconds = min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
+        except ValueError:  # an HTTP date: wait as for any failure
+            seconds = 0.0
+        self.failures += 1
+        if self.failures > MAX_FAILURES:
+            return None
+        return seconds + backoff_delay(self.failures, initial=0.2, maximum=5.0)

@@ -174,19 +174,28 @@ class Client:
         while True:
             headers, params = follower.request()
             received = 0
+            refused: float | None = None
             try:
                 with connect_sse(self._http, "GET", path, headers=headers, params=params,
                                  timeout=httpx.Timeout(30.0, read=None)) as source:  # fmt: skip
                     if source.response.status_code != 200:
                         source.response.read()
-                        raise error_from(source.response.status_code, _json(source.response))
-                    for sse in source.iter_sse():
-                        event = follower.event(sse.event, sse.data, sse.id)
-                        if event is not None:
-                            received += 1
-                            yield event
+                        error = error_from(source.response.status_code, _json(source.response))
+                        retry_after = source.response.headers.get("Retry-After")
+                        refused = follower.refused(error, retry_after)
+                        if refused is None:
+                            raise error
+                    else:
+                        for sse in source.iter_sse():
+                            event = follower.event(sse.event, sse.data, sse.id)
+                            if event is not None:
+                                received += 1
+                                yield event
             except (httpx.TransportError, SSEError) as exc:
                 time.sleep(follower.failed(exc))
+                continue
+            if refused is not None:  # busy: as the gateway asked
+                time.sleep(refused)
                 continue
             done = follower.finished(received)
             if done is None:

@@ -31,6 +31,7 @@ _CODES = {
     "headers_too_large": code_pb2.INVALID_ARGUMENT,
     "unavailable": code_pb2.UNAVAILABLE,
     "busy": code_pb2.UNAVAILABLE,
+    "too_many_streams": code_pb2.RESOURCE_EXHAUSTED,
 }
 _PRECONDITIONS = {code_pb2.FAILED_PRECONDITION, code_pb2.ALREADY_EXISTS, code_pb2.ABORTED}
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")

@@ -10,13 +10,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from talon.actions.stream_slots import StreamSlots, stream_caps
 from talon.grpc.calls import Calls
 from talon.grpc.gen import sessions_pb2_grpc
 from talon.grpc.resources import add_resource_services
 from talon.grpc.sessions import SessionsServicer
 from talon.services import Services
 
-# Each open StreamEvents call holds a thread, as an SSE stream does in the gateway.
+# Each open StreamEvents call holds a thread, as an SSE stream does in the gateway: they may
+# take at most gateway.maxOpenStreams of them (by default three quarters, see stream_slots).
 DEFAULT_THREADS = 64
 
 
@@ -43,7 +45,10 @@ def build_server(
     )
     calls = Calls(services)
     names = add_resource_services(server, calls)
-    sessions_pb2_grpc.add_SessionsServicer_to_server(SessionsServicer(calls), server)
+    gateway = services.settings.gateway
+    caps = stream_caps(threads, gateway.max_open_streams, gateway.max_streams_per_token)
+    sessions = SessionsServicer(calls, StreamSlots(*caps))
+    sessions_pb2_grpc.add_SessionsServicer_to_server(sessions, server)
     names.append("talon.v1.Sessions")
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

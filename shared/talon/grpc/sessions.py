@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from talon.actions.requests import validated
+from talon.actions.stream_slots import StreamLease, StreamSlots
 from talon.actions.streams import DEFAULT_MAX_SECONDS, MAX_SECONDS, open_events, reader_access
 from talon.auth.access import bearer_secret
 from talon.errors import BadRequest, TalonError, Unauthenticated
@@ -46,9 +47,10 @@ def _session(view: dict[str, Any]) -> sessions_pb2.Session:
 
 
 class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, streams: StreamSlots) -> None:
         self.calls = calls
         self.sessions = calls.services.sessions
+        self.streams = streams
 
     def _where(self, request: Any) -> tuple[str, str]:
         return required(request.namespace, "namespace"), required(request.agent, "agent")
@@ -172,9 +174,21 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
             if after is not None and after < 0:
                 raise BadRequest("after_event_id must not be negative",
                                  [{"path": "after_event_id", "message": "negative"}])  # fmt: skip
+            # A slot before anything else (see stream_slots); no token: refused just below.
+            secret = bearer_secret(metadata_value(context, "authorization"))
+            lease: StreamLease | None = None if secret is None else self.streams.take(secret)
         except TalonError as exc:
             Calls.abort(context, exc)
+        try:
+            yield from self._follow(request, context, ns, agent, sid, after, max_seconds)
+        finally:
+            if lease is not None:
+                lease.release()
 
+    def _follow(
+        self, request: Any, context: grpc.ServicerContext, ns: str, agent: str, sid: str,
+        after: int | None, max_seconds: int,
+    ) -> Iterator[Any]:  # fmt: skip
         def body(principal: Any) -> Iterator[Any]:
             secret = bearer_secret(metadata_value(context, "authorization")) or b""
             reader, access_until = reader_access(self.calls.services.tokens, principal, secret)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,20 @@ WITH owners AS (
 SELECT t.session_uid, t.lease_owner FROM turns t JOIN gone ON gone.lease_owner = t.lease_owner
 WHERE t.state = 'running' ORDER BY t.lease_expires_at LIMIT %s
 """
+# Sessions nobody drives though their head open turn has been queued for `STALLED_SECONDS`: no
+# turn of theirs runs, so no worker holds them, and the delivery that should have started it
+# has not (lost with a worker killed between finishing one turn and claiming the next, or held
+# back by the broker). Driving one does what that delivery would; when the delivery comes, it
+# finds nothing to do. Reads the open turns only (the partial index `turns_open`).
+_STALLED_SQL = """
+SELECT head.session_uid FROM (
+    SELECT DISTINCT ON (session_uid) session_uid, state, created_at FROM turns
+    WHERE state IN ('queued', 'running') ORDER BY session_uid, seq
+) head
+WHERE head.state = 'queued' AND head.created_at < now() - make_interval(secs => %s)
+ORDER BY head.created_at LIMIT %s
+"""
+STALLED_SECONDS = 15.0
 
 
 def find_orphans(
@@ -58,6 +73,19 @@ def find_orphans(
         rows = tx.all(_ORPHANS_SQL, (owner, limit + len(skip)))
     found = [(uuid.UUID(str(row["session_uid"])), str(row["lease_owner"])) for row in rows]
     return [(session, dead) for session, dead in found if session not in skip][:limit]
+
+
+def find_stalled(
+    db: Database, limit: int, skip: set[uuid.UUID] | None = None,
+    stalled_seconds: float = STALLED_SECONDS,
+) -> list[uuid.UUID]:  # fmt: skip
+    """Up to `limit` sessions whose head open turn has been queued for `stalled_seconds` (none
+    of theirs runs); none of `skip`."""
+    skip = skip or set()
+    with db.transaction() as tx:
+        rows = tx.all(_STALLED_SQL, (stalled_seconds, limit + len(skip)))
+    found = [uuid.UUID(str(row["session_uid"])) for row in rows]
+    return [session for session in found if session not in skip][:limit]
 
 
 class Capacity:
@@ -103,6 +131,7 @@ class OrphanSweep:
         self._take_over = take_over
         self._driving: set[uuid.UUID] = set()
         self._lock = threading.Lock()
+        self._next_stalled = 0.0  # monotonic time of the next look for stalled sessions
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every `poll` seconds until `stop` is set; then wait for the takeovers in
@@ -124,10 +153,23 @@ class OrphanSweep:
         found = find_orphans(self.db, self.owner, idle, skip)
         for session_uid, dead in found:
             log.warning("worker %s is gone: taking over session %s", dead, session_uid)
-            with self._lock:
-                self._driving.add(session_uid)
-            submit(self._drive, session_uid)
+            self._start(submit, session_uid)
+        idle -= len(found)
+        now = time.monotonic()
+        if idle > 0 and now >= self._next_stalled:
+            self._next_stalled = now + STALLED_SECONDS / 3
+            stalled = find_stalled(self.db, idle, skip | {s for s, _ in found})
+            for session_uid in stalled:
+                log.warning("session %s has had a turn queued for %.0f s with no worker on "
+                            "it: driving it", session_uid, STALLED_SECONDS)  # fmt: skip
+                self._start(submit, session_uid)
+            return len(found) + len(stalled)
         return len(found)
+
+    def _start(self, submit: Callable[..., object], session_uid: uuid.UUID) -> None:
+        with self._lock:
+            self._driving.add(session_uid)
+        submit(self._drive, session_uid)
 
     def _drive(self, session_uid: uuid.UUID) -> None:
         try:

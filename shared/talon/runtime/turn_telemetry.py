@@ -41,7 +41,10 @@ def attempt(db: Database, claimed: Claim) -> Iterator[tracing.Span]:
         "talon.turn.seq": int(turn["seq"]), "talon.turn.attempt": int(turn["attempts"]),
     }  # fmt: skip
     with tracing.span(
-        "turn", parent=turn.get("traceparent"), links=[turn.get("attempt_span")],
+        # A child of what queued the turn; linked to the attempt before it and to the
+        # delivery that brought it here (a delivery may drive several turns of a session).
+        "turn", parent=turn.get("traceparent"),
+        links=[turn.get("attempt_span"), tracing.current_traceparent()],
         kind=tracing.SpanKind.CONSUMER, attributes=attributes, start_time=claimed.started_ns,
     ) as current:  # fmt: skip
         if current.is_recording():

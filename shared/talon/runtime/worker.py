@@ -28,6 +28,7 @@ from talon.runtime.turns import RunnerSettings, TurnRunner
 from talon.store.database import Database, Tx
 from talon.store.liveness import OwnerLock
 from talon.store.notify import Listener
+from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
@@ -87,34 +88,48 @@ class Worker:
                           delivery.payload)  # fmt: skip
             return Result.ack()
         if delivery.topic == DISPATCH_TOPIC:
-            if not self.liveness.wait_held(LOCK_WAIT_SECONDS):
-                # A lease taken without the lock would look dead to every other worker.
-                log.warning("no liveness lock: handing dispatch %s back", delivery.id)
-                return Result.retry()
-            try:
-                session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
-            except (KeyError, ValueError):
-                log.error("dropping malformed dispatch event %s: %r", delivery.id, delivery.payload)
-                return Result.ack()
-            acked: list[bool] = []
-            on_idle = None
-            if delivery.ack_in is not None:
-                ack_in = delivery.ack_in
-
-                def on_idle(tx: Tx) -> None:
-                    ack_in(tx)
-                    acked.append(True)
-
-            busy = self.runner.drive(session_uid, on_idle=on_idle)
-            if busy is not None:
-                # Another worker holds the session; look again when its lease would expire,
-                # or as soon as that worker dies.
-                return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
-            return Result.settled() if acked else Result.ack()
+            # The delivery's span continues the trace of whatever queued the turn (the outbox
+            # row carries its traceparent, and the Pub/Sub message as an attribute).
+            with tracing.span(
+                f"deliver {delivery.topic}", parent=delivery.payload.get("traceparent"),
+                kind=tracing.SpanKind.CONSUMER, attributes={
+                    "messaging.destination.name": delivery.topic,
+                    "messaging.message.id": str(delivery.id),
+                    "talon.delivery.attempt": delivery.attempt,
+                },
+            ):  # fmt: skip
+                return self._dispatch(delivery)
         if delivery.topic == LIFECYCLE_TOPIC:
             return self._lifecycle(delivery.payload)
         log.error("dropping event %s on unknown topic %r", delivery.id, delivery.topic)
         return Result.ack()
+
+    def _dispatch(self, delivery: Delivery) -> Result:
+        """Drive the session a dispatch event names."""
+        if not self.liveness.wait_held(LOCK_WAIT_SECONDS):
+            # A lease taken without the lock would look dead to every other worker.
+            log.warning("no liveness lock: handing dispatch %s back", delivery.id)
+            return Result.retry()
+        try:
+            session_uid = uuid.UUID(str(delivery.payload["sessionUid"]))
+        except (KeyError, ValueError):
+            log.error("dropping malformed dispatch event %s: %r", delivery.id, delivery.payload)
+            return Result.ack()
+        acked: list[bool] = []
+        on_idle = None
+        if delivery.ack_in is not None:
+            ack_in = delivery.ack_in
+
+            def on_idle(tx: Tx) -> None:
+                ack_in(tx)
+                acked.append(True)
+
+        busy = self.runner.drive(session_uid, on_idle=on_idle)
+        if busy is not None:
+            # Another worker holds the session; look again when its lease would expire,
+            # or as soon as that worker dies.
+            return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
+        return Result.settled() if acked else Result.ack()
 
     def take_over(self, session_uid: uuid.UUID) -> Result:
         """Drive a session whose running turn's owner died (the orphan sweep): the same path

@@ -81,4 +81,29 @@ describe("follow", () => {
     });
     expect(statuses.at(-1)).toEqual({ state: "ended", reason: "http_404", message: "namespace not found" });
   });
+
+  it("waits as long as a busy gateway asks (Retry-After) before trying again", async () => {
+    const answers = [
+      () => new Response(JSON.stringify({ error: { code: "busy", message: "this instance has 24 streams open" } }),
+                         { status: 503, headers: { "Retry-After": "5" } }),
+      () => new Response(JSON.stringify({ error: { code: "too_many_streams", message: "this token has 6" } }),
+                         { status: 429, headers: { "Retry-After": "3" } }),
+      () => new Response(sse([{ id: 1, type: "a" }], "token_revoked"), { status: 200 }),
+    ];
+    const fetchImpl = (async () => answers.shift()!()) as unknown as typeof fetch;
+    const slept: number[] = [];
+    const statuses: StreamStatus[] = [];
+    const seen: number[] = [];
+    await follow({
+      url: "u", token: "t", after: 0, onEvent: (e) => seen.push(e.id), onStatus: (s) => statuses.push(s),
+      signal: new AbortController().signal, fetchImpl, sleep: async (ms) => { slept.push(ms); },
+    });
+    expect(slept.length).toBe(2);
+    expect(slept[0]).toBeGreaterThanOrEqual(5000);
+    expect(slept[0]).toBeLessThan(6000);
+    expect(slept[1]).toBeGreaterThanOrEqual(3000);
+    expect(slept[1]).toBeLessThan(4000);
+    expect(statuses[1]).toMatchObject({ state: "reconnecting", reason: "this instance has 24 streams open" });
+    expect(seen).toEqual([1]);
+  });
 });

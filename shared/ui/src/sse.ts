@@ -81,6 +81,17 @@ export interface FollowOptions {
 }
 
 const PERMANENT = new Set([401, 403, 404]);
+// The gateway refuses a stream when it has as many open as it serves (503 busy) or the token
+// has its share (429 too_many_streams), with Retry-After: wait that long before the next try.
+const RETRY_LATER = new Set([429, 503]);
+const MAX_RETRY_AFTER_MS = 60_000;
+
+/** The wait a refusal asks for (Retry-After in seconds), in ms; 0 when it asks for none. */
+export function retryAfterMs(response: Response): number {
+  if (!RETRY_LATER.has(response.status)) return 0;
+  const seconds = Number(response.headers.get("Retry-After"));
+  return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds * 1000, MAX_RETRY_AFTER_MS) : 0;
+}
 
 /** Follow a session's stream until aborted: reconnect after any drop with Last-Event-ID, so
  *  nothing is missed or repeated; stop on stream.end (the token was revoked or expired) and
@@ -93,6 +104,7 @@ export async function follow(options: FollowOptions): Promise<number> {
   options.onStatus({ state: "connecting", after });
   while (!options.signal.aborted) {
     let reason = "the stream ended";
+    let wait = 0; // at least this long before the next attempt (the server's Retry-After)
     try {
       const response = await fetchImpl(options.url, {
         headers: {
@@ -114,6 +126,7 @@ export async function follow(options: FollowOptions): Promise<number> {
           options.onStatus({ state: "ended", reason: `http_${response.status}`, message });
           return after;
         }
+        wait = retryAfterMs(response);
         throw new Error(message);
       }
       options.onStatus({ state: "live", after, resumed: attempt > 0 });
@@ -142,8 +155,11 @@ export async function follow(options: FollowOptions): Promise<number> {
     if (options.signal.aborted) break;
     attempt += 1;
     options.onStatus({ state: "reconnecting", after, reason, attempt });
-    // A clean end (the server's maxSeconds) reconnects at once; failures back off to 5 s.
-    await sleep(attempt === 1 ? 250 : Math.min(5000, 500 * 2 ** (attempt - 2)));
+    // A clean end (the server's maxSeconds) reconnects at once; failures back off to 5 s; a
+    // refusal waits as long as the server asked, plus up to a second so that the dashboards
+    // it refused together do not come back together.
+    const backoff = attempt === 1 ? 250 : Math.min(5000, 500 * 2 ** (attempt - 2));
+    await sleep(wait > 0 ? wait + Math.random() * 1000 : backoff);
   }
   return after;
 }

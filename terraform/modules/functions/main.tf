@@ -96,6 +96,13 @@ locals {
       TALON_GATEWAY_OPS_MCP_ALLOWED_HOSTS = join(",", local.ops_mcp_hosts)
     }
   }
+  # functions-framework's gunicorn serves THREADS requests at once (else 4 per core): the
+  # gateway serves as many as Cloud Run sends it, and derives its caps on unauthenticated
+  # requests and open streams from them (README: Request limits). Not in env["gateway"],
+  # which the gRPC service shares: it sets THREADS from its own concurrency.
+  server_env = {
+    gateway = { THREADS = tostring(var.scaling["gateway"].concurrency) }
+  }
   # Secrets arrive as environment variables, resolved by Cloud Run at start.
   secrets = {
     gateway   = { TALON_CONTROL_PLANE_DATABASE_PASSWORD = var.database.password_secret, TALON_ADMIN_TOKEN = var.admin_token_secret }
@@ -133,7 +140,7 @@ resource "google_cloudfunctions2_function" "talon" {
     timeout_seconds                  = var.scaling[each.key].timeout
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
-    environment_variables            = merge(local.common_env, local.env[each.key])
+    environment_variables            = merge(local.common_env, local.env[each.key], lookup(local.server_env, each.key, {}))
 
     dynamic "secret_environment_variables" {
       for_each = local.secrets[each.key]

@@ -13,12 +13,19 @@ takeover time is from the kill until another worker holds the turn (its lease ow
 changed), polled every 10 ms; then a replacement worker is started. At the end every turn
 must be completed with one final answer, and no tool call may have run twice.
 
+`--broker pubsub` runs the same on Pub/Sub pull mode: a gcloud Pub/Sub emulator (started and
+stopped here), pull subscriptions with the default 10 s ack deadline, the gateway publishing
+to them and the workers pulling from them. A dead worker's messages come back only after
+their ack deadline; its turns are taken over by the survivors' orphan sweep.
+
     .venv/bin/python bench/crash.py --kills 20
+    .venv/bin/python bench/crash.py --kills 20 --broker pubsub
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -42,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from model_server import ModelServer  # noqa: E402  (a test double, shared with the tests)
 
 TOKEN = "bench-admin-token"
+PROJECT = "talon-bench"
 SESSIONS = "/v1/ns/bench/agents/bot/sessions"
 
 
@@ -98,6 +106,40 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         self.running.clear()
+
+
+def start_pubsub(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the Pub/Sub emulator, create the pull topology (default ack deadline) and put
+    the pull-mode settings into `env` (the gateway's and the workers')."""
+    from talon.broker.pubsub_topology import create_pull_topology
+    from talon.config import load_settings
+
+    if shutil.which("gcloud") is None:
+        raise SystemExit("gcloud (with the Pub/Sub emulator) is needed")
+    port = free_port()
+    emulator = subprocess.Popen(
+        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+         f"--project={PROJECT}", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    prefix = "TALON_CONTROL_PLANE_MESSAGE_BROKER_"
+    env.update({
+        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{port}",
+        f"{prefix}DRIVER": "gcp_pubsub", f"{prefix}PROJECT": PROJECT,
+        f"{prefix}DISPATCH_TOPIC": "bench-dispatch", f"{prefix}LIFECYCLE_TOPIC": "bench-lifecycle",
+        f"{prefix}DEAD_LETTER_TOPIC": "bench-dead",
+        f"{prefix}DISPATCH_SUBSCRIPTION": "bench-dispatch-pull",
+        f"{prefix}LIFECYCLE_SUBSCRIPTION": "bench-lifecycle-pull",
+        f"{prefix}DEAD_LETTER_SUBSCRIPTION": "bench-dead-pull",
+    })  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        os.environ["PUBSUB_EMULATOR_HOST"] = env["PUBSUB_EMULATOR_HOST"]
+        create_pull_topology(load_settings(environ=env).control_plane.message_broker)
+    except BaseException:
+        os.killpg(emulator.pid, signal.SIGTERM)
+        raise
+    return emulator
 
 
 class _quiet:
@@ -166,8 +208,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--takeover-poll", type=float, default=0.5,
                         help="worker.takeoverPollSeconds of the workers")  # fmt: skip
+    parser.add_argument("--broker", choices=("postgres", "pubsub"), default="postgres")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up what was started
 
     root = Path(tempfile.mkdtemp(prefix="talon-bench-crash-"))
     root.chmod(0o755)
@@ -183,6 +227,7 @@ def main() -> int:
         "TALON_ADMIN_TOKEN": TOKEN,
         "TALON_LOG_LEVEL": "WARNING",
     }
+    emulator = start_pubsub(env) if args.broker == "pubsub" else None
     gateway = subprocess.Popen(
         [sys.executable, "-m", "functions_framework", "--target", "gateway",
          "--source", str(ROOT / "functions" / "gateway" / "main.py"),
@@ -192,6 +237,7 @@ def main() -> int:
     calls = root / "calls.jsonl"
     workers = Workers(pg.url("talon"), calls, args.tool_seconds)
     workers.env["TALON_WORKER_TAKEOVER_POLL_SECONDS"] = str(args.takeover_poll)
+    workers.env.update({k: v for k, v in env.items() if "BROKER" in k or "PUBSUB" in k})
     watcher = pg.connect("talon")
     watcher.autocommit = True
     try:
@@ -243,8 +289,11 @@ def main() -> int:
                     with count_lock:
                         posted[0] += 1
                     turn = reply.json()["turnId"]
+                    posted_at = time.monotonic()
                     while query(connection, "SELECT 1 FROM turns WHERE id = %s "
                                 "AND state IN ('queued', 'running')", (turn,)):  # fmt: skip
+                        if time.monotonic() - posted_at > 120:  # counted as lost, not waited on
+                            raise TimeoutError(f"turn {turn} of s{s} still open after 120 s")
                         time.sleep(0.05)
             except Exception as exc:  # reported, and the run fails
                 client_errors.append(repr(exc))
@@ -314,6 +363,7 @@ def main() -> int:
         interrupted = query(watcher, "SELECT count(*) FROM messages WHERE role = 'tool' "
                             "AND content LIKE 'error: the worker running%%'")[0][0]  # fmt: skip
         result = {
+            "broker": args.broker,
             "workers": args.workers,
             "sessions": args.sessions,
             "turns": posted[0],
@@ -335,7 +385,7 @@ def main() -> int:
             "deliveries_reclaimed_seconds": {
                 "p50": round(percentile(rows_reclaimed, 0.5), 3),
                 "p99": round(percentile(rows_reclaimed, 0.99), 3),
-            } if rows_reclaimed else None,
+            } if rows_reclaimed and args.broker == "postgres" else None,
             "turns_not_taken_over": orphaned - len(takeovers),
             "turns_completed": int(states.get("completed", 0)),
             "turns_lost": posted[0] - int(states.get("completed", 0)),
@@ -360,6 +410,10 @@ def main() -> int:
         with _quiet():
             os.killpg(gateway.pid, signal.SIGTERM)
         gateway.wait(timeout=30)
+        if emulator is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(emulator.pid, signal.SIGTERM)
+            emulator.wait(timeout=30)
         watcher.close()
         model.close()
         pg.stop()

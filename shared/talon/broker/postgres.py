@@ -50,6 +50,9 @@ WITH picked AS (
     WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s) AND available_at <= now()
       AND CASE WHEN claimed_until IS NULL OR claimed_until < now() THEN true
                WHEN claimed_by IS NULL THEN false
+               -- Our own rows are never a dead worker's, even before our lock is held (a
+               -- worker starting up would otherwise take its own rows twice).
+               WHEN claimed_by = %s THEN false
                ELSE {owner_gone_sql("claimed_by")} END
     ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -93,7 +96,7 @@ class PostgresBroker:
         the next row not claimed becomes available (None: no other row). One transaction."""
         owner = self.owner or None
         with self.db.transaction() as tx:
-            rows = tx.all(_CLAIM_SQL, (list(topics), limit, self.visibility, owner,
+            rows = tx.all(_CLAIM_SQL, (list(topics), owner, limit, self.visibility, owner,
                                        list(topics)))  # fmt: skip
         deliveries, due = [], None
         for row in rows:

@@ -1,7 +1,12 @@
-"""Open SSE streams never starve the gateway (issue 19), against the gateway served as
-`talon dev` serves it (`python -m talon.serve`, THREADS=64) with the default caps: 64
-threads leave 32 to token holders, streams may take 24 of them (gateway.maxOpenStreams) and
-6 per token (gateway.maxStreamsPerToken).
+"""Open SSE streams never starve the gateway (issue 19), against the gateway served two
+ways with THREADS=64:
+
+- with functions-framework's CLI (what Cloud Run functions run), where each open stream
+  holds a thread, and the default caps: 64 threads leave 32 to token holders, streams may
+  take 24 of them (gateway.maxOpenStreams) and 6 per token (gateway.maxStreamsPerToken);
+- as `talon dev` serves it (`python -m talon.serve`), whose stream hub holds open streams
+  without a thread each, with caps set to 120 and 30: more streams than threads are open at
+  once and the gateway still serves everything else.
 
 Before the caps, 64 quiet streams held all 64 threads and the gateway answered nothing at
 all (not /healthz, not a POST, not another stream) until one ended.
@@ -26,23 +31,30 @@ from talon.cli.dev import GATEWAY_ENV, gateway_command
 from talon.cli.manifest_files import read_documents
 from talon.store.local_postgres import free_port
 
-OPEN_STREAMS = 24  # (64 - 64 // 2) * 3 // 4
-PER_TOKEN = 6  # OPEN_STREAMS // 4
+# (open streams, per token) by server: functions-framework's defaults, (64 - 64 // 2) * 3 // 4
+# and a quarter of that; talon.serve's as configured below.
+CAPS = {"functions_framework": (24, 6), "talon.serve": (120, 30)}
 PROMPT = 2.0  # seconds: "promptly", with room for a loaded 2-core machine
 BASE = "/v1/ns/acme/agents/customer-support/sessions"
 
 
 class _Gateway:
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, server: str, database_url: str, log: Path) -> None:
         self.port = free_port()
+        self.server = server
+        self.open_streams, self.per_token = CAPS[server]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_")}
-        # The defaults, derived from THREADS (the tests' configuration lifts them).
-        env |= GATEWAY_ENV | {"TALON_GATEWAY_MAX_OPEN_STREAMS": "0",
-                              "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": "0"}  # fmt: skip
+        # functions-framework: the defaults, derived from THREADS (the tests' configuration
+        # lifts them); talon.serve: below its defaults (10,000), to reach them in a test.
+        caps = (0, 0) if server == "functions_framework" else CAPS[server]
+        env |= GATEWAY_ENV | {"TALON_GATEWAY_MAX_OPEN_STREAMS": str(caps[0]),
+                              "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(caps[1])}  # fmt: skip
         env |= {"TALON_CONTROL_PLANE_DATABASE_URL": database_url,
                 "TALON_ADMIN_TOKEN": ADMIN_TOKEN, "TALON_CONFIG": str(TEST_CONFIG)}  # fmt: skip
+        command = gateway_command("127.0.0.1", self.port)
+        command[2] = server  # python -m <server> --target gateway ...
         self.process = subprocess.Popen(
-            gateway_command("127.0.0.1", self.port), cwd=ROOT, env=env,
+            command, cwd=ROOT, env=env,
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.http = httpx.Client(
@@ -72,12 +84,17 @@ class _Gateway:
             self.process.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=sorted(CAPS))
 def gateway(
-    cluster: Cluster, template_url: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    cluster: Cluster,
+    template_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[_Gateway]:
-    url = cluster.create(f"talon_streams_{os.getpid()}", template=TEMPLATE_DB)
-    served = _Gateway(url, tmp_path_factory.mktemp("streams") / "gateway.log")
+    server = request.param
+    name = f"talon_streams_{server.replace('.', '_')}_{os.getpid()}"
+    url = cluster.create(name, template=TEMPLATE_DB)
+    served = _Gateway(server, url, tmp_path_factory.mktemp("streams") / "gateway.log")
     try:
         documents = [d.body for d in read_documents([str(ROOT / "manifests")])]
         reply = served.http.post("/v1/apply", json={"items": documents}, timeout=30)
@@ -184,11 +201,13 @@ def test_open_streams_leave_the_gateway_serving(gateway: _Gateway) -> None:
     sessions = [_session(gateway) for _ in range(6)]
     streams: list[_Stream] = []
     try:
-        # As a dashboard following many sessions would: more streams than threads.
-        streams = _open(gateway, readers, sessions, 70)
+        # As a dashboard following many sessions would: more streams than the caps allow,
+        # and (talon.serve) than there are threads.
+        asked = max(70, gateway.open_streams + 10)  # 64 threads
+        streams = _open(gateway, readers, sessions, asked)
         statuses = [s.status for s in streams]
-        assert statuses.count(200) == OPEN_STREAMS, statuses
-        assert statuses.count(503) == 70 - OPEN_STREAMS, statuses
+        assert statuses.count(200) == gateway.open_streams, statuses
+        assert statuses.count(503) == asked - gateway.open_streams, statuses
         refused = next(s for s in streams if s.status == 503)
         assert "retry-after: 5" in refused.headers()
         error = refused.body()["error"]
@@ -231,10 +250,10 @@ def test_open_streams_leave_the_gateway_serving(gateway: _Gateway) -> None:
 def test_one_token_cannot_take_every_slot(gateway: _Gateway) -> None:
     reader = _token(gateway)
     session = _session(gateway)
-    streams = _open_all(gateway, [reader], [session], PER_TOKEN)
+    streams = _open_all(gateway, [reader], [session], gateway.per_token)
     streams.append(_Stream(gateway.port, reader, session))
     try:
-        assert [s.status for s in streams] == [200] * PER_TOKEN + [429]
+        assert [s.status for s in streams] == [200] * gateway.per_token + [429]
         assert "retry-after: 5" in streams[-1].headers()
         error = streams[-1].body()["error"]
         assert isinstance(error, dict) and error["code"] == "too_many_streams"
@@ -253,10 +272,10 @@ def test_slots_come_back_when_streams_end_by_themselves(gateway: _Gateway) -> No
     session = _session(gateway)
     for _ in range(2):  # the second round finds the first round's slots free again
         streams = [_Stream(gateway.port, reader, session, "maxSeconds=1")
-                   for _ in range(PER_TOKEN)]  # fmt: skip
+                   for _ in range(gateway.per_token)]  # fmt: skip
         try:
             # (all served: this token's own slots, and more than enough free others)
-            assert [s.status for s in streams] == [200] * PER_TOKEN
+            assert [s.status for s in streams] == [200] * gateway.per_token
             assert all(s.ended(within=10) for s in streams)
             time.sleep(0.5)  # the server closes each response just after its last chunk
         finally:
@@ -266,9 +285,9 @@ def test_slots_come_back_when_streams_end_by_themselves(gateway: _Gateway) -> No
     missing = _Stream(gateway.port, reader, "ses_missing")
     assert missing.status in (400, 404)
     missing.close()
-    streams = _open(gateway, [reader], [session], PER_TOKEN)
+    streams = _open(gateway, [reader], [session], gateway.per_token)
     try:
-        assert [s.status for s in streams] == [200] * PER_TOKEN
+        assert [s.status for s in streams] == [200] * gateway.per_token
     finally:
         for stream in streams:
             stream.close()
@@ -280,7 +299,7 @@ def test_a_stream_ended_by_revoking_its_token_gives_its_slot_back(gateway: _Gate
                                                   "namespaces": ["acme"]})  # fmt: skip
     reader, token_id = reply.json()["token"], reply.json()["id"]
     session = _session(gateway)
-    streams = _open_all(gateway, [reader], [session], PER_TOKEN)
+    streams = _open_all(gateway, [reader], [session], gateway.per_token)
     try:
         assert gateway.http.delete(f"/v1/tokens/{token_id}").status_code in (200, 204)
         assert all(s.ended(within=30) for s in streams)
@@ -292,8 +311,8 @@ def test_a_stream_ended_by_revoking_its_token_gives_its_slot_back(gateway: _Gate
 
 
 def _assert_every_slot_free(gateway: _Gateway, session: str) -> None:
-    """All OPEN_STREAMS slots can be taken (retried for a few seconds: a slot comes back
+    """All the slots can be taken (retried for a few seconds: a slot comes back
     when the server has closed the response)."""
-    readers = [_token(gateway) for _ in range(OPEN_STREAMS // PER_TOKEN)]
-    for stream in _open_all(gateway, readers, [session], OPEN_STREAMS):
+    readers = [_token(gateway) for _ in range(gateway.open_streams // gateway.per_token)]
+    for stream in _open_all(gateway, readers, [session], gateway.open_streams):
         stream.close()

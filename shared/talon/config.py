@@ -45,9 +45,10 @@ class GatewaySettings(_Section):
     # Requests served at once per process without a verified bearer token (a 503 beyond);
     # 0: half the server's threads (THREADS), so token holders always keep the other half.
     max_unauthenticated_requests: int = Field(default=0, ge=0)
-    # SSE streams open at once per process (each holds a server thread; a 503 beyond); 0:
-    # three quarters of the threads left to token holders (THREADS minus the above), so the
-    # rest always serve other requests.
+    # SSE streams open at once per process (a 503 beyond); 0: under talon.serve, whose
+    # stream hub holds them without a thread each, 10,000 (bounded by the open-file limit);
+    # under another server, where each holds a thread, three quarters of the threads left to
+    # token holders (THREADS minus the above), so the rest always serve other requests.
     max_open_streams: int = Field(default=0, ge=0)
     # Streams one token may hold open at once per process (a 429 beyond); 0: a quarter of
     # maxOpenStreams, so one reader never takes every slot.

@@ -1,13 +1,16 @@
 """Slots for open SSE streams, per process and per token.
 
-Each open stream (an SSE response, a gRPC StreamEvents call) holds one of the server's
-threads for up to `maxSeconds`: without a cap, a reader opening as many streams as there are
-threads leaves none for anything else (issue 19). So a stream takes a slot before anything
-else is done for it (no token lookup, no database work): at most `gateway.maxOpenStreams`
-per process (`busy`: HTTP 503, gRPC UNAVAILABLE) and `gateway.maxStreamsPerToken` per bearer
-token (`too_many_streams`: HTTP 429, gRPC RESOURCE_EXHAUSTED); the HTTP answers carry
-Retry-After. The slot is given back when the stream ends for any reason (maxSeconds,
-untilTurnEnd, stream.end, an error, the client gone), or at once when it is refused.
+Under a thread-per-request server each open stream (an SSE response, a gRPC StreamEvents
+call) holds one of the server's threads for up to `maxSeconds`: without a cap, a reader
+opening as many streams as there are threads leaves none for anything else (issue 19). So a
+stream takes a slot before anything else is done for it (no token lookup, no database work):
+at most `gateway.maxOpenStreams` per process (`busy`: HTTP 503, gRPC UNAVAILABLE) and
+`gateway.maxStreamsPerToken` per bearer token (`too_many_streams`: HTTP 429, gRPC
+RESOURCE_EXHAUSTED); the HTTP answers carry Retry-After. Under talon.serve an SSE stream
+holds no thread once open (api/sse.py): the caps are then counted in thousands, bounded by
+the open-file limit. The slot is given back when the stream ends for any reason
+(maxSeconds, untilTurnEnd, stream.end, an error, the client gone), or at once when it is
+refused.
 """
 
 from __future__ import annotations
@@ -22,6 +25,21 @@ from talon.errors import Busy, TooManyStreams
 # A client told to wait this long finds slots freed by streams ending (maxSeconds) or by
 # other readers; long enough that a refused dashboard does not hammer the instance.
 STREAM_RETRY_AFTER_SECONDS = 5
+
+
+# Streams per process by default where they hold no thread (talon.serve's stream hub): what
+# bench/streams.py --hub showed one process holding well within 1 GiB.
+HUB_STREAMS = 10_000
+# Open files kept for everything but streams (database, listener, logs, requests).
+FILE_MARGIN = 512
+
+
+def hub_stream_caps(max_open: int, per_token: int, open_files: int) -> tuple[int, int]:
+    """(streams per process, streams per token) where streams hold no thread, given the
+    settings (0: derived) and the process's open-file limit: each stream is one socket."""
+    room = max(1, open_files - FILE_MARGIN)
+    streams = max(1, min(max_open or HUB_STREAMS, room))
+    return streams, min(streams, max(1, per_token or streams // 4))
 
 
 def stream_caps(threads: int, max_open: int, per_token: int) -> tuple[int, int]:

@@ -11,6 +11,8 @@
   instance whose slots are full is healthy.
 - A session's SSE stream (`GET .../sessions/{id}/stream` with a bearer token) takes one of
   the process's stream slots before anything else is done for it: see stream_slots.py.
+  Under talon.serve, whose stream hub holds open streams without a thread each (sse.py),
+  the slots are counted in thousands; under any other server in threads.
 - Every answer leaves an unread body unread (unread_body.finish).
 """
 
@@ -24,6 +26,7 @@ import flask
 
 from talon.actions.stream_slots import STREAM_RETRY_AFTER_SECONDS, StreamSlots
 from talon.api.limits import RequestLimits
+from talon.api.sse import HUB_KEY, LEASE_KEY
 from talon.api.transport import error_body, json_error, unavailable
 from talon.api.unread_body import finish, leave_unread
 from talon.auth.shared_secret import header_bytes
@@ -68,6 +71,7 @@ class FrontDoor:
         self.build = build
         self.slots = Slots(limits.max_unauthenticated)
         self.streams = StreamSlots(limits.max_open_streams, limits.max_streams_per_token)
+        self.hub_streams = StreamSlots(limits.max_hub_streams, limits.max_hub_streams_per_token)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
@@ -87,20 +91,27 @@ class FrontDoor:
             self.slots.give_back()
 
     def _stream(self, request: flask.Request, gateway: Gateway, secret: bytes) -> flask.Response:
+        # A server that takes streams over (talon.serve) holds thousands without a thread
+        # each; any other holds each on a thread.
+        handed_over = request.environ.get(HUB_KEY) is not None
+        slots = self.hub_streams if handed_over else self.streams
         try:
-            lease = self.streams.take(secret)
+            lease = slots.take(secret)
         except TalonError as exc:
             body = error_body(exc.code, exc.message)
             retry = {"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)}
             refused = json_error(exc.status, body, retry)
             gateway.cors.decorate(request, refused)
             return finish(request, refused)
+        # The stream takes the slot and gives it back when it ends, wherever it is driven.
+        request.environ[LEASE_KEY] = lease
         try:
             response = finish(request, gateway(request))
         except BaseException:
             lease.release()
             raise
-        response.call_on_close(lease.release)  # when the stream ends, whatever ends it
+        if request.environ.pop(LEASE_KEY, None) is lease:  # refused before it started
+            response.call_on_close(lease.release)
         return response
 
     @staticmethod

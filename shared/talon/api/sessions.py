@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -24,10 +22,10 @@ from talon.api.params import (
     UNTIL_TURN_END,
 )
 from talon.api.routing import Answer, Context, Route
+from talon.api.sse import LEASE_KEY, EventStream
 from talon.auth.access import bearer_secret
-from talon.sessions.follow import KEEP_ALIVE, FollowOptions, StreamEnd, follow
+from talon.sessions.follow import Follower, FollowOptions, follow_steps
 from talon.sessions.models import CreateSession, PostMessage
-from talon.telemetry import metrics
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 
@@ -88,37 +86,24 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
     options = FollowOptions(
         until_turn_end=ctx.param("untilTurnEnd"),
         heartbeat=ctx.param("heartbeat"),
-        # Each open stream holds a server thread: end it after a while; the client resumes
-        # with Last-Event-ID and misses nothing.
+        # End a stream after a while (under a thread-per-request server each one holds a
+        # thread); the client resumes with Last-Event-ID and misses nothing.
         max_seconds=ctx.param("maxSeconds"),
     )
     assert ctx.principal is not None
     secret = bearer_secret(ctx.request.headers.get("Authorization", "")) or b""
     access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
     options = replace(options, access=access, access_until=access_until)
-    sessions = ctx.services.sessions
     inbox, start = open_events(ctx.services, ctx.principal, ns, agent, session_id, after)
-
-    def lines() -> Iterator[str]:
-        metrics.open_streams.add(1, {"namespace": ns})
-        try:
-            yield "retry: 2000\n\n"
-            for event in follow(sessions, inbox, start, options):
-                if event is KEEP_ALIVE:
-                    yield ": keep-alive\n\n"
-                elif isinstance(event, StreamEnd):
-                    yield _format_end(event)
-                else:
-                    yield _format(event)
-        finally:
-            metrics.open_streams.add(-1, {"namespace": ns})
-
+    environ = ctx.request.environ
+    follower = Follower(follow_steps(ctx.services.sessions, start, options), inbox)
+    events = EventStream(follower, inbox, environ.pop(LEASE_KEY, None), ns)
     response = flask.Response(
-        lines(),
+        events.body(environ),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-    response.call_on_close(inbox.close)
+    response.call_on_close(events.response_closed)
     return response
 
 
@@ -129,17 +114,6 @@ def _stream_position(ctx: Context) -> int | None:
     preferring the query would replay everything on every reconnect."""
     header = ctx.param("Last-Event-ID")
     return header if header is not None else ctx.param("lastEventId")
-
-
-def _format_end(end: StreamEnd) -> str:
-    # No id: the reader's position stays at the last event it was sent.
-    data = json.dumps({"type": "stream.end", "reason": end.reason, "message": end.message})
-    return f"event: stream.end\ndata: {data}\n\n"
-
-
-def _format(event: dict[str, Any]) -> str:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 
 
 # One SSE event as a client's parser sees it (OpenAPI 3.1 has `schema` of an event stream

@@ -14,7 +14,9 @@ bench/slow_clients.py: no answer for over a minute). Here:
   one over heads.MAX_HEAD_BYTES 431), and the connection closed;
 - lingering closes run on the main loop too, as poller events, never blocking it;
 - a connection whose request body the application left unread (unread_body.leave_unread)
-  is closed after the response instead of being drained for the next request.
+  is closed after the response instead of being drained for the next request;
+- an event stream, once its first events are sent, is handed over to the process's stream
+  hub (stream_hub.py): thousands of open streams hold no thread.
 
 TLS, HTTP/2 prior knowledge and the uWSGI protocol (none of which Talon uses) keep
 gunicorn's own path.
@@ -28,15 +30,19 @@ import selectors
 import socket
 import threading
 import time
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from talon.api.sse import HANDOVER_KEY, HUB_KEY
 from talon.api.unread_body import CLOSE_CONNECTION
 from talon.serve.heads import MAX_HEAD_BYTES, head_complete, refusal
+from talon.serve.stream_hub import StreamHub
 
 LINGER_SECONDS = 2.0  # gunicorn's close_graceful defaults
 LINGER_BYTES = 64 * 1024
@@ -44,11 +50,15 @@ _RECV = 64 * 1024
 
 
 class _Conn(TConn):
-    """A connection whose graceful close is handed back to the worker's loop."""
+    """A connection whose graceful close is handed back to the worker's loop, and which is
+    left alone once its event stream was handed over to the stream hub."""
 
     linger: Any = None
+    handed_over = False
 
     def close(self, graceful: bool = False) -> None:
+        if self.handed_over:
+            return
         if graceful and self.linger is not None:
             self.linger(self)
         else:
@@ -83,6 +93,7 @@ def close_if_left_unread(worker: Any, req: Any, environ: dict[str, Any], resp: A
 class TalonThreadWorker(ThreadWorker):
     # Set by talon.serve in the arbiter, before the workers are forked.
     header_seconds: float = 10.0
+    alive: bool  # gunicorn's, untyped there
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,6 +101,7 @@ class TalonThreadWorker(ThreadWorker):
         # oldest first is soonest deadline first.
         self._heads: dict[socket.socket, _Head] = {}
         self._lingering: dict[socket.socket, _Linger] = {}
+        self.stream_hub = StreamHub()
 
     # -- connections: heads collected on the loop -------------------------------------------
 
@@ -192,10 +204,74 @@ class TalonThreadWorker(ThreadWorker):
                 break
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
-        keep_alive = super().handle_request(req, conn)
+        """gunicorn 27's, but for an event stream the application hands over (api/sse.py):
+        its connection goes to the stream hub instead of being finished, closed or kept."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            if not conn.is_http2:
+                environ[HUB_KEY] = self.stream_hub
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if (
+                not self.alive
+                or not self.cfg.keepalive
+                or len(self.keepalived_conns) >= self.max_keepalived
+            ):
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            handed_over = False
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                program = environ.pop(HANDOVER_KEY, None)
+                if program is not None and resp.headers_sent and self.alive:
+                    self.stream_hub.adopt(conn.sock, program, chunked=bool(resp.chunked))
+                    conn.handed_over = handed_over = True
+                elif program is not None:  # stopping: end it here; its client resumes
+                    program.finish()
+                    resp.close()
+                else:
+                    resp.close()
+            finally:
+                request_time = datetime.now() - request_start
+                self.log.access(resp, req, environ, request_time)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if handed_over or resp.should_close():
+                return False
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # A response already started: writing a 500 on it would corrupt it.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
         # Decided after the post_request hook ran: gunicorn's own answer came before it,
         # and would have the unread body drained (read) for a next request.
-        return bool(keep_alive) and not req.should_close()
+        return not req.should_close()
+
+    def run(self) -> None:
+        super().run()
+        self.stream_hub.stop()
 
     # -- closing: lingering on the loop -----------------------------------------------------
 

@@ -1,6 +1,10 @@
 """Following one session's events for a stream: every event after a position, in id order,
 exactly once, from the table and then from notifications.
 
+`follow_steps` is the logic, driven two ways: `follow` blocks on the inbox (a thread per
+stream: gRPC, any WSGI server), `Follower.advance` never blocks on it (talon.serve's stream
+hub, where thousands of open streams share a few threads).
+
 The caller subscribes to the session's notifications before `SessionService.open_stream`
 reads, so an event committed after that read arrives in the inbox. Notifications carry the
 events themselves when they fit; anything out of order, a gap, an oversized batch, a listener
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +51,76 @@ class FollowOptions:
     access_until: float | None = None
 
 
+Item = dict[str, Any] | StreamEnd | None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Yielded by `follow_steps` when it has nothing to send: send it the inbox's items that
+    arrive within `seconds` ([] if none do)."""
+
+    seconds: float
+
+
 def follow(
     sessions: SessionService, inbox: Inbox, start: StreamStart, options: FollowOptions
-) -> Iterator[dict[str, Any] | StreamEnd | None]:
+) -> Iterator[Item]:
     """Event dicts (as `Event.to_dict`), KEEP_ALIVE between them when quiet, and a final
-    StreamEnd if the reader's access ends while the stream is open."""
+    StreamEnd if the reader's access ends while the stream is open; blocks on the inbox."""
+    follower = Follower(follow_steps(sessions, start, options), inbox)
+    try:
+        while True:
+            items, wait = follower.advance()
+            yield from items
+            if wait is None:
+                return
+            inbox.wait(wait)
+    finally:
+        follower.close()
+
+
+class Follower:
+    """`follow_steps` driven without blocking: `advance` returns what is ready to send and
+    how long until it must be asked again (None: the stream is over). Ask again sooner when
+    the inbox has items (`Inbox.on_item`)."""
+
+    def __init__(self, steps: Generator[Item | Wait, list[str | None], None], inbox: Inbox):
+        self._steps = steps
+        self._inbox = inbox
+        self._until: float | None = None  # when the pending Wait is over; None: not started
+
+    def advance(self) -> tuple[list[Item], float | None]:
+        out: list[Item] = []
+        try:
+            if self._until is None:
+                step = next(self._steps)
+            else:
+                items = self._inbox.get(0)
+                left = self._until - time.monotonic()
+                if not items and left > 0:
+                    return out, left
+                step = self._steps.send(items)
+            while True:
+                if isinstance(step, Wait):
+                    items = self._inbox.get(0)  # arrived while the table was read
+                    if not items:
+                        self._until = time.monotonic() + step.seconds
+                        return out, step.seconds
+                    step = self._steps.send(items)
+                else:
+                    out.append(step)
+                    step = next(self._steps)
+        except StopIteration:
+            return out, None
+
+    def close(self) -> None:
+        self._steps.close()
+
+
+def follow_steps(
+    sessions: SessionService, start: StreamStart, options: FollowOptions
+) -> Generator[Item | Wait, list[str | None], None]:
+    """What `follow` yields, and a Wait whenever it has to wait for notifications."""
     uid = str(start.session_uid)
     ends_at = time.monotonic() + options.max_seconds
     access_until = options.access_until if options.access_until is not None else math.inf
@@ -92,7 +161,7 @@ def follow(
         remaining = ends_at - now
         if remaining <= 0:
             return
-        items = inbox.get(min(options.heartbeat, remaining, access_until - now))
+        items = yield Wait(min(options.heartbeat, remaining, access_until - now))
         open_turns = None
         if not items or None in items:
             ended = options.access() if options.access is not None else None

@@ -44,6 +44,7 @@ class Inbox:
         self._on_close = on_close
         self._items: deque[str | None] = deque()
         self._closed = False
+        self._on_item: Callable[[], None] | None = None
 
     def get(self, timeout: float) -> list[str | None]:
         """Everything received so far, waiting up to `timeout` for the first; [] on timeout."""
@@ -57,6 +58,26 @@ class Inbox:
             items = list(self._items)
             self._items.clear()
             return items
+
+    def wait(self, timeout: float) -> bool:
+        """Block until there are items (left for `get`) or `timeout` passes; True if any."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def on_item(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` whenever an item arrives, instead of a thread waiting for it;
+        called on the listener's thread holding its lock: it must only hand the news on
+        (e.g. wake an event loop), never block. Called once at once if items are waiting."""
+        with self._cond:
+            self._on_item = callback
+            if callback is not None and self._items:
+                callback()
 
     def wake(self) -> None:
         """Wake the reader as a missed notification would (it re-checks what it follows),
@@ -82,6 +103,8 @@ class Inbox:
             item = None
         self._items.append(item)
         self._cond.notify()
+        if self._on_item is not None:
+            self._on_item()
 
 
 class Listener:

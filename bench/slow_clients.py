@@ -73,10 +73,13 @@ SERVERS = {
 
 
 @contextlib.contextmanager
-def gateway(server: str, threads: int, extra_env: dict[str, str]) -> Iterator[int]:
+def gateway(
+    server: str, threads: int, extra_env: dict[str, str], durable: bool = False
+) -> Iterator[tuple[int, int]]:
+    """The gateway's port and process id."""
     root = Path(tempfile.mkdtemp(prefix="talon-bench-slow-"))
     root.chmod(0o755)
-    pg = LocalPostgres(root / "pg", durable=False)
+    pg = LocalPostgres(root / "pg", durable=durable)
     pg.start()
     process = None
     try:
@@ -103,7 +106,7 @@ def gateway(server: str, threads: int, extra_env: dict[str, str]) -> Iterator[in
             if probe(port, 5.0)[0] == 200:
                 break
             time.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         if process is not None:
             process.terminate()
@@ -244,7 +247,7 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     extra = dict(item.split("=", 1) for item in args.env)
-    with gateway(args.server, args.threads, extra) as port:
+    with gateway(args.server, args.threads, extra) as (port, _pid):
         idle = round(statistics.median(probe(port, 5.0)[1] for _ in range(20)), 4)
         header = {"server": args.server, "threads": args.threads, "unloaded_median_s": idle}
         print(json.dumps(header), flush=True)

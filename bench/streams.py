@@ -1,22 +1,28 @@
-"""Benchmark: does the gateway keep serving while many quiet SSE streams are open?
+"""Benchmark: how many quiet SSE streams one gateway process holds, and whether it keeps
+serving while they are open.
 
-Starts a throwaway PostgreSQL and the gateway the way `talon dev` runs it (`talon.serve`,
-64 threads), applies the example manifests, opens one measuring stream on a session, then
-`N` quiet streams (`--tokens` readers following `--sessions` idle sessions, as dashboards
-would), and while they are open times:
+Starts a durable throwaway PostgreSQL and the gateway (`--server talon`: as `talon dev` runs
+it, `python -m talon.serve`, whose stream hub holds open streams without a thread each;
+`--server functions-framework`: each stream holds one of its THREADS), applies the example
+manifests, opens one measuring stream on a session, then `N` quiet streams (`--tokens`
+readers following `--sessions` idle sessions, as dashboards would; at most `--window`
+waiting for their answer at once, as independent clients arrive), and reports:
 
-- `GET /healthz` on a fresh connection, one after another (`--probes`);
-- POST-to-first-event: a message posted on the measuring session (by its writer, on a kept
+- setup: from the first quiet stream's connect until every one has its response head and
+  first line (or a refusal); how they were answered (200, 503 busy, 429 too_many_streams,
+  nothing yet);
+- the gateway's RSS (gunicorn and its worker) before and with the streams open;
+- the gateway's CPU (share of one core) over `--settle` seconds with the streams quiet,
+  their heartbeats (each with a look at the table) under way;
+- then, while they are open: `GET /healthz` on a fresh connection (`--probes` times), and
+  POST-to-first-event: a message posted on the measuring session (by its writer, on a kept
   connection) until the measuring stream shows its `message.created` event (no worker runs:
   the gateway itself writes that event before it answers 202).
 
-A request that gets no answer within `--timeout` counts as failed. It reports how the
-quiet streams were answered (200, 503 busy, 429 too_many_streams, or nothing yet). To see
-the gateway as it was before the stream caps, lift them:
+A request that gets no answer within `--timeout` counts as failed.
 
-    .venv/bin/python bench/streams.py --streams 300
-    .venv/bin/python bench/streams.py --streams 300 \\
-        --env TALON_GATEWAY_MAX_OPEN_STREAMS=10000 --env TALON_GATEWAY_MAX_STREAMS_PER_TOKEN=10000
+    .venv/bin/python bench/streams.py --streams 5000
+    .venv/bin/python bench/streams.py --server functions-framework --streams 300
 """
 
 from __future__ import annotations
@@ -25,17 +31,20 @@ import argparse
 import json
 import queue
 import resource
+import selectors
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slow_clients import TOKEN, gateway, probe
+from turns import cpu_seconds, rss_kib, with_descendants
 
 from talon.cli.manifest_files import read_documents
 
@@ -57,16 +66,47 @@ def open_stream(port: int, token: str, session: str) -> socket.socket:
     return sock
 
 
-def status_of(sock: socket.socket) -> str:
-    """How a quiet stream was answered so far: its status, or `pending`."""
-    sock.settimeout(0.05)
-    try:
-        head = sock.recv(64)
-    except (TimeoutError, BlockingIOError):
-        return "pending"
-    except OSError:
-        return "error"
-    return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "closed"
+def open_quiet(
+    port: int, tokens: list[str], sessions: list[str], count: int, window: int, timeout: float
+) -> tuple[list[socket.socket], Counter[str], float]:
+    """`count` streams opened with at most `window` unanswered at once: the sockets, how
+    they were answered, and the seconds until the last one was."""
+    selector = selectors.DefaultSelector()
+    answered: Counter[str] = Counter()
+    opened: list[socket.socket] = []
+    heads: dict[socket.socket, bytes] = {}
+    started = time.perf_counter()
+    deadline = started + timeout
+    while len(opened) < count or heads:
+        while len(opened) < count and len(heads) < window:
+            i = len(opened)
+            sock = open_stream(port, tokens[i % len(tokens)], sessions[i % len(sessions)])
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            opened.append(sock)
+            heads[sock] = b""
+        for key, _ in selector.select(max(0.0, deadline - time.perf_counter())):
+            sock = key.fileobj  # type: ignore[assignment]
+            try:
+                chunk = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            heads[sock] += chunk
+            data = heads[sock]
+            status = data.split(b" ", 2)[1].decode() if b"\r\n\r\n" in data else None
+            if not chunk or (status is not None and (status != "200" or b"retry:" in data)):
+                answered[status or "closed"] += 1
+                selector.unregister(sock)
+                del heads[sock]
+        if time.perf_counter() > deadline:
+            answered["pending"] += len(heads)
+            break
+    selector.close()
+    for sock in opened:
+        sock.setblocking(True)
+    return opened, answered, time.perf_counter() - started
 
 
 class Watcher(threading.Thread):
@@ -99,13 +139,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=64, help="THREADS (talon dev: 64)")
     parser.add_argument("--probes", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--window", type=int, default=256,
+                        help="quiet streams waiting for their answer at once")  # fmt: skip
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds between the last stream opened and the measures")  # fmt: skip
+    parser.add_argument("--server", choices=("talon", "functions-framework"), default="talon")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     extra = dict(item.split("=", 1) for item in args.env)
-    with gateway("talon", args.threads, extra) as port:
+    server = {"talon": "talon", "functions-framework": "functions-framework"}[args.server]
+    with gateway(server, args.threads, extra, durable=True) as (port, server_pid):
         url = f"http://127.0.0.1:{port}"
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
                              timeout=30)  # fmt: skip
@@ -123,15 +169,15 @@ def main() -> int:
         watcher = Watcher(open_stream(port, watcher_token, measured))
         watcher.start()
         time.sleep(0.5)
-        opened = time.perf_counter()
-        quiet = [open_stream(port, readers[i % len(readers)], sessions[i % len(sessions)])
-                 for i in range(args.streams)]  # fmt: skip
-        setup = time.perf_counter() - opened
-        time.sleep(2)
-        answered: dict[str, int] = {}
-        for sock in quiet:
-            status = status_of(sock)
-            answered[status] = answered.get(status, 0) + 1
+        served = with_descendants(server_pid)
+        rss_before = sum(rss_kib(pid) for pid in served)
+        quiet, answered, setup = open_quiet(port, readers, sessions, args.streams, args.window,
+                                            timeout=120)  # fmt: skip
+        # Measured once the streams' heartbeats (each a look at the table) are under way.
+        cpu_before = cpu_seconds(with_descendants(server_pid))
+        time.sleep(args.settle)
+        idle_cpu = (cpu_seconds(with_descendants(server_pid)) - cpu_before) / args.settle
+        rss_open = sum(rss_kib(pid) for pid in with_descendants(server_pid))
 
         health, health_failed = [], 0
         for _ in range(args.probes):
@@ -160,8 +206,13 @@ def main() -> int:
         watcher.sock.close()
         admin.close()
         print(json.dumps({
-            "threads": args.threads, "streams": args.streams, "tokens": args.tokens,
-            "env": extra, "open_seconds": round(setup, 2), "quiet_streams_answered": answered,
+            "server": args.server, "threads": args.threads, "streams": args.streams,
+            "tokens": args.tokens, "sessions": args.sessions, "env": extra,
+            "setup_seconds": round(setup, 2), "quiet_streams_answered": dict(answered),
+            "gateway_rss_mib": {"before": round(rss_before / 1024, 1),
+                                "streams_open": round(rss_open / 1024, 1)},
+            # Share of one core the gateway spends holding the quiet streams (heartbeats).
+            "gateway_cpu_while_quiet": round(idle_cpu, 3),
             "healthz_p50_ms": percentile(health, 0.5), "healthz_p99_ms": percentile(health, 0.99),
             "healthz_failed": health_failed,
             "post_to_first_event_p50_ms": percentile(first_event, 0.5),

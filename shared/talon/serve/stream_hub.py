@@ -75,7 +75,8 @@ class StreamHub:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._stopping = False  # the loop is ending its streams
+        self._stopped = False  # no stream is taken over any more
 
     @property
     def open_streams(self) -> int:
@@ -83,12 +84,20 @@ class StreamHub:
 
     def adopt(self, sock: socket.socket, program: Program, chunked: bool) -> None:
         """Take a stream over (from any thread): from now on the hub owns `sock`."""
-        self._start()
+        if not self._start():  # stopped: end it as stopping would have
+            with contextlib.suppress(OSError):
+                if chunked:
+                    sock.send(b"0\r\n\r\n")
+                sock.close()
+            program.finish()
+            return
         stream = _Stream(sock, program, chunked)
         self._call_soon(lambda: self._add(stream))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End every stream (their clients see a clean end and resume) and the loop."""
+        with self._lock:
+            self._stopped = True
         if self._thread is None:
             return
         self._call_soon(self._shut_down)
@@ -98,8 +107,11 @@ class StreamHub:
 
     # -- from any thread --------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Whether the loop runs (started on first use); False once stopped."""
         with self._lock:
+            if self._stopped:
+                return False
             if self._thread is None:
                 # Started in the process that serves (gunicorn forks its workers first).
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="talon-stream")
@@ -107,6 +119,7 @@ class StreamHub:
                 self._thread = threading.Thread(target=self._run, name="talon-streams",
                                                 daemon=True)  # fmt: skip
                 self._thread.start()
+            return True
 
     def _call_soon(self, work: Callable[[], None]) -> None:
         with self._lock:

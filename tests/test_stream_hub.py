@@ -1,0 +1,201 @@
+"""talon.serve's stream hub on real sockets: what it sends, when it asks a stream for more,
+and how every way a stream ends releases it (the gateway's streams through it are tested
+end to end in test_stream_limits.py and test_sse_handover.py)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from talon.serve.stream_hub import MAX_BUFFERED, StreamHub
+
+pytestmark = pytest.mark.fast
+
+
+class _Program:
+    """A stream that sends `pieces` one per advance, then ends (or waits forever)."""
+
+    def __init__(self, pieces: list[bytes], wait: float = 30.0, end: bool = True) -> None:
+        self.pieces = list(pieces)
+        self.wait = wait
+        self.end = end
+        self.advances = 0
+        self.running = threading.Event()
+        self.overlapped = False
+        self.finished = threading.Event()
+        self.wake: Callable[[], None] | None = None
+        self.delay = 0.0
+        self.fail = False
+
+    def advance(self) -> tuple[bytes, float | None]:
+        if self.running.is_set() or self.finished.is_set():
+            self.overlapped = True
+        self.running.set()
+        try:
+            self.advances += 1
+            time.sleep(self.delay)
+            if self.fail:
+                raise RuntimeError("boom")
+            if self.pieces:
+                return self.pieces.pop(0), self.wait
+            return b"", None if self.end else self.wait
+        finally:
+            self.running.clear()
+
+    def on_ready(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+
+    def finish(self) -> None:
+        if self.running.is_set() or self.finished.is_set():
+            self.overlapped = True
+        self.finished.set()
+
+
+@pytest.fixture
+def hub() -> Iterator[StreamHub]:
+    served = StreamHub(workers=2)
+    yield served
+    served.stop()
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    return ours, theirs
+
+
+def _read_until(sock: socket.socket, marker: bytes, within: float = 5.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + within
+    while marker not in data:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _closed(sock: socket.socket, within: float = 5.0) -> bytes:
+    """Everything the hub still sends until it closes its end."""
+    data = b""
+    sock.settimeout(within)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_what_a_stream_produces_is_sent_as_chunks_and_ended(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"one", b"two"], wait=0.05)
+    hub.adopt(server, program, chunked=True)
+    assert _closed(client) == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+    assert program.finished.wait(5)
+    assert not program.overlapped
+
+
+def test_an_unchunked_stream_ends_by_closing(hub: StreamHub) -> None:
+    client, server = _pair()
+    hub.adopt(server, _Program([b"one"], wait=0.05), chunked=False)
+    assert _closed(client) == b"one"
+
+
+def test_a_wake_asks_at_once_and_the_wait_is_kept_otherwise(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a", b"b", b"c"], wait=30.0, end=False)
+    hub.adopt(server, program, chunked=False)
+    assert _read_until(client, b"a") == b"a"
+    time.sleep(0.3)
+    assert program.advances == 1  # asked again only in 30 s
+    assert program.wake is not None
+    started = time.monotonic()
+    program.wake()
+    assert _read_until(client, b"b") == b"b"
+    assert time.monotonic() - started < 2
+
+
+def test_the_time_a_stream_asked_for_brings_it_back(hub: StreamHub) -> None:
+    client, server = _pair()
+    hub.adopt(server, _Program([b"a", b"b"], wait=0.2, end=False), chunked=False)
+    started = time.monotonic()
+    assert _read_until(client, b"ab") == b"ab"
+    assert 0.15 < time.monotonic() - started < 3
+
+
+def test_a_client_that_goes_away_releases_its_stream(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a"], end=False)
+    hub.adopt(server, program, chunked=True)
+    _read_until(client, b"a")
+    client.close()
+    assert program.finished.wait(5)
+    deadline = time.monotonic() + 5
+    while hub.open_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hub.open_streams == 0
+
+
+def test_a_stream_is_never_finished_while_it_advances(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a", b"b"], wait=0.01, end=False)
+    hub.adopt(server, program, chunked=True)
+    _read_until(client, b"a")
+    program.delay = 0.5
+    assert program.running.wait(5)  # its next advance is under way...
+    client.close()  # ...when its client goes
+    assert program.finished.wait(5)
+    assert not program.overlapped
+
+
+def test_a_client_that_does_not_read_is_cut_off_and_others_are_served(hub: StreamHub) -> None:
+    stuck_client, stuck_server = _pair()
+    stuck_server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    flood = _Program([b"x" * 65536] * (MAX_BUFFERED // 65536 * 4), wait=0.0)
+    hub.adopt(stuck_server, flood, chunked=True)
+    client, server = _pair()
+    other = _Program([b"a", b"b", b"c"], wait=0.05, end=True)
+    hub.adopt(server, other, chunked=True)
+    assert _closed(client).endswith(b"0\r\n\r\n")
+    assert flood.finished.wait(10)
+    stuck_client.setblocking(False)
+    received = b""
+    try:
+        while chunk := stuck_client.recv(1 << 20):
+            received += chunk
+    except BlockingIOError:
+        pytest.fail("the stuck client's connection was not closed")
+    assert not received.endswith(b"0\r\n\r\n")  # cut off: not a clean end
+    assert len(received) < MAX_BUFFERED * 2
+
+
+def test_a_failing_stream_is_closed_without_a_clean_end(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a"], wait=0.05, end=False)
+    hub.adopt(server, program, chunked=True)
+    _read_until(client, b"a")
+    program.fail = True
+    assert _closed(client) == b""
+    assert program.finished.wait(5)
+
+
+def test_stopping_ends_every_stream_cleanly() -> None:
+    hub = StreamHub(workers=2)
+    pairs = [_pair() for _ in range(3)]
+    programs = [_Program([b"a"], end=False) for _ in pairs]
+    for (_client, server), program in zip(pairs, programs, strict=True):
+        hub.adopt(server, program, chunked=True)
+    for client, _server in pairs:
+        _read_until(client, b"a")
+    hub.stop()
+    for (client, _server), program in zip(pairs, programs, strict=True):
+        assert _closed(client) == b"0\r\n\r\n"
+        assert program.finished.is_set()
+    # A stream handed over while it stops is ended at once.
+    client, server = _pair()
+    late = _Program([b"a"], end=False)
+    hub.adopt(server, late, chunked=True)
+    assert late.finished.wait(5)

@@ -113,7 +113,7 @@ def test_a_stream_ended_by_the_hub_resumes_without_a_gap(served: _Gateway) -> No
         served.http.post(f"{BASE}/{session}/message", json={"content": f"m{i}"}, headers=headers)
     second = _Stream(served.port, reader, session, f"lastEventId={last}&maxSeconds=1")
     assert second.ended(within=10)
-    ids = [e["id"] for e in seen + _events(second)]
+    ids = [int(str(e["id"])) for e in seen + _events(second)]
     assert len(ids) == 10  # 5 messages, 5 queued turns (no worker runs them)
     assert ids == sorted(set(ids))  # every event once, in order
     second.close()

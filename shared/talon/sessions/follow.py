@@ -25,6 +25,9 @@ from talon.sessions.service import SessionService, StreamStart
 from talon.store.notify import Inbox
 
 KEEP_ALIVE = None  # yielded when a heartbeat interval passes without events
+# A quiet stream looks at the table this often (at its first heartbeat after), in case a
+# notification went missing: cheap for one stream, not for the thousands a gateway holds.
+RECHECK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def follow_steps(
     open_turns: int | None = start.open_turns
     full = len(batch) >= READ_LIMIT
     first, turn_ended, read = True, False, False
+    checked = time.monotonic()
     while True:
         for event in batch:
             last = event["id"]
@@ -148,6 +152,7 @@ def follow_steps(
                 return
         first = False
         if read or full:
+            checked = time.monotonic()
             events, open_turns = sessions.read_state(start.session_uid, last)
             if open_turns is None:
                 return  # the session was deleted
@@ -173,7 +178,7 @@ def follow_steps(
                 batch = []  # nothing more for this reader: the loop ends the stream
                 continue
             yield KEEP_ALIVE
-            batch, read = [], True  # a cheap safety net: check the table once per heartbeat
+            batch, read = [], time.monotonic() - checked >= RECHECK_SECONDS
             continue
         batch, read = _in_order(items, uid, last)
 

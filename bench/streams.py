@@ -141,7 +141,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--window", type=int, default=256,
                         help="quiet streams waiting for their answer at once")  # fmt: skip
-    parser.add_argument("--settle", type=float, default=20.0,
+    # Past a minute: every quiet stream's once-a-minute look at the table falls inside.
+    parser.add_argument("--settle", type=float, default=65.0,
                         help="seconds between the last stream opened and the measures")  # fmt: skip
     parser.add_argument("--server", choices=("talon", "functions-framework"), default="talon")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")

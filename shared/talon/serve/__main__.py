@@ -3,7 +3,9 @@ Cloud Run function's Flask app the way functions-framework's CLI does (its app, 
 application and environment: PORT, HOST, THREADS, WORKERS, CLOUD_RUN_TIMEOUT_SECONDS,
 GUNICORN_LOG_LEVEL, FUNCTION_TARGET, FUNCTION_SOURCE), with Talon's gthread worker
 (worker.py): request heads are read without holding a thread and within
-`gateway.headerTimeoutSeconds`, and closing a connection never blocks the server.
+`gateway.headerTimeoutSeconds`, closing a connection never blocks the server, and open event
+streams are held by a stream hub instead of a thread each (stream_hub.py). Each open stream
+is a socket: the open-file limit is raised to its hard limit.
 
 functions-framework's CLI takes no gunicorn options (it builds its own gunicorn application
 from the environment), hence this launcher; `talon dev` runs the gateway with it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 
 import flask
@@ -32,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=env("HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(env("PORT", "8080")))
     args = parser.parse_args(argv)
-    # Read in the arbiter: the workers it forks inherit it.
+    # In the arbiter: the workers it forks inherit both.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     TalonThreadWorker.header_seconds = load_settings().gateway.header_timeout_seconds
     app = functions_framework.create_app(args.target, args.source)
     if not isinstance(app, flask.Flask):

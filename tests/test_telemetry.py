@@ -230,7 +230,9 @@ def _the_metrics_the_turn_moved(
     processes[-1].stop()
     accepted = client.post(f"{SESSION}/message", json={"content": "Again"}).json()
     with client.stream("GET", f"{SESSION}/stream") as stream:
-        next(stream.iter_lines())
+        # Kept: a dropped iterator closes the response, and talon.serve notices at once.
+        lines = stream.iter_lines()
+        next(lines)
         _wait_metric(receiver, "talon-gateway", "talon.streams.open", 1, namespace="acme")
     assert client.post(f"{SESSION}/cancel").json()["cancelled"] == [accepted["turnId"]]
     _wait_metric(receiver, "talon-gateway", "talon.turns.ended", 1, outcome="cancelled", **who)

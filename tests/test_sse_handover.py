@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,44 @@ def test_stopping_the_gateway_ends_its_streams_cleanly(
         gateway.process.wait(timeout=30)
     finally:
         gateway.stop()
+
+
+def test_a_stream_asked_for_with_a_body_stays_open(served: _Gateway) -> None:
+    """Its body is left unread and the connection's read side shut: that end of input is
+    not the client going away."""
+    session = _session(served)
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+    try:
+        sock.sendall((f"GET {BASE}/{session}/stream?heartbeat=1 HTTP/1.1\r\nHost: t\r\n"
+                      f"Authorization: Bearer {_token(served)}\r\nContent-Length: 5\r\n\r\n"
+                      "hello").encode())  # fmt: skip
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b": keep-alive") < 2:
+            assert time.monotonic() < deadline, received
+            chunk = sock.recv(65536)
+            assert chunk, f"closed: {received!r}"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" in received.lower()
+    finally:
+        sock.close()
+
+
+def test_a_long_history_is_sent_whole_in_order(served: _Gateway) -> None:
+    """More events than one advance formats (api/sse.py ADVANCE_ITEMS): sent in pieces,
+    every one once, in order."""
+    writer, session = _token(served, "write"), _session(served)
+    headers = {"Authorization": f"Bearer {writer}"}
+    for i in range(70):
+        reply = served.http.post(f"{BASE}/{session}/message", json={"content": f"m{i}"},
+                                 headers=headers)  # fmt: skip
+        assert reply.status_code == 202, reply.text
+    stream = _Stream(served.port, _token(served), session, "lastEventId=0&maxSeconds=2")
+    try:
+        assert stream.ended(within=15)
+        ids = [int(str(e["id"])) for e in _events(stream)]
+        assert len(ids) == 140  # 70 messages, 70 queued turns
+        assert ids == sorted(set(ids))
+    finally:
+        stream.close()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from talon.serve.stream_hub import MAX_BUFFERED, StreamHub
+from talon.serve.stream_hub import LOW_WATER, MAX_RECEIVED, StreamHub
 
 pytestmark = pytest.mark.fast
 
@@ -151,25 +151,64 @@ def test_a_stream_is_never_finished_while_it_advances(hub: StreamHub) -> None:
     assert not program.overlapped
 
 
-def test_a_client_that_does_not_read_is_cut_off_and_others_are_served(hub: StreamHub) -> None:
-    stuck_client, stuck_server = _pair()
-    stuck_server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    flood = _Program([b"x" * 65536] * (MAX_BUFFERED // 65536 * 4), wait=0.0)
-    hub.adopt(stuck_server, flood, chunked=True)
-    client, server = _pair()
-    other = _Program([b"a", b"b", b"c"], wait=0.05, end=True)
-    hub.adopt(server, other, chunked=True)
-    assert _closed(client).endswith(b"0\r\n\r\n")
-    assert flood.finished.wait(10)
-    stuck_client.setblocking(False)
-    received = b""
+def test_a_client_that_does_not_read_is_not_fed_and_is_cut_off_others_are_served() -> None:
+    hub = StreamHub(workers=2, stall_seconds=1.0)
     try:
-        while chunk := stuck_client.recv(1 << 20):
-            received += chunk
-    except BlockingIOError:
-        pytest.fail("the stuck client's connection was not closed")
-    assert not received.endswith(b"0\r\n\r\n")  # cut off: not a clean end
-    assert len(received) < MAX_BUFFERED * 2
+        stuck_client, stuck_server = _pair()
+        stuck_server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        stuck_client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flood = _Program([b"x" * 65536] * 1000, wait=0.0, end=False)
+        hub.adopt(stuck_server, flood, chunked=True)
+        client, server = _pair()
+        other = _Program([b"a", b"b", b"c"], wait=0.05, end=True)
+        hub.adopt(server, other, chunked=True)
+        assert _closed(client).endswith(b"0\r\n\r\n")  # served while the other is stuck
+        time.sleep(0.5)
+        # Backpressure: asked for more only while little waits for the client.
+        assert flood.advances * 65536 < 4 * LOW_WATER + 1_000_000
+        assert flood.finished.wait(10)  # cut off after taking nothing for a second
+        assert flood.advances < 40
+        received = _closed(stuck_client)
+        assert not received.endswith(b"0\r\n\r\n")  # cut off: not a clean end
+    finally:
+        hub.stop()
+
+
+def test_a_reader_gets_large_output_whole(hub: StreamHub) -> None:
+    client, server = _pair()
+    big = b"y" * (3 << 20)
+    program = _Program([big, b"end"], wait=0.0)
+    hub.adopt(server, program, chunked=False)
+    received = _closed(client, within=10)
+    assert received == big + b"end"
+
+
+def test_a_client_that_sends_too_much_is_cut_off(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a"], end=False)
+    hub.adopt(server, program, chunked=True)
+    _read_until(client, b"a")
+    client.sendall(b"z" * (MAX_RECEIVED + 4096))
+    assert program.finished.wait(5)
+
+
+def test_without_read_watching_a_half_closed_client_keeps_its_stream(hub: StreamHub) -> None:
+    client, server = _pair()
+    program = _Program([b"a", b"b"], wait=0.3, end=True)
+    server.shutdown(socket.SHUT_RD)  # as a request whose body was left unread
+    hub.adopt(server, program, chunked=True, watch_reads=False)
+    client.shutdown(socket.SHUT_WR)
+    assert _closed(client) == b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
+
+
+def test_more_than_one_advance_s_worth_is_asked_for_at_once(hub: StreamHub) -> None:
+    """A stream returning a wait of 0 (more is ready) is asked again at once."""
+    client, server = _pair()
+    program = _Program([b"a", b"b", b"c"], wait=0.0, end=True)
+    hub.adopt(server, program, chunked=False)
+    started = time.monotonic()
+    assert _closed(client) == b"abc"
+    assert time.monotonic() - started < 2
 
 
 def test_a_failing_stream_is_closed_without_a_clean_end(hub: StreamHub) -> None:

@@ -30,8 +30,9 @@ STREAM_RETRY_AFTER_SECONDS = 5
 # Streams per process by default where they hold no thread (talon.serve's stream hub): what
 # bench/streams.py --hub showed one process holding well within 1 GiB.
 HUB_STREAMS = 10_000
-# Open files kept for everything but streams (database, listener, logs, requests).
-FILE_MARGIN = 512
+# Open files kept for everything but streams: gunicorn accepts up to 1,000 connections
+# (worker_connections), plus the database pool, the listener, logs.
+FILE_MARGIN = 1536
 
 
 def hub_stream_caps(max_open: int, per_token: int, open_files: int) -> tuple[int, int]:

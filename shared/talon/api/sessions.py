@@ -98,8 +98,9 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
     environ = ctx.request.environ
     follower = Follower(follow_steps(ctx.services.sessions, start, options), inbox)
     events = EventStream(follower, inbox, environ.pop(LEASE_KEY, None), ns)
+    events.hand_over(environ)
     response = flask.Response(
-        events.body(environ),
+        events.body(),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,13 +1,15 @@
 """A session's SSE stream as one object any server can drive.
 
 Under a thread-per-request server the response body blocks its thread on the stream's inbox
-until the stream ends. Under Talon's own server (talon.serve) the body sends what the stream
-has at once and then hands the connection over (HANDOVER_KEY): the server's stream hub
-calls `advance` whenever the inbox has items or the stream's wait is over, and `finish` at the
-end, so an idle stream holds no thread at all.
+until the stream ends. Under Talon's own server (talon.serve) the body is only the `retry:`
+line, after which the server hands the connection over to its stream hub, which calls
+`advance` whenever the inbox has items or the stream's wait is over (the first events
+included: nothing the stream sends is written by a request thread, which a client that does
+not read would hold), and `finish` at the end. An open stream holds no thread at all.
 
 The environ keys are the whole contract with the server: it sets HUB_KEY on requests it can
-take a stream over for, the body sets HANDOVER_KEY to the stream it hands over.
+take a stream over for; the stream sets HANDOVER_KEY to itself when it will be handed over,
+and from then on the server must either hand it over or `finish` it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ HANDOVER_KEY = "talon.stream_handover"
 # ends); a slot still there when the response is done was never taken, and is given back then.
 LEASE_KEY = "talon.stream_lease"
 RETRY_LINE = b"retry: 2000\n\n"
+# Events formatted per `advance`: a stream never builds a whole history in memory at once.
+ADVANCE_ITEMS = 100
 
 
 class EventStream:
@@ -43,16 +47,23 @@ class EventStream:
         self._finish_lock = threading.Lock()
         metrics.open_streams.add(1, {"namespace": namespace})
 
-    def body(self, environ: MutableMapping[str, Any]) -> Iterator[bytes]:
-        """The response body: everything until the stream ends, or (when the server takes
-        streams over) what is ready now, after which the server drives the stream."""
+    def hand_over(self, environ: MutableMapping[str, Any]) -> bool:
+        """Whether the server will drive this stream (and owns it from now on)."""
+        if environ.get(HUB_KEY) is None:
+            return False
+        environ[HANDOVER_KEY] = self
+        self._handed_over = True
+        return True
+
+    def body(self) -> Iterator[bytes]:
+        """The response body: the `retry:` line, then (unless handed over) every event until
+        the stream ends."""
+        if self._handed_over:
+            yield RETRY_LINE
+            return
         data, wait = self.advance()
         yield RETRY_LINE + data
         while wait is not None:
-            if environ.get(HUB_KEY) is not None:
-                environ[HANDOVER_KEY] = self
-                self._handed_over = True
-                return
             self._inbox.wait(wait)
             data, wait = self.advance()
             if data:
@@ -62,7 +73,7 @@ class EventStream:
         """What is ready to send now, and the seconds until `advance` must be called again
         at the latest (sooner once `on_ready`'s callback is called); None: the stream is over.
         Never blocks on the inbox; may read the database."""
-        items, wait = self._follower.advance()
+        items, wait = self._follower.advance(ADVANCE_ITEMS)
         return b"".join(_format(item) for item in items), wait
 
     def on_ready(self, wake: Callable[[], None]) -> None:
@@ -81,12 +92,14 @@ class EventStream:
             if self._finished:
                 return
             self._finished = True
-        self._inbox.on_item(None)
-        self._inbox.close()
-        self._follower.close()
-        if self._lease is not None:
-            self._lease.release()
-        metrics.open_streams.add(-1, {"namespace": self._namespace})
+        try:
+            self._inbox.on_item(None)
+            self._inbox.close()
+            self._follower.close()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+            metrics.open_streams.add(-1, {"namespace": self._namespace})
 
 
 def _format(item: Item) -> bytes:

@@ -14,6 +14,7 @@ from the environment), hence this launcher; `talon dev` runs the gateway with it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -36,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(env("PORT", "8080")))
     args = parser.parse_args(argv)
     # In the arbiter: the workers it forks inherit both.
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _raise_open_files()
     TalonThreadWorker.header_seconds = load_settings().gateway.header_timeout_seconds
     app = functions_framework.create_app(args.target, args.source)
     if not isinstance(app, flask.Flask):
@@ -46,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     options = {"worker_class": TalonThreadWorker, "post_request": close_if_left_unread}
     create_server(app, False, **options).run(args.host, args.port)
     return 0
+
+
+def _raise_open_files() -> None:
+    """The soft open-file limit up to the hard one (bounded: some systems say unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if target > soft:
+        # Refused: the soft limit stays, and the stream caps follow it.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 if __name__ == "__main__":

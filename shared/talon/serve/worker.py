@@ -116,6 +116,9 @@ class TalonThreadWorker(ThreadWorker):
         try:
             client_sock, client_addr = listener.accept()
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # out of files: wait for some back
+                self.log.warning("cannot accept a connection: %s", e)
+                return
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
@@ -205,15 +208,17 @@ class TalonThreadWorker(ThreadWorker):
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
         """gunicorn 27's, but for an event stream the application hands over (api/sse.py):
-        its connection goes to the stream hub instead of being finished, closed or kept."""
+        its response says `Connection: close`, and once its head and first line are sent the
+        connection goes to the stream hub instead of being finished, closed or kept."""
         environ: dict[str, Any] = {}
         resp = None
+        program = None  # a stream to hand over: handed over, or finished here
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
-            if not conn.is_http2:
+            if not conn.is_http2 and self._collects_heads(conn.client):  # plain HTTP/1
                 environ[HUB_KEY] = self.stream_hub
             self.nr += 1
             if self.nr >= self.max_requests:
@@ -221,46 +226,46 @@ class TalonThreadWorker(ThreadWorker):
                     self.log.info("Autorestarting worker after current request.")
                     self.alive = False
                 resp.force_close()
-            if (
-                not self.alive
-                or not self.cfg.keepalive
-                or len(self.keepalived_conns) >= self.max_keepalived
-            ):
+            full = len(self.keepalived_conns) >= self.max_keepalived
+            if not self.alive or not self.cfg.keepalive or full:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
-            handed_over = False
+            program = environ.pop(HANDOVER_KEY, None)
+            if program is not None:
+                resp.force_close()  # the hub closes it when the stream ends
             try:
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):
                     resp.write_file(respiter)
                 else:
                     for item in respiter:
                         resp.write(item)
-                program = environ.pop(HANDOVER_KEY, None)
-                if program is not None and resp.headers_sent and self.alive:
-                    self.stream_hub.adopt(conn.sock, program, chunked=bool(resp.chunked))
-                    conn.handed_over = handed_over = True
-                elif program is not None:  # stopping: end it here; its client resumes
-                    program.finish()
-                    resp.close()
-                else:
-                    resp.close()
+                if program is None or not (resp.headers_sent and self.alive):
+                    resp.close()  # a stopping worker ends the stream here; its client resumes
             finally:
                 request_time = datetime.now() - request_start
                 self.log.access(resp, req, environ, request_time)
                 if hasattr(respiter, "close"):
                     respiter.close()
-            if handed_over or resp.should_close():
+            if program is not None and resp.headers_sent and self.alive:
+                reads_shut = bool(environ.get(CLOSE_CONNECTION))  # its body was left unread
+                self.stream_hub.adopt(conn.sock, program, chunked=bool(resp.chunked),
+                                      watch_reads=not reads_shut)  # fmt: skip
+                program, conn.handed_over = None, True
+                return False
+            if resp.should_close():
                 return False
         except OSError:
             raise
         except (Exception, SystemExit):
-            if resp and resp.headers_sent:
+            if resp and resp.headers_sent and not conn.handed_over:
                 # A response already started: writing a 500 on it would corrupt it.
                 self.log.exception("Error handling request")
                 util.close_graceful(conn.sock)
                 raise StopIteration() from None
             raise
         finally:
+            if program is not None:  # not handed over, whatever happened
+                program.finish()
             try:
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:
@@ -270,8 +275,10 @@ class TalonThreadWorker(ThreadWorker):
         return not req.should_close()
 
     def run(self) -> None:
-        super().run()
-        self.stream_hub.stop()
+        try:
+            super().run()
+        finally:
+            self.stream_hub.stop()
 
     # -- closing: lingering on the loop -----------------------------------------------------
 

@@ -7,8 +7,9 @@ hub, where thousands of open streams share a few threads).
 
 The caller subscribes to the session's notifications before `SessionService.open_stream`
 reads, so an event committed after that read arrives in the inbox. Notifications carry the
-events themselves when they fit; anything out of order, a gap, an oversized batch, a listener
-reconnect or a quiet heartbeat interval falls back to reading the table, which is the truth.
+events themselves when they fit; anything out of order, a gap, an oversized batch or a
+listener reconnect falls back to reading the table, which is the truth, and so does a quiet
+stream once a minute.
 """
 
 from __future__ import annotations
@@ -90,9 +91,13 @@ class Follower:
     def __init__(self, steps: Generator[Item | Wait, list[str | None], None], inbox: Inbox):
         self._steps = steps
         self._inbox = inbox
-        self._until: float | None = None  # when the pending Wait is over; None: not started
+        # When the Wait the steps are suspended at is over; None: suspended after an item
+        # (or not started), so they go on at once.
+        self._until: float | None = None
 
-    def advance(self) -> tuple[list[Item], float | None]:
+    def advance(self, max_items: int = 0) -> tuple[list[Item], float | None]:
+        """Up to `max_items` items (0: all that are ready); when there may be more, the
+        wait returned is 0."""
         out: list[Item] = []
         try:
             if self._until is None:
@@ -102,6 +107,7 @@ class Follower:
                 left = self._until - time.monotonic()
                 if not items and left > 0:
                     return out, left
+                self._until = None
                 step = self._steps.send(items)
             while True:
                 if isinstance(step, Wait):
@@ -112,6 +118,8 @@ class Follower:
                     step = self._steps.send(items)
                 else:
                     out.append(step)
+                    if len(out) == max_items:
+                        return out, 0.0
                     step = next(self._steps)
         except StopIteration:
             return out, None

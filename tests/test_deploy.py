@@ -281,7 +281,7 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]
     assert ids == ["ui", "test", "package", "upload", "registry", "image-build", "image-push",
-                   "worker-image", "deploy"]  # fmt: skip
+                   "worker-image", "gateway-image", "deploy"]  # fmt: skip
     steps = {step["id"]: step for step in build["steps"]}
     text = (ROOT / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
@@ -302,7 +302,8 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     assert f"docker build -f Dockerfile.worker -t {image} ." in build_script
     assert f"docker push {image}" in build_script
     assert f'-var="worker_image={image}"' in deploy and "worker_image" in declared
-    assert set(steps["deploy"]["waitFor"]) == {"upload", "image-push", "worker-image"}
+    assert set(steps["deploy"]["waitFor"]) == {"upload", "image-push", "worker-image",
+                                               "gateway-image"}  # fmt: skip
     assert "talon-${_ENV}" in steps["registry"]["args"][1]  # the repository both images use
 
 
@@ -454,14 +455,15 @@ def test_the_pull_worker_runs_talon_worker_with_cpu_always_allocated_and_no_invo
     assert container["resources"][0]["cpu_idle"] is False  # CPU always allocated
     assert _unquote(container["startup_probe"][0]["http_get"][0]["path"]) == "/healthz"
     assert _module_call("worker")["enabled"] == "${local.pull}"
-    # Nobody may invoke it: no run.invoker grant on it anywhere (the one Cloud Run service
-    # grant there is, is the public gRPC service's, on that service).
+    # Nobody may invoke it: no run.invoker grant on it anywhere (the Cloud Run service grants
+    # there are, are the public gRPC service's and gateway service's, each on itself).
+    own = {"grpc": "grpc", "gateway_service": "gateway"}
     for path in _tf_files():
         text = path.read_text()
-        if path.parent.name == "grpc":
+        if path.parent.name in own:
             grants = _resources(_load(path), "google_cloud_run_v2_service_iam_member")
             assert [g["name"] for g in grants.values()] == [
-                "${google_cloud_run_v2_service.grpc.name}"]  # fmt: skip
+                f"${{google_cloud_run_v2_service.{own[path.parent.name]}.name}}"]  # fmt: skip
             continue
         assert "google_cloud_run_v2_service_iam" not in text, path
     # Its own account, granted only what a turn needs.

@@ -1,7 +1,8 @@
 """The deployment as written: Terraform is formatted and parses, and every name the code
 expects (entry points, settings read from the environment, topics, queue, secrets) is what
 Terraform and cloudbuild.yaml declare, and the other way round. No cloud, no provider
-download: these read the files."""
+download: these read the files (and have `terraform console` evaluate the modules' own
+expressions where the wiring depends on a variable: gateway_server)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,19 @@ locals {
     name => "https://${var.region}-${var.project}.cloudfunctions.net/${local.prefix}-${replace(name, "_", "-")}"
   }
   pull = var.worker_mode == "pull"
+  # gateway_server = "talon": the gateway is a Cloud Run service (modules/gateway_service)
+  # running the packaged gateway function under `python -m talon.serve`, and no gateway
+  # function is deployed. Its URL is Cloud Run's deterministic one
+  # (https://SERVICE-PROJECT_NUMBER.REGION.run.app), so the gateway knows its own URL before
+  # it exists. Not named like the function (prefix-gateway): switching an environment from
+  # one to the other creates the service beside the function it replaces.
+  talon_gateway        = var.gateway_server == "talon"
+  gateway_service_name = "${local.prefix}-gateway-service"
+  gateway_service_url  = "https://${local.gateway_service_name}-${data.google_project.this.number}.${var.region}.run.app"
+  # The URLs the functions are told (each other's and the gateway's own public URL).
+  urls = merge(local.function_urls, local.talon_gateway ? { gateway = local.gateway_service_url } : {})
+  # What callers use: the function's Cloud Run URL, or the service's.
+  gateway_url = local.talon_gateway ? module.gateway_service[0].url : module.functions.urls["gateway"]
   # The functions, plus the pull worker when it runs: it reads the database password and
   # relays its own outbox (publishes) like they do.
   runtime_members = merge(module.iam.function_members, local.pull ? { worker = module.iam.worker_member } : {})
@@ -93,8 +106,10 @@ module "functions" {
   source_bucket  = var.source_bucket
   source_version = var.source_version
   scaling        = var.functions
-  urls           = local.function_urls
+  urls           = local.urls
   accounts       = module.iam.emails
+  # Deployed as a function unless gateway_server = "talon" serves it (below).
+  gateway_function = !local.talon_gateway
 
   database = {
     instance_connection_name = module.database.instance_connection_name
@@ -154,6 +169,25 @@ module "grpc" {
   environment     = module.functions.gateway_environment
   secrets         = module.functions.gateway_secrets
   scaling         = var.grpc
+
+  depends_on = [google_project_service.apis]
+}
+
+# gateway_server = "talon" only: the gateway under talon.serve, from the image cloudbuild.yaml
+# builds out of the packaged gateway function (gateway.Dockerfile), with the gateway
+# function's environment, secrets and service account.
+module "gateway_service" {
+  source          = "./modules/gateway_service"
+  count           = local.talon_gateway ? 1 : 0
+  project         = var.project
+  region          = var.region
+  name            = local.gateway_service_name
+  project_number  = data.google_project.this.number
+  image           = "${var.region}-docker.pkg.dev/${var.project}/${local.prefix}/gateway:${var.source_version}"
+  service_account = module.iam.emails["gateway"]
+  environment     = module.functions.gateway_environment
+  secrets         = module.functions.gateway_secrets
+  size            = var.gateway_service
 
   depends_on = [google_project_service.apis]
 }

@@ -1,6 +1,6 @@
 output "gateway_url" {
-  description = "The Talon API (public; Talon's own bearer tokens)."
-  value       = module.functions.urls["gateway"]
+  description = "The Talon API (public; Talon's own bearer tokens): the gateway function's URL, or the gateway service's (gateway_server = \"talon\")."
+  value       = local.gateway_url
 }
 
 output "grpc_url" {
@@ -10,7 +10,7 @@ output "grpc_url" {
 
 output "ops_mcp_url" {
   description = "The talon-ops MCP endpoint, served through the gateway (the ops_mcp function itself is private)."
-  value       = "${module.functions.urls["gateway"]}/mcp/talon-ops"
+  value       = "${local.gateway_url}/mcp/talon-ops"
 }
 
 output "admin_token_secret" {

@@ -43,7 +43,7 @@ variable "deletion_protection" {
 }
 
 variable "functions" {
-  description = "Scaling per function; see README (Deploying) for why these numbers."
+  description = "Scaling per function; see README (Deploying) for why these numbers. The gateway's entry is unused when gateway_server is talon (gateway_service sizes it then)."
   type = map(object({
     min_instances = number
     max_instances = number
@@ -147,4 +147,40 @@ variable "grpc" {
     cpu           = string
     timeout       = number
   })
+}
+
+variable "gateway_server" {
+  description = "What serves the gateway. functions-framework: a Cloud Run function (functions[\"gateway\"]), where each open SSE stream holds one of its THREADS threads (about 15 streams per instance at concurrency 40). talon: a Cloud Run service (gateway_service) running the same packaged function under `python -m talon.serve`, whose stream hub holds open streams without a thread (up to Cloud Run's 1000 requests per instance). See README (Deploying, Which server serves the gateway)."
+  type        = string
+  default     = "functions-framework"
+  validation {
+    condition     = contains(["functions-framework", "talon"], var.gateway_server)
+    error_message = "gateway_server is functions-framework or talon."
+  }
+}
+
+variable "gateway_service" {
+  description = "The gateway's Cloud Run service when gateway_server is talon: instances, requests per instance (open streams included; Cloud Run allows at most 1000), threads for the other requests (THREADS), memory, CPU and request timeout (a stream's longest life)."
+  type = object({
+    min_instances = number
+    max_instances = number
+    concurrency   = number
+    threads       = number
+    memory        = string
+    cpu           = string
+    timeout       = number
+  })
+  default = { min_instances = 0, max_instances = 5, concurrency = 1000, threads = 64, memory = "512Mi", cpu = "1", timeout = 3600 }
+  validation {
+    condition     = var.gateway_service.concurrency >= 1 && var.gateway_service.concurrency <= 1000
+    error_message = "Cloud Run takes 1 to 1000 concurrent requests per instance."
+  }
+  validation {
+    condition     = var.gateway_service.threads >= 1
+    error_message = "gateway_service.threads must be at least 1."
+  }
+  validation {
+    condition     = var.gateway_service.timeout >= 1 && var.gateway_service.timeout <= 3600
+    error_message = "Cloud Run's request timeout is 1 to 3600 seconds."
+  }
 }

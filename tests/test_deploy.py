@@ -1,11 +1,13 @@
 """The deployment as written: Terraform is formatted and parses, and every name the code
 expects (entry points, settings read from the environment, topics, queue, secrets) is what
 Terraform and cloudbuild.yaml declare, and the other way round. No cloud, no provider
-download: these read the files."""
+download: these read the files (and have `terraform console` evaluate the modules' own
+expressions where the wiring depends on a variable: gateway_server)."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -281,7 +283,7 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [step["id"] for step in build["steps"]]
     assert ids == ["ui", "test", "package", "upload", "registry", "image-build", "image-push",
-                   "worker-image", "deploy"]  # fmt: skip
+                   "worker-image", "gateway-image", "deploy"]  # fmt: skip
     steps = {step["id"]: step for step in build["steps"]}
     text = (ROOT / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_[A-Z_]+)\}", text))
@@ -302,7 +304,8 @@ def test_cloudbuild_tests_packages_and_applies_what_terraform_declares() -> None
     assert f"docker build -f Dockerfile.worker -t {image} ." in build_script
     assert f"docker push {image}" in build_script
     assert f'-var="worker_image={image}"' in deploy and "worker_image" in declared
-    assert set(steps["deploy"]["waitFor"]) == {"upload", "image-push", "worker-image"}
+    assert set(steps["deploy"]["waitFor"]) == {"upload", "image-push", "worker-image",
+                                               "gateway-image"}  # fmt: skip
     assert "talon-${_ENV}" in steps["registry"]["args"][1]  # the repository both images use
 
 
@@ -454,14 +457,15 @@ def test_the_pull_worker_runs_talon_worker_with_cpu_always_allocated_and_no_invo
     assert container["resources"][0]["cpu_idle"] is False  # CPU always allocated
     assert _unquote(container["startup_probe"][0]["http_get"][0]["path"]) == "/healthz"
     assert _module_call("worker")["enabled"] == "${local.pull}"
-    # Nobody may invoke it: no run.invoker grant on it anywhere (the one Cloud Run service
-    # grant there is, is the public gRPC service's, on that service).
+    # Nobody may invoke it: no run.invoker grant on it anywhere (the Cloud Run service grants
+    # there are, are the public gRPC service's and gateway service's, each on itself).
+    own = {"grpc": "grpc", "gateway_service": "gateway"}
     for path in _tf_files():
         text = path.read_text()
-        if path.parent.name == "grpc":
+        if path.parent.name in own:
             grants = _resources(_load(path), "google_cloud_run_v2_service_iam_member")
             assert [g["name"] for g in grants.values()] == [
-                "${google_cloud_run_v2_service.grpc.name}"]  # fmt: skip
+                f"${{google_cloud_run_v2_service.{own[path.parent.name]}.name}}"]  # fmt: skip
             continue
         assert "google_cloud_run_v2_service_iam" not in text, path
     # Its own account, granted only what a turn needs.
@@ -512,3 +516,257 @@ def test_the_worker_image_installs_the_lock_with_hashes_and_runs_talon_worker() 
     assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
     assert 'ENTRYPOINT ["talon"]' in dockerfile and 'CMD ["worker"]' in dockerfile
     assert "USER nobody" in dockerfile
+
+
+# --- the gateway's server (gateway_server) ---------------------------------------------------
+
+
+def _hcl(value: Any) -> str:
+    """A value as python-hcl2 parsed it, written back as an HCL expression."""
+    if isinstance(value, dict):
+        items = [f"{_unquote(k)} = {_hcl(v)}" for k, v in value.items() if not k.startswith("__")]
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hcl(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    return text[2:-1] if text.startswith("${") and text.endswith("}") else text
+
+
+def _console(where: Path, values: dict[str, str], expression: str) -> Any:
+    """`expression` as `terraform console` evaluates it over these locals (HCL expressions):
+    Terraform's own evaluation of the modules' expressions, without providers."""
+    where.mkdir(exist_ok=True)
+    body = "\n".join(f"  {name} = {expr}" for name, expr in values.items())
+    (where / "main.tf").write_text(f"locals {{\n{body}\n}}\n")
+    result = subprocess.run(
+        ["terraform", "console"], cwd=where, input=f"jsonencode({expression})\n",
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Error" not in result.stderr, result.stdout + result.stderr
+    return json.loads(json.loads(result.stdout.strip()))
+
+
+def _inline(expression: str, arguments: dict[str, str]) -> str:
+    """A module's expression with its variables replaced by the caller's arguments."""
+    for name, argument in sorted(arguments.items(), key=lambda item: -len(item[0])):
+        expression = re.sub(rf"\bvar\.{name}\b", f"({argument})", expression)
+    return expression
+
+
+ROOT_GATEWAY_LOCALS = ("prefix", "function_urls", "talon_gateway", "gateway_service_name",
+                       "gateway_service_url", "urls", "gateway_url")  # fmt: skip
+
+
+def _gateway_wiring(where: Path, server: str) -> dict[str, Any]:
+    """The root's gateway locals, the functions module's filter and environment and the
+    gateway service's URL and preconditions, as Terraform evaluates them for `server`, with
+    stand-ins for what only the cloud knows (the project number, the functions' URLs)."""
+    root = _locals(_load(TERRAFORM / "main.tf"))
+    functions = _locals(_functions_module())
+    service = _locals(_load(TERRAFORM / "modules" / "gateway_service" / "main.tf"))
+    calls = {name: {k: _hcl(v) for k, v in _module_call(name).items()}
+             for name in ("functions", "gateway_service")}  # fmt: skip
+    stand_ins = {
+        "data.google_project.this.number": "local.project_number",
+        "module.gateway_service[0].url": "local.gateway_service_module[0].url",
+        "module.functions.urls": "local.functions_urls",
+    }
+
+    def root_expr(name: str) -> str:
+        expression = _hcl(root[name])
+        for reference, stand_in in stand_ins.items():
+            expression = expression.replace(reference, stand_in)
+        return expression
+
+    def module_expr(module: str, expression: Any, own: dict[str, str], **given: str) -> str:
+        text = _hcl(expression)
+        for name, renamed in own.items():
+            text = re.sub(rf"\blocal\.{name}\b", f"local.{renamed}", text)
+        arguments = {k: v.replace("data.google_project.this.number", "local.project_number")
+                     for k, v in calls[module].items()}  # fmt: skip
+        return _inline(text, arguments | given)
+
+    fn = {"entry_points": "fn_entry_points", "deployed": "fn_deployed"}
+    gw = {"label": "gw_label", "public_url": "gw_public_url"}
+    outputs = {
+        _unquote(k): v for o in _load(TERRAFORM / "outputs.tf")["output"] for k, v in o.items()
+    }
+    resource = _resources(_load(TERRAFORM / "modules" / "gateway_service" / "main.tf"),
+                          "google_cloud_run_v2_service")["gateway"]  # fmt: skip
+    gateway_env = {"TALON_GATEWAY_PUBLIC_URL": "local.fn_public_url"}
+    public_url = functions["env"]["gateway"]["TALON_GATEWAY_PUBLIC_URL"]
+    conditions = [
+        module_expr("gateway_service", p["condition"], gw, environment=_hcl(gateway_env))
+        for p in resource["lifecycle"][0]["precondition"]
+    ]
+    values = {
+        "project_number": '"123456789012"',
+        **{name: root_expr(name) for name in ROOT_GATEWAY_LOCALS},
+        "fn_entry_points": _hcl(functions["entry_points"]),
+        "fn_deployed": module_expr("functions", functions["deployed"], fn),
+        "fn_public_url": module_expr("functions", public_url, fn),
+        # Each function's own Cloud Run URL, as the functions module's `urls` output gives it.
+        "functions_urls": "{for name in keys(local.fn_deployed) : name => "
+        '"https://fn-${name}.run.app"}',
+        "gw_label": module_expr("gateway_service", service["label"], gw),
+        "gw_public_url": module_expr("gateway_service", service["public_url"], gw),
+        "gateway_service_module": "[for i in range(local.gw_count) : {url = local.gw_public_url}]",
+        "gw_count": calls["gateway_service"]["count"],
+        "gw_preconditions": "[" + ", ".join(conditions) + "]",
+        "ops_mcp_url": _hcl(outputs["ops_mcp_url"]["value"]),
+    }
+    variables = {"gateway_server": f'"{server}"', "project": '"my-project"',
+                 "region": '"us-central1"', "environment": '"dev"'}  # fmt: skip
+    values = {k: re.sub(r"\bvar\.(\w+)\b", lambda m: variables[m.group(1)], v)
+              for k, v in values.items()}  # fmt: skip
+    query = ("{count = local.gw_count, gateway_url = local.gateway_url, functions = "
+             "keys(local.fn_deployed), public_url = local.fn_public_url, service_url = "
+             "local.gw_public_url, preconditions = local.gw_preconditions, ops_mcp_url = "
+             "local.ops_mcp_url, ops_mcp_upstream = local.urls.ops_mcp}")  # fmt: skip
+    return dict(_console(where / server, values, query))
+
+
+def test_gateway_server_keeps_the_gateway_function_by_default(tmp_path: Path) -> None:
+    """The default deploys the four functions as before: the gateway function, public, knows
+    its cloudfunctions.net URL, and gateway_url / ops_mcp_url are its URL."""
+    server = _variable("gateway_server")
+    assert _unquote(server["default"]) == "functions-framework"
+    condition = server["validation"][0]["condition"]
+    assert condition == '${contains(["functions-framework", "talon"], var.gateway_server)}'
+    for tfvars in sorted((TERRAFORM / "environments").glob("*.tfvars")):
+        with tfvars.open() as handle:
+            assert _unquote(hcl2.load(handle)["gateway_server"]) == "functions-framework", tfvars
+    wiring = _gateway_wiring(tmp_path, "functions-framework")
+    assert wiring["count"] == 0  # no gateway service
+    assert sorted(wiring["functions"]) == sorted(FUNCTIONS)
+    assert wiring["public_url"] == (
+        "https://us-central1-my-project.cloudfunctions.net/talon-dev-gateway")  # fmt: skip
+    assert wiring["gateway_url"] == "https://fn-gateway.run.app"  # the function's own URL
+    assert wiring["ops_mcp_url"] == "https://fn-gateway.run.app/mcp/talon-ops"
+    function = _resources(_functions_module(), "google_cloudfunctions2_function")["talon"]
+    assert function["for_each"] == "${local.deployed}"
+    invokers = _resources(_functions_module(), "google_cloud_run_service_iam_member")["invokers"]
+    assert invokers["for_each"] == "${local.invoker_pairs}"
+    pairs = _console(tmp_path / "invokers-default", _invoker_locals(True), "local.invoker_pairs")
+    assert pairs["gateway/allUsers"] == {"name": "gateway", "member": "allUsers"}
+    assert len(pairs) == 4
+
+
+def _invoker_locals(gateway_function: bool) -> dict[str, str]:
+    local = _locals(_functions_module())
+    accounts = '{pubsub_push = "push@x", tasks = "tasks@x", gateway = "gateway@x"}'
+    values = {name: _hcl(local[name]) for name in ("entry_points", "deployed", "invokers",
+                                                   "invoker_pairs")}  # fmt: skip
+    return {k: _inline(v, {"gateway_function": str(gateway_function).lower(),
+                           "accounts": accounts}) for k, v in values.items()}  # fmt: skip
+
+
+def test_gateway_server_talon_replaces_the_gateway_function_with_the_service(
+    tmp_path: Path,
+) -> None:
+    """With "talon" no gateway function (nor its invoker grant) is created; the gateway
+    service exists, is told its own deterministic run.app URL (Cloud Run:
+    https://SERVICE-PROJECT_NUMBER.REGION.run.app), and the URL outputs point at it. The
+    ops_mcp function is still invoked by the gateway's account and forwarded to at its URL."""
+    wiring = _gateway_wiring(tmp_path, "talon")
+    url = "https://talon-dev-gateway-service-123456789012.us-central1.run.app"
+    assert wiring["count"] == 1
+    assert sorted(wiring["functions"]) == sorted(set(FUNCTIONS) - {"gateway"})
+    assert wiring["public_url"] == wiring["service_url"] == wiring["gateway_url"] == url
+    assert wiring["ops_mcp_url"] == f"{url}/mcp/talon-ops"
+    assert wiring["preconditions"] == [True, True]
+    assert wiring["ops_mcp_upstream"] == (
+        "https://us-central1-my-project.cloudfunctions.net/talon-dev-ops-mcp")  # fmt: skip
+    pairs = _console(tmp_path / "invokers-talon", _invoker_locals(False), "local.invoker_pairs")
+    assert not any(pair["name"] == "gateway" for pair in pairs.values())
+    assert pairs["ops_mcp/serviceAccount:gateway@x"]["member"] == "serviceAccount:gateway@x"
+    # The service runs as the gateway function would: its account, environment and secrets.
+    call = _module_call("gateway_service")
+    assert call["service_account"] == '${module.iam.emails["gateway"]}'
+    assert call["environment"] == "${module.functions.gateway_environment}"
+    assert call["secrets"] == "${module.functions.gateway_secrets}"
+    assert call["size"] == "${var.gateway_service}"
+    assert _module_call("functions")["gateway_function"] == "${!local.talon_gateway}"
+    outputs = {
+        _unquote(k): v for o in _load(TERRAFORM / "outputs.tf")["output"] for k, v in o.items()
+    }
+    assert outputs["gateway_url"]["value"] == "${local.gateway_url}"
+
+
+def test_the_gateway_service_runs_the_packaged_gateway_under_talon_serve() -> None:
+    """gateway.Dockerfile unpacks the gateway zip cloudbuild.yaml's package step made, installs
+    its lock with hashes, and runs talon.serve on the gateway function, as non-root; the
+    image Terraform deploys is the tag the gateway-image step pushes, after the package step.
+    (tests/test_gateway_image.py runs that command from an unpacked zip.)"""
+    dockerfile = (ROOT / "gateway.Dockerfile").read_text()
+    function = _resources(_functions_module(), "google_cloudfunctions2_function")["talon"]
+    version = _unquote(function["build_config"][0]["runtime"]).removeprefix("python")
+    assert f"FROM python:{version[0]}.{version[1:]}-slim" in dockerfile  # the functions' Python
+    assert "COPY dist/functions/gateway.zip " in dockerfile
+    assert "pip install --no-cache-dir --require-hashes -r requirements.txt" in dockerfile
+    env = dict(item.split("=", 1) for item in re.findall(r"\b[A-Z_]+=\S+", dockerfile))
+    assert env["FUNCTION_TARGET"] == "gateway" and env["FUNCTION_SOURCE"] == "/app/main.py"
+    assert env["PORT"] == "8080" and env["PYTHONPATH"] == "/app"
+    assert 'CMD ["python", "-m", "talon.serve"]' in dockerfile
+    user = re.search(r"^USER (\S+)$", dockerfile, re.M)
+    assert user is not None and user.group(1).split(":")[0] not in {"0", "root"}
+    # The build context lets the zip in (and nothing else new).
+    assert "!dist/functions/gateway.zip" in (ROOT / ".dockerignore").read_text().splitlines()
+
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    steps = {step["id"]: step for step in build["steps"]}
+    image = _unquote(_module_call("gateway_service")["image"])
+    pushed = image.replace("${var.region}", "${_REGION}").replace(
+        "${var.project}", "${PROJECT_ID}").replace("${local.prefix}", "talon-${_ENV}").replace(
+        "${var.source_version}", "${_VERSION}")  # fmt: skip
+    script = steps["gateway-image"]["args"][1]
+    assert f"docker build -f gateway.Dockerfile -t {pushed} ." in script
+    assert f"docker push {pushed}" in script
+    assert set(steps["gateway-image"]["waitFor"]) == {"package", "registry"}
+    assert "--out" in steps["package"]["args"] and "dist/functions" in steps["package"]["args"]
+    assert "gateway-image" in steps["deploy"]["waitFor"]
+
+
+def test_the_gateway_service_takes_up_to_cloud_runs_1000_requests_and_sets_threads() -> None:
+    """Concurrency is at most Cloud Run's 1000 (validated, and in every tfvars), THREADS is
+    its own setting, streams may take three quarters of the concurrency (a quarter of that per
+    token), HTTP/1 on 8080, /healthz probes, the streams' timeout, public invocation."""
+    variable = _variable("gateway_service")
+    conditions = " ".join(v["condition"] for v in variable["validation"])
+    assert "var.gateway_service.concurrency <= 1000" in conditions
+    assert "var.gateway_service.threads >= 1" in conditions
+    assert "var.gateway_service.timeout <= 3600" in conditions
+    sizes = [variable["default"]]
+    for tfvars in sorted((TERRAFORM / "environments").glob("*.tfvars")):
+        with tfvars.open() as handle:
+            sizes.append(hcl2.load(handle)["gateway_service"])
+    for size in sizes:
+        assert 1 <= size["concurrency"] <= 1000 and size["threads"] >= 1, size
+        assert size["timeout"] == 3600, size  # streams last up to maxSeconds
+    assert variable["default"]["concurrency"] == 1000
+
+    module = _load(TERRAFORM / "modules" / "gateway_service" / "main.tf")
+    service = _resources(module, "google_cloud_run_v2_service")["gateway"]
+    template = service["template"][0]
+    assert template["max_instance_request_concurrency"] == "${var.size.concurrency}"
+    assert _unquote(template["timeout"]) == "${var.size.timeout}s"
+    assert template["service_account"] == "${var.service_account}"
+    container = template["containers"][0]
+    assert [(_unquote(p["name"]), p["container_port"]) for p in container["ports"]] == [
+        ("http1", 8080)]  # fmt: skip
+    for probe in ("startup_probe", "liveness_probe"):
+        check = container[probe][0]["http_get"][0]
+        assert (_unquote(check["path"]), check["port"]) == ("/healthz", 8080), probe
+    envs = sorted(d['"env"']["for_each"] for d in container["dynamic"])
+    assert envs == ["${merge(var.environment, local.server_env)}", "${var.secrets}"]
+    local = _locals(module)
+    assert local["server_env"]["THREADS"] == "${tostring(var.size.threads)}"
+    assert local["max_open_streams"] == "${max(1, floor(var.size.concurrency * 3 / 4))}"
+    assert local["max_streams_per_token"] == "${max(1, floor(local.max_open_streams / 4))}"
+    for name in local["server_env"]:
+        assert name == "THREADS" or name in SETTINGS_ENV, f"{name} is read by nothing"
+    public = _resources(module, "google_cloud_run_v2_service_iam_member")["public"]
+    assert _unquote(public["member"]) == "allUsers"
+    assert _unquote(public["role"]) == "roles/run.invoker"

@@ -1,7 +1,9 @@
 # The four Cloud Run functions (2nd gen), built from the packaged sources
 # (scripts/package_functions.py uploads <version>/<function>.zip), each with its own
-# service account. The environment uses exactly the names Talon's settings read
-# (TALON_<SECTION>_<FIELD>; see README, Configuration).
+# service account; three when the gateway is served by modules/gateway_service instead
+# (gateway_function = false), which takes the gateway's environment and secrets from here.
+# The environment uses exactly the names Talon's settings read (TALON_<SECTION>_<FIELD>; see
+# README, Configuration).
 
 variable "project" { type = string }
 variable "region" { type = string }
@@ -34,6 +36,11 @@ variable "model_key_secrets" { type = list(string) }
 variable "topics" { type = map(string) }
 variable "queue" { type = string }
 variable "trace_sample_ratio" { type = number }
+variable "gateway_function" {
+  description = "Deploy the gateway as a Cloud Run function (false: modules/gateway_service serves it)."
+  type        = bool
+  default     = true
+}
 
 data "google_project" "this" {
   project_id = var.project
@@ -111,10 +118,12 @@ locals {
     ops_mcp   = { TALON_CONTROL_PLANE_DATABASE_PASSWORD = var.database.password_secret }
   }
   entry_points = { gateway = "gateway", dispatch = "dispatch", scheduler = "scheduler", ops_mcp = "ops_mcp" }
+  # The functions deployed here.
+  deployed = { for name, entry in local.entry_points : name => entry if name != "gateway" || var.gateway_function }
 }
 
 resource "google_cloudfunctions2_function" "talon" {
-  for_each = local.entry_points
+  for_each = local.deployed
   project  = var.project
   location = var.region
   name     = "${var.prefix}-${replace(each.key, "_", "-")}"
@@ -164,8 +173,10 @@ locals {
     scheduler = ["serviceAccount:${var.accounts["tasks"]}"]
     ops_mcp   = ["serviceAccount:${var.accounts["gateway"]}"]
   }
+  # Grants on the functions deployed here (the gateway service grants its own).
   invoker_pairs = merge([
     for name, members in local.invokers : { for member in members : "${name}/${member}" => { name = name, member = member } }
+    if contains(keys(local.deployed), name)
   ]...)
 }
 
@@ -214,5 +225,6 @@ output "gateway_secrets" {
 }
 
 output "urls" {
-  value = { for key, fn in google_cloudfunctions2_function.talon : key => fn.service_config[0].uri }
+  description = "Each deployed function's Cloud Run URL (no gateway when gateway_function is false)."
+  value       = { for key, fn in google_cloudfunctions2_function.talon : key => fn.service_config[0].uri }
 }

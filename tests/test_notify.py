@@ -107,3 +107,31 @@ def test_close_returns_promptly_while_the_reader_blocks(database_url: str) -> No
     closer.join(10)
     assert not closer.is_alive()
     assert time.monotonic() - started < 5
+
+
+def test_an_inbox_can_call_back_instead_of_being_waited_on(database_url: str) -> None:
+    """What talon.serve's stream hub relies on: a callback per arriving item (and at once
+    for items already waiting), `wait` leaving the items for `get`, and no call after the
+    callback is removed."""
+    listener = listener_for(database_url)
+    try:
+        with listener.subscribe(CHANNEL, "acme/s1") as inbox:
+            notify(database_url, "acme/s1 uid [1]")
+            assert inbox.wait(5)  # an item waits...
+            assert inbox.wait(0)  # ...and is still there
+            calls: list[int] = []
+            inbox.on_item(lambda: calls.append(1))
+            assert calls == [1]  # called at once: an item was waiting
+            notify(database_url, "acme/s1 uid [2]", "acme/s1 uid [3]")
+            deadline = time.monotonic() + 5
+            while len(calls) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert calls == [1, 1, 1]
+            assert inbox.get(0) == ["uid [1]", "uid [2]", "uid [3]"]
+            assert not inbox.wait(0.05)
+            inbox.on_item(None)
+            notify(database_url, "acme/s1 uid [4]")
+            assert inbox.wait(5)
+            assert calls == [1, 1, 1]
+    finally:
+        listener.close()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from talon.actions.stream_slots import FILE_MARGIN, HUB_STREAMS, hub_stream_caps
 from talon.serve.stream_hub import LOW_WATER, MAX_RECEIVED, StreamHub
 
 pytestmark = pytest.mark.fast
@@ -238,3 +239,12 @@ def test_stopping_ends_every_stream_cleanly() -> None:
     late = _Program([b"a"], end=False)
     hub.adopt(server, late, chunked=True)
     assert late.finished.wait(5)
+
+
+def test_hub_caps_follow_the_settings_and_the_open_file_limit() -> None:
+    assert hub_stream_caps(0, 0, 1 << 20) == (HUB_STREAMS, HUB_STREAMS // 4)
+    assert hub_stream_caps(120, 30, 1 << 20) == (120, 30)
+    assert hub_stream_caps(0, 0, FILE_MARGIN + 2000) == (2000, 500)  # each stream is a file
+    assert hub_stream_caps(50_000, 0, FILE_MARGIN + 2000) == (2000, 500)
+    assert hub_stream_caps(10, 50, 1 << 20) == (10, 10)  # never more per token than in all
+    assert hub_stream_caps(0, 0, 100) == (1, 1)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -25,6 +26,7 @@ from otlp_receiver import OtlpReceiver, ReceivedSpan
 import samples
 from conftest import ADMIN_TOKEN, ROOT, TEST_CONFIG
 from talon.cli.dev import GATEWAY_ENV, gateway_command
+from talon.grpc.gen import namespaces_pb2, namespaces_pb2_grpc, sessions_pb2, sessions_pb2_grpc
 from talon.logs import SAMPLED_FIELD, SPAN_FIELD, TRACE_FIELD, JsonFormatter
 from talon.store.database import Database
 from talon.store.local_postgres import free_port
@@ -277,6 +279,50 @@ def test_an_attempt_resumed_after_a_crash_links_to_the_one_before(
     assert resumed.parent_id == post.span_id and resumed.trace_id == post.trace_id
     _, trace_id, span_id, _ = noted.split("-")
     assert (trace_id, span_id) in resumed.links and trace_id == post.trace_id
+
+
+@pytest.mark.slow
+def test_every_grpc_call_is_a_server_span_continuing_the_callers_trace(
+    receiver: OtlpReceiver, database_url: str, tmp_path: Path, processes: list[_Process],
+) -> None:  # fmt: skip
+    port = free_port()
+    env = _otel_env(receiver, "talon-grpc") | {
+        "TALON_CONTROL_PLANE_DATABASE_URL": database_url, "TALON_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TALON_CONFIG": str(TEST_CONFIG),
+    }  # fmt: skip
+    command = [sys.executable, "-m", "talon.grpc", "--address", f"127.0.0.1:{port}"]
+    processes.append(_Process(command, env, tmp_path / "grpc.log"))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=60)
+    caller = "0af7651916cd43dd8448eb211c80319c"
+    metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),
+                ("traceparent", f"00-{caller}-b7ad6b7169203331-01"))  # fmt: skip
+    namespaces = namespaces_pb2_grpc.NamespacesStub(channel)
+    namespaces.ListNamespaces(namespaces_pb2.ListNamespacesRequest(), metadata=metadata)
+    with pytest.raises(grpc.RpcError) as missing:
+        namespaces.GetNamespace(namespaces_pb2.GetNamespaceRequest(name="nope"),
+                                metadata=metadata)  # fmt: skip
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    sessions = sessions_pb2_grpc.SessionsStub(channel)
+    request = sessions_pb2.StreamEventsRequest(namespace="nope", agent="a", session_id="s")
+    with pytest.raises(grpc.RpcError) as stream_missing:
+        list(sessions.StreamEvents(request, metadata=metadata))
+    assert stream_missing.value.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()
+    spans = receiver.wait_for(lambda found: len([s for s in found
+                                                 if s.service == "talon-grpc"]) >= 3)  # fmt: skip
+    listed = _one(spans, service="talon-grpc", name="talon.v1.Namespaces/ListNamespaces")
+    assert listed.kind == SERVER and listed.trace_id == caller
+    assert listed.parent_id == "b7ad6b7169203331"
+    assert listed.attributes["rpc.system"] == "grpc"
+    assert listed.attributes["rpc.service"] == "talon.v1.Namespaces"
+    assert listed.attributes["rpc.method"] == "ListNamespaces"
+    assert listed.attributes["rpc.grpc.status_code"] == 0 and listed.status_code != 2
+    # A status the caller caused is recorded, not counted as the server's failure.
+    got = _one(spans, service="talon-grpc", name="talon.v1.Namespaces/GetNamespace")
+    assert got.attributes["rpc.grpc.status_code"] == 5 and got.status_code != 2
+    streamed = _one(spans, service="talon-grpc", name="talon.v1.Sessions/StreamEvents")
+    assert streamed.trace_id == caller and streamed.attributes["rpc.grpc.status_code"] == 5
 
 
 def test_the_receiver_refuses_what_a_collector_refuses(receiver: OtlpReceiver) -> None:

@@ -15,6 +15,7 @@ from talon.grpc.calls import Calls
 from talon.grpc.gen import sessions_pb2_grpc
 from talon.grpc.resources import add_resource_services
 from talon.grpc.sessions import SessionsServicer
+from talon.grpc.tracing import TracingInterceptor
 from talon.services import Services
 
 # Each open StreamEvents call holds a thread, as an SSE stream does in the gateway: they may
@@ -37,6 +38,7 @@ def build_server(
         # retry) rather than queued behind streams that may stay open for minutes; Cloud Run
         # sends an instance at most this many (terraform: the service's concurrency).
         maximum_concurrent_rpcs=threads,
+        interceptors=[TracingInterceptor()],
         options=[
             # Another process on the port is an error, not a silent share of its traffic.
             ("grpc.so_reuseport", 0),

@@ -283,8 +283,10 @@ def test_an_attempt_resumed_after_a_crash_links_to_the_one_before(
 
 @pytest.mark.slow
 def test_every_grpc_call_is_a_server_span_continuing_the_callers_trace(
-    receiver: OtlpReceiver, database_url: str, tmp_path: Path, processes: list[_Process],
+    receiver: OtlpReceiver, database_url: str, db: Database, tmp_path: Path,
+    processes: list[_Process],
 ) -> None:  # fmt: skip
+    _setup(_gateway(receiver, database_url, tmp_path, processes), "http://127.0.0.1:9")
     port = free_port()
     env = _otel_env(receiver, "talon-grpc") | {
         "TALON_CONTROL_PLANE_DATABASE_URL": database_url, "TALON_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -308,9 +310,18 @@ def test_every_grpc_call_is_a_server_span_continuing_the_callers_trace(
     with pytest.raises(grpc.RpcError) as stream_missing:
         list(sessions.StreamEvents(request, metadata=metadata))
     assert stream_missing.value.code() == grpc.StatusCode.NOT_FOUND
+    message = sessions_pb2.PostMessageRequest(namespace="acme", agent="bot", session_id="s1",
+                                              content="hi")  # fmt: skip
+    posted = sessions.PostMessage(message, metadata=metadata)
     channel.close()
     spans = receiver.wait_for(lambda found: len([s for s in found
-                                                 if s.service == "talon-grpc"]) >= 3)  # fmt: skip
+                                                 if s.service == "talon-grpc"]) >= 4)  # fmt: skip
+    # The turn it queued carries the call's trace, as one queued over HTTP does.
+    post = _one(spans, service="talon-grpc", name="talon.v1.Sessions/PostMessage")
+    with db.transaction() as tx:
+        traceparent = tx.scalar("SELECT traceparent FROM turns WHERE id = %s",
+                                (posted.turn_id,))  # fmt: skip
+    assert traceparent == f"00-{caller}-{post.span_id}-01"
     listed = _one(spans, service="talon-grpc", name="talon.v1.Namespaces/ListNamespaces")
     assert listed.kind == SERVER and listed.trace_id == caller
     assert listed.parent_id == "b7ad6b7169203331"

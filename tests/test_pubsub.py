@@ -6,12 +6,16 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from google.cloud import pubsub_v1
+from otlp_receiver import OtlpReceiver
 
 import samples
 from conftest import Api, read_stream
@@ -115,6 +119,54 @@ def test_relay_publishes_committed_rows_once(
         with db.transaction() as tx:
             assert tx.scalar("SELECT count(*) FROM outbox") == 0
     finally:
+        subscriber.delete_subscription(subscription=pull)
+
+
+def test_a_publish_is_a_producer_span_in_the_changes_trace(
+    pubsub_emulator: str, broker_env: dict[str, str]
+) -> None:
+    """The relay's publish, in a process exporting traces: a PRODUCER span, child of the
+    traceparent the outbox row carried, named by the message's `traceparent` attribute."""
+    subscriber = pubsub_v1.SubscriberClient()
+    pull = subscriber.subscription_path(PROJECT, "traced-" + broker_env["subscription"][-6:])
+    subscriber.create_subscription(name=pull, topic=broker_env["dispatch_topic"])
+    receiver = OtlpReceiver()
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    script = (
+        "import sys\n"
+        "from talon.broker.pubsub import PubSubPublisher\n"
+        "from talon.config import MessageBrokerSettings\n"
+        "from talon.telemetry.setup import configure_telemetry, flush_telemetry\n"
+        "configure_telemetry()\n"
+        "settings = MessageBrokerSettings(driver='gcp_pubsub', project=sys.argv[1],\n"
+        "                                 dispatch_topic=sys.argv[2])\n"
+        "payload = {'sessionUid': 'traced', 'traceparent': sys.argv[3]}\n"
+        "print(PubSubPublisher(settings).publish('dispatch', payload, key='k', outbox_id=7))\n"
+        "flush_telemetry()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALON_", "OTEL_"))}
+    env |= {"PUBSUB_EMULATOR_HOST": pubsub_emulator, "OTEL_SERVICE_NAME": "talon-relay",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100"}  # fmt: skip
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, PROJECT,
+             broker_env["dispatch_topic"].rsplit("/", 1)[-1], f"00-{caller}-00f067aa0ba902b7-01"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        spans = receiver.wait_for(lambda found: any(s.name == "publish dispatch" for s in found))
+        publish = next(s for s in spans if s.name == "publish dispatch")
+        assert publish.kind == 4  # PRODUCER
+        assert publish.trace_id == caller and publish.parent_id == "00f067aa0ba902b7"
+        assert publish.attributes["messaging.system"] == "gcp_pubsub"
+        assert publish.attributes["talon.outbox.id"] == 7
+        assert publish.attributes["messaging.message.id"] == done.stdout.strip()
+        reply = subscriber.pull(subscription=pull, max_messages=1, timeout=10)
+        message = reply.received_messages[0].message
+        assert message.attributes["traceparent"] == f"00-{caller}-{publish.span_id}-01"
+    finally:
+        receiver.close()
         subscriber.delete_subscription(subscription=pull)
 
 

@@ -18,8 +18,8 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
-    "Span", "SpanKind", "current_ids", "current_traceparent", "event", "fail", "fail_current",
-    "record_span", "set_attributes", "span",
+    "Attributes", "Span", "SpanKind", "current_ids", "current_traceparent", "event", "fail",
+    "fail_current", "record_span", "set_attributes", "span",
 ]  # fmt: skip
 
 _tracer = trace.get_tracer("talon")

@@ -11,7 +11,9 @@ waiting for their answer at once, as independent clients arrive), and reports:
 - setup: from the first quiet stream's connect until every one has its response head and
   first line (or a refusal); how they were answered (200, 503 busy, 429 too_many_streams,
   nothing yet);
-- the gateway's RSS (gunicorn and its worker) before and with the streams open;
+- the gateway's RSS (gunicorn and its worker) before and with the streams open, and with
+  `--churn N`, after each of N rounds of opening and closing them all first (a slot, a
+  subscription or memory kept by a closed stream shows as refusals or growth);
 - the gateway's CPU (share of one core) over `--settle` seconds with the streams quiet,
   their heartbeats (each with a look at the table) under way;
 - then, while they are open: `GET /healthz` on a fresh connection (`--probes` times), and
@@ -144,6 +146,8 @@ def main() -> int:
     # Past a minute: every quiet stream's once-a-minute look at the table falls inside.
     parser.add_argument("--settle", type=float, default=65.0,
                         help="seconds between the last stream opened and the measures")  # fmt: skip
+    parser.add_argument("--churn", type=int, default=0,
+                        help="rounds of opening and closing the quiet streams first")  # fmt: skip
     parser.add_argument("--server", choices=("talon", "functions-framework"), default="talon")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
@@ -172,6 +176,16 @@ def main() -> int:
         time.sleep(0.5)
         served = with_descendants(server_pid)
         rss_before = sum(rss_kib(pid) for pid in served)
+        churn = []  # RSS after each round of opening and closing every quiet stream
+        for _ in range(args.churn):
+            opened, churned, _seconds = open_quiet(port, readers, sessions, args.streams,
+                                                   args.window, timeout=120)  # fmt: skip
+            time.sleep(1)
+            for sock in opened:
+                sock.close()
+            time.sleep(2)
+            rss = sum(rss_kib(pid) for pid in with_descendants(server_pid))
+            churn.append({"answered": dict(churned), "rss_mib": round(rss / 1024, 1)})
         quiet, answered, setup = open_quiet(port, readers, sessions, args.streams, args.window,
                                             timeout=120)  # fmt: skip
         # Measured once the streams' heartbeats (each a look at the table) are under way.
@@ -212,6 +226,7 @@ def main() -> int:
             "setup_seconds": round(setup, 2), "quiet_streams_answered": dict(answered),
             "gateway_rss_mib": {"before": round(rss_before / 1024, 1),
                                 "streams_open": round(rss_open / 1024, 1)},
+            "churn": churn,
             # Share of one core the gateway spends holding the quiet streams (heartbeats).
             "gateway_cpu_while_quiet": round(idle_cpu, 3),
             "healthz_p50_ms": percentile(health, 0.5), "healthz_p99_ms": percentile(health, 0.99),

@@ -62,13 +62,21 @@ def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> li
     """The messages of turn `turn_seq` and of the `turns` turns before it, turn by turn.
 
     Both tables by their per-session keys, so the cost follows the window, not the size of
-    the session or of the table: a turn's messages all come after its input message."""
-    return tx.all(
+    the session or of the table: a turn's messages all come after its input message. The
+    window's turns come back as rows of their own (role NULL) and the messages are put in
+    turn order here: joined in SQL, a generic plan made while the tables were small (rows=1
+    estimates) compared every message with every turn of the window (82 x 41 for a full
+    window), most of the statement's time."""
+    rows = tx.all(
         "WITH t AS (SELECT id, seq, input_seq FROM turns "
-        "  WHERE session_uid = %s AND seq <= %s AND seq > %s) "
-        "SELECT m.role, m.content, m.tool_calls, m.tool_call_id FROM messages m "
-        "JOIN t ON t.id = m.turn_id "
+        "  WHERE session_uid = %s AND seq <= %s AND seq > %s ORDER BY seq) "
+        "SELECT m.role, m.content, m.tool_calls, m.tool_call_id, m.turn_id, m.seq "
+        "FROM messages m "
         "WHERE m.session_uid = %s AND m.seq >= (SELECT min(input_seq) FROM t) "
-        "ORDER BY t.seq, m.seq",
+        "UNION ALL SELECT NULL, NULL, NULL, NULL, id, seq FROM t",
         (session_uid, turn_seq, turn_seq - turns - 1, session_uid),
     )
+    window = {row["turn_id"]: row["seq"] for row in rows if row["role"] is None}
+    found = [row for row in rows if row["role"] is not None and row["turn_id"] in window]
+    found.sort(key=lambda row: (window[row["turn_id"]], row["seq"]))
+    return found

@@ -265,3 +265,67 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     # step and the turn's completion.
     assert per_transaction == [5, 3, 2, 2, 6]
     assert sum("turn_steps" in sql for _, sql in ran) == 7
+
+
+def _listen(db: Database) -> tuple[Any, list[tuple[float, list[dict[str, Any]]]]]:
+    """Every session-events notification from now on: (when, the events it carries)."""
+    import json
+
+    from talon.sessions.events import EVENTS_CHANNEL
+    from talon.store.notify import Listener
+
+    heard: list[tuple[float, list[dict[str, Any]]]] = []
+
+    def note(payload: str | None) -> None:
+        if payload is not None:
+            carried = payload.split(" ", 2)[2] if payload.count(" ") >= 2 else "[]"
+            heard.append((time.monotonic(), json.loads(carried)))
+
+    listener = Listener(db.raw_connect, (EVENTS_CHANNEL,))
+    listener.watch(EVENTS_CHANNEL, note)
+    assert listener.wait_ready(10)
+    return listener, heard
+
+
+def test_a_quick_turns_start_is_announced_with_its_answer(
+    api: Api, db: Database, model_server
+) -> None:
+    """The claim's events (turn.started, the knowledge step) wait for the turn's final write:
+    one notifying commit per turn less, and the stream still gets every event, in order."""
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"content": "quick"})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "hi"})
+    listener, heard = _listen(db)
+    try:
+        assert runner(db, RecordingTools(), "worker-a").drive(session_uid(db)) is None
+        time.sleep(0.3)
+    finally:
+        listener.close()
+    (only,) = [events for _, events in heard]  # one wake-up for the whole turn
+    ids = [event["id"] for event in only]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert only[0]["type"] == "turn.started" and only[-1]["type"] == "turn.completed"
+
+
+def test_a_slow_turns_start_is_announced_before_its_answer(
+    api: Api, db: Database, model_server
+) -> None:
+    from talon.runtime.journal import ANNOUNCE_WITHIN_SECONDS
+
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"content": "slow", "hang": 1.0})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "hi"})
+    listener, heard = _listen(db)
+    try:
+        started = time.monotonic()
+        assert runner(db, RecordingTools(), "worker-a").drive(session_uid(db)) is None
+        ended = time.monotonic()
+        time.sleep(0.3)
+    finally:
+        listener.close()
+    (first, first_events), *_ = heard
+    assert [e["type"] for e in first_events][:2] == ["turn.started", "step.started"]
+    assert first - started < ANNOUNCE_WITHIN_SECONDS + 0.5 < ended - started
+    ids = [event["id"] for _, carried in heard for event in carried]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # in order, nothing twice
+    assert heard[-1][1][-1]["type"] == "turn.completed"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from talon.runtime.journal import MODEL, Lease, renew
-from talon.sessions import events
+from talon.runtime.journal import MODEL, Lease, append, renew
 from talon.store.database import Database
 
 DELTA_FLUSH_SECONDS = 0.15
@@ -36,7 +35,7 @@ class DeltaBuffer:
         if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
             with self._db.transaction() as tx:
                 renew(tx, self._lease)
-                events.append(tx, self._lease.session_uid, self.drain(), self._lease.turn_id)
+                append(tx, self._lease, self.drain())
 
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
         self._last_flush = time.monotonic()

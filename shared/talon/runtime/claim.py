@@ -165,9 +165,7 @@ def _claim_in(
         announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
         next_step = Step(1, MODEL, "model", "started", {})
         # The lease was taken a moment ago in this transaction: no renewal needed.
-        # Its events wait for the turn's next write (or the heartbeat) to wake the streams.
-        record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False,
-               quiet=True)  # fmt: skip
+        record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False)
     else:
         events.append(tx, session_uid, started, turn["id"])
     return Claim(lease, turn, agent, journal, history, started_ns, knowledge_ns)
@@ -190,14 +188,7 @@ def note_attempt_span(db: Database, lease: Lease, traceparent: str | None) -> No
 
 
 def finish_failed(
-    tx: Tx,
-    session_uid: uuid.UUID,
-    turn_id: uuid.UUID,
-    code: str,
-    message: str,
-    *,
-    unannounced_after: int | None = None,
-    **extra: Any,
+    tx: Tx, session_uid: uuid.UUID, turn_id: uuid.UUID, code: str, message: str, **extra: Any
 ) -> None:
     """Fail the turn with `code` and say so on its stream (with the session's open turns at
     commit). The caller holds the session row's lock and, if it ran the turn, renewed."""
@@ -209,6 +200,5 @@ def finish_failed(
     )
     remaining = events.open_turns(tx, session_uid)
     failed = {"code": code, "message": message, "openTurns": remaining}
-    events.append(tx, session_uid, [("turn.failed", failed)], turn_id,
-                  unannounced_after=unannounced_after)  # fmt: skip
+    events.append(tx, session_uid, [("turn.failed", failed)], turn_id)
     log.warning("turn %s failed: %s: %s", turn_id, code, message)

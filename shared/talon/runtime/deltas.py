@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from talon.runtime.journal import MODEL, Lease, append, renew
+from talon.runtime.journal import MODEL, Lease, renew
+from talon.sessions import events
 from talon.store.database import Database
 
 DELTA_FLUSH_SECONDS = 0.15
@@ -35,7 +36,7 @@ class DeltaBuffer:
         if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
             with self._db.transaction() as tx:
                 renew(tx, self._lease)
-                append(tx, self._lease, self.drain())
+                events.append(tx, self._lease.session_uid, self.drain(), self._lease.turn_id)
 
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
         self._last_flush = time.monotonic()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
@@ -28,8 +28,8 @@ from talon.store.model_usage import ModelUsage
 from talon.store.turn_steps import Step
 
 __all__ = [
-    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Heartbeat", "Lease", "Step", "Unannounced",
-    "append", "begin_tool_call", "complete", "load", "record", "renew",
+    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Heartbeat", "Lease", "Step", "begin_tool_call",
+    "complete", "load", "record", "renew",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -44,38 +44,12 @@ class Fenced(Exception):
     """The turn was cancelled, deleted or taken over by another worker: stop writing."""
 
 
-# How long the events of a turn's claim (turn.started, the knowledge step) may wait for the
-# turn's next write to carry their wake-up: a turn that answers sooner costs one notifying
-# commit (and a wake-up of every listening connection) less; a slower one sends it then.
-ANNOUNCE_WITHIN_SECONDS = 0.05
-
-
-class Unannounced:
-    """The id after which this turn's events were appended without a wake-up (None: none
-    are); the next append, or the heartbeat after ANNOUNCE_WITHIN_SECONDS, takes it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._after: int | None = None
-
-    def hold(self, after: int) -> None:
-        with self._lock:
-            if self._after is None:
-                self._after = after
-
-    def take(self) -> int | None:
-        with self._lock:
-            after, self._after = self._after, None
-            return after
-
-
 @dataclass(frozen=True)
 class Lease:
     turn_id: uuid.UUID
     session_uid: uuid.UUID
     token: int
     seconds: float
-    unannounced: Unannounced = field(default_factory=Unannounced, compare=False, repr=False)
 
 
 def renew(tx: Tx, lease: Lease) -> None:
@@ -101,7 +75,6 @@ def record(
     before: list[tuple[str, dict[str, Any]]] | None = None,
     defer_events: bool = False,
     renewing: bool = True,
-    quiet: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """In the caller's transaction: journal the step that just finished and announce the next.
     With `defer_events` the events are returned for the caller to append with its own (one
@@ -110,9 +83,6 @@ def record(
     A tool step is also journaled when it starts: if the worker dies during the call, the
     resumed turn must not run it again (its effect may have happened) but answer it with an
     error result instead.
-
-    `quiet`: the events go out without a wake-up, which the turn's next append (or its
-    heartbeat, soon) sends for them.
     """
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
@@ -129,22 +99,9 @@ def record(
             turn_steps.write(tx, lease, starting)
         batch.append(("step.started", _step_event(starting)))
     if batch and not defer_events:
-        append(tx, lease, batch, quiet=quiet)
+        events.append(tx, lease.session_uid, batch, lease.turn_id)
         return []
     return batch
-
-
-def append(
-    tx: Tx, lease: Lease, batch: list[tuple[str, dict[str, Any]]], *, quiet: bool = False
-) -> None:
-    """Append the turn's events; their wake-up also carries the events still unannounced.
-    `quiet`: no wake-up (the next append, or the heartbeat, sends it)."""
-    if quiet:
-        last = events.append(tx, lease.session_uid, batch, lease.turn_id, notify=False)
-        lease.unannounced.hold(last - len(batch))
-        return
-    after = lease.unannounced.take()
-    events.append(tx, lease.session_uid, batch, lease.turn_id, unannounced_after=after)
 
 
 def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, Any]) -> None:
@@ -212,15 +169,6 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        if self._stop.wait(min(ANNOUNCE_WITHIN_SECONDS, self._lease.seconds / 3)):
-            return
-        after = self._lease.unannounced.take()
-        if after is not None:  # the claim's events: the turn's next write is not near
-            try:
-                with self._db.transaction() as tx:
-                    events.announce(tx, self._lease.session_uid, after)
-            except Exception as exc:  # the streams find them at their next read
-                log.warning("could not announce turn %s's start: %s", self._lease.turn_id, exc)
         while not self._stop.wait(self._lease.seconds / 3):
             try:
                 with self._db.transaction() as tx:

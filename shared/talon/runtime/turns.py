@@ -35,7 +35,6 @@ from talon.runtime.journal import (
     Heartbeat,
     Lease,
     Step,
-    append,
     begin_tool_call,
     complete,
     record,
@@ -43,6 +42,7 @@ from talon.runtime.journal import (
 )
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
+from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.store.database import Database, Tx
 from talon.telemetry import tracing
@@ -326,7 +326,7 @@ class TurnRunner:
         remaining = complete(tx, lease, idx, len(written), provider)
         new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
         new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
-        append(tx, lease, new_events)  # with the claim's events, if still unannounced
+        events.append(tx, lease.session_uid, new_events, lease.turn_id)
         return remaining > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
@@ -334,8 +334,7 @@ class TurnRunner:
         try:
             with self.db.transaction() as tx:
                 renew(tx, lease)
-                finish_failed(tx, lease.session_uid, lease.turn_id, code, message,
-                              unannounced_after=lease.unannounced.take(), **extra)  # fmt: skip
+                finish_failed(tx, lease.session_uid, lease.turn_id, code, message, **extra)
         except Fenced:
             log.info("turn %s: fenced while recording its failure", lease.turn_id)
 

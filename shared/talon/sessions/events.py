@@ -62,60 +62,28 @@ def append(
     session_uid: uuid.UUID,
     events: list[tuple[str, dict[str, Any]]],
     turn_id: uuid.UUID | None = None,
-    *,
-    notify: bool = True,
-    unannounced_after: int | None = None,
 ) -> int:
     """Append events in order and return the last id (0 if the session is gone). Takes the
-    session row lock. One statement: numbering, rows and the wake-up, whatever the count.
-    `notify=False`: no wake-up (a later append or `announce` carries these events); with
-    `unannounced_after`, the wake-up also carries the session's events after that id that
-    were appended without one, so a stream gets them all in order, without a read."""
-    earlier = ""
-    params: tuple[Any, ...] = ()
-    if unannounced_after is not None:
-        earlier = (
-            "SELECT id, type, turn_id, data, created_at FROM session_events "
-            "WHERE session_uid = %s AND id > %s UNION ALL "
-        )
-        params = (session_uid, unannounced_after)
-    wake = (
-        f"p AS (SELECT {EVENTS_JSON_SQL.format(e='e')} AS events FROM ({earlier}"
-        "  SELECT id, type, turn_id, data, created_at FROM ins) e) "
-        # Delivered on commit only, so a woken reader always finds the rows.
-        "SELECT s.last_event_id, "
-        f"pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p"
-        if notify
-        else "p AS (SELECT 1) SELECT s.last_event_id FROM s"
-    )
+    session row lock. One statement: numbering, rows and the wake-up, whatever the count."""
     row = tx.one(
         "WITH s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
         "  WHERE uid = %s RETURNING last_event_id, namespace, id, uid), "
         "ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
         "  SELECT %s::uuid, s.last_event_id - %s + e.ord, %s::uuid, e.type, e.data::jsonb "
         "  FROM s, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, ord) "
-        "  RETURNING id, type, turn_id, data, created_at), " + wake,
+        "  RETURNING id, type, turn_id, data, created_at), "
+        f"p AS (SELECT {EVENTS_JSON_SQL.format(e='ins')} AS events FROM ins) "
+        # Delivered on commit only, so a woken reader always finds the rows.
+        "SELECT s.last_event_id, "
+        f"pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p",
         (
             len(events), session_uid,
             session_uid, len(events), turn_id,
             [event_type for event_type, _ in events], [jsonb(data) for _, data in events],
-            *params, *((EVENTS_CHANNEL,) if notify else ()),
+            EVENTS_CHANNEL,
         ),
     )  # fmt: skip
     return int(row["last_event_id"]) if row else 0
-
-
-def announce(tx: Tx, session_uid: uuid.UUID, after: int) -> None:
-    """Wake the session's streams with its events after `after`, appended without a wake-up
-    (`append(notify=False)`)."""
-    tx.execute(
-        "WITH s AS (SELECT namespace, id, uid FROM sessions WHERE uid = %s), "
-        f"p AS (SELECT {EVENTS_JSON_SQL.format(e='e')} AS events FROM session_events e "
-        "  WHERE e.session_uid = %s AND e.id > %s) "
-        f"SELECT pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) "
-        "FROM s, p WHERE p.events IS NOT NULL",
-        (session_uid, session_uid, after, EVENTS_CHANNEL),
-    )
 
 
 def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:

@@ -98,16 +98,11 @@ def with_descendants(root: int) -> list[int]:
     return found
 
 
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+def postgres_pids(cluster: LocalPostgres) -> list[int]:
+    """This benchmark's PostgreSQL: its postmaster and every process below it (not other
+    clusters running on the machine, e.g. a test suite's)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    return with_descendants(postmaster)
 
 
 def postgres_roles(url_db: LocalPostgres) -> dict[int, str]:
@@ -352,8 +347,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
              "model server": [model_process.pid]}  # fmt: skip
     cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
-    cpu_before["postgres"] = cpu_seconds(postgres_pids())
-    pg_cpu_before = {pid: cpu_seconds([pid]) for pid in postgres_pids()}
+    cpu_before["postgres"] = cpu_seconds(postgres_pids(pg))
+    pg_cpu_before = {pid: cpu_seconds([pid]) for pid in postgres_pids(pg)}
     if args.pg_statements:
         reset = pg.connect("talon")
         reset.cursor().execute("SELECT pg_stat_statements_reset()")
@@ -394,12 +389,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rss_after = rss_kib(worker.pid)
     sampling.set()
     cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
-    cpu_after["postgres"] = cpu_seconds(postgres_pids())
+    cpu_after["postgres"] = cpu_seconds(postgres_pids(pg))
     # PostgreSQL's CPU by process role (processes started during the run count from zero;
     # the postmaster and anything gone before the end are "other").
     roles_now = postgres_roles(pg)
     pg_cpu: dict[str, float] = {}
-    for pid in postgres_pids():
+    for pid in postgres_pids(pg):
         role = roles_now.get(pid, "other")
         spent = cpu_seconds([pid]) - pg_cpu_before.get(pid, 0.0)
         pg_cpu[role] = pg_cpu.get(role, 0.0) + spent
@@ -441,6 +436,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_turn": cpu_ms_per_turn,
         "postgres_cpu_ms_per_turn_by_process": pg_cpu_ms_per_turn,
     }  # fmt: skip
+    # Inside the database: a turn's wait from its commit to its claim, and its run.
+    connection = pg.connect("talon")
+    cursor = connection.cursor()
+    cursor.execute(
+        "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY q) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.99) WITHIN GROUP (ORDER BY q) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.5) WITHIN GROUP (ORDER BY r) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.99) WITHIN GROUP (ORDER BY r) * 1000)::numeric, 1) FROM "
+        "(SELECT EXTRACT(EPOCH FROM started_at - created_at) AS q, "
+        "EXTRACT(EPOCH FROM finished_at - started_at) AS r FROM turns) t"
+    )
+    q50, q99, r50, r99 = (float(v) for v in cursor.fetchone())
+    result["queued_ms_p50_p99"], result["running_ms_p50_p99"] = [q50, q99], [r50, r99]
+    connection.close()
     if os.environ.get("BENCH_SLOWEST"):  # where the slowest turns spent their time
         connection = pg.connect("talon")
         cursor = connection.cursor()

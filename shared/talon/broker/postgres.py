@@ -8,6 +8,16 @@ queue had no more for it), sleeps until the count moves past that mark: a row co
 the claim's snapshot is always notified after it, so no wake-up is lost, and idle handlers
 are not all woken by every row.
 
+Notified rows skip the dispatcher's claim: a message's dispatch row is notified as
+"dispatch <id> <payload>" (`sessions/turn_queue.py`), and the dispatcher hands it to an idle
+handler unclaimed (`Delivery.claim_in`); the handler claims it in its own first transaction,
+with the turn (`runtime/claim.py`), so a turn costs one transaction less. With several
+dispatchers notified of one row, one handler's claim takes it and the others do nothing. A
+claim still runs at start, for any other notification (another topic, a reconnect, more
+rows than idle handlers), when a wait times out, and at least every `takeover_poll` while
+rows were handed out (a dead worker's rows are only found by a claim); it skips the rows
+this dispatcher handed out and its handlers have not claimed yet.
+
 A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
 available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
 only after its visibility timeout: a crashed worker's deliveries come back within about
@@ -45,6 +55,7 @@ from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
+MAX_HINTS = 1_000  # notified rows kept for idle handlers; beyond, a claim takes them
 
 # Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
 # for a row still hidden) and, in the same statement, say when the next row that was not
@@ -333,8 +344,9 @@ def _note(hints: _Hints, topics: tuple[str, ...], payload: str | None) -> None:
                     row = (int(row_id), topic, data)
     with hints.cond:
         hints.count += 1
-        if row is None:
+        if row is None or len(hints.rows) >= MAX_HINTS:  # a burst: the claim takes them all
             hints.claim = True
+            hints.rows.clear()
         else:
             hints.rows.append(row)
         hints.cond.notify_all()

@@ -134,10 +134,13 @@ def client_loop(
     `streamFrom`; "session" keeps one stream open across turns, as a chat UI does.
     Returns (POST to first event, POST to completion) per turn, in seconds."""
     own = Client(base, TOKEN, timeout=60)
-    own.create_session("bench", "bot", f"c{n}")
+    session = own.create_session("bench", "bot", f"c{n}")
     held = None
-    if stream == "session":  # from now on: the events of the turns posted below
-        held = own.stream("bench", "bot", f"c{n}", max_seconds=3600)
+    if stream == "session":  # the events of the turns posted below
+        # From the session's position now, not from whenever the (lazy) stream connects:
+        # after the first POST, when a quick turn may already be over.
+        held = own.stream("bench", "bot", f"c{n}", after=session.last_event_id,
+                          max_seconds=3600)  # fmt: skip
     timings = []
     for i in range(turns):
         started = time.perf_counter()

@@ -17,6 +17,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -122,19 +123,25 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--history", type=int, default=80, help="earlier messages per call")
     args = parser.parse_args()
-    http = http_floor(args.clients, args.turns, args.client_processes)
-    model = model_floor(args.clients, args.turns, args.history)
+    print(json.dumps(floor(args.clients, args.turns, args.client_processes, args.history),
+                     indent=2))  # fmt: skip
+    return 0
+
+
+def floor(clients: int, turns: int, processes: int, history: int) -> dict[str, Any]:
+    """The floor's figures: CPU per turn of each part and the turns/s two cores allow."""
+    http = http_floor(clients, turns, processes)
+    model = model_floor(clients, turns, history)
     cpu = {k: v for part in (http, model) for k, v in part.items() if not k.endswith("second")}
     total = sum(cpu.values())
-    print(json.dumps({
+    return {
         "http_only_turns_per_second": http["turns_per_second"],
         "model_calls_per_second": model["calls_per_second"],
         "cpu_ms_per_turn": cpu,
         "floor_cpu_ms_per_turn": round(total, 2),
         # Both cores busy with nothing else: the most turns per second this floor allows.
         "ceiling_turns_per_second": round(2000 / total, 1),
-    }, indent=2))  # fmt: skip
-    return 0
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ POST answers 202 at once; GET .../stream sends the events a one-step turn stream
 types and sizes as Talon's), then ends. No database, no auth, no Talon code.
 """
 
+import itertools
 import json
-import uuid
 
 import flask
 import functions_framework
@@ -35,17 +35,26 @@ EVENTS = [
 ]
 
 
+_turns = itertools.count(1)
+
+
 @functions_framework.http
 def floor(request: flask.Request) -> flask.Response:
+    """Answers as Talon does, in the shapes the SDK validates: a session for the create, an
+    accepted message (a turn and the event id its stream starts after), and a stream whose
+    events carry the turn named by that id."""
     if request.method == "POST":
         request.get_json(silent=True)
-        turn = str(uuid.uuid4())
-        return flask.jsonify({"turnId": turn, "streamFrom": turn}), 202
-    turn = request.args.get("lastEventId", "")
+        if request.path.endswith("/sessions"):
+            return flask.jsonify({"id": "s", "agent": "bot", "ns": "bench", "status": "idle"})
+        number = next(_turns) * 100
+        return flask.jsonify({"turnId": f"t{number}", "streamFrom": number}), 202
+    after = int(request.headers.get("Last-Event-ID") or 0)
+    turn = f"t{after}"
 
     def stream():  # type: ignore[no-untyped-def]
-        for number, (kind, data) in enumerate(EVENTS, start=1):
-            body = {"id": number, "type": kind, "turnId": turn, "createdAt": "", **data}
+        for number, (kind, data) in enumerate(EVENTS, start=after + 1):
+            body = {"id": number, "type": kind, "turnId": turn, "data": data, "createdAt": ""}
             yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(body)}\n\n"
 
     return flask.Response(stream(), mimetype="text/event-stream")

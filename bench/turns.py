@@ -98,16 +98,27 @@ def with_descendants(root: int) -> list[int]:
     return found
 
 
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+def postgres_pids(cluster: LocalPostgres) -> list[int]:
+    """This benchmark's PostgreSQL: its postmaster and every process below it (not other
+    clusters running on the machine, e.g. a test suite's)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    return with_descendants(postmaster)
+
+
+def postgres_roles(url_db: LocalPostgres) -> dict[int, str]:
+    """What each PostgreSQL process does: background processes by type, the listening
+    connections (their last statement was a LISTEN), and the other client connections."""
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT pid, CASE WHEN backend_type <> 'client backend' THEN backend_type "
+            "WHEN query LIKE 'LISTEN%%' THEN 'listening connections' "
+            "ELSE 'other connections' END FROM pg_stat_activity"
+        )
+        return {int(pid): str(role) for pid, role in cursor.fetchall()}
+    finally:
+        connection.close()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -123,10 +134,13 @@ def client_loop(
     `streamFrom`; "session" keeps one stream open across turns, as a chat UI does.
     Returns (POST to first event, POST to completion) per turn, in seconds."""
     own = Client(base, TOKEN, timeout=60)
-    own.create_session("bench", "bot", f"c{n}")
+    session = own.create_session("bench", "bot", f"c{n}")
     held = None
-    if stream == "session":  # from now on: the events of the turns posted below
-        held = own.stream("bench", "bot", f"c{n}", max_seconds=3600)
+    if stream == "session":  # the events of the turns posted below
+        # From the session's position now, not from whenever the (lazy) stream connects:
+        # after the first POST, when a quick turn may already be over.
+        held = own.stream("bench", "bot", f"c{n}", after=session.last_event_id,
+                          max_seconds=3600)  # fmt: skip
     timings = []
     for i in range(turns):
         started = time.perf_counter()
@@ -205,7 +219,7 @@ def client_process(
     results.put((timings, time.process_time() - cpu_started, [repr(f) for f in failures]))
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--turns", type=int, default=200, help="total turns across clients")
@@ -225,14 +239,23 @@ def main() -> int:
         "--pg-statements", type=int, default=0, metavar="N",
         help="report the N statements with the most PostgreSQL time (pg_stat_statements)",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser
 
+
+def main() -> int:
+    print(json.dumps(run(parser().parse_args()), indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One benchmark run with `args` (as `parser()` makes them); the figures it prints."""
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
     # --pg-log: every statement in the server log, to see where the commits come from.
     options = {"log_min_duration_statement": "0"} if args.pg_log else {}
     if args.pg_statements:
         options["shared_preload_libraries"] = "pg_stat_statements"
+        options["pg_stat_statements.track_planning"] = "on"
     pg = LocalPostgres(root / "pg", durable=True, options=options)
     pg.start()
     pg.ensure_database("talon")
@@ -255,6 +278,10 @@ def main() -> int:
         "TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": "20",
         "TALON_ADMIN_TOKEN": TOKEN,
         "TALON_LOG_LEVEL": "WARNING",
+        # Every client uses the one admin token: lift the per-token stream cap (meant for one
+        # reader) so that each client can hold its stream, as distinct users would.
+        "TALON_GATEWAY_MAX_OPEN_STREAMS": str(args.clients * 2 + 4),
+        "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(args.clients * 2 + 4),
     }
     gateway = subprocess.Popen(
         [sys.executable, "-m", "functions_framework", "--target", "gateway",
@@ -323,7 +350,8 @@ def main() -> int:
     roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
              "model server": [model_process.pid]}  # fmt: skip
     cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
-    cpu_before["postgres"] = cpu_seconds(postgres_pids())
+    cpu_before["postgres"] = cpu_seconds(postgres_pids(pg))
+    pg_cpu_before = {pid: cpu_seconds([pid]) for pid in postgres_pids(pg)}
     if args.pg_statements:
         reset = pg.connect("talon")
         reset.cursor().execute("SELECT pg_stat_statements_reset()")
@@ -364,18 +392,29 @@ def main() -> int:
     rss_after = rss_kib(worker.pid)
     sampling.set()
     cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
-    cpu_after["postgres"] = cpu_seconds(postgres_pids())
+    cpu_after["postgres"] = cpu_seconds(postgres_pids(pg))
+    # PostgreSQL's CPU by process role (processes started during the run count from zero;
+    # the postmaster and anything gone before the end are "other").
+    roles_now = postgres_roles(pg)
+    pg_cpu: dict[str, float] = {}
+    for pid in postgres_pids(pg):
+        role = roles_now.get(pid, "other")
+        spent = cpu_seconds([pid]) - pg_cpu_before.get(pid, 0.0)
+        pg_cpu[role] = pg_cpu.get(role, 0.0) + spent
     http.close()
     for process in (worker, gateway):
         process.terminate()
         process.wait(timeout=30)
     time.sleep(1)  # the exiting backends' statistics
-    commits_per_turn = (commits(pg) - commits_before - 2) / turns  # minus our own queries
+    # Minus our own queries: commits and next_xid before the run, postgres_roles after it.
+    commits_per_turn = (commits(pg) - commits_before - 3) / turns
     writes_per_turn = (next_xid(pg) - xid_before) / turns
     cpu_ms_per_turn = {
         role: round((cpu_after[role] - cpu_before[role]) * 1000 / turns, 2) for role in cpu_after
     }
     cpu_ms_per_turn["bench clients"] = round(clients_cpu * 1000 / turns, 2)
+    pg_cpu_ms_per_turn = {role: round(spent * 1000 / turns, 2)
+                          for role, spent in sorted(pg_cpu.items())}  # fmt: skip
 
     result = {
         "clients": args.clients,
@@ -398,7 +437,22 @@ def main() -> int:
         "rss_samples": samples,
         # Where the two cores went: CPU milliseconds per turn by process.
         "cpu_ms_per_turn": cpu_ms_per_turn,
+        "postgres_cpu_ms_per_turn_by_process": pg_cpu_ms_per_turn,
     }  # fmt: skip
+    # Inside the database: a turn's wait from its commit to its claim, and its run.
+    connection = pg.connect("talon")
+    cursor = connection.cursor()
+    cursor.execute(
+        "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY q) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.99) WITHIN GROUP (ORDER BY q) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.5) WITHIN GROUP (ORDER BY r) * 1000)::numeric, 1), "
+        "round((percentile_cont(0.99) WITHIN GROUP (ORDER BY r) * 1000)::numeric, 1) FROM "
+        "(SELECT EXTRACT(EPOCH FROM started_at - created_at) AS q, "
+        "EXTRACT(EPOCH FROM finished_at - started_at) AS r FROM turns) t"
+    )
+    q50, q99, r50, r99 = (float(v) for v in cursor.fetchone())
+    result["queued_ms_p50_p99"], result["running_ms_p50_p99"] = [q50, q99], [r50, r99]
+    connection.close()
     if os.environ.get("BENCH_SLOWEST"):  # where the slowest turns spent their time
         connection = pg.connect("talon")
         cursor = connection.cursor()
@@ -414,21 +468,21 @@ def main() -> int:
         cursor = connection.cursor()
         cursor.execute(
             "SELECT round((total_exec_time / %s * 1000)::numeric, 1)::float, "
+            "round((total_plan_time / %s * 1000)::numeric, 1)::float, "
             "round((calls::float / %s)::numeric, 2)::float, "
             "left(regexp_replace(query, '\\s+', ' ', 'g'), 160) "
-            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s",
-            (turns, turns, args.pg_statements),
+            "FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT %s",
+            (turns, turns, turns, args.pg_statements),
         )
-        result["pg_statements_us_calls_per_turn"] = cursor.fetchall()
+        result["pg_statements_exec_us_plan_us_calls_per_turn"] = cursor.fetchall()
         connection.close()
-    print(json.dumps(result, indent=2))
     model_process.terminate()
     model_process.wait(timeout=10)
     pg.stop()
     if args.pg_log:
         shutil.copy(root / "pg" / "server.log", args.pg_log)
     shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

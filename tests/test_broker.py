@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import samples
@@ -179,6 +180,84 @@ def test_a_turn_acknowledges_its_delivery_in_its_final_write(
     assert [row["what"] for row in log] == ["ack", "completed"]
     assert log[0]["xid"] == log[1]["xid"]
     assert queued(db) == []
+
+
+def test_a_message_posted_to_a_running_worker_is_claimed_in_its_turns_first_transaction(
+    api: Api, db: Database, start_worker
+) -> None:
+    """The notification hands the row out unclaimed: the delivery's claim, the turn's start
+    and its knowledge step commit together (no transaction of the dispatcher's own), and the
+    final write acknowledges it: two transactions of the worker's for a turn without tools."""
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE txlog (what text, xid xid8)")
+        tx.execute(
+            "CREATE FUNCTION log_tx() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO txlog VALUES (TG_ARGV[0], pg_current_xact_id()); RETURN NULL; END $$"
+        )
+        for trigger, event, when, what in (
+            ("claimed", "UPDATE OF claimed_until ON outbox", "NEW.claimed_until IS NOT NULL",
+             "claimed"),
+            ("acked", "DELETE ON outbox", "true", "acked"),
+            ("started", "UPDATE OF state ON turns", "NEW.state = 'running'", "started"),
+            ("completed", "UPDATE OF state ON turns", "NEW.state = 'completed'", "completed"),
+        ):  # fmt: skip
+            tx.execute(
+                f"CREATE TRIGGER {trigger} AFTER {event} FOR EACH ROW WHEN ({when}) "
+                f"EXECUTE FUNCTION log_tx('{what}')"
+            )
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    base = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", base, 201, json={"id": "s1"})
+    start_worker()
+    time.sleep(1.0)  # its dispatcher has looked at the (empty) queue and waits
+    for n in range(3):
+        with db.transaction() as tx:
+            tx.execute("DELETE FROM txlog")
+        api.ok("POST", f"{base}/s1/message", 202, json={"content": f"hello {n}"})
+        deadline = time.monotonic() + 20
+        while True:
+            with db.transaction() as tx:
+                log = tx.all("SELECT what, xid::text AS xid FROM txlog ORDER BY what")
+            if len(log) == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        xids = {row["what"]: row["xid"] for row in log}
+        assert sorted(xids) == ["acked", "claimed", "completed", "started"]
+        assert xids["claimed"] == xids["started"]
+        assert xids["acked"] == xids["completed"]
+        assert queued(db) == []
+
+
+def test_a_notified_row_goes_to_one_of_two_dispatchers(api: Api, db: Database) -> None:
+    """Both dispatchers hear of the row; one handler claims it, the other's claim finds it
+    taken and neither settles what it does not hold (the row stays claimed, once)."""
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    claims: list[bool] = []
+    both = threading.Barrier(2, timeout=10)
+
+    def handle(delivery: Delivery) -> Result:
+        assert delivery.claim_in is not None  # handed out unclaimed
+        both.wait()  # both handlers have the row before either claims it
+        with db.transaction() as tx:
+            claims.append(delivery.claim_in(tx))
+        # The holder hands it back for later (beyond the test); the other must not touch it.
+        return Result.retry(datetime.now(UTC) + timedelta(minutes=5))
+
+    halts = [run_broker(db, handle, concurrency=2, idle_wait=30) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        _post(api, "s1", "hello")
+        wait_for(lambda: len(claims) == 2, 10)
+        time.sleep(0.2)  # both settled
+    finally:
+        for halt in halts:
+            halt()
+    assert sorted(claims) == [False, True]
+    with db.transaction() as tx:
+        (row,) = tx.all("SELECT attempts, available_at > created_at AS retried FROM outbox")
+    assert row["attempts"] == 1 and row["retried"]  # claimed once, handed back by its holder
 
 
 def test_handlers_without_a_database_queue_get_no_transactional_ack(api: Api, db: Database) -> None:

@@ -157,3 +157,39 @@ def test_a_history_of_1000_messages_is_accepted(
     sent = model_server.requests[-1]["messages"]
     assert len(sent) >= 1000
     assert sum(m["role"] == "tool" for m in sent) == turns * rounds * calls_per_round
+
+
+def test_the_window_is_turn_by_turn_and_leaves_out_later_turns(db: Any) -> None:
+    """Messages queued behind a running turn sit between that turn's messages: the window
+    puts each turn's messages together, in turn order, and leaves out the turns after it."""
+    import uuid
+
+    from talon.sessions.messages import turn_window
+
+    uid = uuid.uuid4()
+    turn = {n: uuid.uuid4() for n in (1, 2, 3)}
+    # Turn 2's message was posted while turn 1 ran, turn 3's while turn 2 ran.
+    messages = [(1, "user", "q1", 1), (2, "user", "q2", 2), (3, "assistant", "a1", 1),
+                (4, "user", "q3", 3), (5, "assistant", "a2", 2)]  # fmt: skip
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, 'acme', 'w', 'bot')",
+            (uid,),
+        )
+        for seq, input_seq in ((1, 1), (2, 2), (3, 4)):
+            tx.execute(
+                "INSERT INTO turns (id, session_uid, seq, input_seq) VALUES (%s, %s, %s, %s)",
+                (turn[seq], uid, seq, input_seq),
+            )
+        for seq, role, content, of in messages:
+            tx.execute(
+                "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (uid, seq, role, content, turn[of]),
+            )
+        window = [m["content"] for m in turn_window(tx, uid, 2, 40)]
+        last_only = [m["content"] for m in turn_window(tx, uid, 2, 0)]
+        none = turn_window(tx, uid, 0, 40)
+    assert window == ["q1", "a1", "q2", "a2"]
+    assert last_only == ["q2", "a2"]
+    assert none == []

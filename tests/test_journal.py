@@ -247,9 +247,11 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     # No streamed-delta flush mid-call on a slow machine: only the turn's own writes count.
     monkeypatch.setattr(talon.runtime.deltas, "DELTA_FLUSH_SECONDS", 3600.0)
     ran: list[tuple[int, str]] = []
+    seen: list[Tx] = []  # kept alive, so that no two transactions share an id()
     original = Tx._run
 
     def counting(self: Tx, sql: str, params: Any) -> Any:
+        seen.append(self)
         ran.append((id(self), sql))
         return original(self, sql, params)
 

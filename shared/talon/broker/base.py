@@ -24,6 +24,10 @@ class Delivery:
     # last transaction, so the work and its acknowledgement commit together (one commit less
     # per delivery); the handler then returns `Result.settled()`.
     ack_in: Callable[[Tx], None] | None = field(default=None, compare=False, repr=False)
+    # A delivery handed out before it was claimed (the postgres broker's notified rows): the
+    # handler claims it inside its own first transaction, one commit less per delivery.
+    # False: another consumer has it, and the handler does nothing with it (nor settles it).
+    claim_in: Callable[[Tx], bool] | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome:

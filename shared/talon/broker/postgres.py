@@ -8,6 +8,16 @@ queue had no more for it), sleeps until the count moves past that mark: a row co
 the claim's snapshot is always notified after it, so no wake-up is lost, and idle handlers
 are not all woken by every row.
 
+Notified rows skip the dispatcher's claim: a message's dispatch row is notified as
+"dispatch <id> <payload>" (`sessions/turn_queue.py`), and the dispatcher hands it to an idle
+handler unclaimed (`Delivery.claim_in`); the handler claims it in its own first transaction,
+with the turn (`runtime/claim.py`), so a turn costs one transaction less. With several
+dispatchers notified of one row, one handler's claim takes it and the others do nothing. A
+claim still runs at start, for any other notification (another topic, a reconnect, more
+rows than idle handlers), when a wait times out, and at least every `takeover_poll` while
+rows were handed out (a dead worker's rows are only found by a claim); it skips the rows
+this dispatcher handed out and its handlers have not claimed yet.
+
 A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
 available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
 only after its visibility timeout: a crashed worker's deliveries come back within about
@@ -23,12 +33,18 @@ the session's stream) and then marked dead, kept for inspection and never claime
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from talon.backoff import backoff_delay
 from talon.broker.base import Delivery, Handler, Outcome, Result
@@ -39,6 +55,7 @@ from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
+MAX_HINTS = 1_000  # notified rows kept for idle handlers; beyond, a claim takes them
 
 # Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
 # for a row still hidden) and, in the same statement, say when the next row that was not
@@ -48,6 +65,7 @@ _CLAIM_SQL = f"""
 WITH picked AS (
     SELECT id FROM outbox
     WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s) AND available_at <= now()
+      AND id <> ALL(%s::bigint[])  -- rows this dispatcher handed out unclaimed
       AND CASE WHEN claimed_until IS NULL OR claimed_until < now() THEN true
                WHEN claimed_by IS NULL THEN false
                -- Our own rows are never a dead worker's, even before our lock is held (a
@@ -68,8 +86,78 @@ SELECT NULL, NULL, NULL, NULL,
                           - now())::float8
 FROM outbox
 WHERE published_at IS NULL AND dead_at IS NULL AND topic = ANY(%s)
-  AND id NOT IN (SELECT id FROM claimed)
+  AND id NOT IN (SELECT id FROM claimed) AND id <> ALL(%s::bigint[])
 """
+
+
+# Claim one notified row by id, only while nobody has tried it yet (a row that came back goes
+# through `_CLAIM_SQL`, which counts its attempts against `max_attempts`).
+_CLAIM_ONE_SQL = """
+UPDATE outbox SET attempts = 1, claimed_until = now() + %s, claimed_by = %s
+WHERE id = (SELECT id FROM outbox WHERE id = %s AND attempts = 0 AND claimed_until IS NULL
+              AND published_at IS NULL AND dead_at IS NULL AND available_at <= now()
+            FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+
+
+Notified = tuple[int, str, dict[str, Any]]  # an outbox row's id, topic and payload
+
+
+@dataclass
+class _Hints:
+    """What the outbox notifications said since the dispatcher last looked: rows it may hand
+    out unclaimed (`rows`), and whether anything else happened that only a claim finds
+    (`claim`: another topic's row, a reconnect, more rows than idle handlers)."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    rows: deque[Notified] = field(default_factory=deque)
+    claim: bool = True
+    count: int = 0  # notifications so far (reconnects count as one)
+
+    def take(self, free: int) -> tuple[int, list[Notified], bool]:
+        """(the notification count now, up to `free` notified rows to hand out, whether to
+        claim instead). Notified rows go first; a claim then takes whatever they left."""
+        with self.cond:
+            seen = self.count
+            rows: list[Notified] = []
+            if not self.claim:
+                while self.rows and len(rows) < free:
+                    rows.append(self.rows.popleft())
+                if self.rows:  # more than the idle handlers: a claim takes the rest
+                    self.claim = True
+            claiming = self.claim and not rows
+            if claiming:
+                self.rows.clear()
+                self.claim = False
+            return seen, rows, claiming
+
+    def ask_claim(self) -> None:
+        with self.cond:
+            self.claim = True
+
+
+@dataclass
+class _Unclaimed:
+    """A notified row handed to a handler before it is claimed: the handler's first
+    transaction claims it (`__call__`); `taken` says whether it did."""
+
+    broker: PostgresBroker
+    row_id: int
+    pending: set[int]  # the dispatcher's rows handed out and not yet claimed
+    lock: threading.Condition  # ...guarded by this
+    taken: bool = False
+
+    def __call__(self, tx: Tx) -> bool:
+        params = (self.broker.visibility, self.broker.owner or None, self.row_id)
+        self.taken = tx.one(_CLAIM_ONE_SQL, params) is not None
+        return self.taken
+
+    def done(self) -> None:
+        """The handler is done with it (claimed or not): the dispatcher's claims may take
+        the row again."""
+        with self.lock:
+            self.pending.discard(self.row_id)
 
 
 class PostgresBroker:
@@ -91,13 +179,17 @@ class PostgresBroker:
         self.takeover_poll = takeover_poll
         self.max_attempts = max_attempts
 
-    def claim(self, topics: tuple[str, ...], limit: int = 1) -> tuple[list[Delivery], float | None]:
-        """Claim up to `limit` available rows, oldest first; also say in how many seconds
-        the next row not claimed becomes available (None: no other row). One transaction."""
+    def claim(
+        self, topics: tuple[str, ...], limit: int = 1, *, excluding: Collection[int] = ()
+    ) -> tuple[list[Delivery], float | None]:
+        """Claim up to `limit` available rows, oldest first, except the rows `excluding`;
+        also say in how many seconds the next row not claimed becomes available (None: no
+        other row). One transaction."""
         owner = self.owner or None
         with self.db.transaction() as tx:
-            rows = tx.all(_CLAIM_SQL, (list(topics), owner, limit, self.visibility, owner,
-                                       list(topics)))  # fmt: skip
+            rows = tx.all(_CLAIM_SQL, (list(topics), list(excluding), owner, limit,
+                                       self.visibility, owner, list(topics),
+                                       list(excluding)))  # fmt: skip
         deliveries, due = [], None
         for row in rows:
             if row["id"] is None:
@@ -140,6 +232,12 @@ class PostgresBroker:
         """Dispatch to `concurrency` handlers until `stop` is set, then let them finish."""
         idle = threading.Semaphore(concurrency)
         failures = 0
+        hints = _Hints()
+        listener.watch(OUTBOX_CHANNEL, partial(_note, hints, topics))
+        wait = idle_wait  # how long to sleep when nothing is notified (the last claim's)
+        claimed_at = time.monotonic()
+        handed_out = False  # rows handed out unclaimed since the last claim
+        unclaimed_ids: set[int] = set()  # ...and not yet claimed by their handlers
         with ThreadPoolExecutor(concurrency, thread_name_prefix="talon-handler") as pool:
             while not stop.is_set():
                 if not idle.acquire(timeout=0.5):
@@ -147,13 +245,40 @@ class PostgresBroker:
                 free = 1
                 while free < concurrency and idle.acquire(blocking=False):
                     free += 1
-                seen = listener.notified(OUTBOX_CHANNEL)
+                seen, notified, claiming = hints.take(free)
+                if not claiming:
+                    for _ in range(free - len(notified)):
+                        idle.release()
+                    for row_id, topic, payload in notified:
+                        unclaimed = _Unclaimed(self, row_id, unclaimed_ids, hints.cond)
+                        with hints.cond:
+                            unclaimed_ids.add(row_id)
+                        delivery = Delivery(
+                            str(row_id), topic, payload, 1,
+                            ack_in=partial(_delete, delivery_id=row_id), claim_in=unclaimed,
+                        )  # fmt: skip
+                        pool.submit(self._handle, delivery, handler, idle, unclaimed)
+                        handed_out = True
+                    # Rows handed out unclaimed may be pending (and whoever took one may
+                    # die): a claim looks at the whole queue within the takeover poll, even
+                    # while notified rows keep coming.
+                    if handed_out and time.monotonic() - claimed_at >= self.takeover_poll:
+                        hints.ask_claim()
+                    elif not notified:
+                        timeout = min(wait, self.takeover_poll) if handed_out else wait
+                        if not _wait_beyond(hints, seen, timeout, stop):
+                            hints.ask_claim()
+                    continue
                 try:
-                    deliveries, due = self.claim(topics, free)
+                    with hints.cond:  # handlers drop their rows from it as they finish
+                        excluding = list(unclaimed_ids)
+                    deliveries, due = self.claim(topics, free, excluding=excluding)
                     failures = 0
+                    claimed_at, handed_out = time.monotonic(), False
                 except Exception as exc:  # the database is down or restarting: back off
                     for _ in range(free):
                         idle.release()
+                    hints.ask_claim()
                     failures += 1
                     delay = backoff_delay(failures, initial=0.5, maximum=30.0)
                     log.warning("broker claim failed (retrying in %.1fs): %s", delay, exc)
@@ -163,14 +288,23 @@ class PostgresBroker:
                     idle.release()
                 for delivery in deliveries:
                     pool.submit(self._handle, delivery, handler, idle)
+                # With rows pending, their holder may die, and nobody would tell us.
+                wait = idle_wait if due is None else min(idle_wait, due, self.takeover_poll)
                 if len(deliveries) < free:
                     # The queue had nothing more for us at the claim's snapshot: whatever
                     # commits later is notified after `seen`.
-                    # With rows pending, their holder may die, and nobody would tell us.
-                    wait = idle_wait if due is None else min(idle_wait, due, self.takeover_poll)
-                    listener.wait_beyond(OUTBOX_CHANNEL, seen, wait)
+                    if not _wait_beyond(hints, seen, wait, stop):
+                        hints.ask_claim()
+                else:
+                    hints.ask_claim()  # there may be more
 
-    def _handle(self, delivery: Delivery, handler: Handler, idle: threading.Semaphore) -> None:
+    def _handle(
+        self,
+        delivery: Delivery,
+        handler: Handler,
+        idle: threading.Semaphore,
+        unclaimed: _Unclaimed | None = None,
+    ) -> None:
         try:
             dead = delivery.attempt > self.max_attempts
             if dead:  # its deliveries ran out: the handler settles it as a dead letter
@@ -180,6 +314,8 @@ class PostgresBroker:
             except Exception:
                 log.exception("handler failed on %s delivery %s", delivery.topic, delivery.id)
                 result = Result.retry()
+            if unclaimed is not None and not unclaimed.taken:
+                return  # another consumer claimed it (or nothing did): not ours to settle
             try:
                 if dead and result.outcome != Outcome.RETRY:
                     self.mark_dead(delivery)
@@ -188,7 +324,45 @@ class PostgresBroker:
             except Exception as exc:  # the row stays claimed and comes back after the timeout
                 log.warning("could not settle delivery %s: %s", delivery.id, exc)
         finally:
+            if unclaimed is not None:
+                unclaimed.done()
             idle.release()
+
+
+def _note(hints: _Hints, topics: tuple[str, ...], payload: str | None) -> None:
+    """The listener's callback for an outbox notification: "<topic> <row id> <payload>" for
+    a row that may be handed out unclaimed; anything else (or None: a reconnect) asks for a
+    claim."""
+    row = None
+    if payload is not None:
+        topic, _, rest = payload.partition(" ")
+        row_id, _, body = rest.partition(" ")
+        if topic in topics and row_id.isdigit() and body:
+            with contextlib.suppress(ValueError):
+                data = json.loads(body)
+                if isinstance(data, dict):
+                    row = (int(row_id), topic, data)
+    with hints.cond:
+        hints.count += 1
+        if row is None or len(hints.rows) >= MAX_HINTS:  # a burst: the claim takes them all
+            hints.claim = True
+            hints.rows.clear()
+        else:
+            hints.rows.append(row)
+        hints.cond.notify_all()
+
+
+def _wait_beyond(hints: _Hints, seen: int, timeout: float, stop: threading.Event) -> bool:
+    """Block until a notification comes after the count `seen`, or `timeout` passes, or
+    `stop` is set (looked at every half second); True if a notification has come."""
+    deadline = time.monotonic() + timeout
+    with hints.cond:
+        while hints.count <= seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.is_set():
+                return False
+            hints.cond.wait(min(remaining, 0.5))
+        return True
 
 
 def _delete(tx: Tx, delivery_id: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,11 +92,25 @@ LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.na
 """
 
 
-def claim(db: Database, session_uid: uuid.UUID, options: ClaimOptions) -> Claim | Busy | None:
+class NotTaken:
+    """`first` said no: the delivery that named the session is another consumer's."""
+
+
+def claim(
+    db: Database,
+    session_uid: uuid.UUID,
+    options: ClaimOptions,
+    first: Callable[[Tx], bool] | None = None,
+) -> Claim | Busy | NotTaken | None:
     """The session's head turn, claimed; or, when another live worker's lease on it holds,
-    that worker and when its lease expires; or None when the session has no open turn."""
+    that worker and when its lease expires; or None when the session has no open turn.
+    `first(tx)` runs first in the same transaction (the broker claiming the delivery that
+    named the session); if it returns False nothing else is done."""
     while True:
         with db.transaction() as tx:
+            if first is not None and not first(tx):
+                return NotTaken()
+            first = None
             claimed = _claim_in(tx, session_uid, options, time.time_ns())
         if not isinstance(claimed, _Settled):
             return claimed

@@ -20,7 +20,7 @@ from typing import Any
 
 from talon.runtime import context as ctx
 from talon.runtime import turn_telemetry
-from talon.runtime.claim import Busy, Claim, ClaimOptions, claim, finish_failed
+from talon.runtime.claim import Busy, Claim, ClaimOptions, NotTaken, claim, finish_failed
 from talon.runtime.deltas import DeltaBuffer
 from talon.runtime.failover import (
     PolicyError,
@@ -100,18 +100,24 @@ class TurnRunner:
             self._client_cache.clear()
 
     def drive(
-        self, session_uid: uuid.UUID, *, on_idle: Callable[[Tx], None] | None = None
-    ) -> Busy | None:
+        self,
+        session_uid: uuid.UUID,
+        *,
+        on_idle: Callable[[Tx], None] | None = None,
+        first: Callable[[Tx], bool] | None = None,
+    ) -> Busy | NotTaken | None:
         """Run the session's turns until none is runnable. If another live worker holds the
         head turn, return who and until when (look again then, or once it dies); otherwise
         None. `on_idle(tx)`
         runs inside the final write that leaves the session with no open turn (the broker
-        acknowledges its delivery there)."""
+        acknowledges its delivery there). `first(tx)` runs in the first claim's transaction
+        (the broker claiming the delivery); if it returns False, NotTaken and nothing done."""
         options = ClaimOptions(
             self.settings.worker_id, self.settings.lease_seconds, self.settings.max_attempts
         )
         while True:
-            claimed = claim(self.db, session_uid, options)
+            claimed = claim(self.db, session_uid, options, first)
+            first = None
             if not isinstance(claimed, Claim):
                 return claimed
             with turn_telemetry.attempt(self.db, claimed):

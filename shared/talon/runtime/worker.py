@@ -20,6 +20,7 @@ from talon.broker.base import Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
+from talon.runtime.claim import NotTaken
 from talon.runtime.dead_letters import fail_dead_lettered
 from talon.runtime.orphans import Capacity, OrphanSweep
 from talon.runtime.tools.base import ToolSource
@@ -124,7 +125,9 @@ class Worker:
                 ack_in(tx)
                 acked.append(True)
 
-        busy = self.runner.drive(session_uid, on_idle=on_idle)
+        busy = self.runner.drive(session_uid, on_idle=on_idle, first=delivery.claim_in)
+        if isinstance(busy, NotTaken):
+            return Result.settled()  # another consumer claimed it: not ours to settle
         if busy is not None:
             # Another worker holds the session; look again when its lease would expire,
             # or as soon as that worker dies.

@@ -1,6 +1,9 @@
 """Queue user messages as turns, any number at once, in one statement: each gets its message
 row, its turn row, its `message.created` and `turn.queued` events and its dispatch outbox
-row. The API posts one; a scheduler tick posts a thousand with the same SQL."""
+row. The API posts one; a scheduler tick posts a thousand with the same SQL.
+
+Each outbox row is notified as "dispatch <row id> <payload>": the postgres broker hands it to
+a handler that claims it in the turn's own first transaction (`broker/postgres.py`)."""
 
 from __future__ import annotations
 
@@ -85,11 +88,11 @@ WITH input AS (
                                                 'turnId', turn_id::text,
                                                 'traceparent', traceparent))
     FROM w ORDER BY ord
-    RETURNING id, (payload->>'turnId')::uuid AS turn_id
+    RETURNING id, (payload->>'turnId')::uuid AS turn_id, payload
 )
 SELECT w.ord, w.seq, w.last_event, o.id AS outbox_id,
        pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="w", events="ev.events")}),
-       pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC}')
+       pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
 

@@ -1,0 +1,58 @@
+"""Benchmark: Talon's turns/s against the floor, measured in one invocation so the machine's
+drift falls on both: `bench/floor.py`'s measurement, then `bench/turns.py`'s, then the floor
+again; the ratio is Talon's turns/s over the mean of the two floors' turns/s (what two cores
+allow the clients, functions-framework and the openai exchange with no Talon code). Beside it,
+the same ratio in the floor's own terms (two cores over the CPU per turn of every process),
+which other work on the machine does not move.
+
+    .venv/bin/python bench/ratio.py --clients 16 --turns 2000
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import turns
+from floor import floor
+
+
+def main() -> int:
+    parser = turns.parser()
+    parser.description = __doc__
+    parser.set_defaults(clients=16, turns=2000)
+    parser.add_argument("--floor-turns", type=int, default=4000)
+    parser.add_argument("--history", type=int, default=80, help="the floor's model history")
+    args = parser.parse_args()
+
+    def measure_floor() -> dict[str, object]:
+        return floor(args.clients, args.floor_turns, args.client_processes, args.history)
+
+    before = measure_floor()
+    talon = turns.run(args)
+    after = measure_floor()
+    floors = [float(f["ceiling_turns_per_second"]) for f in (before, after)]  # type: ignore[arg-type]
+    floor_tps = sum(floors) / len(floors)
+    talon_tps = float(talon["turns_per_second"])
+    # In the floor's own terms: the turns/s two cores allow Talon's stack at the CPU it
+    # spent per turn (every process of the run), unaffected by other work on the machine.
+    talon_cpu = sum(talon["cpu_ms_per_turn"].values())
+    print(json.dumps({
+        "talon": talon,
+        "floor_before": before,
+        "floor_after": after,
+        "floor_turns_per_second": round(floor_tps, 1),
+        "talon_turns_per_second": talon_tps,
+        "talon_over_floor": round(talon_tps / floor_tps, 3),
+        "talon_cpu_ms_per_turn": round(talon_cpu, 2),
+        "talon_ceiling_turns_per_second": round(2000 / talon_cpu, 1),
+        "talon_ceiling_over_floor": round(2000 / talon_cpu / floor_tps, 3),
+    }, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -155,7 +155,9 @@ class AsyncClient:
         self, namespace: str, agent: str, session_id: str, *,
         after: int | None = None, until_turn_end: bool = False, max_seconds: int = 600,
     ) -> AsyncGenerator[Event, None]:  # fmt: skip
-        """The session's events after event `after` (None: only new ones), across dropped
+        """The session's events after event `after` (None: only those that commit once the
+        stream has connected, which it does when the first event is asked for: to follow a
+        turn you post, pass the `stream_from` its `send` returned), across dropped
         connections and the gateway's `maxSeconds` ends, until the caller stops (or, with
         `until_turn_end`, no turn is open). Raises StreamEnded when the token's access ends."""
         follower = Follower(after, until_turn_end, max_seconds)

@@ -234,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
         "--model", choices=["server", "demo"], default="server",
         help="server: the openai client to a zero-latency HTTP model server; demo: in-process",
     )  # fmt: skip
+    parser.add_argument(
+        "--server", choices=["functions-framework", "talon"], default="functions-framework",
+        help="the gateway's server: functions-framework's (Cloud Run functions) or talon.serve "
+        "(talon dev: streams handed to its stream hub after their head)",
+    )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -283,8 +288,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TALON_GATEWAY_MAX_OPEN_STREAMS": str(args.clients * 2 + 4),
         "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(args.clients * 2 + 4),
     }
+    server = {"functions-framework": "functions_framework", "talon": "talon.serve"}[args.server]
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", "gateway",
+        [sys.executable, "-m", server, "--target", "gateway",
          "--source", str(ROOT / "functions" / "gateway" / "main.py"),
          "--host", "127.0.0.1", "--port", str(port)],
         env={**env, "THREADS": str(max(8, args.clients * 3))}, cwd=ROOT,

@@ -1,11 +1,12 @@
 """A session's SSE stream as one object any server can drive.
 
 Under a thread-per-request server the response body blocks its thread on the stream's inbox
-until the stream ends. Under Talon's own server (talon.serve) the body is only the `retry:`
-line, after which the server hands the connection over to its stream hub, which calls
-`advance` whenever the inbox has items or the stream's wait is over (the first events
-included: nothing the stream sends is written by a request thread, which a client that does
-not read would hold), and `finish` at the end. An open stream holds no thread at all.
+until the stream ends. Under Talon's own server (talon.serve) the body is the `retry:` line
+and the first events when they are few (FIRST_WRITE_BYTES: they fit in the fresh
+connection's send buffer, so writing them cannot hold the request thread on a client that
+does not read), after which the server hands the connection over to its stream hub, which
+calls `advance` whenever the inbox has items or the stream's wait is over (more first events
+included), and `finish` at the end. An open stream holds no thread at all.
 
 The environ keys are the whole contract with the server: it sets HUB_KEY on requests it can
 take a stream over for; the stream sets HANDOVER_KEY to itself when it will be handed over,
@@ -32,6 +33,10 @@ LEASE_KEY = "talon.stream_lease"
 RETRY_LINE = b"retry: 2000\n\n"
 # Events formatted per `advance`: a stream never builds a whole history in memory at once.
 ADVANCE_ITEMS = 100
+# A handed-over stream's first events go out with its head when they fit in this much: a
+# fresh connection's empty send buffer takes them at once, so the request thread does not
+# wait on the client, and the hub is spared a round trip for the common short start.
+FIRST_WRITE_BYTES = 16 * 1024
 
 
 class EventStream:
@@ -43,6 +48,7 @@ class EventStream:
         self._lease = lease
         self._namespace = namespace
         self._handed_over = False
+        self._pending = b""  # produced in the request thread, for the hub to send
         self._finished = False
         self._finish_lock = threading.Lock()
         metrics.open_streams.add(1, {"namespace": namespace})
@@ -58,10 +64,13 @@ class EventStream:
     def body(self) -> Iterator[bytes]:
         """The response body: the `retry:` line, then (unless handed over) every event until
         the stream ends."""
-        if self._handed_over:
-            yield RETRY_LINE
-            return
         data, wait = self.advance()
+        if self._handed_over:
+            if len(data) > FIRST_WRITE_BYTES:
+                self._pending = data  # the hub sends it, never blocking on the client
+                data = b""
+            yield RETRY_LINE + data
+            return
         yield RETRY_LINE + data
         while wait is not None:
             self._inbox.wait(wait)
@@ -74,7 +83,10 @@ class EventStream:
         at the latest (sooner once `on_ready`'s callback is called); None: the stream is over.
         Never blocks on the inbox; may read the database."""
         items, wait = self._follower.advance(ADVANCE_ITEMS)
-        return b"".join(_format(item) for item in items), wait
+        data = b"".join(_format(item) for item in items)
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        return data, wait
 
     def on_ready(self, wake: Callable[[], None]) -> None:
         """Call `wake()` (from the notification listener's thread; never blocks it) when

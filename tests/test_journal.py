@@ -232,9 +232,11 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     api: Api, db: Database, model_server, monkeypatch
 ) -> None:
     """What one turn with a tool call costs the worker: the journal's combined statements
-    (renewal with step, final step with completion) keep it at this count. A change here is
-    a change in every turn's cost, measured in Benchmarks."""
+    (renewal with step, final step with messages and completion) and the writes deferred to
+    travel with the next statement or the COMMIT keep it at these counts. A change here is a
+    change in every turn's cost, measured in Benchmarks."""
     import talon.runtime.deltas
+    from talon.store import statements
     from talon.store.database import Tx
 
     _agent_with_policy(api, policy(model_server.url, "primary"))
@@ -246,22 +248,33 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     uid = session_uid(db)
     # No streamed-delta flush mid-call on a slow machine: only the turn's own writes count.
     monkeypatch.setattr(talon.runtime.deltas, "DELTA_FLUSH_SECONDS", 3600.0)
-    ran: list[tuple[int, str]] = []
-    seen: list[Tx] = []  # kept alive, so that no two transactions share an id()
-    original = Tx._run
+    # Per transaction: the statements it ran and its round trips to the server.
+    ran: list[list[str]] = []
+    trips: list[int] = []
+    begin, run_batch, commit = Tx.__init__, statements.run_batch, statements.commit
 
-    def counting(self: Tx, sql: str, params: Any) -> Any:
-        seen.append(self)
-        ran.append((id(self), sql))
-        return original(self, sql, params)
+    def beginning(self: Tx, connection: Any) -> None:
+        ran.append([])
+        trips.append(0)
+        begin(self, connection)
 
-    monkeypatch.setattr(Tx, "_run", counting)
+    def batch(connection: Any, work: Any, *, commit: bool = False) -> Any:
+        ran[-1] += [sql for sql, _ in work]
+        trips[-1] += 1
+        return run_batch(connection, work, commit=commit)
+
+    def committing(connection: Any) -> None:
+        trips[-1] += 1
+        commit(connection)
+
+    monkeypatch.setattr(Tx, "__init__", beginning)
+    monkeypatch.setattr(statements, "run_batch", batch)
+    monkeypatch.setattr(statements, "commit", committing)
     assert runner(db, RecordingTools(), "worker-a").drive(uid) is None
     monkeypatch.undo()
-    transactions = list(dict.fromkeys(tx for tx, _ in ran))
-    per_transaction = [sum(tx == t for tx, _ in ran) for t in transactions]
     # The claim (with the knowledge step); the model's tool call with the tool step's start;
     # the call marked as running; its result; the answer with the three messages, the final
     # step and the turn's completion.
-    assert per_transaction == [5, 3, 2, 2, 6]
-    assert sum("turn_steps" in sql for _, sql in ran) == 7
+    assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 3]
+    assert trips == [4, 2, 2, 2, 3]
+    assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,108 @@ def test_a_failing_commit_is_an_error_and_the_connection_stays_usable(database_u
             assert tx.scalar("SELECT count(*) FROM deferred_check WHERE k = %s", (1,)) == 1
     finally:
         db.close()
+
+
+def test_deferred_statements_run_in_order_with_the_next_statement_or_the_commit(
+    database_url: str,
+) -> None:
+    db = Database(connector_from_url(database_url, 10), 1)
+    insert = "INSERT INTO deferred_order (k, seen) SELECT %s, count(*) FROM deferred_order"
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE deferred_order (k int PRIMARY KEY, seen int)")
+        with db.transaction() as tx:
+            tx.defer(insert, (1,))
+            tx.defer(insert, (2,))
+            # Sent with this statement, before it: it sees both rows.
+            assert tx.scalar("SELECT count(*) FROM deferred_order WHERE k > %s", (0,)) == 2
+            tx.defer(insert, (3,))  # sent with the COMMIT
+        with db.transaction() as tx:
+            rows = tx.all("SELECT k, seen FROM deferred_order WHERE k > %s ORDER BY k", (0,))
+        assert [(r["k"], r["seen"]) for r in rows] == [(1, 0), (2, 1), (3, 2)]
+    finally:
+        db.close()
+
+
+def test_a_failing_deferred_statement_rolls_back_its_transaction(database_url: str) -> None:
+    """A deferred statement's error surfaces at the commit it travels with: nothing of the
+    transaction stays, the caller gets the error, and the connection stays in step."""
+    db = Database(connector_from_url(database_url, 10), 1)
+    insert = "INSERT INTO deferred_fail (k) VALUES (%s)"
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE deferred_fail (k int PRIMARY KEY)")
+            tx.execute(insert, (1,))
+        with pytest.raises(Conflict), db.transaction() as tx:
+            tx.execute(insert, (2,))
+            tx.defer(insert, (1,))  # a duplicate, found out by the COMMIT's round trip
+            tx.defer(insert, (3,))  # after the failure: refused, never written
+        with pytest.raises(Conflict), db.transaction() as tx:
+            tx.defer(insert, (1,))  # found out by the next statement's round trip
+            tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,))
+        for _ in range(3):  # in step: each answer is its own statement's
+            with db.transaction() as tx:
+                assert tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,)) == 1
+                assert tx.scalar("SELECT %s::int + 1", (41,)) == 42
+    finally:
+        db.close()
+
+
+def test_deferred_statements_of_a_dry_run_are_checked_then_discarded(database_url: str) -> None:
+    db = Database(connector_from_url(database_url, 10), 1)
+    insert = "INSERT INTO deferred_dry (k) VALUES (%s)"
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE deferred_dry (k int PRIMARY KEY)")
+            tx.execute(insert, (1,))
+        with db.transaction() as tx:
+            tx.defer(insert, (2,))
+            raise RollbackOnly
+        with pytest.raises(Conflict), db.transaction() as tx:
+            tx.defer(insert, (1,))
+            raise RollbackOnly  # the dry run still reports what would have failed
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT array_agg(k) FROM deferred_dry WHERE k > %s", (0,)) == [1]
+    finally:
+        db.close()
+
+
+def test_deferred_statements_and_the_commit_cost_one_round_trip(database_url: str) -> None:
+    """What deferring is for: BEGIN, three writes and the COMMIT in one exchange with the
+    server (counted as the times the client sends what it wrote)."""
+    db = Database(connector_from_url(database_url, 10), 1)  # one connection, reused
+    insert = "INSERT INTO deferred_trip (k) VALUES (%s)"
+    count = "SELECT count(*) FROM deferred_trip WHERE k > %s"
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE deferred_trip (k int PRIMARY KEY)")
+            tx.execute(insert, (0,))  # prepared
+            tx.scalar(count, (0,))  # prepared
+            counted = _FlushCounter(tx.connection._sock)
+            tx.connection._sock = counted
+        counted.flushes = 0  # the COMMIT above
+        with db.transaction() as tx:
+            for k in (1, 2, 3):
+                tx.defer(insert, (k,))
+        assert counted.flushes == 1
+        with db.transaction() as tx:
+            tx.defer(insert, (4,))
+            assert tx.scalar(count, (0,)) == 4
+        assert counted.flushes == 3  # BEGIN + insert + the count, then the COMMIT
+    finally:
+        db.close()
+
+
+class _FlushCounter:
+    """pg8000's socket file, counting the times what was written is sent."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self._sock.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)

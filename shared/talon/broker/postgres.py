@@ -366,7 +366,8 @@ def _wait_beyond(hints: _Hints, seen: int, timeout: float, stop: threading.Event
 
 
 def _delete(tx: Tx, delivery_id: int) -> None:
-    tx.execute("DELETE FROM outbox WHERE id = %s", (delivery_id,))
+    # Nothing waits for it: it travels with the transaction's COMMIT.
+    tx.defer("DELETE FROM outbox WHERE id = %s", (delivery_id,))
 
 
 def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
+from talon.sessions import messages as session_messages
 from talon.sessions.views import tool_call_preview
 from talon.store import turn_steps
 from talon.store.database import Database, Tx
@@ -112,12 +113,17 @@ def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, A
     turn_steps.begin_call(tx, lease, idx, name, {"call": call, "ran": True})
 
 
-def complete(tx: Tx, lease: Lease, idx: int, messages: int, provider: str | None) -> int:
-    """The final step `idx` (the turn wrote `messages` messages) and the turn's completion,
-    in one statement; returns how many other turns of the session are still open. The caller
-    renewed the lease in this transaction."""
-    step = Step(idx, WRITE, "write", "completed", {"messages": messages})
-    return turn_steps.complete_turn(tx, lease, step, provider)
+def complete(
+    tx: Tx, lease: Lease, idx: int, written: list[dict[str, Any]], provider: str | None
+) -> tuple[int, int]:
+    """The final step `idx`: the turn's messages `written` (see `sessions/messages.
+    appending`) and the turn's completion, in one statement. Returns how many other turns of
+    the session are still open, and the seq of the last message written. The caller renewed
+    the lease in this transaction (the session row is locked)."""
+    step = Step(idx, WRITE, "write", "completed", {"messages": len(written)})
+    splice = session_messages.appending(lease.session_uid, lease.turn_id, written)
+    remaining, last_seq = turn_steps.complete_turn(tx, lease, step, provider, splice)
+    return remaining, int(last_seq)
 
 
 def usage_of(step: Step) -> ModelUsage | None:

@@ -43,7 +43,6 @@ from talon.runtime.journal import (
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
 from talon.sessions import events
-from talon.sessions import messages as session_messages
 from talon.store.database import Database, Tx
 from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
@@ -309,11 +308,11 @@ class TurnRunner:
         ]
         provider = None
         for message in written:
-            seq = session_messages.append(
-                tx, lease.session_uid, lease.turn_id, message["role"], message["content"],
-                message["tool_calls"], message["tool_call_id"],
-            )  # fmt: skip
             provider = message.get("provider") or provider
+        # The messages, the write step, the turn's completion and the count of the session's
+        # other open turns in one statement; numbered from the seq it returns.
+        remaining, last_seq = complete(tx, lease, idx, written, provider)
+        for seq, message in enumerate(written, start=last_seq - len(written) + 1):
             if message["role"] == "assistant" and message["content"]:
                 new_events.append(
                     (
@@ -321,9 +320,6 @@ class TurnRunner:
                         {"seq": seq, "role": "assistant", "content": message["content"]},
                     )
                 )
-        # The write step, the turn's completion and the count of the session's other open
-        # turns in one statement.
-        remaining = complete(tx, lease, idx, len(written), provider)
         new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
         new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
         events.append(tx, lease.session_uid, new_events, lease.turn_id)

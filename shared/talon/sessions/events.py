@@ -6,6 +6,7 @@ the change it reports was committed, and a reader resuming after id N misses not
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +63,11 @@ def append(
     session_uid: uuid.UUID,
     events: list[tuple[str, dict[str, Any]]],
     turn_id: uuid.UUID | None = None,
-) -> int:
-    """Append events in order and return the last id (0 if the session is gone). Takes the
-    session row lock. One statement: numbering, rows and the wake-up, whatever the count."""
-    row = tx.one(
+) -> None:
+    """Append events in order (none if the session is gone). Takes the session row lock.
+    One statement: numbering, rows and the wake-up, whatever the count; deferred, so it
+    travels with the transaction's next statement or its COMMIT (nobody waits for it)."""
+    tx.defer(
         "WITH s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
         "  WHERE uid = %s RETURNING last_event_id, namespace, id, uid), "
         "ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
@@ -74,8 +76,7 @@ def append(
         "  RETURNING id, type, turn_id, data, created_at), "
         f"p AS (SELECT {EVENTS_JSON_SQL.format(e='ins')} AS events FROM ins) "
         # Delivered on commit only, so a woken reader always finds the rows.
-        "SELECT s.last_event_id, "
-        f"pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p",
+        f"SELECT pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p",
         (
             len(events), session_uid,
             session_uid, len(events), turn_id,
@@ -83,7 +84,6 @@ def append(
             EVENTS_CHANNEL,
         ),
     )  # fmt: skip
-    return int(row["last_event_id"]) if row else 0
 
 
 def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:
@@ -97,6 +97,23 @@ def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:
             (session_uid,),
         )
     )
+
+
+def after_sql(session: str) -> str:
+    """A scalar subquery: the events of session `{session}.uid` after the id in its first
+    parameter, at most its second parameter of them, as the stream's JSON (`from_json`)."""
+    return (
+        f"(SELECT {EVENTS_JSON_SQL.format(e='e')} FROM (SELECT * FROM session_events "
+        f"WHERE session_uid = {session}.uid AND id > %s ORDER BY id LIMIT %s) e)"
+    )
+
+
+def from_json(text: str | None) -> list[Event]:
+    """The events `after_sql` (or a notification) carries."""
+    return [
+        Event(int(e["id"]), e["type"], e["turnId"], e["data"], e["createdAt"])
+        for e in json.loads(text or "[]")
+    ]
 
 
 def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = READ_LIMIT) -> list[Event]:

@@ -12,33 +12,37 @@ import uuid
 from typing import Any
 
 from talon.store.database import Tx, jsonb
+from talon.store.turn_steps import Splice
+
+# A turn's messages, written by the statement that completes the turn: numbered after the
+# session's message counter, which moves once for all of them.
+_APPEND_CTE = (
+    "msg_in AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS m(ord int, role text, "
+    "  content text, tool_calls jsonb, tool_call_id text)), "
+    "msg_s AS (UPDATE sessions SET last_message = last_message + (SELECT count(*) FROM msg_in) "
+    "  WHERE uid = %s RETURNING last_message), "
+    "msg_ins AS (INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
+    "  tool_call_id, turn_id) SELECT %s::uuid, msg_s.last_message - (SELECT count(*) FROM "
+    "  msg_in) + m.ord, m.role, m.content, m.tool_calls, m.tool_call_id, %s::uuid "
+    "  FROM msg_s, msg_in m)"
+)
 
 
-def append(
-    tx: Tx,
-    session_uid: uuid.UUID,
-    turn_id: uuid.UUID,
-    role: str,
-    content: str,
-    tool_calls: list[dict[str, Any]] | None = None,
-    tool_call_id: str | None = None,
-) -> int:
-    """Number the message in its session and insert it, in one statement; returns its seq.
-    Takes the session row's lock (the caller's turn holds it already)."""
-    params = (
-        session_uid, session_uid, role, content, jsonb(tool_calls) if tool_calls else None,
-        tool_call_id, turn_id,
-    )  # fmt: skip
-    return int(
-        tx.scalar(
-            "WITH s AS (UPDATE sessions SET last_message = last_message + 1 WHERE uid = %s "
-            "  RETURNING last_message) "
-            "INSERT INTO messages (session_uid, seq, role, content, tool_calls, tool_call_id, "
-            "  turn_id) SELECT %s::uuid, s.last_message, %s, %s, %s::jsonb, %s, %s::uuid "
-            "FROM s RETURNING seq",
-            params,
-        )
-    )
+def appending(session_uid: uuid.UUID, turn_id: uuid.UUID, written: list[dict[str, Any]]) -> Splice:
+    """The turn's messages `written` (dicts with `role`, `content`, `tool_calls` and
+    `tool_call_id`, in order), as a part of the statement that completes the turn
+    (`store/turn_steps.complete_turn`); it returns the last message's seq. The caller's
+    renewal locked the session row."""
+    rows = []
+    for ord_, message in enumerate(written, start=1):
+        row = {"ord": ord_, "role": message["role"], "content": message["content"] or ""}
+        if message.get("tool_calls"):  # absent, not JSON null: SQL NULL in the column
+            row["tool_calls"] = message["tool_calls"]
+        if message.get("tool_call_id") is not None:
+            row["tool_call_id"] = message["tool_call_id"]
+        rows.append(row)
+    params = (jsonb(rows), session_uid, session_uid, turn_id)
+    return Splice(_APPEND_CTE, params, "(SELECT last_message FROM msg_s)")
 
 
 def page(tx: Tx, session_uid: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:

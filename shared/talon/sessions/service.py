@@ -211,35 +211,38 @@ class SessionService:
     def open_stream(
         self, namespace: str, agent: str, session_id: str, after: int | None
     ) -> StreamStart:
-        """Where a stream starts, in one transaction: the session, the events after `after`
-        (None: from now on, so none) and the number of open turns."""
+        """Where a stream starts: the session, the events after `after` (None: from now on,
+        so none) and the number of open turns, in one statement (one look at the tables:
+        the events read include the end of any turn counted as open) and one round trip."""
+        sql = (
+            f"SELECT uid, agent, last_event_id, {OPEN_TURNS_SQL}, "
+            f"{events.after_sql('s')} AS events FROM sessions s WHERE namespace = %s AND id = %s"
+        )
         with self.db.transaction() as tx:
-            # Count before reading (each statement sees its own moment): events read later
-            # include the end of any turn counted as open; the other order could miss it and
-            # end an untilTurnEnd stream before the turn's last events.
-            columns = f"uid, agent, last_event_id, {OPEN_TURNS_SQL}"
-            session = self._require(tx, namespace, agent, session_id, columns=columns)
-            uid = session["uid"]
-            position = int(session["last_event_id"]) if after is None else after
-            open_turns = int(session["open"])
-            batch = [] if after is None else events.read_after(tx, uid, after)
-            return StreamStart(uid, position, batch, open_turns)
+            rows = tx.commit_with(sql, (after, events.READ_LIMIT, namespace, session_id))
+        if not rows or rows[0]["agent"] != agent:
+            with self.db.transaction() as tx:
+                self._require(tx, namespace, agent, session_id)  # says which is missing
+        session = rows[0]
+        position = int(session["last_event_id"]) if after is None else after
+        return StreamStart(
+            session["uid"], position, events.from_json(session["events"]), int(session["open"])
+        )
 
     def read_state(
         self, session_uid: uuid.UUID, after: int, limit: int = events.READ_LIMIT
     ) -> tuple[builtins.list[events.Event], int | None]:
         """Events after `after` and the number of open turns (None: the session is gone),
-        in one transaction: what a stream needs when its notifications do not suffice."""
+        in one statement: what a stream needs when its notifications do not suffice."""
+        sql = (
+            f"SELECT {OPEN_TURNS_SQL}, {events.after_sql('s')} AS events "
+            "FROM sessions s WHERE s.uid = %s"
+        )
         with self.db.transaction() as tx:
-            open_turns = self._open_turns(tx, session_uid)
-            if open_turns is None:
-                return [], None
-            return events.read_after(tx, session_uid, after, limit), open_turns
-
-    @staticmethod
-    def _open_turns(tx: Tx, session_uid: uuid.UUID) -> int | None:
-        row = tx.one(f"SELECT {OPEN_TURNS_SQL} FROM sessions s WHERE s.uid = %s", (session_uid,))
-        return None if row is None else int(row["open"])
+            rows = tx.commit_with(sql, (after, limit, session_uid))
+        if not rows:
+            return [], None
+        return events.from_json(rows[0]["events"]), int(rows[0]["open"])
 
     def cancel(self, namespace: str, agent: str, session_id: str) -> builtins.list[str]:
         """Cancel every open turn of the session; return their ids."""

@@ -59,13 +59,46 @@ class Tx:
         # What this transaction wrote that others act on once it is committed, by topic
         # (e.g. outbox row ids for the Pub/Sub relay); see Database.on_commit.
         self.announced: dict[str, list[Any]] = {}
+        # Statements whose answers nobody waits for: they travel with the next statement or
+        # the COMMIT, in its round trip (see `defer`).
+        self._deferred: list[tuple[str, statements.Params]] = []
+        self.committed = False  # by `commit_with`
+
+    def defer(self, sql: str, params: statements.Params) -> None:
+        """Run `sql` later in this transaction, in order, without waiting for its answer: it
+        is sent with the next statement, or with the COMMIT. A write whose result the caller
+        does not need costs no round trip of its own. Should it fail, the statement it
+        travels with (or the commit) raises its error and the transaction rolls back."""
+        if self.committed:
+            raise RuntimeError("the transaction was already committed")
+        self._deferred.append((sql, params))
+
+    def commit_with(self, sql: str, params: statements.Params) -> list[dict[str, Any]]:
+        """Run the transaction's last statement and COMMIT it in one round trip (with any
+        deferred statements before it); its rows. The transaction is over: a further
+        statement is an error. Should the statement fail, the COMMIT rolls back."""
+        if self.committed:
+            raise RuntimeError("the transaction was already committed")
+        batch = [*self.take_deferred(), (sql, params)]
+        self.committed = True  # whatever happens next, nothing more runs in it
+        result = statements.run_batch(self.connection, batch, commit=True)[-1]
+        return [dict(zip(result.names, row, strict=True)) for row in result.rows]
+
+    def take_deferred(self) -> list[tuple[str, statements.Params]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
 
     def announce(self, topic: str, item: Any) -> None:
         self.announced.setdefault(topic, []).append(item)
 
     def _run(self, sql: str, params: Params) -> statements.Result:
+        if self.committed:
+            raise RuntimeError("the transaction was already committed")
         if params:
-            return statements.run(self.connection, sql, params)
+            batch = [*self.take_deferred(), (sql, params)]
+            return statements.run_batch(self.connection, batch)[-1]
+        if self._deferred:
+            statements.run_batch(self.connection, self.take_deferred())
         # No parameters: the simple protocol (also the only one for multi-statement SQL).
         self._cursor.execute(sql)
         names = [d[0] for d in self._cursor.description or []]
@@ -217,10 +250,21 @@ class Database:
             tx = Tx(connection)
             try:
                 yield tx
-                statements.commit(connection)
+                deferred = tx.take_deferred()
+                if tx.committed:
+                    pass  # by its last statement (Tx.commit_with)
+                elif deferred:
+                    statements.run_batch(connection, deferred, commit=True)
+                else:
+                    statements.commit(connection)
                 self._run_commit_hooks(tx.announced)
             except RollbackOnly:
-                statements.rollback(connection)
+                deferred = tx.take_deferred()
+                try:
+                    if deferred:  # a dry run still learns whether they would have failed
+                        statements.run_batch(connection, deferred)
+                finally:
+                    statements.rollback(connection)
             except BaseException:
                 try:
                     statements.rollback(connection)

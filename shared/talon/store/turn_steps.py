@@ -90,16 +90,29 @@ _BEGIN_CALL_SQL = (
     "fencing_token = EXCLUDED.fencing_token"
 )
 # The turn's last step, its completion and the count of the session's other open turns (the
-# session row is locked by the caller's renewal, so it is the count at commit).
+# session row is locked by the caller's renewal, so it is the count at commit), after the
+# CTEs of a splice (`{ctes}`) and with what it returns (`{returns}`).
 _COMPLETE_SQL = (
-    "WITH step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+    "WITH {ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
     "  fencing_token, completed_at) "
     "  VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())), "
     "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
     "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s) "
-    "SELECT count(*) FROM turns WHERE session_uid = %s AND id <> %s "
-    "AND state IN ('queued', 'running')"
+    "SELECT count(*) AS open, {returns} AS spliced FROM turns WHERE session_uid = %s "
+    "AND id <> %s AND state IN ('queued', 'running')"
 )
+
+
+@dataclass(frozen=True)
+class Splice:
+    """Another table's write that commits in the statement completing a turn, so it costs
+    no round trip of its own (the turn's messages: `sessions/messages.appending`): its CTEs
+    (`name AS (...)`, comma-separated, without WITH), their parameters, and a scalar SQL
+    expression the statement returns."""
+
+    ctes: str
+    params: tuple[Any, ...]
+    returns: str
 
 
 def _guard_params(guard: Guard) -> tuple[Any, ...]:
@@ -130,23 +143,34 @@ def renew_and_write(tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None =
 
 def write(tx: Tx, guard: Guard, step: Step) -> None:
     """Write `step` (insert, or overwrite the row of the same index) without a renewal: for a
-    caller that renewed, or took the lease, earlier in this transaction."""
-    tx.execute(_WRITE_SQL, _step_params(guard, step))
+    caller that renewed, or took the lease, earlier in this transaction. Deferred: it
+    travels with the transaction's next statement or its COMMIT."""
+    tx.defer(_WRITE_SQL, _step_params(guard, step))
 
 
 def begin_call(tx: Tx, guard: Guard, idx: int, name: str, output: dict[str, Any]) -> None:
-    """Mark tool step `idx` as running its call; the caller renewed in this transaction."""
-    tx.execute(_BEGIN_CALL_SQL, (guard.turn_id, idx, name, jsonb(output), guard.token))
+    """Mark tool step `idx` as running its call; the caller renewed in this transaction
+    (deferred: it travels with the COMMIT, which the call waits for)."""
+    tx.defer(_BEGIN_CALL_SQL, (guard.turn_id, idx, name, jsonb(output), guard.token))
 
 
-def complete_turn(tx: Tx, guard: Guard, step: Step, provider: str | None) -> int:
-    """Write the turn's last step and complete the turn, in one statement; returns how many
-    other turns of the session are still open. The caller renewed in this transaction."""
+def complete_turn(
+    tx: Tx, guard: Guard, step: Step, provider: str | None, splice: Splice | None = None
+) -> tuple[int, Any]:
+    """Write the turn's last step and complete the turn (with `splice`), in one statement;
+    returns how many other turns of the session are still open, and what the splice
+    returns. The caller renewed in this transaction."""
     params = (
+        *(splice.params if splice else ()),
         guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
         provider, guard.turn_id, guard.session_uid, guard.turn_id,
     )  # fmt: skip
-    return int(tx.scalar(_COMPLETE_SQL, params))
+    sql = _COMPLETE_SQL.format(
+        ctes=splice.ctes + ", " if splice else "", returns=splice.returns if splice else "NULL"
+    )
+    row = tx.one(sql, params)
+    assert row is not None  # an aggregate: always one row
+    return int(row["open"]), row["spliced"]
 
 
 def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:

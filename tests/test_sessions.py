@@ -14,6 +14,7 @@ import pytest
 import samples
 from conftest import Api, read_stream
 from talon.sessions.events import Event
+from talon.store.database import Database
 
 NS = "acme"
 BASE = f"/v1/ns/{NS}/agents/bot/sessions"
@@ -174,6 +175,46 @@ def test_idempotency_key_makes_retries_safe(acme_bot: Api) -> None:
     other = acme_bot.post(f"{BASE}/s1/message", json={"content": "bye"}, headers=headers)
     assert other.status_code == 422
     assert other.json()["error"]["details"][0]["path"] == "Idempotency-Key"
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 1
+
+
+def test_concurrent_retries_with_one_idempotency_key_queue_one_turn(
+    acme_bot: Api, db: Database
+) -> None:
+    """Requests with the same key racing each other: the one that takes the session's lock
+    first queues the turn, and each other one, looking the key up after the lock, sees it
+    committed and answers with it (not a conflict, not a second turn). The session row is
+    held locked here until all of them wait for it."""
+    import threading
+
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    headers = {"Idempotency-Key": "race-1"}
+    answers: list[tuple[int, str]] = []
+
+    def send() -> None:
+        response = acme_bot.post(f"{BASE}/s1/message", json={"content": "hi"}, headers=headers)
+        answers.append((response.status_code, response.json().get("turnId", "")))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    with db.transaction() as tx:
+        tx.one("SELECT uid FROM sessions WHERE id = %s FOR UPDATE", ("s1",))
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with db.transaction() as look:
+                waiting = look.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = %s "
+                    "AND query LIKE %s", ("Lock", "%FOR UPDATE%"),
+                )  # fmt: skip
+            if waiting == len(threads):
+                break
+            time.sleep(0.02)
+        assert waiting == len(threads)
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _ in answers) == [200] * 3 + [202]
+    assert len({turn for _, turn in answers}) == 1
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 1
 
 

@@ -48,20 +48,59 @@ def request_hash(request: PostMessage) -> bytes:
     return hashlib.sha256(body.encode()).digest()
 
 
+_LOCK_SQL = "SELECT uid, agent FROM sessions WHERE namespace = %s AND id = %s FOR UPDATE"
+# The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
+# statement of its own: it sees a turn that a concurrent request with the key committed while
+# this one waited for the lock.
+_REPLAY_SQL = (
+    "SELECT t.id, t.input_seq, t.state, t.request_hash, (SELECT min(e.id) - 1 FROM "
+    "session_events e WHERE e.turn_id = t.id) AS stream_from FROM sessions s JOIN turns t "
+    "ON t.session_uid = s.uid WHERE s.namespace = %s AND s.id = %s AND t.idempotency_key = %s"
+)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """A session locked for a new message, with the turn an earlier request with the same
+    Idempotency-Key queued, if any."""
+
+    uid: uuid.UUID
+    agent: str
+    previous: dict[str, Any] | None
+
+
+def lock(tx: Tx, namespace: str, session_id: str, idempotency_key: str | None) -> Locked | None:
+    """Lock the session row and look up the key's earlier turn: one round trip (the lookup
+    is a statement of its own after the lock). None: no such session."""
+    if idempotency_key is None:
+        row = tx.one(_LOCK_SQL, (namespace, session_id))
+        return None if row is None else Locked(row["uid"], row["agent"], None)
+    session, previous = tx.pipeline(
+        [(_LOCK_SQL, (namespace, session_id)),
+         (_REPLAY_SQL, (namespace, session_id, idempotency_key))]
+    )  # fmt: skip
+    if not session:
+        return None
+    return Locked(session[0]["uid"], session[0]["agent"], previous[0] if previous else None)
+
+
 def post(
     tx: Tx,
-    session_uid: uuid.UUID,
+    session: Locked,
     session_id: str,
     request: PostMessage,
     idempotency_key: str | None,
     source: str,
+    *,
+    final: bool = False,
 ) -> Accepted:
-    """Queue the message's turn under its strategy. The caller locked the session row."""
+    """Queue the message's turn under its strategy, in the caller's transaction on the
+    session it locked (`lock`). `final`: the transaction ends here, and its COMMIT goes in
+    the same round trip as the last statement."""
     digest = request_hash(request)
-    if idempotency_key is not None:
-        previous = _replay(tx, session_uid, idempotency_key, digest)
-        if previous is not None:
-            return previous
+    session_uid = session.uid
+    if session.previous is not None:
+        return _replay(session.previous, digest)
     open_turns = []
     if request.multitask_strategy != "enqueue":  # enqueue queues behind whatever is open
         open_turns = _lock_open_turns(tx, session_uid)
@@ -82,24 +121,18 @@ def post(
     for event_type, data, cancelled in pending:
         events.append(tx, session_uid, [(event_type, data)], cancelled)
     (queued,) = queue_turns(
-        tx, [NewTurn(session_uid, request.content, source, idempotency_key, digest)]
+        tx,
+        [NewTurn(session_uid, request.content, source, idempotency_key, digest)],
+        final=final,
     )
     assert queued is not None  # the session row is locked by the caller
     return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from,
                     len(pending))  # fmt: skip
 
 
-def _replay(tx: Tx, session_uid: uuid.UUID, idempotency_key: str, digest: bytes) -> Accepted | None:
-    """The turn an earlier request with this key queued, or None; a key reused with another
-    body is refused."""
-    previous = tx.one(
-        "SELECT id, input_seq, state, request_hash, (SELECT min(id) - 1 FROM "
-        "session_events e WHERE e.turn_id = turns.id) AS stream_from FROM turns "
-        "WHERE session_uid = %s AND idempotency_key = %s",
-        (session_uid, idempotency_key),
-    )
-    if previous is None:
-        return None
+def _replay(previous: dict[str, Any], digest: bytes) -> Accepted:
+    """What the earlier request with this key was answered; a key reused with another body
+    is refused."""
     if bytes(previous["request_hash"]) != digest:
         raise Invalid(
             "Idempotency-Key was already used with a different request",

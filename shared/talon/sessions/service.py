@@ -164,11 +164,12 @@ class SessionService:
         source: str = "api",
     ) -> Accepted:
         with self.db.transaction() as tx:
-            session = self._require(
-                tx, namespace, agent, session_id, lock=True, columns="uid, agent"
-            )
+            session = posting.lock(tx, namespace, session_id, idempotency_key)
+            if session is None or session.agent != agent:
+                self._require_agent(tx, namespace, agent)
+                raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
             accepted = posting.post(
-                tx, session["uid"], session_id, request, idempotency_key, source
+                tx, session, session_id, request, idempotency_key, source, final=True
             )
         _count_cancelled(namespace, agent, accepted.interrupted)
         return accepted

@@ -97,14 +97,16 @@ FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER B
 """
 
 
-def queue_turns(tx: Tx, turns: list[NewTurn]) -> list[QueuedTurn | None]:
+def queue_turns(tx: Tx, turns: list[NewTurn], *, final: bool = False) -> list[QueuedTurn | None]:
     """Queue `turns` in order; None for a turn whose session does not exist. The caller holds
-    whatever locks its checks need (the sessions' rows are locked here in any case)."""
+    whatever locks its checks need (the sessions' rows are locked here in any case).
+    `final`: the transaction ends here (its COMMIT goes in the same round trip)."""
     if not turns:
         return []
+    run = tx.commit_with if final else tx.all
     # One JSON parameter: pg8000 spends far longer escaping arrays than PostgreSQL does
     # parsing JSON.
-    rows = tx.all(_QUEUE_SQL, (json.dumps([
+    rows = run(_QUEUE_SQL, (json.dumps([
         {"session_uid": str(t.session_uid), "turn_id": str(t.turn_id), "content": t.content,
          "source": t.source, "idempotency_key": t.idempotency_key,
          "request_hash": t.request_hash.hex(), "traceparent": t.traceparent, "ord": n}

@@ -73,6 +73,18 @@ class Tx:
             raise RuntimeError("the transaction was already committed")
         self._deferred.append((sql, params))
 
+    def pipeline(self, batch: list[tuple[str, statements.Params]]) -> list[list[dict[str, Any]]]:
+        """Run the statements of `batch` in order in one round trip (after any deferred ones);
+        the rows of each. Each still sees the database as of its own start (a statement
+        after a lock sees what the lock's holder committed)."""
+        if self.committed:
+            raise RuntimeError("the transaction was already committed")
+        deferred = self.take_deferred()
+        results = statements.run_batch(self.connection, [*deferred, *batch])[len(deferred) :]
+        return [
+            [dict(zip(result.names, row, strict=True)) for row in result.rows] for result in results
+        ]
+
     def commit_with(self, sql: str, params: statements.Params) -> list[dict[str, Any]]:
         """Run the transaction's last statement and COMMIT it in one round trip (with any
         deferred statements before it); its rows. The transaction is over: a further

@@ -119,6 +119,8 @@ class Gateway:
                 return response
             response.headers["X-Request-Id"] = request_id
             self.cors.decorate(request, response)
+            if not log.isEnabledFor(logging.INFO):
+                return response  # the access log's entry is not free (the request's URL)
             duration = time.perf_counter() - started
             log.info(
                 "%s %s -> %d",

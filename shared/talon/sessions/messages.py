@@ -73,16 +73,21 @@ def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> li
     compared every message with every turn of the window (82 x 41 for a full window) and
     scanned the session's turns by the wrong index, most of the statement's time; returning
     the turns' ids for Python to order cost the worker more than it saved (pg8000 parses
-    each uuid). The window comes back as one JSON text: decoding it is one C call, where
-    pg8000 converts each column of each row in Python (most of the worker's time on it)."""
+    each uuid). The window comes back as one JSON text of arrays: decoding it is one C call,
+    where pg8000 converts each column of each row in Python (most of the worker's time on
+    it); PostgreSQL spends ~50 us more on it (arrays, not objects: ~25% less than objects)."""
     window = tx.scalar(
         "WITH t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, "
         "  min(input_seq) AS lo FROM (SELECT id, seq, input_seq FROM turns "
         "  WHERE session_uid = %s AND seq <= %s AND seq > %s ORDER BY seq) w) "
-        "SELECT json_agg(json_build_object('role', m.role, 'content', m.content, "
-        "  'tool_calls', m.tool_calls, 'tool_call_id', m.tool_call_id) "
+        "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
         "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text FROM t, messages m "
         "WHERE m.session_uid = %s AND m.seq >= t.lo AND m.turn_id = ANY(t.ids)",
         (session_uid, turn_seq, turn_seq - turns - 1, session_uid),
     )
-    return list(json.loads(window)) if window else []
+    if not window:
+        return []
+    return [
+        {"role": role, "content": content, "tool_calls": tool_calls, "tool_call_id": call_id}
+        for role, content, tool_calls, call_id in json.loads(window)
+    ]

@@ -241,7 +241,9 @@ def test_a_notified_row_goes_to_one_of_two_dispatchers(api: Api, db: Database) -
         assert delivery.claim_in is not None  # handed out unclaimed
         both.wait()  # both handlers have the row before either claims it
         with db.transaction() as tx:
-            claims.append(delivery.claim_in(tx))
+            taken = delivery.claim_in(tx)  # its statement goes with the next one
+            tx.scalar("SELECT %s::int", (1,))
+            claims.append(taken())
         # The holder hands it back for later (beyond the test); the other must not touch it.
         return Result.retry(datetime.now(UTC) + timedelta(minutes=5))
 
@@ -398,3 +400,47 @@ def _fresh_events(db: Database, after_id: int) -> list[str]:
             (after_id, DISPATCH_TOPIC),
         )
     return [row["turn"] for row in rows]
+
+
+def test_a_turn_claimed_with_a_delivery_another_consumer_took_is_undone(
+    api: Api, db: Database
+) -> None:
+    """A notified row's claim travels with the turn's claim, in one round trip: when another
+    consumer took the row first, the turn's claim is rolled back (the turn stays queued,
+    its attempts and fencing token untouched); when nobody had, both hold."""
+    from talon.broker.postgres import _Unclaimed
+    from talon.runtime.claim import Claim, ClaimOptions, NotTaken, claim
+
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    _post(api, "s1", "hello")
+    with db.transaction() as tx:
+        row_id = tx.scalar("SELECT id FROM outbox WHERE topic = %s", (DISPATCH_TOPIC,))
+        uid = tx.scalar("SELECT uid FROM sessions WHERE id = %s", ("s1",))
+    broker = PostgresBroker(db)
+    options = ClaimOptions("worker-b", 30.0, 5)
+
+    def unclaimed() -> _Unclaimed:
+        return _Unclaimed(broker, row_id, set(), threading.Condition())
+
+    other = unclaimed()
+    with db.transaction() as tx:  # another consumer's handler takes the row first
+        taken = other(tx)
+        tx.scalar("SELECT %s::int", (1,))
+        assert taken()
+    mine = unclaimed()
+    assert isinstance(claim(db, uid, options, mine), NotTaken)
+    assert mine.taken is False
+    turn = "SELECT state, attempts, fencing_token, lease_owner FROM turns"
+    with db.transaction() as tx:
+        assert tx.all(turn) == [
+            {"state": "queued", "attempts": 0, "fencing_token": 0, "lease_owner": None}
+        ]
+        tx.execute("UPDATE outbox SET attempts = 0, claimed_until = NULL, claimed_by = NULL")
+    mine = unclaimed()  # nobody holds it now
+    assert isinstance(claim(db, uid, options, mine), Claim)
+    assert mine.taken is True
+    with db.transaction() as tx:
+        (claimed,) = tx.all(turn)
+        assert (claimed["state"], claimed["attempts"]) == ("running", 1)
+        assert tx.scalar("SELECT claimed_by IS NULL AND attempts = 1 FROM outbox") is True

@@ -300,3 +300,17 @@ class _FlushCounter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def test_a_later_statement_has_its_rows_once_the_next_one_ran(database_url: str) -> None:
+    db = Database(connector_from_url(database_url, 10), 1)
+    try:
+        with db.transaction() as tx:
+            later = tx.later("SELECT %s::int AS n", (7,))
+            assert later.rows is None  # not sent yet
+            assert tx.scalar("SELECT %s::int", (8,)) == 8
+            assert later.rows == [{"n": 7}]
+            last = tx.later("SELECT %s::int AS n", (9,))
+        assert last.rows == [{"n": 9}]  # sent with the COMMIT
+    finally:
+        db.close()

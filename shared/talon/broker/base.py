@@ -26,8 +26,13 @@ class Delivery:
     ack_in: Callable[[Tx], None] | None = field(default=None, compare=False, repr=False)
     # A delivery handed out before it was claimed (the postgres broker's notified rows): the
     # handler claims it inside its own first transaction, one commit less per delivery.
-    # False: another consumer has it, and the handler does nothing with it (nor settles it).
-    claim_in: Callable[[Tx], bool] | None = field(default=None, compare=False, repr=False)
+    # `claim_in(tx)` queues the claim to travel with the transaction's next statement
+    # (`Tx.later`) and returns what says, once that statement has run, whether it took the
+    # delivery. False: another consumer has it, and the handler undoes what it did in the
+    # transaction and does nothing more with it (nor settles it).
+    claim_in: Callable[[Tx], Callable[[], bool]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 class Outcome:

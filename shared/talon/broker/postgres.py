@@ -11,7 +11,8 @@ are not all woken by every row.
 Notified rows skip the dispatcher's claim: a message's dispatch row is notified as
 "dispatch <id> <payload>" (`sessions/turn_queue.py`), and the dispatcher hands it to an idle
 handler unclaimed (`Delivery.claim_in`); the handler claims it in its own first transaction,
-with the turn (`runtime/claim.py`), so a turn costs one transaction less. With several
+in the same round trip as the turn (`runtime/claim.py`), so a turn costs one transaction
+less. With several
 dispatchers notified of one row, one handler's claim takes it and the others do nothing. A
 claim still runs at start, for any other notification (another topic, a reconnect, more
 rows than idle handlers), when a wait times out, and at least every `takeover_poll` while
@@ -39,7 +40,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -148,10 +149,17 @@ class _Unclaimed:
     lock: threading.Condition  # ...guarded by this
     taken: bool = False
 
-    def __call__(self, tx: Tx) -> bool:
+    def __call__(self, tx: Tx) -> Callable[[], bool]:
         params = (self.broker.visibility, self.broker.owner or None, self.row_id)
-        self.taken = tx.one(_CLAIM_ONE_SQL, params) is not None
-        return self.taken
+        claimed = tx.later(_CLAIM_ONE_SQL, params)  # sent with the handler's next statement
+
+        def taken() -> bool:
+            if claimed.rows is None:
+                raise RuntimeError("asked before the delivery's claim was sent")
+            self.taken = bool(claimed.rows)
+            return self.taken
+
+        return taken
 
     def done(self) -> None:
         """The handler is done with it (claimed or not): the dispatcher's claims may take

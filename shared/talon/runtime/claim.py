@@ -24,7 +24,7 @@ from talon.runtime import context as ctx
 from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
 from talon.runtime.tools.base import AgentContext
 from talon.sessions import events
-from talon.store.database import Database, Tx, jsonb
+from talon.store.database import Database, RollbackOnly, Tx, jsonb
 from talon.store.liveness import owner_gone_sql
 from talon.telemetry import metrics
 
@@ -100,18 +100,21 @@ def claim(
     db: Database,
     session_uid: uuid.UUID,
     options: ClaimOptions,
-    first: Callable[[Tx], bool] | None = None,
+    first: Callable[[Tx], Callable[[], bool]] | None = None,
 ) -> Claim | Busy | NotTaken | None:
     """The session's head turn, claimed; or, when another live worker's lease on it holds,
     that worker and when its lease expires; or None when the session has no open turn.
-    `first(tx)` runs first in the same transaction (the broker claiming the delivery that
-    named the session); if it returns False nothing else is done."""
+    `first(tx)` (the broker claiming the delivery that named the session) queues its
+    statement first in the same transaction, to travel with the turn's claim, and returns
+    what says whether it took the delivery; if not, the turn's claim is undone and NotTaken
+    returned."""
     while True:
         with db.transaction() as tx:
-            if first is not None and not first(tx):
-                return NotTaken()
+            taken = first(tx) if first is not None else None
             first = None
-            claimed = _claim_in(tx, session_uid, options, time.time_ns())
+            claimed = _claim_in(tx, session_uid, options, time.time_ns(), taken)
+            if isinstance(claimed, NotTaken):
+                raise RollbackOnly  # the delivery is another consumer's: undo the claim
         if not isinstance(claimed, _Settled):
             return claimed
 
@@ -121,13 +124,20 @@ class _Settled:
 
 
 def _claim_in(
-    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
-) -> Claim | Busy | _Settled | None:
+    tx: Tx,
+    session_uid: uuid.UUID,
+    options: ClaimOptions,
+    started_ns: int,
+    taken: Callable[[], bool] | None = None,
+) -> Claim | Busy | _Settled | NotTaken | None:
     while True:
         row = tx.one(
             _CLAIM_SQL,
             (session_uid, options.worker_id, options.lease_seconds, options.max_attempts),
         )
+        if taken is not None and not taken():
+            return NotTaken()  # the delivery's claim, sent with this statement, found it taken
+        taken = None
         if row is None or row["head_id"] is None:
             return None  # no such session, or nothing open
         if row["id"] is not None:

@@ -103,14 +103,15 @@ class TurnRunner:
         session_uid: uuid.UUID,
         *,
         on_idle: Callable[[Tx], None] | None = None,
-        first: Callable[[Tx], bool] | None = None,
+        first: Callable[[Tx], Callable[[], bool]] | None = None,
     ) -> Busy | NotTaken | None:
         """Run the session's turns until none is runnable. If another live worker holds the
         head turn, return who and until when (look again then, or once it dies); otherwise
         None. `on_idle(tx)`
         runs inside the final write that leaves the session with no open turn (the broker
-        acknowledges its delivery there). `first(tx)` runs in the first claim's transaction
-        (the broker claiming the delivery); if it returns False, NotTaken and nothing done."""
+        acknowledges its delivery there). `first(tx)` claims the broker's delivery in the
+        first claim's transaction (see `claim.claim`); if it did not take, NotTaken and
+        nothing done."""
         options = ClaimOptions(
             self.settings.worker_id, self.settings.lease_seconds, self.settings.max_attempts
         )

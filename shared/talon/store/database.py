@@ -59,9 +59,9 @@ class Tx:
         # What this transaction wrote that others act on once it is committed, by topic
         # (e.g. outbox row ids for the Pub/Sub relay); see Database.on_commit.
         self.announced: dict[str, list[Any]] = {}
-        # Statements whose answers nobody waits for: they travel with the next statement or
-        # the COMMIT, in its round trip (see `defer`).
-        self._deferred: list[tuple[str, statements.Params]] = []
+        # Statements nobody waits for: they travel with the next statement or the COMMIT, in
+        # its round trip (see `defer` and `later`).
+        self._deferred: list[tuple[str, statements.Params, Later | None]] = []
         self.committed = False  # by `commit_with`
 
     def defer(self, sql: str, params: statements.Params) -> None:
@@ -69,48 +69,65 @@ class Tx:
         is sent with the next statement, or with the COMMIT. A write whose result the caller
         does not need costs no round trip of its own. Should it fail, the statement it
         travels with (or the commit) raises its error and the transaction rolls back."""
+        self._queue(sql, params, None)
+
+    def later(self, sql: str, params: statements.Params) -> Later:
+        """As `defer`, keeping the statement's rows: they are in the returned `Later` once the
+        statement it travels with has run (a claim whose answer is only needed after the
+        next statement, which then costs no round trip of its own)."""
+        result = Later()
+        self._queue(sql, params, result)
+        return result
+
+    def _queue(self, sql: str, params: statements.Params, result: Later | None) -> None:
         if self.committed:
             raise RuntimeError("the transaction was already committed")
-        self._deferred.append((sql, params))
+        self._deferred.append((sql, params, result))
 
     def pipeline(self, batch: list[tuple[str, statements.Params]]) -> list[list[dict[str, Any]]]:
         """Run the statements of `batch` in order in one round trip (after any deferred ones);
         the rows of each. Each still sees the database as of its own start (a statement
         after a lock sees what the lock's holder committed)."""
-        if self.committed:
-            raise RuntimeError("the transaction was already committed")
-        deferred = self.take_deferred()
-        results = statements.run_batch(self.connection, [*deferred, *batch])[len(deferred) :]
-        return [
-            [dict(zip(result.names, row, strict=True)) for row in result.rows] for result in results
-        ]
+        return [_dicts(result) for result in self._send(batch)]
 
     def commit_with(self, sql: str, params: statements.Params) -> list[dict[str, Any]]:
         """Run the transaction's last statement and COMMIT it in one round trip (with any
         deferred statements before it); its rows. The transaction is over: a further
         statement is an error. Should the statement fail, the COMMIT rolls back."""
+        return _dicts(self._send([(sql, params)], commit=True)[0])
+
+    def flush(self, *, commit: bool = False) -> None:
+        """Send the deferred statements now (with the COMMIT, if `commit`)."""
+        if self._deferred or commit:
+            self._send([], commit=commit)
+
+    def _send(
+        self, batch: list[tuple[str, statements.Params]], *, commit: bool = False
+    ) -> list[statements.Result]:
+        """The deferred statements, then `batch` (then COMMIT), in one round trip; the
+        results of `batch`."""
         if self.committed:
             raise RuntimeError("the transaction was already committed")
-        batch = [*self.take_deferred(), (sql, params)]
-        self.committed = True  # whatever happens next, nothing more runs in it
-        result = statements.run_batch(self.connection, batch, commit=True)[-1]
-        return [dict(zip(result.names, row, strict=True)) for row in result.rows]
-
-    def take_deferred(self) -> list[tuple[str, statements.Params]]:
         deferred, self._deferred = self._deferred, []
-        return deferred
+        if commit:
+            self.committed = True  # whatever happens next, nothing more runs in it
+        if commit and not deferred and not batch:
+            statements.commit(self.connection)
+            return []
+        work = [(sql, params) for sql, params, _ in deferred] + batch
+        results = statements.run_batch(self.connection, work, commit=commit)
+        for (_, _, waiting), result in zip(deferred, results, strict=False):
+            if waiting is not None:
+                waiting.rows = _dicts(result)
+        return results[len(deferred) :]
 
     def announce(self, topic: str, item: Any) -> None:
         self.announced.setdefault(topic, []).append(item)
 
     def _run(self, sql: str, params: Params) -> statements.Result:
-        if self.committed:
-            raise RuntimeError("the transaction was already committed")
         if params:
-            batch = [*self.take_deferred(), (sql, params)]
-            return statements.run_batch(self.connection, batch)[-1]
-        if self._deferred:
-            statements.run_batch(self.connection, self.take_deferred())
+            return self._send([(sql, params)])[0]
+        self.flush()
         # No parameters: the simple protocol (also the only one for multi-statement SQL).
         self._cursor.execute(sql)
         names = [d[0] for d in self._cursor.description or []]
@@ -121,8 +138,7 @@ class Tx:
         return self._run(sql, params).row_count
 
     def all(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
-        result = self._run(sql, params)
-        return [dict(zip(result.names, row, strict=True)) for row in result.rows]
+        return _dicts(self._run(sql, params))
 
     def one(self, sql: str, params: Params = None) -> dict[str, Any] | None:
         rows = self.all(sql, params)
@@ -131,6 +147,19 @@ class Tx:
     def scalar(self, sql: str, params: Params = None) -> Any:
         result = self._run(sql, params)
         return result.rows[0][0] if result.rows else None
+
+
+class Later:
+    """The rows of a statement sent with a later one (`Tx.later`): None until it has run."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] | None = None
+
+
+def _dicts(result: statements.Result) -> list[dict[str, Any]]:
+    return [dict(zip(result.names, row, strict=True)) for row in result.rows]
 
 
 def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
@@ -262,19 +291,12 @@ class Database:
             tx = Tx(connection)
             try:
                 yield tx
-                deferred = tx.take_deferred()
-                if tx.committed:
-                    pass  # by its last statement (Tx.commit_with)
-                elif deferred:
-                    statements.run_batch(connection, deferred, commit=True)
-                else:
-                    statements.commit(connection)
+                if not tx.committed:  # else by its last statement (Tx.commit_with)
+                    tx.flush(commit=True)
                 self._run_commit_hooks(tx.announced)
             except RollbackOnly:
-                deferred = tx.take_deferred()
                 try:
-                    if deferred:  # a dry run still learns whether they would have failed
-                        statements.run_batch(connection, deferred)
+                    tx.flush()  # a dry run still learns whether its writes would have failed
                 finally:
                     statements.rollback(connection)
             except BaseException:

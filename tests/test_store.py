@@ -272,9 +272,11 @@ def test_deferred_statements_and_the_commit_cost_one_round_trip(database_url: st
             tx.execute("CREATE TABLE deferred_trip (k int PRIMARY KEY)")
             tx.execute(insert, (0,))  # prepared
             tx.scalar(count, (0,))  # prepared
+        with db.transaction() as tx:
+            tx.defer(insert, (-1,))  # BEGIN and COMMIT prepared too
             counted = _FlushCounter(tx.connection._sock)
             tx.connection._sock = counted
-        counted.flushes = 0  # the COMMIT above
+        counted.flushes = 0  # the transaction above
         with db.transaction() as tx:
             for k in (1, 2, 3):
                 tx.defer(insert, (k,))

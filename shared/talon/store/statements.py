@@ -14,9 +14,19 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import pg8000.dbapi
 from pg8000.converters import make_params
-from pg8000.core import SYNC_MSG, Context, _flush, _write
+from pg8000.core import (
+    COMMAND_COMPLETE,
+    EMPTY_QUERY_RESPONSE,
+    ERROR_RESPONSE,
+    READY_FOR_QUERY,
+    SYNC_MSG,
+    Context,
+    _flush,
+    _read,
+    _write,
+    ci_unpack,
+)
 from pg8000.dbapi import Connection, convert_paramstyle
 
 MAX_STATEMENTS = 256
@@ -56,39 +66,37 @@ def run_batch(
     """Execute the statements of `batch` in order in one round trip, and COMMIT in the same
     round trip if `commit`; their results, in order.
 
-    Every message is written before any answer is read; each statement has its own Sync,
-    so the answers come back in order, each ending at its ReadyForQuery. A failing statement
-    aborts the transaction: the statements after it fail too and a COMMIT rolls back. Every
-    answer is read, so the connection stays in step, before the first error is raised.
-    BEGIN goes first in the same round trip when the connection is idle: there it cannot
-    fail short of the connection failing (and with it the statements), so no statement
-    runs outside its transaction."""
+    BEGIN (when the connection is idle), the statements and COMMIT are prepared statements
+    executed in one extended-protocol exchange with a single Sync: the server answers each in
+    order and flushes once, at the Sync's ReadyForQuery (it flushes at every ReadyForQuery:
+    a Sync per statement cost a send on each side per statement). A failing statement makes
+    the server skip the rest up to the Sync, COMMIT included, so nothing after it runs and
+    the transaction is left failed for the caller's ROLLBACK; every answer is read, so the
+    connection stays in step, before the error is raised."""
     cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
     if cache is None:
         cache = OrderedDict()
         connection._talon_statements = cache
     begin = not connection._in_transaction and not connection.autocommit
-    work: list[tuple[str, _Prepared, Any]] = []
-    for sql, params in batch:
+    work: list[tuple[str, Params]] = [
+        *([(_BEGIN, ())] if begin else []),
+        *batch,
+        *([(_COMMIT, ())] if commit else []),
+    ]
+    prepared_work: list[tuple[str, _Prepared, Any]] = []
+    for sql, params in work:
         prepared = cache.get(sql)
-        if prepared is None:
-            if begin:  # preparing takes round trips of its own: BEGIN goes first, alone
-                connection.execute_simple("begin transaction")
-                begin = False
+        if prepared is None:  # Parse and Describe: round trips of their own, once
             prepared = _prepare(connection, cache, sql, params)
         else:
             cache.move_to_end(sql)
         # Every value converted before anything is written: a value pg8000 cannot send
         # fails the batch with nothing half-written on the connection.
-        work.append((sql, prepared, make_params(connection.py_types, params)))
+        prepared_work.append((sql, prepared, make_params(connection.py_types, params)))
     contexts: list[Context] = []
-    if begin:
-        connection.send_QUERY("begin transaction")
-        contexts.append(Context("begin transaction"))
-    for _, prepared, values in work:
+    for _, prepared, values in prepared_work:
         connection.send_BIND(prepared.name, values)
         connection.send_EXECUTE()
-        _write(connection._sock, SYNC_MSG)
         contexts.append(
             Context(
                 columns=prepared.columns,
@@ -96,32 +104,44 @@ def run_batch(
                 statement=prepared.statement,
             )
         )
-    if commit:
-        connection.send_QUERY("commit")
-        contexts.append(Context("commit"))
+    _write(connection._sock, SYNC_MSG)
     _flush(connection._sock)
-    failure: Exception | None = None
-    for context in contexts:
-        try:
-            connection.handle_messages(context)
-        except pg8000.dbapi.InterfaceError as exc:
-            # The connection failed (nothing more will come), or pg8000's complaint about a
-            # COMMIT after a failure already recorded (the last answer): stop reading.
-            failure = failure or exc
-            break
-        except Exception as exc:
-            failure = failure or exc
+    failure = _read_answers(connection, contexts)
     if failure is not None:
         if _sqlstate(failure) == _FEATURE_NOT_SUPPORTED:
-            for sql, _, _ in work:  # a table changed shape: prepare afresh next time
+            for sql, _, _ in prepared_work:  # a table changed shape: prepare afresh next time
                 cache.pop(sql, None)
         raise failure
     statements = contexts[1:] if begin else contexts
     return [
         Result([c["name"] for c in context.columns] if context.columns else [],
                context.rows or [], context.row_count)
-        for context in statements[: len(work)]
+        for context in statements[: len(batch)]
     ]  # fmt: skip
+
+
+_BEGIN = "begin transaction"
+_COMMIT = "commit"
+
+
+def _read_answers(connection: Connection, contexts: list[Context]) -> Exception | None:
+    """Read the answers of one exchange up to its ReadyForQuery: each statement's ends at its
+    CommandComplete; an ErrorResponse ends them all (the server skipped the rest). The
+    exchange's error, if any."""
+    index, failure = 0, None
+    sock = connection._sock
+    while True:
+        code, data_len = ci_unpack(_read(sock, 5))
+        context = contexts[min(index, len(contexts) - 1)]
+        connection.message_types[code](_read(sock, data_len - 4), context)
+        if code == READY_FOR_QUERY:
+            return failure
+        if code in (COMMAND_COMPLETE, EMPTY_QUERY_RESPONSE):
+            failure = failure or context.error
+            index += 1
+        elif code == ERROR_RESPONSE:
+            failure = failure or context.error
+            index = len(contexts)  # nothing after it ran
 
 
 def _prepare(

@@ -23,7 +23,7 @@ from typing import Any
 from talon.runtime import context as ctx
 from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
 from talon.runtime.tools.base import AgentContext
-from talon.sessions import events
+from talon.sessions import events, messages
 from talon.store.database import Database, RollbackOnly, Tx, jsonb
 from talon.store.liveness import owner_gone_sql
 from talon.telemetry import metrics
@@ -131,10 +131,14 @@ def _claim_in(
     taken: Callable[[], bool] | None = None,
 ) -> Claim | Busy | _Settled | NotTaken | None:
     while True:
-        row = tx.one(
-            _CLAIM_SQL,
-            (session_uid, options.worker_id, options.lease_seconds, options.max_attempts),
-        )
+        # The window of the turn this claim leases goes in the same round trip: it is read
+        # after the claim ran, by the lease (thrown away when nothing was claimed).
+        claimed_rows, window = tx.pipeline([
+            (_CLAIM_SQL,
+             (session_uid, options.worker_id, options.lease_seconds, options.max_attempts)),
+            ctx.leased_history(session_uid, options.worker_id),
+        ])  # fmt: skip
+        row = claimed_rows[0] if claimed_rows else None
         if taken is not None and not taken():
             return NotTaken()  # the delivery's claim, sent with this statement, found it taken
         taken = None
@@ -164,7 +168,7 @@ def _claim_in(
         finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
         _count_failed(row["namespace"], row["agent"])
         return _Settled()
-    history = ctx.history(tx, session_uid, int(turn["seq"]))
+    history = ctx.chat_history(messages.window_rows(window[0]["messages"]))
     knowledge_ns = None
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.

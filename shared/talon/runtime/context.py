@@ -64,7 +64,17 @@ def turn_input(history: list[dict[str, Any]]) -> str:
 
 def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:
     """Messages of earlier turns and of this one, turn by turn, in OpenAI chat format."""
-    rows = messages.turn_window(tx, session_uid, turn_seq, HISTORY_TURNS)
+    return chat_history(messages.turn_window(tx, session_uid, turn_seq, HISTORY_TURNS))
+
+
+def leased_history(session_uid: uuid.UUID, owner: str) -> tuple[str, tuple[Any, ...]]:
+    """The statement reading `history` for the session's running turn that `owner` leases
+    (sent with the claim that leases it); `chat_history(messages.window_rows(value))`."""
+    return messages.leased_turn_window(session_uid, owner, HISTORY_TURNS)
+
+
+def chat_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A window's messages (`messages.turn_window`) in OpenAI chat format, paired."""
     return paired(
         [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
     )

@@ -77,17 +77,44 @@ def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> li
     where pg8000 converts each column of each row in Python (most of the worker's time on
     it); PostgreSQL spends ~50 us more on it (arrays, not objects: ~25% less than objects)."""
     window = tx.scalar(
-        "WITH t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, "
-        "  min(input_seq) AS lo FROM (SELECT id, seq, input_seq FROM turns "
-        "  WHERE session_uid = %s AND seq <= %s AND seq > %s ORDER BY seq) w) "
-        "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
-        "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text FROM t, messages m "
-        "WHERE m.session_uid = %s AND m.seq >= t.lo AND m.turn_id = ANY(t.ids)",
-        (session_uid, turn_seq, turn_seq - turns - 1, session_uid),
+        _WINDOW_SQL.format(head="(SELECT %s::bigint AS seq)"),
+        (turn_seq, session_uid, turns + 1, session_uid),
     )
+    return window_rows(window)
+
+
+def leased_turn_window(
+    session_uid: uuid.UUID, owner: str, turns: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement reading `turn_window` for the session's running turn that `owner`
+    leases, for a pipeline (the worker's claim sends it with the claiming statement, which
+    has leased that turn by the time it runs); its row's `messages` go to `window_rows`."""
+    head = (
+        "(SELECT seq FROM turns WHERE session_uid = %s AND state = 'running' "
+        "AND lease_owner = %s ORDER BY seq LIMIT 1)"
+    )
+    return _WINDOW_SQL.format(head=head), (session_uid, owner, session_uid, turns + 1, session_uid)
+
+
+def window_rows(window: str | None) -> list[dict[str, Any]]:
+    """The messages of a window as `turn_window` returns them, from its JSON text."""
     if not window:
         return []
     return [
         {"role": role, "content": content, "tool_calls": tool_calls, "tool_call_id": call_id}
         for role, content, tool_calls, call_id in json.loads(window)
     ]
+
+
+# The window of the turn whose seq `{head}` (a one-row subquery) names: its turns by the
+# per-session key, then their messages as one JSON text of arrays.
+_WINDOW_SQL = (
+    "WITH h AS MATERIALIZED {head}, "
+    "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, "
+    "  min(input_seq) AS lo FROM (SELECT turns.id, turns.seq, turns.input_seq FROM turns, h "
+    "  WHERE turns.session_uid = %s AND turns.seq <= h.seq AND turns.seq > h.seq - %s "
+    "  ORDER BY turns.seq) w) "
+    "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
+    "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text AS messages FROM t, messages m "
+    "WHERE m.session_uid = %s AND m.seq >= t.lo AND m.turn_id = ANY(t.ids)"
+)

@@ -140,6 +140,52 @@ def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, mod
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
 
 
+def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
+    api: Api, db: Database, model_server, monkeypatch
+) -> None:
+    """The final write's renewal travels with the turn's completion (its answer is read
+    after the completion ran): a worker whose lease was taken over while the model answered
+    must still complete nothing, its completion rolled back with the renewal's refusal."""
+    import talon.runtime.deltas
+
+    # No streamed-delta flush (which renews, and would find the lease lost first): the
+    # final write is the first to learn of it.
+    monkeypatch.setattr(talon.runtime.deltas, "DELTA_FLUSH_SECONDS", 3600.0)
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"content": "from a", "hang": 2}, {"content": "from b"})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Hello."})
+    uid = session_uid(db)
+    outcome: list[Any] = []
+
+    def run_a() -> None:
+        try:
+            outcome.append(runner(db, RecordingTools(), "worker-a").drive(uid))
+        except Exception as exc:  # e.g. the completion colliding with worker-b's rows
+            outcome.append(exc)
+
+    stale = threading.Thread(target=run_a)
+    stale.start()
+    deadline = time.monotonic() + 20
+    while not model_server.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model_server.requests  # worker-a waits for its answer
+    expire_leases(db)  # worker-a is presumed dead while it is only slow
+    assert runner(db, RecordingTools(), "worker-b").drive(uid) is None
+    stale.join(timeout=20)
+    assert outcome == [None]  # fenced: stopped quietly, nothing written
+
+    messages = api.ok("GET", f"{BASE}/messages")["items"]
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == ["from b"]
+    events = _events(api)
+    completed = [e for e in events if e["type"] == "turn.completed"]
+    assert len(completed) == 1 and [e["id"] for e in events] == list(range(1, len(events) + 1))
+    with db.transaction() as tx:
+        turn = tx.one("SELECT state, attempts, lease_owner FROM turns")
+        usage = tx.scalar("SELECT count(*) FROM model_usage")
+    assert turn == {"state": "completed", "attempts": 2, "lease_owner": None}
+    assert usage == 1  # worker-b's model step only
+
+
 def test_a_turn_under_a_live_lease_is_left_to_its_worker(
     api: Api, db: Database, model_server
 ) -> None:
@@ -276,5 +322,5 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     # the call marked as running; its result; the answer with the three messages, the final
     # step and the turn's completion.
     assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 3]
-    assert trips == [3, 2, 2, 2, 3]
+    assert trips == [3, 2, 2, 2, 2]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,9 @@ def record(
 ) -> list[tuple[str, dict[str, Any]]]:
     """In the caller's transaction: journal the step that just finished and announce the next.
     With `defer_events` the events are returned for the caller to append with its own (one
-    statement for the lot); otherwise they are appended here.
+    statement for the lot); otherwise they are appended here. With `defer_events` and a
+    renewal, the renewal and the step travel with the caller's next statement too, and a
+    lost lease raises Fenced from that statement (the caller's writes roll back with it).
 
     A tool step is also journaled when it starts: if the worker dies during the call, the
     resumed turn must not run it again (its effect may have happened) but answer it with an
@@ -87,7 +90,9 @@ def record(
     """
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
-        if renewing:  # False only right after the lease was taken in this transaction
+        if renewing and defer_events:
+            turn_steps.renew_and_write_later(tx, lease, done, usage_of(done), _fenced(lease))
+        elif renewing:  # False only right after the lease was taken in this transaction
             if not turn_steps.renew_and_write(tx, lease, done, usage_of(done)):
                 raise Fenced(str(lease.turn_id))
         else:
@@ -103,6 +108,13 @@ def record(
         events.append(tx, lease.session_uid, batch, lease.turn_id)
         return []
     return batch
+
+
+def _fenced(lease: Lease) -> Callable[[], None]:
+    def lost() -> None:
+        raise Fenced(str(lease.turn_id))
+
+    return lost
 
 
 def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, Any]) -> None:

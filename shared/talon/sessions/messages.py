@@ -16,12 +16,13 @@ from talon.store.database import Tx, jsonb
 from talon.store.turn_steps import Splice
 
 # A turn's messages, written by the statement that completes the turn: numbered after the
-# session's message counter, which moves once for all of them.
+# session's message counter, which moves once for all of them; only while that statement's
+# `held` says the worker's lease holds.
 _APPEND_CTE = (
     "msg_in AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS m(ord int, role text, "
     "  content text, tool_calls jsonb, tool_call_id text)), "
     "msg_s AS (UPDATE sessions SET last_message = last_message + (SELECT count(*) FROM msg_in) "
-    "  WHERE uid = %s RETURNING last_message), "
+    "  WHERE uid = %s AND EXISTS (SELECT 1 FROM held) RETURNING last_message), "
     "msg_ins AS (INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
     "  tool_call_id, turn_id) SELECT %s::uuid, msg_s.last_message - (SELECT count(*) FROM "
     "  msg_in) + m.ord, m.role, m.content, m.tool_calls, m.tool_call_id, %s::uuid "

@@ -71,11 +71,18 @@ class Tx:
         travels with (or the commit) raises its error and the transaction rolls back."""
         self._queue(sql, params, None)
 
-    def later(self, sql: str, params: statements.Params) -> Later:
+    def later(
+        self,
+        sql: str,
+        params: statements.Params,
+        then: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> Later:
         """As `defer`, keeping the statement's rows: they are in the returned `Later` once the
         statement it travels with has run (a claim whose answer is only needed after the
-        next statement, which then costs no round trip of its own)."""
-        result = Later()
+        next statement, which then costs no round trip of its own). `then(rows)` is called
+        as they arrive; an exception it raises comes out of the statement sent with it, so
+        the transaction rolls back (a lease found lost)."""
+        result = Later(then)
         self._queue(sql, params, result)
         return result
 
@@ -119,6 +126,8 @@ class Tx:
         for (_, _, waiting), result in zip(deferred, results, strict=False):
             if waiting is not None:
                 waiting.rows = _dicts(result)
+                if waiting.then is not None:
+                    waiting.then(waiting.rows)
         return results[len(deferred) :]
 
     def announce(self, topic: str, item: Any) -> None:
@@ -152,10 +161,11 @@ class Tx:
 class Later:
     """The rows of a statement sent with a later one (`Tx.later`): None until it has run."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "then")
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.rows: list[dict[str, Any]] | None = None
+        self.then = then
 
 
 def _dicts(result: statements.Result) -> list[dict[str, Any]]:

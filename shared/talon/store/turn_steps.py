@@ -16,6 +16,7 @@ a turn costs (see Benchmarks in the README).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -91,13 +92,20 @@ _BEGIN_CALL_SQL = (
 )
 # The turn's last step, its completion and the count of the session's other open turns (the
 # session row is locked by the caller's renewal, so it is the count at commit), after the
-# CTEs of a splice (`{ctes}`) and with what it returns (`{returns}`).
+# CTEs of a splice (`{ctes}`) and with what it returns (`{returns}`). Every write is guarded
+# by `held` (a row only while this worker's fencing token holds), so that when the renewal
+# travels in the same round trip (`renew_and_write_later`) and finds the lease lost, this
+# statement has written nothing either.
 _COMPLETE_SQL = (
-    "WITH {ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+    "WITH held AS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s "
+    "  AND state = 'running'), "
+    "{ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
     "  fencing_token, completed_at) "
-    "  VALUES (%s, %s, %s, 'write', 'completed', %s::jsonb, %s, now())), "
+    "  SELECT %s, %s, %s, 'write', 'completed', %s::jsonb, %s, now() "
+    "  WHERE EXISTS (SELECT 1 FROM held)), "
     "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
-    "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s) "
+    "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s "
+    "  AND EXISTS (SELECT 1 FROM held)) "
     "SELECT count(*) AS open, {returns} AS spliced FROM turns WHERE session_uid = %s "
     "AND id <> %s AND state IN ('queued', 'running')"
 )
@@ -107,7 +115,8 @@ _COMPLETE_SQL = (
 class Splice:
     """Another table's write that commits in the statement completing a turn, so it costs
     no round trip of its own (the turn's messages: `sessions/messages.appending`): its CTEs
-    (`name AS (...)`, comma-separated, without WITH), their parameters, and a scalar SQL
+    (`name AS (...)`, comma-separated, without WITH; they must write only while the CTE
+    `held` has a row, as the completion's own writes do), their parameters, and a scalar SQL
     expression the statement returns."""
 
     ctes: str
@@ -134,11 +143,31 @@ def renew(tx: Tx, guard: Guard) -> bool:
 def renew_and_write(tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None = None) -> bool:
     """Extend the lease and write `step` (and the model `usage` it records), in one
     statement; False (nothing written) when this worker no longer holds the turn."""
+    return bool(tx.scalar(*_renew_and_write(guard, step, usage)))
+
+
+def renew_and_write_later(
+    tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None, lost: Callable[[], None]
+) -> None:
+    """`renew_and_write`, sent with the transaction's next statement (`Tx.later`): `lost()`
+    is called then if this worker no longer held the turn; it raises, so the statement it
+    travelled with, whatever it wrote, is rolled back with the transaction."""
+
+    def check(rows: list[dict[str, Any]]) -> None:
+        if not rows or not rows[0]["count"]:
+            lost()
+
+    tx.later(*_renew_and_write(guard, step, usage), then=check)
+
+
+def _renew_and_write(
+    guard: Guard, step: Step, usage: ModelUsage | None
+) -> tuple[str, tuple[Any, ...]]:
     params = _guard_params(guard) + _step_params(guard, step)
     if usage is None:
-        return bool(tx.scalar(_RENEW_AND_WRITE_SQL, params))
+        return _RENEW_AND_WRITE_SQL, params
     params += model_usage.record_params(guard.turn_id, step.idx, usage)
-    return bool(tx.scalar(_RENEW_AND_WRITE_MODEL_SQL, params))
+    return _RENEW_AND_WRITE_MODEL_SQL, params
 
 
 def write(tx: Tx, guard: Guard, step: Step) -> None:
@@ -161,6 +190,7 @@ def complete_turn(
     returns how many other turns of the session are still open, and what the splice
     returns. The caller renewed in this transaction."""
     params = (
+        guard.turn_id, guard.token,
         *(splice.params if splice else ()),
         guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
         provider, guard.turn_id, guard.session_uid, guard.turn_id,

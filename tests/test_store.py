@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -197,96 +198,95 @@ def test_a_failing_commit_is_an_error_and_the_connection_stays_usable(database_u
         db.close()
 
 
-def test_deferred_statements_run_in_order_with_the_next_statement_or_the_commit(
-    database_url: str,
-) -> None:
+@pytest.fixture
+def one_connection(database_url: str) -> Iterator[Database]:
+    """A pool of one connection: every transaction reuses it, so a test sees whether the
+    connection stayed in step after what it did."""
     db = Database(connector_from_url(database_url, 10), 1)
+    yield db
+    db.close()
+
+
+def test_deferred_statements_run_in_order_with_the_next_statement_or_the_commit(
+    one_connection: Database,
+) -> None:
+    db = one_connection
     insert = "INSERT INTO deferred_order (k, seen) SELECT %s, count(*) FROM deferred_order"
-    try:
-        with db.transaction() as tx:
-            tx.execute("CREATE TABLE deferred_order (k int PRIMARY KEY, seen int)")
-        with db.transaction() as tx:
-            tx.defer(insert, (1,))
-            tx.defer(insert, (2,))
-            # Sent with this statement, before it: it sees both rows.
-            assert tx.scalar("SELECT count(*) FROM deferred_order WHERE k > %s", (0,)) == 2
-            tx.defer(insert, (3,))  # sent with the COMMIT
-        with db.transaction() as tx:
-            rows = tx.all("SELECT k, seen FROM deferred_order WHERE k > %s ORDER BY k", (0,))
-        assert [(r["k"], r["seen"]) for r in rows] == [(1, 0), (2, 1), (3, 2)]
-    finally:
-        db.close()
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE deferred_order (k int PRIMARY KEY, seen int)")
+    with db.transaction() as tx:
+        tx.defer(insert, (1,))
+        tx.defer(insert, (2,))
+        # Sent with this statement, before it: it sees both rows.
+        assert tx.scalar("SELECT count(*) FROM deferred_order WHERE k > %s", (0,)) == 2
+        tx.defer(insert, (3,))  # sent with the COMMIT
+    with db.transaction() as tx:
+        rows = tx.all("SELECT k, seen FROM deferred_order WHERE k > %s ORDER BY k", (0,))
+    assert [(r["k"], r["seen"]) for r in rows] == [(1, 0), (2, 1), (3, 2)]
 
 
-def test_a_failing_deferred_statement_rolls_back_its_transaction(database_url: str) -> None:
+def test_a_failing_deferred_statement_rolls_back_its_transaction(one_connection: Database) -> None:
     """A deferred statement's error surfaces at the commit it travels with: nothing of the
     transaction stays, the caller gets the error, and the connection stays in step."""
-    db = Database(connector_from_url(database_url, 10), 1)
+    db = one_connection
     insert = "INSERT INTO deferred_fail (k) VALUES (%s)"
-    try:
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE deferred_fail (k int PRIMARY KEY)")
+        tx.execute(insert, (1,))
+    with pytest.raises(Conflict), db.transaction() as tx:
+        tx.execute(insert, (2,))
+        tx.defer(insert, (1,))  # a duplicate, found out by the COMMIT's round trip
+        tx.defer(insert, (3,))  # after the failure: refused, never written
+    with pytest.raises(Conflict), db.transaction() as tx:
+        tx.defer(insert, (1,))  # found out by the next statement's round trip
+        tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,))
+    for _ in range(3):  # in step: each answer is its own statement's
         with db.transaction() as tx:
-            tx.execute("CREATE TABLE deferred_fail (k int PRIMARY KEY)")
-            tx.execute(insert, (1,))
-        with pytest.raises(Conflict), db.transaction() as tx:
-            tx.execute(insert, (2,))
-            tx.defer(insert, (1,))  # a duplicate, found out by the COMMIT's round trip
-            tx.defer(insert, (3,))  # after the failure: refused, never written
-        with pytest.raises(Conflict), db.transaction() as tx:
-            tx.defer(insert, (1,))  # found out by the next statement's round trip
-            tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,))
-        for _ in range(3):  # in step: each answer is its own statement's
-            with db.transaction() as tx:
-                assert tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,)) == 1
-                assert tx.scalar("SELECT %s::int + 1", (41,)) == 42
-    finally:
-        db.close()
+            assert tx.scalar("SELECT count(*) FROM deferred_fail WHERE k > %s", (0,)) == 1
+            assert tx.scalar("SELECT %s::int + 1", (41,)) == 42
 
 
-def test_deferred_statements_of_a_dry_run_are_checked_then_discarded(database_url: str) -> None:
-    db = Database(connector_from_url(database_url, 10), 1)
+def test_deferred_statements_of_a_dry_run_are_checked_then_discarded(
+    one_connection: Database,
+) -> None:
+    db = one_connection
     insert = "INSERT INTO deferred_dry (k) VALUES (%s)"
-    try:
-        with db.transaction() as tx:
-            tx.execute("CREATE TABLE deferred_dry (k int PRIMARY KEY)")
-            tx.execute(insert, (1,))
-        with db.transaction() as tx:
-            tx.defer(insert, (2,))
-            raise RollbackOnly
-        with pytest.raises(Conflict), db.transaction() as tx:
-            tx.defer(insert, (1,))
-            raise RollbackOnly  # the dry run still reports what would have failed
-        with db.transaction() as tx:
-            assert tx.scalar("SELECT array_agg(k) FROM deferred_dry WHERE k > %s", (0,)) == [1]
-    finally:
-        db.close()
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE deferred_dry (k int PRIMARY KEY)")
+        tx.execute(insert, (1,))
+    with db.transaction() as tx:
+        tx.defer(insert, (2,))
+        raise RollbackOnly
+    with pytest.raises(Conflict), db.transaction() as tx:
+        tx.defer(insert, (1,))
+        raise RollbackOnly  # the dry run still reports what would have failed
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT array_agg(k) FROM deferred_dry WHERE k > %s", (0,)) == [1]
 
 
-def test_deferred_statements_and_the_commit_cost_one_round_trip(database_url: str) -> None:
+def test_deferred_statements_and_the_commit_cost_one_round_trip(one_connection: Database) -> None:
     """What deferring is for: BEGIN, three writes and the COMMIT in one exchange with the
     server (counted as the times the client sends what it wrote)."""
-    db = Database(connector_from_url(database_url, 10), 1)  # one connection, reused
+    db = one_connection
     insert = "INSERT INTO deferred_trip (k) VALUES (%s)"
     count = "SELECT count(*) FROM deferred_trip WHERE k > %s"
-    try:
-        with db.transaction() as tx:
-            tx.execute("CREATE TABLE deferred_trip (k int PRIMARY KEY)")
-            tx.execute(insert, (0,))  # prepared
-            tx.scalar(count, (0,))  # prepared
-        with db.transaction() as tx:
-            tx.defer(insert, (-1,))  # BEGIN and COMMIT prepared too
-            counted = _FlushCounter(tx.connection._sock)
-            tx.connection._sock = counted
-        counted.flushes = 0  # the transaction above
-        with db.transaction() as tx:
-            for k in (1, 2, 3):
-                tx.defer(insert, (k,))
-        assert counted.flushes == 1
-        with db.transaction() as tx:
-            tx.defer(insert, (4,))
-            assert tx.scalar(count, (0,)) == 4
-        assert counted.flushes == 3  # BEGIN + insert + the count, then the COMMIT
-    finally:
-        db.close()
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE deferred_trip (k int PRIMARY KEY)")
+        tx.execute(insert, (0,))  # prepared
+        tx.scalar(count, (0,))  # prepared
+    with db.transaction() as tx:
+        tx.defer(insert, (-1,))  # BEGIN and COMMIT prepared too
+        counted = _FlushCounter(tx.connection._sock)
+        tx.connection._sock = counted
+    counted.flushes = 0  # the transaction above
+    with db.transaction() as tx:
+        for k in (1, 2, 3):
+            tx.defer(insert, (k,))
+    assert counted.flushes == 1
+    with db.transaction() as tx:
+        tx.defer(insert, (4,))
+        assert tx.scalar(count, (0,)) == 4
+    assert counted.flushes == 3  # BEGIN + insert + the count, then the COMMIT
 
 
 class _FlushCounter:
@@ -304,15 +304,12 @@ class _FlushCounter:
         return getattr(self._sock, name)
 
 
-def test_a_later_statement_has_its_rows_once_the_next_one_ran(database_url: str) -> None:
-    db = Database(connector_from_url(database_url, 10), 1)
-    try:
-        with db.transaction() as tx:
-            later = tx.later("SELECT %s::int AS n", (7,))
-            assert later.rows is None  # not sent yet
-            assert tx.scalar("SELECT %s::int", (8,)) == 8
-            assert later.rows == [{"n": 7}]
-            last = tx.later("SELECT %s::int AS n", (9,))
-        assert last.rows == [{"n": 9}]  # sent with the COMMIT
-    finally:
-        db.close()
+def test_a_later_statement_has_its_rows_once_the_next_one_ran(one_connection: Database) -> None:
+    db = one_connection
+    with db.transaction() as tx:
+        later = tx.later("SELECT %s::int AS n", (7,))
+        assert later.rows is None  # not sent yet
+        assert tx.scalar("SELECT %s::int", (8,)) == 8
+        assert later.rows == [{"n": 7}]
+        last = tx.later("SELECT %s::int AS n", (9,))
+    assert last.rows == [{"n": 9}]  # sent with the COMMIT

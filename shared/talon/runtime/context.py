@@ -62,14 +62,10 @@ def turn_input(history: list[dict[str, Any]]) -> str:
     return ""
 
 
-def history(tx: Tx, session_uid: uuid.UUID, turn_seq: int) -> list[dict[str, Any]]:
-    """Messages of earlier turns and of this one, turn by turn, in OpenAI chat format."""
-    return chat_history(messages.turn_window(tx, session_uid, turn_seq, HISTORY_TURNS))
-
-
 def leased_history(session_uid: uuid.UUID, owner: str) -> tuple[str, tuple[Any, ...]]:
-    """The statement reading `history` for the session's running turn that `owner` leases
-    (sent with the claim that leases it); `chat_history(messages.window_rows(value))`."""
+    """The statement reading the history window (`HISTORY_TURNS` turns) of the session's
+    running turn that `owner` leases, sent with the claim that leases it; its row's
+    `messages` go to `chat_history(messages.window_rows(...))`."""
     return messages.leased_turn_window(session_uid, owner, HISTORY_TURNS)
 
 

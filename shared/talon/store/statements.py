@@ -55,11 +55,6 @@ class Result:
 Params = tuple[Any, ...] | list[Any]
 
 
-def run(connection: Connection, sql: str, params: Params) -> Result:
-    """Execute `sql` (format paramstyle) with `params` as a cached prepared statement."""
-    return run_batch(connection, [(sql, params)])[0]
-
-
 def run_batch(
     connection: Connection, batch: Sequence[tuple[str, Params]], *, commit: bool = False
 ) -> list[Result]:

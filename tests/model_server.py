@@ -43,6 +43,7 @@ class ModelServer:
         self.refused: list[Refusal] = []
         self.script_errors: list[str] = []
         self.keys_seen: list[str] = []
+        self.connections = 0  # accepted so far: whether clients reuse them
         # None: any key is accepted (local servers); a set: only these (a real provider).
         self.api_keys = api_keys
         self._lock = threading.Lock()
@@ -50,11 +51,19 @@ class ModelServer:
 
         class Handler(BaseHTTPRequestHandler):
             # Keep-alive, as real providers do (a new connection per call would be the
-            # benchmark's cost, not Talon's); streamed answers use chunked encoding.
+            # benchmark's cost, not Talon's); streamed answers use chunked encoding. Without
+            # TCP_NODELAY (which real servers set) a reused connection's answer waited ~40 ms
+            # for the client's delayed ACK between the headers and the body.
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections += 1
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -108,6 +117,7 @@ class ModelServer:
                     self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                     time.sleep(reply.get("chunk_delay", 0))
                 self._chunk(b"data: [DONE]\n\n")
+                time.sleep(reply.get("stall_after_done", 0))  # a slow end of the body
                 self._chunk(b"")
 
             def _chunk(self, data: bytes) -> None:

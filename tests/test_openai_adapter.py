@@ -7,6 +7,7 @@ test_models.py and test_wire_names.py; these cover the adapter's branches withou
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ import pytest
 from talon.runtime.providers.base import ModelError, ModelRequest, ModelResponse, ToolSpec
 from talon.runtime.providers.openai_chat import OpenAIChatModel
 from talon.runtime.providers.wire_names import wire_call_id
-from talon.tenancy.egress import EgressDenied
+from talon.tenancy.egress import EgressDenied, EgressPolicy
+from talon.tenancy.http_guard import guarded_client
 
 pytestmark = pytest.mark.fast
 
@@ -226,3 +228,42 @@ def test_a_malformed_chunk_is_a_retryable_error() -> None:
     with pytest.raises(ModelError, match="delta is not an object") as caught:
         ask(handler, on_delta=lambda text: None)
     assert caught.value.retryable
+
+
+def served(model_server: Any) -> OpenAIChatModel:
+    """The adapter as the worker builds it: egress-guarded client, real HTTP to the server."""
+    policy = EgressPolicy(schemes=frozenset({"http"}), allow_loopback=True)
+    return OpenAIChatModel(
+        profile="primary", model="gpt-test", api_key="sk-test", base_url=model_server.url,
+        temperature=None, max_tokens=None, http_client=guarded_client(policy),
+    )  # fmt: skip
+
+
+def streamed(adapter: OpenAIChatModel, timeout: float = 5.0) -> ModelResponse:
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], timeout, lambda text: None)
+    return adapter.complete(request)
+
+
+def test_streamed_answers_reuse_one_connection(model_server: Any) -> None:
+    """openai's sync stream closes the response at `[DONE]` without reading the body's end,
+    which dropped the connection: a new one (a TLS handshake, with a real provider) for every
+    model call. Fails without the adapter's read to the end."""
+    adapter = served(model_server)
+    model_server.add({"content": "one"}, {"content": "two", "chunk_delay": 0.15},
+                     {"content": "three"})  # fmt: skip
+    # The second answer's chunks come 0.15 s apart, over the end-of-stream deadline: the
+    # deadline set while reading the first answer's end must not outlive it.
+    assert [streamed(adapter).content for _ in range(3)] == ["one", "two", "three"]
+    assert model_server.connections == 1
+
+
+def test_a_provider_that_stalls_after_done_costs_the_connection_not_the_turn(
+    model_server: Any,
+) -> None:
+    adapter = served(model_server)
+    model_server.add({"content": "slow end", "stall_after_done": 3}, {"content": "next"})
+    started = time.monotonic()
+    assert streamed(adapter, timeout=10).content == "slow end"
+    assert time.monotonic() - started < 1.5  # not the 3 s stall, nor the 10 s timeout
+    assert streamed(adapter).content == "next"
+    assert model_server.connections == 2  # the stalled one was dropped, not reused

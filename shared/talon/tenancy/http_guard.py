@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpcore
@@ -67,8 +69,8 @@ class _GuardedBackend(httpcore.NetworkBackend):
         failure: Exception | None = None
         for address in _resolve(self._policy, host, port):
             try:
-                return self._inner.connect_tcp(address, port, timeout, local_address,
-                                               socket_options)  # fmt: skip
+                return _Connection(self._inner.connect_tcp(address, port, timeout, local_address,
+                                                           socket_options))  # fmt: skip
             except httpcore.ConnectError as exc:
                 failure = exc
         raise failure or httpcore.ConnectError(f"cannot connect to {host}")
@@ -78,6 +80,56 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+class _Connection(httpcore.NetworkStream):
+    """A connection whose reads can be held to a deadline for a while (`reads_within`)."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+        self.deadline: float | None = None
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ReadTimeout("the read's deadline has passed")
+            timeout = left if timeout is None else min(timeout, left)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _Connection(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+@contextmanager
+def reads_within(response: Any, seconds: float) -> Iterator[bool]:
+    """Holds the reads of `response`'s connection to `seconds` from now, so that reading what
+    is left of a response cannot outlast them (a read past the deadline raises ReadTimeout,
+    and the connection is dropped). Yields False when the connection is not a guarded one
+    (then nothing bounds its reads: the caller should not wait on it)."""
+    connection = response.extensions.get("network_stream")
+    if not isinstance(connection, _Connection):
+        yield False
+        return
+    connection.deadline = time.monotonic() + seconds
+    try:
+        yield True
+    finally:
+        connection.deadline = None
 
 
 class GuardedTransport(httpx.HTTPTransport):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -17,6 +19,13 @@ from talon.runtime.providers.base import (
 )
 from talon.runtime.providers.wire_names import WireNames, wire_call_id, wire_names
 from talon.tenancy.egress import EgressDenied
+from talon.tenancy.http_guard import reads_within
+
+_T = TypeVar("_T")
+
+# How long the end of a streamed answer may take after its `[DONE]` (openai's async stream
+# drains within the same 0.1 s).
+_END_OF_STREAM_SECONDS = 0.1
 
 
 class OpenAIChatModel:
@@ -126,7 +135,7 @@ class OpenAIChatModel:
             cast_to=dict,
             options={"timeout": max(0.1, request.timeout)},
             stream=True,
-            stream_cls=openai.Stream[dict],
+            stream_cls=_ReusedStream[dict],
         )
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
@@ -164,6 +173,33 @@ class OpenAIChatModel:
             raise ModelError(f"{self.label}: the stream ended before the answer", retryable=True)
         parts = [(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())]
         return ModelResponse("".join(text), _tool_calls(parts, names), self.label, usage)
+
+
+class _ReusedStream(openai.Stream[_T]):
+    """openai's sync stream stops reading at `[DONE]` and closes the response, so an HTTP/1.1
+    connection never went back to the pool: every streamed model call opened a new one (a TLS
+    handshake to the provider per model step). This one reads the rest of the body first,
+    within `_END_OF_STREAM_SECONDS`, as openai's async stream does; a provider that stalls
+    after `[DONE]` costs the connection, not the turn."""
+
+    def _iter_events(self) -> Iterator[Any]:
+        events = super()._iter_events()
+        for event in events:
+            if event.data.startswith("[DONE]"):
+                _read_to_end(self.response, events)
+            yield event
+
+
+def _read_to_end(response: Any, events: Iterator[Any]) -> None:
+    # openai maps the transport's timeouts and errors to APIError subclasses; none of them
+    # changes an answer that is already complete.
+    with (
+        contextlib.suppress(openai.APIError),
+        reads_within(response, _END_OF_STREAM_SECONDS) as bounded,
+    ):
+        if bounded:
+            for _ in events:
+                pass
 
 
 def _called_names(messages: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,224 @@
+"""Benchmark: the database floor under a turn — what PostgreSQL spends per turn on the fewest
+statements that keep Talon's durability contract, on Talon's own schema, with no Talon code.
+
+Each turn is four round trips, one statement each, as few as the contract allows:
+- the message: the session's counters, the user message, the turn and its event, the
+  dispatch row of the PostgreSQL broker and the worker's notification, committed (fsync)
+  before it is acknowledged;
+- the stream's start: the session's events after a position (one read);
+- the claim: the turn's lease, the dispatch row's claim, the turn's start event and
+  notification, committed, with the history window (the last 80 messages) in the same
+  round trip;
+- the final write: the answer, the model step's journal row, the turn's completion, its
+  events, the dispatch row's removal and the notification, committed.
+Two connections LISTEN as the gateway's and the worker's do, so PostgreSQL wakes them for
+every notification (`--listeners`). There is no idempotency key, no check that the delivery
+was not taken, no fencing check on the claim, no knowledge step, no event payloads in the
+notifications: each is something Talon does on top, so PostgreSQL's CPU per turn here is
+below what a Talon turn can cost on this schema. `--bare`: three one-row durable commits
+with a notification each, what the commits alone cost.
+
+    .venv/bin/python bench/pg_floor.py --turns 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from turns import commits, cpu_seconds, postgres_pids
+
+from talon.store import statements
+from talon.store.database import Database, connector_from_url
+from talon.store.local_postgres import LocalPostgres
+from talon.store.migrate import migrate
+from talon.store.notify import Listener
+
+HISTORY = 80
+
+MESSAGE = """
+WITH s AS (
+    UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1,
+                        last_event_id = last_event_id + 1, updated_at = now()
+    WHERE uid = $1 RETURNING last_message, last_turn, last_event_id
+), m AS (
+    INSERT INTO messages (session_uid, seq, role, content, turn_id)
+    SELECT $1, last_message, 'user', $2, $3 FROM s
+), t AS (
+    INSERT INTO turns (id, session_uid, seq, input_seq)
+    SELECT $3, $1, last_turn, last_message FROM s
+), e AS (
+    INSERT INTO session_events (session_uid, id, turn_id, type, data)
+    SELECT $1, last_event_id, $3, 'message.created', '{}' FROM s
+), o AS (
+    INSERT INTO outbox (topic, key, payload) SELECT 'dispatch', $1::text, '{}' FROM s RETURNING id
+)
+SELECT last_event_id, o.id, pg_notify('talon_outbox', $3::text) FROM s, o
+"""
+
+STREAM = """
+SELECT id, type, data::text FROM session_events WHERE session_uid = $1 AND id > $2 ORDER BY id
+"""
+
+CLAIM = """
+WITH c AS (
+    UPDATE turns SET state = 'running', attempts = attempts + 1,
+                     fencing_token = fencing_token + 1, lease_owner = $2,
+                     lease_expires_at = now() + interval '30 seconds', started_at = now()
+    WHERE id = $1 AND state = 'queued' RETURNING session_uid, fencing_token
+), s AS (
+    UPDATE sessions SET last_event_id = last_event_id + 1
+    WHERE uid = (SELECT session_uid FROM c) RETURNING uid, last_event_id
+), e AS (
+    INSERT INTO session_events (session_uid, id, turn_id, type, data)
+    SELECT uid, last_event_id, $1, 'turn.started', '{}' FROM s
+), o AS (
+    UPDATE outbox SET attempts = 1, claimed_until = now() + interval '30 seconds', claimed_by = $2
+    WHERE id = $3
+)
+SELECT c.fencing_token, pg_notify('talon_session_events', $1::text) FROM c, s
+"""
+
+WINDOW = f"""
+SELECT coalesce(json_agg(json_build_array(role, content) ORDER BY seq), '[]')::text FROM (
+    SELECT seq, role, content FROM messages WHERE session_uid = $1 ORDER BY seq DESC
+    LIMIT {HISTORY}
+) w
+"""
+
+COMPLETE = """
+WITH s AS (
+    UPDATE sessions SET last_message = last_message + 1, last_event_id = last_event_id + 2,
+                        updated_at = now()
+    WHERE uid = $1 RETURNING last_message, last_event_id
+), m AS (
+    INSERT INTO messages (session_uid, seq, role, content, turn_id)
+    SELECT $1, last_message, 'assistant', $3, $2 FROM s
+), j AS (
+    INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, completed_at)
+    VALUES ($2, 0, 'call-model', 'model', 'completed', '{}', $4, now())
+), t AS (
+    UPDATE turns SET state = 'completed', finished_at = now(), lease_owner = NULL
+    WHERE id = $2 AND fencing_token = $4
+), e AS (
+    INSERT INTO session_events (session_uid, id, turn_id, type, data)
+    SELECT $1, last_event_id - 1, $2, 'message.created', '{}'::jsonb FROM s
+    UNION ALL SELECT $1, last_event_id, $2, 'turn.completed', '{}'::jsonb FROM s
+), o AS (
+    DELETE FROM outbox WHERE id = $5
+)
+SELECT pg_notify('talon_session_events', $2::text) FROM s
+"""
+
+
+BARE = "INSERT INTO bare (turn, n) VALUES ($1, $2)"
+BARE_NOTIFY = "SELECT pg_notify($1, $2::text)"
+
+
+def bare_turn(connection: Any, session: uuid.UUID, n: int) -> None:
+    """Three durable commits of one row each with a notification, nothing else: what the
+    commits alone cost (`--bare`)."""
+    turn = uuid.uuid4()
+    channels = ("talon_outbox", "talon_session_events", "talon_session_events")
+    for step, channel in enumerate(channels):
+        statements.run_batch(connection, [(BARE, (turn, step)), (BARE_NOTIFY, (channel, turn))],
+                             commit=True)  # fmt: skip
+
+
+def one_turn(connection: Any, session: uuid.UUID, n: int) -> None:
+    turn = uuid.uuid4()
+    [posted] = statements.run_batch(connection, [(MESSAGE, (session, f"turn {n}", turn))],
+                                    commit=True)  # fmt: skip
+    after, delivery = posted.rows[0][0] - 1, posted.rows[0][1]
+    connection.autocommit = True
+    statements.run_batch(connection, [(STREAM, (session, after))])
+    connection.autocommit = False
+    claimed, _window = statements.run_batch(
+        connection, [(CLAIM, (turn, "worker-1", delivery)), (WINDOW, (session,))], commit=True
+    )
+    fencing = claimed.rows[0][0]
+    statements.run_batch(
+        connection, [(COMPLETE, (session, turn, "ok", fencing, delivery))], commit=True
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--turns", type=int, default=3000)
+    parser.add_argument("--listeners", type=int, default=2, choices=(0, 1, 2))
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="three one-row durable commits with a notification each, no more",
+    )
+    args = parser.parse_args()
+    turn = bare_turn if args.bare else one_turn
+    root = Path(tempfile.mkdtemp(prefix="talon-pg-floor-"))
+    root.chmod(0o755)
+    pg = LocalPostgres(root / "pg", durable=True)
+    pg.start()
+    try:
+        pg.ensure_database("talon")
+        migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
+        listeners = [
+            Listener(lambda: pg.connect("talon"), (channel,))
+            for channel in ("talon_outbox", "talon_session_events")[: args.listeners]
+        ]
+        for listener in listeners:
+            listener.wait_ready()
+        connection = pg.connect("talon")
+        session = uuid.uuid4()
+        statements.run_batch(connection, [(
+            "CREATE TABLE bare (turn uuid, n int, at timestamptz DEFAULT now())", ())],
+            commit=True)  # fmt: skip
+        statements.run_batch(
+            connection,
+            [("INSERT INTO sessions (uid, namespace, id, agent) VALUES ($1, 'bench', 'c0', 'bot')",
+              (session,))],
+            commit=True,
+        )  # fmt: skip
+        for n in range(HISTORY):  # warm: a full history window, prepared statements
+            turn(connection, session, n)
+        time.sleep(11)  # backends report their commit counts when idle for 10 s
+        commits_before = commits(pg)
+        cpu_before = cpu_seconds(postgres_pids(pg))
+        own_before = time.process_time()
+        started = time.perf_counter()
+        for n in range(args.turns):
+            turn(connection, session, n)
+        elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(postgres_pids(pg))
+        own = time.process_time() - own_before
+        connection.close()
+        for listener in listeners:
+            listener.close()
+        time.sleep(1)  # the closed backends' statistics
+        turns = args.turns
+        print(json.dumps({
+            "turns": turns,
+            "shape": "bare" if args.bare else "turn",
+            "listeners": args.listeners,
+            "turns_per_second": round(turns / elapsed, 1),
+            "turn_ms": round(elapsed * 1000 / turns, 2),
+            "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
+            # This process: pg8000 and Talon's statement layer sending the statements and
+            # reading their answers, and the listeners' threads reading the notifications.
+            "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
+            # Minus this script's own query before the run.
+            "commits_per_turn_all_processes": round((commits(pg) - commits_before - 1) / turns, 1),
+        }, indent=2))  # fmt: skip
+    finally:
+        pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -218,6 +218,62 @@ def test_concurrent_retries_with_one_idempotency_key_queue_one_turn(
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 1
 
 
+def test_a_message_for_another_agents_session_writes_nothing(acme_bot: Api, db: Database) -> None:
+    """The queueing travels with the session's lock, before the gateway has seen who owns the
+    session: it must write nothing itself when the session is another agent's (with or
+    without an Idempotency-Key), not leave it to the 404 that follows its COMMIT."""
+    acme_bot.ok("POST", "/v1/apply", json={"items": [samples.agent(NS, "other")]})
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    other = f"/v1/ns/{NS}/agents/other/sessions/s1/message"
+    for headers in ({}, {"Idempotency-Key": "k-1"}):
+        response = acme_bot.post(other, json={"content": "hi"}, headers=headers)
+        assert response.status_code == 404, response.text
+        assert "not found for agent 'other'" in response.json()["error"]["message"]
+    assert acme_bot.post(f"/v1/ns/{NS}/agents/ghost/sessions/s1/message",
+                         json={"content": "hi"}).status_code == 404  # fmt: skip
+    with db.transaction() as tx:
+        written = tx.one(
+            "SELECT (SELECT count(*) FROM messages) AS messages, "
+            "(SELECT count(*) FROM turns) AS turns, (SELECT count(*) FROM outbox) AS outbox, "
+            "(SELECT count(*) FROM session_events) AS events"
+        )
+    assert written == {"messages": 0, "turns": 0, "outbox": 0, "events": 0}
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 0
+
+
+def test_a_posted_message_costs_one_round_trip(acme_bot: Api, monkeypatch: Any) -> None:
+    """The session's lock, the Idempotency-Key's lookup and the queueing with its COMMIT go
+    in one round trip when the message queues behind whatever is open (`enqueue`, the
+    default); a strategy that looks at the open turns first takes more. A change here is a
+    change in every message's latency, measured in Benchmarks."""
+    from talon.store import statements
+
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    trips: list[tuple[int, bool]] = []  # per round trip: its statements, whether it commits
+    run_batch = statements.run_batch
+
+    def counting(connection: Any, work: Any, *, commit: bool = False) -> Any:
+        trips.append((len(work), commit))
+        return run_batch(connection, work, commit=commit)
+
+    monkeypatch.setattr(statements, "run_batch", counting)
+    for headers, body in [
+        ({}, {"content": "one"}),
+        ({"Idempotency-Key": "k-1"}, {"content": "two"}),
+        ({"Idempotency-Key": "k-1"}, {"content": "two"}),  # the replay: nothing written
+    ]:
+        trips.clear()
+        response = acme_bot.post(f"{BASE}/s1/message", json=body, headers=headers)
+        assert response.status_code in (200, 202), response.text
+        # The lock, the lookup (with a key), the queueing; BEGIN and COMMIT with them.
+        assert trips == [(2 + ("Idempotency-Key" in headers), True)], (headers, trips)
+    trips.clear()
+    acme_bot.post(f"{BASE}/s1/message", json={"content": "x", "multitask_strategy": "interrupt"})
+    assert len(trips) > 1
+    monkeypatch.undo()
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 3
+
+
 def test_multitask_strategies(acme_bot: Api, start_worker) -> None:
     acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
     first = post(acme_bot, "s1", "one")  # no worker yet: stays queued

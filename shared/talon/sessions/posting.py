@@ -16,7 +16,7 @@ from typing import Any
 from talon.errors import Conflict, Invalid
 from talon.sessions import events
 from talon.sessions.models import PostMessage
-from talon.sessions.turn_queue import NewTurn, queue_turns
+from talon.sessions.turn_queue import NewTurn, PostedTurn, queue_posted, queue_turns
 from talon.store.database import Tx, jsonb
 
 # What an idempotency key may be (the HTTP header and the gRPC field alike).
@@ -82,6 +82,37 @@ def lock(tx: Tx, namespace: str, session_id: str, idempotency_key: str | None) -
     if not session:
         return None
     return Locked(session[0]["uid"], session[0]["agent"], previous[0] if previous else None)
+
+
+def post_enqueued(
+    tx: Tx,
+    namespace: str,
+    agent: str,
+    session_id: str,
+    request: PostMessage,
+    idempotency_key: str | None,
+    source: str,
+) -> Accepted | None:
+    """`lock` and `post` in one round trip, COMMIT included, for a message that queues behind
+    whatever is open (strategy `enqueue`, which looks at no open turn): the session's lock,
+    the key's lookup, and the queueing, which writes only if the session is `agent`'s and the
+    key queued nothing yet, so the answer can be decided from the first two once all three
+    have run. None (nothing written): no such session for `agent`. The transaction is over."""
+    digest = request_hash(request)
+    locked = tx.later(_LOCK_SQL, (namespace, session_id))
+    previous = None
+    if idempotency_key is not None:
+        previous = tx.later(_REPLAY_SQL, (namespace, session_id, idempotency_key))
+    turn = PostedTurn(
+        namespace, session_id, agent, request.content, source, idempotency_key, digest
+    )
+    queued = queue_posted(tx, turn)
+    if not locked.rows or locked.rows[0]["agent"] != agent:
+        return None
+    if previous is not None and previous.rows:
+        return _replay(previous.rows[0], digest)
+    assert queued is not None  # the session is the agent's and the key is new
+    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from)
 
 
 def post(

@@ -164,15 +164,23 @@ class SessionService:
         source: str = "api",
     ) -> Accepted:
         with self.db.transaction() as tx:
-            session = posting.lock(tx, namespace, session_id, idempotency_key)
-            if session is None or session.agent != agent:
+            if request.multitask_strategy == "enqueue":
+                found = posting.post_enqueued(
+                    tx, namespace, agent, session_id, request, idempotency_key, source
+                )
+            else:
+                session = posting.lock(tx, namespace, session_id, idempotency_key)
+                found = None
+                if session is not None and session.agent == agent:
+                    found = posting.post(
+                        tx, session, session_id, request, idempotency_key, source, final=True
+                    )
+        if found is None:
+            with self.db.transaction() as tx:
                 self._require_agent(tx, namespace, agent)
-                raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
-            accepted = posting.post(
-                tx, session, session_id, request, idempotency_key, source, final=True
-            )
-        _count_cancelled(namespace, agent, accepted.interrupted)
-        return accepted
+            raise NotFound(f"session {session_id!r} not found for agent {agent!r}")
+        _count_cancelled(namespace, agent, found.interrupted)
+        return found
 
     def ensure_many(
         self, tx: Tx, targets: builtins.list[tuple[str, str, str]]

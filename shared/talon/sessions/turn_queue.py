@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL, OUTBOX_COMMITTED
 from talon.sessions.events import EVENTS_CHANNEL, EVENTS_JSON_SQL, NOTIFY_PAYLOAD_SQL
@@ -36,16 +38,31 @@ class QueuedTurn:
     stream_from: int  # the last event id before this turn's events
 
 
-# Sessions get their counters moved once for all their new turns (several turns for one
-# session keep their input order); every other table is only inserted into.
-_QUEUE_SQL = f"""
-WITH input AS (
+_BY_UID = """
     SELECT i.session_uid, i.turn_id, i.content, i.source, i.idempotency_key,
            decode(i.request_hash, 'hex') AS request_hash, i.traceparent, i.ord
     FROM jsonb_to_recordset(%s::jsonb) AS i(session_uid uuid, turn_id uuid, content text,
                                             source text, idempotency_key text,
                                             request_hash text, traceparent text, ord bigint)
-), numbered AS (
+"""
+# A posted message's turn, its session named as in the URL: nothing is queued when the session
+# is not the agent's, or when its Idempotency-Key already queued a turn (the caller locked the
+# session first, in the same round trip, and answers from what the lock and lookup found).
+_BY_NAME = """
+    SELECT s.uid AS session_uid, i.turn_id, i.content, i.source, i.idempotency_key,
+           decode(i.request_hash, 'hex') AS request_hash, i.traceparent, i.ord
+    FROM jsonb_to_recordset(%s::jsonb) AS i(namespace text, session_id text, agent text,
+                                            turn_id uuid, content text, source text,
+                                            idempotency_key text, request_hash text,
+                                            traceparent text, ord bigint)
+    JOIN sessions s ON s.namespace = i.namespace AND s.id = i.session_id AND s.agent = i.agent
+    WHERE NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = s.uid
+                                             AND t.idempotency_key = i.idempotency_key)
+"""
+# Sessions get their counters moved once for all their new turns (several turns for one
+# session keep their input order); every other table is only inserted into.
+_QUEUE_SQL = f"""
+WITH input AS ({{input}}), numbered AS (
     SELECT input.*,
            row_number() OVER (PARTITION BY session_uid ORDER BY ord) AS k,
            count(*) OVER (PARTITION BY session_uid) AS n
@@ -95,6 +112,8 @@ SELECT w.ord, w.seq, w.last_event, o.id AS outbox_id,
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
+_QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID)
+_QUEUE_BY_NAME_SQL = _QUEUE_SQL.format(input=_BY_NAME)
 
 
 def queue_turns(tx: Tx, turns: list[NewTurn], *, final: bool = False) -> list[QueuedTurn | None]:
@@ -103,15 +122,55 @@ def queue_turns(tx: Tx, turns: list[NewTurn], *, final: bool = False) -> list[Qu
     `final`: the transaction ends here (its COMMIT goes in the same round trip)."""
     if not turns:
         return []
-    run = tx.commit_with if final else tx.all
+    rows = (tx.commit_with if final else tx.all)(_QUEUE_BY_UID_SQL, (_records(turns),))
+    return _queued(tx, turns, rows)
+
+
+@dataclass(frozen=True)
+class PostedTurn:
+    """A posted message's turn, its session named as in the URL (`queue_posted`)."""
+
+    namespace: str
+    session_id: str
+    agent: str
+    content: str
+    source: str
+    idempotency_key: str | None
+    request_hash: bytes
+    turn_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    traceparent: str | None = field(default_factory=current_traceparent)
+
+
+def queue_posted(tx: Tx, turn: PostedTurn) -> QueuedTurn | None:
+    """Queue `turn` and COMMIT, in one round trip with whatever the caller deferred before it
+    (the session's lock and the Idempotency-Key's lookup: `sessions/posting.py`). None, and
+    nothing written, when the session is not `turn.agent`'s or the key already queued a
+    turn."""
+    rows = tx.commit_with(_QUEUE_BY_NAME_SQL, (_records([turn]),))
+    return _queued(tx, [turn], rows)[0]
+
+
+def _records(turns: Sequence[NewTurn | PostedTurn]) -> str:
     # One JSON parameter: pg8000 spends far longer escaping arrays than PostgreSQL does
     # parsing JSON.
-    rows = run(_QUEUE_SQL, (json.dumps([
-        {"session_uid": str(t.session_uid), "turn_id": str(t.turn_id), "content": t.content,
-         "source": t.source, "idempotency_key": t.idempotency_key,
-         "request_hash": t.request_hash.hex(), "traceparent": t.traceparent, "ord": n}
-        for n, t in enumerate(turns, start=1)
-    ]),))  # fmt: skip
+    records = []
+    for n, t in enumerate(turns, start=1):
+        record: dict[str, Any] = {
+            "turn_id": str(t.turn_id), "content": t.content, "source": t.source,
+            "idempotency_key": t.idempotency_key, "request_hash": t.request_hash.hex(),
+            "traceparent": t.traceparent, "ord": n,
+        }  # fmt: skip
+        if isinstance(t, PostedTurn):
+            record.update(namespace=t.namespace, session_id=t.session_id, agent=t.agent)
+        else:
+            record["session_uid"] = str(t.session_uid)
+        records.append(record)
+    return json.dumps(records)
+
+
+def _queued(
+    tx: Tx, turns: Sequence[NewTurn | PostedTurn], rows: list[dict[str, Any]]
+) -> list[QueuedTurn | None]:
     queued: list[QueuedTurn | None] = [None] * len(turns)
     for row in rows:
         index = int(row["ord"]) - 1

@@ -322,5 +322,5 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     # the call marked as running; its result; the answer with the three messages, the final
     # step and the turn's completion.
     assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 3]
-    assert trips == [3, 2, 2, 2, 2]
+    assert trips == [2, 2, 2, 2, 2]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7

@@ -112,3 +112,26 @@ def test_the_turn_loads_matching_knowledge_and_the_stream_names_it(
             (accepted["turnId"],),
         )
     assert "above 10%" in output["context"] and "Book economy" not in output["context"]
+
+
+def test_a_turn_indexes_documents_the_index_missed_before_it_retrieves(
+    two_namespaces: Api, start_worker
+) -> None:
+    """The retrieval travels with the turn's claim; when it finds documents without chunks
+    (written before the index existed), the turn indexes them and looks again."""
+    api = two_namespaces
+    api.ok("POST", "/v1/apply", json={"items": [samples.template("acme"), samples.agent("acme")]})
+    with entrypoints.services().db.transaction() as tx:
+        tx.execute("DELETE FROM knowledge_chunks")
+    start_worker(demo_fallback=True)
+    sessions = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", sessions, 201, json={"id": "k"})
+    accepted = api.ok("POST", f"{sessions}/k/message", 202,
+                      json={"content": "What discount may I offer?"})  # fmt: skip
+    events = read_stream(api, f"{sessions}/k/stream", last_event_id=accepted["streamFrom"],
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    loaded = next(e for e in events if e["type"] == "step.completed"
+                  and e["data"]["step"] == "load-knowledge")  # fmt: skip
+    assert [(d["name"], d["chunks"]) for d in loaded["data"]["documents"]] == [("playbook", [1])]
+    with entrypoints.services().db.transaction() as tx:  # acme's, indexed by the turn
+        assert tx.scalar("SELECT count(*) FROM knowledge_chunks WHERE namespace = 'acme'") > 0

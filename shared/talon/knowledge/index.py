@@ -8,6 +8,7 @@ chunks that share any of its terms, best first; it reads only the turn's namespa
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from talon.knowledge.chunking import chunk_document
@@ -16,27 +17,37 @@ from talon.store.database import Tx
 MAX_CHUNKS = 8
 
 # One statement per turn: the best chunks for the input and, alongside (with their body), any
-# of the namespace's documents whose chunks are missing or behind their version.
-_RETRIEVE_SQL = """
-WITH stale AS (
-    SELECT r.name, r.resource_version, r.body FROM resources r
-    WHERE r.kind = 'Knowledge' AND r.namespace = %s AND NOT EXISTS (
+# of the namespace's documents whose chunks are missing or behind their version. `{given}`
+# names the namespace and the input text (`ns`, `input`): the caller's values, or those of
+# the turn a worker has just leased (`leased_retrieval`).
+_RETRIEVE_TEMPLATE = """
+WITH given AS ({given}), stale AS (
+    SELECT r.name, r.resource_version, r.body FROM resources r, given
+    WHERE r.kind = 'Knowledge' AND r.namespace = given.ns AND NOT EXISTS (
         SELECT 1 FROM knowledge_chunks c WHERE c.namespace = r.namespace
         AND c.document = r.name AND c.idx = 0 AND c.resource_version = r.resource_version)
 ), q AS (
     SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS query
-    FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS lexeme
+    FROM given, unnest(tsvector_to_array(to_tsvector('english', given.input))) AS lexeme
 ), hits AS (
     SELECT c.document, c.resource_version, c.idx, c.heading, c.content,
            ts_rank_cd(c.tsv, q.query) AS rank
-    FROM knowledge_chunks c, q
-    WHERE q.query IS NOT NULL AND c.namespace = %s AND c.tsv @@ q.query
+    FROM knowledge_chunks c, q, given
+    WHERE q.query IS NOT NULL AND c.namespace = given.ns AND c.tsv @@ q.query
     ORDER BY rank DESC, c.document, c.idx LIMIT %s
 )
 SELECT document, resource_version, idx, heading, content, rank, NULL::jsonb AS body FROM hits
 UNION ALL
 SELECT name, resource_version, NULL, NULL, NULL, NULL, body FROM stale
 """
+_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(given="SELECT %s::text AS ns, %s::text AS input")
+# The namespace and input message of the session's running turn that `owner` leases.
+_LEASED_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(
+    given="SELECT s.namespace AS ns, m.content AS input FROM turns t "
+    "JOIN sessions s ON s.uid = t.session_uid "
+    "JOIN messages m ON m.session_uid = t.session_uid AND m.seq = t.input_seq "
+    "WHERE t.session_uid = %s AND t.state = 'running' AND t.lease_owner = %s"
+)
 
 
 def index_document(tx: Tx, namespace: str, name: str, version: int, spec: dict[str, Any]) -> int:
@@ -68,7 +79,29 @@ def retrieve(
 ) -> dict[str, Any]:
     """The chunks that best match `query`, within `budget_chars`: the context text for the
     model and, per document used, its version and the chunks taken (for the stream)."""
-    rows = tx.all(_RETRIEVE_SQL, (namespace, query, namespace, limit))
+    rows = tx.all(_RETRIEVE_SQL, (namespace, query, limit))
+    return retrieved(tx, namespace, query, rows, budget_chars=budget_chars, limit=limit)
+
+
+def leased_retrieval(
+    session_uid: uuid.UUID, owner: str, limit: int = MAX_CHUNKS
+) -> tuple[str, tuple[Any, ...]]:
+    """The retrieval statement for the input of the session's running turn that `owner`
+    leases, to send with the claim that leases it (no round trip of its own); its rows go to
+    `retrieved`. No rows when nothing is leased."""
+    return _LEASED_RETRIEVE_SQL, (session_uid, owner, limit)
+
+
+def retrieved(
+    tx: Tx,
+    namespace: str,
+    query: str,
+    rows: list[dict[str, Any]],
+    *,
+    budget_chars: int,
+    limit: int = MAX_CHUNKS,
+) -> dict[str, Any]:
+    """`retrieve`'s answer from its statement's `rows` (for `namespace` and `query`)."""
     stale = [row for row in rows if row["body"] is not None]
     if stale:
         # Documents written before the index existed (or whose chunks are behind): index them
@@ -76,7 +109,7 @@ def retrieve(
         for row in stale:
             index_document(tx, namespace, row["document"], int(row["resource_version"]),
                            row["body"])  # fmt: skip
-        rows = tx.all(_RETRIEVE_SQL, (namespace, query, namespace, limit))
+        rows = tx.all(_RETRIEVE_SQL, (namespace, query, limit))
     hits = sorted(
         (row for row in rows if row["body"] is None),
         key=lambda r: (-float(r["rank"]), r["document"], int(r["idx"])),

@@ -131,12 +131,14 @@ def _claim_in(
     taken: Callable[[], bool] | None = None,
 ) -> Claim | Busy | _Settled | NotTaken | None:
     while True:
-        # The window of the turn this claim leases goes in the same round trip: it is read
-        # after the claim ran, by the lease (thrown away when nothing was claimed).
-        claimed_rows, window = tx.pipeline([
+        # The window and the knowledge of the turn this claim leases go in the same round
+        # trip: they are read after the claim ran, by the lease (thrown away when nothing was
+        # claimed, or when a resumed turn has its knowledge step already).
+        claimed_rows, window, knowledge_rows = tx.pipeline([
             (_CLAIM_SQL,
              (session_uid, options.worker_id, options.lease_seconds, options.max_attempts)),
             ctx.leased_history(session_uid, options.worker_id),
+            ctx.leased_knowledge(session_uid, options.worker_id),
         ])  # fmt: skip
         row = claimed_rows[0] if claimed_rows else None
         if taken is not None and not taken():
@@ -173,7 +175,7 @@ def _claim_in(
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.
         loading = time.time_ns()
-        knowledge = ctx.load_knowledge(tx, agent.namespace, ctx.turn_input(history))
+        knowledge = ctx.knowledge_from(tx, agent.namespace, ctx.turn_input(history), knowledge_rows)
         knowledge_ns = (loading, time.time_ns())
         journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
         announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})

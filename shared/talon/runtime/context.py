@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from talon.knowledge.index import retrieve
+from talon.knowledge.index import leased_retrieval, retrieved
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.transcript import paired
 from talon.sessions import messages
@@ -49,9 +49,18 @@ def agent_from_row(session: dict[str, Any], row: dict[str, Any] | None) -> Agent
     )
 
 
-def load_knowledge(tx: Tx, namespace: str, query: str) -> dict[str, Any]:
-    """The namespace's knowledge chunks that best match the turn's input."""
-    return retrieve(tx, namespace, query, budget_chars=KNOWLEDGE_BUDGET_CHARS)
+def leased_knowledge(session_uid: uuid.UUID, owner: str) -> tuple[str, tuple[Any, ...]]:
+    """The statement retrieving knowledge for the input of the session's running turn that
+    `owner` leases, sent with the claim that leases it; its rows go to `knowledge_from`."""
+    return leased_retrieval(session_uid, owner)
+
+
+def knowledge_from(
+    tx: Tx, namespace: str, query: str, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The namespace's knowledge chunks that best match the turn's input (`query`), from the
+    rows of `leased_knowledge`."""
+    return retrieved(tx, namespace, query, rows, budget_chars=KNOWLEDGE_BUDGET_CHARS)
 
 
 def turn_input(history: list[dict[str, Any]]) -> str:

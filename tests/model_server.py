@@ -117,6 +117,8 @@ class ModelServer:
                     self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                     time.sleep(reply.get("chunk_delay", 0))
                 self._chunk(b"data: [DONE]\n\n")
+                if "after_done" in reply:  # bytes a sloppy provider sends after the end
+                    self._chunk(reply["after_done"].encode("latin-1"))
                 time.sleep(reply.get("stall_after_done", 0))  # a slow end of the body
                 self._chunk(b"")
 

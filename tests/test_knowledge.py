@@ -135,3 +135,4 @@ def test_a_turn_indexes_documents_the_index_missed_before_it_retrieves(
     assert [(d["name"], d["chunks"]) for d in loaded["data"]["documents"]] == [("playbook", [1])]
     with entrypoints.services().db.transaction() as tx:  # acme's, indexed by the turn
         assert tx.scalar("SELECT count(*) FROM knowledge_chunks WHERE namespace = 'acme'") > 0
+        assert tx.scalar("SELECT count(*) FROM knowledge_chunks WHERE namespace = 'globex'") == 0

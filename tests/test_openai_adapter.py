@@ -18,7 +18,7 @@ from talon.runtime.providers.base import ModelError, ModelRequest, ModelResponse
 from talon.runtime.providers.openai_chat import OpenAIChatModel
 from talon.runtime.providers.wire_names import wire_call_id
 from talon.tenancy.egress import EgressDenied, EgressPolicy
-from talon.tenancy.http_guard import guarded_client
+from talon.tenancy.http_guard import guarded_client, reads_within
 
 pytestmark = pytest.mark.fast
 
@@ -267,3 +267,43 @@ def test_a_provider_that_stalls_after_done_costs_the_connection_not_the_turn(
     assert time.monotonic() - started < 1.5  # not the 3 s stall, nor the 10 s timeout
     assert streamed(adapter).content == "next"
     assert model_server.connections == 2  # the stalled one was dropped, not reused
+
+
+def test_bytes_after_done_that_are_not_text_do_not_fail_a_complete_answer(
+    model_server: Any,
+) -> None:
+    model_server.add({"content": "intact", "after_done": "data: \xff\xfe\n\n"}, {"content": "next"})
+    adapter = served(model_server)
+    assert streamed(adapter).content == "intact"
+    assert streamed(adapter).content == "next"
+
+
+def test_a_read_deadline_holds_only_the_thread_that_set_it(model_server: Any) -> None:
+    """The pool can give a drained connection to another thread's request before the
+    draining thread has left `reads_within`: that request's reads must not inherit the
+    deadline."""
+    import threading
+
+    client = guarded_client(EgressPolicy(schemes=frozenset({"http"}), allow_loopback=True))
+    body = {"model": "gpt-test", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    model_server.add({"content": "own", "chunk_delay": 0.2},
+                     {"content": "other", "chunk_delay": 0.2})  # fmt: skip
+    url = f"{model_server.url}/chat/completions"
+    headers = {"Authorization": "Bearer sk-test"}
+    with (
+        client.stream("POST", url, json=body, headers=headers) as response,
+        reads_within(response, 0.0) as bounded,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        assert bounded
+        response.read()  # this thread's read: past its deadline
+    read: list[bytes] = []
+    with (
+        client.stream("POST", url, json=body, headers=headers) as response,
+        reads_within(response, 0.0),
+    ):
+        reader = threading.Thread(target=lambda: read.append(response.read()))
+        reader.start()
+        reader.join(10)
+    assert read and read[0].endswith(b"data: [DONE]\n\n")  # the whole body, unhurried

@@ -231,6 +231,11 @@ def test_a_message_for_another_agents_session_writes_nothing(acme_bot: Api, db: 
         assert "not found for agent 'other'" in response.json()["error"]["message"]
     assert acme_bot.post(f"/v1/ns/{NS}/agents/ghost/sessions/s1/message",
                          json={"content": "hi"}).status_code == 404  # fmt: skip
+    # A session of the same id and agent name in another namespace is not this one.
+    items = [samples.namespace("globex"), samples.template("globex"), samples.agent("globex")]
+    acme_bot.ok("POST", "/v1/apply", json={"items": items})
+    acme_bot.ok("POST", "/v1/ns/globex/agents/bot/sessions", 201, json={"id": "g1"})
+    assert acme_bot.post(f"{BASE}/g1/message", json={"content": "hi"}).status_code == 404
     with db.transaction() as tx:
         written = tx.one(
             "SELECT (SELECT count(*) FROM messages) AS messages, "
@@ -239,6 +244,36 @@ def test_a_message_for_another_agents_session_writes_nothing(acme_bot: Api, db: 
         )
     assert written == {"messages": 0, "turns": 0, "outbox": 0, "events": 0}
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 0
+
+
+def test_a_session_created_while_a_message_is_posted_to_it_gets_nothing(
+    acme_bot: Api, db: Database, monkeypatch: Any
+) -> None:
+    """The lock and the queueing are two statements of one round trip, each reading the
+    database as of its own start: a session created between them is not the one the lock
+    found, and the message answered 404 must not be queued for it anyway. The lock's result
+    is sent here before the session is created, to hold the two statements apart."""
+    from talon.sessions import posting
+
+    queue_posted = posting.queue_posted
+
+    def created_in_between(tx: Any, turn: Any) -> Any:
+        tx.flush()  # the lock (it finds no session) and the key's lookup, now
+        with db.transaction() as other:
+            other.execute(
+                "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, %s, 'late', 'bot')",
+                (uuid.uuid4(), NS),
+            )
+        return queue_posted(tx, turn)
+
+    monkeypatch.setattr(posting, "queue_posted", created_in_between)
+    response = acme_bot.post(f"{BASE}/late/message", json={"content": "hi"},
+                             headers={"Idempotency-Key": "k-late"})  # fmt: skip
+    monkeypatch.undo()
+    assert response.status_code == 404, response.text
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM turns") == 0
+    assert acme_bot.ok("GET", f"{BASE}/late")["messageCount"] == 0
 
 
 def test_a_posted_message_costs_one_round_trip(acme_bot: Api, monkeypatch: Any) -> None:

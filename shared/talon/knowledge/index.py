@@ -46,7 +46,8 @@ _LEASED_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(
     given="SELECT s.namespace AS ns, m.content AS input FROM turns t "
     "JOIN sessions s ON s.uid = t.session_uid "
     "JOIN messages m ON m.session_uid = t.session_uid AND m.seq = t.input_seq "
-    "WHERE t.session_uid = %s AND t.state = 'running' AND t.lease_owner = %s"
+    "WHERE t.session_uid = %s AND t.state = 'running' AND t.lease_owner = %s "
+    "ORDER BY t.seq LIMIT 1"
 )
 
 

@@ -49,6 +49,14 @@ def request_hash(request: PostMessage) -> bytes:
 
 
 _LOCK_SQL = "SELECT uid, agent FROM sessions WHERE namespace = %s AND id = %s FOR UPDATE"
+# The same lock, leaving the uid it found for the queueing statement after it in the same
+# round trip (`turn_queue._BY_NAME`), which queues for that session only: a session created by
+# another request between the two statements (which the lock did not see, and which this one
+# answers 404 for) gets nothing.
+_LOCK_FOR_QUEUE_SQL = (
+    "SELECT uid, agent, set_config('talon.locked_session', uid::text, true) FROM sessions "
+    "WHERE namespace = %s AND id = %s FOR UPDATE"
+)
 # The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
 # statement of its own: it sees a turn that a concurrent request with the key committed while
 # this one waited for the lock.
@@ -99,7 +107,7 @@ def post_enqueued(
     key queued nothing yet, so the answer can be decided from the first two once all three
     have run. None (nothing written): no such session for `agent`. The transaction is over."""
     digest = request_hash(request)
-    locked = tx.later(_LOCK_SQL, (namespace, session_id))
+    locked = tx.later(_LOCK_FOR_QUEUE_SQL, (namespace, session_id))
     previous = None
     if idempotency_key is not None:
         previous = tx.later(_REPLAY_SQL, (namespace, session_id, idempotency_key))

@@ -46,8 +46,9 @@ _BY_UID = """
                                             request_hash text, traceparent text, ord bigint)
 """
 # A posted message's turn, its session named as in the URL: nothing is queued when the session
-# is not the agent's, or when its Idempotency-Key already queued a turn (the caller locked the
-# session first, in the same round trip, and answers from what the lock and lookup found).
+# is not the agent's, is not the one the caller's lock found (`talon.locked_session`, set by
+# that statement, before this one in the same round trip: the caller answers from what the
+# lock and the Idempotency-Key's lookup found), or when the key already queued a turn.
 _BY_NAME = """
     SELECT s.uid AS session_uid, i.turn_id, i.content, i.source, i.idempotency_key,
            decode(i.request_hash, 'hex') AS request_hash, i.traceparent, i.ord
@@ -56,7 +57,8 @@ _BY_NAME = """
                                             idempotency_key text, request_hash text,
                                             traceparent text, ord bigint)
     JOIN sessions s ON s.namespace = i.namespace AND s.id = i.session_id AND s.agent = i.agent
-    WHERE NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = s.uid
+    WHERE s.uid = nullif(current_setting('talon.locked_session', true), '')::uuid
+      AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = s.uid
                                              AND t.idempotency_key = i.idempotency_key)
 """
 # Sessions get their counters moved once for all their new turns (several turns for one

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -87,11 +88,15 @@ class _Connection(httpcore.NetworkStream):
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
-        self.deadline: float | None = None
+        # (thread, monotonic deadline): only that thread's reads are held to it. The pool can
+        # hand the connection to another thread's request the moment a drained response ends,
+        # before the draining thread has left `reads_within`.
+        self.deadline: tuple[int, float] | None = None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
+        held = self.deadline
+        if held is not None and held[0] == threading.get_ident():
+            left = held[1] - time.monotonic()
             if left <= 0:
                 raise httpcore.ReadTimeout("the read's deadline has passed")
             timeout = left if timeout is None else min(timeout, left)
@@ -125,11 +130,13 @@ def reads_within(response: Any, seconds: float) -> Iterator[bool]:
     if not isinstance(connection, _Connection):
         yield False
         return
-    connection.deadline = time.monotonic() + seconds
+    held = (threading.get_ident(), time.monotonic() + seconds)
+    connection.deadline = held
     try:
         yield True
     finally:
-        connection.deadline = None
+        if connection.deadline is held:  # not another thread's since
+            connection.deadline = None
 
 
 class GuardedTransport(httpx.HTTPTransport):

@@ -191,10 +191,11 @@ class _ReusedStream(openai.Stream[_T]):
 
 
 def _read_to_end(response: Any, events: Iterator[Any]) -> None:
-    # openai maps the transport's timeouts and errors to APIError subclasses; none of them
-    # changes an answer that is already complete.
+    # Nothing after `[DONE]` changes an answer that is already complete: a timeout, a
+    # transport error or bytes the SSE decoder refuses (invalid UTF-8) only cost the
+    # connection, which the failed read closes.
     with (
-        contextlib.suppress(openai.APIError),
+        contextlib.suppress(Exception),
         reads_within(response, _END_OF_STREAM_SECONDS) as bounded,
     ):
         if bounded:

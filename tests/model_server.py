@@ -5,7 +5,8 @@ request the real API would refuse gets the same 400 (or 401 without a key), so a
 wherever production would. Each accepted request pops the next scripted reply: a text answer,
 tool calls, an HTTP error status, a hang, or a raw body (a list of chunks when streamed) for a
 malformed provider. With the script empty it answers "ok". Every request body is recorded, and
-so is every refusal (`refused`).
+so is every refusal (`refused`); a body that ends before its Content-Length (a client killed
+while sending) is not a request and is only counted (`cut_short`).
 
 A scripted tool call must name a function the request offered (a real model can only call
 those): a script naming another is a broken test, recorded in `script_errors` and answered
@@ -44,6 +45,7 @@ class ModelServer:
         self.script_errors: list[str] = []
         self.keys_seen: list[str] = []
         self.connections = 0  # accepted so far: whether clients reuse them
+        self.cut_short = 0  # requests whose body ended before its Content-Length
         # None: any key is accepted (local servers); a set: only these (a real provider).
         self.api_keys = api_keys
         self._lock = threading.Lock()
@@ -68,6 +70,13 @@ class ModelServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                if len(raw) < length:
+                    # The client went away mid-body (a worker killed while sending): there is
+                    # no request to judge and nobody to answer.
+                    with server._lock:
+                        server.cut_short += 1
+                    self.close_connection = True
+                    return
                 refusal = check_request(
                     self.path, self.headers.get("Authorization"), raw, server.api_keys
                 )

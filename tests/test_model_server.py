@@ -208,3 +208,27 @@ def test_a_script_calling_an_unoffered_tool_is_a_broken_test(server: ModelServer
     server.add({"tool_calls": [{"name": "made_up", "unoffered": True}]})
     call = post(server, VALID).json()["choices"][0]["message"]["tool_calls"][0]
     assert call["function"]["name"] == "made_up"
+
+
+def test_a_body_cut_short_is_a_client_gone_not_a_refusal(server: ModelServer) -> None:
+    """A client killed while sending its body (the crash tests SIGKILL workers at any
+    moment) sent no request to judge; a complete body that is not JSON is still refused."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server.url)
+    before, cut = len(server.refused), server.cut_short
+    body = json.dumps(VALID).encode()
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(body)
+            + body[: len(body) // 2]
+        )
+    deadline = time.monotonic() + 5
+    while server.cut_short == cut and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.cut_short == cut + 1 and len(server.refused) == before
+    refused(server, body[: len(body) // 2], None, "could not parse the JSON body")

@@ -4,6 +4,8 @@ shown in the stream, and no namespace ever reading another's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import samples
@@ -91,20 +93,26 @@ def test_documents_indexed_before_the_index_existed_are_found(two_namespaces: Ap
     assert _retrieve("acme", "discount")["documents"][0]["name"] == "playbook"
 
 
+def _ask_acme(api: Api, question: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Post `question` to a new acme session and read its turn to the end: the accepted
+    message and the turn's load-knowledge step event."""
+    sessions = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", sessions, 201, json={"id": "k"})
+    accepted = api.ok("POST", f"{sessions}/k/message", 202, json={"content": question})
+    events = read_stream(api, f"{sessions}/k/stream", last_event_id=accepted["streamFrom"],
+                         params={"untilTurnEnd": "true"})  # fmt: skip
+    loaded = next(e for e in events if e["type"] == "step.completed"
+                  and e["data"]["step"] == "load-knowledge")  # fmt: skip
+    return accepted, loaded
+
+
 def test_the_turn_loads_matching_knowledge_and_the_stream_names_it(
     two_namespaces: Api, start_worker
 ) -> None:
     api = two_namespaces
     api.ok("POST", "/v1/apply", json={"items": [samples.template("acme"), samples.agent("acme")]})
     start_worker(demo_fallback=True)
-    sessions = "/v1/ns/acme/agents/bot/sessions"
-    api.ok("POST", sessions, 201, json={"id": "k"})
-    accepted = api.ok("POST", f"{sessions}/k/message", 202,
-                      json={"content": "What discount may I offer?"})  # fmt: skip
-    events = read_stream(api, f"{sessions}/k/stream", last_event_id=accepted["streamFrom"],
-                         params={"untilTurnEnd": "true"})  # fmt: skip
-    loaded = next(e for e in events if e["type"] == "step.completed"
-                  and e["data"]["step"] == "load-knowledge")  # fmt: skip
+    accepted, loaded = _ask_acme(api, "What discount may I offer?")
     assert [(d["name"], d["chunks"]) for d in loaded["data"]["documents"]] == [("playbook", [1])]
     with entrypoints.services().db.transaction() as tx:  # what the model was given
         output = tx.scalar(
@@ -124,14 +132,7 @@ def test_a_turn_indexes_documents_the_index_missed_before_it_retrieves(
     with entrypoints.services().db.transaction() as tx:
         tx.execute("DELETE FROM knowledge_chunks")
     start_worker(demo_fallback=True)
-    sessions = "/v1/ns/acme/agents/bot/sessions"
-    api.ok("POST", sessions, 201, json={"id": "k"})
-    accepted = api.ok("POST", f"{sessions}/k/message", 202,
-                      json={"content": "What discount may I offer?"})  # fmt: skip
-    events = read_stream(api, f"{sessions}/k/stream", last_event_id=accepted["streamFrom"],
-                         params={"untilTurnEnd": "true"})  # fmt: skip
-    loaded = next(e for e in events if e["type"] == "step.completed"
-                  and e["data"]["step"] == "load-knowledge")  # fmt: skip
+    _, loaded = _ask_acme(api, "What discount may I offer?")
     assert [(d["name"], d["chunks"]) for d in loaded["data"]["documents"]] == [("playbook", [1])]
     with entrypoints.services().db.transaction() as tx:  # acme's, indexed by the turn
         assert tx.scalar("SELECT count(*) FROM knowledge_chunks WHERE namespace = 'acme'") > 0

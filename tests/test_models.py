@@ -75,10 +75,20 @@ def test_every_profile_failing_is_one_clear_error(model_server) -> None:
     assert "HTTP 500" in str(exc.value)
 
 
-@pytest.mark.parametrize("streamed", [False, True])
-def test_a_malformed_answer_is_retried_not_a_crash(model_server, streamed: bool) -> None:
-    """A provider answering nonsense with 200 gets a clear, retryable error."""
-    garbage = [{"choices": "not a list"}] if streamed else {"choices": [{"message": 7}]}
+@pytest.mark.parametrize(
+    ("streamed", "garbage"),
+    [
+        (False, {"choices": [{"message": 7}]}),
+        (False, ["an", "array", "where", "an", "object", "belongs"]),
+        (True, [{"choices": "not a list"}]),
+        (True, [["a", "chunk", "that", "is", "no", "object"]]),
+        (True, [7]),
+    ],
+)
+def test_a_malformed_answer_is_retried_not_a_crash(model_server, streamed: bool,
+                                                    garbage: Any) -> None:  # fmt: skip
+    """A provider answering nonsense with 200 gets a clear, retryable error (the adapter
+    takes the JSON untyped from openai, so every shape is its own to check)."""
     model_server.add({"raw": garbage}, {"content": "sane again"})
     model_policy = policy(model_server.url, "primary")
     clients = clients_for(model_policy)

@@ -44,7 +44,10 @@ class Deadlines:
                 self._thread = threading.Thread(target=self._run, name="talon-deadlines",
                                                 daemon=True)  # fmt: skip
                 self._thread.start()
-            self._wake.notify()
+            if self._heap[0][2] is timer:
+                # Only a new earliest deadline changes the thread's wait: waking it for every
+                # request body (whose deadlines come in order) cost a thread switch each.
+                self._wake.notify()
         return timer
 
     def _run(self) -> None:

@@ -14,8 +14,6 @@ writes first checks the fencing token, so a cancelled or taken-over turn refuses
 
 from __future__ import annotations
 
-import logging
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,16 +23,14 @@ from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.sessions.views import tool_call_preview
 from talon.store import turn_steps
-from talon.store.database import Database, Tx
+from talon.store.database import Tx
 from talon.store.model_usage import ModelUsage
 from talon.store.turn_steps import Step
 
 __all__ = [
-    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Heartbeat", "Lease", "Step", "begin_tool_call",
+    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Lease", "Step", "begin_tool_call",
     "complete", "load", "record", "renew",
 ]  # fmt: skip
-
-log = logging.getLogger(__name__)
 
 # Step names, as the seed's stream shows them (tool steps are `call-<tool>`).
 KNOWLEDGE = "load-knowledge"
@@ -173,33 +169,3 @@ def _step_event(step: Step, *, summary: bool = False) -> dict[str, Any]:
     if summary and step.kind == "knowledge":
         data["documents"] = step.output.get("documents", [])
     return data
-
-
-class Heartbeat:
-    """Renews the lease while a step runs (model calls can be slow); notices a lost lease."""
-
-    def __init__(self, db: Database, lease: Lease) -> None:
-        self._db = db
-        self._lease = lease
-        self._stop = threading.Event()
-        self.lost = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="talon-lease")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._lease.seconds / 3):
-            try:
-                with self._db.transaction() as tx:
-                    renew(tx, self._lease)
-            except Fenced:
-                self.lost = True
-                return
-            except Exception as exc:  # the next step's own renew will decide
-                log.warning("lease renewal failed: %s", exc)
-
-    def check(self) -> None:
-        if self.lost:
-            raise Fenced(str(self._lease.turn_id))
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -28,11 +28,11 @@ from talon.runtime.failover import (
     complete_with_policy,
     policy_credentials,
 )
+from talon.runtime.heartbeats import Heartbeat, Heartbeats
 from talon.runtime.journal import (
     MODEL,
     WRITE,
     Fenced,
-    Heartbeat,
     Lease,
     Step,
     begin_tool_call,
@@ -74,6 +74,7 @@ class TurnRunner:
         self.tenancy = tenancy
         self._client_cache: dict[str, list[Any]] = {}
         self._cache_lock = threading.Lock()
+        self._heartbeats = Heartbeats(db)
 
     def _clients(self, namespace: str, model_policy: dict[str, Any]) -> list[Any]:
         """Model clients per namespace and policy (grants are per namespace), reused across
@@ -130,7 +131,7 @@ class TurnRunner:
         """Run the claimed turn; False when it completed and left no open turn behind (so
         `drive` need not look again)."""
         lease, turn = claimed.lease, claimed.turn
-        heartbeat = Heartbeat(self.db, lease)
+        heartbeat = self._heartbeats.start(lease)
         agent, journal, history = claimed.agent, claimed.journal, claimed.history
         try:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))

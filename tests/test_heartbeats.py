@@ -100,3 +100,23 @@ def test_the_thread_ends_when_no_turn_runs_and_starts_again(
     assert runner.drive(post(api, db, "s2", "second")) is None  # started again, and done
     with db.transaction() as tx:
         assert tx.scalar("SELECT count(*) FROM turns WHERE state = 'completed'") == 2
+
+
+def test_a_turn_after_an_idle_spell_is_renewed_too(
+    api: Api, db: Database, model_server: Any
+) -> None:
+    """Once no turn runs, the thread waits a long while (a minute) for one: a turn starting
+    then must wake it, or its lease lapses."""
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"content": "quick"}, {"hang": 2.5, "content": "slow"})
+    runner = short_lease_runner(db, "worker-spell")
+    runner.drive(post(api, db, "s1", "first"))
+    time.sleep(LEASE_SECONDS / 3 + 0.3)  # the first turn's renewal came due: nothing to renew
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=lambda: seen.extend(watch_leases(db, stop)))
+    watcher.start()
+    runner.drive(post(api, db, "s2", "second"))
+    stop.set()
+    watcher.join(5)
+    assert len(seen) > 20
+    assert min(lo for _, lo in seen) > 0, "the running turn's lease lapsed"

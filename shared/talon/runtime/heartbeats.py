@@ -11,6 +11,7 @@ too.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -48,14 +49,12 @@ class Heartbeats:
         self._beats: set[Heartbeat] = set()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._waiting_until = math.inf  # when the thread will look again by itself
 
     def start(self, lease: Lease) -> Heartbeat:
         """Keep `lease` renewed until the returned heartbeat is stopped."""
         beat = Heartbeat(self, lease)
         with self._wake:
-            # Only a new earliest renewal changes what the thread waits for: with one lease
-            # length, that is only when no other turn is running.
-            earliest = all(beat.due < other.due for other in self._beats)
             self._beats.add(beat)
             if self._thread is None or not self._thread.is_alive():
                 # Started here, in the process that runs turns (a thread does not survive a
@@ -63,7 +62,10 @@ class Heartbeats:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="talon-lease")  # fmt: skip
                 self._thread.start()
-            elif earliest:
+            elif beat.due < self._waiting_until:
+                # Only then does the thread need to look again: waking it for every turn cost
+                # a thread switch each (it still waits for a finished turn's renewal, finds
+                # nothing due and waits for the next).
                 self._wake.notify()
         return beat
 
@@ -71,15 +73,11 @@ class Heartbeats:
         with self._wake:
             self._beats.discard(beat)
 
-    @property
-    def running(self) -> int:
-        with self._wake:
-            return len(self._beats)
-
     def _run(self) -> None:
         with self._wake:
             while True:
                 if not self._beats:
+                    self._waiting_until = time.monotonic() + IDLE_SECONDS
                     self._wake.wait(IDLE_SECONDS)
                     if not self._beats:
                         self._thread = None
@@ -88,8 +86,10 @@ class Heartbeats:
                 beat = min(self._beats, key=lambda b: b.due)
                 wait = beat.due - time.monotonic()
                 if wait > 0:
+                    self._waiting_until = beat.due
                     self._wake.wait(wait)
                     continue
+                self._waiting_until = math.inf  # renewing: it looks again right after
                 # Renewed outside the lock: starting and stopping turns must not wait for it.
                 self._wake.release()
                 try:

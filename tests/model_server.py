@@ -3,10 +3,11 @@
 It is as strict as the real API about the shape of a request (see `openai_rules.py`): a
 request the real API would refuse gets the same 400 (or 401 without a key), so a test fails
 wherever production would. Each accepted request pops the next scripted reply: a text answer,
-tool calls, an HTTP error status, a hang, or a raw body (a list of chunks when streamed) for a
-malformed provider. With the script empty it answers "ok". Every request body is recorded, and
-so is every refusal (`refused`); a body that ends before its Content-Length (a client killed
-while sending) is not a request and is only counted (`cut_short`).
+tool calls, an HTTP error status, a hang, or a raw body (a list of chunks when streamed;
+`raw_text`: text sent as it is, JSON or not) for a malformed provider. With the script empty
+it answers "ok". Every request body is recorded, and so is every refusal (`refused`); a body
+that ends before its Content-Length (a client killed while sending) is not a request and is
+only counted (`cut_short`).
 
 A scripted tool call must name a function the request offered (a real model can only call
 those): a script naming another is a broken test, recorded in `script_errors` and answered
@@ -111,6 +112,9 @@ class ModelServer:
                 if "raw" in reply:  # a malformed provider: this body, whatever it is
                     self._send(200, json.dumps(reply["raw"]).encode())
                     return
+                if "raw_text" in reply:  # ...or this text, JSON or not
+                    self._send(200, reply["raw_text"].encode())
+                    return
                 self._send(200, json.dumps(_completion(body, reply)).encode())
 
             def _stream(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
@@ -119,11 +123,14 @@ class ModelServer:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 chunks = reply["raw"] if "raw" in reply else _chunks(body, reply)
+                if "raw_text" in reply:  # events whose data is this text, JSON or not
+                    chunks = reply["raw_text"]
                 for number, chunk in enumerate(chunks):
                     if number == reply.get("drop_after"):
                         self.close_connection = True
                         return  # the connection ends mid-answer
-                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                    data = chunk if "raw_text" in reply else json.dumps(chunk)
+                    self._chunk(f"data: {data}\n\n".encode())
                     time.sleep(reply.get("chunk_delay", 0))
                 self._chunk(b"data: [DONE]\n\n")
                 if "after_done" in reply:  # bytes a sloppy provider sends after the end

@@ -106,6 +106,37 @@ def test_a_malformed_answer_is_retried_not_a_crash(model_server, streamed: bool,
     assert "malformed response" in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        ({"raw_text": "<html>not JSON</html>"}, "malformed response (not JSON)"),
+        ({"raw_text": ["{not JSON either"]}, "malformed response (not JSON)"),
+        ({"raw": [{"error": {"message": "overloaded, try later"}}]}, "overloaded, try later"),
+    ],
+    ids=["body-not-json", "event-not-json", "error-event"],
+)
+def test_an_answer_the_client_cannot_parse_is_a_model_error(
+    model_server: Any, reply: dict[str, Any], said: str
+) -> None:
+    """openai raises its own errors for these (a decoding error, an APIError for an error
+    event mid-stream): each is a retryable model error, so the policy retries and fails
+    over, instead of an exception that would leave the turn running."""
+    streamed = isinstance(reply.get("raw_text"), list) or "raw" in reply
+    model_server.add(reply, {"content": "sane again"})
+    model_policy = policy(model_server.url, "primary")
+    clients = clients_for(model_policy)
+    request = ModelRequest([{"role": "user", "content": "hi"}], [], 10,
+                           (lambda _: None) if streamed else None)  # fmt: skip
+    response = complete_with_policy(clients, model_policy["retry"], request,
+                                    deadline=time.monotonic() + 10)  # fmt: skip
+    assert response.content == "sane again"
+    model_server.add(reply, reply)
+    with pytest.raises(PolicyError) as exc:
+        complete_with_policy(clients, model_policy["retry"], request,
+                             deadline=time.monotonic() + 10)  # fmt: skip
+    assert said in str(exc.value)
+
+
 def test_a_hanging_model_is_cut_off_by_the_deadline(model_server) -> None:
     model_server.add({"hang": 5, "content": "too late"}, {"hang": 5, "content": "too late"})
     started = time.monotonic()

@@ -103,6 +103,12 @@ class OpenAIChatModel:
                 raise ModelError(f"{self.label}: egress denied: {exc.__cause__}",
                                  retryable=False) from exc  # fmt: skip
             raise ModelError(f"{self.label}: {type(exc).__name__}", retryable=True) from exc
+        except openai.APIError as exc:  # an `{"error": ...}` event in the middle of a stream
+            raise ModelError(f"{self.label}: the provider reported an error: "
+                             f"{_short(exc.message)}", retryable=True) from exc  # fmt: skip
+        except ValueError as exc:  # a body or an event that is not JSON
+            raise ModelError(f"{self.label}: malformed response (not JSON)",
+                             retryable=True) from exc  # fmt: skip
         choices = _list(completion, "choices", self.label)
         if not choices:
             raise ModelError(f"{self.label}: the response has no choices", retryable=True)

@@ -1,11 +1,11 @@
 """Keeping running turns' leases alive while their steps run (model calls can be slow).
 
-One thread renews every running turn of a runner, each a third of its lease after the last
-renewal: a thread of its own per turn cost ~160 us of CPU to start and stop, about 4% of the
-worker's CPU for a quick turn. Renewals run one after another, so a renewal that waits (for a
-pooled connection, for the session row a turn's own write holds) delays the others; a lease
-has two thirds of its length left when its renewal is due, and the turn's own writes renew it
-too.
+One thread per runner keeps the schedule: each running turn is renewed a third of its lease
+after its last renewal. A thread of its own per turn cost ~160 us of CPU to start and stop,
+about 4% of the worker's CPU for a quick turn; a quick turn now costs none, since it is over
+before its first renewal is due. Each renewal that comes due runs on a short-lived thread of
+its own, so one that waits (for a pooled connection, for a session row another transaction
+holds) delays no other turn's.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Heartbeat:
         self.lease = lease
         self.due = time.monotonic() + lease.seconds / 3
         self.lost = False  # a renewal found the turn cancelled, deleted or taken over
+        self.renewing = False  # a renewal of it is under way
         self._keeper = keeper
 
     def check(self) -> None:
@@ -64,8 +65,8 @@ class Heartbeats:
                 self._thread.start()
             elif beat.due < self._waiting_until:
                 # Only then does the thread need to look again: waking it for every turn cost
-                # a thread switch each (it still waits for a finished turn's renewal, finds
-                # nothing due and waits for the next).
+                # a thread switch each (it may wait for a finished turn's renewal instead:
+                # then it finds nothing due and waits for the next).
                 self._wake.notify()
         return beat
 
@@ -74,32 +75,43 @@ class Heartbeats:
             self._beats.discard(beat)
 
     def _run(self) -> None:
+        idle_until: float | None = None
         with self._wake:
             while True:
+                now = time.monotonic()
                 if not self._beats:
-                    self._waiting_until = time.monotonic() + IDLE_SECONDS
-                    self._wake.wait(IDLE_SECONDS)
-                    if not self._beats:
+                    idle_until = idle_until or now + IDLE_SECONDS
+                    if now >= idle_until:
                         self._thread = None
                         return
+                    self._waiting_until = idle_until
+                    self._wake.wait(idle_until - now)
                     continue
-                beat = min(self._beats, key=lambda b: b.due)
-                wait = beat.due - time.monotonic()
-                if wait > 0:
+                idle_until = None
+                waiting = [b for b in self._beats if not b.renewing]
+                if not waiting:  # each renewal says when it is done
+                    self._waiting_until = math.inf
+                    self._wake.wait()
+                    continue
+                beat = min(waiting, key=lambda b: b.due)
+                if beat.due > now:
                     self._waiting_until = beat.due
-                    self._wake.wait(wait)
+                    self._wake.wait(beat.due - now)
                     continue
-                self._waiting_until = math.inf  # renewing: it looks again right after
-                # Renewed outside the lock: starting and stopping turns must not wait for it.
-                self._wake.release()
-                try:
-                    alive = self._renew(beat)
-                finally:
-                    self._wake.acquire()
-                if alive:
-                    beat.due = time.monotonic() + beat.lease.seconds / 3
-                else:
-                    self._beats.discard(beat)
+                beat.renewing = True
+                threading.Thread(target=self._renew_one, args=(beat,), daemon=True,
+                                 name="talon-lease-renewal").start()  # fmt: skip
+
+    def _renew_one(self, beat: Heartbeat) -> None:
+        alive = self._renew(beat)
+        with self._wake:
+            beat.renewing = False
+            if not alive:
+                self._beats.discard(beat)
+                return
+            beat.due = time.monotonic() + beat.lease.seconds / 3
+            if beat in self._beats and beat.due < self._waiting_until:
+                self._wake.notify()
 
     def _renew(self, beat: Heartbeat) -> bool:
         """False once the turn is lost to this worker (its steps then stop at `check`)."""

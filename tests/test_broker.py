@@ -11,7 +11,7 @@ from typing import Any
 import samples
 from conftest import Api, read_stream, worker_for_tests
 from talon.broker import outbox
-from talon.broker.base import Delivery, Result
+from talon.broker.base import AckCondition, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.store.database import Database
@@ -69,7 +69,7 @@ def test_an_acknowledgement_in_the_handlers_transaction_commits_with_it(db: Data
         assert delivery.ack_in is not None
         handled.append(delivery.payload["n"])
         with db.transaction() as tx:
-            delivery.ack_in(tx)
+            delivery.ack_in(tx, None)
             if delivery.payload["n"] == "kept":
                 raise RuntimeError("the handler's work failed after acknowledging")
         return Result.settled()
@@ -93,6 +93,33 @@ def test_an_acknowledgement_in_the_handlers_transaction_commits_with_it(db: Data
     left = rows()
     assert [(r["payload"]["n"], r["retried"]) for r in left] == [("kept", True)]
     assert left[0]["attempts"] >= 1 and "done" in handled
+
+
+def test_a_conditional_acknowledgement_deletes_only_when_its_condition_holds(
+    db: Database,
+) -> None:
+    """`ack_in(tx, when)`: the database decides, as the statement runs; the handler learns
+    after the commit whether it acknowledged."""
+    for name in ("when-false", "when-true"):
+        enqueue(db, name)
+    outcomes: dict[str, bool] = {}
+
+    def handle(delivery: Delivery) -> Result:
+        assert delivery.ack_in is not None
+        name = delivery.payload["n"]
+        with db.transaction() as tx:
+            acked = delivery.ack_in(tx, AckCondition("%s = 'when-true'", (name,)))
+        outcomes[name] = acked()
+        return Result.settled() if acked() else Result.retry(datetime.now(UTC) + timedelta(hours=1))
+
+    halt = run_broker(db, handle, concurrency=2, idle_wait=5)
+    try:
+        wait_for(lambda: len(outcomes) == 2, 10)
+    finally:
+        halt()
+    assert outcomes == {"when-false": False, "when-true": True}
+    with db.transaction() as tx:
+        assert [r["n"] for r in tx.all("SELECT payload->>'n' AS n FROM outbox")] == ["when-false"]
 
 
 def test_rows_queued_while_handlers_are_busy_are_all_handled_once(db: Database) -> None:

@@ -143,10 +143,13 @@ def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, mod
 def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
     api: Api, db: Database, model_server, monkeypatch
 ) -> None:
-    """The final write's renewal travels with the turn's completion (its answer is read
-    after the completion ran): a worker whose lease was taken over while the model answered
-    must still complete nothing, its completion rolled back with the renewal's refusal."""
+    """The final write's renewal, its delivery's acknowledgement and the turn's completion
+    travel in one round trip with the COMMIT (the renewal's answer is read after it): a
+    worker whose lease was taken over while the model answered must still write nothing,
+    every write of that round trip guarded by the fencing token, and acknowledge nothing."""
     import talon.runtime.deltas
+    from talon.broker.outbox import DISPATCH_TOPIC
+    from talon.broker.postgres import PostgresBroker
 
     # No streamed-delta flush (which renews, and would find the lease lost first): the
     # final write is the first to learn of it.
@@ -156,10 +159,18 @@ def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
     api.ok("POST", f"{BASE}/message", 202, json={"content": "Hello."})
     uid = session_uid(db)
     outcome: list[Any] = []
+    (delivery,), _ = PostgresBroker(db).claim((DISPATCH_TOPIC,))  # the message's
+    assert delivery.ack_in is not None
+    acks = []
 
     def run_a() -> None:
+        assert delivery.ack_in is not None
+
+        def on_idle(tx: Any, when: Any) -> None:
+            acks.append(delivery.ack_in(tx, when))
+
         try:
-            outcome.append(runner(db, RecordingTools(), "worker-a").drive(uid))
+            outcome.append(runner(db, RecordingTools(), "worker-a").drive(uid, on_idle=on_idle))
         except Exception as exc:  # e.g. the completion colliding with worker-b's rows
             outcome.append(exc)
 
@@ -184,6 +195,9 @@ def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
         usage = tx.scalar("SELECT count(*) FROM model_usage")
     assert turn == {"state": "completed", "attempts": 2, "lease_owner": None}
     assert usage == 1  # worker-b's model step only
+    assert len(acks) == 1 and not acks[0]()  # worker-a tried, and acknowledged nothing
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM outbox WHERE id = %s", (int(delivery.id),)) == 1
 
 
 def test_a_turn_under_a_live_lease_is_left_to_its_worker(
@@ -319,8 +333,9 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     assert runner(db, RecordingTools(), "worker-a").drive(uid) is None
     monkeypatch.undo()
     # The claim (with the knowledge step); the model's tool call with the tool step's start;
-    # the call marked as running; its result; the answer with the three messages, the final
-    # step and the turn's completion.
-    assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 3]
-    assert trips == [2, 2, 2, 2, 2]
+    # the call marked as running; its result; the answer: its model step with the lease's
+    # renewal, then the three messages, the final step, the turn's completion and its events,
+    # committed in the same round trip.
+    assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 2]
+    assert trips == [2, 2, 2, 2, 1]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7

@@ -12,6 +12,14 @@ from talon.store.database import Tx
 
 
 @dataclass(frozen=True)
+class AckCondition:
+    """A boolean SQL expression and its parameters (`Delivery.ack_in`)."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class Delivery:
     id: str
     topic: str
@@ -22,8 +30,13 @@ class Delivery:
     dead_lettered: bool = False
     # Drivers whose queue lives in our database offer to acknowledge inside the handler's own
     # last transaction, so the work and its acknowledgement commit together (one commit less
-    # per delivery); the handler then returns `Result.settled()`.
-    ack_in: Callable[[Tx], None] | None = field(default=None, compare=False, repr=False)
+    # per delivery); the handler then returns `Result.settled()`. `ack_in(tx, when)`: only
+    # if the SQL condition `when` holds as its statement runs (decided by the database, so
+    # the handler need not wait for an answer first); it returns what says, once the
+    # transaction has committed, whether it acknowledged.
+    ack_in: Callable[[Tx, AckCondition | None], Callable[[], bool]] | None = field(
+        default=None, compare=False, repr=False
+    )
     # A delivery handed out before it was claimed (the postgres broker's notified rows): the
     # handler claims it inside its own first transaction, one commit less per delivery.
     # `claim_in(tx)` queues the claim to travel with the transaction's next statement

@@ -12,12 +12,11 @@ Notified rows skip the dispatcher's claim: a message's dispatch row is notified 
 "dispatch <id> <payload>" (`sessions/turn_queue.py`), and the dispatcher hands it to an idle
 handler unclaimed (`Delivery.claim_in`); the handler claims it in its own first transaction,
 in the same round trip as the turn (`runtime/claim.py`), so a turn costs one transaction
-less. With several
-dispatchers notified of one row, one handler's claim takes it and the others do nothing. A
-claim still runs at start, for any other notification (another topic, a reconnect, more
-rows than idle handlers), when a wait times out, and at least every `takeover_poll` while
-rows were handed out (a dead worker's rows are only found by a claim); it skips the rows
-this dispatcher handed out and its handlers have not claimed yet.
+less. With several dispatchers notified of one row, one handler's claim takes it and the
+others do nothing. A claim still runs at start, for any other notification (another
+topic, a reconnect, more rows than idle handlers), when a wait times out, and at least every
+`takeover_poll` while rows were handed out (a dead worker's rows are only found by a
+claim); it skips the rows this dispatcher handed out and its handlers have not claimed yet.
 
 A claimed row records its holder (`claimed_by`, the worker's liveness owner id) and is
 available again as soon as that holder's liveness lock is gone (`store/liveness.py`), not
@@ -48,7 +47,7 @@ from functools import partial
 from typing import Any
 
 from talon.backoff import backoff_delay
-from talon.broker.base import Delivery, Handler, Outcome, Result
+from talon.broker.base import AckCondition, Delivery, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
 from talon.store.liveness import owner_gone_sql
@@ -206,7 +205,7 @@ class PostgresBroker:
             delivery_id = int(row["id"])
             deliveries.append(Delivery(
                 str(delivery_id), row["topic"], row["payload"], int(row["attempts"]),
-                ack_in=partial(_delete, delivery_id=delivery_id),
+                ack_in=partial(_delete, delivery_id),
             ))  # fmt: skip
         deliveries.sort(key=lambda d: int(d.id))
         return deliveries, due
@@ -263,7 +262,7 @@ class PostgresBroker:
                             unclaimed_ids.add(row_id)
                         delivery = Delivery(
                             str(row_id), topic, payload, 1,
-                            ack_in=partial(_delete, delivery_id=row_id), claim_in=unclaimed,
+                            ack_in=partial(_delete, row_id), claim_in=unclaimed,
                         )  # fmt: skip
                         pool.submit(self._handle, delivery, handler, idle, unclaimed)
                         handed_out = True
@@ -373,14 +372,17 @@ def _wait_beyond(hints: _Hints, seen: int, timeout: float, stop: threading.Event
         return True
 
 
-def _delete(tx: Tx, delivery_id: int) -> None:
-    # Nothing waits for it: it travels with the transaction's COMMIT.
-    tx.defer("DELETE FROM outbox WHERE id = %s", (delivery_id,))
+def _delete(delivery_id: int, tx: Tx, when: AckCondition | None = None) -> Callable[[], bool]:
+    # Nothing waits for it: it travels with the transaction's next statement or its COMMIT.
+    condition = AckCondition("TRUE", ()) if when is None else when
+    deleted = tx.later(f"DELETE FROM outbox WHERE id = %s AND ({condition.sql}) RETURNING 1",
+                       (delivery_id, *condition.params))  # fmt: skip
+    return lambda: bool(deleted.rows)
 
 
 def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:
     if result.outcome == Outcome.ACK:
-        _delete(tx, int(delivery.id))
+        _delete(int(delivery.id), tx)
         return
     delay = backoff_delay(delivery.attempt, initial=0.5, maximum=MAX_BACKOFF.total_seconds())
     at = result.retry_at or datetime.now(UTC) + timedelta(seconds=delay)

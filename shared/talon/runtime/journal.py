@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from talon.broker.base import AckCondition
 from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.sessions.views import tool_call_preview
@@ -122,16 +123,38 @@ def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, A
 
 
 def complete(
-    tx: Tx, lease: Lease, idx: int, written: list[dict[str, Any]], provider: str | None
-) -> tuple[int, int]:
-    """The final step `idx`: the turn's messages `written` (see `sessions/messages.
-    appending`) and the turn's completion, in one statement. Returns how many other turns of
-    the session are still open, and the seq of the last message written. The caller renewed
-    the lease in this transaction (the session row is locked)."""
+    tx: Tx,
+    lease: Lease,
+    idx: int,
+    written: list[dict[str, Any]],
+    provider: str | None,
+    earlier: list[tuple[str, dict[str, Any]]],
+    acknowledge: Callable[[Tx, AckCondition], None] | None = None,
+) -> int:
+    """The final step `idx`, as the transaction's last statement (it commits): the turn's
+    messages `written` (see `sessions/messages.completing`), its events after `earlier` (the
+    write step's, a `message.created` for each answer with text, `turn.completed`) and the
+    turn's completion, in one statement. `acknowledge(tx, when)` acknowledges a delivery in
+    the same round trip if the turn leaves its session with no open turn. Returns how many
+    other turns of the session are still open. The caller renewed the lease in this
+    transaction (the session row is locked)."""
+    if acknowledge is not None:
+        acknowledge(tx, AckCondition(*turn_steps.idle_after_completion(lease)))
+    write = {"step": WRITE, "index": idx, "kind": "write"}
+    new_events: list[tuple[str, dict[str, Any], int | None]] = [
+        *((event_type, data, None) for event_type, data in earlier),
+        ("step.started", write, None),
+    ]
+    for ordinal, message in enumerate(written, start=1):
+        if message["role"] == "assistant" and message["content"]:
+            created = {"role": "assistant", "content": message["content"]}
+            new_events.append(("message.created", created, ordinal))  # its seq from SQL
+    new_events.append(("step.completed", write, None))
+    new_events.append(("turn.completed", {"provider": provider}, None))  # openTurns too
     step = Step(idx, WRITE, "write", "completed", {"messages": len(written)})
-    splice = session_messages.appending(lease.session_uid, lease.turn_id, written)
-    remaining, last_seq = turn_steps.complete_turn(tx, lease, step, provider, splice)
-    return remaining, int(last_seq)
+    splice = session_messages.completing(lease.session_uid, lease.turn_id, written, new_events)
+    remaining, _ = turn_steps.complete_turn(tx, lease, step, provider, splice)
+    return remaining
 
 
 def usage_of(step: Step) -> ModelUsage | None:

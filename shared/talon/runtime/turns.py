@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from talon.broker.base import AckCondition
 from talon.runtime import context as ctx
 from talon.runtime import turn_telemetry
 from talon.runtime.claim import Busy, Claim, ClaimOptions, NotTaken, claim, finish_failed
@@ -42,12 +43,13 @@ from talon.runtime.journal import (
 )
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource
-from talon.sessions import events
 from talon.store.database import Database, Tx
 from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
+# Acknowledges a delivery in a turn's final write if a condition holds (`drive`).
+OnIdle = Callable[[Tx, AckCondition], None]
 
 INTERRUPTED = (
     "error: the worker running this tool call stopped before it returned; the call was not "
@@ -103,14 +105,14 @@ class TurnRunner:
         self,
         session_uid: uuid.UUID,
         *,
-        on_idle: Callable[[Tx], None] | None = None,
+        on_idle: OnIdle | None = None,
         first: Callable[[Tx], Callable[[], bool]] | None = None,
     ) -> Busy | NotTaken | None:
         """Run the session's turns until none is runnable. If another live worker holds the
         head turn, return who and until when (look again then, or once it dies); otherwise
-        None. `on_idle(tx)`
-        runs inside the final write that leaves the session with no open turn (the broker
-        acknowledges its delivery there). `first(tx)` claims the broker's delivery in the
+        None. `on_idle(tx, when)` is called in each turn's final write, before its last
+        statement: the broker acknowledges its delivery there if `when` holds (the turn
+        leaves the session with no open turn). `first(tx)` claims the broker's delivery in the
         first claim's transaction (see `claim.claim`); if it did not take, NotTaken and
         nothing done."""
         options = ClaimOptions(
@@ -127,7 +129,7 @@ class TurnRunner:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _run(self, claimed: Claim, on_idle: Callable[[Tx], None] | None = None) -> bool:
+    def _run(self, claimed: Claim, on_idle: OnIdle | None = None) -> bool:
         """Run the claimed turn; False when it completed and left no open turn behind (so
         `drive` need not look again)."""
         lease, turn = claimed.lease, claimed.turn
@@ -160,7 +162,7 @@ class TurnRunner:
         history: list[dict[str, Any]],
         deadline: float,
         heartbeat: Heartbeat,
-        on_idle: Callable[[Tx], None] | None,
+        on_idle: OnIdle | None,
     ) -> bool:
         knowledge_step = journal[0]  # completed during the claim
         messages = [
@@ -226,12 +228,10 @@ class TurnRunner:
                     recorded = []
                     if pending is not None:
                         recorded = pending(tx, defer_events=True)  # renews the lease
-                    more = self._write_in(
-                        tx, lease, written, idx, renewed=pending is not None, earlier=recorded
-                    )
-                    if not more and on_idle is not None:
-                        on_idle(tx)
-                    return more
+                    return self._write_in(
+                        tx, lease, written, idx, renewed=pending is not None, earlier=recorded,
+                        on_idle=on_idle,
+                    )  # fmt: skip
             if pending is not None:
                 with self.db.transaction() as tx:
                     pending(tx)
@@ -297,35 +297,18 @@ class TurnRunner:
         idx: int,
         *,
         renewed: bool,
-        earlier: list[tuple[str, dict[str, Any]]] | None = None,
+        earlier: list[tuple[str, dict[str, Any]]],
+        on_idle: OnIdle | None,
     ) -> bool:
-        """The final step: the turn's messages and its completion, in the caller's
-        transaction, after `earlier` events (appended together with this step's). Returns
-        whether other turns of the session are still open."""
+        """The final step: the turn's messages and its completion, after `earlier` events
+        (appended together with this step's), as the caller's transaction's last statement.
+        Returns whether other turns of the session are still open."""
         if not renewed:
             renew(tx, lease)
-        new_events: list[tuple[str, dict[str, Any]]] = [
-            *(earlier or []),
-            ("step.started", {"step": WRITE, "index": idx, "kind": "write"}),
-        ]
         provider = None
         for message in written:
             provider = message.get("provider") or provider
-        # The messages, the write step, the turn's completion and the count of the session's
-        # other open turns in one statement; numbered from the seq it returns.
-        remaining, last_seq = complete(tx, lease, idx, written, provider)
-        for seq, message in enumerate(written, start=last_seq - len(written) + 1):
-            if message["role"] == "assistant" and message["content"]:
-                new_events.append(
-                    (
-                        "message.created",
-                        {"seq": seq, "role": "assistant", "content": message["content"]},
-                    )
-                )
-        new_events.append(("step.completed", {"step": WRITE, "index": idx, "kind": "write"}))
-        new_events.append(("turn.completed", {"provider": provider, "openTurns": remaining}))
-        events.append(tx, lease.session_uid, new_events, lease.turn_id)
-        return remaining > 0
+        return complete(tx, lease, idx, written, provider, earlier, on_idle) > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
         tracing.fail_current(f"{code}: {message}"[:300])

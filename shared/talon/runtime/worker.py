@@ -11,12 +11,13 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from talon.broker.base import Consumer, Delivery, Result
+from talon.broker.base import AckCondition, Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
@@ -116,14 +117,13 @@ class Worker:
         except (KeyError, ValueError):
             log.error("dropping malformed dispatch event %s: %r", delivery.id, delivery.payload)
             return Result.ack()
-        acked: list[bool] = []
+        acks: list[Callable[[], bool]] = []
         on_idle = None
         if delivery.ack_in is not None:
             ack_in = delivery.ack_in
 
-            def on_idle(tx: Tx) -> None:
-                ack_in(tx)
-                acked.append(True)
+            def on_idle(tx: Tx, when: AckCondition) -> None:
+                acks.append(ack_in(tx, when))
 
         busy = self.runner.drive(session_uid, on_idle=on_idle, first=delivery.claim_in)
         if isinstance(busy, NotTaken):
@@ -132,7 +132,8 @@ class Worker:
             # Another worker holds the session; look again when its lease would expire,
             # or as soon as that worker dies.
             return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
-        return Result.settled() if acked else Result.ack()
+        # Read after the final write committed (drive raises when it did not).
+        return Result.settled() if any(acked() for acked in acks) else Result.ack()
 
     def take_over(self, session_uid: uuid.UUID) -> Result:
         """Drive a session whose running turn's owner died (the orphan sweep): the same path

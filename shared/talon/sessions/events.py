@@ -89,6 +89,33 @@ def append(
     )  # fmt: skip
 
 
+def completion_ctes(
+    turn_id: uuid.UUID, events: list[tuple[str, dict[str, Any], int | None]], messages: int
+) -> tuple[str, tuple[Any, ...]]:
+    """CTEs appending a completing turn's `events`, with their notification, for the
+    statement that completes it (`sessions/messages.completing`): its CTE `cs` has moved the
+    session's counters (`last_event_id` by len(events), `last_message` by `messages`) and
+    returns its row; its CTE `open` counts the session's other open turns. An event's third
+    element is, for a `message.created`, its message's ordinal among those written, whose seq
+    it gets; `turn.completed` gets `openTurns`. Comma-separated, without WITH."""
+    sql = (
+        "ev_ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
+        "  SELECT cs.uid, cs.last_event_id - %s + a.ord, %s::uuid, a.event->>0, "
+        "  (a.event->1) || CASE WHEN jsonb_typeof(a.event->2) = 'number' "
+        "    THEN jsonb_build_object('seq', cs.last_message - %s + (a.event->>2)::bigint) "
+        "    WHEN a.event->>0 = 'turn.completed' "
+        "    THEN jsonb_build_object('openTurns', (SELECT n FROM open)) ELSE '{}'::jsonb END "
+        "  FROM cs, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(event, ord) "
+        "  RETURNING id, type, turn_id, data, created_at), "
+        f"ev_json AS (SELECT {EVENTS_JSON_SQL.format(e='ev_ins')} AS events FROM ev_ins), "
+        # Delivered on commit only, so a woken reader always finds the rows.
+        f"notified AS (SELECT pg_notify('{EVENTS_CHANNEL}', "
+        f"{NOTIFY_PAYLOAD_SQL.format(s='cs', events='ev_json.events')}) FROM cs, ev_json)"
+    )
+    payload = jsonb([list(event) for event in events])
+    return sql, (len(events), turn_id, messages, payload)
+
+
 def open_turns(tx: Tx, session_uid: uuid.UUID) -> int:
     """The session's queued and running turns: the `openTurns` of a terminal turn event, so a
     stream following one turn knows whether another is open without a read. Call with the

@@ -12,29 +12,36 @@ import json
 import uuid
 from typing import Any
 
+from talon.sessions import events
 from talon.store.database import Tx, jsonb
 from talon.store.turn_steps import Splice
 
-# A turn's messages, written by the statement that completes the turn: numbered after the
-# session's message counter, which moves once for all of them; only while that statement's
-# `held` says the worker's lease holds.
-_APPEND_CTE = (
+# A turn's messages and events, written by the statement that completes the turn: the
+# session's message and event counters move once, in one UPDATE (two in one statement would
+# not see each other); only while that statement's `held` says the worker's lease holds.
+_COMPLETING_CTES = (
     "msg_in AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS m(ord int, role text, "
     "  content text, tool_calls jsonb, tool_call_id text)), "
-    "msg_s AS (UPDATE sessions SET last_message = last_message + (SELECT count(*) FROM msg_in) "
-    "  WHERE uid = %s AND EXISTS (SELECT 1 FROM held) RETURNING last_message), "
+    "cs AS (UPDATE sessions SET last_message = last_message + %s, "
+    "  last_event_id = last_event_id + %s, updated_at = now() "
+    "  WHERE uid = %s AND EXISTS (SELECT 1 FROM held) "
+    "  RETURNING uid, namespace, id, last_message, last_event_id), "
     "msg_ins AS (INSERT INTO messages (session_uid, seq, role, content, tool_calls, "
-    "  tool_call_id, turn_id) SELECT %s::uuid, msg_s.last_message - (SELECT count(*) FROM "
-    "  msg_in) + m.ord, m.role, m.content, m.tool_calls, m.tool_call_id, %s::uuid "
-    "  FROM msg_s, msg_in m)"
+    "  tool_call_id, turn_id) SELECT cs.uid, cs.last_message - %s + m.ord, m.role, m.content, "
+    "  m.tool_calls, m.tool_call_id, %s::uuid FROM cs, msg_in m), "
 )
 
 
-def appending(session_uid: uuid.UUID, turn_id: uuid.UUID, written: list[dict[str, Any]]) -> Splice:
+def completing(
+    session_uid: uuid.UUID,
+    turn_id: uuid.UUID,
+    written: list[dict[str, Any]],
+    new_events: list[tuple[str, dict[str, Any], int | None]],
+) -> Splice:
     """The turn's messages `written` (dicts with `role`, `content`, `tool_calls` and
-    `tool_call_id`, in order), as a part of the statement that completes the turn
-    (`store/turn_steps.complete_turn`); it returns the last message's seq. The caller's
-    renewal locked the session row."""
+    `tool_call_id`, in order) and its `new_events` (see `events.completion_ctes`), as a part
+    of the statement that completes the turn (`store/turn_steps.complete_turn`); it returns
+    whether the events were announced. The caller's renewal locked the session row."""
     rows = []
     for ord_, message in enumerate(written, start=1):
         row = {"ord": ord_, "role": message["role"], "content": message["content"] or ""}
@@ -43,8 +50,17 @@ def appending(session_uid: uuid.UUID, turn_id: uuid.UUID, written: list[dict[str
         if message.get("tool_call_id") is not None:
             row["tool_call_id"] = message["tool_call_id"]
         rows.append(row)
-    params = (jsonb(rows), session_uid, session_uid, turn_id)
-    return Splice(_APPEND_CTE, params, "(SELECT last_message FROM msg_s)")
+    event_ctes, event_params = events.completion_ctes(turn_id, new_events, len(rows))
+    params = (
+        jsonb(rows),
+        len(rows),
+        len(new_events),
+        session_uid,
+        len(rows),
+        turn_id,
+        *event_params,
+    )
+    return Splice(_COMPLETING_CTES + event_ctes, params, "(SELECT count(*) FROM notified)")
 
 
 def page(tx: Tx, session_uid: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:

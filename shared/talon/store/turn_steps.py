@@ -91,14 +91,17 @@ _BEGIN_CALL_SQL = (
     "fencing_token = EXCLUDED.fencing_token"
 )
 # The turn's last step, its completion and the count of the session's other open turns (the
-# session row is locked by the caller's renewal, so it is the count at commit), after the
-# CTEs of a splice (`{ctes}`) and with what it returns (`{returns}`). Every write is guarded
-# by `held` (a row only while this worker's fencing token holds), so that when the renewal
-# travels in the same round trip (`renew_and_write_later`) and finds the lease lost, this
-# statement has written nothing either.
+# session row is locked by the caller's renewal, so it is the count at commit; the splice's
+# CTEs may read it as `open`), after the CTEs of a splice (`{ctes}`) and with what it returns
+# (`{returns}`). Every write is guarded by `held` (a row only while this worker's fencing
+# token holds), so that when the renewal travels in the same round trip
+# (`renew_and_write_later`) and finds the lease lost, this statement has written nothing
+# either, and its COMMIT commits nothing.
 _COMPLETE_SQL = (
     "WITH held AS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s "
     "  AND state = 'running'), "
+    "open AS (SELECT count(*) AS n FROM turns WHERE session_uid = %s AND id <> %s "
+    "  AND state IN ('queued', 'running')), "
     "{ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
     "  fencing_token, completed_at) "
     "  SELECT %s, %s, %s, 'write', 'completed', %s::jsonb, %s, now() "
@@ -106,18 +109,25 @@ _COMPLETE_SQL = (
     "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
     "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s "
     "  AND EXISTS (SELECT 1 FROM held)) "
-    "SELECT count(*) AS open, {returns} AS spliced FROM turns WHERE session_uid = %s "
-    "AND id <> %s AND state IN ('queued', 'running')"
+    "SELECT n AS open, {returns} AS spliced FROM open"
+)
+# A delivery of the session may be acknowledged with the completion (`Delivery.ack_in`) on
+# this condition, evaluated before it: the turn is still this lease's, and no other turn of
+# the session is open (none can be queued meanwhile: the renewal locked the session row).
+IDLE_AFTER_COMPLETION_SQL = (
+    "EXISTS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s AND state = 'running') "
+    "AND NOT EXISTS (SELECT 1 FROM turns WHERE session_uid = %s AND id <> %s "
+    "AND state IN ('queued', 'running'))"
 )
 
 
 @dataclass(frozen=True)
 class Splice:
-    """Another table's write that commits in the statement completing a turn, so it costs
-    no round trip of its own (the turn's messages: `sessions/messages.appending`): its CTEs
-    (`name AS (...)`, comma-separated, without WITH; they must write only while the CTE
-    `held` has a row, as the completion's own writes do), their parameters, and a scalar SQL
-    expression the statement returns."""
+    """Other tables' writes that commit in the statement completing a turn, so they cost
+    no round trip of their own (the turn's messages and events: `sessions/messages.
+    completing`): its CTEs (`name AS (...)`, comma-separated, without WITH; they may read the
+    CTE `open`, and must write only while the CTE `held` has a row, as the completion's own
+    writes do), their parameters, and a scalar SQL expression the statement returns."""
 
     ctes: str
     params: tuple[Any, ...]
@@ -186,21 +196,26 @@ def begin_call(tx: Tx, guard: Guard, idx: int, name: str, output: dict[str, Any]
 def complete_turn(
     tx: Tx, guard: Guard, step: Step, provider: str | None, splice: Splice | None = None
 ) -> tuple[int, Any]:
-    """Write the turn's last step and complete the turn (with `splice`), in one statement;
-    returns how many other turns of the session are still open, and what the splice
-    returns. The caller renewed in this transaction."""
+    """Write the turn's last step and complete the turn (with `splice`), in one statement
+    that commits the transaction (`Tx.commit_with`: with what was deferred before it, one
+    round trip); returns how many other turns of the session are still open, and what the
+    splice returns. The caller renewed in this transaction."""
     params = (
-        guard.turn_id, guard.token,
+        guard.turn_id, guard.token, guard.session_uid, guard.turn_id,
         *(splice.params if splice else ()),
         guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
-        provider, guard.turn_id, guard.session_uid, guard.turn_id,
+        provider, guard.turn_id,
     )  # fmt: skip
     sql = _COMPLETE_SQL.format(
         ctes=splice.ctes + ", " if splice else "", returns=splice.returns if splice else "NULL"
     )
-    row = tx.one(sql, params)
-    assert row is not None  # an aggregate: always one row
+    row = tx.commit_with(sql, params)[0]  # an aggregate: always one row
     return int(row["open"]), row["spliced"]
+
+
+def idle_after_completion(guard: Guard) -> tuple[str, tuple[Any, ...]]:
+    """`IDLE_AFTER_COMPLETION_SQL` and its parameters for this lease."""
+    return IDLE_AFTER_COMPLETION_SQL, (guard.turn_id, guard.token, guard.session_uid, guard.turn_id)
 
 
 def load(tx: Tx, turn_id: uuid.UUID) -> list[Step]:

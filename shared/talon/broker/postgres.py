@@ -377,7 +377,7 @@ def _delete(delivery_id: int, tx: Tx, when: AckCondition | None = None) -> Calla
     condition = AckCondition("TRUE", ()) if when is None else when
     deleted = tx.later(f"DELETE FROM outbox WHERE id = %s AND ({condition.sql}) RETURNING 1",
                        (delivery_id, *condition.params))  # fmt: skip
-    return lambda: bool(deleted.rows)
+    return lambda: tx.committed and bool(deleted.rows)  # not a deletion rolled back later
 
 
 def _settle_in(tx: Tx, delivery: Delivery, result: Result) -> None:

@@ -132,7 +132,8 @@ class Worker:
             # Another worker holds the session; look again when its lease would expire,
             # or as soon as that worker dies.
             return Result.retry(busy.until + timedelta(milliseconds=100), holder=busy.owner)
-        # Read after the final write committed (drive raises when it did not).
+        # Each says whether its deletion committed: drive raises when a final write failed,
+        # and a worker fenced out of its turn deleted nothing (the condition checks it).
         return Result.settled() if any(acked() for acked in acks) else Result.ack()
 
     def take_over(self, session_uid: uuid.UUID) -> Result:

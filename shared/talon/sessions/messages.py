@@ -60,6 +60,7 @@ def completing(
         turn_id,
         *event_params,
     )
+    # Returned so that it runs: PostgreSQL skips a SELECT in WITH that nothing reads.
     return Splice(_COMPLETING_CTES + event_ctes, params, "(SELECT count(*) FROM notified)")
 
 

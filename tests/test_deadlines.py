@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
+import pytest
+
+from talon.api import deadlines as deadlines_module
 from talon.api.deadlines import Deadlines
 
 
@@ -69,3 +74,29 @@ def test_a_timer_set_while_the_thread_idles_fires() -> None:
     assert record.done.wait(5)
     assert record.names() == ["first", "second"]
     assert record.fired[1][1] - again < 1.0  # not the thread's idle wait
+
+
+def test_cancelled_timers_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests' timers are cancelled long before they are due, and the thread is not woken
+    for them: a compaction keeps the heap to about the timers still pending, and a cancelled
+    timer lets go of its callback (and what that holds: a request's body reader) at once."""
+    monkeypatch.setattr(deadlines_module, "COMPACT_AT", 100)
+    monkeypatch.setattr(deadlines_module, "COMPACT_EVERY", 10)
+    deadlines, record = Deadlines(), Recorder()
+    later = time.monotonic() + 3600
+    deadlines.call_at(later, record.at("pending"))
+    for _ in range(1000):
+        deadlines.call_at(later, record.at("request")).cancel()
+    assert len(deadlines) < 120
+
+    class BodyReader:
+        def expire(self) -> None:
+            record.fired.append(("expired", time.monotonic()))
+
+    reader = BodyReader()
+    gone = weakref.ref(reader)
+    deadlines.call_at(later, reader.expire).cancel()
+    del reader
+    gc.collect()
+    assert gone() is None
+    assert record.names() == []

@@ -13,6 +13,16 @@ from collections.abc import Callable
 log = logging.getLogger("talon.gateway")
 
 
+# A cancelled timer stays in the heap until it comes due or a compaction drops it (the thread
+# is not woken for each request); compacted when this many are in it, at most every so many.
+COMPACT_AT = 4096
+COMPACT_EVERY = 1024
+
+
+def _nothing() -> None:
+    pass
+
+
 class Timer:
     def __init__(self, callback: Callable[[], None]) -> None:
         self._callback = callback
@@ -20,6 +30,9 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # What the callback holds (a request's body reader, its socket) is freed now, not
+        # when the timer leaves the heap.
+        self._callback = _nothing
 
     def fire(self) -> None:
         if not self.cancelled:
@@ -33,11 +46,20 @@ class Deadlines:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
+    def __len__(self) -> int:
+        """Timers held, cancelled ones included until they are dropped."""
+        with self._wake:
+            return len(self._heap)
+
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         """Run `callback` at `when` (time.monotonic()) unless the timer is cancelled first."""
         timer = Timer(callback)
         with self._wake:
-            heapq.heappush(self._heap, (when, next(self._order), timer))
+            order = next(self._order)
+            if len(self._heap) >= COMPACT_AT and order % COMPACT_EVERY == 0:
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+            heapq.heappush(self._heap, (when, order, timer))
             # Started on first use, in the process that serves: gunicorn builds the app
             # before it forks its workers, and a thread does not survive a fork.
             if self._thread is None or not self._thread.is_alive():

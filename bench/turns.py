@@ -151,6 +151,13 @@ def client_loop(
         if done is None:  # a stream that ends before its turn is a bug, not a fast turn
             raise RuntimeError(f"client {n}: the stream ended before turn {i} completed")
         timings.append((first or done, done))
+        if held is None:
+            # To its end, as the SDK's documented loop reads it: a stream with untilTurnEnd
+            # ends by itself once the turn is over, and its connection goes back to the pool
+            # for the next request; stopping at turn.completed would drop the connection
+            # (the gateway's last bytes unread), and every turn would open a new one.
+            for _ in events:
+                pass
         if progress is not None:
             with progress.get_lock():
                 progress.value += 1

@@ -193,3 +193,102 @@ def test_the_window_is_turn_by_turn_and_leaves_out_later_turns(db: Any) -> None:
     assert window == ["q1", "a1", "q2", "a2"]
     assert last_only == ["q2", "a2"]
     assert none == []
+
+
+LONG_SESSION_TURNS = 1000
+
+
+def _rows_read(plan: dict[str, Any], tables: set[str]) -> int:
+    """Rows the plan's nodes on `tables` produced or threw away (by filter or join filter)."""
+    loops = plan.get("Actual Loops", 1)
+    read = 0
+    if plan.get("Relation Name") in tables:
+        read += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
+                 + plan.get("Rows Removed by Index Recheck", 0)) * loops  # fmt: skip
+    read += plan.get("Rows Removed by Join Filter", 0) * loops
+    return read + sum(_rows_read(child, tables) for child in plan.get("Plans", []))
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
+def test_a_claims_reads_cost_its_window_not_the_length_of_the_session(db: Any) -> None:
+    """Most sessions are short, so the planner's statistics say a session has a turn or two.
+    A session 1,000 turns long must still cost its claim's reads (the history window, the
+    knowledge step's input) the window only: turns and messages are taken by their
+    per-session keys, the window's bounds given to the index. With the leased turn joined
+    instead of given, those bounds became a join filter under a plan made for one-turn
+    sessions, and each claim read the whole session (0.26 ms a claim at 300 turns). And a
+    namespace without knowledge has no query made of the input."""
+    import uuid
+
+    from talon.runtime import context as ctx
+
+    uid = uuid.uuid4()
+    with db.transaction() as tx:
+        # 300 one-turn sessions (what the statistics see), then the long one.
+        tx.execute(
+            "INSERT INTO sessions (uid, namespace, id, agent) "
+            "SELECT gen_random_uuid(), 'acme', 's' || n, 'bot' FROM generate_series(1, 300) n"
+        )
+        tx.execute(
+            "INSERT INTO turns (id, session_uid, seq, input_seq, state) "
+            "SELECT gen_random_uuid(), uid, 1, 1, 'completed' FROM sessions"
+        )
+        tx.execute(
+            "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+            "SELECT t.session_uid, 1 + k, CASE k WHEN 0 THEN 'user' ELSE 'assistant' END, "
+            "'m', t.id FROM turns t, generate_series(0, 1) k"
+        )
+    with db.transaction() as tx:
+        # Statistics made before the long session grew (a big table is not analysed again
+        # because one of its sessions grows).
+        tx.execute("ANALYZE sessions, turns, messages")
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, 'acme', 'long', 'bot')",
+            (uid,),
+        )
+        tx.execute(
+            "INSERT INTO turns (id, session_uid, seq, input_seq, state, lease_owner) "
+            "SELECT gen_random_uuid(), %s, n, 2 * n - 1, "
+            "CASE WHEN n = %s THEN 'running' ELSE 'completed' END, "
+            "CASE WHEN n = %s THEN 'w1' END FROM generate_series(1, %s) n",
+            (uid, LONG_SESSION_TURNS, LONG_SESSION_TURNS, LONG_SESSION_TURNS),
+        )
+        tx.execute(
+            "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+            "SELECT t.session_uid, t.input_seq + k, CASE k WHEN 0 THEN 'user' "
+            "ELSE 'assistant' END, 'm' || t.seq, t.id FROM turns t, generate_series(0, 1) k "
+            "WHERE t.session_uid = %s",
+            (uid,),
+        )
+    read = {}
+    with db.transaction() as tx:
+        for name, (sql, params) in (
+            ("history", ctx.leased_history(uid, "w1")),
+            ("knowledge", ctx.leased_knowledge(uid, "w1")),
+        ):
+            plan = tx.scalar("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+            read[name] = _rows_read(plan[0]["Plan"], {"turns", "messages"})
+            if name == "knowledge":  # a namespace without knowledge: the input is not parsed
+                parsed = [n["Actual Loops"] for n in _nodes(plan[0]["Plan"])
+                          if n["Node Type"] == "Function Scan"]  # fmt: skip
+        window = messages_of(tx, uid)
+    # The window: HISTORY_TURNS + 1 turns and their two messages each, each row read at most
+    # a few times; the session holds 1,000 turns and 2,000 messages.
+    window_turns = ctx.HISTORY_TURNS + 1
+    assert window == 2 * window_turns
+    assert read["history"] <= 4 * window_turns, read
+    assert read["knowledge"] <= 8, read
+    assert parsed == [0]  # to_tsvector's lexemes (~1.5 ms for a 10 KB message) never unnested
+
+
+def messages_of(tx: Any, uid: Any) -> int:
+    """How many messages the leased turn's history window holds."""
+    from talon.runtime import context as ctx
+    from talon.sessions.messages import window_rows
+
+    sql, params = ctx.leased_history(uid, "w1")
+    return len(window_rows(tx.scalar(sql, params)))

@@ -124,15 +124,19 @@ def window_rows(window: str | None) -> list[dict[str, Any]]:
     ]
 
 
-# The window of the turn whose seq `{head}` (a one-row subquery) names: its turns by the
-# per-session key, then their messages as one JSON text of arrays.
+# The window of the turn whose seq `{head}` (a one-row subquery) names: its turns, then
+# their messages as one JSON text of arrays. The turns are the session's last up to the
+# head, newest first with a LIMIT, the head given as a value (a scalar subquery), not
+# joined: whatever the planner thinks of the session's size, only the (session_uid, seq)
+# key's index yields them in order without a sort, and it stops after the window. Joined,
+# a plan made for one-turn sessions read the whole session through that index; with the
+# bounds as a range, through the idempotency keys' index (tests/test_history.py).
 _WINDOW_SQL = (
     "WITH h AS MATERIALIZED {head}, "
-    "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, "
-    "  min(input_seq) AS lo FROM (SELECT turns.id, turns.seq, turns.input_seq FROM turns, h "
-    "  WHERE turns.session_uid = %s AND turns.seq <= h.seq AND turns.seq > h.seq - %s "
-    "  ORDER BY turns.seq) w) "
+    "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, min(input_seq) AS lo "
+    "  FROM (SELECT id, seq, input_seq FROM turns WHERE session_uid = %s "
+    "  AND seq <= (SELECT seq FROM h) ORDER BY seq DESC LIMIT %s) w) "
     "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
     "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text AS messages FROM t, messages m "
-    "WHERE m.session_uid = %s AND m.seq >= t.lo AND m.turn_id = ANY(t.ids)"
+    "WHERE m.session_uid = %s AND m.seq >= (SELECT lo FROM t) AND m.turn_id = ANY(t.ids)"
 )

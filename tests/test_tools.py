@@ -183,6 +183,26 @@ def test_a_header_from_secret_manager_reaches_the_server(
     assert secret_manager.accesses == [f"{secret}/versions/latest"]  # cached, read once
 
 
+def test_guarded_clients_share_one_tls_context_that_verifies() -> None:
+    """Building a TLS context loads the CA bundle (~20 ms of CPU, twice per client: its
+    transport's pool and the guarded one), and every MCP call builds a client: that was
+    most of a tool call's 55 ms. The guarded clients of any policy share one context per
+    library, which still checks certificates and host names."""
+    import ssl
+
+    from talon.tenancy.egress import EgressPolicy
+    from talon.tenancy.http_guard import guarded_async_client, guarded_client
+
+    policies = (EgressPolicy(), EgressPolicy(frozenset({"http"}), allow_loopback=True))
+    # httpcore's pools keep their context in `_ssl_context` (the versions are pinned).
+    sync = {id(guarded_client(p)._transport._pool._ssl_context) for p in policies}
+    clients = [guarded_async_client(p) for p in policies]
+    contexts = [c._transport._pool._ssl_context for c in clients]
+    assert len(sync) == 1
+    assert len({id(c) for c in contexts}) == 1
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+
+
 def test_tool_lists_are_cached_per_server_version(acme: Api, stripe: RunningServer) -> None:
     source = _source()
     source.tools_for(_context())

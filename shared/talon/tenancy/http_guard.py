@@ -16,7 +16,9 @@ the minor versions this was tested with.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +33,20 @@ import httpx2
 from talon.tenancy.egress import EgressDenied, EgressPolicy
 
 _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
+# One TLS context per process and library: building one loads the CA bundle (~20 ms of CPU),
+# and every MCP call builds a client (twice over: the transport's own pool, then ours). A
+# context only verifies and holds no session another client could resume (client-side
+# session caching is off unless asked for), so sharing it shares nothing between tenants.
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=False)
+
+
+@functools.cache
+def _async_tls() -> ssl.SSLContext:
+    return httpx2.create_ssl_context(trust_env=False)
 
 
 def _checked_addresses(policy: EgressPolicy, host: str, infos: Iterable[Any]) -> list[str]:
@@ -141,10 +157,10 @@ def reads_within(response: Any, seconds: float) -> Iterator[bool]:
 
 class GuardedTransport(httpx.HTTPTransport):
     def __init__(self, policy: EgressPolicy) -> None:
-        super().__init__(trust_env=False, limits=_LIMITS)
+        super().__init__(verify=_tls(), trust_env=False, limits=_LIMITS)
         self._policy = policy
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=_tls(),
             max_connections=_LIMITS.max_connections,
             max_keepalive_connections=_LIMITS.max_keepalive_connections,
             keepalive_expiry=_LIMITS.keepalive_expiry,
@@ -194,10 +210,10 @@ class _AsyncGuardedBackend(httpcore2.AsyncNetworkBackend):
 
 class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
     def __init__(self, policy: EgressPolicy) -> None:
-        super().__init__(trust_env=False)
+        super().__init__(verify=_async_tls(), trust_env=False)
         self._policy = policy
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            ssl_context=_async_tls(),
             max_connections=_LIMITS.max_connections,
             max_keepalive_connections=_LIMITS.max_keepalive_connections,
             keepalive_expiry=_LIMITS.keepalive_expiry,

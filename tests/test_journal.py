@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,6 +89,43 @@ def test_resume_after_a_crash_during_a_tool_call(api: Api, db: Database, model_s
     assert turn["state"] == "completed" and turn["attempts"] == 2
     started = [e for e in _events(api) if e["type"] == "turn.started"]
     assert [e["data"]["resumed"] for e in started] == [False, True]
+
+
+class ScopedTools(RecordingTools):
+    """Records its turn scope (`turn()`) around the calls, as MCP sessions are held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.log.append("open")
+        try:
+            yield
+        finally:
+            self.log.append("close")
+
+    def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
+        self.log.append("call")
+        return super().call(context, name, arguments)
+
+
+def test_a_turns_tool_calls_run_inside_one_turn_scope(api: Api, db: Database, model_server) -> None:
+    """The runner holds a source's turn scope around each turn's steps (MCP sessions live
+    in it), a scope per turn, ended by the turn."""
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 14}},
+                        {"name": "get_renewals", "arguments": {"days": 30}}]},
+        {"content": "Two renewals."},
+        {"content": "Nothing to call."},
+    )  # fmt: skip
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Review renewals."})
+    api.ok("POST", f"{BASE}/message", 202, json={"content": "Thanks."})
+    tools = ScopedTools()
+    assert runner(db, tools, "worker-a").drive(session_uid(db)) is None
+    assert tools.log == ["open", "call", "call", "close", "open", "close"]
 
 
 class BlockingTools(RecordingTools):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,6 +204,86 @@ def test_guarded_clients_share_one_tls_context_that_verifies() -> None:
     assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
 
 
+def _turn_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "talon-mcp-turn"]
+
+
+def test_a_turns_calls_to_a_server_share_one_session(acme: Api, stripe: RunningServer) -> None:
+    """A call of its own costs the server a connection, the initialize handshake and a tool
+    list (the SDK checks results against it), ~11 ms: a turn's calls share one session, so
+    each later call is one request; the session ends with the turn."""
+    source, context = _source(), _context()
+    arguments = {"customer_id": "cus_acme_001"}
+    source.tools_for(context)  # the tool lists, cached from here on
+    before = len(stripe.headers_seen)
+    assert not source.call(context, "stripe-readonly.list_invoices", arguments).is_error
+    alone = len(stripe.headers_seen) - before
+    before = len(stripe.headers_seen)
+    with source.turn():
+        for _ in range(3):
+            result = source.call(context, "stripe-readonly.list_invoices", arguments)
+            assert not result.is_error and "in_1001" in result.content
+        assert _turn_threads() == ["talon-mcp-turn"]
+    assert len(stripe.headers_seen) - before == alone + 2  # two more tools/call requests
+    assert alone == 4  # initialize, initialized, tools/call and the SDK's tools/list
+    assert stripe.calls["list_invoices"] == 4
+    assert _turn_threads() == []  # the turn's loop ended with it
+
+
+def test_a_session_the_server_forgot_is_opened_again_for_the_call(acme: Api) -> None:
+    """A server restarted during a turn no longer knows the turn's session and answers 404
+    ("Session terminated") before running anything: the call goes through a new session.
+    Any other failure drops the session and is the call's error, as for a call alone."""
+    server = RunningServer("stripe", stateless=False)
+    port = server.port
+    try:
+        _set_server(acme, "stripe-readonly", {"url": server.url})
+        source, context = _source(), _context()
+        arguments = {"customer_id": "cus_acme_001"}
+        source.tools_for(context)  # the tool lists, cached from here on
+        listed = len(server.headers_seen)
+        with source.turn():
+            for _ in range(2):
+                result = source.call(context, "stripe-readonly.list_invoices", arguments)
+                assert not result.is_error, result.content
+            seen = server.headers_seen[listed:]
+            sessions = {h.get("mcp-session-id") for h in seen} - {None}
+            server.close()
+            server = RunningServer("stripe", port, stateless=False)  # knows no session
+            result = source.call(context, "stripe-readonly.list_invoices", arguments)
+            assert not result.is_error, result.content
+            assert server.calls["list_invoices"] == 1
+            server.close()  # down: the call fails, as it would alone
+            result = source.call(context, "stripe-readonly.list_invoices", arguments)
+            assert result.is_error and "failed" in result.content
+            server = RunningServer("stripe", port, stateless=False)
+            result = source.call(context, "stripe-readonly.list_invoices", arguments)
+            assert not result.is_error, result.content  # a new session for the next call
+        assert len(sessions) == 1
+        assert _turn_threads() == []
+    finally:
+        server.close()
+
+
+def test_a_hung_call_in_a_turn_times_out_and_the_next_call_goes_on(
+    acme: Api, stripe: RunningServer
+) -> None:
+    _set_server(acme, "stripe-readonly", {"timeoutSeconds": 1})
+    source, context = _source(), _context()
+    with source.turn():
+        started = time.monotonic()
+        result = source.call(
+            context, "stripe-readonly.search_invoices", {"query": "acme", "seconds": 4}
+        )
+        assert result.is_error and "timed out" in result.content
+        assert time.monotonic() - started < 4
+        result = source.call(
+            context, "stripe-readonly.list_invoices", {"customer_id": "cus_acme_001"}
+        )
+        assert not result.is_error, result.content
+    assert _turn_threads() == []
+
+
 def test_tool_lists_are_cached_per_server_version(acme: Api, stripe: RunningServer) -> None:
     source = _source()
     source.tools_for(_context())
@@ -231,6 +312,11 @@ def test_the_registry_merges_builtins_skills_and_mcp_tools(acme: Api, tmp_path: 
     assert "stripe-readonly.list_invoices" in names
     assert registry.call(_context(), "skill.renewal-playbook", {}).content == "Step 1."
     assert '"timezone": "UTC"' in registry.call(_context(), "talon.current_time", {}).content
+    with registry.turn():  # the MCP source's turn scope: the call holds a session till the end
+        assert not registry.call(_context(), "stripe-readonly.list_invoices",
+                                 {"customer_id": "cus_acme_001"}).is_error  # fmt: skip
+        assert _turn_threads() == ["talon-mcp-turn"]
+    assert _turn_threads() == []
 
 
 def test_a_turn_calls_an_mcp_tool_and_the_stream_shows_it(

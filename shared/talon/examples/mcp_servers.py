@@ -90,13 +90,14 @@ FIXTURES = {"stripe": stripe_server, "hubspot": hubspot_server}
 
 
 class RunningServer:
-    """An MCP fixture served by uvicorn on a free localhost port, in a thread."""
+    """An MCP fixture served by uvicorn on a free localhost port, in a thread; `stateless`
+    False keeps a session per client (a new instance on the same port knows none)."""
 
-    def __init__(self, kind: str, port: int = 0) -> None:
+    def __init__(self, kind: str, port: int = 0, *, stateless: bool = True) -> None:
         self.calls: Counter[str] = Counter()
         self.headers_seen: list[dict[str, str]] = []
         server = FIXTURES[kind](self.calls)
-        app = server.streamable_http_app(stateless_http=True, json_response=True)
+        app = server.streamable_http_app(stateless_http=stateless, json_response=True)
         app.add_middleware(_RecordHeaders, seen=self.headers_seen)
         if port == 0:
             with socket.socket() as probe:
@@ -104,7 +105,9 @@ class RunningServer:
                 port = probe.getsockname()[1]
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mcp"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        # A stateful server's clients hold a stream open: closing gives them a second.
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                timeout_graceful_shutdown=1)  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

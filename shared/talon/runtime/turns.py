@@ -42,7 +42,7 @@ from talon.runtime.journal import (
     renew,
 )
 from talon.runtime.providers.base import ModelRequest
-from talon.runtime.tools.base import AgentContext, ToolSource
+from talon.runtime.tools.base import AgentContext, ToolSource, turn_scope
 from talon.store.database import Database, Tx
 from talon.telemetry import tracing
 from talon.tenancy.tenant_policy import TenancyPolicy
@@ -139,7 +139,8 @@ class TurnRunner:
             timeout = float(agent.effective["modelPolicy"].get("turnTimeoutSeconds", 300))
             started_at = turn["started_at"].timestamp()
             deadline = time.monotonic() + max(0.0, started_at + timeout - time.time())
-            more = self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
+            with turn_scope(self.tools):  # e.g. the turn's MCP sessions, ended with it
+                more = self._steps(lease, agent, journal, history, deadline, heartbeat, on_idle)
             turn_telemetry.ended(claimed, "completed")
             return more
         except Fenced:

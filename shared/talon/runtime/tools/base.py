@@ -3,6 +3,7 @@ them for an agent."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +35,9 @@ class Toolset:
 
 class ToolSource(Protocol):
     """Sources that cache (tool lists, sessions) may also define
-    `invalidate(namespace, kind, name)`; the worker calls it on lifecycle events."""
+    `invalidate(namespace, kind, name)`; the worker calls it on lifecycle events. Sources
+    that hold connections for a turn may define `turn()`, a context manager the runner
+    holds open around each turn's steps (see `turn_scope`)."""
 
     def tools_for(self, context: AgentContext) -> Toolset: ...
 
@@ -49,3 +52,9 @@ class NoTools:
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         return ToolResult(f"unknown tool {name!r}", is_error=True)
+
+
+def turn_scope(source: ToolSource) -> AbstractContextManager[object]:
+    """`source.turn()` when the source defines one, else a scope that does nothing."""
+    turn = getattr(source, "turn", None)
+    return turn() if turn is not None else nullcontext()

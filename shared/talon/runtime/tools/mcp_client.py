@@ -1,18 +1,21 @@
 """The `mcp` SDK adapter: list and call a server's tools over streamable HTTP.
 
-The SDK is asyncio-only and the worker runs turns on plain threads, so each operation runs in
-its own short event loop with its own connection: stateless, nothing shared between threads,
-and a hung server costs one call its timeout, never the worker.
+The SDK is asyncio-only and the worker runs turns on plain threads, so each operation here
+runs in its own short event loop with its own connection and session: nothing shared
+between threads, and a hung server costs one call its timeout, never the worker. A turn's
+calls share sessions instead (`mcp_sessions.TurnSessions`), opened with `session`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import PaginatedRequestParams
@@ -73,11 +76,47 @@ def call_tool(
     timeout: float,
     egress: EgressPolicy,
 ) -> ToolResult:
+    return _run(url, headers, timeout, egress, calling(name, arguments, timeout))
+
+
+def calling(
+    name: str, arguments: dict[str, Any], timeout: float
+) -> Callable[[ClientSession], Awaitable[ToolResult]]:
+    """The call of tool `name`, to run on a session."""
+
     async def run(session: ClientSession) -> ToolResult:
         result = await session.call_tool(name, arguments, read_timeout_seconds=timeout)
         return ToolResult(_text(result), is_error=bool(getattr(result, "is_error", False)))
 
-    return _run(url, headers, timeout, egress, run)
+    return run
+
+
+@asynccontextmanager
+async def session(
+    url: str,
+    headers: dict[str, str],
+    timeout: float,
+    egress: EgressPolicy,
+    on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
+) -> AsyncIterator[ClientSession]:
+    """An initialised session with the server, on a connection of its own; ended (and the
+    connection closed) on exit. `on_response` sees every HTTP response."""
+    hooks = {"response": [on_response]} if on_response is not None else {}
+    async with (
+        # Every connection, redirects included, checked against the egress policy.
+        guarded_async_client(egress, headers=headers, timeout=timeout, event_hooks=hooks) as http,
+        streamable_http_client(url, http_client=http) as streams,
+        ClientSession(streams[0], streams[1]) as opened,
+    ):
+        await opened.initialize()
+        yield opened
+
+
+def unavailable(url: str, exc: BaseException, timeout: float) -> MCPUnavailable:
+    """What a failed operation on the server at `url` is reported as."""
+    if isinstance(exc, TimeoutError):
+        return MCPUnavailable(f"no answer from {url} within {timeout:g} s")
+    return MCPUnavailable(f"{url}: {_describe(exc, timeout)}")
 
 
 def _run(
@@ -88,14 +127,8 @@ def _run(
     operation: Callable[[ClientSession], Awaitable[T]],
 ) -> T:
     async def connect_and_run() -> T:
-        async with (
-            # Every connection, redirects included, checked against the egress policy.
-            guarded_async_client(egress, headers=headers, timeout=timeout) as http,
-            streamable_http_client(url, http_client=http) as streams,
-            ClientSession(streams[0], streams[1]) as session,
-        ):
-            await session.initialize()
-            return await operation(session)
+        async with session(url, headers, timeout, egress) as opened:
+            return await operation(opened)
 
     async def bounded() -> T:
         # The overall bound covers connecting and initialising, not just the call.
@@ -103,10 +136,8 @@ def _run(
 
     try:
         return asyncio.run(bounded())
-    except TimeoutError as exc:
-        raise MCPUnavailable(f"no answer from {url} within {timeout:g} s") from exc
     except Exception as exc:  # transport errors arrive wrapped in exception groups
-        raise MCPUnavailable(f"{url}: {_describe(exc, timeout)}") from exc
+        raise unavailable(url, exc, timeout) from exc
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +25,7 @@ from talon.runtime.secrets import SecretMissing, resolve_secret
 from talon.runtime.tools import mcp_client
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
 from talon.runtime.tools.bindings import Grant, grants_for, permitted
+from talon.runtime.tools.mcp_sessions import TurnSessions
 from talon.store.database import Database
 from talon.tenancy.egress import EgressDenied
 from talon.tenancy.grants import SecretNotGranted
@@ -30,6 +34,8 @@ from talon.tenancy.tenant_policy import TenancyPolicy
 log = logging.getLogger(__name__)
 # Why a server cannot be used now; each becomes an error the turn goes on without.
 _UNREACHABLE = (mcp_client.MCPUnavailable, SecretMissing, SecretNotGranted, EgressDenied)
+# The sessions of the turn this thread runs, while `MCPToolSource.turn` holds them.
+_TURN_SESSIONS: ContextVar[TurnSessions | None] = ContextVar("talon_mcp_turn", default=None)
 LIST_TTL_SECONDS = 300.0  # a server's tools may change without its manifest changing
 SEPARATOR = "."
 
@@ -135,10 +141,24 @@ class MCPToolSource:
         if not permitted(grants[server_name], tool, remote.read_only_hint):
             return _refused(name, context, "denied by the agent's MCP bindings")
         timeout = float(server["body"].get("timeoutSeconds", 30.0))
+        sessions = _TURN_SESSIONS.get()
+        call = mcp_client.call_tool if sessions is None else sessions.call_tool
         try:
-            return mcp_client.call_tool(url, headers, tool, arguments, timeout, self.tenancy.egress)
+            return call(url, headers, tool, arguments, timeout, self.tenancy.egress)
         except mcp_client.MCPUnavailable as exc:
             return ToolResult(f"error: calling {name} failed: {exc}", is_error=True)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The turn's calls (on this thread) share a session per server, ended when the turn
+        leaves this scope (`mcp_sessions`); calls outside a turn open their own."""
+        sessions = TurnSessions()
+        token = _TURN_SESSIONS.set(sessions)
+        try:
+            yield
+        finally:
+            _TURN_SESSIONS.reset(token)
+            sessions.close()
 
     def invalidate(self, namespace: str, kind: str, name: str) -> None:
         if kind not in ("MCPServer", "MCPBinding"):

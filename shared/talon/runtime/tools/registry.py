@@ -4,11 +4,13 @@ name alone, also when a resumed turn runs on another worker."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from talon.runtime.tools import builtin, skills
-from talon.runtime.tools.base import AgentContext, ToolResult, Toolset, ToolSource
+from talon.runtime.tools.base import AgentContext, ToolResult, Toolset, ToolSource, turn_scope
 from talon.runtime.tools.builtin import BuiltinTools
 from talon.runtime.tools.skills import SkillToolSource
 from talon.store.database import Database
@@ -41,6 +43,14 @@ class ToolRegistry:
 
     def call(self, context: AgentContext, name: str, arguments: dict[str, Any]) -> ToolResult:
         return self._source(name).call(context, name, arguments)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Each source's turn scope (`base.turn_scope`), held for one turn."""
+        with ExitStack() as scopes:
+            for source in (self.builtins, self.skills, self.mcp):
+                scopes.enter_context(turn_scope(source))
+            yield
 
     def invalidate(self, namespace: str, kind: str, name: str) -> None:
         for source in (self.builtins, self.skills, self.mcp):

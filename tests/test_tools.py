@@ -19,6 +19,7 @@ from talon.cli.manifest_files import read_documents
 from talon.examples.mcp_servers import RunningServer
 from talon.runtime.context import agent_context
 from talon.runtime.journal import Step, _step_event
+from talon.runtime.tools import mcp_client
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.tools.mcp_source import MCPToolSource
 from talon.runtime.tools.registry import default_tools
@@ -281,6 +282,94 @@ def test_a_hung_call_in_a_turn_times_out_and_the_next_call_goes_on(
             context, "stripe-readonly.list_invoices", {"customer_id": "cus_acme_001"}
         )
         assert not result.is_error, result.content
+    assert _turn_threads() == []
+
+
+class _Gateway:
+    """In front of a stateful fixture server: refuses the session's GET stream with 404 (a
+    gateway that routes only POST and DELETE) or never answers its DELETE (a quiet end)."""
+
+    def __init__(self, app: Any, *, quiet_delete: bool = False) -> None:
+        self.app = app
+        self.quiet_delete = quiet_delete
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] == "http" and scope["method"] == "GET":
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"not found"})
+            return
+        if scope["type"] == "http" and scope["method"] == "DELETE" and self.quiet_delete:
+            await asyncio.sleep(30)
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def gateway_server() -> Iterator[tuple[Any, _Gateway, Any]]:
+    """(the fixture's tool calls counter, its gateway, its URL)."""
+    from collections import Counter
+
+    import uvicorn
+
+    from talon.examples.mcp_servers import stripe_server
+
+    calls: Counter[str] = Counter()
+    app = stripe_server(calls).streamable_http_app(stateless_http=False, json_response=True)
+    gateway = _Gateway(app)
+    port = free_port()
+    config = uvicorn.Config(gateway, host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=1)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield calls, gateway, f"http://127.0.0.1:{port}/mcp"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_call_that_may_have_run_is_never_made_again(gateway_server: Any) -> None:
+    """Only a `tools/call` the server refused as not knowing the session is made again on
+    a new session: a 404 to the session's GET stream says nothing about the call, and a call
+    that timed out (it may have run) stays failed."""
+    from talon.runtime.tools.mcp_sessions import TurnSessions
+    from talon.tenancy.egress import EgressPolicy
+
+    calls, _, url = gateway_server
+    egress = EgressPolicy(frozenset({"http"}), allow_loopback=True)
+    sessions = TurnSessions()
+    try:
+        first = sessions.call_tool(url, {}, "list_invoices", {"customer_id": "cus_acme_001"},
+                                   5, egress)  # fmt: skip
+        assert not first.is_error
+        with pytest.raises(mcp_client.MCPUnavailable, match="timed out"):
+            sessions.call_tool(url, {}, "search_invoices", {"query": "x", "seconds": 1.5},
+                               1, egress)  # fmt: skip
+        time.sleep(1.0)  # the server finishes the call it was given
+    finally:
+        sessions.close()
+    assert calls["search_invoices"] == 1
+
+
+def test_a_server_that_never_ends_its_session_holds_the_turn_a_second(
+    gateway_server: Any,
+) -> None:
+    from talon.runtime.tools.mcp_sessions import END_SECONDS, TurnSessions
+    from talon.tenancy.egress import EgressPolicy
+
+    _, gateway, url = gateway_server
+    gateway.quiet_delete = True
+    egress = EgressPolicy(frozenset({"http"}), allow_loopback=True)
+    sessions = TurnSessions()
+    result = sessions.call_tool(url, {}, "list_invoices", {"customer_id": "cus_acme_001"}, 5,
+                                egress)  # fmt: skip
+    assert not result.is_error
+    started = time.monotonic()
+    sessions.close()
+    assert time.monotonic() - started < END_SECONDS + 1.5
     assert _turn_threads() == []
 
 

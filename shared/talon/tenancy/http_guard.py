@@ -41,12 +41,33 @@ _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepal
 # session caching is off unless asked for), so sharing it shares nothing between tenants.
 @functools.cache
 def _tls() -> ssl.SSLContext:
-    return httpx.create_ssl_context(trust_env=False)
+    return _shared(httpx.create_ssl_context(trust_env=False))
 
 
 @functools.cache
 def _async_tls() -> ssl.SSLContext:
-    return httpx2.create_ssl_context(trust_env=False)
+    return _shared(httpx2.create_ssl_context(trust_env=False))
+
+
+class _SharedContext(ssl.SSLContext):
+    """httpcore sets ALPN on its context for every connection; in OpenSSL that replaces a
+    buffer which another thread's handshake may be copying (CPython lets go of the GIL
+    there). The value never changes here, so it is set once, before the context is shared,
+    and setting the same value again does nothing."""
+
+    _alpn: list[str] | None = None
+
+    def set_alpn_protocols(self, alpn_protocols: Iterable[str]) -> None:
+        protocols = list(alpn_protocols)
+        if protocols != self._alpn:
+            super().set_alpn_protocols(protocols)
+            self._alpn = protocols
+
+
+def _shared(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.__class__ = _SharedContext  # the library's defaults, kept
+    context.set_alpn_protocols(["http/1.1"])  # what httpcore sets without HTTP/2
+    return context
 
 
 def _checked_addresses(policy: EgressPolicy, host: str, infos: Iterable[Any]) -> list[str]:

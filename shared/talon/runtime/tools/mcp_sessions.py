@@ -11,20 +11,24 @@ The SDK is asyncio-only and turns run on plain threads: each turn that calls a s
 an event loop on a thread of its own, and each server's session lives in one task on it
 (anyio's scopes must be left by the task that entered them), taking operations from a
 queue. The calling thread waits on a future with the same bound as a call of its own; a
-session that times out is dropped (a hung server costs its calls their timeout, never the
-worker), and one the server has forgotten (a restart: 404 to the session's request, before
-the call ran) is opened again for that call.
+session that times out or fails is dropped (its task cancelled through an anyio cancel
+scope, which keeps cancelling whatever the SDK awaits while unwinding), so a hung server
+costs its calls their timeout, never the worker. A call is made again on a new session only
+when it cannot have run: it was never sent (the session had ended), or the server answered
+its `tools/call` 404, which the MCP transport defines as "no such session" (a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import MCP_SESSION_ID
@@ -34,9 +38,14 @@ from talon.runtime.tools.mcp_client import MCPUnavailable, calling, session, una
 from talon.tenancy.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
-CLOSE_SECONDS = 5.0  # how long ending a turn's sessions may take before they are cancelled
+END_SECONDS = 1.0  # what a session's end (the SDK's DELETE) may take at the turn's end
 _Operation = Callable[[ClientSession], Awaitable[ToolResult]]
+_Item = tuple[_Operation, "concurrent.futures.Future[ToolResult]"]
 _Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class NotSent(MCPUnavailable):
+    """The session had ended before the call reached it: nothing was sent."""
 
 
 class TurnSessions:
@@ -47,7 +56,7 @@ class TurnSessions:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sessions: dict[_Key, _Served] = {}
-        self._tasks: list[concurrent.futures.Future[None]] = []  # every session's, to wait for
+        self._all: list[_Served] = []  # every session opened, to wait for at the end
 
     def call_tool(
         self,
@@ -68,33 +77,37 @@ class TurnSessions:
                 if served is None:
                     served = _Served(self._running_loop(), url, headers, timeout, egress)
                     self._sessions[key] = served
-                    self._tasks.append(served.task)
+                    self._all.append(served)
             try:
                 return served.run(operation, timeout)
-            except MCPUnavailable:
+            except MCPUnavailable as exc:
                 self._drop(key, served)
-                if not (reused and attempt == 1 and served.forgotten):
+                unrun = isinstance(exc, NotSent) or served.forgotten
+                if not (reused and attempt == 1 and unrun):
                     raise
-                log.info("MCP server %s forgot this turn's session; opening another", url)
+                log.info("MCP server %s: the turn's session is gone (%s); opening another",
+                         url, exc)  # fmt: skip
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """End every session (each sends the server its end) and stop the loop."""
+        """End every session (each tells the server, within END_SECONDS) and stop the loop."""
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
-            tasks, self._tasks = self._tasks, []
+            opened, self._all = self._all, []
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
         for served in sessions:
             served.end()
-        _, pending = concurrent.futures.wait(tasks, CLOSE_SECONDS)
-        for task in pending:
-            task.cancel()
-        concurrent.futures.wait(pending, 1.0)  # cancelled tasks still leave their scopes
+        tasks = [served.task for served in opened]
+        _, pending = concurrent.futures.wait(tasks, END_SECONDS + 1.0)
+        for served in opened:
+            if served.task in pending:
+                served.cancel()
+        concurrent.futures.wait(pending, 1.0)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(CLOSE_SECONDS)
+        thread.join(2.0)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -109,7 +122,7 @@ class TurnSessions:
         with self._lock:
             if self._sessions.get(key) is served:
                 del self._sessions[key]
-        served.task.cancel()  # ended already, or hung: either way not to be used again
+        served.cancel()  # ended already, or hung: either way not to be used again
 
 
 class _Served:
@@ -125,12 +138,12 @@ class _Served:
     ) -> None:
         self.url = url
         self._loop = loop
-        self._queue: asyncio.Queue[tuple[_Operation, concurrent.futures.Future[Any]] | None]
-        self._queue = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._closed = False  # set in the loop's thread, once no operation will run
-        # The server answered a request of this session 404: it does not know the session
-        # (a restart), so it ran nothing, and another session may make the call (the MCP
-        # transport's rule; the SDK reports it as an error of the call).
+        self._scope: anyio.CancelScope | None = None  # the task's, once it runs
+        self._cancelled = False  # ...or to cancel as it starts
+        # The server answered the running operation's `tools/call` 404 (it does not know
+        # the session), so that call did not run (the SDK reports it as the call's error).
         self.forgotten = False
         self.task = asyncio.run_coroutine_threadsafe(self._serve(headers, timeout, egress), loop)
 
@@ -146,54 +159,68 @@ class _Served:
     def end(self) -> None:
         self._loop.call_soon_threadsafe(self._put, None)
 
-    async def _saw(self, response: httpx2.Response) -> None:
-        if response.status_code == 404 and MCP_SESSION_ID in response.request.headers:
-            self.forgotten = True
+    def cancel(self) -> None:
+        self._loop.call_soon_threadsafe(self._cancel)
 
-    def _put(self, item: tuple[_Operation, concurrent.futures.Future[Any]] | None) -> None:
+    def _cancel(self) -> None:
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _put(self, item: _Item | None) -> None:
         if not self._closed:
             self._queue.put_nowait(item)
         elif item is not None:
-            _settle(item[1], MCPUnavailable(f"{self.url}: the session has ended"))
+            _fail(item[1], NotSent(f"{self.url}: the session has ended"))
+
+    async def _saw(self, response: httpx2.Response) -> None:
+        request = response.request
+        if response.status_code != 404 or MCP_SESSION_ID not in request.headers:
+            return
+        try:
+            method = json.loads(request.content).get("method")
+        except (ValueError, AttributeError, httpx2.RequestNotRead):
+            return
+        if method == "tools/call":
+            self.forgotten = True
 
     async def _serve(self, headers: dict[str, str], timeout: float, egress: EgressPolicy) -> None:
-        current: concurrent.futures.Future[Any] | None = None
+        current: concurrent.futures.Future[ToolResult] | None = None
         failure: BaseException | None = None
         try:
-            async with session(self.url, headers, timeout, egress, self._saw) as opened:
-                while (item := await self._queue.get()) is not None:
-                    operation, current = item
-                    try:
-                        result = await operation(opened)
-                    except Exception as exc:  # the caller decides whether to go on with it
-                        error = unavailable(self.url, exc, timeout)
-                        error.__cause__ = exc
-                        _settle(current, error)
-                    else:
-                        if not current.done():
-                            current.set_result(result)
-                    current = None
-        except BaseException as exc:  # transport errors arrive wrapped in exception groups
+            with anyio.CancelScope() as self._scope:
+                if self._cancelled:
+                    self._scope.cancel()
+                async with session(self.url, headers, timeout, egress, self._saw) as opened:
+                    while (item := await self._queue.get()) is not None:
+                        operation, current = item
+                        self.forgotten = False
+                        try:
+                            result = await operation(opened)
+                        except Exception as exc:  # the caller drops the session
+                            error = unavailable(self.url, exc, timeout)
+                            error.__cause__ = exc
+                            _fail(current, error)
+                        else:
+                            if not current.done():
+                                current.set_result(result)
+                        current = None
+                    # Ending: the session's end (a DELETE) is bounded, a quiet server or not.
+                    self._scope.deadline = anyio.current_time() + END_SECONDS
+        except Exception as exc:  # transport errors arrive wrapped in exception groups
             failure = exc
-            if not isinstance(exc, Exception):
-                raise
         finally:
             self._closed = True
-            error = (
-                unavailable(self.url, failure, timeout)
-                if failure is not None
-                else MCPUnavailable(f"{self.url}: the session has ended")
-            )
-            waiting = [current] if current is not None else []
+            why = unavailable(self.url, failure, timeout) if failure is not None else None
+            if current is not None:  # cancelled: its caller gave up waiting
+                _fail(current, why or unavailable(self.url, TimeoutError(), timeout))
             while not self._queue.empty():
                 queued = self._queue.get_nowait()
                 if queued is not None:
-                    waiting.append(queued[1])
-            for future in waiting:
-                _settle(future, error)
+                    _fail(queued[1], NotSent(str(why or f"{self.url}: the session has ended")))
 
 
-def _settle(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+def _fail(future: concurrent.futures.Future[ToolResult], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
 
@@ -203,5 +230,11 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
     try:
         loop.run_forever()
     finally:
+        # As asyncio.run ends: whatever is left is cancelled and awaited, then the loop closed.
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

@@ -19,7 +19,8 @@ MAX_CHUNKS = 8
 # One statement per turn: the best chunks for the input and, alongside (with their body), any
 # of the namespace's documents whose chunks are missing or behind their version. The input
 # is parsed into a query only when the namespace has chunks (~1.5 ms for a 10 KB message,
-# for nothing without knowledge). `{given}`
+# for nothing without knowledge), asked by the primary key's order (an EXISTS, the namespace
+# unknown when planning, was answered by reading every other namespace's chunks). `{given}`
 # names the namespace and the input text (`ns`, `input`): the caller's values, or those of
 # the turn a worker has just leased (`leased_retrieval`).
 _RETRIEVE_TEMPLATE = """
@@ -31,7 +32,8 @@ WITH given AS ({given}), stale AS (
 ), q AS (
     SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) AS query
     FROM given, unnest(tsvector_to_array(to_tsvector('english', given.input))) AS lexeme
-    WHERE EXISTS (SELECT 1 FROM knowledge_chunks c WHERE c.namespace = given.ns)
+    WHERE (SELECT c.idx FROM knowledge_chunks c WHERE c.namespace = given.ns
+           ORDER BY c.document, c.idx LIMIT 1) IS NOT NULL
 ), hits AS (
     SELECT c.document, c.resource_version, c.idx, c.heading, c.content,
            ts_rank_cd(c.tsv, q.query) AS rank

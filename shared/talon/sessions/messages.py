@@ -96,7 +96,7 @@ def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> li
     it); PostgreSQL spends ~50 us more on it (arrays, not objects: ~25% less than objects)."""
     window = tx.scalar(
         _WINDOW_SQL.format(head="(SELECT %s::bigint AS seq)"),
-        (turn_seq, session_uid, turns + 1, session_uid),
+        (turn_seq, session_uid, turns + 1, session_uid, session_uid),
     )
     return window_rows(window)
 
@@ -111,7 +111,8 @@ def leased_turn_window(
         "(SELECT seq FROM turns WHERE session_uid = %s AND state = 'running' "
         "AND lease_owner = %s ORDER BY seq LIMIT 1)"
     )
-    return _WINDOW_SQL.format(head=head), (session_uid, owner, session_uid, turns + 1, session_uid)
+    window = (session_uid, turns + 1, session_uid, session_uid)
+    return _WINDOW_SQL.format(head=head), (session_uid, owner, *window)
 
 
 def window_rows(window: str | None) -> list[dict[str, Any]]:
@@ -125,18 +126,21 @@ def window_rows(window: str | None) -> list[dict[str, Any]]:
 
 
 # The window of the turn whose seq `{head}` (a one-row subquery) names: its turns, then
-# their messages as one JSON text of arrays. The turns are the session's last up to the
-# head, newest first with a LIMIT, the head given as a value (a scalar subquery), not
-# joined: whatever the planner thinks of the session's size, only the (session_uid, seq)
-# key's index yields them in order without a sort, and it stops after the window. Joined,
-# a plan made for one-turn sessions read the whole session through that index; with the
-# bounds as a range, through the idempotency keys' index (tests/test_history.py).
+# their messages as one JSON text of arrays. Every bound is a value (a scalar subquery), none
+# a join, and the turns come in the (session_uid, seq) key's order, which only that index
+# yields without a sort: so both tables are read for the window alone whatever the planner's
+# statistics say of the session's size (tests/test_history.py). Joined to the head, a plan
+# made for one-turn sessions read the whole session; without the order, the planner took the
+# idempotency keys' index; newest first with a LIMIT, it read the session under fresher
+# statistics; and without its upper bound, the messages' range looked like a third of the
+# session and was scanned whole.
 _WINDOW_SQL = (
     "WITH h AS MATERIALIZED {head}, "
     "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, min(input_seq) AS lo "
     "  FROM (SELECT id, seq, input_seq FROM turns WHERE session_uid = %s "
-    "  AND seq <= (SELECT seq FROM h) ORDER BY seq DESC LIMIT %s) w) "
+    "  AND seq > (SELECT seq FROM h) - %s AND seq <= (SELECT seq FROM h) ORDER BY seq) w) "
     "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
     "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text AS messages FROM t, messages m "
-    "WHERE m.session_uid = %s AND m.seq >= (SELECT lo FROM t) AND m.turn_id = ANY(t.ids)"
+    "WHERE m.session_uid = %s AND m.seq >= (SELECT lo FROM t) "
+    "AND m.seq <= (SELECT last_message FROM sessions WHERE uid = %s) AND m.turn_id = ANY(t.ids)"
 )

@@ -256,6 +256,25 @@ def test_a_message_posted_to_a_running_worker_is_claimed_in_its_turns_first_tran
         assert queued(db) == []
 
 
+def test_notified_rows_are_handed_out_before_a_claim_already_asked_for() -> None:
+    """A claim asked for (a wait that timed out, the takeover poll) does not take the rows
+    notified meanwhile: they go out unclaimed first, to be claimed in their turns' first
+    transactions, and the claim follows, excluding them. It used to take them in a
+    transaction of its own (under load, a message posted in that moment paid for one)."""
+    from talon.broker.postgres import _Hints
+
+    hints = _Hints()
+    assert hints.take(4)[1:] == ([], True)  # the first look is a claim
+    hints.ask_claim()
+    hints.rows.extend([(7, "dispatch", {"sessionUid": "a"}), (8, "dispatch", {"sessionUid": "b"})])
+    _, rows, claiming = hints.take(1)
+    assert [row[0] for row in rows] == [7] and not claiming
+    _, rows, claiming = hints.take(4)
+    assert [row[0] for row in rows] == [8] and not claiming
+    assert hints.take(4)[1:] == ([], True)  # then the claim, once
+    assert hints.take(4)[1:] == ([], False)
+
+
 def test_a_notified_row_goes_to_one_of_two_dispatchers(api: Api, db: Database) -> None:
     """Both dispatchers hear of the row; one handler claims it, the other's claim finds it
     taken and neither settles what it does not hold (the row stays claimed, once)."""

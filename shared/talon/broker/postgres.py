@@ -117,15 +117,15 @@ class _Hints:
 
     def take(self, free: int) -> tuple[int, list[Notified], bool]:
         """(the notification count now, up to `free` notified rows to hand out, whether to
-        claim instead). Notified rows go first; a claim then takes whatever they left."""
+        claim instead). Notified rows go first, a claim already asked for included (it
+        excludes them); a claim then takes whatever they left."""
         with self.cond:
             seen = self.count
             rows: list[Notified] = []
-            if not self.claim:
-                while self.rows and len(rows) < free:
-                    rows.append(self.rows.popleft())
-                if self.rows:  # more than the idle handlers: a claim takes the rest
-                    self.claim = True
+            while self.rows and len(rows) < free:
+                rows.append(self.rows.popleft())
+            if self.rows:  # more than the idle handlers: a claim takes the rest
+                self.claim = True
             claiming = self.claim and not rows
             if claiming:
                 self.rows.clear()

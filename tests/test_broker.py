@@ -11,7 +11,7 @@ from typing import Any
 import samples
 from conftest import Api, read_stream, worker_for_tests
 from talon.broker import outbox
-from talon.broker.base import AckCondition, Delivery, Result
+from talon.broker.base import Condition, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.store.database import Database
@@ -108,7 +108,7 @@ def test_a_conditional_acknowledgement_deletes_only_when_its_condition_holds(
         assert delivery.ack_in is not None
         name = delivery.payload["n"]
         with db.transaction() as tx:
-            acked = delivery.ack_in(tx, AckCondition("%s = 'when-true'", (name,)))
+            acked = delivery.ack_in(tx, Condition("%s = 'when-true'", (name,)))
         outcomes[name] = acked()
         return Result.settled() if acked() else Result.retry(datetime.now(UTC) + timedelta(hours=1))
 
@@ -281,15 +281,17 @@ def test_a_notified_row_goes_to_one_of_two_dispatchers(api: Api, db: Database) -
     items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
     api.ok("POST", "/v1/apply", json={"items": items})
     claims: list[bool] = []
+    said: list[bool] = []
     both = threading.Barrier(2, timeout=10)
 
     def handle(delivery: Delivery) -> Result:
         assert delivery.claim_in is not None  # handed out unclaimed
         both.wait()  # both handlers have the row before either claims it
         with db.transaction() as tx:
-            taken = delivery.claim_in(tx)  # its statement goes with the next one
-            tx.scalar("SELECT %s::int", (1,))
-            claims.append(taken())
+            claim = delivery.claim_in(tx)  # its statement goes first with the next one
+            took = tx.scalar(f"SELECT {claim.took.sql}", claim.took.params)
+            claims.append(claim.taken())
+            said.append(took)  # what the transaction's later statements see
         # The holder hands it back for later (beyond the test); the other must not touch it.
         return Result.retry(datetime.now(UTC) + timedelta(minutes=5))
 
@@ -303,6 +305,7 @@ def test_a_notified_row_goes_to_one_of_two_dispatchers(api: Api, db: Database) -
         for halt in halts:
             halt()
     assert sorted(claims) == [False, True]
+    assert said == claims
     with db.transaction() as tx:
         (row,) = tx.all("SELECT attempts, available_at > created_at AS retried FROM outbox")
     assert row["attempts"] == 1 and row["retried"]  # claimed once, handed back by its holder
@@ -448,12 +451,11 @@ def _fresh_events(db: Database, after_id: int) -> list[str]:
     return [row["turn"] for row in rows]
 
 
-def test_a_turn_claimed_with_a_delivery_another_consumer_took_is_undone(
-    api: Api, db: Database
-) -> None:
-    """A notified row's claim travels with the turn's claim, in one round trip: when another
-    consumer took the row first, the turn's claim is rolled back (the turn stays queued,
-    its attempts and fencing token untouched); when nobody had, both hold."""
+def test_a_turn_is_claimed_only_with_the_delivery_that_named_it(api: Api, db: Database) -> None:
+    """A notified row's claim travels with the turn's claim, in one round trip, and the
+    turn's claim depends on it: when another consumer took the row first, the turn is not
+    claimed nor started (it stays queued, its attempts and fencing token untouched, no
+    event); when nobody had, both hold."""
     from talon.broker.postgres import _Unclaimed
     from talon.runtime.claim import Claim, ClaimOptions, NotTaken, claim
 
@@ -471,9 +473,9 @@ def test_a_turn_claimed_with_a_delivery_another_consumer_took_is_undone(
 
     other = unclaimed()
     with db.transaction() as tx:  # another consumer's handler takes the row first
-        taken = other(tx)
+        taking = other(tx)
         tx.scalar("SELECT %s::int", (1,))
-        assert taken()
+        assert taking.taken()
     mine = unclaimed()
     assert isinstance(claim(db, uid, options, mine), NotTaken)
     assert mine.taken is False
@@ -482,6 +484,9 @@ def test_a_turn_claimed_with_a_delivery_another_consumer_took_is_undone(
         assert tx.all(turn) == [
             {"state": "queued", "attempts": 0, "fencing_token": 0, "lease_owner": None}
         ]
+        assert tx.scalar("SELECT count(*) FROM turn_steps") == 0
+        assert tx.scalar("SELECT count(*) FROM session_events WHERE type LIKE 'step.%'") == 0
+        before = tx.scalar("SELECT last_event_id FROM sessions")
         tx.execute("UPDATE outbox SET attempts = 0, claimed_until = NULL, claimed_by = NULL")
     mine = unclaimed()  # nobody holds it now
     assert isinstance(claim(db, uid, options, mine), Claim)
@@ -490,3 +495,7 @@ def test_a_turn_claimed_with_a_delivery_another_consumer_took_is_undone(
         (claimed,) = tx.all(turn)
         assert (claimed["state"], claimed["attempts"]) == ("running", 1)
         assert tx.scalar("SELECT claimed_by IS NULL AND attempts = 1 FROM outbox") is True
+        started = tx.all("SELECT type FROM session_events WHERE id > %s ORDER BY id", (before,))
+        assert [row["type"] for row in started] == [
+            "turn.started", "step.started", "step.completed", "step.started"
+        ]  # fmt: skip

@@ -371,10 +371,11 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     monkeypatch.setattr(statements, "commit", committing)
     assert runner(db, RecordingTools(), "worker-a").drive(uid) is None
     monkeypatch.undo()
-    # The claim (with the knowledge step); the model's tool call with the tool step's start;
-    # the call marked as running; its result; the answer: its model step with the lease's
-    # renewal, then the three messages, the final step, the turn's completion and its events,
-    # committed in the same round trip.
-    assert [len(statements_) for statements_ in ran] == [5, 3, 2, 2, 2]
-    assert trips == [2, 2, 2, 2, 1]
+    # The claim, its reads and the turn's start (the knowledge step and its events), committed
+    # in one round trip; the model's tool call with the tool step's start; the call marked as
+    # running; its result; the answer: its model step with the lease's renewal, then the
+    # three messages, the final step, the turn's completion and its events, committed in the
+    # same round trip.
+    assert [len(statements_) for statements_ in ran] == [4, 3, 2, 2, 2]
+    assert trips == [1, 2, 2, 2, 1]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7

@@ -12,11 +12,24 @@ from talon.store.database import Tx
 
 
 @dataclass(frozen=True)
-class AckCondition:
-    """A boolean SQL expression and its parameters (`Delivery.ack_in`)."""
+class Condition:
+    """A boolean SQL expression and its parameters, for another module's statement to
+    evaluate (`Delivery.ack_in`, `DeliveryClaim.took`)."""
 
     sql: str
     params: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """A delivery's claim queued in a handler's transaction (`Delivery.claim_in`)."""
+
+    # True in the transaction's later statements iff the claim took the delivery: a
+    # statement sent in the same round trip can make its writes depend on it, so that a
+    # delivery another consumer took costs nothing to undo.
+    took: Condition
+    # The same in Python, once the statement the claim travelled with has run.
+    taken: Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -34,18 +47,17 @@ class Delivery:
     # if the SQL condition `when` holds as its statement runs (decided by the database, so
     # the handler need not wait for an answer first); it returns what says, once the
     # transaction has committed, whether it acknowledged.
-    ack_in: Callable[[Tx, AckCondition | None], Callable[[], bool]] | None = field(
+    ack_in: Callable[[Tx, Condition | None], Callable[[], bool]] | None = field(
         default=None, compare=False, repr=False
     )
     # A delivery handed out before it was claimed (the postgres broker's notified rows): the
     # handler claims it inside its own first transaction, one commit less per delivery.
     # `claim_in(tx)` queues the claim to travel with the transaction's next statement
-    # (`Tx.later`) and returns what says, once that statement has run, whether it took the
-    # delivery. False: another consumer has it, and the handler undoes what it did in the
-    # transaction and does nothing more with it (nor settles it).
-    claim_in: Callable[[Tx], Callable[[], bool]] | None = field(
-        default=None, compare=False, repr=False
-    )
+    # (`Tx.later`) and says whether it took the delivery (`DeliveryClaim`). If not, another
+    # consumer has it: the handler's writes in that transaction must not happen (they
+    # depend on `took`, or are undone) and it does nothing more with the delivery (nor
+    # settles it).
+    claim_in: Callable[[Tx], DeliveryClaim] | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome:

@@ -47,7 +47,7 @@ from functools import partial
 from typing import Any
 
 from talon.backoff import backoff_delay
-from talon.broker.base import AckCondition, Delivery, Handler, Outcome, Result
+from talon.broker.base import Condition, Delivery, DeliveryClaim, Handler, Outcome, Result
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
 from talon.store.liveness import owner_gone_sql
@@ -99,6 +99,12 @@ WHERE id = (SELECT id FROM outbox WHERE id = %s AND attempts = 0 AND claimed_unt
             FOR UPDATE SKIP LOCKED)
 RETURNING id
 """
+# ...and, in the same transaction's later statements, whether it did: the row's version is
+# this transaction's own only if that claim updated it (`_if_assigned`: a transaction that
+# has written nothing gets no transaction id, and no commit record to flush, for asking).
+_CLAIMED_HERE_SQL = (
+    "EXISTS (SELECT 1 FROM outbox WHERE id = %s AND xmin = pg_current_xact_id_if_assigned()::xid)"
+)
 
 
 Notified = tuple[int, str, dict[str, Any]]  # an outbox row's id, topic and payload
@@ -148,7 +154,7 @@ class _Unclaimed:
     lock: threading.Condition  # ...guarded by this
     taken: bool = False
 
-    def __call__(self, tx: Tx) -> Callable[[], bool]:
+    def __call__(self, tx: Tx) -> DeliveryClaim:
         params = (self.broker.visibility, self.broker.owner or None, self.row_id)
         claimed = tx.later(_CLAIM_ONE_SQL, params)  # sent with the handler's next statement
 
@@ -158,7 +164,7 @@ class _Unclaimed:
             self.taken = bool(claimed.rows)
             return self.taken
 
-        return taken
+        return DeliveryClaim(Condition(_CLAIMED_HERE_SQL, (self.row_id,)), taken)
 
     def done(self) -> None:
         """The handler is done with it (claimed or not): the dispatcher's claims may take
@@ -372,9 +378,9 @@ def _wait_beyond(hints: _Hints, seen: int, timeout: float, stop: threading.Event
         return True
 
 
-def _delete(delivery_id: int, tx: Tx, when: AckCondition | None = None) -> Callable[[], bool]:
+def _delete(delivery_id: int, tx: Tx, when: Condition | None = None) -> Callable[[], bool]:
     # Nothing waits for it: it travels with the transaction's next statement or its COMMIT.
-    condition = AckCondition("TRUE", ()) if when is None else when
+    condition = Condition("TRUE", ()) if when is None else when
     deleted = tx.later(f"DELETE FROM outbox WHERE id = %s AND ({condition.sql}) RETURNING 1",
                        (delivery_id, *condition.params))  # fmt: skip
     return lambda: tx.committed and bool(deleted.rows)  # not a deletion rolled back later

@@ -58,6 +58,21 @@ _LEASED_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(
 )
 
 
+# True when namespace `{ns}` (an SQL expression) has no knowledge at all, no Knowledge
+# resource and no chunk (by the primary key's order, as above): any retrieval for it
+# returns `NOTHING_RETRIEVED`, so a statement can write that without running one.
+WITHOUT_KNOWLEDGE_SQL = (
+    "NOT EXISTS (SELECT 1 FROM resources k WHERE k.kind = 'Knowledge' AND k.namespace = {ns}) "
+    "AND (SELECT c.idx FROM knowledge_chunks c WHERE c.namespace = {ns} "
+    "ORDER BY c.document, c.idx LIMIT 1) IS NULL"
+)
+
+
+def nothing_retrieved() -> dict[str, Any]:
+    """What `retrieve` returns when nothing matches (a fresh dict: callers may keep it)."""
+    return {"documents": [], "context": ""}
+
+
 def index_document(tx: Tx, namespace: str, name: str, version: int, spec: dict[str, Any]) -> int:
     """Replace the document's chunks with those of this version; return how many."""
     remove_document(tx, namespace, name)

@@ -1,6 +1,8 @@
 """Claiming a session's next turn for this worker: the lease, the fencing token, the attempt
-count, and what the turn runs with (its agent, history and journal), read in the same
-transaction; a turn's first step (loading knowledge) completes inside the claim too.
+count, and what the turn runs with (its agent, history and journal). A turn's first step
+(loading knowledge) completes with the claim: in the usual case (a first attempt, an agent
+that resolves, a namespace without knowledge) in the claim's own statements and round trip,
+COMMIT included; otherwise in a second transaction that renews the lease first.
 
 A turn that cannot run (its agent is gone or does not resolve, or it has used up its
 attempts) is failed here and the next one is looked at.
@@ -20,12 +22,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from talon.broker.base import Condition, DeliveryClaim
+from talon.knowledge.index import WITHOUT_KNOWLEDGE_SQL, nothing_retrieved
 from talon.runtime import context as ctx
-from talon.runtime.journal import KNOWLEDGE, MODEL, Lease, Step, load, record
+from talon.runtime.journal import (
+    KNOWLEDGE,
+    MODEL,
+    RECORDED_SQL,
+    Fenced,
+    Lease,
+    Step,
+    load,
+    record,
+    record_when,
+)
+from talon.runtime.journal import renew as journal_renew
 from talon.runtime.tools.base import AgentContext
 from talon.sessions import events, messages
-from talon.store.database import Database, RollbackOnly, Tx, jsonb
+from talon.store.database import Database, Tx, jsonb
 from talon.store.liveness import owner_gone_sql
+from talon.store.statements import Params
 from talon.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -78,6 +94,7 @@ WITH s AS (
            lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
            started_at = COALESCE(started_at, now())
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
+      AND {{took}}
     RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
               turns.created_at, turns.traceparent, turns.attempt_span
 )
@@ -92,99 +109,230 @@ LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.na
 """
 
 
+# The turn's start, sent with its claim and committed in the claim's round trip, in the usual
+# case, decided by the database: this transaction claimed the turn (the row's version is its
+# own) for the first time, its agent resolves, and its namespace has no knowledge, so the
+# knowledge step's output is known beforehand. Every other case is written by `_begin`, in a
+# transaction of its own.
+_STARTABLE_CTE = f"""startable AS (
+    SELECT t.id AS turn_id, t.session_uid, t.fencing_token FROM turns t
+    JOIN sessions s ON s.uid = t.session_uid
+    JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
+    WHERE t.session_uid = %s AND t.state = 'running' AND t.attempts = 1
+      AND t.xmin = pg_current_xact_id_if_assigned()::xid
+      AND r.status->>'phase' = 'Resolved' AND {WITHOUT_KNOWLEDGE_SQL.format(ns="s.namespace")}
+)"""
+_NOTHING_TAKEN = Condition("TRUE", ())
+
+
 class NotTaken:
     """`first` said no: the delivery that named the session is another consumer's."""
+
+
+class _Settled:
+    """The head turn could not run and was failed: look again."""
+
+
+@dataclass(frozen=True)
+class _Exhausted:
+    """The head turn has used up its attempts (it is not leased): fail it, look again."""
+
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Leased:
+    """A turn this worker has just leased, with what the claim read for it, and whether the
+    claim's statement started it (`_STARTABLE_CTE`)."""
+
+    row: dict[str, Any]
+    window: list[dict[str, Any]]
+    knowledge_rows: list[dict[str, Any]]
+    started: bool
 
 
 def claim(
     db: Database,
     session_uid: uuid.UUID,
     options: ClaimOptions,
-    first: Callable[[Tx], Callable[[], bool]] | None = None,
+    first: Callable[[Tx], DeliveryClaim] | None = None,
 ) -> Claim | Busy | NotTaken | None:
     """The session's head turn, claimed; or, when another live worker's lease on it holds,
     that worker and when its lease expires; or None when the session has no open turn.
     `first(tx)` (the broker claiming the delivery that named the session) queues its
-    statement first in the same transaction, to travel with the turn's claim, and returns
-    what says whether it took the delivery; if not, the turn's claim is undone and NotTaken
-    returned."""
+    statement first in the same transaction, to travel with the turn's claim, which takes
+    the turn only if it took the delivery; if it did not, NotTaken.
+
+    The usual turn is claimed and started in one round trip, with its COMMIT; the others
+    (resumed, with knowledge, or failing) are started in a second transaction, which first
+    checks that the lease still holds."""
+    started_ns = time.time_ns()
+    with db.transaction() as tx:
+        taking = first(tx) if first is not None else None
+        taken = _take(tx, session_uid, options, taking, start=True)
+    if isinstance(taken, _Leased):
+        if taken.started:
+            return _started(taken, session_uid, options, started_ns)
+        try:
+            with db.transaction() as tx:
+                begun = _begin(tx, taken, session_uid, options, started_ns, renew=True)
+        except Fenced:  # cancelled (or taken over) since the claim committed
+            begun = _Settled()
+        if not isinstance(begun, _Settled):
+            return begun
+    elif not isinstance(taken, _Exhausted):
+        return taken
+    # Head turns that cannot run are failed one by one, each with the next claim.
     while True:
         with db.transaction() as tx:
-            taken = first(tx) if first is not None else None
-            first = None
-            claimed = _claim_in(tx, session_uid, options, time.time_ns(), taken)
-            if isinstance(claimed, NotTaken):
-                raise RollbackOnly  # the delivery is another consumer's: undo the claim
+            claimed = _claim_in(tx, session_uid, options, started_ns)
         if not isinstance(claimed, _Settled):
             return claimed
 
 
-class _Settled:
-    """The head turn could not run and was failed in the claim's transaction: look again."""
-
-
 def _claim_in(
-    tx: Tx,
-    session_uid: uuid.UUID,
-    options: ClaimOptions,
-    started_ns: int,
-    taken: Callable[[], bool] | None = None,
-) -> Claim | Busy | _Settled | NotTaken | None:
+    tx: Tx, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
+) -> Claim | Busy | _Settled | None:
     while True:
-        # The window and the knowledge of the turn this claim leases go in the same round
-        # trip: they are read after the claim ran, by the lease (thrown away when nothing was
-        # claimed, or when a resumed turn has its knowledge step already).
-        claimed_rows, window, knowledge_rows = tx.pipeline([
-            (_CLAIM_SQL,
-             (session_uid, options.worker_id, options.lease_seconds, options.max_attempts)),
-            ctx.leased_history(session_uid, options.worker_id),
-            ctx.leased_knowledge(session_uid, options.worker_id),
-        ])  # fmt: skip
-        row = claimed_rows[0] if claimed_rows else None
-        if taken is not None and not taken():
-            return NotTaken()  # the delivery's claim, sent with this statement, found it taken
-        taken = None
-        if row is None or row["head_id"] is None:
-            return None  # no such session, or nothing open
-        if row["id"] is not None:
+        taken = _take(tx, session_uid, options, None, start=False)
+        if not isinstance(taken, _Exhausted):
             break
-        if row["head_leased"]:
-            return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
+        row = taken.row
         finish_failed(
             tx, session_uid, row["head_id"], "too_many_attempts",
             f"gave up after {row['head_attempts']} attempts",
         )  # fmt: skip
         _count_failed(row["namespace"], row["agent"])
+    if isinstance(taken, _Leased):
+        return _begin(tx, taken, session_uid, options, started_ns, renew=False)
+    if isinstance(taken, NotTaken):
+        raise AssertionError("no delivery was claimed")
+    return taken
+
+
+def _take(
+    tx: Tx,
+    session_uid: uuid.UUID,
+    options: ClaimOptions,
+    taking: DeliveryClaim | None,
+    *,
+    start: bool,
+) -> _Leased | _Exhausted | Busy | NotTaken | None:
+    """Claim the head turn; with `start`, start it too if it is the usual case, and commit.
+    The window and the knowledge of the turn this claim leases go in the same round trip:
+    they are read after the claim ran, by the lease (thrown away when nothing was claimed,
+    or when a resumed turn has its knowledge step already)."""
+    took = taking.took if taking is not None else _NOTHING_TAKEN
+    batch: list[tuple[str, Params]] = [
+        (_CLAIM_SQL.format(took=took.sql),
+         (session_uid, options.worker_id, options.lease_seconds, options.max_attempts,
+          *took.params)),
+        ctx.leased_history(session_uid, options.worker_id),
+        ctx.leased_knowledge(session_uid, options.worker_id),
+    ]  # fmt: skip
+    if start:
+        batch.append(_start_statement(session_uid))
+    results = tx.pipeline(batch, commit=start)
+    if taking is not None and not taking.taken():
+        return NotTaken()  # another consumer's: the turn's claim depended on it, took nothing
+    row = results[0][0] if results[0] else None
+    if row is None or row["head_id"] is None:
+        return None  # no such session, or nothing open
+    if row["id"] is None:
+        if row["head_leased"]:
+            return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
+        return _Exhausted(row)
+    started = start and bool(results[3][0]["started"])
+    return _Leased(row, results[1], results[2], started)
+
+
+def _start_statement(session_uid: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
+    before, done, starting = _start_steps(1, nothing_retrieved())
+    ctes, params = record_when("startable", done, starting, before=before)
+    return (
+        f"WITH {_STARTABLE_CTE}, {ctes} SELECT {RECORDED_SQL} AS started",
+        (session_uid, *params),
+    )
+
+
+def _start_steps(
+    attempt: int, knowledge: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, Any]]], Step, Step]:
+    """A turn's start: its events before the knowledge step's, the knowledge step done, and
+    the model step starting (`journal.record`'s arguments)."""
+    before = [
+        _turn_started(attempt),
+        ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"}),
+    ]
+    return before, Step(0, KNOWLEDGE, "knowledge", "completed", knowledge), _MODEL_STARTING
+
+
+_MODEL_STARTING = Step(1, MODEL, "model", "started", {})
+
+
+def _turn_started(attempt: int) -> tuple[str, dict[str, Any]]:
+    return ("turn.started", {"attempt": attempt, "resumed": attempt > 1})
+
+
+def _started(
+    leased: _Leased, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
+) -> Claim:
+    """The claim of a turn its claiming statement started (knowledge step and all)."""
+    row = leased.row
     session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
-    turn = row
-    lease = Lease(turn["id"], session_uid, int(turn["fencing_token"]), options.lease_seconds)
-    started = [("turn.started", {"attempt": turn["attempts"],
-                                 "resumed": turn["attempts"] > 1})]  # fmt: skip
+    lease = Lease(row["id"], session_uid, int(row["fencing_token"]), options.lease_seconds)
+    # The statement checked the agent resolves: this cannot raise TurnFailure.
+    agent = ctx.agent_from_row(session, {"labels": row["agent_labels"],
+                                         "status": row["agent_status"]})  # fmt: skip
+    history = ctx.chat_history(messages.window_rows(leased.window[0]["messages"]))
+    journal = {0: Step(0, KNOWLEDGE, "knowledge", "completed", nothing_retrieved())}
+    # The knowledge step took no time of its own: it is the claim's round trip's.
+    return Claim(lease, row, agent, journal, history, started_ns, (started_ns, time.time_ns()))
+
+
+def _begin(
+    tx: Tx,
+    leased: _Leased,
+    session_uid: uuid.UUID,
+    options: ClaimOptions,
+    started_ns: int,
+    *,
+    renew: bool,
+) -> Claim | _Settled:
+    """Start a leased turn that its claim did not: journal its knowledge step (unless a
+    resumed turn has it already), or fail it if its agent does not resolve. `renew`: the
+    claim committed apart, so check first that the lease still holds (Fenced if not)."""
+    row = leased.row
+    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
+    lease = Lease(row["id"], session_uid, int(row["fencing_token"]), options.lease_seconds)
+    if renew:
+        journal_renew(tx, lease)
+    attempt = int(row["attempts"])
     # Steps are only written under a claim: a turn claimed for the first time has none.
-    journal = {} if turn["attempts"] == 1 else {s.idx: s for s in load(tx, turn["id"])}
+    journal = {} if attempt == 1 else {s.idx: s for s in load(tx, row["id"])}
     try:
         found = {"labels": row["agent_labels"], "status": row["agent_status"]}
         agent = ctx.agent_from_row(session, found if row["agent_found"] else None)
     except ctx.TurnFailure as failure:
-        events.append(tx, session_uid, started, turn["id"])
-        finish_failed(tx, session_uid, turn["id"], failure.code, failure.message)
+        events.append(tx, session_uid, [_turn_started(attempt)], row["id"])
+        finish_failed(tx, session_uid, row["id"], failure.code, failure.message)
         _count_failed(row["namespace"], row["agent"])
         return _Settled()
-    history = ctx.chat_history(messages.window_rows(window[0]["messages"]))
+    history = ctx.chat_history(messages.window_rows(leased.window[0]["messages"]))
     knowledge_ns = None
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.
         loading = time.time_ns()
-        knowledge = ctx.knowledge_from(tx, agent.namespace, ctx.turn_input(history), knowledge_rows)
+        knowledge = ctx.knowledge_from(
+            tx, agent.namespace, ctx.turn_input(history), leased.knowledge_rows
+        )
         knowledge_ns = (loading, time.time_ns())
-        journal[0] = Step(0, KNOWLEDGE, "knowledge", "completed", knowledge)
-        announce = ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"})
-        next_step = Step(1, MODEL, "model", "started", {})
-        # The lease was taken a moment ago in this transaction: no renewal needed.
-        record(tx, lease, journal[0], next_step, before=[*started, announce], renewing=False)
+        before, journal[0], starting = _start_steps(attempt, knowledge)
+        # The lease was taken or renewed a moment ago in this transaction.
+        record(tx, lease, journal[0], starting, before=before, renewing=False)
     else:
-        events.append(tx, session_uid, started, turn["id"])
-    return Claim(lease, turn, agent, journal, history, started_ns, knowledge_ns)
+        events.append(tx, session_uid, [_turn_started(attempt)], row["id"])
+    return Claim(lease, row, agent, journal, history, started_ns, knowledge_ns)
 
 
 def _count_failed(namespace: str, agent: str) -> None:

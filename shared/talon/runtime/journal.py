@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from talon.broker.base import AckCondition
+from talon.broker.base import Condition
 from talon.sessions import events
 from talon.sessions import messages as session_messages
 from talon.sessions.views import tool_call_preview
@@ -29,8 +29,8 @@ from talon.store.model_usage import ModelUsage
 from talon.store.turn_steps import Step
 
 __all__ = [
-    "KNOWLEDGE", "MODEL", "WRITE", "Fenced", "Lease", "Step", "begin_tool_call",
-    "complete", "load", "record", "renew",
+    "KNOWLEDGE", "MODEL", "RECORDED_SQL", "WRITE", "Fenced", "Lease", "Step",
+    "begin_tool_call", "complete", "load", "record", "record_when", "renew",
 ]  # fmt: skip
 
 # Step names, as the seed's stream shows them (tool steps are `call-<tool>`).
@@ -94,17 +94,43 @@ def record(
                 raise Fenced(str(lease.turn_id))
         else:
             turn_steps.write(tx, lease, done)
-        batch.append((f"step.{done.state}", _step_event(done, summary=True)))
     elif renewing:
         renew(tx, lease)
-    if starting is not None:
-        if starting.kind == "tool":
-            turn_steps.write(tx, lease, starting)
-        batch.append(("step.started", _step_event(starting)))
+    if starting is not None and starting.kind == "tool":
+        turn_steps.write(tx, lease, starting)
+    batch += _step_events(done, starting)
     if batch and not defer_events:
         events.append(tx, lease.session_uid, batch, lease.turn_id)
         return []
     return batch
+
+
+def record_when(
+    gate: str, done: Step, starting: Step, *, before: list[tuple[str, dict[str, Any]]]
+) -> tuple[str, tuple[Any, ...]]:
+    """What `record(tx, lease, done, starting, before=before, renewing=False)` writes, as
+    CTEs of another statement, for the turn its CTE `{gate}` returns (`turn_id`,
+    `session_uid`, `fencing_token`: a lease an earlier statement of the transaction took),
+    or nothing if it returns none; comma-separated, without WITH. `RECORDED_SQL` says
+    whether they wrote. (A tool step's start is written on its own: `record`.)"""
+    if starting.kind == "tool":
+        raise ValueError("a tool step's start is journaled by record()")
+    step_sql, step_params = turn_steps.gated_write_cte(gate, done)
+    events_sql, event_params = events.appending_ctes(gate, [*before, *_step_events(done, starting)])
+    return f"{step_sql}, {events_sql}", step_params + event_params
+
+
+RECORDED_SQL = events.APPENDED_SQL  # 1 if `record_when`'s CTEs wrote, else 0
+
+
+def _step_events(done: Step | None, starting: Step | None) -> list[tuple[str, dict[str, Any]]]:
+    """The events saying `done` finished and `starting` started."""
+    said = []
+    if done is not None:
+        said.append((f"step.{done.state}", _step_event(done, summary=True)))
+    if starting is not None:
+        said.append(("step.started", _step_event(starting)))
+    return said
 
 
 def _fenced(lease: Lease) -> Callable[[], None]:
@@ -129,7 +155,7 @@ def complete(
     written: list[dict[str, Any]],
     provider: str | None,
     earlier: list[tuple[str, dict[str, Any]]],
-    acknowledge: Callable[[Tx, AckCondition], None] | None = None,
+    acknowledge: Callable[[Tx, Condition], None] | None = None,
 ) -> int:
     """The final step `idx`, as the transaction's last statement (it commits): the turn's
     messages `written` (see `sessions/messages.completing`), its events after `earlier` (the
@@ -139,7 +165,7 @@ def complete(
     other turns of the session are still open. The caller renewed the lease in this
     transaction (the session row is locked)."""
     if acknowledge is not None:
-        acknowledge(tx, AckCondition(*turn_steps.idle_after_completion(lease)))
+        acknowledge(tx, Condition(*turn_steps.idle_after_completion(lease)))
     write = {"step": WRITE, "index": idx, "kind": "write"}
     new_events: list[tuple[str, dict[str, Any], int | None]] = [
         *((event_type, data, None) for event_type, data in earlier),

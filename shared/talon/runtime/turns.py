@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from talon.broker.base import AckCondition
+from talon.broker.base import Condition, DeliveryClaim
 from talon.runtime import context as ctx
 from talon.runtime import turn_telemetry
 from talon.runtime.claim import Busy, Claim, ClaimOptions, NotTaken, claim, finish_failed
@@ -49,7 +49,7 @@ from talon.tenancy.tenant_policy import TenancyPolicy
 
 log = logging.getLogger(__name__)
 # Acknowledges a delivery in a turn's final write if a condition holds (`drive`).
-OnIdle = Callable[[Tx, AckCondition], None]
+OnIdle = Callable[[Tx, Condition], None]
 
 INTERRUPTED = (
     "error: the worker running this tool call stopped before it returned; the call was not "
@@ -106,7 +106,7 @@ class TurnRunner:
         session_uid: uuid.UUID,
         *,
         on_idle: OnIdle | None = None,
-        first: Callable[[Tx], Callable[[], bool]] | None = None,
+        first: Callable[[Tx], DeliveryClaim] | None = None,
     ) -> Busy | NotTaken | None:
         """Run the session's turns until none is runnable. If another live worker holds the
         head turn, return who and until when (look again then, or once it dies); otherwise

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from talon.broker.base import AckCondition, Consumer, Delivery, Result
+from talon.broker.base import Condition, Consumer, Delivery, Result
 from talon.broker.outbox import DISPATCH_TOPIC, LIFECYCLE_TOPIC, OUTBOX_CHANNEL
 from talon.broker.postgres import PostgresBroker
 from talon.resources.service import ResourceService
@@ -122,7 +122,7 @@ class Worker:
         if delivery.ack_in is not None:
             ack_in = delivery.ack_in
 
-            def on_idle(tx: Tx, when: AckCondition) -> None:
+            def on_idle(tx: Tx, when: Condition) -> None:
                 acks.append(ack_in(tx, when))
 
         busy = self.runner.drive(session_uid, on_idle=on_idle, first=delivery.claim_in)

@@ -67,26 +67,45 @@ def append(
     """Append events in order (none if the session is gone). Takes the session row lock.
     One statement: numbering, rows and the wake-up, whatever the count; deferred, so it
     travels with the transaction's next statement or its COMMIT (nobody waits for it)."""
+    ctes, params = appending_ctes("given", events)
+    tx.defer(
+        "WITH given AS (SELECT %s::uuid AS session_uid, %s::uuid AS turn_id), "
+        f"{ctes} SELECT {APPENDED_SQL}",
+        (session_uid, turn_id, *params),
+    )
+
+
+# How many sessions `appending_ctes` appended to (0 or 1); a statement must read it, or
+# PostgreSQL skips the notification (it skips a SELECT in WITH that nothing reads).
+APPENDED_SQL = "(SELECT count(*) FROM ap_notified)"
+
+
+def appending_ctes(
+    gate: str, events: list[tuple[str, dict[str, Any]]]
+) -> tuple[str, tuple[Any, ...]]:
+    """CTEs appending `events` in order, with their notification, to the session of the row
+    the CTE `{gate}` returns (its `session_uid`; the events' turn is its `turn_id`), or to
+    nothing if it returns none: a statement's other CTEs may decide whether they happen (a
+    turn's start, sent with its claim). The gate returns at most one row. Takes the
+    session row lock. Comma-separated, without WITH; read `APPENDED_SQL`."""
     # One JSON parameter: pg8000 escapes a text[] parameter character by character, which
     # cost the worker more than any other part of a turn's statements.
-    tx.defer(
-        "WITH s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
-        "  WHERE uid = %s RETURNING last_event_id, namespace, id, uid), "
-        "ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
-        "  SELECT %s::uuid, s.last_event_id - %s + e.ord, %s::uuid, e.type, e.data "
-        "  FROM s, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(event, ord), "
-        "  LATERAL (SELECT a.event->>0 AS type, a.event->1 AS data, a.ord) e "
+    sql = (
+        "ap_s AS (UPDATE sessions SET last_event_id = last_event_id + %s, updated_at = now() "
+        f"  WHERE uid = (SELECT session_uid FROM {gate}) "
+        "  RETURNING last_event_id, namespace, id, uid), "
+        "ap_ins AS (INSERT INTO session_events (session_uid, id, turn_id, type, data) "
+        "  SELECT ap_s.uid, ap_s.last_event_id - %s + a.ord, "
+        f"  (SELECT turn_id FROM {gate}), a.event->>0, a.event->1 "
+        "  FROM ap_s, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(event, ord) "
         "  RETURNING id, type, turn_id, data, created_at), "
-        f"p AS (SELECT {EVENTS_JSON_SQL.format(e='ins')} AS events FROM ins) "
+        f"ap_json AS (SELECT {EVENTS_JSON_SQL.format(e='ap_ins')} AS events FROM ap_ins), "
         # Delivered on commit only, so a woken reader always finds the rows.
-        f"SELECT pg_notify(%s, {NOTIFY_PAYLOAD_SQL.format(s='s', events='p.events')}) FROM s, p",
-        (
-            len(events), session_uid,
-            session_uid, len(events), turn_id,
-            jsonb([[event_type, data] for event_type, data in events]),
-            EVENTS_CHANNEL,
-        ),
-    )  # fmt: skip
+        f"ap_notified AS (SELECT pg_notify('{EVENTS_CHANNEL}', "
+        f"{NOTIFY_PAYLOAD_SQL.format(s='ap_s', events='ap_json.events')}) FROM ap_s, ap_json)"
+    )
+    payload = jsonb([[event_type, data] for event_type, data in events])
+    return sql, (len(events), len(events), payload)
 
 
 def completion_ctes(

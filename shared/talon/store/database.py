@@ -93,11 +93,14 @@ class Tx:
             raise RuntimeError("the transaction was already committed")
         self._deferred.append((sql, params, result))
 
-    def pipeline(self, batch: list[tuple[str, statements.Params]]) -> list[list[dict[str, Any]]]:
+    def pipeline(
+        self, batch: list[tuple[str, statements.Params]], *, commit: bool = False
+    ) -> list[list[dict[str, Any]]]:
         """Run the statements of `batch` in order in one round trip (after any deferred ones);
         the rows of each. Each still sees the database as of its own start (a statement
-        after a lock sees what the lock's holder committed)."""
-        return [_dicts(result) for result in self._send(batch)]
+        after a lock sees what the lock's holder committed). With `commit`, the COMMIT goes
+        in the same round trip, as with `commit_with`."""
+        return [_dicts(result) for result in self._send(batch, commit=commit)]
 
     def commit_with(self, sql: str, params: statements.Params) -> list[dict[str, Any]]:
         """Run the transaction's last statement and COMMIT it in one round trip (with any

@@ -187,6 +187,19 @@ def write(tx: Tx, guard: Guard, step: Step) -> None:
     tx.defer(_WRITE_SQL, _step_params(guard, step))
 
 
+def gated_write_cte(gate: str, step: Step) -> tuple[str, tuple[Any, ...]]:
+    """A CTE writing `step` for the turn the CTE `{gate}` returns (its `turn_id` and
+    `fencing_token`), or nothing if it returns none: for a statement whose other CTEs decide
+    whether the lease was taken (a turn's start, sent with its claim). `name AS (...)`,
+    without WITH."""
+    sql = (
+        f"gated_step AS (INSERT INTO turn_steps {_COLUMNS} "
+        "SELECT g.turn_id, %s::int, %s::text, %s::text, %s::text, %s::jsonb, g.fencing_token, "
+        f"CASE WHEN %s::text = 'started' THEN NULL ELSE now() END FROM {gate} g {_CONFLICT})"
+    )
+    return sql, (step.idx, step.name, step.kind, step.state, jsonb(step.output), step.state)
+
+
 def begin_call(tx: Tx, guard: Guard, idx: int, name: str, output: dict[str, Any]) -> None:
     """Mark tool step `idx` as running its call; the caller renewed in this transaction
     (deferred: it travels with the COMMIT, which the call waits for)."""

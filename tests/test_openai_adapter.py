@@ -307,3 +307,49 @@ def test_a_read_deadline_holds_only_the_thread_that_set_it(model_server: Any) ->
         reader.start()
         reader.join(10)
     assert read and read[0].endswith(b"data: [DONE]\n\n")  # the whole body, unhurried
+
+
+def test_the_guarded_client_keeps_the_cookies_a_server_sets() -> None:
+    """It reads a response for cookies only when it has a Set-Cookie header (httpx would
+    read every response): a cookie set is still kept and sent back, one set on a response
+    that is streamed too, and the client's cookies can be replaced as httpx allows."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            if self.path.startswith("/set/"):
+                self.send_header("Set-Cookie", f"affinity={self.path[5:]}; Path=/")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        client = guarded_client(EgressPolicy(schemes=frozenset({"http"}), allow_loopback=True))
+        jar, read = client.cookies.jar, []
+        extract = jar.extract_cookies
+        jar.extract_cookies = lambda *args: read.append(1) or extract(*args)  # type: ignore[method-assign]
+        client.get(f"{base}/plain")
+        client.get(f"{base}/set/a")
+        client.get(f"{base}/plain")
+        with client.stream("GET", f"{base}/set/b") as response:
+            response.read()
+        client.get(f"{base}/plain")
+        assert len(read) == 2  # the two responses that set one
+        client.cookies = {"affinity": "c"}
+        client.get(f"{base}/plain")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, None, "affinity=a", "affinity=a", "affinity=b", "affinity=c"]
+    assert dict(client.cookies) == {"affinity": "c"}

@@ -246,8 +246,35 @@ class AsyncGuardedTransport(httpx2.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
+class _SetCookies(httpx.Cookies):
+    """Cookies that read a response only when it sets some, as httpx2 does: httpx 0.28
+    reads every response, building a urllib request from it to find none (5% of a
+    worker's CPU per turn with one model call, in `bench/turns.py`)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            super().extract_cookies(response)
+
+
+class _GuardedClient(httpx.Client):
+    """An httpx client whose cookies are `_SetCookies` (through its public `cookies`
+    property, which is all httpx itself uses)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._set_cookies = _SetCookies(super().cookies)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._set_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:  # what httpx.Cookies() takes
+        self._set_cookies = _SetCookies(cookies)
+
+
 def guarded_client(policy: EgressPolicy, **kwargs: Any) -> httpx.Client:
-    return httpx.Client(transport=GuardedTransport(policy), trust_env=False, **kwargs)
+    return _GuardedClient(transport=GuardedTransport(policy), trust_env=False, **kwargs)
 
 
 def guarded_async_client(policy: EgressPolicy, **kwargs: Any) -> httpx2.AsyncClient:

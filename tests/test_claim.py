@@ -4,15 +4,20 @@ started in a transaction of its own that first checks the lease still holds."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
 import pytest
 
 import samples
-from conftest import Api
+from conftest import Api, raw_connection
+from talon.broker.outbox import DISPATCH_TOPIC
+from talon.broker.postgres import PostgresBroker, _Unclaimed
 from talon.runtime import claim as claiming
-from talon.runtime.claim import Busy, Claim, ClaimOptions, claim
+from talon.runtime import context as ctx
+from talon.runtime.claim import Busy, Claim, ClaimOptions, NotTaken, claim
 from talon.store.database import Database
 from talon.store.liveness import OwnerLock
 
@@ -46,7 +51,7 @@ def _started_by_the_claim(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     def noting(*args: Any, **kwargs: Any) -> Any:
         taken = take(*args, **kwargs)
         if isinstance(taken, claiming._Leased):
-            said.append(taken.started)
+            said.append(taken.started is not None)
         return taken
 
     monkeypatch.setattr(claiming, "_take", noting)
@@ -137,3 +142,156 @@ def test_a_turn_cancelled_between_its_claim_and_its_start_is_not_started(
     assert written["steps"] == []
     assert "turn.started" not in written["events"]
     assert written["events"][-1] == "turn.cancelled"
+
+
+def test_a_resumed_turn_is_not_started_again_by_its_claim(
+    db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn taken over from a dead worker has its knowledge step: the claim's statement
+    starts first attempts only, and the resumed turn just says it started again."""
+    assert isinstance(claim(db, session, ClaimOptions("a-worker-that-died", 30.0, 5)), Claim)
+    before = _written(db)
+    started = _started_by_the_claim(monkeypatch)
+    resumed = claim(db, session, OPTIONS)
+    assert isinstance(resumed, Claim) and started == [False]
+    assert resumed.turn["attempts"] == 2 and 0 in resumed.journal
+    after = _written(db)
+    assert after["steps"] == before["steps"]
+    assert after["events"] == [*before["events"], "turn.started"]
+
+
+def test_a_turn_whose_agent_resolves_during_the_claim_runs_with_the_agent_it_started_with(
+    api: Api, db: Database, session: uuid.UUID, database_url: str
+) -> None:
+    """The claim's statements each read the tables as of their own start: the agent can
+    resolve between the claiming statement (which read it failing) and the start (which
+    finds it resolved and starts the turn). The claim then goes with the start's agent row,
+    not fail a turn it has just started."""
+    one = Database(db._connect, 1)  # one connection, its statements prepared by a first claim
+    try:
+        assert isinstance(claim(one, session, OPTIONS), Claim)
+        with db.transaction() as tx:
+            tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL, "
+                       "lease_expires_at = NULL")  # fmt: skip
+        api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "again"})
+        _set_phase(db, "Failed")
+        blocker = raw_connection(database_url)
+        blocker.cursor().execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        outcome: list[Any] = []
+        runner = threading.Thread(target=lambda: outcome.append(_claiming(one, session)))
+        runner.start()
+        _wait_for_a_lock_wait(db)  # the claiming statement ran, the window's read waits
+        _set_phase(db, "Resolved", connection=blocker)  # commits, releasing the lock
+        blocker.close()
+        runner.join(10)
+    finally:
+        one.close()
+    (claimed,) = outcome
+    assert isinstance(claimed, Claim), claimed
+    assert claimed.turn["seq"] == 2 and claimed.agent.agent == "bot"
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM turns WHERE state = 'failed'") == 0
+
+
+def test_a_failed_start_gives_the_turn_up_at_once(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim of a turn it could not start has committed: if starting it fails (a
+    database error, knowledge that cannot be indexed), the live worker gives the lease up,
+    so the retried delivery claims the turn at once (as its next attempt) rather than
+    finding it busy until the lease runs out."""
+    api.ok("POST", "/v1/ns/acme/knowledge", 201,
+           json=samples.knowledge("acme", content="# Greetings\nSay hello back."))  # fmt: skip
+    alive = OwnerLock(db.raw_connect, OPTIONS.worker_id)
+    try:
+        assert alive.wait_held(10)
+        retrieve = ctx.knowledge_from
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the knowledge index is unavailable")
+
+        monkeypatch.setattr(ctx, "knowledge_from", failing)
+        with pytest.raises(RuntimeError):
+            claim(db, session, OPTIONS)
+        monkeypatch.setattr(ctx, "knowledge_from", retrieve)
+        again = claim(db, session, OPTIONS)
+    finally:
+        alive.close()
+    assert isinstance(again, Claim), again
+    assert again.turn["attempts"] == 2
+    assert _written(db)["steps"][0]["output"]["documents"][0]["name"] == "faq"
+
+
+def test_a_delivery_claimed_with_a_turn_started_after_the_claim_holds(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notified row's claim commits with the turn's claim even when the turn is started in
+    the second transaction."""
+    api.ok("POST", "/v1/ns/acme/knowledge", 201, json=samples.knowledge("acme"))
+    with db.transaction() as tx:
+        row_id = tx.scalar("SELECT id FROM outbox WHERE topic = %s", (DISPATCH_TOPIC,))
+    delivery = _Unclaimed(PostgresBroker(db), row_id, set(), threading.Condition())
+    started = _started_by_the_claim(monkeypatch)
+    assert isinstance(claim(db, session, OPTIONS, delivery), Claim)
+    assert delivery.taken is True and started == [False]
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT attempts FROM outbox WHERE id = %s", (row_id,)) == 1
+    assert len(_written(db)["steps"]) == 1
+
+
+def test_a_claim_whose_delivery_another_worker_took_waits_for_nothing(
+    db: Database, session: uuid.UUID, database_url: str
+) -> None:
+    """A worker that lost the race for a notified row neither waits for the winner's lock
+    on the session nor writes anything: its claiming statement depends on the row's claim
+    from its first row on."""
+    with db.transaction() as tx:
+        row_id = tx.scalar("SELECT id FROM outbox WHERE topic = %s", (DISPATCH_TOPIC,))
+        tx.execute("UPDATE outbox SET attempts = 1, claimed_until = now() + interval '1 minute'")
+    winner = raw_connection(database_url)
+    try:
+        winner.cursor().execute("SELECT uid FROM sessions WHERE uid = %s FOR UPDATE", (session,))
+        loser = _Unclaimed(PostgresBroker(db), row_id, set(), threading.Condition())
+        outcome: list[Any] = []
+        claiming = threading.Thread(
+            target=lambda: outcome.append(claim(db, session, OPTIONS, loser))
+        )
+        claiming.start()
+        claiming.join(5)
+        assert outcome and isinstance(outcome[0], NotTaken)  # not waiting for the lock
+    finally:
+        winner.rollback()  # the lock goes (a claim that waited for it ends now)
+        winner.close()
+        claiming.join(10)
+    assert _written(db)["steps"] == []
+
+
+def _claiming(db: Database, session: uuid.UUID) -> Any:
+    try:
+        return claim(db, session, OPTIONS)
+    except Exception as exc:
+        return exc
+
+
+def _set_phase(db: Database, phase: str, connection: Any = None) -> None:
+    sql = "UPDATE resources SET status = status || %s::jsonb WHERE kind = 'Agent'"
+    params = (f'{{"phase": "{phase}"}}',)
+    if connection is not None:
+        connection.cursor().execute(sql, params)
+        connection.commit()
+        return
+    with db.transaction() as tx:
+        tx.execute(sql, params)
+
+
+def _wait_for_a_lock_wait(db: Database) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with db.transaction() as tx:
+            if tx.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ):
+                return
+        time.sleep(0.02)
+    raise AssertionError("the claim never waited for the lock")

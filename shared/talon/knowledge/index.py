@@ -60,7 +60,7 @@ _LEASED_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(
 
 # True when namespace `{ns}` (an SQL expression) has no knowledge at all, no Knowledge
 # resource and no chunk (by the primary key's order, as above): any retrieval for it
-# returns `NOTHING_RETRIEVED`, so a statement can write that without running one.
+# returns `nothing_retrieved()`, so a statement can write that without running one.
 WITHOUT_KNOWLEDGE_SQL = (
     "NOT EXISTS (SELECT 1 FROM resources k WHERE k.kind = 'Knowledge' AND k.namespace = {ns}) "
     "AND (SELECT c.idx FROM knowledge_chunks c WHERE c.namespace = {ns} "

@@ -78,10 +78,12 @@ class Busy:
 # open turn (the order every writer uses), and take that turn unless another worker's lease
 # on it is live (unexpired, and its owner alive) or it has used up its attempts; with the
 # agent's resource row. `id` is NULL when nothing was taken (`head_*` say why). The CASE
-# asks about the owner only for an unexpired lease.
+# asks about the owner only for an unexpired lease. `{took}`: whether the delivery naming
+# the session was taken (`DeliveryClaim.took`); if not, no row and no lock at all, so the
+# transaction writes nothing and its COMMIT flushes nothing.
 _CLAIM_SQL = f"""
 WITH s AS (
-    SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s FOR UPDATE
+    SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s AND {{took}} FOR UPDATE
 ), head AS (
     SELECT t.id, t.state, t.attempts, t.lease_expires_at, t.lease_owner,
            CASE WHEN t.state = 'running' AND t.lease_expires_at > now()
@@ -94,7 +96,6 @@ WITH s AS (
            lease_expires_at = now() + make_interval(secs => %s), attempts = turns.attempts + 1,
            started_at = COALESCE(started_at, now())
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
-      AND {{took}}
     RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
               turns.created_at, turns.traceparent, turns.attempt_span
 )
@@ -113,16 +114,17 @@ LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.na
 # case, decided by the database: this transaction claimed the turn (the row's version is its
 # own) for the first time, its agent resolves, and its namespace has no knowledge, so the
 # knowledge step's output is known beforehand. Every other case is written by `_begin`, in a
-# transaction of its own.
+# transaction of its own. It returns the agent row it found resolved: each statement reads
+# the tables as of its own start, and the claim's may have seen another version of it.
 _STARTABLE_CTE = f"""startable AS (
-    SELECT t.id AS turn_id, t.session_uid, t.fencing_token FROM turns t
+    SELECT t.id AS turn_id, t.session_uid, t.fencing_token, r.labels, r.status FROM turns t
     JOIN sessions s ON s.uid = t.session_uid
     JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
     WHERE t.session_uid = %s AND t.state = 'running' AND t.attempts = 1
       AND t.xmin = pg_current_xact_id_if_assigned()::xid
       AND r.status->>'phase' = 'Resolved' AND {WITHOUT_KNOWLEDGE_SQL.format(ns="s.namespace")}
 )"""
-_NOTHING_TAKEN = Condition("TRUE", ())
+_NO_DELIVERY = Condition("TRUE", ())  # a claim with no delivery to depend on
 
 
 class NotTaken:
@@ -142,13 +144,13 @@ class _Exhausted:
 
 @dataclass(frozen=True)
 class _Leased:
-    """A turn this worker has just leased, with what the claim read for it, and whether the
-    claim's statement started it (`_STARTABLE_CTE`)."""
+    """A turn this worker has just leased, with what the claim read for it; if the claim's
+    statement started it (`_STARTABLE_CTE`), the agent row that statement found resolved."""
 
     row: dict[str, Any]
     window: list[dict[str, Any]]
     knowledge_rows: list[dict[str, Any]]
-    started: bool
+    started: dict[str, Any] | None
 
 
 def claim(
@@ -171,13 +173,17 @@ def claim(
         taking = first(tx) if first is not None else None
         taken = _take(tx, session_uid, options, taking, start=True)
     if isinstance(taken, _Leased):
-        if taken.started:
+        if taken.started is not None:
             return _started(taken, session_uid, options, started_ns)
+        lease = _lease_of(taken.row, session_uid, options)
         try:
             with db.transaction() as tx:
-                begun = _begin(tx, taken, session_uid, options, started_ns, renew=True)
+                begun = _begin(tx, taken, lease, started_ns, renew=True)
         except Fenced:  # cancelled (or taken over) since the claim committed
             begun = _Settled()
+        except BaseException:
+            _let_go(db, lease)
+            raise
         if not isinstance(begun, _Settled):
             return begun
     elif not isinstance(taken, _Exhausted):
@@ -185,9 +191,33 @@ def claim(
     # Head turns that cannot run are failed one by one, each with the next claim.
     while True:
         with db.transaction() as tx:
-            claimed = _claim_in(tx, session_uid, options, started_ns)
+            claimed = _claim_in(tx, session_uid, options, time.time_ns())
         if not isinstance(claimed, _Settled):
             return claimed
+
+
+# A lease given up at once, if this worker still holds it: the turn is anyone's to claim
+# again (as its next attempt: whatever the failed transaction did may have committed).
+_LET_GO_SQL = (
+    "WITH s AS (SELECT uid FROM sessions WHERE uid = %s FOR UPDATE) "
+    "UPDATE turns SET lease_expires_at = now() FROM s WHERE turns.session_uid = s.uid "
+    "AND turns.id = %s AND fencing_token = %s AND state = 'running'"
+)
+
+
+def _let_go(db: Database, lease: Lease) -> None:
+    """Give up a turn that could not be started (an error in `_begin`'s transaction, after
+    the claim had committed), so that the retried delivery, or another worker, claims it at
+    once instead of finding it leased by a live worker until the lease runs out."""
+    try:
+        with db.transaction() as tx:
+            tx.execute(_LET_GO_SQL, (lease.session_uid, lease.turn_id, lease.token))
+    except Exception as exc:  # its lease runs out on its own
+        log.warning("could not give up turn %s after a failed start: %s", lease.turn_id, exc)
+
+
+def _lease_of(row: dict[str, Any], session_uid: uuid.UUID, options: ClaimOptions) -> Lease:
+    return Lease(row["id"], session_uid, int(row["fencing_token"]), options.lease_seconds)
 
 
 def _claim_in(
@@ -204,9 +234,9 @@ def _claim_in(
         )  # fmt: skip
         _count_failed(row["namespace"], row["agent"])
     if isinstance(taken, _Leased):
-        return _begin(tx, taken, session_uid, options, started_ns, renew=False)
-    if isinstance(taken, NotTaken):
-        raise AssertionError("no delivery was claimed")
+        return _begin(tx, taken, _lease_of(taken.row, session_uid, options), started_ns,
+                      renew=False)  # fmt: skip
+    assert not isinstance(taken, NotTaken)  # there was no delivery to take
     return taken
 
 
@@ -222,11 +252,11 @@ def _take(
     The window and the knowledge of the turn this claim leases go in the same round trip:
     they are read after the claim ran, by the lease (thrown away when nothing was claimed,
     or when a resumed turn has its knowledge step already)."""
-    took = taking.took if taking is not None else _NOTHING_TAKEN
+    took = taking.took if taking is not None else _NO_DELIVERY
     batch: list[tuple[str, Params]] = [
         (_CLAIM_SQL.format(took=took.sql),
-         (session_uid, options.worker_id, options.lease_seconds, options.max_attempts,
-          *took.params)),
+         (session_uid, *took.params, options.worker_id, options.lease_seconds,
+          options.max_attempts)),
         ctx.leased_history(session_uid, options.worker_id),
         ctx.leased_knowledge(session_uid, options.worker_id),
     ]  # fmt: skip
@@ -242,7 +272,7 @@ def _take(
         if row["head_leased"]:
             return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
         return _Exhausted(row)
-    started = start and bool(results[3][0]["started"])
+    started = results[3][0] if start and results[3][0]["started"] else None
     return _Leased(row, results[1], results[2], started)
 
 
@@ -250,7 +280,8 @@ def _start_statement(session_uid: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
     before, done, starting = _start_steps(1, nothing_retrieved())
     ctes, params = record_when("startable", done, starting, before=before)
     return (
-        f"WITH {_STARTABLE_CTE}, {ctes} SELECT {RECORDED_SQL} AS started",
+        f"WITH {_STARTABLE_CTE}, {ctes} SELECT {RECORDED_SQL} AS started, "
+        "(SELECT labels FROM startable) AS labels, (SELECT status FROM startable) AS status",
         (session_uid, *params),
     )
 
@@ -278,33 +309,30 @@ def _started(
     leased: _Leased, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
 ) -> Claim:
     """The claim of a turn its claiming statement started (knowledge step and all)."""
-    row = leased.row
-    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
-    lease = Lease(row["id"], session_uid, int(row["fencing_token"]), options.lease_seconds)
-    # The statement checked the agent resolves: this cannot raise TurnFailure.
-    agent = ctx.agent_from_row(session, {"labels": row["agent_labels"],
-                                         "status": row["agent_status"]})  # fmt: skip
+    row, found = leased.row, leased.started
+    assert found is not None
+    # The agent row the start statement found resolved (not the claim's, which may be an
+    # older version): this cannot raise TurnFailure.
+    agent = ctx.agent_from_row(_session_of(row), found)
     history = ctx.chat_history(messages.window_rows(leased.window[0]["messages"]))
     journal = {0: Step(0, KNOWLEDGE, "knowledge", "completed", nothing_retrieved())}
-    # The knowledge step took no time of its own: it is the claim's round trip's.
-    return Claim(lease, row, agent, journal, history, started_ns, (started_ns, time.time_ns()))
+    # No time of its own: it was a condition of the claim's round trip.
+    loaded = time.time_ns()
+    lease = _lease_of(row, session_uid, options)
+    return Claim(lease, row, agent, journal, history, started_ns, (loaded, loaded))
+
+
+def _session_of(row: dict[str, Any]) -> dict[str, Any]:
+    return {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
 
 
 def _begin(
-    tx: Tx,
-    leased: _Leased,
-    session_uid: uuid.UUID,
-    options: ClaimOptions,
-    started_ns: int,
-    *,
-    renew: bool,
+    tx: Tx, leased: _Leased, lease: Lease, started_ns: int, *, renew: bool
 ) -> Claim | _Settled:
     """Start a leased turn that its claim did not: journal its knowledge step (unless a
     resumed turn has it already), or fail it if its agent does not resolve. `renew`: the
     claim committed apart, so check first that the lease still holds (Fenced if not)."""
-    row = leased.row
-    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
-    lease = Lease(row["id"], session_uid, int(row["fencing_token"]), options.lease_seconds)
+    row, session_uid = leased.row, lease.session_uid
     if renew:
         journal_renew(tx, lease)
     attempt = int(row["attempts"])
@@ -312,7 +340,7 @@ def _begin(
     journal = {} if attempt == 1 else {s.idx: s for s in load(tx, row["id"])}
     try:
         found = {"labels": row["agent_labels"], "status": row["agent_status"]}
-        agent = ctx.agent_from_row(session, found if row["agent_found"] else None)
+        agent = ctx.agent_from_row(_session_of(row), found if row["agent_found"] else None)
     except ctx.TurnFailure as failure:
         events.append(tx, session_uid, [_turn_started(attempt)], row["id"])
         finish_failed(tx, session_uid, row["id"], failure.code, failure.message)

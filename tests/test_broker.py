@@ -261,9 +261,9 @@ def test_notified_rows_are_handed_out_before_a_claim_already_asked_for() -> None
     notified meanwhile: they go out unclaimed first, to be claimed in their turns' first
     transactions, and the claim follows, excluding them. It used to take them in a
     transaction of its own (under load, a message posted in that moment paid for one)."""
-    from talon.broker.postgres import _Hints
+    from talon.broker.notified import Hints
 
-    hints = _Hints()
+    hints = Hints()
     assert hints.take(4)[1:] == ([], True)  # the first look is a claim
     hints.ask_claim()
     hints.rows.extend([(7, "dispatch", {"sessionUid": "a"}), (8, "dispatch", {"sessionUid": "b"})])

@@ -33,21 +33,18 @@ the session's stream) and then marked dead, kept for inspection and never claime
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
 
 from talon.backoff import backoff_delay
 from talon.broker.base import Condition, Delivery, DeliveryClaim, Handler, Outcome, Result
+from talon.broker.notified import Hints, note, wait_beyond
 from talon.broker.outbox import OUTBOX_CHANNEL
 from talon.store.database import Database, Tx
 from talon.store.liveness import owner_gone_sql
@@ -55,7 +52,6 @@ from talon.store.notify import Listener
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(seconds=60)
-MAX_HINTS = 1_000  # notified rows kept for idle handlers; beyond, a claim takes them
 
 # Claim up to %s rows (free, or held by a dead worker: the CASE asks about the holder only
 # for a row still hidden) and, in the same statement, say when the next row that was not
@@ -105,42 +101,6 @@ RETURNING id
 _CLAIMED_HERE_SQL = (
     "EXISTS (SELECT 1 FROM outbox WHERE id = %s AND xmin = pg_current_xact_id_if_assigned()::xid)"
 )
-
-
-Notified = tuple[int, str, dict[str, Any]]  # an outbox row's id, topic and payload
-
-
-@dataclass
-class _Hints:
-    """What the outbox notifications said since the dispatcher last looked: rows it may hand
-    out unclaimed (`rows`), and whether anything else happened that only a claim finds
-    (`claim`: another topic's row, a reconnect, more rows than idle handlers)."""
-
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    rows: deque[Notified] = field(default_factory=deque)
-    claim: bool = True
-    count: int = 0  # notifications so far (reconnects count as one)
-
-    def take(self, free: int) -> tuple[int, list[Notified], bool]:
-        """(the notification count now, up to `free` notified rows to hand out, whether to
-        claim instead). Notified rows go first, a claim already asked for included (it
-        excludes them); a claim then takes whatever they left."""
-        with self.cond:
-            seen = self.count
-            rows: list[Notified] = []
-            while self.rows and len(rows) < free:
-                rows.append(self.rows.popleft())
-            if self.rows:  # more than the idle handlers: a claim takes the rest
-                self.claim = True
-            claiming = self.claim and not rows
-            if claiming:
-                self.rows.clear()
-                self.claim = False
-            return seen, rows, claiming
-
-    def ask_claim(self) -> None:
-        with self.cond:
-            self.claim = True
 
 
 @dataclass
@@ -245,8 +205,8 @@ class PostgresBroker:
         """Dispatch to `concurrency` handlers until `stop` is set, then let them finish."""
         idle = threading.Semaphore(concurrency)
         failures = 0
-        hints = _Hints()
-        listener.watch(OUTBOX_CHANNEL, partial(_note, hints, topics))
+        hints = Hints()
+        listener.watch(OUTBOX_CHANNEL, partial(note, hints, topics))
         wait = idle_wait  # how long to sleep when nothing is notified (the last claim's)
         claimed_at = time.monotonic()
         handed_out = False  # rows handed out unclaimed since the last claim
@@ -279,7 +239,7 @@ class PostgresBroker:
                         hints.ask_claim()
                     elif not notified:
                         timeout = min(wait, self.takeover_poll) if handed_out else wait
-                        if not _wait_beyond(hints, seen, timeout, stop):
+                        if not wait_beyond(hints, seen, timeout, stop):
                             hints.ask_claim()
                     continue
                 try:
@@ -306,7 +266,7 @@ class PostgresBroker:
                 if len(deliveries) < free:
                     # The queue had nothing more for us at the claim's snapshot: whatever
                     # commits later is notified after `seen`.
-                    if not _wait_beyond(hints, seen, wait, stop):
+                    if not wait_beyond(hints, seen, wait, stop):
                         hints.ask_claim()
                 else:
                     hints.ask_claim()  # there may be more
@@ -340,42 +300,6 @@ class PostgresBroker:
             if unclaimed is not None:
                 unclaimed.done()
             idle.release()
-
-
-def _note(hints: _Hints, topics: tuple[str, ...], payload: str | None) -> None:
-    """The listener's callback for an outbox notification: "<topic> <row id> <payload>" for
-    a row that may be handed out unclaimed; anything else (or None: a reconnect) asks for a
-    claim."""
-    row = None
-    if payload is not None:
-        topic, _, rest = payload.partition(" ")
-        row_id, _, body = rest.partition(" ")
-        if topic in topics and row_id.isdigit() and body:
-            with contextlib.suppress(ValueError):
-                data = json.loads(body)
-                if isinstance(data, dict):
-                    row = (int(row_id), topic, data)
-    with hints.cond:
-        hints.count += 1
-        if row is None or len(hints.rows) >= MAX_HINTS:  # a burst: the claim takes them all
-            hints.claim = True
-            hints.rows.clear()
-        else:
-            hints.rows.append(row)
-        hints.cond.notify_all()
-
-
-def _wait_beyond(hints: _Hints, seen: int, timeout: float, stop: threading.Event) -> bool:
-    """Block until a notification comes after the count `seen`, or `timeout` passes, or
-    `stop` is set (looked at every half second); True if a notification has come."""
-    deadline = time.monotonic() + timeout
-    with hints.cond:
-        while hints.count <= seen:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop.is_set():
-                return False
-            hints.cond.wait(min(remaining, 0.5))
-        return True
 
 
 def _delete(delivery_id: int, tx: Tx, when: Condition | None = None) -> Callable[[], bool]:

@@ -164,7 +164,18 @@ def test_the_window_is_turn_by_turn_and_leaves_out_later_turns(db: Any) -> None:
     puts each turn's messages together, in turn order, and leaves out the turns after it."""
     import uuid
 
-    from talon.sessions.messages import turn_window
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import leased_window_since, window_since
+
+    def turn_window(tx: Any, uid: Any, head: int, turns: int) -> list[dict[str, Any]]:
+        """The window of turn `head` as a worker that leases it reads it, without a copy."""
+        tx.execute(
+            "UPDATE turns SET state = CASE WHEN seq = %s THEN 'running' ELSE 'completed' END, "
+            "lease_owner = 'w1' WHERE session_uid = %s",
+            (head, uid),
+        )
+        since = window_since(tx.one(*leased_window_since(uid, "w1", turns, 0)))
+        return HistoryCache(max_bytes=0).window(uid, since, 0) or []
 
     uid = uuid.uuid4()
     turn = {n: uuid.uuid4() for n in (1, 2, 3)}
@@ -326,7 +337,113 @@ def test_a_claims_reads_cost_its_window_not_the_length_of_the_session(
 def messages_of(tx: Any, uid: Any) -> int:
     """How many messages the leased turn's history window holds."""
     from talon.runtime import context as ctx
-    from talon.sessions.messages import window_rows
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import window_since
 
     sql, params = ctx.leased_history(uid, "w1")
-    return len(window_rows(tx.scalar(sql, params)))
+    window = HistoryCache(max_bytes=0).window(uid, window_since(tx.one(sql, params)), 0)
+    return len(window or [])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_workers_copy_of_the_window_gives_what_a_whole_read_gives(db: Any, seed: int) -> None:
+    """A claim reads only the messages after its copy's last (`runtime/history_cache.py`):
+    over a chat where inputs are queued ahead of the running turn (their messages land
+    between a turn's), turns fail without answers and the window slides, each window from
+    the copy is the one a whole read gives, and the read returns only the new messages."""
+    import random
+    import uuid
+
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import leased_window_since, window_since
+
+    rng = random.Random(seed)
+    uid, copies, turns_back = uuid.uuid4(), HistoryCache(), 3
+    state = {"message": 0, "turn": 0}
+    queued: list[uuid.UUID] = []
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, 'acme', 'c', 'bot')",
+            (uid,),
+        )
+
+    def message(tx: Any, turn: uuid.UUID, role: str) -> None:
+        state["message"] += 1
+        tx.execute(
+            "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (uid, state["message"], role, f"{role} {state['message']}", turn),
+        )
+        tx.execute("UPDATE sessions SET last_message = %s WHERE uid = %s", (state["message"], uid))
+
+    def post(tx: Any) -> None:
+        state["turn"] += 1
+        turn = uuid.uuid4()
+        tx.execute(
+            "INSERT INTO turns (id, session_uid, seq, input_seq) VALUES (%s, %s, %s, %s)",
+            (turn, uid, state["turn"], state["message"] + 1),
+        )
+        message(tx, turn, "user")
+        queued.append(turn)
+
+    fetched = written = 0
+    for _ in range(40):
+        with db.transaction() as tx:
+            for _ in range(rng.choice((0, 1, 1, 2)) if queued else 1):
+                post(tx)
+            head = queued.pop(0)
+            tx.execute("UPDATE turns SET state = 'running', lease_owner = 'w1' WHERE id = %s",
+                       (head,))  # fmt: skip
+        with db.transaction() as tx:
+            after = copies.after(uid)
+            row = tx.one(*leased_window_since(uid, "w1", turns_back, after))
+            whole = tx.one(*leased_window_since(uid, "w1", turns_back, 0))
+        since = window_since(row)
+        fetched, written = fetched + len(since.messages), state["message"]
+        assert all(seq > after for seq, _, _ in since.messages)
+        assert copies.window(uid, since, after) == HistoryCache(0).window(
+            uid, window_since(whole), 0
+        )
+        with db.transaction() as tx:
+            failed = rng.random() < 0.2
+            for _ in range(0 if failed else rng.choice((1, 3))):
+                message(tx, head, "assistant")
+            tx.execute("UPDATE turns SET state = %s, lease_owner = NULL WHERE id = %s",
+                       ("failed" if failed else "completed", head))  # fmt: skip
+    assert fetched == written  # each message read once
+
+
+def test_a_copy_replaced_since_it_was_asked_after_is_not_used() -> None:
+    """A window read asking after a copy that has changed since (or was dropped) cannot be
+    merged: the claim reads that window whole again."""
+    import uuid
+
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import WindowSince
+
+    uid, copies = uuid.uuid4(), HistoryCache()
+    first = WindowSince(["t1"], 1, 2, [(1, "t1", {"content": "q1"}), (2, "t1", {"content": "a1"})])
+    assert copies.window(uid, first, 0) == [{"content": "q1"}, {"content": "a1"}]
+    assert copies.after(uid) == 2
+    later = WindowSince(["t1", "t2"], 1, 3, [(3, "t2", {"content": "q2"})])
+    assert copies.window(uid, later, 1) is None  # asked after 1: the copy holds up to 2
+    assert copies.after(uid) == 0  # dropped: the next read asks for the whole window
+
+
+def test_copies_are_dropped_least_recently_used_beyond_the_budget() -> None:
+    import uuid
+
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import WindowSince
+
+    copies = HistoryCache(max_bytes=3_000)
+    sessions = [uuid.uuid4() for _ in range(3)]
+    for uid in sessions:
+        copies.window(uid, WindowSince(["t"], 1, 1, [(1, "t", {"content": "x" * 800})]), 0)
+    assert copies.sessions() == 3
+    copies.after(sessions[0])  # reading its position does not make it recent: using it does
+    copies.window(sessions[0], WindowSince(["t"], 1, 1, []), 1)
+    copies.window(uuid.uuid4(), WindowSince(["t"], 1, 1, [(1, "t", {"content": "y" * 800})]), 0)
+    assert copies.sessions() == 3
+    assert copies.after(sessions[1]) == 0  # the least recently used, dropped
+    assert copies.after(sessions[0]) == 1

@@ -18,23 +18,22 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from talon.broker.base import Condition, DeliveryClaim
-from talon.knowledge.index import WITHOUT_KNOWLEDGE_SQL, nothing_retrieved
+from talon.knowledge.index import nothing_retrieved
 from talon.runtime import context as ctx
+from talon.runtime import turn_start
+from talon.runtime.history_cache import HistoryCache
 from talon.runtime.journal import (
     KNOWLEDGE,
-    MODEL,
-    RECORDED_SQL,
     Fenced,
     Lease,
     Step,
     load,
     record,
-    record_when,
 )
 from talon.runtime.journal import renew as journal_renew
 from talon.runtime.tools.base import AgentContext
@@ -63,6 +62,8 @@ class ClaimOptions:
     worker_id: str
     lease_seconds: float
     max_attempts: int  # deliveries of one turn before it is failed
+    # The worker's copies of the windows it sent last (None: read each window whole).
+    history: HistoryCache | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -110,20 +111,6 @@ LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.na
 """
 
 
-# The turn's start, sent with its claim and committed in the claim's round trip, in the usual
-# case, decided by the database: this transaction claimed the turn (the row's version is its
-# own) for the first time, its agent resolves, and its namespace has no knowledge, so the
-# knowledge step's output is known beforehand. Every other case is written by `_begin`, in a
-# transaction of its own. It returns the agent row it found resolved: each statement reads
-# the tables as of its own start, and the claim's may have seen another version of it.
-_STARTABLE_CTE = f"""startable AS (
-    SELECT t.id AS turn_id, t.session_uid, t.fencing_token, r.labels, r.status FROM turns t
-    JOIN sessions s ON s.uid = t.session_uid
-    JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
-    WHERE t.session_uid = %s AND t.state = 'running' AND t.attempts = 1
-      AND t.xmin = pg_current_xact_id_if_assigned()::xid
-      AND r.status->>'phase' = 'Resolved' AND {WITHOUT_KNOWLEDGE_SQL.format(ns="s.namespace")}
-)"""
 _NO_DELIVERY = Condition("TRUE", ())  # a claim with no delivery to depend on
 
 
@@ -144,11 +131,13 @@ class _Exhausted:
 
 @dataclass(frozen=True)
 class _Leased:
-    """A turn this worker has just leased, with what the claim read for it; if the claim's
-    statement started it (`_STARTABLE_CTE`), the agent row that statement found resolved."""
+    """A turn this worker has just leased, with what the claim read for it (the window as
+    what the history copy asked after `after` lacks); if the claim's statement started it
+    (`turn_start.STARTABLE_CTE`), the agent row that statement found resolved."""
 
     row: dict[str, Any]
     window: list[dict[str, Any]]
+    after: int
     knowledge_rows: list[dict[str, Any]]
     started: dict[str, Any] | None
 
@@ -174,11 +163,11 @@ def claim(
         taken = _take(tx, session_uid, options, taking, start=True)
     if isinstance(taken, _Leased):
         if taken.started is not None:
-            return _started(taken, session_uid, options, started_ns)
+            return _started(db, taken, session_uid, options, started_ns)
         lease = _lease_of(taken.row, session_uid, options)
         try:
             with db.transaction() as tx:
-                begun = _begin(tx, taken, lease, started_ns, renew=True)
+                begun = _begin(tx, taken, options, lease, started_ns, renew=True)
         except Fenced:  # cancelled (or taken over) since the claim committed
             begun = _Settled()
         except BaseException:
@@ -234,8 +223,8 @@ def _claim_in(
         )  # fmt: skip
         _count_failed(row["namespace"], row["agent"])
     if isinstance(taken, _Leased):
-        return _begin(tx, taken, _lease_of(taken.row, session_uid, options), started_ns,
-                      renew=False)  # fmt: skip
+        lease = _lease_of(taken.row, session_uid, options)
+        return _begin(tx, taken, options, lease, started_ns, renew=False)
     assert not isinstance(taken, NotTaken)  # there was no delivery to take
     return taken
 
@@ -253,15 +242,16 @@ def _take(
     they are read after the claim ran, by the lease (thrown away when nothing was claimed,
     or when a resumed turn has its knowledge step already)."""
     took = taking.took if taking is not None else _NO_DELIVERY
+    after = options.history.after(session_uid) if options.history is not None else 0
     batch: list[tuple[str, Params]] = [
         (_CLAIM_SQL.format(took=took.sql),
          (session_uid, *took.params, options.worker_id, options.lease_seconds,
           options.max_attempts)),
-        ctx.leased_history(session_uid, options.worker_id),
+        ctx.leased_history(session_uid, options.worker_id, after),
         ctx.leased_knowledge(session_uid, options.worker_id),
     ]  # fmt: skip
     if start:
-        batch.append(_start_statement(session_uid))
+        batch.append(turn_start.start_statement(session_uid))
     results = tx.pipeline(batch, commit=start)
     if taking is not None and not taking.taken():
         return NotTaken()  # another consumer's: the turn's claim depended on it, took nothing
@@ -273,40 +263,11 @@ def _take(
             return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
         return _Exhausted(row)
     started = results[3][0] if start and results[3][0]["started"] else None
-    return _Leased(row, results[1], results[2], started)
-
-
-def _start_statement(session_uid: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
-    before, done, starting = _start_steps(1, nothing_retrieved())
-    ctes, params = record_when("startable", done, starting, before=before)
-    return (
-        f"WITH {_STARTABLE_CTE}, {ctes} SELECT {RECORDED_SQL} AS started, "
-        "(SELECT labels FROM startable) AS labels, (SELECT status FROM startable) AS status",
-        (session_uid, *params),
-    )
-
-
-def _start_steps(
-    attempt: int, knowledge: dict[str, Any]
-) -> tuple[list[tuple[str, dict[str, Any]]], Step, Step]:
-    """A turn's start: its events before the knowledge step's, the knowledge step done, and
-    the model step starting (`journal.record`'s arguments)."""
-    before = [
-        _turn_started(attempt),
-        ("step.started", {"step": KNOWLEDGE, "index": 0, "kind": "knowledge"}),
-    ]
-    return before, Step(0, KNOWLEDGE, "knowledge", "completed", knowledge), _MODEL_STARTING
-
-
-_MODEL_STARTING = Step(1, MODEL, "model", "started", {})
-
-
-def _turn_started(attempt: int) -> tuple[str, dict[str, Any]]:
-    return ("turn.started", {"attempt": attempt, "resumed": attempt > 1})
+    return _Leased(row, results[1], after, results[2], started)
 
 
 def _started(
-    leased: _Leased, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
+    db: Database, leased: _Leased, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
 ) -> Claim:
     """The claim of a turn its claiming statement started (knowledge step and all)."""
     row, found = leased.row, leased.started
@@ -314,7 +275,12 @@ def _started(
     # The agent row the start statement found resolved (not the claim's, which may be an
     # older version): this cannot raise TurnFailure.
     agent = ctx.agent_from_row(_session_of(row), found)
-    history = ctx.chat_history(messages.window_rows(leased.window[0]["messages"]))
+
+    def read(sql: str, params: Params) -> dict[str, Any] | None:
+        with db.transaction() as tx:
+            return tx.one(sql, params)
+
+    history = _history(leased, session_uid, options, read)
     journal = {0: Step(0, KNOWLEDGE, "knowledge", "completed", nothing_retrieved())}
     # No time of its own: it was a condition of the claim's round trip.
     loaded = time.time_ns()
@@ -326,8 +292,31 @@ def _session_of(row: dict[str, Any]) -> dict[str, Any]:
     return {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
 
 
+def _history(
+    leased: _Leased,
+    session_uid: uuid.UUID,
+    options: ClaimOptions,
+    read: Callable[[str, Params], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """The leased turn's history for the model, from the claim's read and the worker's copy
+    of the session's window; read again whole (`read(sql, params)`: its row) should the
+    copy have changed since the claim asked after it."""
+    copies = options.history or HistoryCache(max_bytes=0)  # none: nothing is kept
+    rows = copies.window(session_uid, messages.window_since(leased.window[0]), leased.after)
+    if rows is None:
+        row = read(*ctx.leased_history(session_uid, options.worker_id))
+        rows = copies.window(session_uid, messages.window_since(row or {"turns": None}), 0)
+    return ctx.chat_history(rows or [])
+
+
 def _begin(
-    tx: Tx, leased: _Leased, lease: Lease, started_ns: int, *, renew: bool
+    tx: Tx,
+    leased: _Leased,
+    options: ClaimOptions,
+    lease: Lease,
+    started_ns: int,
+    *,
+    renew: bool,
 ) -> Claim | _Settled:
     """Start a leased turn that its claim did not: journal its knowledge step (unless a
     resumed turn has it already), or fail it if its agent does not resolve. `renew`: the
@@ -342,11 +331,11 @@ def _begin(
         found = {"labels": row["agent_labels"], "status": row["agent_status"]}
         agent = ctx.agent_from_row(_session_of(row), found if row["agent_found"] else None)
     except ctx.TurnFailure as failure:
-        events.append(tx, session_uid, [_turn_started(attempt)], row["id"])
+        events.append(tx, session_uid, [turn_start.turn_started(attempt)], row["id"])
         finish_failed(tx, session_uid, row["id"], failure.code, failure.message)
         _count_failed(row["namespace"], row["agent"])
         return _Settled()
-    history = ctx.chat_history(messages.window_rows(leased.window[0]["messages"]))
+    history = _history(leased, session_uid, options, tx.one)
     knowledge_ns = None
     if 0 not in journal:
         # Loading knowledge is a quick read: it completes inside the claim, one commit.
@@ -355,11 +344,11 @@ def _begin(
             tx, agent.namespace, ctx.turn_input(history), leased.knowledge_rows
         )
         knowledge_ns = (loading, time.time_ns())
-        before, journal[0], starting = _start_steps(attempt, knowledge)
+        before, journal[0], starting = turn_start.start_steps(attempt, knowledge)
         # The lease was taken or renewed a moment ago in this transaction.
         record(tx, lease, journal[0], starting, before=before, renewing=False)
     else:
-        events.append(tx, session_uid, [_turn_started(attempt)], row["id"])
+        events.append(tx, session_uid, [turn_start.turn_started(attempt)], row["id"])
     return Claim(lease, row, agent, journal, history, started_ns, knowledge_ns)
 
 

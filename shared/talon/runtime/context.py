@@ -71,15 +71,18 @@ def turn_input(history: list[dict[str, Any]]) -> str:
     return ""
 
 
-def leased_history(session_uid: uuid.UUID, owner: str) -> tuple[str, tuple[Any, ...]]:
+def leased_history(
+    session_uid: uuid.UUID, owner: str, after: int = 0
+) -> tuple[str, tuple[Any, ...]]:
     """The statement reading the history window (`HISTORY_TURNS` turns) of the session's
-    running turn that `owner` leases, sent with the claim that leases it; its row's
-    `messages` go to `chat_history(messages.window_rows(...))`."""
-    return messages.leased_turn_window(session_uid, owner, HISTORY_TURNS)
+    running turn that `owner` leases, as what a copy holding the session's messages up to
+    `after` lacks (`runtime/history_cache.py`), sent with the claim that leases it; its row
+    goes to `messages.window_since`, then to `HistoryCache.window`."""
+    return messages.leased_window_since(session_uid, owner, HISTORY_TURNS, after)
 
 
 def chat_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A window's messages (`messages.turn_window`) in OpenAI chat format, paired."""
+    """A window's messages (`HistoryCache.window`) in OpenAI chat format, paired."""
     return paired(
         [to_chat(r["role"], r["content"], r["tool_calls"], r["tool_call_id"]) for r in rows]
     )

@@ -30,6 +30,7 @@ from talon.runtime.failover import (
     policy_credentials,
 )
 from talon.runtime.heartbeats import Heartbeat, Heartbeats
+from talon.runtime.history_cache import HistoryCache
 from talon.runtime.journal import (
     MODEL,
     WRITE,
@@ -77,6 +78,7 @@ class TurnRunner:
         self._client_cache: dict[str, list[Any]] = {}
         self._cache_lock = threading.Lock()
         self._heartbeats = Heartbeats(db)
+        self._history = HistoryCache()  # a claim reads only what its session's copy lacks
 
     def _clients(self, namespace: str, model_policy: dict[str, Any]) -> list[Any]:
         """Model clients per namespace and policy (grants are per namespace), reused across
@@ -116,7 +118,10 @@ class TurnRunner:
         first claim's transaction (see `claim.claim`); if it did not take, NotTaken and
         nothing done."""
         options = ClaimOptions(
-            self.settings.worker_id, self.settings.lease_seconds, self.settings.max_attempts
+            self.settings.worker_id,
+            self.settings.lease_seconds,
+            self.settings.max_attempts,
+            history=self._history,
         )
         while True:
             claimed = claim(self.db, session_uid, options, first)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from talon.sessions import events
@@ -81,66 +82,73 @@ def recent(tx: Tx, session_uid: uuid.UUID, count: int) -> list[dict[str, Any]]:
     )
 
 
-def turn_window(tx: Tx, session_uid: uuid.UUID, turn_seq: int, turns: int) -> list[dict[str, Any]]:
-    """The messages of turn `turn_seq` and of the `turns` turns before it, turn by turn.
-
-    Both tables by their per-session keys, so the cost follows the window, not the size of
-    the session or of the table: a turn's messages all come after its input message. The
-    window's turns are one array, in order, and a message's turn is found in it: joined to
-    the turns instead, a generic plan made while the tables were small (rows=1 estimates)
-    compared every message with every turn of the window (82 x 41 for a full window) and
-    scanned the session's turns by the wrong index, most of the statement's time; returning
-    the turns' ids for Python to order cost the worker more than it saved (pg8000 parses
-    each uuid). The window comes back as one JSON text of arrays: decoding it is one C call,
-    where pg8000 converts each column of each row in Python (most of the worker's time on
-    it); PostgreSQL spends ~50 us more on it (arrays, not objects: ~25% less than objects)."""
-    window = tx.scalar(
-        _WINDOW_SQL.format(head="(SELECT %s::bigint AS seq)"),
-        (turn_seq, session_uid, turns + 1, session_uid, session_uid),
-    )
-    return window_rows(window)
-
-
-def leased_turn_window(
-    session_uid: uuid.UUID, owner: str, turns: int
+def leased_window_since(
+    session_uid: uuid.UUID, owner: str, turns: int, after: int
 ) -> tuple[str, tuple[Any, ...]]:
-    """The statement reading `turn_window` for the session's running turn that `owner`
-    leases, for a pipeline (the worker's claim sends it with the claiming statement, which
-    has leased that turn by the time it runs); its row's `messages` go to `window_rows`."""
+    """The statement reading the window (`turns` turns before the head, and the head) of the
+    session's running turn that `owner` leases, as what a copy of it holding the session's
+    messages up to seq `after` lacks (`runtime/history_cache.py`; 0: no copy), for a pipeline
+    (the worker's claim sends it with the claiming statement, which has leased that turn by
+    the time it runs); its row goes to `window_since`."""
     head = (
         "(SELECT seq FROM turns WHERE session_uid = %s AND state = 'running' "
         "AND lease_owner = %s ORDER BY seq LIMIT 1)"
     )
-    window = (session_uid, turns + 1, session_uid, session_uid)
-    return _WINDOW_SQL.format(head=head), (session_uid, owner, *window)
+    params = (session_uid, owner, session_uid, turns + 1, session_uid, session_uid, after)
+    return _WINDOW_SINCE_SQL.format(head=head), params
 
 
-def window_rows(window: str | None) -> list[dict[str, Any]]:
-    """The messages of a window as `turn_window` returns them, from its JSON text."""
-    if not window:
-        return []
-    return [
-        {"role": role, "content": content, "tool_calls": tool_calls, "tool_call_id": call_id}
-        for role, content, tool_calls, call_id in json.loads(window)
-    ]
+@dataclass(frozen=True)
+class WindowSince:
+    """A window as `leased_window_since` reads it."""
+
+    turns: list[str]  # the window's turns' ids, oldest first (none: nothing was leased)
+    lo: int  # the seq of its first message (every message of its turns comes at or after it)
+    last: int  # the session's message counter: every message up to it was committed
+    # Every message of the session in [lo, last] after the copy's `after`, whichever its
+    # turn, in seq order: (seq, turn id, message: `role`, `content`, `tool_calls`,
+    # `tool_call_id`).
+    messages: list[tuple[int, str, dict[str, Any]]]
 
 
-# The window of the turn whose seq `{head}` (a one-row subquery) names: its turns, then
-# their messages as one JSON text of arrays. Every bound is a value (a scalar subquery), none
-# a join, and the turns come in the (session_uid, seq) key's order, which only that index
+def window_since(row: dict[str, Any]) -> WindowSince:
+    if row["turns"] is None:
+        return WindowSince([], 0, 0, [])
+    return WindowSince(
+        json.loads(row["turns"]),
+        int(row["lo"]),
+        int(row["last"]),
+        [
+            (seq, turn, {"role": role, "content": content, "tool_calls": calls,
+                         "tool_call_id": call_id})
+            for seq, turn, role, content, calls, call_id in json.loads(row["messages"] or "[]")
+        ],
+    )  # fmt: skip
+
+
+# The window of the turn whose seq `{head}` (a one-row subquery) names, as what a worker's
+# copy of it lacks: its turns in order, its first message's seq, the session's message
+# counter, and every message of the session in [lo, that counter] after the copy's last,
+# whichever its turn (the input of a turn queued behind the window is there: the next window
+# needs it), as one JSON text of arrays. Every bound is a value (a scalar subquery), none a
+# join, and the turns come in the (session_uid, seq) key's order, which only that index
 # yields without a sort: so both tables are read for the window alone whatever the planner's
 # statistics say of the session's size (tests/test_history.py). Joined to the head, a plan
 # made for one-turn sessions read the whole session; without the order, the planner took the
 # idempotency keys' index; newest first with a LIMIT, it read the session under fresher
 # statistics; and without its upper bound, the messages' range looked like a third of the
-# session and was scanned whole.
-_WINDOW_SQL = (
+# session and was scanned whole. JSON text because decoding it is one C call, where pg8000
+# converts each column of each row in Python (and parses each uuid).
+_WINDOW_SINCE_SQL = (
     "WITH h AS MATERIALIZED {head}, "
     "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, min(input_seq) AS lo "
     "  FROM (SELECT id, seq, input_seq FROM turns WHERE session_uid = %s "
-    "  AND seq > (SELECT seq FROM h) - %s AND seq <= (SELECT seq FROM h) ORDER BY seq) w) "
-    "SELECT json_agg(json_build_array(m.role, m.content, m.tool_calls, m.tool_call_id) "
-    "  ORDER BY array_position(t.ids, m.turn_id), m.seq)::text AS messages FROM t, messages m "
-    "WHERE m.session_uid = %s AND m.seq >= (SELECT lo FROM t) "
-    "AND m.seq <= (SELECT last_message FROM sessions WHERE uid = %s) AND m.turn_id = ANY(t.ids)"
+    "  AND seq > (SELECT seq FROM h) - %s AND seq <= (SELECT seq FROM h) ORDER BY seq) w), "
+    "c AS MATERIALIZED (SELECT last_message FROM sessions WHERE uid = %s) "
+    "SELECT (SELECT array_to_json(ids)::text FROM t) AS turns, (SELECT lo FROM t) AS lo, "
+    "(SELECT last_message FROM c) AS last, "
+    "(SELECT json_agg(json_build_array(m.seq, m.turn_id, m.role, m.content, m.tool_calls, "
+    "  m.tool_call_id) ORDER BY m.seq)::text FROM messages m WHERE m.session_uid = %s "
+    "  AND m.seq >= (SELECT lo FROM t) AND m.seq > %s AND m.seq <= (SELECT last_message FROM c)"
+    ") AS messages"
 )

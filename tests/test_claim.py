@@ -295,3 +295,33 @@ def _wait_for_a_lock_wait(db: Database) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError("the claim never waited for the lock")
+
+
+def test_a_window_whose_copy_went_meanwhile_is_read_again_for_the_claimed_turn(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim reads the history its worker's copy lacks; should the copy go between that
+    read and its use (dropped least recently used, say), the window is read again whole, for
+    the turn the claim took, not for whatever turn the worker leases by then."""
+    from talon.runtime.history_cache import HistoryCache
+
+    copies = HistoryCache()
+    options = ClaimOptions(OPTIONS.worker_id, 30.0, 5, history=copies)
+    assert isinstance(claim(db, session, options), Claim)
+    assert copies.after(session) > 0
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL")
+    api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "second"})
+    take = claiming._take
+
+    def dropping(*args: Any, **kwargs: Any) -> Any:
+        taken = take(*args, **kwargs)
+        copies.forget(session)  # between the claim's read and its use
+        api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "third"})
+        api.ok("POST", f"{BASE}/s1/cancel")  # the claimed turn is nobody's lease any more
+        return taken
+
+    monkeypatch.setattr(claiming, "_take", dropping)
+    claimed = claim(db, session, options)
+    assert isinstance(claimed, Claim)
+    assert [m["content"] for m in claimed.history] == ["hello", "second"]

@@ -413,6 +413,7 @@ def test_a_workers_copy_of_the_window_gives_what_a_whole_read_gives(db: Any, see
     assert fetched == written  # each message read once
 
 
+@pytest.mark.fast
 def test_a_copy_replaced_since_it_was_asked_after_is_not_used() -> None:
     """A window read asking after a copy that has changed since (or was dropped) cannot be
     merged: the claim reads that window whole again."""
@@ -428,15 +429,21 @@ def test_a_copy_replaced_since_it_was_asked_after_is_not_used() -> None:
     later = WindowSince(["t1", "t2"], 1, 3, [(3, "t2", {"content": "q2"})])
     assert copies.window(uid, later, 1) is None  # asked after 1: the copy holds up to 2
     assert copies.after(uid) == 0  # dropped: the next read asks for the whole window
+    assert copies.window(uid, first, 0) is not None
+    # The session's counter below the copy's last (a database restored to an earlier point):
+    # the copy's messages may be gone, their seqs reused.
+    restored = WindowSince(["t1"], 1, 1, [])
+    assert copies.window(uid, restored, 2) is None
 
 
+@pytest.mark.fast
 def test_copies_are_dropped_least_recently_used_beyond_the_budget() -> None:
     import uuid
 
     from talon.runtime.history_cache import HistoryCache
     from talon.sessions.messages import WindowSince
 
-    copies = HistoryCache(max_bytes=3_000)
+    copies = HistoryCache(max_bytes=5_000)
     sessions = [uuid.uuid4() for _ in range(3)]
     for uid in sessions:
         copies.window(uid, WindowSince(["t"], 1, 1, [(1, "t", {"content": "x" * 800})]), 0)

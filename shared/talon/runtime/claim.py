@@ -162,9 +162,13 @@ def claim(
         taking = first(tx) if first is not None else None
         taken = _take(tx, session_uid, options, taking, start=True)
     if isinstance(taken, _Leased):
-        if taken.started is not None:
-            return _started(db, taken, session_uid, options, started_ns)
         lease = _lease_of(taken.row, session_uid, options)
+        if taken.started is not None:
+            try:
+                return _started(db, taken, session_uid, options, started_ns)
+            except BaseException:  # its history could not be read again
+                _let_go(db, lease)
+                raise
         try:
             with db.transaction() as tx:
                 begun = _begin(tx, taken, options, lease, started_ns, renew=True)
@@ -303,8 +307,8 @@ def _history(
     copy have changed since the claim asked after it."""
     copies = options.history or HistoryCache(max_bytes=0)  # none: nothing is kept
     rows = copies.window(session_uid, messages.window_since(leased.window[0]), leased.after)
-    if rows is None:
-        row = read(*ctx.leased_history(session_uid, options.worker_id))
+    if rows is None:  # by the claimed turn's id: the claim has committed, the lease may be gone
+        row = read(*ctx.turn_history(session_uid, leased.row["id"]))
         rows = copies.window(session_uid, messages.window_since(row or {"turns": None}), 0)
     return ctx.chat_history(rows or [])
 

@@ -81,6 +81,11 @@ def leased_history(
     return messages.leased_window_since(session_uid, owner, HISTORY_TURNS, after)
 
 
+def turn_history(session_uid: uuid.UUID, turn_id: uuid.UUID) -> tuple[str, tuple[Any, ...]]:
+    """`leased_history` of the turn `turn_id`, read whole, whoever holds it now."""
+    return messages.turn_window_since(session_uid, turn_id, HISTORY_TURNS)
+
+
 def chat_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A window's messages (`HistoryCache.window`) in OpenAI chat format, paired."""
     return paired(

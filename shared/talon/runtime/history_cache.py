@@ -12,6 +12,7 @@ byte budget.
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -20,8 +21,8 @@ from typing import Any
 
 from talon.sessions.messages import WindowSince
 
-MAX_BYTES = 32 * 2**20  # of message text held across all sessions
-_OVERHEAD = 200  # bytes a message costs beyond its text, roughly
+MAX_BYTES = 32 * 2**20  # held across all sessions, roughly (Python's objects included)
+_OVERHEAD = 650  # bytes a message's dict, tuple, keys and turn id cost beyond its text, measured
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ class HistoryCache:
                 self._bytes -= copy.size
             kept: list[tuple[int, str, dict[str, Any]]] = []
             if after:
-                if copy is None or copy.last != after or since.lo < copy.lo:
+                # A counter gone back (a database restored to an earlier point) would have
+                # the copy serve messages whose seqs are reused: read the window whole.
+                if (copy is None or copy.last != after or since.lo < copy.lo
+                        or since.last < after):  # fmt: skip
                     return None
                 kept = [m for m in copy.messages if m[0] >= since.lo]
             messages = kept + since.messages
@@ -69,6 +73,13 @@ class HistoryCache:
             (m for m in messages if m[1] in position), key=lambda m: (position[m[1]], m[0])
         )
         return [m[2] for m in window]
+
+    def forget(self, session_uid: uuid.UUID) -> None:
+        """Drop the session's copy (its next claim reads the window whole)."""
+        with self._lock:
+            copy = self._copies.pop(session_uid, None)
+            if copy is not None:
+                self._bytes -= copy.size
 
     def sessions(self) -> int:
         with self._lock:
@@ -85,5 +96,7 @@ class HistoryCache:
 
 
 def _size(message: dict[str, Any]) -> int:
+    # sys.getsizeof counts a str's width (1, 2 or 4 bytes a character) and header.
     calls = message.get("tool_calls") or ()
-    return _OVERHEAD + len(message.get("content") or "") + sum(len(str(call)) for call in calls)
+    return (_OVERHEAD + sys.getsizeof(message.get("content") or "")
+            + sum(2 * len(str(call)) for call in calls))  # fmt: skip

@@ -98,6 +98,15 @@ def leased_window_since(
     return _WINDOW_SINCE_SQL.format(head=head), params
 
 
+def turn_window_since(
+    session_uid: uuid.UUID, turn_id: uuid.UUID, turns: int, after: int = 0
+) -> tuple[str, tuple[Any, ...]]:
+    """`leased_window_since` for the turn `turn_id`, whoever holds it now."""
+    head = "(SELECT seq FROM turns WHERE session_uid = %s AND id = %s)"
+    params = (session_uid, turn_id, session_uid, turns + 1, session_uid, session_uid, after)
+    return _WINDOW_SINCE_SQL.format(head=head), params
+
+
 @dataclass(frozen=True)
 class WindowSince:
     """A window as `leased_window_since` reads it."""

@@ -127,7 +127,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def client_loop(
-    base: str, n: int, turns: int, progress: Any, stream: str = "per-turn"
+    base: str,
+    n: int,
+    turns: int,
+    progress: Any,
+    stream: str = "per-turn",
+    message_bytes: int = 0,
 ) -> list[tuple[float, float]]:
     """One client on its own session, through the SDK: post, read the stream to the turn's
     completion, again. `stream`: "per-turn" opens a stream for each turn from the POST's
@@ -144,7 +149,8 @@ def client_loop(
     timings = []
     for i in range(turns):
         started = time.perf_counter()
-        accepted = own.send("bench", "bot", f"c{n}", f"turn {i}")
+        text = f"turn {i}"
+        accepted = own.send("bench", "bot", f"c{n}", text.ljust(message_bytes, "x"))
         events = held or own.stream("bench", "bot", f"c{n}", after=accepted.stream_from,
                                     until_turn_end=True)  # fmt: skip
         first, done = _read_turn(events, accepted.turn_id, started)
@@ -190,6 +196,7 @@ def client_process(
     go: Any,
     results: Any,
     stream: str = "per-turn",
+    message_bytes: int = 0,
 ) -> None:
     """Clients `ids` as threads; waits for `go` (sessions are created before it)."""
     import queue
@@ -210,7 +217,7 @@ def client_process(
         with Client(base, TOKEN) as own:
             own.create_session("bench", "bot", f"c{n}")
         gate.wait()
-        ready.put(client_loop(base, n, turns, progress, stream))
+        ready.put(client_loop(base, n, turns, progress, stream, message_bytes))
 
     threads = [threading.Thread(target=one, args=(n,)) for n in ids]
     for thread in threads:
@@ -245,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
         "--server", choices=["functions-framework", "talon"], default="functions-framework",
         help="the gateway's server: functions-framework's (Cloud Run functions) or talon.serve "
         "(talon dev: streams handed to its stream hub after their head)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--message-bytes", type=int, default=0, metavar="N",
+        help="pad each posted message to N bytes: a history window of 41 turns carries them",
     )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
@@ -349,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               for k in range(min(args.client_processes, args.clients))]  # fmt: skip
     clients = [context.Process(target=client_process,
                                args=(base, ids, args.turns // args.clients, progress, go,
-                                     results, args.stream))
+                                     results, args.stream, args.message_bytes))
                for ids in groups]  # fmt: skip
     for process in clients:
         process.start()
@@ -433,6 +444,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "model": args.model,
         "stream": args.stream,
+        "message_bytes": args.message_bytes,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),
         "first_event_ms": {"p50": round(percentile(first_event, 0.5) * 1000, 1),

@@ -165,7 +165,7 @@ def claim(
         lease = _lease_of(taken.row, session_uid, options)
         if taken.started is not None:
             try:
-                return _started(db, taken, session_uid, options, started_ns)
+                return _started(db, taken, options, lease, started_ns)
             except BaseException:  # its history could not be read again
                 _let_go(db, lease)
                 raise
@@ -271,7 +271,7 @@ def _take(
 
 
 def _started(
-    db: Database, leased: _Leased, session_uid: uuid.UUID, options: ClaimOptions, started_ns: int
+    db: Database, leased: _Leased, options: ClaimOptions, lease: Lease, started_ns: int
 ) -> Claim:
     """The claim of a turn its claiming statement started (knowledge step and all)."""
     row, found = leased.row, leased.started
@@ -284,11 +284,10 @@ def _started(
         with db.transaction() as tx:
             return tx.one(sql, params)
 
-    history = _history(leased, session_uid, options, read)
+    history = _history(leased, lease.session_uid, options, read)
     journal = {0: Step(0, KNOWLEDGE, "knowledge", "completed", nothing_retrieved())}
     # No time of its own: it was a condition of the claim's round trip.
     loaded = time.time_ns()
-    lease = _lease_of(row, session_uid, options)
     return Claim(lease, row, agent, journal, history, started_ns, (loaded, loaded))
 
 

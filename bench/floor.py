@@ -30,8 +30,9 @@ from talon.store.local_postgres import free_port, wait_for_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def http_floor(clients: int, turns: int, processes: int) -> dict[str, float]:
-    """POST + stream per turn, as the turns benchmark's clients do, against a no-op app."""
+def http_floor(clients: int, turns: int, processes: int, stream: str) -> dict[str, float]:
+    """POST + stream per turn (`stream` "post": one POST answered with the events), as the
+    turns benchmark's clients do, against a no-op app."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "functions_framework", "--target", "floor",
@@ -48,7 +49,8 @@ def http_floor(clients: int, turns: int, processes: int) -> dict[str, float]:
         groups = [list(range(clients))[k::processes] for k in range(min(processes, clients))]
         workers = [context.Process(target=client_process,
                                    args=(f"http://127.0.0.1:{port}", ids, turns // clients,
-                                         progress, go, results)) for ids in groups]  # fmt: skip
+                                         progress, go, results, stream))
+                   for ids in groups]  # fmt: skip
         for process in workers:
             process.start()
         time.sleep(3)  # the clients' imports and session "creation" (a POST) are done
@@ -122,15 +124,18 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=4000)
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--history", type=int, default=80, help="earlier messages per call")
+    parser.add_argument("--stream", choices=["per-turn", "post"], default="per-turn")
     args = parser.parse_args()
-    print(json.dumps(floor(args.clients, args.turns, args.client_processes, args.history),
-                     indent=2))  # fmt: skip
+    figures = floor(args.clients, args.turns, args.client_processes, args.history, args.stream)
+    print(json.dumps(figures, indent=2))
     return 0
 
 
-def floor(clients: int, turns: int, processes: int, history: int) -> dict[str, Any]:
+def floor(
+    clients: int, turns: int, processes: int, history: int, stream: str = "per-turn"
+) -> dict[str, Any]:
     """The floor's figures: CPU per turn of each part and the turns/s two cores allow."""
-    http = http_floor(clients, turns, processes)
+    http = http_floor(clients, turns, processes, stream)
     model = model_floor(clients, turns, history)
     cpu = {k: v for part in (http, model) for k, v in part.items() if not k.endswith("second")}
     total = sum(cpu.values())

@@ -1,7 +1,8 @@
 """A gateway that does nothing: the HTTP floor under `bench/floor.py`.
 
 POST answers 202 at once; GET .../stream sends the events a one-step turn streams (the same
-types and sizes as Talon's), then ends. No database, no auth, no Talon code.
+types and sizes as Talon's), then ends; a POST asking for `text/event-stream` answers with
+those events itself. No database, no auth, no Talon code.
 """
 
 import itertools
@@ -48,8 +49,14 @@ def floor(request: flask.Request) -> flask.Response:
         if request.path.endswith("/sessions"):
             return flask.jsonify({"id": "s", "agent": "bot", "ns": "bench", "status": "idle"})
         number = next(_turns) * 100
+        if request.accept_mimetypes.best == "text/event-stream":  # posted for its events
+            headers = {"Talon-Turn-Id": f"t{number}", "Talon-Stream-From": str(number)}
+            return _events(number, 202, headers)
         return flask.jsonify({"turnId": f"t{number}", "streamFrom": number}), 202
-    after = int(request.headers.get("Last-Event-ID") or 0)
+    return _events(int(request.headers.get("Last-Event-ID") or 0), 200, {})
+
+
+def _events(after: int, status: int, headers: dict[str, str]) -> flask.Response:
     turn = f"t{after}"
 
     def stream():  # type: ignore[no-untyped-def]
@@ -57,4 +64,4 @@ def floor(request: flask.Request) -> flask.Response:
             body = {"id": number, "type": kind, "turnId": turn, "data": data, "createdAt": ""}
             yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(body)}\n\n"
 
-    return flask.Response(stream(), mimetype="text/event-stream")
+    return flask.Response(stream(), status, headers, mimetype="text/event-stream")

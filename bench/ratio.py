@@ -28,8 +28,13 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=80, help="the floor's model history")
     args = parser.parse_args()
 
+    # The floor's clients make the same requests per turn as Talon's (a held stream, which
+    # the floor's app cannot hold, is measured against per-turn streams).
+    stream = "post" if args.stream == "post" else "per-turn"
+
     def measure_floor() -> dict[str, object]:
-        return floor(args.clients, args.floor_turns, args.client_processes, args.history)
+        return floor(args.clients, args.floor_turns, args.client_processes, args.history,
+                     stream)  # fmt: skip
 
     before = measure_floor()
     talon = turns.run(args)

@@ -136,7 +136,8 @@ def client_loop(
 ) -> list[tuple[float, float]]:
     """One client on its own session, through the SDK: post, read the stream to the turn's
     completion, again. `stream`: "per-turn" opens a stream for each turn from the POST's
-    `streamFrom`; "session" keeps one stream open across turns, as a chat UI does.
+    `streamFrom`; "session" keeps one stream open across turns, as a chat UI does; "post"
+    posts each message for its turn's events (`send_and_stream`: one request a turn).
     Returns (POST to first event, POST to completion) per turn, in seconds."""
     own = Client(base, TOKEN, timeout=60)
     session = own.create_session("bench", "bot", f"c{n}")
@@ -150,10 +151,15 @@ def client_loop(
     for i in range(turns):
         started = time.perf_counter()
         text = f"turn {i}"
-        accepted = own.send("bench", "bot", f"c{n}", text.ljust(message_bytes, "x"))
-        events = held or own.stream("bench", "bot", f"c{n}", after=accepted.stream_from,
-                                    until_turn_end=True)  # fmt: skip
-        first, done = _read_turn(events, accepted.turn_id, started)
+        content = text.ljust(message_bytes, "x")
+        if stream == "post":  # one request: the message, answered with its turn's events
+            events = own.send_and_stream("bench", "bot", f"c{n}", content)
+            first, done = _read_turn(events, None, started)
+        else:
+            accepted = own.send("bench", "bot", f"c{n}", content)
+            events = held or own.stream("bench", "bot", f"c{n}", after=accepted.stream_from,
+                                        until_turn_end=True)  # fmt: skip
+            first, done = _read_turn(events, accepted.turn_id, started)
         if done is None:  # a stream that ends before its turn is a bug, not a fast turn
             raise RuntimeError(f"client {n}: the stream ended before turn {i} completed")
         timings.append((first or done, done))
@@ -174,11 +180,13 @@ def client_loop(
 
 
 def _read_turn(
-    events: Iterator[Event], turn_id: str, started: float
+    events: Iterator[Event], turn_id: str | None, started: float
 ) -> tuple[float | None, float | None]:
-    """Reads up to `turn_id`'s completion; (first event, completion) seconds after `started`."""
+    """Reads up to `turn_id`'s completion (None: the first event's turn); (first event,
+    completion) seconds after `started`."""
     first = None
     for event in events:
+        turn_id = turn_id or event.turn_id
         if event.turn_id != turn_id:
             continue  # a held stream has no other turns' events left; this is a guard
         if first is None:
@@ -240,9 +248,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-concurrency", type=int, default=16)
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument(
-        "--stream", choices=["per-turn", "session"], default="per-turn",
+        "--stream", choices=["per-turn", "session", "post"], default="per-turn",
         help="per-turn: a stream per turn from the POST's streamFrom; session: one stream "
-        "per client held across its turns (a chat UI)",
+        "per client held across its turns (a chat UI); post: each message posted for its "
+        "turn's events (one request a turn)",
     )  # fmt: skip
     parser.add_argument(
         "--model", choices=["server", "demo"], default="server",

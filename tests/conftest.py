@@ -433,24 +433,32 @@ def read_stream(
     max_events: int | None = None,
 ) -> list[dict[str, Any]]:
     """Read an SSE stream until the server ends it (or `max_events` arrive)."""
-    import json
 
     headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
     received: list[dict[str, Any]] = []
     with api.http.stream("GET", path, params=params, headers=headers, timeout=timeout) as reply:
         assert reply.status_code == 200, reply.read()
         assert reply.headers["Content-Type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in reply.iter_lines():
-            if line == "":
-                if "data" in fields:
-                    event = json.loads(fields["data"])
-                    assert str(event["id"]) == fields["id"] and event["type"] == fields["event"]
-                    received.append(event)
-                    if max_events is not None and len(received) >= max_events:
-                        break
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
+        for event in sse_events(reply.iter_lines()):
+            received.append(event)
+            if max_events is not None and len(received) >= max_events:
+                break
     return received
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The session events of an SSE body's lines, each checked against its `id:` and
+    `event:` fields."""
+    import json
+
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                event = json.loads(fields["data"])
+                assert str(event["id"]) == fields["id"] and event["type"] == fields["event"]
+                yield event
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value

@@ -268,3 +268,70 @@ def test_cancel_messages_session_lists_and_deletes(client: Client) -> None:
     assert client.delete("knowledge", "old", namespace=NS).name == "old"
     with pytest.raises(NotFound):
         client.get("knowledge", "old", namespace=NS)
+
+
+def test_send_and_stream_follows_its_turn_across_stream_ends(
+    api: Api, client: Client, model_server: Any, start_worker: Any
+) -> None:
+    """One request posts and streams; the gateway ends it after 1 s, mid-answer, and the
+    rest comes from `stream` resumed after the last event: nothing lost or repeated, and it
+    ends at its own turn's end."""
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add({"pieces": [f"piece {i} " for i in range(12)], "chunk_delay": 0.25})
+    start_worker()
+    client.create_session(NS, AGENT, SESSION)
+    events = list(client.send_and_stream(NS, AGENT, SESSION, "Tell me slowly.",
+                                         idempotency_key="k-1", max_seconds=1))  # fmt: skip
+    ids = [e.id for e in events]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert events[0].type == "message.created" and events[-1].type == "turn.completed"
+    assert {e.turn_id for e in events} == {events[0].turn_id}
+    text = "".join(e.data["text"] for e in events if e.type == "message.delta")
+    assert text == "".join(f"piece {i} " for i in range(12))
+    # The same key again: the same turn, its events replayed, nothing queued.
+    again = list(client.send_and_stream(NS, AGENT, SESSION, "Tell me slowly.",
+                                        idempotency_key="k-1"))  # fmt: skip
+    assert [e.id for e in again] == ids
+    assert [m.role for m in client.messages(NS, AGENT, SESSION)] == ["user", "assistant"]
+
+
+def test_the_async_client_sends_and_streams(api: Api, gateway_url: str, start_worker: Any) -> None:
+    api.ok("POST", "/v1/apply", json={"items": [samples.namespace(NS), samples.template(NS),
+                                                 samples.agent(NS)]})  # fmt: skip
+    start_worker()
+
+    async def run() -> list[str]:
+        async with AsyncClient(gateway_url, ADMIN_TOKEN) as talon:
+            await talon.create_session(NS, AGENT, SESSION)
+            return [e.type async for e in talon.send_and_stream(NS, AGENT, SESSION, "hello")]
+
+    types = asyncio.run(run())
+    assert types[:2] == ["message.created", "turn.queued"] and types[-1] == "turn.completed"
+
+
+def test_send_and_stream_resends_a_post_dropped_before_any_event() -> None:
+    keys: list[str] = []
+    event = {"id": 8, "type": "message.created", "turnId": "t-1", "createdAt": "",
+             "data": {"seq": 1, "role": "user", "content": "hi"}}  # fmt: skip
+    end = {**event, "id": 9, "type": "turn.completed", "data": {"openTurns": 0}}
+    body = "".join(f"id: {e['id']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n"
+                   for e in (event, end))  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST" and request.headers["Accept"] == "text/event-stream"
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            raise httpx.RemoteProtocolError("connection dropped", request=request)
+        if len(keys) == 2:  # refused for the token's share of streams: retried as asked
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "0"},
+                json={"error": {"code": "too_many_streams", "message": "m"}},
+            )
+        headers = {"Content-Type": "text/event-stream", "Talon-Turn-Id": "t-1"}
+        return httpx.Response(202, headers=headers, content=body.encode())
+
+    with Client("http://talon.test", "tln_x", transport=httpx.MockTransport(handler)) as talon:
+        events = list(talon.send_and_stream(NS, AGENT, SESSION, "hi"))
+    assert [(e.id, e.type) for e in events] == [(8, "message.created"), (9, "turn.completed")]
+    assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("sdk-")

@@ -121,16 +121,27 @@ class _Stream:
     """A stream opened over a raw socket: its status once the head (and, for a 200, the
     first `retry:` line) arrived."""
 
-    def __init__(self, port: int, token: str, session: str, query: str = "heartbeat=1") -> None:
+    def __init__(
+        self, port: int, token: str, session: str, query: str = "heartbeat=1",
+        post: str | None = None,
+    ) -> None:  # fmt: skip
+        """`post`: a message posted for its events, instead of `GET .../stream`."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=PROMPT)
-        head = (f"GET {BASE}/{session}/stream?{query} HTTP/1.1\r\nHost: t\r\n"
-                f"Authorization: Bearer {token}\r\n\r\n")  # fmt: skip
+        if post is None:
+            head = (f"GET {BASE}/{session}/stream?{query} HTTP/1.1\r\nHost: t\r\n"
+                    f"Authorization: Bearer {token}\r\n\r\n")  # fmt: skip
+        else:
+            body = json.dumps({"content": post})
+            head = (f"POST {BASE}/{session}/message?{query} HTTP/1.1\r\nHost: t\r\n"
+                    f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
+                    "Content-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}")  # fmt: skip
         self.sock.sendall(head.encode())
         self.received = b""
         while b"\r\n\r\n" not in self.received:
             self._read()
         self.status = int(self.received.split(b" ", 2)[1])
-        if self.status == 200:
+        if self.status in (200, 202):
             while b"retry:" not in self.received:
                 self._read()
 
@@ -191,7 +202,7 @@ def _open_all(
             return streams
         for stream in streams:
             stream.close()
-        assert time.monotonic() < deadline, statuses
+        assert time.monotonic() < deadline, str(statuses)
         time.sleep(1)
 
 
@@ -304,6 +315,47 @@ def test_a_stream_ended_by_revoking_its_token_gives_its_slot_back(gateway: _Gate
         assert gateway.http.delete(f"/v1/tokens/{token_id}").status_code in (200, 204)
         assert all(s.ended(within=30) for s in streams)
         assert all(b"stream.end" in s.received for s in streams)
+    finally:
+        for stream in streams:
+            stream.close()
+    _assert_every_slot_free(gateway, session)
+
+
+def test_a_message_posted_for_its_events_takes_a_slot_first(gateway: _Gateway) -> None:
+    """A posted message answered with its events holds a stream slot like any stream, taken
+    before anything is queued: refused, the message is not posted (its client retries), and
+    a write token cannot hold more than its share of the gateway this way either."""
+    writer = _token(gateway, "write")
+    session = _session(gateway)
+    # (They end by themselves, after the checks below: a slot a client drops comes back
+    # only at the stream's next keep-alive.)
+    deadline = time.monotonic() + 10
+    while True:  # retried while an earlier test's dropped streams still hold their slots
+        streams = [_Stream(gateway.port, writer, session, "maxSeconds=4", post=f"m{i}")
+                   for i in range(gateway.per_token)]  # fmt: skip
+        if [s.status for s in streams] == [202] * gateway.per_token:
+            break
+        for stream in streams:
+            stream.close()
+        assert time.monotonic() < deadline, [s.status for s in streams]
+        time.sleep(1)
+    try:
+        refused = _Stream(gateway.port, writer, session, post="one too many")
+        streams.append(refused)
+        assert refused.status == 429
+        assert "retry-after: 5" in refused.headers()
+        error = refused.body()["error"]
+        assert isinstance(error, dict) and error["code"] == "too_many_streams"
+        messages = gateway.http.get(f"{BASE}/{session}/messages").json()["items"]
+        assert "one too many" not in [m["content"] for m in messages]
+        # Posted for JSON, it is no stream and takes no slot.
+        posted = gateway.http.post(
+            f"{BASE}/{session}/message", json={"content": "json"},
+            headers={"Authorization": f"Bearer {writer}"},
+        )  # fmt: skip
+        assert posted.status_code == 202 and posted.json()["turnId"]
+        assert all(s.ended(within=10) for s in streams[:-1])
+        time.sleep(0.5)  # the server closes each response just after its last chunk
     finally:
         for stream in streams:
             stream.close()

@@ -11,8 +11,10 @@ from talon.auth.principal import Principal
 from talon.auth.tokens import TOKENS_CHANNEL, TokenService
 from talon.errors import TalonError
 from talon.services import Services
-from talon.sessions.events import EVENTS_CHANNEL, stream_key
+from talon.sessions.events import EVENTS_CHANNEL, from_json, stream_key
 from talon.sessions.follow import EXPIRED, StreamEnd
+from talon.sessions.models import PostMessage
+from talon.sessions.posting import Accepted
 from talon.sessions.service import StreamStart
 from talon.store.notify import Inbox
 
@@ -27,14 +29,46 @@ def open_events(
     """Subscribe, then read where the stream starts: whatever commits after the read is
     notified; so is a revocation of the reader's token, which ends the stream. The caller
     closes the inbox."""
-    inbox = services.listener().subscribe(
-        EVENTS_CHANNEL, stream_key(namespace, session_id), (TOKENS_CHANNEL, principal.token_id)
-    )
+    inbox = _subscribe(services, principal, namespace, session_id)
     try:
         return inbox, services.sessions.open_stream(namespace, agent, session_id, after)
     except BaseException:
         inbox.close()
         raise
+
+
+def post_and_follow(
+    services: Services, principal: Principal, namespace: str, agent: str, session_id: str,
+    request: PostMessage, idempotency_key: str | None,
+) -> tuple[Inbox, Accepted, StreamStart]:  # fmt: skip
+    """Post a message and start following its turn from its first event. Subscribed before
+    the message commits, so everything after the turn's own first events is notified, and
+    those the posting statement returned: a new turn's stream needs no read of its own. A
+    replayed Idempotency-Key reads where its turn's stream starts. The caller closes the
+    inbox."""
+    inbox = _subscribe(services, principal, namespace, session_id)
+    try:
+        accepted = services.sessions.post_message(
+            namespace, agent, session_id, request, idempotency_key=idempotency_key
+        )
+        if accepted.session_uid is None or accepted.first_events_json is None:
+            start = services.sessions.open_stream(
+                namespace, agent, session_id, accepted.stream_from
+            )
+        else:
+            # One open turn at least (this one): the stream goes on until it ends.
+            events = from_json(accepted.first_events_json)
+            start = StreamStart(accepted.session_uid, accepted.stream_from, events, 1)
+        return inbox, accepted, start
+    except BaseException:
+        inbox.close()
+        raise
+
+
+def _subscribe(services: Services, principal: Principal, namespace: str, session_id: str) -> Inbox:
+    return services.listener().subscribe(
+        EVENTS_CHANNEL, stream_key(namespace, session_id), (TOKENS_CHANNEL, principal.token_id)
+    )
 
 
 def reader_access(

@@ -9,8 +9,9 @@
   checks the token before it reads anything, so a wrong token costs one lookup, not a
   thread. `GET /healthz` never counts: it is the platform's probe, it reads no body, and an
   instance whose slots are full is healthy.
-- A session's SSE stream (`GET .../sessions/{id}/stream` with a bearer token) takes one of
-  the process's stream slots before anything else is done for it: see stream_slots.py.
+- A session's SSE stream (`GET .../sessions/{id}/stream`, or a message posted with `Accept:
+  text/event-stream`, with a bearer token) takes one of the process's stream slots before
+  anything else is done for it: see stream_slots.py.
   Under talon.serve, whose stream hub holds open streams without a thread each (sse.py),
   the slots are counted in thousands; under any other server in threads.
 - Every answer leaves an unread body unread (unread_body.finish).
@@ -26,7 +27,7 @@ import flask
 
 from talon.actions.stream_slots import STREAM_RETRY_AFTER_SECONDS, StreamSlots
 from talon.api.limits import RequestLimits
-from talon.api.sse import HUB_KEY, LEASE_KEY
+from talon.api.sse import HUB_KEY, LEASE_KEY, asks_for_events
 from talon.api.transport import error_body, json_error, unavailable
 from talon.api.unread_body import finish, leave_unread
 from talon.auth.shared_secret import header_bytes
@@ -131,14 +132,21 @@ class FrontDoor:
 
 def _stream_secret(request: flask.Request, gateway: Gateway) -> bytes | None:
     """The bearer secret of a request for a session's stream (None: not one, or no token,
-    which the gateway refuses at once)."""
-    if request.method != "GET" or not request.path.rstrip("/").endswith("/stream"):
+    which the gateway refuses at once): `GET .../stream`, or a message posted with `Accept:
+    text/event-stream`, refused a slot before anything is queued."""
+    if request.method == "GET":
+        suffix = "/stream"
+    elif request.method == "POST" and asks_for_events(request.accept_mimetypes):
+        suffix = "/message"
+    else:
+        return None
+    if not request.path.rstrip("/").endswith(suffix):
         return None
     try:
         endpoint, _ = gateway.url_map.bind_to_environ(request.environ).match()
     except Exception:  # no such route: the gateway answers it
         return None
-    if not str(endpoint).endswith("/stream"):
+    if not str(endpoint).endswith(suffix):
         return None
     return bearer_secret(request.headers.get("Authorization", ""))
 

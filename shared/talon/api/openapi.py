@@ -140,15 +140,17 @@ def _schema(answer: Answer) -> dict[str, Any]:
 
 
 def _successes(route: Route) -> dict[str, Any]:
+    """Per status, each media type the route can answer it with (the first answer's
+    description)."""
     if not route.answers:
         raise ValueError(f"{route.endpoint} documents no answer")
-    return {
-        str(answer.status): {
-            "description": answer.description,
-            "content": {answer.media_type: {"schema": _schema(answer)}},
-        }
-        for answer in route.answers
-    }
+    successes: dict[str, Any] = {}
+    for answer in route.answers:
+        status = successes.setdefault(
+            str(answer.status), {"description": answer.description, "content": {}}
+        )
+        status["content"][answer.media_type] = {"schema": _schema(answer)}
+    return successes
 
 
 def _errors(route: Route) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import flask
 
 from talon.actions.requests import validated
-from talon.actions.streams import open_events, reader_access
+from talon.actions.streams import open_events, post_and_follow, reader_access
 from talon.api.body import parse_body
 from talon.api.params import (
     AFTER,
@@ -22,10 +22,12 @@ from talon.api.params import (
     UNTIL_TURN_END,
 )
 from talon.api.routing import Answer, Context, Route
-from talon.api.sse import LEASE_KEY, EventStream
+from talon.api.sse import EVENT_STREAM, LEASE_KEY, EventStream, asks_for_events
 from talon.auth.access import bearer_secret
 from talon.sessions.follow import Follower, FollowOptions, follow_steps
 from talon.sessions.models import CreateSession, PostMessage
+from talon.sessions.service import StreamStart
+from talon.store.notify import Inbox
 
 NAMESPACE_PREFIXES = ("/v1/ns/<ns>", "/v1/namespaces/<ns>")
 
@@ -65,12 +67,40 @@ def list_messages(ctx: Context, ns: str, agent: str, session_id: str) -> dict[st
     return {"items": items, "nextAfter": next_after}
 
 
-def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> tuple[int, Any]:
+def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> Any:
     request = _model(ctx, PostMessage)
+    key = ctx.param("Idempotency-Key")
+    if asks_for_events(ctx.request.accept_mimetypes):
+        return _post_and_stream(ctx, ns, agent, session_id, request, key)
     accepted = ctx.services.sessions.post_message(
-        ns, agent, session_id, request, idempotency_key=ctx.param("Idempotency-Key")
+        ns, agent, session_id, request, idempotency_key=key
     )
     return (200 if accepted.replayed else 202), accepted.to_dict()
+
+
+def _post_and_stream(
+    ctx: Context, ns: str, agent: str, session_id: str, request: PostMessage, key: str | None
+) -> flask.Response:
+    """The message's answer as its turn's event stream (asked for with `Accept:
+    text/event-stream`): from the turn's first event to its end, in the request that queued
+    it; what the JSON answer says is in the headers."""
+    assert ctx.principal is not None
+    inbox, accepted, start = post_and_follow(
+        ctx.services, ctx.principal, ns, agent, session_id, request, key
+    )
+    options = FollowOptions(
+        until_turn=accepted.turn_id,
+        heartbeat=ctx.param("heartbeat"),
+        max_seconds=ctx.param("maxSeconds"),
+    )
+    answer = accepted.to_dict()
+    headers = {
+        "Talon-Turn-Id": accepted.turn_id,
+        "Talon-Message-Seq": str(answer["messageSeq"]),
+        "Talon-Stream-From": str(answer["streamFrom"]),
+    }
+    status = 200 if accepted.replayed else 202
+    return _event_stream(ctx, ns, inbox, start, options, status, headers)
 
 
 def cancel(ctx: Context, ns: str, agent: str, session_id: str) -> dict[str, Any]:
@@ -91,18 +121,29 @@ def stream(ctx: Context, ns: str, agent: str, session_id: str) -> flask.Response
         max_seconds=ctx.param("maxSeconds"),
     )
     assert ctx.principal is not None
+    inbox, start = open_events(ctx.services, ctx.principal, ns, agent, session_id, after)
+    return _event_stream(ctx, ns, inbox, start, options, 200, {})
+
+
+def _event_stream(
+    ctx: Context, ns: str, inbox: Inbox, start: StreamStart, options: FollowOptions,
+    status: int, headers: dict[str, str],
+) -> flask.Response:  # fmt: skip
+    """The response following `start` (the inbox already subscribed), the stream's slot
+    taken from the front door, re-checking the reader's token while it is open."""
+    assert ctx.principal is not None
     secret = bearer_secret(ctx.request.headers.get("Authorization", "")) or b""
     access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
     options = replace(options, access=access, access_until=access_until)
-    inbox, start = open_events(ctx.services, ctx.principal, ns, agent, session_id, after)
     environ = ctx.request.environ
     follower = Follower(follow_steps(ctx.services.sessions, start, options), inbox)
     events = EventStream(follower, inbox, environ.pop(LEASE_KEY, None), ns)
     events.hand_over(environ)
     response = flask.Response(
         events.body(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        status=status,
+        mimetype=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
     )
     response.call_on_close(events.response_closed)
     return response
@@ -159,12 +200,20 @@ def session_routes() -> list[Route]:
             Route("GET", f"{item}/messages", list_messages, "Messages, oldest first.",
                   tags=tags, query=(AFTER, LIMIT), answers=(Answer(200, "MessageList"),)),
             Route("POST", f"{item}/message", post_message,
-                  "Post a user message; a turn is queued (202).", role="write",
+                  "Post a user message; a turn is queued (202). With `Accept: "
+                  "text/event-stream`, the answer is the turn's events to its end.",
+                  role="write",
                   request_schema="PostMessage", tags=tags, headers=(IDEMPOTENCY_KEY,),
-                  answers=(Answer(202, "Accepted", "application/json", "Queued."),
+                  query=(HEARTBEAT, MAX_SECONDS),
+                  answers=(Answer(202, "Accepted", "application/json",
+                                  "Queued: the turn (JSON), or its events (event stream)."),
+                           Answer(202, _SSE_EVENT, EVENT_STREAM, "Queued: its events."),
                            Answer(200, "Accepted", "application/json",
                                   "A retry with the same Idempotency-Key and body: the turn "
-                                  "the first request queued."))),
+                                  "the first request queued, or its events."),
+                           Answer(200, _SSE_EVENT, EVENT_STREAM,
+                                  "A retry with the same Idempotency-Key and body: the "
+                                  "events of the turn the first request queued."))),
             Route("POST", f"{item}/cancel", cancel, "Cancel the session's open turns.",
                   role="write", tags=tags, answers=(Answer(200, "Cancelled"),)),
             Route("GET", f"{item}/turns/<turn_id>", get_turn, "A turn with its steps.",

@@ -20,23 +20,33 @@ import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
+from werkzeug.datastructures import MIMEAccept
+
 from talon.actions.stream_slots import StreamLease
 from talon.sessions.follow import KEEP_ALIVE, Follower, Item, StreamEnd
 from talon.store.notify import Inbox
 from talon.telemetry import metrics
 
+EVENT_STREAM = "text/event-stream"
 HUB_KEY = "talon.stream_hub"
 HANDOVER_KEY = "talon.stream_handover"
 # Where the front door leaves a stream's slot for the stream to take (and give back when it
 # ends); a slot still there when the response is done was never taken, and is given back then.
 LEASE_KEY = "talon.stream_lease"
 RETRY_LINE = b"retry: 2000\n\n"
+JSON = "application/json"
 # Events formatted per `advance`: a stream never builds a whole history in memory at once.
 ADVANCE_ITEMS = 100
 # A handed-over stream's first events go out with its head when they fit in this much: a
 # fresh connection's empty send buffer takes them at once, so the request thread does not
 # wait on the client, and the hub is spared a round trip for the common short start.
 FIRST_WRITE_BYTES = 16 * 1024
+
+
+def asks_for_events(accept: MIMEAccept) -> bool:
+    """Whether a request's Accept header prefers an event stream to JSON (`*/*` and no
+    header at all get JSON: the stream is only for a client that asks for it)."""
+    return accept.best_match([JSON, EVENT_STREAM]) == EVENT_STREAM
 
 
 class EventStream:

@@ -104,3 +104,16 @@ class Follower:
         if self.failures > MAX_FAILURES:
             return None
         return seconds + backoff_delay(self.failures, initial=0.2, maximum=5.0)
+
+
+@dataclass
+class TurnFollower(Follower):
+    """A message posted for its events (`send_and_stream`): the same decisions, and the end
+    of the posted turn, which ends the iteration."""
+
+    turn: str | None = None  # the posted turn's id (Talon-Turn-Id), else its first event's
+
+    def ends(self, event: Event) -> bool:
+        if self.turn is None:
+            self.turn = event.turn_id  # the first event is the message's own
+        return event.turn_id == self.turn and event.type in TERMINAL_TURN_EVENTS

@@ -12,7 +12,7 @@ from httpx_sse import SSEError, connect_sse
 
 import talon.client.calls as calls
 from talon.client.errors import TalonConnectionError, UnexpectedAnswer, error_from, parsed
-from talon.client.following import Follower
+from talon.client.following import Follower, TurnFollower
 from talon.client.models import (
     Accepted,
     ApplyResult,
@@ -203,6 +203,63 @@ class Client:
             if done is None:
                 done = self.get_session(namespace, agent, session_id).idle
             if done:
+                return
+
+    def send_and_stream(
+        self, namespace: str, agent: str, session_id: str, content: str, *,
+        strategy: str | None = None, idempotency_key: str | None = None,
+        max_seconds: int = 600,
+    ) -> Generator[Event, None, None]:  # fmt: skip
+        """Post a message and follow its turn in the same request (`Accept:
+        text/event-stream`): the turn's events from its `message.created` to its end
+        (`turn.completed`, `turn.failed` or `turn.cancelled`), the session's other events in
+        between included (an earlier turn's run, a turn queued meanwhile). One request
+        instead of `send` and `stream`'s two, and the first event sooner. Keyed like `send`:
+        a connection dropped before the first event resends the message and gets the same
+        turn; one dropped later resumes as `stream` does. A stream refused (429/503) is
+        retried as the gateway asks; nothing was queued. Raises StreamEnded when the token's
+        access ends."""
+        call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
+                                  idempotency_key=idempotency_key)  # fmt: skip
+        follower = TurnFollower(None, until_turn_end=False, max_seconds=max_seconds)
+        while follower.after is None:
+            refused: float | None = None
+            try:
+                with connect_sse(self._http, "POST", call.path, json=call.json,
+                                 headers=call.headers, params={"maxSeconds": max_seconds},
+                                 timeout=httpx.Timeout(30.0, read=None)) as source:  # fmt: skip
+                    response = source.response
+                    if response.status_code not in (200, 202):
+                        response.read()
+                        error = error_from(response.status_code, _json(response))
+                        refused = follower.refused(error, response.headers.get("Retry-After"))
+                        if refused is None:
+                            raise error
+                    else:
+                        follower.turn = response.headers.get("Talon-Turn-Id")
+                        sses = source.iter_sse()
+                        for sse in sses:
+                            event = follower.event(sse.event, sse.data, sse.id)
+                            if event is not None:
+                                yield event
+                                if follower.ends(event):
+                                    # The gateway ends the stream here: read that, and the
+                                    # connection goes back to the pool.
+                                    for _ in sses:
+                                        pass
+                                    return
+            except (httpx.TransportError, SSEError) as exc:
+                if follower.after is None:  # no event yet: the message again, same key
+                    time.sleep(follower.failed(exc))
+                continue
+            if refused is not None:  # busy: as the gateway asked; nothing was queued
+                time.sleep(refused)
+            elif follower.after is None:
+                time.sleep(follower.failed(UnexpectedAnswer("the stream ended before its turn")))
+        for event in self.stream(namespace, agent, session_id, after=follower.after,
+                                 until_turn_end=True, max_seconds=max_seconds):  # fmt: skip
+            yield event
+            if follower.ends(event):
                 return
 
     # -- plumbing --------------------------------------------------------------------------

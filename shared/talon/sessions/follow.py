@@ -45,6 +45,7 @@ EXPIRED = StreamEnd("token_expired", "the token this stream was opened with expi
 @dataclass(frozen=True)
 class FollowOptions:
     until_turn_end: bool = False  # stop once no turn is open, after one ended (or none was)
+    until_turn: str | None = None  # stop right after this turn's terminal event
     heartbeat: float = 15.0
     max_seconds: float = 600.0
     # Whether the reader may still follow: None, or a StreamEnd saying why not. Asked when the
@@ -145,6 +146,8 @@ def follow_steps(
         for event in batch:
             last = event["id"]
             yield event
+            if event["turnId"] == options.until_turn and event["type"] in TERMINAL_TURN_EVENTS:
+                return
         ended_now = any(event["type"] in TERMINAL_TURN_EVENTS for event in batch)
         turn_ended = turn_ended or ended_now
         if options.until_turn_end:

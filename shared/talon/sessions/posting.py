@@ -16,7 +16,13 @@ from typing import Any
 from talon.errors import Conflict, Invalid
 from talon.sessions import events
 from talon.sessions.models import PostMessage
-from talon.sessions.turn_queue import NewTurn, PostedTurn, queue_posted, queue_turns
+from talon.sessions.turn_queue import (
+    NewTurn,
+    PostedTurn,
+    QueuedTurn,
+    queue_posted,
+    queue_turns,
+)
 from talon.store.database import Tx, jsonb
 
 # What an idempotency key may be (the HTTP header and the gRPC field alike).
@@ -32,6 +38,9 @@ class Accepted:
     replayed: bool  # an Idempotency-Key retry: nothing new was written
     stream_from: int  # stream with Last-Event-ID = this to see the turn from its first event
     interrupted: int = 0  # open turns this message cancelled (multitask_strategy interrupt)
+    # A newly queued turn's session and first events (`QueuedTurn`); None for a replay.
+    session_uid: uuid.UUID | None = None
+    first_events_json: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +129,7 @@ def post_enqueued(
     if previous is not None and previous.rows:
         return _replay(previous.rows[0], digest)
     assert queued is not None  # the session is the agent's and the key is new
-    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from)
+    return _queued(queued)
 
 
 def post(
@@ -165,8 +174,14 @@ def post(
         final=final,
     )
     assert queued is not None  # the session row is locked by the caller
-    return Accepted(str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from,
-                    len(pending))  # fmt: skip
+    return _queued(queued, interrupted=len(pending))
+
+
+def _queued(queued: QueuedTurn, interrupted: int = 0) -> Accepted:
+    return Accepted(
+        str(queued.turn_id), queued.input_seq, "queued", False, queued.stream_from,
+        interrupted, queued.session_uid, queued.events_json,
+    )  # fmt: skip
 
 
 def _replay(previous: dict[str, Any], digest: bytes) -> Accepted:

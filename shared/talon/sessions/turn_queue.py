@@ -36,6 +36,10 @@ class QueuedTurn:
     turn_id: uuid.UUID
     input_seq: int
     stream_from: int  # the last event id before this turn's events
+    session_uid: uuid.UUID
+    # The turn's first events as queued (`message.created`, `turn.queued`): the stream's JSON
+    # (`events.from_json`), so a stream of the posted turn starts without reading them back.
+    events_json: str
 
 
 _BY_UID = """
@@ -109,7 +113,7 @@ WITH input AS ({{input}}), numbered AS (
     FROM w ORDER BY ord
     RETURNING id, (payload->>'turnId')::uuid AS turn_id, payload
 )
-SELECT w.ord, w.seq, w.last_event, o.id AS outbox_id,
+SELECT w.ord, w.seq, w.last_event, w.uid, ev.events, o.id AS outbox_id,
        pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="w", events="ev.events")}),
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
@@ -177,7 +181,11 @@ def _queued(
     for row in rows:
         index = int(row["ord"]) - 1
         queued[index] = QueuedTurn(
-            turns[index].turn_id, int(row["seq"]), int(row["last_event"]) - 2
+            turns[index].turn_id,
+            int(row["seq"]),
+            int(row["last_event"]) - 2,
+            row["uid"],
+            row["events"],
         )
         tx.announce(OUTBOX_COMMITTED, int(row["outbox_id"]))
     return queued

@@ -12,6 +12,11 @@ import pytest
 
 import samples
 from conftest import Api, read_stream, sse_events
+from talon.api.sse import asks_for_events
+from talon.sessions.events import from_json
+from talon.sessions.models import PostMessage
+from talon.sessions.service import SessionService
+from talon.store.database import Database
 
 NS = "acme"
 BASE = f"/v1/ns/{NS}/agents/bot/sessions"
@@ -142,3 +147,38 @@ def test_refusals_are_json_and_queue_nothing(acme_bot: Api) -> None:
         assert reply.headers["Content-Type"].startswith("application/json")
         assert "content" in reply.read().decode()
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 0
+
+
+def test_only_a_stream_gets_the_turns_first_events_back(acme_bot: Api, db: Database) -> None:
+    """They carry the message (up to 100,000 characters): a JSON answer or a scheduler's
+    tick of a thousand turns has no use for them."""
+    sessions = SessionService(db)
+    plain = sessions.post_message(NS, "bot", "s1", PostMessage(content="plain"))
+    assert plain.first_events_json is None and plain.session_uid is not None
+    streamed = sessions.post_message(NS, "bot", "s1", PostMessage(content="streamed"),
+                                     with_events=True)  # fmt: skip
+    events = from_json(streamed.first_events_json)
+    assert [(e.id, e.type) for e in events] == [
+        (streamed.stream_from + 1, "message.created"),
+        (streamed.stream_from + 2, "turn.queued"),
+    ]
+    assert events[0].data["content"] == "streamed"
+
+
+@pytest.mark.parametrize(
+    ("accept", "stream"),
+    [
+        ("text/event-stream", True),
+        ("text/event-stream; charset=utf-8", True),
+        ("Text/Event-Stream;q=0.9, application/json;q=0.5", True),
+        ("application/json, text/event-stream", False),  # a tie: the JSON answer
+        ("text/event-stream;q=0.5, application/json", False),
+        ("text/event-stream;q=0", False),
+        ("*/*", False),
+        ("text/*", False),
+        ("", False),
+        ("text/event-stream;q=x", False),
+    ],
+)
+def test_which_accept_headers_ask_for_the_stream(accept: str, stream: bool) -> None:
+    assert asks_for_events(accept) is stream

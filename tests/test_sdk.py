@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from talon.client import (
     Invalid,
     NotFound,
     StreamEnded,
+    TalonConnectionError,
     Unauthenticated,
 )
 from talon.client.errors import APIError
@@ -335,3 +337,46 @@ def test_send_and_stream_resends_a_post_dropped_before_any_event() -> None:
         events = list(talon.send_and_stream(NS, AGENT, SESSION, "hi"))
     assert [(e.id, e.type) for e in events] == [(8, "message.created"), (9, "turn.completed")]
     assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("sdk-")
+
+
+def test_send_and_stream_ends_with_its_turn_even_if_the_last_read_fails() -> None:
+    """The connection drops while the SDK reads the stream's end after the turn's terminal
+    event: the iteration is over all the same (resuming would follow the next turns)."""
+    requests: list[str] = []
+    events = [{"id": 8, "type": "message.created", "turnId": "t-1", "createdAt": "",
+               "data": {"seq": 1, "role": "user", "content": "hi"}},
+              {"id": 9, "type": "turn.completed", "turnId": "t-1", "createdAt": "",
+               "data": {"openTurns": 1}}]  # fmt: skip
+
+    def body() -> Iterator[bytes]:
+        for e in events:
+            yield f"id: {e['id']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+        raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request.method)
+        return httpx.Response(202, headers={"Content-Type": "text/event-stream",
+                                            "Talon-Turn-Id": "t-1"}, content=body())  # fmt: skip
+
+    with Client("http://talon.test", "tln_x", transport=httpx.MockTransport(handler)) as talon:
+        got = list(talon.send_and_stream(NS, AGENT, SESSION, "hi"))
+    assert [e.id for e in got] == [8, 9] and requests == ["POST"]
+
+
+def test_send_and_stream_gives_up_on_streams_that_never_carry_an_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each answer sends its head and `retry:` line, then drops: resent with the same key,
+    and given up after MAX_FAILURES, not forever."""
+    posts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request.headers["Idempotency-Key"])
+        return httpx.Response(202, headers={"Content-Type": "text/event-stream"},
+                              content=b"retry: 2000\n\n")  # fmt: skip
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    talon = Client("http://talon.test", "tln_x", transport=httpx.MockTransport(handler))
+    with talon, pytest.raises(TalonConnectionError):
+        list(talon.send_and_stream(NS, AGENT, SESSION, "hi"))
+    assert len(posts) == MAX_FAILURES + 1 and len(set(posts)) == 1

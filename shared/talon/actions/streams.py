@@ -44,13 +44,14 @@ def post_and_follow(
     """Post a message and start following its turn from its first event. Subscribed before
     the message commits, so everything after the turn's own first events is notified, and
     those the posting statement returned: a new turn's stream needs no read of its own. A
-    replayed Idempotency-Key reads where its turn's stream starts. The caller closes the
-    inbox."""
+    replayed Idempotency-Key (and a strategy other than `enqueue`) reads where its turn's
+    stream starts. The caller closes the inbox."""
     inbox = _subscribe(services, principal, namespace, session_id)
     try:
         accepted = services.sessions.post_message(
-            namespace, agent, session_id, request, idempotency_key=idempotency_key
-        )
+            namespace, agent, session_id, request, idempotency_key=idempotency_key,
+            with_events=True,
+        )  # fmt: skip
         if accepted.session_uid is None or accepted.first_events_json is None:
             start = services.sessions.open_stream(
                 namespace, agent, session_id, accepted.stream_from

@@ -14,7 +14,11 @@ import flask
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
 # What the dashboard and the CLI send: JSON or YAML bodies, retry-safe posts, stream resumes.
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-Id"
-EXPOSED_HEADERS = "X-Request-Id, Allow, WWW-Authenticate, Retry-After"
+# The Talon-* headers: what a message posted for its events answers besides them.
+EXPOSED_HEADERS = (
+    "X-Request-Id, Allow, WWW-Authenticate, Retry-After, Talon-Turn-Id, Talon-Message-Seq, "
+    "Talon-Stream-From"
+)
 PREFLIGHT_MAX_AGE = "600"
 
 

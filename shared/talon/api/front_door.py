@@ -136,7 +136,7 @@ def _stream_secret(request: flask.Request, gateway: Gateway) -> bytes | None:
     text/event-stream`, refused a slot before anything is queued."""
     if request.method == "GET":
         suffix = "/stream"
-    elif request.method == "POST" and asks_for_events(request.accept_mimetypes):
+    elif request.method == "POST" and asks_for_events(request.headers.get("Accept", "")):
         suffix = "/message"
     else:
         return None

@@ -70,7 +70,7 @@ def list_messages(ctx: Context, ns: str, agent: str, session_id: str) -> dict[st
 def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> Any:
     request = _model(ctx, PostMessage)
     key = ctx.param("Idempotency-Key")
-    if asks_for_events(ctx.request.accept_mimetypes):
+    if asks_for_events(ctx.request.headers.get("Accept", "")):
         return _post_and_stream(ctx, ns, agent, session_id, request, key)
     accepted = ctx.services.sessions.post_message(
         ns, agent, session_id, request, idempotency_key=key
@@ -133,10 +133,14 @@ def _event_stream(
     taken from the front door, re-checking the reader's token while it is open."""
     assert ctx.principal is not None
     secret = bearer_secret(ctx.request.headers.get("Authorization", "")) or b""
-    access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
-    options = replace(options, access=access, access_until=access_until)
     environ = ctx.request.environ
-    follower = Follower(follow_steps(ctx.services.sessions, start, options), inbox)
+    try:
+        access, access_until = reader_access(ctx.services.tokens, ctx.principal, secret)
+        options = replace(options, access=access, access_until=access_until)
+        follower = Follower(follow_steps(ctx.services.sessions, start, options), inbox)
+    except BaseException:
+        inbox.close()  # nothing holds it yet
+        raise
     events = EventStream(follower, inbox, environ.pop(LEASE_KEY, None), ns)
     events.hand_over(environ)
     response = flask.Response(

@@ -20,8 +20,6 @@ import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
-from werkzeug.datastructures import MIMEAccept
-
 from talon.actions.stream_slots import StreamLease
 from talon.sessions.follow import KEEP_ALIVE, Follower, Item, StreamEnd
 from talon.store.notify import Inbox
@@ -43,10 +41,26 @@ ADVANCE_ITEMS = 100
 FIRST_WRITE_BYTES = 16 * 1024
 
 
-def asks_for_events(accept: MIMEAccept) -> bool:
-    """Whether a request's Accept header prefers an event stream to JSON (`*/*` and no
-    header at all get JSON: the stream is only for a client that asks for it)."""
-    return accept.best_match([JSON, EVENT_STREAM]) == EVENT_STREAM
+def asks_for_events(accept: str) -> bool:
+    """Whether an Accept header asks for an event stream over JSON: `text/event-stream`
+    (whatever its parameters) with a quality above JSON's. Ranges (`*/*`, `text/*`), ties
+    and no header at all get JSON: the stream is only for a client that names it."""
+    events = json_quality = 0.0
+    for entry in accept.split(","):
+        media, *params = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media.lower() == EVENT_STREAM:
+            events = max(events, quality)
+        elif media.lower() == JSON:
+            json_quality = max(json_quality, quality)
+    return events > json_quality
 
 
 class EventStream:

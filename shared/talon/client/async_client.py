@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -234,9 +235,11 @@ class AsyncClient:
                                 yield event
                                 if follower.ends(event):
                                     # The gateway ends the stream here: read that, and the
-                                    # connection goes back to the pool.
-                                    async for _ in sses:
-                                        pass
+                                    # connection goes back to the pool. The turn is over
+                                    # whatever that read meets.
+                                    with contextlib.suppress(httpx.TransportError, SSEError):
+                                        async for _ in sses:
+                                            pass
                                     return
             except (httpx.TransportError, SSEError) as exc:
                 if follower.after is None:  # no event yet: the message again, same key

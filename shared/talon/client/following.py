@@ -113,6 +113,15 @@ class TurnFollower(Follower):
 
     turn: str | None = None  # the posted turn's id (Talon-Turn-Id), else its first event's
 
+    def event(self, name: str, data: str, event_id: str) -> Event | None:
+        # Only an event counts as progress: a POST resent after each connection that
+        # dropped once its head (and `retry:` line) came must still give up in the end.
+        failures = self.failures
+        event = super().event(name, data, event_id)
+        if event is None:
+            self.failures = failures
+        return event
+
     def ends(self, event: Event) -> bool:
         if self.turn is None:
             self.turn = event.turn_id  # the first event is the message's own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -244,9 +245,11 @@ class Client:
                                 yield event
                                 if follower.ends(event):
                                     # The gateway ends the stream here: read that, and the
-                                    # connection goes back to the pool.
-                                    for _ in sses:
-                                        pass
+                                    # connection goes back to the pool. The turn is over
+                                    # whatever that read meets.
+                                    with contextlib.suppress(httpx.TransportError, SSEError):
+                                        for _ in sses:
+                                            pass
                                     return
             except (httpx.TransportError, SSEError) as exc:
                 if follower.after is None:  # no event yet: the message again, same key

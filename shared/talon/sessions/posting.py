@@ -38,7 +38,8 @@ class Accepted:
     replayed: bool  # an Idempotency-Key retry: nothing new was written
     stream_from: int  # stream with Last-Event-ID = this to see the turn from its first event
     interrupted: int = 0  # open turns this message cancelled (multitask_strategy interrupt)
-    # A newly queued turn's session and first events (`QueuedTurn`); None for a replay.
+    # A newly queued turn's session and, when asked for, its first events (`QueuedTurn`);
+    # None for a replay.
     session_uid: uuid.UUID | None = None
     first_events_json: str | None = None
 
@@ -109,12 +110,15 @@ def post_enqueued(
     request: PostMessage,
     idempotency_key: str | None,
     source: str,
+    *,
+    with_events: bool = False,
 ) -> Accepted | None:
     """`lock` and `post` in one round trip, COMMIT included, for a message that queues behind
     whatever is open (strategy `enqueue`, which looks at no open turn): the session's lock,
     the key's lookup, and the queueing, which writes only if the session is `agent`'s and the
     key queued nothing yet, so the answer can be decided from the first two once all three
-    have run. None (nothing written): no such session for `agent`. The transaction is over."""
+    have run. None (nothing written): no such session for `agent`. The transaction is over.
+    `with_events`: a new turn's first events come back (`Accepted.first_events_json`)."""
     digest = request_hash(request)
     locked = tx.later(_LOCK_FOR_QUEUE_SQL, (namespace, session_id))
     previous = None
@@ -123,7 +127,7 @@ def post_enqueued(
     turn = PostedTurn(
         namespace, session_id, agent, request.content, source, idempotency_key, digest
     )
-    queued = queue_posted(tx, turn)
+    queued = queue_posted(tx, turn, with_events=with_events)
     if not locked.rows or locked.rows[0]["agent"] != agent:
         return None
     if previous is not None and previous.rows:

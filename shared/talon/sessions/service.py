@@ -162,12 +162,17 @@ class SessionService:
         *,
         idempotency_key: str | None = None,
         source: str = "api",
+        with_events: bool = False,
     ) -> Accepted:
+        """Queue the message's turn (or answer an Idempotency-Key retry with the turn it
+        queued). `with_events`: the new turn's first events come back, for a stream of it
+        (`Accepted.first_events_json`; only for strategy `enqueue`, the usual one)."""
         with self.db.transaction() as tx:
             if request.multitask_strategy == "enqueue":
                 found = posting.post_enqueued(
-                    tx, namespace, agent, session_id, request, idempotency_key, source
-                )
+                    tx, namespace, agent, session_id, request, idempotency_key, source,
+                    with_events=with_events,
+                )  # fmt: skip
             else:
                 session = posting.lock(tx, namespace, session_id, idempotency_key)
                 found = None

@@ -37,9 +37,10 @@ class QueuedTurn:
     input_seq: int
     stream_from: int  # the last event id before this turn's events
     session_uid: uuid.UUID
-    # The turn's first events as queued (`message.created`, `turn.queued`): the stream's JSON
-    # (`events.from_json`), so a stream of the posted turn starts without reading them back.
-    events_json: str
+    # The turn's first events as queued (`message.created`, `turn.queued`), when asked for:
+    # the stream's JSON (`events.from_json`), so a stream of the posted turn starts without
+    # reading them back.
+    events_json: str | None
 
 
 _BY_UID = """
@@ -113,13 +114,16 @@ WITH input AS ({{input}}), numbered AS (
     FROM w ORDER BY ord
     RETURNING id, (payload->>'turnId')::uuid AS turn_id, payload
 )
-SELECT w.ord, w.seq, w.last_event, w.uid, ev.events, o.id AS outbox_id,
+SELECT w.ord, w.seq, w.last_event, w.uid, {{events}} AS events, o.id AS outbox_id,
        pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="w", events="ev.events")}),
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
-_QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID)
-_QUEUE_BY_NAME_SQL = _QUEUE_SQL.format(input=_BY_NAME)
+# The turn's first events come back only to a caller that streams them (`queue_posted`):
+# they carry the message, up to MAX_MESSAGE_CHARS, and a scheduler's tick queues thousands.
+_QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID, events="NULL")
+_QUEUE_BY_NAME_SQL = _QUEUE_SQL.format(input=_BY_NAME, events="NULL")
+_QUEUE_BY_NAME_WITH_EVENTS_SQL = _QUEUE_SQL.format(input=_BY_NAME, events="ev.events")
 
 
 def queue_turns(tx: Tx, turns: list[NewTurn], *, final: bool = False) -> list[QueuedTurn | None]:
@@ -147,12 +151,13 @@ class PostedTurn:
     traceparent: str | None = field(default_factory=current_traceparent)
 
 
-def queue_posted(tx: Tx, turn: PostedTurn) -> QueuedTurn | None:
+def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> QueuedTurn | None:
     """Queue `turn` and COMMIT, in one round trip with whatever the caller deferred before it
     (the session's lock and the Idempotency-Key's lookup: `sessions/posting.py`). None, and
     nothing written, when the session is not `turn.agent`'s or the key already queued a
-    turn."""
-    rows = tx.commit_with(_QUEUE_BY_NAME_SQL, (_records([turn]),))
+    turn. `with_events`: the turn's first events come back (`QueuedTurn.events_json`)."""
+    sql = _QUEUE_BY_NAME_WITH_EVENTS_SQL if with_events else _QUEUE_BY_NAME_SQL
+    rows = tx.commit_with(sql, (_records([turn]),))
     return _queued(tx, [turn], rows)[0]
 
 

@@ -257,14 +257,14 @@ def test_a_session_created_while_a_message_is_posted_to_it_gets_nothing(
 
     queue_posted = posting.queue_posted
 
-    def created_in_between(tx: Any, turn: Any) -> Any:
+    def created_in_between(tx: Any, turn: Any, **options: Any) -> Any:
         tx.flush()  # the lock (it finds no session) and the key's lookup, now
         with db.transaction() as other:
             other.execute(
                 "INSERT INTO sessions (uid, namespace, id, agent) VALUES (%s, %s, 'late', 'bot')",
                 (uuid.uuid4(), NS),
             )
-        return queue_posted(tx, turn)
+        return queue_posted(tx, turn, **options)
 
     monkeypatch.setattr(posting, "queue_posted", created_in_between)
     response = acme_bot.post(f"{BASE}/late/message", json={"content": "hi"},

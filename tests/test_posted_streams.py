@@ -182,3 +182,25 @@ def test_only_a_stream_gets_the_turns_first_events_back(acme_bot: Api, db: Datab
 )
 def test_which_accept_headers_ask_for_the_stream(accept: str, stream: bool) -> None:
     assert asks_for_events(accept) is stream
+
+
+def test_every_subscription_ends_with_its_answer(acme_bot: Api, start_worker: Any) -> None:
+    """A posted stream's subscription (taken before its message commits) ends with the
+    stream, and with every answer that is no stream: nothing accumulates per message."""
+    from talon import entrypoints
+
+    listener = entrypoints.services().listener()
+    baseline = listener.subscribers()
+    start_worker()
+    assert post_for_events(acme_bot, "s1", "hello")[0] == 202  # to its turn's end
+    assert post_for_events(acme_bot, "missing", "hello")[0] == 404
+    key = {"Idempotency-Key": "k-1"}
+    assert post_for_events(acme_bot, "s1", "keyed", headers=key)[0] == 202
+    assert post_for_events(acme_bot, "s1", "other body", headers=key)[0] == 422
+    with acme_bot.http.stream("POST", f"{BASE}/s1/message", json={"content": "dropped"},
+                              headers=EVENTS) as reply:  # fmt: skip
+        assert reply.status_code == 202  # and the client goes away at once
+    deadline = time.monotonic() + 20  # the dropped one ends at its turn's end or keep-alive
+    while listener.subscribers() != baseline:
+        assert time.monotonic() < deadline, (listener.subscribers(), baseline)
+        time.sleep(0.1)

@@ -531,6 +531,52 @@ def test_a_turn_posted_over_grpc_is_seen_over_sse_and_back(
     assert {e["turnId"] for e in got} == {posted["turnId"]}
 
 
+def test_a_message_posted_and_streamed_in_one_call(
+    team_bot: Grpc, api: Api, start_worker: Any
+) -> None:
+    """PostMessageAndStream: the turn's events from its first to its end, what PostMessage
+    answers as initial metadata, the same events as the SSE stream; a retry with the key
+    replays them; its errors name the request's fields; a read token is refused."""
+    rpc, sessions = team_bot, team_bot.sessions()
+    rpc.call(sessions, "CreateSession", sessions_pb2.CreateSessionRequest(
+        namespace=NS, agent="bot", session_id="s1"))  # fmt: skip
+    start_worker()
+
+    def post_and_stream(content: str, key: str = "", rpc: Grpc = rpc) -> tuple[dict, list]:
+        request = sessions_pb2.PostMessageAndStreamRequest(
+            message=sessions_pb2.PostMessageRequest(
+                namespace=NS, agent="bot", session_id="s1", content=content, idempotency_key=key
+            )
+        )
+        call = rpc.call(rpc.sessions(), "PostMessageAndStream", request)
+        events = [json_format.MessageToDict(e) for e in call]
+        return dict(call.initial_metadata()), events
+
+    metadata, events = post_and_stream("hello", "k-1")
+    turn, start = metadata["talon-turn-id"], int(metadata["talon-stream-from"])
+    assert metadata["talon-replayed"] == "false" and metadata["talon-message-seq"] == "1"
+    assert [int(e["id"]) for e in events] == list(range(start + 1, start + 1 + len(events)))
+    assert events[0]["type"] == "message.created" and events[-1]["type"] == "turn.completed"
+    assert {e["turnId"] for e in events} == {turn}
+    sse = read_stream(api, f"/v1/ns/{NS}/agents/bot/sessions/s1/stream",
+                      params={"lastEventId": start, "untilTurnEnd": "true"})  # fmt: skip
+    assert [(int(e["id"]), e["type"]) for e in events] == [(e["id"], e["type"]) for e in sse]
+    again, replayed = post_and_stream("hello", "k-1")
+    assert again["talon-replayed"] == "true" and again["talon-turn-id"] == turn
+    assert replayed == events
+
+    code, _, details = failure(lambda: post_and_stream(""))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message.content" in str(details)
+    code, _, details = failure(lambda: post_and_stream("hi", "bad\nkey"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message.idempotency_key" in str(details)
+    reader = rpc.as_token(api.token("read", [NS]))
+    code, _, _ = failure(lambda: post_and_stream("hi", rpc=reader))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert api.ok("GET", f"/v1/ns/{NS}/agents/bot/sessions/s1")["messageCount"] == 2
+
+
 # --- the server itself ----------------------------------------------------------------------
 
 
@@ -622,6 +668,12 @@ def _isolation_calls(ns: str) -> list[tuple[Any, str, Any]]:
                 for field in fields.values():
                     if field.message_type is None and field.name in scalars:
                         setattr(request, field.name, scalars[field.name])
+                    elif field.message_type is not None and field.message_type.name.endswith(
+                            "Request"):  # a call's request inside another's  # fmt: skip
+                        inner = getattr(request, field.name)
+                        for name in field.message_type.fields_by_name:
+                            if name in scalars:
+                                setattr(inner, name, scalars[name])
                     elif field.message_type is not None and kind in bodies and (
                             field.message_type.name == KINDS.get(kind, ("",) * 5)[4]
                             or field.message_type.name == "Namespace"):  # fmt: skip
@@ -633,7 +685,7 @@ def _isolation_calls(ns: str) -> list[tuple[Any, str, Any]]:
 
 def _call(client: Grpc, stub: Any, method: str, request: Any) -> Any:
     reply = client.call(stub(client.channel), method, request)
-    return list(reply) if method == "StreamEvents" else reply
+    return list(reply) if method in ("StreamEvents", "PostMessageAndStream") else reply
 
 
 def test_isolation_matrix_a_token_of_ns_a_never_sees_ns_b(rpc: Grpc, api: Api) -> None:
@@ -643,8 +695,8 @@ def test_isolation_matrix_a_token_of_ns_a_never_sees_ns_b(rpc: Grpc, api: Api) -
         api.ok("POST", f"/v1/ns/{ns}/agents/bot/sessions", 201, json={"id": "s1"})
     scoped = rpc.as_token(api.token("admin", ["blue"]))
     calls = _isolation_calls("red")
-    # six kinds x five methods, two schedule actions, nine session methods, three namespace ones
-    assert len(calls) == 6 * 5 + 2 + 9 + 3
+    # six kinds x five methods, two schedule actions, ten session methods, three namespace ones
+    assert len(calls) == 6 * 5 + 2 + 10 + 3
     for stub, method, request in calls:
         code, message, _ = failure(lambda s=stub, m=method, r=request: _call(scoped, s, m, r))
         assert (code, message) == (grpc.StatusCode.NOT_FOUND, "namespace 'red' not found"), method
@@ -764,6 +816,16 @@ def test_open_streams_never_take_every_thread(team_bot: Grpc, settings: Settings
             lambda: list(readers[6].call(readers[6].sessions(), "StreamEvents", request))
         )
         assert code == grpc.StatusCode.UNAVAILABLE and "maxOpenStreams" in message
+        # A message posted with its stream takes a slot too, before it is queued.
+        writer = admin.as_token(api.token("write", [NS]))
+        readers.append(writer)
+        posted = sessions_pb2.PostMessageAndStreamRequest(message=sessions_pb2.PostMessageRequest(
+            namespace=NS, agent="bot", session_id="s1", content="refused"))  # fmt: skip
+        code, message, _ = failure(
+            lambda: list(writer.call(writer.sessions(), "PostMessageAndStream", posted))
+        )
+        assert code == grpc.StatusCode.UNAVAILABLE and "maxOpenStreams" in message
+        assert api.ok("GET", f"/v1/ns/{NS}/agents/bot/sessions/s1")["messageCount"] == 0
         # Everything else is still served.
         get = sessions_pb2.GetSessionRequest(namespace=NS, agent="bot", session_id="s1")
         assert admin.call(admin.sessions(), "GetSession", get).id == "s1"

@@ -575,6 +575,30 @@ class PostMessageRequest(_message.Message):
 Global___PostMessageRequest: _TypeAlias = PostMessageRequest  # noqa: Y015
 
 @_typing.final
+class PostMessageAndStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MAX_SECONDS_FIELD_NUMBER: _builtins.int
+    max_seconds: _builtins.int
+    """End the stream after this many seconds (0: 600; at most 3600) if the turn has not ended."""
+    @_builtins.property
+    def message(self) -> Global___PostMessageRequest: ...
+    def __init__(
+        self,
+        *,
+        message: Global___PostMessageRequest | None = ...,
+        max_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_seconds", b"max_seconds", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostMessageAndStreamRequest: _TypeAlias = PostMessageAndStreamRequest  # noqa: Y015
+
+@_typing.final
 class PostMessageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -79,6 +79,11 @@ class SessionsStub:
                 request_serializer=talon_dot_v1_dot_sessions__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=talon_dot_v1_dot_sessions__pb2.SessionEvent.FromString,
                 _registered_method=True)
+        self.PostMessageAndStream = channel.unary_stream(
+                '/talon.v1.Sessions/PostMessageAndStream',
+                request_serializer=talon_dot_v1_dot_sessions__pb2.PostMessageAndStreamRequest.SerializeToString,
+                response_deserializer=talon_dot_v1_dot_sessions__pb2.SessionEvent.FromString,
+                _registered_method=True)
 
 
 class SessionsServicer:
@@ -146,6 +151,16 @@ class SessionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostMessageAndStream(self, request, context):
+        """PostMessage, answered with the turn's events from its first to its end, in one call (as
+        HTTP's POST .../message with Accept: text/event-stream). What PostMessageResponse says
+        comes as initial metadata: talon-turn-id, talon-message-seq, talon-stream-from,
+        talon-replayed. Resume a dropped one with StreamEvents after the last id received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +207,11 @@ def add_SessionsServicer_to_server(servicer, server):
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
                     request_deserializer=talon_dot_v1_dot_sessions__pb2.StreamEventsRequest.FromString,
+                    response_serializer=talon_dot_v1_dot_sessions__pb2.SessionEvent.SerializeToString,
+            ),
+            'PostMessageAndStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PostMessageAndStream,
+                    request_deserializer=talon_dot_v1_dot_sessions__pb2.PostMessageAndStreamRequest.FromString,
                     response_serializer=talon_dot_v1_dot_sessions__pb2.SessionEvent.SerializeToString,
             ),
     }
@@ -437,6 +457,33 @@ class Sessions:
             target,
             '/talon.v1.Sessions/StreamEvents',
             talon_dot_v1_dot_sessions__pb2.StreamEventsRequest.SerializeToString,
+            talon_dot_v1_dot_sessions__pb2.SessionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostMessageAndStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/talon.v1.Sessions/PostMessageAndStream',
+            talon_dot_v1_dot_sessions__pb2.PostMessageAndStreamRequest.SerializeToString,
             talon_dot_v1_dot_sessions__pb2.SessionEvent.FromString,
             options,
             channel_credentials,

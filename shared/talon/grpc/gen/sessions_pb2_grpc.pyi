@@ -52,6 +52,12 @@ class SessionsStub:
     """The session's events after after_event_id, in order, each once, then new ones as they
     commit. Resume a dropped stream with the last id received: nothing lost or repeated.
     """
+    PostMessageAndStream: _grpc.UnaryStreamMultiCallable[_sessions_pb2.PostMessageAndStreamRequest, _sessions_pb2.SessionEvent]
+    """PostMessage, answered with the turn's events from its first to its end, in one call (as
+    HTTP's POST .../message with Accept: text/event-stream). What PostMessageResponse says
+    comes as initial metadata: talon-turn-id, talon-message-seq, talon-stream-from,
+    talon-replayed. Resume a dropped one with StreamEvents after the last id received.
+    """
 
 @_typing.type_check_only
 class SessionsAsyncStub(SessionsStub):
@@ -74,6 +80,12 @@ class SessionsAsyncStub(SessionsStub):
     StreamEvents: _aio.UnaryStreamMultiCallable[_sessions_pb2.StreamEventsRequest, _sessions_pb2.SessionEvent]  # type: ignore[assignment]
     """The session's events after after_event_id, in order, each once, then new ones as they
     commit. Resume a dropped stream with the last id received: nothing lost or repeated.
+    """
+    PostMessageAndStream: _aio.UnaryStreamMultiCallable[_sessions_pb2.PostMessageAndStreamRequest, _sessions_pb2.SessionEvent]  # type: ignore[assignment]
+    """PostMessage, answered with the turn's events from its first to its end, in one call (as
+    HTTP's POST .../message with Accept: text/event-stream). What PostMessageResponse says
+    comes as initial metadata: talon-turn-id, talon-message-seq, talon-stream-from,
+    talon-replayed. Resume a dropped one with StreamEvents after the last id received.
     """
 
 class SessionsServicer(metaclass=_abc_1.ABCMeta):
@@ -148,6 +160,18 @@ class SessionsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_sessions_pb2.SessionEvent], _abc.AsyncIterator[_sessions_pb2.SessionEvent]]:
         """The session's events after after_event_id, in order, each once, then new ones as they
         commit. Resume a dropped stream with the last id received: nothing lost or repeated.
+        """
+
+    @_abc_1.abstractmethod
+    def PostMessageAndStream(
+        self,
+        request: _sessions_pb2.PostMessageAndStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sessions_pb2.SessionEvent], _abc.AsyncIterator[_sessions_pb2.SessionEvent]]:
+        """PostMessage, answered with the turn's events from its first to its end, in one call (as
+        HTTP's POST .../message with Accept: text/event-stream). What PostMessageResponse says
+        comes as initial metadata: talon-turn-id, talon-message-seq, talon-stream-from,
+        talon-replayed. Resume a dropped one with StreamEvents after the last id received.
         """
 
 def add_SessionsServicer_to_server(servicer: SessionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -161,8 +161,9 @@ def event(id_: int, type_: str, turn: str = "t-1", **data: Any) -> dict[str, Any
 
 
 class FakeSessions:
-    """The three calls `talon send` makes: create (or find) the session, post the message,
-    follow the stream from the position the post returned."""
+    """The calls `talon send` makes: create (or find) the session, post the message for its
+    turn's events (the first stream), and follow the session's stream from the last event
+    received if that connection breaks (the next streams)."""
 
     def __init__(self, *streams: bytes | httpx.SyncByteStream) -> None:
         self.streams = list(streams)  # one per connection the follower opens
@@ -176,15 +177,19 @@ class FakeSessions:
         if (request.method, request.url.path) == ("POST", base):
             return httpx.Response(200, json={"id": body["id"], "agent": "bot", "ns": "acme",
                                              "status": "active"})  # fmt: skip
-        if (request.method, request.url.path) == ("POST", f"{base}/s1/message"):
-            return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
-        assert (request.method, request.url.path) == ("GET", f"{base}/s1/stream")
-        self.resumed_from.append(request.headers.get("Last-Event-ID"))
-        stream = self.streams.pop(0)
         headers = {"Content-Type": "text/event-stream"}
+        if (request.method, request.url.path) == ("POST", f"{base}/s1/message"):
+            if request.headers.get("Accept") != "text/event-stream":
+                return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
+            status, headers = 202, {**headers, "Talon-Turn-Id": "t-1", "Talon-Stream-From": "7"}
+        else:
+            assert (request.method, request.url.path) == ("GET", f"{base}/s1/stream")
+            self.resumed_from.append(request.headers.get("Last-Event-ID"))
+            status = 200
+        stream = self.streams.pop(0)
         if isinstance(stream, bytes):
-            return httpx.Response(200, content=stream, headers=headers)
-        return httpx.Response(200, stream=stream, headers=headers)
+            return httpx.Response(status, content=stream, headers=headers)
+        return httpx.Response(status, stream=stream, headers=headers)
 
 
 def test_send_prints_the_turn_as_it_streams_and_succeeds(
@@ -201,12 +206,10 @@ def test_send_prints_the_turn_as_it_streams_and_succeeds(
     assert code == 0
     assert gateway.requests == [
         ("POST", "/v1/ns/acme/agents/bot/sessions", {}, {"id": "s1"}),
-        ("POST", "/v1/ns/acme/agents/bot/sessions/s1/message", {},
+        ("POST", "/v1/ns/acme/agents/bot/sessions/s1/message", {"maxSeconds": "600"},
          {"content": "Review renewals.", "multitask_strategy": "interrupt"}),
-        ("GET", "/v1/ns/acme/agents/bot/sessions/s1/stream", {"maxSeconds": "600",
-                                                              "untilTurnEnd": "true"}, None),
     ]  # fmt: skip
-    assert gateway.resumed_from == ["7"]  # Last-Event-ID: after the position the post gave
+    assert gateway.resumed_from == []  # the message's own answer carried the whole turn
     assert capsys.readouterr().out.splitlines() == [
         "turn t-1 queued",
         "turn started",
@@ -247,7 +250,7 @@ def test_a_stream_that_breaks_is_resumed_after_what_arrived(
         sse(event(9, "turn.completed", openTurns=0)),
     )  # fmt: skip
     assert run(client_for(gateway), "send", "bot", "s1", "hi", "-n", "acme") == 0
-    assert gateway.resumed_from == ["7", "8"]  # the second connection resumes after event 8
+    assert gateway.resumed_from == ["8"]  # the second connection resumes after event 8
     out = capsys.readouterr().out.splitlines()
     assert out == ["turn t-1 queued", "turn started", "turn completed"]
 

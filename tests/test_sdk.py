@@ -282,8 +282,10 @@ def test_send_and_stream_follows_its_turn_across_stream_ends(
     model_server.add({"pieces": [f"piece {i} " for i in range(12)], "chunk_delay": 0.25})
     start_worker()
     client.create_session(NS, AGENT, SESSION)
-    events = list(client.send_and_stream(NS, AGENT, SESSION, "Tell me slowly.",
-                                         idempotency_key="k-1", max_seconds=1))  # fmt: skip
+    posted = client.send_and_stream(NS, AGENT, SESSION, "Tell me slowly.",
+                                    idempotency_key="k-1", max_seconds=1)  # fmt: skip
+    events = list(posted)
+    assert posted.turn_id == events[0].turn_id  # from the answer's Talon-Turn-Id
     ids = [e.id for e in events]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     assert events[0].type == "message.created" and events[-1].type == "turn.completed"
@@ -305,7 +307,10 @@ def test_the_async_client_sends_and_streams(api: Api, gateway_url: str, start_wo
     async def run() -> list[str]:
         async with AsyncClient(gateway_url, ADMIN_TOKEN) as talon:
             await talon.create_session(NS, AGENT, SESSION)
-            return [e.type async for e in talon.send_and_stream(NS, AGENT, SESSION, "hello")]
+            posted = talon.send_and_stream(NS, AGENT, SESSION, "hello")
+            events = [e async for e in posted]
+            assert {e.turn_id for e in events} == {posted.turn_id}
+            return [e.type for e in events]
 
     types = asyncio.run(run())
     assert types[:2] == ["message.created", "turn.queued"] and types[-1] == "turn.completed"

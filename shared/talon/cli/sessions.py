@@ -130,13 +130,21 @@ def send(
 ) -> int:
     ns, agent_name = session_scope(namespace, agent)
     client.create_session(ns, agent_name, session)  # idempotent: returns an existing one
-    accepted = client.send(ns, agent_name, session, content, strategy=strategy)
-    print(f"turn {accepted.turn_id} queued")
     if not wait:
+        accepted = client.send(ns, agent_name, session, content, strategy=strategy)
+        print(f"turn {accepted.turn_id} queued")
         return 0
+    # One request: the message, answered with its turn's events to the turn's end.
+    events = client.send_and_stream(ns, agent_name, session, content, strategy=strategy)
     printer = EventPrinter()
-    for event in stream_events(client, ns, agent_name, session, after=accepted.stream_from,
-                               until_turn_end=True):  # fmt: skip
-        if event.get("turnId") == accepted.turn_id:
-            printer.show(event)
+    announced = False
+    try:
+        for event in events:
+            if not announced:
+                print(f"turn {events.turn_id} queued")
+                announced = True
+            if event.turn_id == events.turn_id:
+                printer.show(event.model_dump(by_alias=True))
+    except StreamEnded as exc:
+        raise CliError(f"the stream ended: {exc} ({exc.reason})") from exc
     return 1 if printer.failed else 0

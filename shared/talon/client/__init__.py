@@ -4,10 +4,8 @@ from talon.client import Client
 
 with Client.from_env() as talon:          # TALON_URL/TALON_TOKEN, else the current context
     talon.create_session("acme", "customer-support", "enterprise-renewals")
-    accepted = talon.send("acme", "customer-support", "enterprise-renewals", "Hi")
-    for event in talon.stream("acme", "customer-support", "enterprise-renewals",
-                              after=accepted.stream_from, until_turn_end=True):
-        print(event.type, event.data)
+    for event in talon.send_and_stream("acme", "customer-support", "enterprise-renewals", "Hi"):
+        print(event.type, event.data)  # the turn's events, one request, to its end
 """
 
 from talon.client.async_client import AsyncClient
@@ -38,10 +36,12 @@ from talon.client.models import (
     Turn,
 )
 from talon.client.sync_client import Client
+from talon.client.turn_events import AsyncTurnEvents, TurnEvents
 
 __all__ = [
-    "APIError", "Accepted", "ApplyResult", "AsyncClient", "BadRequest", "Client", "Conflict",
-    "CreatedToken", "Event", "Identity", "Invalid", "Message", "NotFound", "PermissionDenied",
-    "Resource", "ServerError", "Session", "StreamEnded", "TalonConnectionError", "TalonError",
-    "Token", "Turn", "Unauthenticated", "UnexpectedAnswer",
+    "APIError", "Accepted", "ApplyResult", "AsyncClient", "AsyncTurnEvents", "BadRequest",
+    "Client", "Conflict", "CreatedToken", "Event", "Identity", "Invalid", "Message", "NotFound",
+    "PermissionDenied", "Resource", "ServerError", "Session", "StreamEnded",
+    "TalonConnectionError", "TalonError", "Token", "Turn", "TurnEvents", "Unauthenticated",
+    "UnexpectedAnswer",
 ]  # fmt: skip

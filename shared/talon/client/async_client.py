@@ -27,6 +27,7 @@ from talon.client.models import (
     Turn,
 )
 from talon.client.sync_client import RETRIES, _json
+from talon.client.turn_events import AsyncTurnEvents
 from talon.contexts import resolve
 
 
@@ -195,11 +196,11 @@ class AsyncClient:
             if done:
                 return
 
-    async def send_and_stream(
+    def send_and_stream(
         self, namespace: str, agent: str, session_id: str, content: str, *,
         strategy: str | None = None, idempotency_key: str | None = None,
         max_seconds: int = 600,
-    ) -> AsyncGenerator[Event, None]:  # fmt: skip
+    ) -> AsyncTurnEvents:  # fmt: skip
         """Post a message and follow its turn in the same request (`Accept:
         text/event-stream`): the turn's events from its `message.created` to its end
         (`turn.completed`, `turn.failed` or `turn.cancelled`), the session's other events in
@@ -208,16 +209,25 @@ class AsyncClient:
         a connection dropped before the first event resends the message and gets the same
         turn; one dropped later resumes as `stream` does. A stream refused (429/503) is
         retried as the gateway asks; nothing was queued. Raises StreamEnded when the token's
-        access ends."""
+        access ends. The result's `turn_id` is the turn's."""
         call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
                                   idempotency_key=idempotency_key)  # fmt: skip
         follower = TurnFollower(None, until_turn_end=False, max_seconds=max_seconds)
+        return AsyncTurnEvents(
+            follower, self._turn_events(namespace, agent, session_id, call, follower)
+        )
+
+    async def _turn_events(
+        self, namespace: str, agent: str, session_id: str, call: calls.Call,
+        follower: TurnFollower,
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
         while follower.after is None:
             refused: float | None = None
             try:
                 async with aconnect_sse(
                     self._http, "POST", call.path, json=call.json, headers=call.headers,
-                    params={"maxSeconds": max_seconds}, timeout=httpx.Timeout(30.0, read=None),
+                    params={"maxSeconds": follower.max_seconds},
+                    timeout=httpx.Timeout(30.0, read=None),
                 ) as source:  # fmt: skip
                     response = source.response
                     if response.status_code not in (200, 202):
@@ -251,8 +261,9 @@ class AsyncClient:
                 await asyncio.sleep(
                     follower.failed(UnexpectedAnswer("the stream ended before its turn"))
                 )
-        async for event in self.stream(namespace, agent, session_id, after=follower.after,
-                                       until_turn_end=True, max_seconds=max_seconds):  # fmt: skip
+        resumed = self.stream(namespace, agent, session_id, after=follower.after,
+                              until_turn_end=True, max_seconds=follower.max_seconds)  # fmt: skip
+        async for event in resumed:
             yield event
             if follower.ends(event):
                 return

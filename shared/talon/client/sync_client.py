@@ -26,6 +26,7 @@ from talon.client.models import (
     Token,
     Turn,
 )
+from talon.client.turn_events import TurnEvents
 from talon.contexts import resolve
 
 RETRIES = 2  # resends of a keyed POST after a dropped connection
@@ -210,7 +211,7 @@ class Client:
         self, namespace: str, agent: str, session_id: str, content: str, *,
         strategy: str | None = None, idempotency_key: str | None = None,
         max_seconds: int = 600,
-    ) -> Generator[Event, None, None]:  # fmt: skip
+    ) -> TurnEvents:  # fmt: skip
         """Post a message and follow its turn in the same request (`Accept:
         text/event-stream`): the turn's events from its `message.created` to its end
         (`turn.completed`, `turn.failed` or `turn.cancelled`), the session's other events in
@@ -219,15 +220,21 @@ class Client:
         a connection dropped before the first event resends the message and gets the same
         turn; one dropped later resumes as `stream` does. A stream refused (429/503) is
         retried as the gateway asks; nothing was queued. Raises StreamEnded when the token's
-        access ends."""
+        access ends. The result's `turn_id` is the turn's."""
         call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
                                   idempotency_key=idempotency_key)  # fmt: skip
         follower = TurnFollower(None, until_turn_end=False, max_seconds=max_seconds)
+        return TurnEvents(follower, self._turn_events(namespace, agent, session_id, call, follower))
+
+    def _turn_events(
+        self, namespace: str, agent: str, session_id: str, call: calls.Call,
+        follower: TurnFollower,
+    ) -> Generator[Event, None, None]:  # fmt: skip
         while follower.after is None:
             refused: float | None = None
             try:
                 with connect_sse(self._http, "POST", call.path, json=call.json,
-                                 headers=call.headers, params={"maxSeconds": max_seconds},
+                                 headers=call.headers, params={"maxSeconds": follower.max_seconds},
                                  timeout=httpx.Timeout(30.0, read=None)) as source:  # fmt: skip
                     response = source.response
                     if response.status_code not in (200, 202):
@@ -259,8 +266,9 @@ class Client:
                 time.sleep(refused)
             elif follower.after is None:
                 time.sleep(follower.failed(UnexpectedAnswer("the stream ended before its turn")))
-        for event in self.stream(namespace, agent, session_id, after=follower.after,
-                                 until_turn_end=True, max_seconds=max_seconds):  # fmt: skip
+        resumed = self.stream(namespace, agent, session_id, after=follower.after,
+                              until_turn_end=True, max_seconds=follower.max_seconds)  # fmt: skip
+        for event in resumed:
             yield event
             if follower.ends(event):
                 return

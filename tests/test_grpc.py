@@ -18,7 +18,9 @@ from grpc_status import rpc_status
 
 import samples
 from conftest import ADMIN_TOKEN, Api, read_stream
+from talon.actions.stream_slots import StreamSlots
 from talon.config import Settings
+from talon.grpc.calls import Calls
 from talon.grpc.gen import (
     agent_templates_pb2,
     agent_templates_pb2_grpc,
@@ -40,6 +42,7 @@ from talon.grpc.gen import (
     sessions_pb2_grpc,
 )
 from talon.grpc.server import PortTaken, build_server
+from talon.grpc.sessions import SessionsServicer
 from talon.services import Services
 
 NS = "team"
@@ -430,8 +433,9 @@ def test_sessions_over_grpc(team_bot: Grpc, api: Api, start_worker: Any) -> None
     first = _post(rpc, "s1", "hello", idempotency_key="k-1")
     replay = _post(rpc, "s1", "hello", idempotency_key="k-1")
     assert replay.replayed and not first.replayed and replay.turn_id == first.turn_id
-    code, _, _ = failure(lambda: _post(rpc, "s1", "other", idempotency_key="k-1"))
+    code, _, details = failure(lambda: _post(rpc, "s1", "other", idempotency_key="k-1"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details[1].field_violations[0].field == "idempotency_key"  # not the HTTP header
     start_worker()
     _post(rpc, "s1", "second")
     view = _wait_idle(rpc, "s1")
@@ -564,6 +568,9 @@ def test_a_message_posted_and_streamed_in_one_call(
     again, replayed = post_and_stream("hello", "k-1")
     assert again["talon-replayed"] == "true" and again["talon-turn-id"] == turn
     assert replayed == events
+    code, _, details = failure(lambda: post_and_stream("another body", "k-1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details[1].field_violations[0].field == "message.idempotency_key"
 
     code, _, details = failure(lambda: post_and_stream(""))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -575,6 +582,40 @@ def test_a_message_posted_and_streamed_in_one_call(
     code, _, _ = failure(lambda: post_and_stream("hi", rpc=reader))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert api.ok("GET", f"/v1/ns/{NS}/agents/bot/sessions/s1")["messageCount"] == 2
+
+
+class _CancelledCall:
+    """A call's context whose client cancelled while its message was being posted: grpc
+    refuses the initial metadata then."""
+
+    def invocation_metadata(self) -> Any:
+        return (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+    def send_initial_metadata(self, metadata: Any) -> None:
+        raise grpc.RpcError("the call was cancelled")
+
+    def is_active(self) -> bool:
+        return False
+
+
+def test_a_call_cancelled_while_its_message_is_posted_leaves_nothing_subscribed(
+    team_bot: Grpc, api: Api, settings: Settings
+) -> None:
+    services = Services.start(settings)
+    try:
+        servicer = SessionsServicer(Calls(services), StreamSlots(4, 4))
+        listener = services.listener()
+        baseline = listener.subscribers()
+        request = sessions_pb2.PostMessageAndStreamRequest(message=sessions_pb2.PostMessageRequest(
+            namespace=NS, agent="bot", session_id="s1", content="gone"))  # fmt: skip
+        api.ok("POST", f"/v1/ns/{NS}/agents/bot/sessions", 201, json={"id": "s1"})
+        context: Any = _CancelledCall()
+        assert list(servicer.PostMessageAndStream(request, context)) == []
+        assert api.ok("GET", f"/v1/ns/{NS}/agents/bot/sessions/s1")["messageCount"] == 1
+        assert listener.subscribers() == baseline  # its inbox closed, not left to the listener
+        assert servicer.streams.used == 0
+    finally:
+        services.close()
 
 
 # --- the server itself ----------------------------------------------------------------------

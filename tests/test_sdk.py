@@ -385,3 +385,32 @@ def test_send_and_stream_gives_up_on_streams_that_never_carry_an_event(
     with talon, pytest.raises(TalonConnectionError):
         list(talon.send_and_stream(NS, AGENT, SESSION, "hi"))
     assert len(posts) == MAX_FAILURES + 1 and len(set(posts)) == 1
+
+
+def test_send_and_stream_follows_a_gateway_that_answers_json() -> None:
+    """A gateway from before posted streams answers the message with its JSON 202: the turn
+    is followed with `stream` from the answer's streamFrom, not posted again."""
+    seen: list[tuple[str, str | None]] = []
+    done = {"id": 8, "type": "turn.completed", "turnId": "t-1", "createdAt": "",
+            "data": {"openTurns": 0}}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.headers.get("Last-Event-ID")))
+        if request.method == "POST":
+            return httpx.Response(202, json={"turnId": "t-1", "streamFrom": 7})
+        body = f"id: 8\nevent: turn.completed\ndata: {json.dumps(done)}\n\n".encode()
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=body)
+
+    with Client("http://talon.test", "tln_x", transport=httpx.MockTransport(handler)) as talon:
+        posted = talon.send_and_stream(NS, AGENT, SESSION, "hi")
+        events = list(posted)
+    assert [(e.id, e.type) for e in events] == [(8, "turn.completed")]
+    assert posted.turn_id == "t-1" and seen == [("POST", None), ("GET", "7")]
+
+    async def run() -> list[int]:
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://talon.test", "tln_x", transport=transport) as talon:
+            return [e.id async for e in talon.send_and_stream(NS, AGENT, SESSION, "hi")]
+
+    seen.clear()
+    assert asyncio.run(run()) == [8] and seen == [("POST", None), ("GET", "7")]

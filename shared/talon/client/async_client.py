@@ -13,7 +13,7 @@ from httpx_sse import SSEError, aconnect_sse
 
 import talon.client.calls as calls
 from talon.client.errors import TalonConnectionError, UnexpectedAnswer, error_from, parsed
-from talon.client.following import Follower, TurnFollower
+from talon.client.following import Follower, TurnFollower, is_event_stream
 from talon.client.models import (
     Accepted,
     ApplyResult,
@@ -209,7 +209,9 @@ class AsyncClient:
         a connection dropped before the first event resends the message and gets the same
         turn; one dropped later resumes as `stream` does. A stream refused (429/503) is
         retried as the gateway asks; nothing was queued. Raises StreamEnded when the token's
-        access ends. The result's `turn_id` is the turn's."""
+        access ends. The result's `turn_id` is the turn's once the gateway has answered
+        (None before the first event is asked for: nothing is sent until then). A gateway
+        from before posted streams answers JSON: the turn is followed with `stream`."""
         call = calls.post_message(namespace, agent, session_id, content, strategy=strategy,
                                   idempotency_key=idempotency_key)  # fmt: skip
         follower = TurnFollower(None, until_turn_end=False, max_seconds=max_seconds)
@@ -236,6 +238,9 @@ class AsyncClient:
                         refused = follower.refused(error, response.headers.get("Retry-After"))
                         if refused is None:
                             raise error
+                    elif not is_event_stream(response.headers.get("Content-Type", "")):
+                        await response.aread()  # JSON: a gateway from before posted streams
+                        follower.accepted(parsed(f"POST {call.path}", call.parse, _json(response)))
                     else:
                         follower.turn = response.headers.get("Talon-Turn-Id")
                         sses = source.aiter_sse()

@@ -18,11 +18,15 @@ from typing import Any
 
 from talon.backoff import backoff_delay
 from talon.client.errors import APIError, TalonConnectionError
-from talon.client.models import TERMINAL_TURN_EVENTS, Event
+from talon.client.models import TERMINAL_TURN_EVENTS, Accepted, Event
 
 MAX_FAILURES = 8  # consecutive failed connections before giving up
 RETRYABLE_STATUSES = frozenset({429, 503})  # refusals the gateway asks to retry later
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is waited this long
+
+
+def is_event_stream(content_type: str) -> bool:
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
 
 class StreamEnded(Exception):
@@ -121,6 +125,11 @@ class TurnFollower(Follower):
         if event is None:
             self.failures = failures
         return event
+
+    def accepted(self, answer: Accepted) -> None:
+        """The gateway answered the message with JSON (one from before posted streams): the
+        turn is followed with `stream` from where the answer says it starts."""
+        self.turn, self.after = answer.turn_id, answer.stream_from
 
     def ends(self, event: Event) -> bool:
         if self.turn is None:

@@ -52,7 +52,9 @@ _IN_MESSAGE = {
     name: f"message.{name}"
     for name in ("namespace", "agent", "session_id", "content", "multitask_strategy",
                  "idempotency_key")
-}  # fmt: skip
+} | {"Idempotency-Key": "message.idempotency_key"}  # fmt: skip
+# The session service names the key as HTTP does (its header).
+_KEY_FIELD = {"Idempotency-Key": "idempotency_key"}
 
 
 def _session(view: dict[str, Any]) -> sessions_pb2.Session:
@@ -128,7 +130,7 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
                 replayed=accepted.replayed,
             )  # fmt: skip
 
-        return self.calls.run(context, "write", ns, body)
+        return self.calls.run(context, "write", ns, body, rename=_KEY_FIELD)
 
     @guarded
     def CancelTurns(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -243,12 +245,16 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
             inbox, accepted, start = post_and_follow(
                 services, principal, ns, agent, sid, model, key
             )
-            context.send_initial_metadata((
-                ("talon-turn-id", accepted.turn_id),
-                ("talon-message-seq", str(accepted.message_seq)),
-                ("talon-stream-from", str(accepted.stream_from)),
-                ("talon-replayed", "true" if accepted.replayed else "false"),
-            ))  # fmt: skip
+            try:  # raises once the client has cancelled
+                context.send_initial_metadata((
+                    ("talon-turn-id", accepted.turn_id),
+                    ("talon-message-seq", str(accepted.message_seq)),
+                    ("talon-stream-from", str(accepted.stream_from)),
+                    ("talon-replayed", "true" if accepted.replayed else "false"),
+                ))  # fmt: skip
+            except BaseException:
+                inbox.close()  # `_events` has not taken it yet
+                raise
             options = FollowOptions(
                 until_turn=accepted.turn_id, heartbeat=STREAM_HEARTBEAT_SECONDS,
                 max_seconds=max_seconds, access=access, access_until=access_until,

@@ -34,11 +34,9 @@ from typing import Any
 
 import httpx
 from crash import ROOT, SESSIONS, TOKEN, ModelServer, percentile, query, watch_takeover
-from google.cloud import pubsub_v1
+from pubsub_stack import Emulator, broker_env, push_topology
 
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
-
-PROJECT = "talon-bench"
 
 
 class AnswerScript:
@@ -147,33 +145,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    if shutil.which("gcloud") is None:
-        raise SystemExit("gcloud (with the Pub/Sub emulator) is needed")
 
     root = Path(tempfile.mkdtemp(prefix="talon-bench-crash-push-"))
     root.chmod(0o755)
     pg = LocalPostgres(root / "pg", durable=True)
     pg.start()
     pg.ensure_database("talon")
-    emulator_port = free_port()
-    emulator = subprocess.Popen(
-        ["gcloud", "beta", "emulators", "pubsub", "start",
-         f"--host-port=127.0.0.1:{emulator_port}", f"--project={PROJECT}", "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    emulator = Emulator()
     model = ModelServer()
     model.script = AnswerScript(args.model_seconds)  # type: ignore[assignment]
-    broker = {
-        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{emulator_port}",
-        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DRIVER": "gcp_pubsub",
-        "TALON_CONTROL_PLANE_MESSAGE_BROKER_PROJECT": PROJECT,
-        "TALON_CONTROL_PLANE_MESSAGE_BROKER_DISPATCH_TOPIC": "bench-dispatch",
-        "TALON_CONTROL_PLANE_MESSAGE_BROKER_LIFECYCLE_TOPIC": "bench-lifecycle",
-        "TALON_CONTROL_PLANE_MESSAGE_BROKER_PUSH_VERIFICATION": "none",
-    }
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
-        **broker,
+        **broker_env(emulator),
         "TALON_CONTROL_PLANE_DATABASE_URL": pg.url("talon"),
         "TALON_ADMIN_TOKEN": TOKEN,
         "TALON_LOG_LEVEL": "WARNING",
@@ -184,18 +167,9 @@ def main() -> int:
     watcher = pg.connect("talon")
     watcher.autocommit = True
     try:
-        wait_for_port("127.0.0.1", emulator_port, timeout=60)
-        os.environ["PUBSUB_EMULATOR_HOST"] = broker["PUBSUB_EMULATOR_HOST"]
-        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        emulator.wait()
         endpoint = free_port()
-        for name in ("bench-dispatch", "bench-lifecycle"):
-            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-        subscriber.create_subscription(
-            name=subscriber.subscription_path(PROJECT, "bench-push"),
-            topic=publisher.topic_path(PROJECT, "bench-dispatch"),
-            push_config={"push_endpoint": f"http://127.0.0.1:{endpoint}/"},
-            ack_deadline_seconds=60,
-        )
+        push_topology(f"http://127.0.0.1:{endpoint}/")
         proxy(endpoint, instances.ports)
         gateway = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "gateway",
@@ -306,14 +280,14 @@ def main() -> int:
         return 1 if bad else 0
     finally:
         instances.stop_all()
-        for process in (gateway, emulator):
-            if process is not None:
-                with contextlib.suppress(OSError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        emulator.stop()
+        if gateway is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(gateway.pid, signal.SIGTERM)
+            try:
+                gateway.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(gateway.pid, signal.SIGKILL)
         watcher.close()
         model.close()
         pg.stop()

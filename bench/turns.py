@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pubsub_stack import Emulator, broker_env, push_topology
 
 from talon.client import Client, Event
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
@@ -266,6 +267,12 @@ def parser() -> argparse.ArgumentParser:
         "--message-bytes", type=int, default=0, metavar="N",
         help="pad each posted message to N bytes: a history window of 41 turns carries them",
     )  # fmt: skip
+    parser.add_argument(
+        "--broker", choices=["postgres", "pubsub"], default="postgres",
+        help="postgres: the local default, a `talon worker` claiming from PostgreSQL; pubsub: "
+        "as deployed, the gateway publishes to the Pub/Sub emulator, which pushes to a "
+        "dispatch function (functions-framework) that runs the turns",
+    )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -304,8 +311,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     assert model_process.stdout is not None
     model_url = model_process.stdout.readline().strip()
     port = free_port()
+    emulator = Emulator() if args.broker == "pubsub" else None
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
+        **(broker_env(emulator) if emulator else {}),
         "TALON_CONTROL_PLANE_DATABASE_URL": pg.url("talon"),
         "TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": "20",
         "TALON_ADMIN_TOKEN": TOKEN,
@@ -315,6 +324,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TALON_GATEWAY_MAX_OPEN_STREAMS": str(args.clients * 2 + 4),
         "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(args.clients * 2 + 4),
     }
+    if emulator:
+        emulator.wait()
+        dispatch_port = free_port()
+        push_topology(f"http://127.0.0.1:{dispatch_port}/")
     server = {"functions-framework": "functions_framework", "talon": "talon.serve"}[args.server]
     gateway = subprocess.Popen(
         [sys.executable, "-m", server, "--target", "gateway",
@@ -351,11 +364,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     with Client(base, TOKEN, timeout=60) as sdk:
         sdk.apply(items)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "talon.cli.main", "worker",
-         "--concurrency", str(args.worker_concurrency)],
-        env=env, cwd=ROOT,
-    )  # fmt: skip
+    if emulator:  # a dispatch function instance, `--worker-concurrency` requests at a time
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "dispatch",
+             "--source", str(ROOT / "functions" / "dispatch" / "main.py"),
+             "--host", "127.0.0.1", "--port", str(dispatch_port)],
+            env={**env, "THREADS": str(args.worker_concurrency)}, cwd=ROOT,
+        )  # fmt: skip
+        wait_for_port("127.0.0.1", dispatch_port)
+    else:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "talon.cli.main", "worker",
+             "--concurrency", str(args.worker_concurrency)],
+            env=env, cwd=ROOT,
+        )  # fmt: skip
     time.sleep(2)
 
     # Warm up (connections, caches), then measure.
@@ -379,9 +401,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(11)
     commits_before = commits(pg)
     xid_before = next_xid(pg)
-    rss_before = rss_kib(worker.pid)
-    roles = {"gateway": with_descendants(gateway.pid), "worker": [worker.pid],
+    rss_before = sum(rss_kib(p) for p in with_descendants(worker.pid))
+    roles = {"gateway": with_descendants(gateway.pid), "worker": with_descendants(worker.pid),
              "model server": [model_process.pid]}  # fmt: skip
+    if emulator:
+        roles["pubsub emulator"] = with_descendants(emulator.process.pid)
     cpu_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_before["postgres"] = cpu_seconds(postgres_pids(pg))
     pg_cpu_before = {pid: cpu_seconds([pid]) for pid in postgres_pids(pg)}
@@ -400,7 +424,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while not sampling.wait(0.5):
             done = progress.value
             if done >= step * (len(samples) + 1) or (not samples and done == 0):
-                samples.append({"turns": done, "worker_kib": rss_kib(worker.pid),
+                samples.append({"turns": done, "worker_kib": sum(rss_kib(p) for p in
+                                                                 with_descendants(worker.pid)),
                                 "gateway_kib": sum(rss_kib(p) for p in
                                                    with_descendants(gateway.pid))})  # fmt: skip
 
@@ -422,7 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for process in clients:
         process.join()
     turns = len(completed)
-    rss_after = rss_kib(worker.pid)
+    rss_after = sum(rss_kib(p) for p in with_descendants(worker.pid))
     sampling.set()
     cpu_after = {role: cpu_seconds(pids) for role, pids in roles.items()}
     cpu_after["postgres"] = cpu_seconds(postgres_pids(pg))
@@ -453,6 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "model": args.model,
         "stream": args.stream,
+        "broker": args.broker,
         "message_bytes": args.message_bytes,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),
@@ -512,6 +538,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         connection.close()
     model_process.terminate()
     model_process.wait(timeout=10)
+    if emulator:
+        emulator.stop()
     pg.stop()
     if args.pg_log:
         shutil.copy(root / "pg" / "server.log", args.pg_log)

@@ -20,8 +20,9 @@ from otlp_receiver import OtlpReceiver
 import samples
 from conftest import Api, read_stream
 from talon import entrypoints
+from talon.api import push as push_module
 from talon.api.push import SWEEP_TOKEN_HEADER
-from talon.broker.outbox import DISPATCH_TOPIC, enqueue
+from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_COMMITTED, enqueue
 from talon.broker.pubsub import PubSubPublisher
 from talon.broker.relay import OutboxRelay
 from talon.broker.signing import SIGNATURE_ATTRIBUTE, sign, signed_by
@@ -119,6 +120,89 @@ def test_relay_publishes_committed_rows_once(
         with db.transaction() as tx:
             assert tx.scalar("SELECT count(*) FROM outbox") == 0
     finally:
+        subscriber.delete_subscription(subscription=pull)
+
+
+class _FailingAfter:
+    """A publisher whose publishes fail from the `ok`+1-th on (the broker went away)."""
+
+    def __init__(self, publisher: PubSubPublisher, ok: int) -> None:
+        self.publisher, self.ok = publisher, ok
+
+    def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
+        if self.ok == 0:
+            raise ConnectionError("broker unavailable")
+        self.ok -= 1
+        return self.publisher.publish(topic, payload, key=key, outbox_id=outbox_id)
+
+
+def test_the_relay_publishes_what_a_transaction_committed_without_holding_one_open(
+    broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path publishes the rows a commit announced, as written (nothing read back),
+    then deletes them in one round trip: no transaction stays open across a publish. A
+    failed publish leaves that row and the ones after it for the sweep, and deletes the
+    rows that went out."""
+    from talon.store import statements
+
+    subscriber = pubsub_v1.SubscriberClient()
+    pull = subscriber.subscription_path(PROJECT, "fast-" + broker_env["subscription"][-6:])
+    subscriber.create_subscription(name=pull, topic=broker_env["dispatch_topic"])
+    settings = MessageBrokerSettings(
+        driver="gcp_pubsub", project=PROJECT, push_token=PUSH_TOKEN,
+        dispatch_topic=broker_env["dispatch_topic"].rsplit("/", 1)[-1],
+    )  # fmt: skip
+    publisher = _FailingAfter(PubSubPublisher(settings), ok=3)
+    relay = OutboxRelay(db, publisher)
+    trips: list[tuple[int, bool]] = []  # per round trip: its statements, whether it commits
+    hook_trips: list[list[tuple[int, bool]]] = []  # the round trips of each hook's call
+    run_batch = statements.run_batch
+
+    def counting(connection: Any, work: Any, *, commit: bool = False) -> Any:
+        trips.append((len(work), commit))
+        return run_batch(connection, work, commit=commit)
+
+    def observed(rows: list[Any]) -> None:
+        trips.clear()
+        try:
+            relay.publish_committed(rows)
+        finally:
+            hook_trips.append(list(trips))
+
+    def pending() -> list[str]:
+        with db.transaction() as tx:
+            return [r["key"] for r in tx.all("SELECT key FROM outbox ORDER BY id")]
+
+    monkeypatch.setattr(statements, "run_batch", counting)
+    db.on_commit(OUTBOX_COMMITTED, observed)
+    try:
+        with db.transaction() as tx:
+            for i in range(2):
+                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
+        assert hook_trips == [[(1, True)]]  # the deletion with its COMMIT, nothing else
+        assert pending() == []
+        with db.transaction() as tx:  # the third publish goes out, the fourth fails
+            for i in range(2, 5):
+                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
+        assert pending() == ["k3", "k4"]
+        received: list[Any] = []
+        while len(received) < 3:
+            reply = subscriber.pull(subscription=pull, max_messages=10, timeout=10)
+            received += reply.received_messages
+            if ack_ids := [m.ack_id for m in reply.received_messages]:
+                subscriber.acknowledge(subscription=pull, ack_ids=ack_ids)
+        assert sorted(json.loads(m.message.data)["sessionUid"] for m in received) == [
+            "s-0",
+            "s-1",
+            "s-2",
+        ]
+        for m in received:  # as the sweep publishes them: signed, with their outbox ids
+            assert signed_by(PUSH_TOKEN, "dispatch", m.message.data,
+                             m.message.attributes[SIGNATURE_ATTRIBUTE])  # fmt: skip
+            assert m.message.attributes["key"].startswith("k")
+            assert int(m.message.attributes["outboxId"]) > 0
+    finally:
+        db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
         subscriber.delete_subscription(subscription=pull)
 
 
@@ -267,6 +351,41 @@ def test_sweep_route_publishes_orphans_without_traffic(
                                ack_ids=[m.ack_id for m in reply.received_messages])  # fmt: skip
     finally:
         subscriber.delete_subscription(subscription=pull)
+
+
+def test_pushes_sweep_rows_left_behind_at_most_every_few_seconds(
+    dispatch_server, broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push publishes committed rows older than SWEEP_AFTER_SECONDS that no one published
+    (a gateway that died after its commit), but an instance sweeps at most once per
+    SWEEP_EVERY_SECONDS: a sweep after every push was a database transaction per turn."""
+
+    def left_behind(key: str) -> None:
+        with db.transaction() as tx:
+            enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"orphan-{key}"}, key=key)
+            tx.execute("UPDATE outbox SET created_at = now() - interval '1 minute'")
+
+    def pending() -> list[str]:
+        with db.transaction() as tx:
+            return [r["key"] for r in tx.all("SELECT key FROM outbox ORDER BY id")]
+
+    def push() -> None:  # a message the dispatch function drops: only its sweep matters
+        reply = httpx.post(f"{dispatch_server.url}/", json=_envelope({"sessionUid": "x"}))
+        assert reply.status_code == 204, reply.text
+
+    real_clock = push_module._clock
+    monkeypatch.setattr(push_module, "_clock", lambda: real_clock() + 3600.0)
+    left_behind("a")
+    push()
+    assert pending() == []  # swept: published, then deleted
+    left_behind("b")
+    push()
+    push()
+    assert pending() == ["b"]  # within SWEEP_EVERY_SECONDS of the sweep: not again
+    later = real_clock() + 3600.0 + push_module.SWEEP_EVERY_SECONDS + 1
+    monkeypatch.setattr(push_module, "_clock", lambda: later)
+    push()
+    assert pending() == []
 
 
 def test_a_pushed_dead_letter_fails_the_turn_it_names(

@@ -60,7 +60,7 @@ class Services:
         relay = _relay(settings, db)
         if relay is not None:
             # Publish right after commit; rows a failure leaves behind go with the sweep.
-            db.on_commit(OUTBOX_COMMITTED, lambda ids: relay.flush(ids=ids))
+            db.on_commit(OUTBOX_COMMITTED, relay.publish_committed)
         sessions = SessionService(db)
         firer = ScheduleFirer(db, sessions)
         tasks = _task_scheduler(settings, db, firer)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,10 @@ from talon.services import Services
 
 log = logging.getLogger(__name__)
 SWEEP_AFTER_SECONDS = 10.0
+# After a push, an instance sweeps at most this often: a row waits SWEEP_AFTER_SECONDS for its
+# sweep anyway, and a sweep per push was a database transaction per turn.
+SWEEP_EVERY_SECONDS = 5.0
+_clock = time.monotonic  # read through the module, so tests can move it
 SWEEP_TOKEN_HEADER = "X-Talon-Push-Token"  # `/sweep`'s shared secret in `token` mode
 
 
@@ -170,6 +176,8 @@ class DispatchEndpoint:
         self.services = services
         self.worker = worker
         self.checks = push_checks(services.settings.control_plane.message_broker)
+        self._next_sweep = 0.0  # the _clock() from which a push sweeps again
+        self._sweep_lock = threading.Lock()
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.method == "GET" and request.path.rstrip("/") == "/healthz":
@@ -188,15 +196,26 @@ class DispatchEndpoint:
             result = self.worker.handle(message.delivery())
         except TalonError as exc:
             return json_response(exc.status, exc.to_dict())
-        self._sweep()
+        if self._sweep_due():
+            self._sweep()
         if result.outcome in (Outcome.ACK, Outcome.SETTLED):
             return flask.Response(status=204)
         # Any non-2xx makes Pub/Sub redeliver after its backoff.
         return error_response(503, "retry", "not done yet")
 
+    def _sweep_due(self) -> bool:
+        """True for one push per SWEEP_EVERY_SECONDS on this instance."""
+        now = _clock()
+        with self._sweep_lock:
+            if now < self._next_sweep:
+                return False
+            self._next_sweep = now + SWEEP_EVERY_SECONDS
+            return True
+
     def _sweep(self, older_than: float = SWEEP_AFTER_SECONDS) -> int:
-        """Publish outbox rows a crashed process left behind. Runs after each push and on
-        `POST /sweep` (a Cloud Scheduler job), so it does not depend on traffic."""
+        """Publish outbox rows a crashed process left behind. Runs after a push (at most every
+        SWEEP_EVERY_SECONDS) and on `POST /sweep` (a Cloud Scheduler job), so it does not
+        depend on traffic."""
         relay = self.services.relay
         if relay is None:
             return 0

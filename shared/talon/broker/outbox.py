@@ -3,6 +3,7 @@ change they announce, so a committed turn is never left undispatched."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from talon.store.database import Tx, jsonb
@@ -10,7 +11,17 @@ from talon.store.database import Tx, jsonb
 DISPATCH_TOPIC = "dispatch"
 LIFECYCLE_TOPIC = "lifecycle"
 OUTBOX_CHANNEL = "talon_outbox"
-OUTBOX_COMMITTED = "outbox"  # Tx.announce topic: ids of rows a transaction wrote
+OUTBOX_COMMITTED = "outbox"  # Tx.announce topic: the OutboxRows a transaction wrote
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A row as written, announced to the relay so it can publish without reading it back."""
+
+    id: int
+    topic: str
+    key: str
+    payload: dict[str, Any]
 
 
 def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> int:
@@ -20,7 +31,7 @@ def enqueue(tx: Tx, topic: str, payload: dict[str, Any], *, key: str = "") -> in
         "RETURNING id) SELECT id FROM row, pg_notify(%s, %s)",
         (topic, key, jsonb(payload), OUTBOX_CHANNEL, topic),
     )
-    tx.announce(OUTBOX_COMMITTED, int(row_id))
+    tx.announce(OUTBOX_COMMITTED, OutboxRow(int(row_id), topic, key, payload))
     return int(row_id)
 
 

@@ -17,6 +17,8 @@ from talon.config import MessageBrokerSettings
 from talon.errors import ConfigError
 from talon.telemetry import tracing
 
+UNBATCHED = pubsub_v1.types.BatchSettings(max_messages=1)
+
 
 class PubSubPublisher:
     def __init__(self, settings: MessageBrokerSettings) -> None:
@@ -25,7 +27,9 @@ class PubSubPublisher:
                 "control_plane.message_broker.project is required for the gcp_pubsub driver"
             )
         self._push_token = settings.push_token
-        self._client = pubsub_v1.PublisherClient()
+        # Each publish is awaited where it is made (the relay deletes its row only once it
+        # stands), so batching would only hold every message back for its 10 ms max_latency.
+        self._client = pubsub_v1.PublisherClient(batch_settings=UNBATCHED)
         self._topics = {
             DISPATCH_TOPIC: self._client.topic_path(settings.project, settings.dispatch_topic),
             LIFECYCLE_TOPIC: self._client.topic_path(settings.project, settings.lifecycle_topic),

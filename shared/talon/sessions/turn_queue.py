@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL, OUTBOX_COMMITTED
+from talon.broker.outbox import DISPATCH_TOPIC, OUTBOX_CHANNEL, OUTBOX_COMMITTED, OutboxRow
 from talon.sessions.events import EVENTS_CHANNEL, EVENTS_JSON_SQL, NOTIFY_PAYLOAD_SQL
 from talon.store.database import Tx
 from talon.telemetry.tracing import current_traceparent
@@ -115,6 +115,7 @@ WITH input AS ({{input}}), numbered AS (
     RETURNING id, (payload->>'turnId')::uuid AS turn_id, payload
 )
 SELECT w.ord, w.seq, w.last_event, w.uid, {{events}} AS events, o.id AS outbox_id,
+       o.payload AS outbox_payload,
        pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="w", events="ev.events")}),
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
@@ -192,5 +193,7 @@ def _queued(
             row["uid"],
             row["events"],
         )
-        tx.announce(OUTBOX_COMMITTED, int(row["outbox_id"]))
+        outbox = OutboxRow(int(row["outbox_id"]), DISPATCH_TOPIC, str(row["uid"]),
+                           row["outbox_payload"])  # fmt: skip
+        tx.announce(OUTBOX_COMMITTED, outbox)
     return queued

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,13 +137,13 @@ class _FailingAfter:
         return self.publisher.publish(topic, payload, key=key, outbox_id=outbox_id)
 
 
-def test_the_relay_publishes_what_a_transaction_committed_without_holding_one_open(
+def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it_in_batches(
     broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fast path publishes the rows a commit announced, as written (nothing read back),
-    then deletes them in one round trip: no transaction stays open across a publish. A
-    failed publish leaves that row and the ones after it for the sweep, and deletes the
-    rows that went out."""
+    with no database round trip: the published rows of several commits are deleted later
+    in one (`forget_published`, which a thread calls `forget_after` seconds after a
+    publish). A failed publish leaves that row and the ones after it for the sweep."""
     from talon.store import statements
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -152,8 +153,8 @@ def test_the_relay_publishes_what_a_transaction_committed_without_holding_one_op
         driver="gcp_pubsub", project=PROJECT, push_token=PUSH_TOKEN,
         dispatch_topic=broker_env["dispatch_topic"].rsplit("/", 1)[-1],
     )  # fmt: skip
-    publisher = _FailingAfter(PubSubPublisher(settings), ok=3)
-    relay = OutboxRelay(db, publisher)
+    publisher = _FailingAfter(PubSubPublisher(settings), ok=4)
+    relay = OutboxRelay(db, publisher, forget_after=3600.0)  # this test deletes them itself
     trips: list[tuple[int, bool]] = []  # per round trip: its statements, whether it commits
     hook_trips: list[list[tuple[int, bool]]] = []  # the round trips of each hook's call
     run_batch = statements.run_batch
@@ -173,34 +174,48 @@ def test_the_relay_publishes_what_a_transaction_committed_without_holding_one_op
         with db.transaction() as tx:
             return [r["key"] for r in tx.all("SELECT key FROM outbox ORDER BY id")]
 
+    def commit_rows(keys: range) -> None:
+        with db.transaction() as tx:
+            for i in keys:
+                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
+
     monkeypatch.setattr(statements, "run_batch", counting)
     db.on_commit(OUTBOX_COMMITTED, observed)
     try:
-        with db.transaction() as tx:
-            for i in range(2):
-                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
-        assert hook_trips == [[(1, True)]]  # the deletion with its COMMIT, nothing else
+        commit_rows(range(0, 2))
+        commit_rows(range(2, 3))
+        assert hook_trips == [[], []]  # published, nothing written
+        assert pending() == ["k0", "k1", "k2"]
+        trips.clear()
+        assert relay.forget_published() == 3
+        assert trips == [(1, True)]  # one deletion with its COMMIT
         assert pending() == []
-        with db.transaction() as tx:  # the third publish goes out, the fourth fails
-            for i in range(2, 5):
-                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
-        assert pending() == ["k3", "k4"]
+        commit_rows(range(3, 6))  # the fourth publish goes out, the fifth fails
+        assert relay.forget_published() == 1
+        assert pending() == ["k4", "k5"]
         received: list[Any] = []
-        while len(received) < 3:
+        while len(received) < 4:
             reply = subscriber.pull(subscription=pull, max_messages=10, timeout=10)
             received += reply.received_messages
             if ack_ids := [m.ack_id for m in reply.received_messages]:
                 subscriber.acknowledge(subscription=pull, ack_ids=ack_ids)
-        assert sorted(json.loads(m.message.data)["sessionUid"] for m in received) == [
-            "s-0",
-            "s-1",
-            "s-2",
-        ]
+        sent = sorted(json.loads(m.message.data)["sessionUid"] for m in received)
+        assert sent == ["s-0", "s-1", "s-2", "s-3"]
         for m in received:  # as the sweep publishes them: signed, with their outbox ids
             assert signed_by(PUSH_TOKEN, "dispatch", m.message.data,
                              m.message.attributes[SIGNATURE_ATTRIBUTE])  # fmt: skip
             assert m.message.attributes["key"].startswith("k")
             assert int(m.message.attributes["outboxId"]) > 0
+        # The thread deletes them on its own, forget_after seconds after a publish.
+        monkeypatch.undo()
+        publisher.ok = 1
+        relay = OutboxRelay(db, publisher, forget_after=0.05)
+        commit_rows(range(6, 7))
+        for _ in range(200):
+            if pending() == ["k4", "k5"]:
+                break
+            time.sleep(0.05)
+        assert pending() == ["k4", "k5"]
     finally:
         db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
         subscriber.delete_subscription(subscription=pull)

@@ -115,6 +115,11 @@ class Services:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        if self.relay is not None:
+            try:  # else the sweep publishes these rows again
+                self.relay.forget_published()
+            except Exception as exc:
+                log.warning("deleting published outbox rows at close failed: %s", exc)
         self.db.close()
 
 

@@ -2,12 +2,17 @@
 
 Called right after the commit that wrote a row (the fast path), and as a sweep for rows a
 crashed process left behind, so every committed event is published at least once. A row is
-deleted only once its publish stands.
+deleted only once its publish stands: on the fast path, together with the rows published
+around it (within `forget_after` seconds), in one transaction of their own. A commit per
+published row was a commit per turn; a process that dies first leaves its rows to the sweep,
+which publishes them again (a duplicate, which consumers settle as they settle Pub/Sub's own).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any, Protocol
 
 from talon.broker.outbox import OutboxRow
@@ -21,17 +26,20 @@ class Publisher(Protocol):
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, publisher: Publisher) -> None:
+    def __init__(self, db: Database, publisher: Publisher, *, forget_after: float = 0.5) -> None:
         self.db = db
         self.publisher = publisher
+        self.forget_after = forget_after  # well below the sweep's age (10 s)
+        self._published: list[int] = []  # ids published on the fast path, not yet deleted
+        self._changed = threading.Condition()
+        self._forgetter: threading.Thread | None = None
 
     def publish_committed(self, rows: list[OutboxRow]) -> None:
         """The fast path, for rows a transaction just committed (announced, so nothing is
-        read back): publish each, then delete the published ones in one round trip. No
-        transaction stays open across a publish. Should a publish fail, the rows from it on
-        stay for the sweep, which takes only rows some seconds old (`older_than_seconds`),
-        so both publish a row only when this path was that late: a duplicate, which
-        consumers settle as they settle Pub/Sub's own."""
+        read back): publish each; the ones that went out are deleted a moment later. No
+        transaction is open across a publish, and none is made here. Should a publish fail,
+        the rows from it on stay for the sweep, which takes only rows some seconds old
+        (`older_than_seconds`)."""
         published: list[int] = []
         try:
             for row in rows:
@@ -39,8 +47,44 @@ class OutboxRelay:
                 published.append(row.id)
         finally:
             if published:
-                with self.db.transaction() as tx:
-                    tx.commit_with("DELETE FROM outbox WHERE id = ANY(%s)", (published,))
+                self._forget_soon(published)
+
+    def forget_published(self) -> int:
+        """Delete the rows the fast path has published so far, in one round trip; their
+        count. On failure they stay queued for the next call."""
+        with self._changed:
+            ids, self._published = self._published, []
+        if not ids:
+            return 0
+        try:
+            with self.db.transaction() as tx:
+                tx.commit_with("DELETE FROM outbox WHERE id = ANY(%s)", (ids,))
+        except BaseException:
+            with self._changed:
+                self._published[:0] = ids
+            raise
+        return len(ids)
+
+    def _forget_soon(self, ids: list[int]) -> None:
+        with self._changed:
+            self._published += ids
+            if self._forgetter is None:
+                self._forgetter = threading.Thread(
+                    target=self._forgetting, name="talon-outbox-forget", daemon=True
+                )
+                self._forgetter.start()
+            self._changed.notify()
+
+    def _forgetting(self) -> None:
+        while not self.db.closed:
+            with self._changed:
+                while not self._published:
+                    self._changed.wait()
+            time.sleep(self.forget_after)  # rows published meanwhile join this deletion
+            try:
+                self.forget_published()
+            except Exception as exc:
+                log.warning("deleting published outbox rows failed (retried): %s", exc)
 
     def flush(self, *, older_than_seconds: float = 0.0) -> int:
         """The sweep: publish pending rows older than the given age; return the count. Rows

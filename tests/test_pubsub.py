@@ -85,6 +85,43 @@ def test_turn_runs_through_pubsub_push(api: Api, broker_env: dict[str, str]) -> 
     assert [m["content"] for m in messages] == ["via pubsub", "(demo model) Received: via pubsub"]
 
 
+def test_a_row_published_again_by_the_sweep_changes_nothing(
+    api: Api, broker_env: dict[str, str], dispatch_server, db: Database
+) -> None:
+    """A gateway that dies between its publish and the batched deletion leaves the row; the
+    sweep publishes it again, and the second delivery of a finished turn runs nothing."""
+    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
+    api.ok("POST", "/v1/apply", json={"items": items})
+    base = "/v1/ns/acme/agents/bot/sessions"
+    api.ok("POST", base, 201, json={"id": "s1"})
+    accepted = api.ok("POST", f"{base}/s1/message", 202, json={"content": "once"})
+    events = read_stream(api, f"{base}/s1/stream", last_event_id=accepted["streamFrom"],
+                         params={"untilTurnEnd": "true"}, timeout=60)  # fmt: skip
+    assert events[-1]["type"] == "turn.completed"
+    for _ in range(100):  # the gateway deletes what it published within forget_after
+        with db.transaction() as tx:
+            if tx.scalar("SELECT count(*) FROM outbox") == 0:
+                break
+        time.sleep(0.05)
+    with db.transaction() as tx:  # the row as the dead gateway left it, seconds ago
+        uid = tx.scalar("SELECT uid::text FROM sessions WHERE id = 's1'")
+        row = enqueue(tx, DISPATCH_TOPIC, {"sessionUid": uid, "turnId": accepted["turnId"]},
+                      key=uid)  # fmt: skip
+        tx.execute("UPDATE outbox SET created_at = now() - interval '1 minute' WHERE id = %s",
+                   (row,))  # fmt: skip
+    swept = httpx.post(f"{dispatch_server.url}/sweep", headers={SWEEP_TOKEN_HEADER: PUSH_TOKEN})
+    assert swept.status_code == 200 and swept.json() == {"published": 1}
+    # Its delivery, as the emulator pushes it (and as the dispatch function answers it,
+    # synchronously here): settled, with nothing run again.
+    duplicate = _envelope({"sessionUid": uid, "turnId": accepted["turnId"]})
+    assert httpx.post(f"{dispatch_server.url}/", json=duplicate).status_code == 204
+    messages = api.ok("GET", f"{base}/s1/messages")["items"]
+    assert [m["content"] for m in messages] == ["once", "(demo model) Received: once"]
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM turns") == 1
+        assert tx.scalar("SELECT attempts FROM turns") == 1
+
+
 def test_relay_publishes_committed_rows_once(
     database_url: str, broker_env: dict[str, str], db: Database
 ) -> None:

@@ -72,16 +72,25 @@ def broker_env(
         publisher.delete_topic(topic=topic)
 
 
-def test_turn_runs_through_pubsub_push(api: Api, broker_env: dict[str, str]) -> None:
+BASE = "/v1/ns/acme/agents/bot/sessions"
+
+
+def _one_turn(api: Api, content: str) -> dict[str, Any]:
+    """Session s1 of a fresh acme/bot, one message, its turn run to completion (read from
+    its stream); the POST's answer."""
     items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
     api.ok("POST", "/v1/apply", json={"items": items})
-    base = "/v1/ns/acme/agents/bot/sessions"
-    api.ok("POST", base, 201, json={"id": "s1"})
-    accepted = api.ok("POST", f"{base}/s1/message", 202, json={"content": "via pubsub"})
-    events = read_stream(api, f"{base}/s1/stream", last_event_id=accepted["streamFrom"],
+    api.ok("POST", BASE, 201, json={"id": "s1"})
+    accepted = api.ok("POST", f"{BASE}/s1/message", 202, json={"content": content})
+    events = read_stream(api, f"{BASE}/s1/stream", last_event_id=accepted["streamFrom"],
                          params={"untilTurnEnd": "true"}, timeout=60)  # fmt: skip
     assert events[-1]["type"] == "turn.completed"
-    messages = api.ok("GET", f"{base}/s1/messages")["items"]
+    return accepted
+
+
+def test_turn_runs_through_pubsub_push(api: Api, broker_env: dict[str, str]) -> None:
+    _one_turn(api, "via pubsub")
+    messages = api.ok("GET", f"{BASE}/s1/messages")["items"]
     assert [m["content"] for m in messages] == ["via pubsub", "(demo model) Received: via pubsub"]
 
 
@@ -90,14 +99,7 @@ def test_a_row_published_again_by_the_sweep_changes_nothing(
 ) -> None:
     """A gateway that dies between its publish and the batched deletion leaves the row; the
     sweep publishes it again, and the second delivery of a finished turn runs nothing."""
-    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
-    api.ok("POST", "/v1/apply", json={"items": items})
-    base = "/v1/ns/acme/agents/bot/sessions"
-    api.ok("POST", base, 201, json={"id": "s1"})
-    accepted = api.ok("POST", f"{base}/s1/message", 202, json={"content": "once"})
-    events = read_stream(api, f"{base}/s1/stream", last_event_id=accepted["streamFrom"],
-                         params={"untilTurnEnd": "true"}, timeout=60)  # fmt: skip
-    assert events[-1]["type"] == "turn.completed"
+    accepted = _one_turn(api, "once")
     for _ in range(100):  # the gateway deletes what it published within forget_after
         with db.transaction() as tx:
             if tx.scalar("SELECT count(*) FROM outbox") == 0:
@@ -115,7 +117,7 @@ def test_a_row_published_again_by_the_sweep_changes_nothing(
     # synchronously here): settled, with nothing run again.
     duplicate = _envelope({"sessionUid": uid, "turnId": accepted["turnId"]})
     assert httpx.post(f"{dispatch_server.url}/", json=duplicate).status_code == 204
-    messages = api.ok("GET", f"{base}/s1/messages")["items"]
+    messages = api.ok("GET", f"{BASE}/s1/messages")["items"]
     assert [m["content"] for m in messages] == ["once", "(demo model) Received: once"]
     with db.transaction() as tx:
         assert tx.scalar("SELECT count(*) FROM turns") == 1

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from google.cloud import pubsub_v1
 from otlp_receiver import OtlpReceiver
 
 import samples
-from conftest import Api, read_stream
+from conftest import Api, read_stream, sse_events
 from talon import entrypoints
 from talon.api import push as push_module
 from talon.api.push import SWEEP_TOKEN_HEADER
@@ -92,6 +93,68 @@ def test_turn_runs_through_pubsub_push(api: Api, broker_env: dict[str, str]) -> 
     _one_turn(api, "via pubsub")
     messages = api.ok("GET", f"{BASE}/s1/messages")["items"]
     assert [m["content"] for m in messages] == ["via pubsub", "(demo model) Received: via pubsub"]
+
+
+class _Gated:
+    """A publisher that holds every publish until `gate` opens."""
+
+    def __init__(self, publisher: Any) -> None:
+        self.publisher, self.gate = publisher, threading.Event()
+        self.waiting = threading.Event()
+
+    def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
+        self.waiting.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.publisher.publish(topic, payload, key=key, outbox_id=outbox_id)
+
+
+def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_published(
+    api: Api, broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A posted stream answers with its turn's first events without waiting for the
+    publish (the open response keeps a Cloud Run instance's CPU); a JSON post waits for it,
+    since its instance may get no CPU once it has answered."""
+    _one_turn(api, "warm up")
+    relay = entrypoints.services().relay
+    assert relay is not None
+    gated = _Gated(relay.publisher)
+    monkeypatch.setattr(relay, "publisher", gated)
+    received: list[dict[str, Any]] = []
+    first_arrived = threading.Event()
+
+    def post_for_events() -> None:
+        body, accept = {"content": "streamed"}, {"Accept": "text/event-stream"}
+        with api.http.stream("POST", f"{BASE}/s1/message", json=body, headers=accept) as reply:
+            assert reply.status_code == 202
+            for event in sse_events(reply.iter_lines()):
+                received.append(event)
+                first_arrived.set()
+
+    streaming = threading.Thread(target=post_for_events)
+    streaming.start()
+    arrived_while_held = first_arrived.wait(10)
+    assert gated.waiting.wait(10)
+    gated.gate.set()  # now the dispatch message goes out, and the turn runs
+    streaming.join(timeout=60)
+    assert arrived_while_held, "the first event waited for the publish"
+    assert received[0]["type"] == "message.created"
+    rest = received
+    assert rest[-1]["type"] == "turn.completed"
+    gated.gate.clear()
+    gated.waiting.clear()
+    answered = threading.Event()
+
+    def post_json() -> None:
+        api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "as json"})
+        answered.set()
+
+    poster = threading.Thread(target=post_json)
+    poster.start()
+    assert gated.waiting.wait(10)
+    assert not answered.wait(0.5)  # held by its publish
+    gated.gate.set()
+    poster.join(timeout=30)
+    assert answered.is_set()
 
 
 def test_a_row_published_again_by_the_sweep_changes_nothing(

@@ -65,7 +65,7 @@ def main() -> None:
         # What the worker queues (a dead letter's fresh event) is published as `talon worker`
         # publishes it: right after commit.
         relay = OutboxRelay(db, PubSubPublisher(broker))
-        db.on_commit(OUTBOX_COMMITTED, relay.publish_committed)
+        db.on_commit(OUTBOX_COMMITTED, relay.on_commit)
     configure_telemetry()  # exported when the test sets OTEL_* (tests/test_telemetry.py)
     try:
         worker.run_pull(stop, concurrency=3, visibility_seconds=lease + 0.5, consumer=consumer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -60,7 +61,7 @@ class Services:
         relay = _relay(settings, db)
         if relay is not None:
             # Publish right after commit; rows a failure leaves behind go with the sweep.
-            db.on_commit(OUTBOX_COMMITTED, relay.publish_committed)
+            db.on_commit(OUTBOX_COMMITTED, relay.on_commit)
         sessions = SessionService(db)
         firer = ScheduleFirer(db, sessions)
         tasks = _task_scheduler(settings, db, firer)
@@ -112,12 +113,17 @@ class Services:
                 self._listener = listener
             return self._listener
 
+    def publishing_in_background(self) -> contextlib.AbstractContextManager[None]:
+        """For a request that answers while it runs on: the rows its commits put in the
+        outbox are published without it waiting (`OutboxRelay.in_background`)."""
+        return contextlib.nullcontext() if self.relay is None else self.relay.in_background()
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
         if self.relay is not None:
-            try:  # else the sweep publishes these rows again
-                self.relay.forget_published()
+            try:
+                self.relay.close()
             except Exception as exc:
                 log.warning("deleting published outbox rows at close failed: %s", exc)
         self.db.close()

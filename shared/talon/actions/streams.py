@@ -48,10 +48,12 @@ def post_and_follow(
     stream starts. The caller closes the inbox."""
     inbox = _subscribe(services, principal, namespace, session_id)
     try:
-        accepted = services.sessions.post_message(
-            namespace, agent, session_id, request, idempotency_key=idempotency_key,
-            with_events=True,
-        )  # fmt: skip
+        # The answer streams on while the turn's dispatch message is published.
+        with services.publishing_in_background():
+            accepted = services.sessions.post_message(
+                namespace, agent, session_id, request, idempotency_key=idempotency_key,
+                with_events=True,
+            )  # fmt: skip
         if accepted.session_uid is None or accepted.first_events_json is None:
             start = services.sessions.open_stream(
                 namespace, agent, session_id, accepted.stream_from

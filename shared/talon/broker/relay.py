@@ -10,15 +10,23 @@ which publishes them again (a duplicate, which consumers settle as they settle P
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from talon.broker.outbox import OutboxRow
 from talon.store.database import Database
 
 log = logging.getLogger(__name__)
+# Set while the request that commits goes on without waiting for the publish (`in_background`).
+_IN_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "talon_publish_in_background", default=False
+)
 
 
 class Publisher(Protocol):
@@ -33,6 +41,38 @@ class OutboxRelay:
         self._published: list[int] = []  # ids published on the fast path, not yet deleted
         self._changed = threading.Condition()
         self._forgetter: threading.Thread | None = None
+        self._publishing: ThreadPoolExecutor | None = None  # for `in_background` commits
+
+    @staticmethod
+    @contextlib.contextmanager
+    def in_background() -> Iterator[None]:
+        """Commits made inside publish their rows from a thread of the relay's, not the
+        committing one: for a request that answers while it goes on running (a message
+        posted for its events streams them while its dispatch message is being published;
+        on Cloud Run the open response keeps the instance's CPU). Any other request waits
+        for its publish, since its instance may get no CPU once it has answered."""
+        token = _IN_BACKGROUND.set(True)
+        try:
+            yield
+        finally:
+            _IN_BACKGROUND.reset(token)
+
+    def on_commit(self, rows: list[OutboxRow]) -> None:
+        """The commit hook (`Database.on_commit`): publish now, or in the background."""
+        if not _IN_BACKGROUND.get():
+            self.publish_committed(rows)
+            return
+        with self._changed:
+            if self._publishing is None:
+                self._publishing = ThreadPoolExecutor(2, thread_name_prefix="talon-publish")
+            publishing = self._publishing
+        publishing.submit(self._publish_logged, rows)
+
+    def _publish_logged(self, rows: list[OutboxRow]) -> None:
+        try:
+            self.publish_committed(rows)
+        except Exception as exc:
+            log.warning("publishing outbox rows failed; left for the sweep: %s", exc)
 
     def publish_committed(self, rows: list[OutboxRow]) -> None:
         """The fast path, for rows a transaction just committed (announced, so nothing is
@@ -48,6 +88,15 @@ class OutboxRelay:
         finally:
             if published:
                 self._forget_soon(published)
+
+    def close(self) -> None:
+        """Let the background publishes finish, then delete every published row (else the
+        sweep publishes them again)."""
+        with self._changed:
+            publishing, self._publishing = self._publishing, None
+        if publishing is not None:
+            publishing.shutdown(wait=True)
+        self.forget_published()
 
     def forget_published(self) -> int:
         """Delete the rows the fast path has published so far, in one round trip; their

@@ -16,7 +16,10 @@ every notification (`--listeners`). There is no idempotency key, no check that t
 was not taken, no fencing check on the claim, no knowledge step, no event payloads in the
 notifications: each is something Talon does on top, so PostgreSQL's CPU per turn here is
 below what a Talon turn can cost on this schema. `--bare`: three one-row durable commits
-with a notification each, what the commits alone cost.
+with a notification each, what the commits alone cost. `--push`: the deployed topology's
+floor (Pub/Sub push, a message posted for its events): no stream read, no claim or removal of
+the dispatch row by the worker (their statements find no row), the published rows deleted
+64 at a time in a transaction of their own, and one listener (the gateway's).
 
     .venv/bin/python bench/pg_floor.py --turns 3000
 """
@@ -150,17 +153,46 @@ def one_turn(connection: Any, session: uuid.UUID, n: int) -> None:
     )
 
 
+PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+_published: list[int] = []
+
+
+def push_turn(connection: Any, session: uuid.UUID, n: int) -> None:
+    """`one_turn` as deployed: the dispatch row goes to Pub/Sub, and the relay deletes the
+    rows it published in batches (`broker/relay.py`)."""
+    turn = uuid.uuid4()
+    [posted] = statements.run_batch(connection, [(MESSAGE, (session, f"turn {n}", turn))],
+                                    commit=True)  # fmt: skip
+    _published.append(posted.rows[0][1])
+    no_row = -1
+    claimed, _window = statements.run_batch(
+        connection, [(CLAIM, (turn, "worker-1", no_row)), (WINDOW, (session,))], commit=True
+    )
+    fencing = claimed.rows[0][0]
+    statements.run_batch(
+        connection, [(COMPLETE, (session, turn, "ok", fencing, no_row))], commit=True
+    )
+    if len(_published) >= 64:
+        statements.run_batch(connection, [(PUBLISHED, (_published[:],))], commit=True)
+        _published.clear()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=3000)
-    parser.add_argument("--listeners", type=int, default=2, choices=(0, 1, 2))
+    parser.add_argument("--listeners", type=int, choices=(0, 1, 2),
+                        help="connections that LISTEN (default: 2, or 1 with --push)")  # fmt: skip
+    parser.add_argument("--push", action="store_true",
+                        help="the deployed topology's floor (Pub/Sub push)")  # fmt: skip
     parser.add_argument(
         "--bare",
         action="store_true",
         help="three one-row durable commits with a notification each, no more",
     )
     args = parser.parse_args()
-    turn = bare_turn if args.bare else one_turn
+    turn = bare_turn if args.bare else push_turn if args.push else one_turn
+    if args.listeners is None:
+        args.listeners = 1 if args.push else 2
     root = Path(tempfile.mkdtemp(prefix="talon-pg-floor-"))
     root.chmod(0o755)
     pg = LocalPostgres(root / "pg", durable=True)
@@ -168,9 +200,13 @@ def main() -> int:
     try:
         pg.ensure_database("talon")
         migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
+        # Deployed, only the gateways listen (for session events).
+        channels = (
+            ("talon_session_events",) if args.push else ("talon_outbox", "talon_session_events")
+        )
         listeners = [
             Listener(lambda: pg.connect("talon"), (channel,))
-            for channel in ("talon_outbox", "talon_session_events")[: args.listeners]
+            for channel in channels[: args.listeners]
         ]
         for listener in listeners:
             listener.wait_ready()
@@ -204,7 +240,7 @@ def main() -> int:
         turns = args.turns
         print(json.dumps({
             "turns": turns,
-            "shape": "bare" if args.bare else "turn",
+            "shape": "bare" if args.bare else "push" if args.push else "turn",
             "listeners": args.listeners,
             "turns_per_second": round(turns / elapsed, 1),
             "turn_ms": round(elapsed * 1000 / turns, 2),

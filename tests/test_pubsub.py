@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -96,16 +97,28 @@ def test_turn_runs_through_pubsub_push(api: Api, broker_env: dict[str, str]) -> 
 
 
 class _Gated:
-    """A publisher that holds every publish until `gate` opens."""
+    """A publisher whose publishes are started only once `gate` opens; `submit` returns at
+    once, as the client's does."""
 
     def __init__(self, publisher: Any) -> None:
         self.publisher, self.gate = publisher, threading.Event()
         self.waiting = threading.Event()
 
-    def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
+    def submit(
+        self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int
+    ) -> Future[str]:
         self.waiting.set()
-        assert self.gate.wait(30), "the test never opened the gate"
-        return self.publisher.publish(topic, payload, key=key, outbox_id=outbox_id)
+        future: Future[str] = Future()
+
+        def later() -> None:
+            if not self.gate.wait(30):
+                future.set_exception(TimeoutError("the test never opened the gate"))
+                return
+            inner = self.publisher.submit(topic, payload, key=key, outbox_id=outbox_id)
+            future.set_result(inner.result(timeout=30))
+
+        threading.Thread(target=later, daemon=True).start()
+        return future
 
 
 def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_published(
@@ -163,11 +176,8 @@ def test_a_row_published_again_by_the_sweep_changes_nothing(
     """A gateway that dies between its publish and the batched deletion leaves the row; the
     sweep publishes it again, and the second delivery of a finished turn runs nothing."""
     accepted = _one_turn(api, "once")
-    for _ in range(100):  # the gateway deletes what it published within forget_after
-        with db.transaction() as tx:
-            if tx.scalar("SELECT count(*) FROM outbox") == 0:
-                break
-        time.sleep(0.05)
+    with db.transaction() as tx:  # a JSON post deletes what it published before answering
+        assert tx.scalar("SELECT count(*) FROM outbox") == 0
     with db.transaction() as tx:  # the row as the dead gateway left it, seconds ago
         uid = tx.scalar("SELECT uid::text FROM sessions WHERE id = 's1'")
         row = enqueue(tx, DISPATCH_TOPIC, {"sessionUid": uid, "turnId": accepted["turnId"]},
@@ -205,13 +215,7 @@ def test_relay_publishes_committed_rows_once(
         relay = OutboxRelay(db, PubSubPublisher(settings))
         assert relay.flush(older_than_seconds=0) == 3
         assert relay.flush(older_than_seconds=0) == 0
-        received = []
-        while len(received) < 3:
-            reply = subscriber.pull(subscription=pull, max_messages=10, timeout=10)
-            received += reply.received_messages
-            ack_ids = [m.ack_id for m in reply.received_messages]
-            if ack_ids:
-                subscriber.acknowledge(subscription=pull, ack_ids=ack_ids)
+        received = _pulled(subscriber, pull, 3)
         payloads = sorted(json.loads(m.message.data)["sessionUid"] for m in received)
         assert payloads == ["orphan-0", "orphan-1", "orphan-2"]
         assert {m.message.attributes["eventTopic"] for m in received} == {"dispatch"}
@@ -226,28 +230,39 @@ def test_relay_publishes_committed_rows_once(
         subscriber.delete_subscription(subscription=pull)
 
 
+def _pulled(subscriber: Any, subscription: str, count: int) -> list[Any]:
+    """`count` messages from a pull subscription (acknowledged), within 30 s."""
+    received: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(received) < count:
+        assert time.monotonic() < deadline, f"{len(received)} of {count} messages arrived"
+        reply = subscriber.pull(subscription=subscription, max_messages=10, timeout=10)
+        received += reply.received_messages
+        if ack_ids := [m.ack_id for m in reply.received_messages]:
+            subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids)
+    return received
+
+
 class _FailingAfter:
     """A publisher whose publishes fail from the `ok`+1-th on (the broker went away)."""
 
-    def __init__(self, publisher: PubSubPublisher, ok: int) -> None:
+    def __init__(self, publisher: Any, ok: int) -> None:
         self.publisher, self.ok = publisher, ok
 
-    def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
+    def submit(
+        self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int
+    ) -> Future[str]:
         if self.ok == 0:
-            raise ConnectionError("broker unavailable")
+            failed: Future[str] = Future()
+            failed.set_exception(ConnectionError("broker unavailable"))
+            return failed
         self.ok -= 1
-        return self.publisher.publish(topic, payload, key=key, outbox_id=outbox_id)
+        return self.publisher.submit(topic, payload, key=key, outbox_id=outbox_id)
 
 
-def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it_in_batches(
+def _published_rows_setup(
     broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fast path publishes the rows a commit announced, as written (nothing read back),
-    with no database round trip: the published rows of several commits are deleted later
-    in one (`forget_published`, which a thread calls `forget_after` seconds after a
-    publish). A failed publish leaves that row and the ones after it for the sweep."""
-    from talon.store import statements
-
+) -> tuple[Any, str, MessageBrokerSettings]:
     subscriber = pubsub_v1.SubscriberClient()
     pull = subscriber.subscription_path(PROJECT, "fast-" + broker_env["subscription"][-6:])
     subscriber.create_subscription(name=pull, topic=broker_env["dispatch_topic"])
@@ -255,7 +270,22 @@ def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it_in_batc
         driver="gcp_pubsub", project=PROJECT, push_token=PUSH_TOKEN,
         dispatch_topic=broker_env["dispatch_topic"].rsplit("/", 1)[-1],
     )  # fmt: skip
-    publisher = _FailingAfter(PubSubPublisher(settings), ok=4)
+    return subscriber, pull, settings
+
+
+def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it(
+    broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit hook publishes the rows a commit announced, as written (nothing read
+    back). Waiting for them (the default), it deletes them in one round trip before the
+    committing request goes on; in the background (`in_background`), it makes no round trip
+    and the rows of several commits are deleted later in one (`forget_published`, which a
+    thread calls `forget_after` seconds after a publish). A failed publish leaves its row
+    for the sweep."""
+    from talon.store import statements
+
+    subscriber, pull, settings = _published_rows_setup(broker_env, db, monkeypatch)
+    publisher = _FailingAfter(PubSubPublisher(settings), ok=6)
     relay = OutboxRelay(db, publisher, forget_after=3600.0)  # this test deletes them itself
     trips: list[tuple[int, bool]] = []  # per round trip: its statements, whether it commits
     hook_trips: list[list[tuple[int, bool]]] = []  # the round trips of each hook's call
@@ -268,7 +298,7 @@ def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it_in_batc
     def observed(rows: list[Any]) -> None:
         trips.clear()
         try:
-            relay.publish_committed(rows)
+            relay.on_commit(rows)
         finally:
             hook_trips.append(list(trips))
 
@@ -285,42 +315,86 @@ def test_the_relay_publishes_what_a_transaction_committed_and_deletes_it_in_batc
     db.on_commit(OUTBOX_COMMITTED, observed)
     try:
         commit_rows(range(0, 2))
-        commit_rows(range(2, 3))
-        assert hook_trips == [[], []]  # published, nothing written
-        assert pending() == ["k0", "k1", "k2"]
+        assert hook_trips == [[(1, True)]]  # published, then one deletion with its COMMIT
+        assert pending() == []
+        with relay.in_background():
+            commit_rows(range(2, 4))
+            commit_rows(range(4, 5))
+        assert hook_trips[1:] == [[], []]  # nothing written by the committing thread
+        assert pending() == ["k2", "k3", "k4"]
+        _wait_for(lambda: not relay._in_flight, "the background publishes")
         trips.clear()
         assert relay.forget_published() == 3
         assert trips == [(1, True)]  # one deletion with its COMMIT
         assert pending() == []
-        commit_rows(range(3, 6))  # the fourth publish goes out, the fifth fails
-        assert relay.forget_published() == 1
-        assert pending() == ["k4", "k5"]
-        received: list[Any] = []
-        while len(received) < 4:
-            reply = subscriber.pull(subscription=pull, max_messages=10, timeout=10)
-            received += reply.received_messages
-            if ack_ids := [m.ack_id for m in reply.received_messages]:
-                subscriber.acknowledge(subscription=pull, ack_ids=ack_ids)
+        commit_rows(range(5, 7))  # the sixth publish goes out, the seventh fails
+        assert pending() == ["k6"]
+        received = _pulled(subscriber, pull, 6)
         sent = sorted(json.loads(m.message.data)["sessionUid"] for m in received)
-        assert sent == ["s-0", "s-1", "s-2", "s-3"]
+        assert sent == [f"s-{i}" for i in range(6)]
         for m in received:  # as the sweep publishes them: signed, with their outbox ids
             assert signed_by(PUSH_TOKEN, "dispatch", m.message.data,
                              m.message.attributes[SIGNATURE_ATTRIBUTE])  # fmt: skip
             assert m.message.attributes["key"].startswith("k")
             assert int(m.message.attributes["outboxId"]) > 0
+        relay.close()
         # The thread deletes them on its own, forget_after seconds after a publish.
         monkeypatch.undo()
         publisher.ok = 1
         relay = OutboxRelay(db, publisher, forget_after=0.05)
-        commit_rows(range(6, 7))
-        for _ in range(200):
-            if pending() == ["k4", "k5"]:
-                break
-            time.sleep(0.05)
-        assert pending() == ["k4", "k5"]
+        with relay.in_background():
+            commit_rows(range(7, 8))
+        _wait_for(lambda: pending() == ["k6"], "the deletion of k7")
+        relay.close()
+        assert relay._forgetter is not None
+        relay._forgetter.join(5)
+        assert not relay._forgetter.is_alive()
     finally:
         db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
         subscriber.delete_subscription(subscription=pull)
+
+
+def test_closing_the_relay_waits_for_background_publishes_and_deletes_their_rows(
+    broker_env: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process shutting down (Services.close) lets its background publishes be answered,
+    within a bound, and deletes the rows that went out, else the sweep would publish them
+    again; one whose answer does not come in time stays for the sweep."""
+    subscriber, pull, settings = _published_rows_setup(broker_env, db, monkeypatch)
+    gated = _Gated(PubSubPublisher(settings))
+    relay = OutboxRelay(db, gated, forget_after=3600.0)
+    db.on_commit(OUTBOX_COMMITTED, relay.on_commit)
+    try:
+        with relay.in_background(), db.transaction() as tx:
+            enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "s-0"}, key="k0")
+        closing = threading.Thread(target=relay.close)
+        closing.start()
+        closing.join(0.3)
+        assert closing.is_alive()  # waiting for the publish's answer
+        gated.gate.set()
+        closing.join(10)
+        assert not closing.is_alive()
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT count(*) FROM outbox") == 0
+        _pulled(subscriber, pull, 1)
+        gated.gate.clear()
+        relay = OutboxRelay(db, gated, forget_after=3600.0)
+        with relay.in_background(), db.transaction() as tx:
+            enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "s-1"}, key="k1")
+        relay.close(wait_seconds=0.2)  # no answer in time: the row stays for the sweep
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT count(*) FROM outbox") == 1
+        gated.gate.set()
+    finally:
+        db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
+        subscriber.delete_subscription(subscription=pull)
+
+
+def _wait_for(condition: Any, what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.02)
 
 
 def test_a_publish_is_a_producer_span_in_the_changes_trace(
@@ -452,8 +526,9 @@ def test_sweep_route_publishes_orphans_without_traffic(
     subscriber.create_subscription(name=broker_env["subscription"],
                                    topic=broker_env["dispatch_topic"])  # fmt: skip
     try:
-        with db.transaction() as tx:
+        with db.transaction() as tx:  # committed 11 s ago and never published
             enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "orphan"}, key="k")
+            tx.execute("UPDATE outbox SET created_at = now() - interval '11 seconds'")
         url = dispatch_server.url
         assert httpx.post(f"{url}/sweep").status_code == 401
         wrong = httpx.post(f"{url}/sweep", headers={SWEEP_TOKEN_HEADER: "wrong"})

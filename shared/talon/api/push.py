@@ -190,7 +190,7 @@ class DispatchEndpoint:
             self.checks.request(request)
             if request.path.rstrip("/") == "/sweep":
                 self.checks.sweep(request)
-                return json_response(200, {"published": self._sweep(older_than=0.0)})
+                return json_response(200, {"published": self._sweep()})
             message = read_envelope(request.get_json(silent=True))
             self.checks.message(message)
             result = self.worker.handle(message.delivery())
@@ -212,7 +212,7 @@ class DispatchEndpoint:
             self._next_sweep = now + SWEEP_EVERY_SECONDS
             return True
 
-    def _sweep(self, older_than: float = SWEEP_AFTER_SECONDS) -> int:
+    def _sweep(self) -> int:
         """Publish outbox rows a crashed process left behind. Runs after a push (at most every
         SWEEP_EVERY_SECONDS) and on `POST /sweep` (a Cloud Scheduler job), so it does not
         depend on traffic."""
@@ -220,7 +220,8 @@ class DispatchEndpoint:
         if relay is None:
             return 0
         try:
-            return relay.flush(older_than_seconds=older_than)
+            # Younger rows may be being published, or their deletion pending.
+            return relay.flush(older_than_seconds=SWEEP_AFTER_SECONDS)
         except Exception as exc:
             log.warning("outbox sweep failed: %s", exc)
             return 0

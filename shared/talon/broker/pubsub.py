@@ -5,6 +5,7 @@ dispatch function's `token` verification mode."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 from typing import Any
 
 # A module import: the package has no type hints, and `from google.cloud import pubsub_v1`
@@ -27,8 +28,8 @@ class PubSubPublisher:
                 "control_plane.message_broker.project is required for the gcp_pubsub driver"
             )
         self._push_token = settings.push_token
-        # Each publish is awaited where it is made (the relay deletes its row only once it
-        # stands), so batching would only hold every message back for its 10 ms max_latency.
+        # Each publish is awaited (the relay deletes its row only once it stands), so
+        # batching would only hold every message back for its 10 ms max_latency.
         self._client = pubsub_v1.PublisherClient(batch_settings=UNBATCHED)
         self._topics = {
             DISPATCH_TOPIC: self._client.topic_path(settings.project, settings.dispatch_topic),
@@ -36,22 +37,38 @@ class PubSubPublisher:
         }
 
     def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
-        """Publish and wait for the server's acknowledgement; return the message id. A
+        """Publish and wait for the server's acknowledgement; return the message id."""
+        return self.submit(topic, payload, key=key, outbox_id=outbox_id).result(timeout=30)
+
+    def submit(
+        self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int
+    ) -> Future[str]:
+        """Hand the message to the client and return its future message id at once. A
         producer span in the change's trace (its `traceparent`, carried by the row) times
-        the publish; the message's `traceparent` attribute names that span."""
+        the publish to the server's acknowledgement; the message's `traceparent` attribute
+        names that span."""
         traceparent = payload.get("traceparent")
         parent = traceparent if isinstance(traceparent, str) else None
         attributes: tracing.Attributes = {
             "messaging.system": "gcp_pubsub", "messaging.destination.name": topic,
             "messaging.operation.type": "send", "talon.outbox.id": outbox_id,
         }  # fmt: skip
-        with tracing.span(f"publish {topic}", parent=parent, kind=tracing.SpanKind.PRODUCER,
-                          attributes=attributes) as span:  # fmt: skip
-            message_id = self._publish(topic, payload, key, outbox_id)
-            tracing.set_attributes(span, {"messaging.message.id": message_id})
-            return message_id
+        with tracing.span_ended_later(f"publish {topic}", parent=parent,
+                                      kind=tracing.SpanKind.PRODUCER,
+                                      attributes=attributes) as span:  # fmt: skip
+            future: Future[str] = self._submit(topic, payload, key, outbox_id)
 
-    def _publish(self, topic: str, payload: dict[str, Any], key: str, outbox_id: int) -> str:
+        def acknowledged(done: Future[str]) -> None:
+            try:
+                tracing.set_attributes(span, {"messaging.message.id": done.result()})
+            except Exception as exc:  # the publisher's own error: its caller sees it too
+                tracing.fail(span, str(exc))
+            span.end()
+
+        future.add_done_callback(acknowledged)
+        return future
+
+    def _submit(self, topic: str, payload: dict[str, Any], key: str, outbox_id: int) -> Any:
         data = json.dumps(payload, separators=(",", ":")).encode()
         # `topic` would clash with publish()'s own parameter.
         attributes = {"eventTopic": topic, "key": key, "outboxId": str(outbox_id)}
@@ -60,5 +77,5 @@ class PubSubPublisher:
             attributes["traceparent"] = traceparent
         if self._push_token:
             attributes[SIGNATURE_ATTRIBUTE] = sign(self._push_token, topic, data)
-        future = self._client.publish(self._topics[topic], data, **attributes)
-        return str(future.result(timeout=30))
+        # A concurrent.futures.Future whose result is the message id.
+        return self._client.publish(self._topics[topic], data, **attributes)

@@ -2,35 +2,47 @@
 
 Called right after the commit that wrote a row (the fast path), and as a sweep for rows a
 crashed process left behind, so every committed event is published at least once. A row is
-deleted only once its publish stands: on the fast path, together with the rows published
-around it (within `forget_after` seconds), in one transaction of their own. A commit per
-published row was a commit per turn; a process that dies first leaves its rows to the sweep,
-which publishes them again (a duplicate, which consumers settle as they settle Pub/Sub's own).
+deleted only once its publish stands. A request that waits for its publish deletes its rows
+itself before it answers, since on Cloud Run an instance may get no CPU once it has answered.
+A request that answers while it runs on (a message posted for its events) publishes in the
+background (`in_background`), and the rows that went out are deleted `forget_after` seconds
+later, together with every row published meanwhile, in one transaction: a deletion per row
+was a commit per turn. A process that dies before deleting leaves its rows to the sweep,
+which publishes them again: a duplicate, which consumers settle as they settle Pub/Sub's own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from functools import partial
 from typing import Any, Protocol
 
 from talon.broker.outbox import OutboxRow
 from talon.store.database import Database
 
 log = logging.getLogger(__name__)
+PUBLISH_TIMEOUT_SECONDS = 30.0
+CLOSE_WAIT_SECONDS = 5.0  # within Cloud Run's 10 s between SIGTERM and SIGKILL
 # Set while the request that commits goes on without waiting for the publish (`in_background`).
 _IN_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "talon_publish_in_background", default=False
 )
+_DELETE_SQL = "DELETE FROM outbox WHERE id = ANY(%s)"
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str: ...
+    def submit(
+        self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int
+    ) -> Future[str]:
+        """Start publishing; the future's result is the message id."""
+        ...
 
 
 class OutboxRelay:
@@ -38,19 +50,20 @@ class OutboxRelay:
         self.db = db
         self.publisher = publisher
         self.forget_after = forget_after  # well below the sweep's age (10 s)
-        self._published: list[int] = []  # ids published on the fast path, not yet deleted
         self._changed = threading.Condition()
+        self._published: list[int] = []  # published in the background, not yet deleted
+        self._in_flight: set[Future[str]] = set()  # background publishes not yet answered
+        self._closed = False
         self._forgetter: threading.Thread | None = None
-        self._publishing: ThreadPoolExecutor | None = None  # for `in_background` commits
+        self._deleting = threading.Lock()  # one deletion at a time: close() waits for it
 
     @staticmethod
     @contextlib.contextmanager
     def in_background() -> Iterator[None]:
-        """Commits made inside publish their rows from a thread of the relay's, not the
-        committing one: for a request that answers while it goes on running (a message
-        posted for its events streams them while its dispatch message is being published;
-        on Cloud Run the open response keeps the instance's CPU). Any other request waits
-        for its publish, since its instance may get no CPU once it has answered."""
+        """Commits made inside publish their rows without the committing thread waiting: for
+        a request that answers while it goes on running (a message posted for its events
+        streams them while its dispatch message is being published; on Cloud Run the open
+        response keeps the instance's CPU)."""
         token = _IN_BACKGROUND.set(True)
         try:
             yield
@@ -58,82 +71,104 @@ class OutboxRelay:
             _IN_BACKGROUND.reset(token)
 
     def on_commit(self, rows: list[OutboxRow]) -> None:
-        """The commit hook (`Database.on_commit`): publish now, or in the background."""
-        if not _IN_BACKGROUND.get():
+        """The commit hook (`Database.on_commit`)."""
+        if _IN_BACKGROUND.get():
+            self.publish_in_background(rows)
+        else:
             self.publish_committed(rows)
-            return
-        with self._changed:
-            if self._publishing is None:
-                self._publishing = ThreadPoolExecutor(2, thread_name_prefix="talon-publish")
-            publishing = self._publishing
-        publishing.submit(self._publish_logged, rows)
-
-    def _publish_logged(self, rows: list[OutboxRow]) -> None:
-        try:
-            self.publish_committed(rows)
-        except Exception as exc:
-            log.warning("publishing outbox rows failed; left for the sweep: %s", exc)
 
     def publish_committed(self, rows: list[OutboxRow]) -> None:
-        """The fast path, for rows a transaction just committed (announced, so nothing is
-        read back): publish each; the ones that went out are deleted a moment later. No
-        transaction is open across a publish, and none is made here. Should a publish fail,
-        the rows from it on stay for the sweep, which takes only rows some seconds old
-        (`older_than_seconds`)."""
-        published: list[int] = []
-        try:
-            for row in rows:
-                self.publisher.publish(row.topic, row.payload, key=row.key, outbox_id=row.id)
-                published.append(row.id)
-        finally:
-            if published:
-                self._forget_soon(published)
+        """Publish the rows a transaction just committed (announced, so nothing is read
+        back), all at once, and wait for them; then delete the ones that went out, with any
+        the background has published meanwhile, in one round trip. A row whose publish
+        failed stays for the sweep, and the first failure is raised."""
+        published, failure = _answered_ids([(row.id, self._submit(row)) for row in rows])
+        if published:
+            self._delete(published)
+        if failure is not None:
+            raise failure
 
-    def close(self) -> None:
-        """Let the background publishes finish, then delete every published row (else the
-        sweep publishes them again)."""
-        with self._changed:
-            publishing, self._publishing = self._publishing, None
-        if publishing is not None:
-            publishing.shutdown(wait=True)
-        self.forget_published()
+    def publish_in_background(self, rows: list[OutboxRow]) -> None:
+        """Start publishing the rows and return; each that goes out is deleted within
+        `forget_after` seconds (`forget_published`)."""
+        for row in rows:
+            future = self._submit(row)
+            with self._changed:
+                self._in_flight.add(future)
+            future.add_done_callback(partial(self._answered, row.id))
 
     def forget_published(self) -> int:
-        """Delete the rows the fast path has published so far, in one round trip; their
+        """Delete the rows published in the background so far, in one round trip; their
         count. On failure they stay queued for the next call."""
+        return self._delete([])
+
+    def close(self, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+        """Give background publishes `wait_seconds` to be answered, then delete every row
+        that went out (else the sweep publishes them again) and stop the deleting thread."""
         with self._changed:
-            ids, self._published = self._published, []
-        if not ids:
-            return 0
+            in_flight = list(self._in_flight)
+        concurrent.futures.wait(in_flight, timeout=wait_seconds)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self.forget_published()
+
+    def _submit(self, row: OutboxRow) -> Future[str]:
+        return self.publisher.submit(row.topic, row.payload, key=row.key, outbox_id=row.id)
+
+    def _answered(self, row_id: int, future: Future[str]) -> None:
+        with self._changed:
+            self._in_flight.discard(future)
         try:
-            with self.db.transaction() as tx:
-                tx.commit_with("DELETE FROM outbox WHERE id = ANY(%s)", (ids,))
-        except BaseException:
-            with self._changed:
-                self._published[:0] = ids
-            raise
-        return len(ids)
+            future.result()
+        except BaseException as exc:
+            log.warning("publishing outbox row %s failed; left for the sweep: %s", row_id, exc)
+            return
+        self._forget_soon([row_id])
 
     def _forget_soon(self, ids: list[int]) -> None:
         with self._changed:
             self._published += ids
+            if self._closed:  # nothing deletes them now but the next sweep
+                return
             if self._forgetter is None:
                 self._forgetter = threading.Thread(
                     target=self._forgetting, name="talon-outbox-forget", daemon=True
                 )
                 self._forgetter.start()
-            self._changed.notify()
+            self._changed.notify_all()
 
     def _forgetting(self) -> None:
-        while not self.db.closed:
+        while True:
             with self._changed:
-                while not self._published:
+                while not self._published and not self._closed:
                     self._changed.wait()
-            time.sleep(self.forget_after)  # rows published meanwhile join this deletion
+                deadline = time.monotonic() + self.forget_after
+                # Rows published meanwhile join this deletion.
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                if self._closed or self.db.closed:
+                    return  # close() deletes what is left
             try:
                 self.forget_published()
             except Exception as exc:
                 log.warning("deleting published outbox rows failed (retried): %s", exc)
+
+    def _delete(self, ids: list[int]) -> int:
+        """Delete `ids` and the rows published in the background so far; on failure they
+        all go back to the background's queue."""
+        with self._deleting:
+            with self._changed:
+                ids, self._published = ids + self._published, []
+            if not ids:
+                return 0
+            try:
+                with self.db.transaction() as tx:
+                    tx.commit_with(_DELETE_SQL, (ids,))
+            except BaseException:
+                self._forget_soon(ids)
+                raise
+            return len(ids)
 
     def flush(self, *, older_than_seconds: float = 0.0) -> int:
         """The sweep: publish pending rows older than the given age; return the count. Rows
@@ -148,11 +183,29 @@ class OutboxRelay:
                     "ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
                     (older_than_seconds,),
                 )
-                for row in rows:
-                    self.publisher.publish(
-                        row["topic"], row["payload"], key=row["key"], outbox_id=int(row["id"])
-                    )
-                    tx.execute("DELETE FROM outbox WHERE id = %s", (row["id"],))
-                    published += 1
+                started = [
+                    (row["id"], self._submit(OutboxRow(int(row["id"]), row["topic"], row["key"],
+                                                       row["payload"])))
+                    for row in rows
+                ]  # fmt: skip
+                sent, failure = _answered_ids(started)
+                if sent:
+                    tx.execute(_DELETE_SQL, (sent,))
+            published += len(sent)
+            if failure is not None:
+                raise failure
             if len(rows) < 100:
                 return published
+
+
+def _answered_ids(started: list[tuple[int, Future[str]]]) -> tuple[list[int], Exception | None]:
+    """Wait for each publish: the ids of the rows that went out, and the first failure."""
+    published: list[int] = []
+    failure: Exception | None = None
+    for row_id, future in started:
+        try:
+            future.result(timeout=PUBLISH_TIMEOUT_SECONDS)
+            published.append(row_id)
+        except Exception as exc:
+            failure = failure or exc
+    return published, failure

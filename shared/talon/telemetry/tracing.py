@@ -19,7 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 __all__ = [
     "Attributes", "Span", "SpanKind", "current_ids", "current_traceparent", "event", "fail",
-    "fail_current", "record_span", "set_attributes", "span",
+    "fail_current", "record_span", "set_attributes", "span", "span_ended_later",
 ]  # fmt: skip
 
 _tracer = trace.get_tracer("talon")
@@ -58,6 +58,24 @@ def span(
         start_time=start_time,
     ) as current:  # fmt: skip
         yield current
+
+
+@contextmanager
+def span_ended_later(
+    name: str, *, parent: str | None, kind: SpanKind, attributes: Attributes
+) -> Iterator[Span]:
+    """A span current while the block runs (what it sends names it) that the caller ends,
+    `current.end()`, when the work it times completes elsewhere: in a callback. An exception
+    escaping the block ends it, failed."""
+    current = _tracer.start_span(name, context=_context(parent), kind=kind, attributes=attributes)
+    try:
+        with trace.use_span(current, end_on_exit=False):
+            yield current
+    except BaseException as exc:
+        current.record_exception(exc)
+        fail(current, str(exc))
+        current.end()
+        raise
 
 
 def record_span(name: str, start_time: int, end_time: int, attributes: Attributes) -> None:

@@ -168,6 +168,42 @@ def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_publ
     gated.gate.set()
     poster.join(timeout=30)
     assert answered.is_set()
+    # With a stream open in the process (the dashboard follows its session while it posts
+    # JSON), a JSON post does not wait either: the open request keeps the instance's CPU.
+    _wait_for(lambda: not relay._in_flight, "the earlier publishes")
+    # The JSON post's turn over first: a stream until a turn's end must wait for the next.
+    _wait_for(lambda: api.ok("GET", f"{BASE}/s1")["activeTurn"] is None, "the last turn")
+    gated.gate.clear()
+    gated.waiting.clear()
+    listener = entrypoints.services().listener()
+    held: list[dict[str, Any]] = []
+    position = api.ok("GET", f"{BASE}/s1")["lastEventId"]
+
+    def follow() -> None:  # held as a chat view holds it, up to the next turn's end
+        with api.http.stream("GET", f"{BASE}/s1/stream", params={"maxSeconds": "60"},
+                             headers={"Last-Event-ID": str(position)}) as reply:  # fmt: skip
+            for event in sse_events(reply.iter_lines()):
+                held.append(event)
+                if event["type"] == "turn.completed":
+                    return
+
+    following = threading.Thread(target=follow)
+    following.start()
+    _wait_for(lambda: listener.subscribers() > 0, "the stream's subscription")
+    beside = threading.Event()
+    poster = threading.Thread(target=lambda: (
+        api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "beside a stream"}),
+        beside.set(),
+    ))  # fmt: skip
+    poster.start()
+    try:
+        assert beside.wait(10), "the JSON post waited for its publish"
+        assert gated.waiting.is_set() and not gated.gate.is_set()  # answered, still held
+    finally:
+        gated.gate.set()
+        poster.join(timeout=60)
+    following.join(timeout=60)
+    assert held[-1]["type"] == "turn.completed"
 
 
 def test_a_row_published_again_by_the_sweep_changes_nothing(

@@ -118,6 +118,16 @@ class Services:
         outbox are published without it waiting (`OutboxRelay.in_background`)."""
         return contextlib.nullcontext() if self.relay is None else self.relay.in_background()
 
+    def publishing_beside_open_streams(self) -> contextlib.AbstractContextManager[None]:
+        """For a request that answers at once (a JSON post): in the background too while this
+        process holds an open stream, since Cloud Run gives an instance CPU as long as any
+        of its requests runs (the dashboard posts while it follows its session); otherwise
+        the request waits for its publish, and deletes its rows, before it answers."""
+        listener = self._listener
+        if listener is not None and listener.subscribers() > 0:
+            return self.publishing_in_background()
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()

@@ -72,9 +72,10 @@ def post_message(ctx: Context, ns: str, agent: str, session_id: str) -> Any:
     key = ctx.param("Idempotency-Key")
     if asks_for_events(ctx.request.headers.get("Accept", "")):
         return _post_and_stream(ctx, ns, agent, session_id, request, key)
-    accepted = ctx.services.sessions.post_message(
-        ns, agent, session_id, request, idempotency_key=key
-    )
+    with ctx.services.publishing_beside_open_streams():
+        accepted = ctx.services.sessions.post_message(
+            ns, agent, session_id, request, idempotency_key=key
+        )
     return (200 if accepted.replayed else 202), accepted.to_dict()
 
 

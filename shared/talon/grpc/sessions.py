@@ -123,7 +123,8 @@ class SessionsServicer(sessions_pb2_grpc.SessionsServicer):
 
         def body(_: Any) -> Any:
             model = _post_message(request)
-            accepted = self.sessions.post_message(ns, agent, sid, model, idempotency_key=key)
+            with self.calls.services.publishing_beside_open_streams():
+                accepted = self.sessions.post_message(ns, agent, sid, model, idempotency_key=key)
             return pb.PostMessageResponse(
                 turn_id=accepted.turn_id, message_seq=accepted.message_seq,
                 state=accepted.state, stream_from=accepted.stream_from,

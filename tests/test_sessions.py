@@ -276,6 +276,27 @@ def test_a_session_created_while_a_message_is_posted_to_it_gets_nothing(
     assert acme_bot.ok("GET", f"{BASE}/late")["messageCount"] == 0
 
 
+def test_a_session_view_is_read_in_one_snapshot(acme_bot: Api, monkeypatch: Any) -> None:
+    """GET session reads its parts in one snapshot. A message committed while the view was
+    being read used to be in its message list but not in its count (and a turn completing
+    then showed the session idle with its answer uncounted)."""
+    from talon.sessions import views
+
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    post(acme_bot, "s1", "one")
+    recent = views.messages.recent
+
+    def with_a_concurrent_post(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(views.messages, "recent", recent)
+        post(acme_bot, "s1", "two")  # another request: committed before the list is read
+        return recent(*args, **kwargs)
+
+    monkeypatch.setattr(views.messages, "recent", with_a_concurrent_post)
+    view = acme_bot.ok("GET", f"{BASE}/s1")
+    assert view["messageCount"] == len(view["messages"]) == 1
+    assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 2
+
+
 def test_a_posted_message_costs_one_round_trip(acme_bot: Api, monkeypatch: Any) -> None:
     """The session's lock, the Idempotency-Key's lookup and the queueing with its COMMIT go
     in one round trip when the message queues behind whatever is open (`enqueue`, the

@@ -22,6 +22,7 @@ from talon.sessions.posting import Accepted
 from talon.sessions.usage import UsageQuery, usage_view
 from talon.sessions.views import (
     OPEN_TURNS_SQL,
+    SNAPSHOT_SQL,
     message_view,
     session_view,
     steps_view,
@@ -74,6 +75,9 @@ class SessionService:
 
     def get(self, namespace: str, agent: str, session_id: str) -> dict[str, Any]:
         with self.db.transaction() as tx:
+            # The view's statements in one snapshot: a turn that completed between two of
+            # them showed the session idle with its answer listed but not counted.
+            tx.defer(SNAPSHOT_SQL, ())
             return session_view(tx, self._require(tx, namespace, agent, session_id))
 
     def list(

@@ -102,6 +102,11 @@ def steps_view(tx: Tx, turn_id: uuid.UUID, *, outputs: bool = False) -> list[dic
     return views
 
 
+# First in a transaction that reads a view in several statements (READ COMMITTED gives each
+# statement its own snapshot).
+SNAPSHOT_SQL = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
 def summary(tx: Tx, session: dict[str, Any]) -> dict[str, Any]:
     """A session in lists: its row, the turn running or next to run, the queue's length."""
     active = tx.one(

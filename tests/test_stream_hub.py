@@ -241,6 +241,36 @@ def test_stopping_ends_every_stream_cleanly() -> None:
     assert late.finished.wait(5)
 
 
+def test_a_stream_handed_over_as_the_hub_stops_still_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop that lands while a stream is being handed over (the gateway's SIGTERM as a
+    stream's head goes out) ends that stream cleanly too: the hub decides and queues in one
+    step. Before, the stream was queued after the loop had ended, and its client saw the
+    connection drop with no last chunk."""
+    from talon.serve import stream_hub
+
+    hub = StreamHub(workers=2)
+    first_client, first_server = _pair()
+    hub.adopt(first_server, _Program([b"a"], end=False), chunked=True)
+    _read_until(first_client, b"a")  # the loop runs
+    made = stream_hub._Stream
+
+    def stopping_meanwhile(*args: object) -> object:
+        stopper = threading.Thread(target=hub.stop)
+        stopper.start()
+        stopper.join(10)  # the loop has ended its one stream and stopped
+        return made(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stream_hub, "_Stream", stopping_meanwhile)
+    client, server = _pair()
+    late = _Program([b"a"], end=False)
+    hub.adopt(server, late, chunked=True)
+    assert _closed(client, within=5) == b"0\r\n\r\n"
+    assert late.finished.is_set()
+    assert _closed(first_client) == b"0\r\n\r\n"
+
+
 def test_hub_caps_follow_the_settings_and_the_open_file_limit() -> None:
     assert hub_stream_caps(0, 0, 1 << 20) == (HUB_STREAMS, HUB_STREAMS // 4)
     assert hub_stream_caps(120, 30, 1 << 20) == (120, 30)

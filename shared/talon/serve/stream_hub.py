@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,15 @@ class StreamHub:
         """Take a stream over (from any thread): from now on the hub owns `sock`.
         `watch_reads=False` for a connection whose read side was shut (a request body left
         unread): its end of input is then no sign of the client going."""
-        if not self._start():  # stopped: end it as stopping would have
+        stream = _Stream(sock, program, chunked, watch_reads)
+        # Started and queued in one step: a stop() between the two left the stream queued
+        # behind the loop's last look, never ended (its client saw no clean end).
+        if not self._call_soon(lambda: self._add(stream), start=True):  # stopped: end it here
             with contextlib.suppress(OSError):
                 if chunked:
                     sock.send(b"0\r\n\r\n")
                 sock.close()
             program.finish()
-            return
-        stream = _Stream(sock, program, chunked, watch_reads)
-        self._call_soon(lambda: self._add(stream))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End every stream (their clients see a clean end and resume) and the loop."""
@@ -126,32 +127,33 @@ class StreamHub:
 
     # -- from any thread --------------------------------------------------------------------
 
-    def _start(self) -> bool:
-        """Whether the loop runs (started on first use); False once stopped."""
+    def _call_soon(self, work: Callable[[], None], *, start: bool = False) -> bool:
+        """Queue `work` for the loop. `start` (a stream taken over): start the loop on first
+        use and queue in one step, under the lock stop() takes; False, and nothing queued,
+        once stopped."""
         with self._lock:
-            if self._stopped:
+            if start and self._stopped:
                 return False
-            if self._thread is None:
+            if start and self._thread is None:
                 self._selector = selectors.DefaultSelector()
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
                 self._wake_w.setblocking(False)
                 self._selector.register(self._wake_r, selectors.EVENT_READ, None)
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="talon-stream")
-                thread = threading.Thread(target=self._run, name="talon-streams", daemon=True)
-                thread.start()
-                self._thread = thread
-            return True
-
-    def _call_soon(self, work: Callable[[], None]) -> None:
-        with self._lock:
+                self._thread = threading.Thread(target=self._run, name="talon-streams",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
             self._inbox.append(work)
-            if self._woken or self._wake_w is None:
-                return
-            self._woken = True
-            wake = self._wake_w
-        with contextlib.suppress(BlockingIOError, OSError):  # full: the loop wakes anyway
-            wake.send(b"\0")
+            wake = None if self._woken else self._wake_w
+            self._woken = self._woken or wake is not None
+        if wake is not None:
+            with contextlib.suppress(BlockingIOError, OSError):  # full: the loop wakes anyway
+                wake.send(b"\0")
+        return True
+
+    def _wake_for(self, stream: _Stream) -> None:
+        self._call_soon(partial(self._advance, stream))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -213,7 +215,7 @@ class StreamHub:
         try:
             stream.sock.setblocking(False)
             self._watch(stream, writes=False)
-            stream.program.on_ready(lambda: self._call_soon(lambda: self._advance(stream)))
+            stream.program.on_ready(partial(self._wake_for, stream))
         except Exception:
             log.exception("stream hub: a stream could not be taken over")
             self._close(stream, clean=False)

@@ -277,9 +277,9 @@ def test_a_session_created_while_a_message_is_posted_to_it_gets_nothing(
 
 
 def test_a_session_view_is_read_in_one_snapshot(acme_bot: Api, monkeypatch: Any) -> None:
-    """GET session reads its parts in one snapshot. A message committed while the view was
-    being read used to be in its message list but not in its count (and a turn completing
-    then showed the session idle with its answer uncounted)."""
+    """GET session (and a list of sessions) reads its parts in one snapshot. A message
+    committed while the view was being read used to be in its message list but not in its
+    count (and a turn completing then showed the session idle with its answer uncounted)."""
     from talon.sessions import views
 
     acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
@@ -295,6 +295,19 @@ def test_a_session_view_is_read_in_one_snapshot(acme_bot: Api, monkeypatch: Any)
     view = acme_bot.ok("GET", f"{BASE}/s1")
     assert view["messageCount"] == len(view["messages"]) == 1
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 2
+    # The same in a list: its sessions' rows first, then each one's turns.
+    from talon.sessions import service
+
+    summary = service.summary
+
+    def summary_after_a_post(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(service, "summary", summary)
+        post(acme_bot, "s1", "three")
+        return summary(*args, **kwargs)
+
+    monkeypatch.setattr(service, "summary", summary_after_a_post)
+    [listed] = acme_bot.ok("GET", BASE)["items"]
+    assert listed["messageCount"] == listed["queuedTurns"] == 2  # no worker: all queued
 
 
 def test_a_posted_message_costs_one_round_trip(acme_bot: Api, monkeypatch: Any) -> None:

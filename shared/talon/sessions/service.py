@@ -84,6 +84,7 @@ class SessionService:
         self, namespace: str, agent: str, *, limit: int, after: str | None
     ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         with self.db.transaction() as tx:
+            tx.defer(SNAPSHOT_SQL, ())  # each summary's statements agree, as in get()
             self._require_agent(tx, namespace, agent)
             rows = tx.all(
                 "SELECT * FROM sessions WHERE namespace = %s AND agent = %s AND id > %s "

@@ -124,8 +124,8 @@ class Services:
         of its requests runs (the dashboard posts while it follows its session); otherwise
         the request waits for its publish, and deletes its rows, before it answers."""
         listener = self._listener
-        if listener is not None and listener.subscribers() > 0:
-            return self.publishing_in_background()
+        if self.relay is not None and listener is not None and listener.subscribers() > 0:
+            return self.relay.in_background()  # (no relay: nothing to publish, no count)
         return contextlib.nullcontext()
 
     def close(self) -> None:

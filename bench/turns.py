@@ -69,6 +69,30 @@ def next_xid(url_db: LocalPostgres) -> int:
         connection.close()
 
 
+def table_writes(url_db: LocalPostgres) -> dict[str, list[int]]:
+    """Rows written so far per table: inserted, updated (of them in place, HOT), deleted."""
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del "
+            "FROM pg_stat_user_tables"
+        )
+        return {row[0]: [int(v) for v in row[1:]] for row in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
+def wal_position(url_db: LocalPostgres) -> int:
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (Linux /proc)."""
     total = 0
@@ -401,6 +425,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(11)
     commits_before = commits(pg)
     xid_before = next_xid(pg)
+    wal_before = wal_position(pg)
+    tables_before = table_writes(pg)
     rss_before = sum(rss_kib(p) for p in with_descendants(worker.pid))
     roles = {"gateway": with_descendants(gateway.pid), "worker": with_descendants(worker.pid),
              "model server": [model_process.pid]}  # fmt: skip
@@ -464,8 +490,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         process.terminate()
         process.wait(timeout=30)
     time.sleep(1)  # the exiting backends' statistics
-    # Minus our own queries: commits and next_xid before the run, postgres_roles after it.
-    commits_per_turn = (commits(pg) - commits_before - 3) / turns
+    # Minus our own queries: commits, next_xid, the WAL and table counts before the run,
+    # postgres_roles after it.
+    commits_per_turn = (commits(pg) - commits_before - 5) / turns
+    wal_per_turn = (wal_position(pg) - wal_before) / turns
+    tables_after = table_writes(pg)
+    rows_per_turn = {
+        table: [
+            round((n - m) / turns, 2)
+            for n, m in zip(after, tables_before.get(table, [0] * 4), strict=True)
+        ]
+        for table, after in sorted(tables_after.items())
+        if after != tables_before.get(table)
+    }
     writes_per_turn = (next_xid(pg) - xid_before) / turns
     cpu_ms_per_turn = {
         role: round((cpu_after[role] - cpu_before[role]) * 1000 / turns, 2) for role in cpu_after
@@ -493,6 +530,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # and those it runs itself to hand notifications to listening connections included.
         "commits_per_turn_all_processes": round(commits_per_turn, 1),
         "write_transactions_per_turn": round(writes_per_turn, 1),
+        # The WAL a turn writes (the bytes each commit flushes), and its rows by table:
+        # inserted, updated (of them HOT, with no index entry), deleted.
+        "wal_bytes_per_turn": round(wal_per_turn),
+        "rows_per_turn_ins_upd_hot_del": rows_per_turn,
         "worker_rss_kib": {"before": rss_before, "after": rss_after},
         "rss_samples": samples,
         # Where the two cores went: CPU milliseconds per turn by process.

@@ -178,6 +178,20 @@ def test_idempotency_key_makes_retries_safe(acme_bot: Api) -> None:
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 1
 
 
+def test_a_retried_key_finds_its_turn_within_its_session(db: Database) -> None:
+    """The lookup behind a retried Idempotency-Key reads the session's own events, never
+    the whole event table (which grows with every session's history)."""
+    from talon.sessions.posting import _REPLAY_SQL
+
+    with db.transaction() as tx:
+        tx.execute("SET LOCAL enable_seqscan = off")  # a scan is then chosen only if forced
+        plan = "\n".join(
+            row["QUERY PLAN"] for row in tx.all("EXPLAIN " + _REPLAY_SQL, ("acme", "s1", "retry-1"))
+        )
+    assert "Seq Scan on session_events" not in plan, plan
+    assert "session_events_pkey" in plan, plan
+
+
 def test_concurrent_retries_with_one_idempotency_key_queue_one_turn(
     acme_bot: Api, db: Database
 ) -> None:

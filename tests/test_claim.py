@@ -325,3 +325,29 @@ def test_a_window_whose_copy_went_meanwhile_is_read_again_for_the_claimed_turn(
     claimed = claim(db, session, options)
     assert isinstance(claimed, Claim)
     assert [m["content"] for m in claimed.history] == ["hello", "second"]
+
+
+def test_a_turn_whose_session_was_deleted_writes_nothing_more(
+    api: Api, db: Database, session: uuid.UUID
+) -> None:
+    """The session's rows have no foreign key to it (migration 0015): a worker still running
+    a turn of a deleted session must find its writes refused, not leave orphaned rows."""
+    from talon.runtime.journal import MODEL, Fenced, Step, complete, record, renew
+
+    claimed = claim(db, session, OPTIONS)
+    assert isinstance(claimed, Claim)
+    api.ok("DELETE", f"{BASE}/s1")
+    answer = {"role": "assistant", "content": "late", "tool_calls": None, "tool_call_id": None}
+    with pytest.raises(Fenced), db.transaction() as tx:
+        renew(tx, claimed.lease)
+        complete(tx, claimed.lease, 2, [answer], None, [])
+    model_step = Step(1, MODEL, "model", "completed", {"content": "late", "toolCalls": []})
+    with pytest.raises(Fenced), db.transaction() as tx:
+        record(tx, claimed.lease, model_step)
+    with db.transaction() as tx:
+        left = tx.one(
+            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM turns) "
+            "AS turns, (SELECT count(*) FROM session_events) AS events, "
+            "(SELECT count(*) FROM turn_steps) AS steps"
+        )
+    assert left == {"messages": 0, "turns": 0, "events": 0, "steps": 0}

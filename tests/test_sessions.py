@@ -89,6 +89,47 @@ def test_list_get_delete(acme_bot: Api) -> None:
     assert acme_bot.get(f"{BASE}/b").status_code == 404
 
 
+def test_deleting_a_session_deletes_everything_it_held(
+    acme_bot: Api, db: Database, start_worker
+) -> None:
+    """No foreign key cascades from a session to its messages, turns and events (migration
+    0015): the deletion removes them, and a session created again under the name starts
+    empty, whatever the old one had written."""
+    start_worker()
+    acme_bot.ok("POST", BASE, 201, json={"id": "gone"})
+    acme_bot.ok("POST", BASE, 201, json={"id": "kept"})
+    for session in ("gone", "kept"):
+        post(acme_bot, session, "hello")
+        wait_idle(acme_bot, session)
+    post(acme_bot, "gone", "queued behind nothing, and deleted with its session")
+
+    def held() -> dict[str, list[int]]:
+        with db.transaction() as tx:
+            rows = tx.all(
+                "SELECT s.id, (SELECT count(*) FROM messages WHERE session_uid = s.uid) AS m, "
+                "(SELECT count(*) FROM turns WHERE session_uid = s.uid) AS t, "
+                "(SELECT count(*) FROM session_events WHERE session_uid = s.uid) AS e "
+                "FROM sessions s WHERE s.id IN ('gone', 'kept')"
+            )
+            orphans = tx.scalar(
+                "SELECT (SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM "
+                "sessions s WHERE s.uid = m.session_uid)) + (SELECT count(*) FROM turns t "
+                "WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.uid = t.session_uid)) + "
+                "(SELECT count(*) FROM session_events e WHERE NOT EXISTS (SELECT 1 FROM "
+                "sessions s WHERE s.uid = e.session_uid)) + (SELECT count(*) FROM turn_steps "
+                "p WHERE NOT EXISTS (SELECT 1 FROM turns t WHERE t.id = p.turn_id))"
+            )
+        return {r["id"]: [r["m"], r["t"], r["e"]] for r in rows} | {"orphans": [orphans]}
+
+    before = held()
+    assert before["gone"][0] >= 3 and before["gone"][1] == 2 and before["gone"][2] > 4
+    acme_bot.ok("DELETE", f"{BASE}/gone")
+    assert held() == {"kept": before["kept"], "orphans": [0]}
+    acme_bot.ok("POST", BASE, 201, json={"id": "gone"})
+    assert acme_bot.ok("GET", f"{BASE}/gone")["messageCount"] == 0
+    assert held()["gone"] == [0, 0, 0]
+
+
 def test_message_is_committed_before_202_and_runs_once(acme_bot: Api, start_worker) -> None:
     acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
     accepted = acme_bot.post(f"{BASE}/s1/message", json={"content": "Review renewals."})

@@ -83,12 +83,16 @@ def table_writes(url_db: LocalPostgres) -> dict[str, list[int]]:
         connection.close()
 
 
-def wal_position(url_db: LocalPostgres) -> int:
+def wal_position(url_db: LocalPostgres) -> tuple[int, int]:
+    """The WAL's end (bytes) and how many times the WAL was flushed to disk so far."""
     connection = url_db.connect("talon")
     try:
         cursor = connection.cursor()
-        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-        return int(cursor.fetchone()[0])
+        cursor.execute(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, wal_sync FROM pg_stat_wal"
+        )
+        written, synced = cursor.fetchone()
+        return int(written), int(synced)
     finally:
         connection.close()
 
@@ -493,7 +497,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Minus our own queries: commits, next_xid, the WAL and table counts before the run,
     # postgres_roles after it.
     commits_per_turn = (commits(pg) - commits_before - 5) / turns
-    wal_per_turn = (wal_position(pg) - wal_before) / turns
+    wal_after = wal_position(pg)
+    wal_per_turn = (wal_after[0] - wal_before[0]) / turns
+    wal_syncs_per_turn = (wal_after[1] - wal_before[1]) / turns
     tables_after = table_writes(pg)
     rows_per_turn = {
         table: [
@@ -533,6 +539,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The WAL a turn writes (the bytes each commit flushes), and its rows by table:
         # inserted, updated (of them HOT, with no index entry), deleted.
         "wal_bytes_per_turn": round(wal_per_turn),
+        # The flushes behind the durable commits (fewer than the commits when they group).
+        "wal_syncs_per_turn": round(wal_syncs_per_turn, 2),
         "rows_per_turn_ins_upd_hot_del": rows_per_turn,
         "worker_rss_kib": {"before": rss_before, "after": rss_after},
         "rss_samples": samples,

@@ -21,7 +21,7 @@ from google.cloud import pubsub_v1
 from otlp_receiver import OtlpReceiver
 
 import samples
-from conftest import Api, read_stream, sse_events
+from conftest import TEST_CONFIG, Api, read_stream, sse_events
 from talon import entrypoints
 from talon.api import push as push_module
 from talon.api.push import SWEEP_TOKEN_HEADER
@@ -423,6 +423,39 @@ def test_closing_the_relay_waits_for_background_publishes_and_deletes_their_rows
         gated.gate.set()
     finally:
         db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
+        subscriber.delete_subscription(subscription=pull)
+
+
+_EXITING_PROCESS = """
+from talon import entrypoints
+from talon.broker.outbox import DISPATCH_TOPIC, enqueue
+
+services = entrypoints.services()
+with services.publishing_in_background(), services.db.transaction() as tx:
+    enqueue(tx, DISPATCH_TOPIC, {"sessionUid": "exiting"}, key="exiting")
+# The interpreter exits now, as a gateway instance's process does on SIGTERM: the publish
+# may still be in flight, and its row's deletion is half a second away.
+"""
+
+
+def test_a_process_exiting_lets_its_background_publishes_finish_and_deletes_their_rows(
+    broker_env: dict[str, str], db: Database, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process-wide services are closed at the process's exit (gunicorn's worker and
+    talon.serve run atexit hooks on SIGTERM): a published row is not left for the sweep to
+    publish again."""
+    subscriber, pull, _ = _published_rows_setup(broker_env, db, monkeypatch)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALON_CONTROL_PLANE_DA")}
+        env.update(TALON_CONTROL_PLANE_DATABASE_URL=database_url, TALON_CONFIG=str(TEST_CONFIG))
+        done = subprocess.run([sys.executable, "-c", _EXITING_PROCESS], env=env, timeout=60,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT count(*) FROM outbox") == 0
+        (message,) = _pulled(subscriber, pull, 1)
+        assert json.loads(message.message.data)["sessionUid"] == "exiting"
+    finally:
         subscriber.delete_subscription(subscription=pull)
 
 

@@ -6,6 +6,7 @@ the next request instead of leaving a broken process.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from talon.telemetry.setup import configure_telemetry, metrics_exported
 # Reentrant: building the gateway builds the services first, under the same lock.
 _lock = threading.RLock()
 _instances: dict[str, Any] = {}
+_exit_hook = threading.Event()  # set once reset() is registered to run at the process's exit
 
 
 def _once(name: str, build: Any) -> Any:
@@ -37,6 +39,10 @@ def services() -> Services:
         started = Services.start()
         if metrics_exported():
             started.report_gauges()
+        # A stopped instance's process exits (gunicorn's worker and talon.serve both exit on
+        # SIGTERM, and run atexit hooks): closing lets the relay's background publishes be
+        # answered and deletes their outbox rows, which the sweep would publish again.
+        _close_at_exit()
         return started
 
     return _once("services", build)
@@ -98,6 +104,12 @@ def ops_mcp() -> Any:
     from talon.ops.mcp_app import OpsApp
 
     return _once("ops_mcp", lambda: OpsApp(services()))
+
+
+def _close_at_exit() -> None:
+    if not _exit_hook.is_set():
+        _exit_hook.set()
+        atexit.register(reset)
 
 
 def reset() -> None:

@@ -97,6 +97,46 @@ def wal_position(url_db: LocalPostgres) -> tuple[int, int]:
         connection.close()
 
 
+# A database in service: past sessions of the benchmark's agent, each with this many turns
+# and, per turn, what a one-step turn leaves (2 messages, 12 events, 3 journaled steps).
+PAST_TURNS_PER_SESSION = 100
+_PREFILL_SQL = [
+    "INSERT INTO sessions (uid, namespace, id, agent, last_event_id, last_message, last_turn) "
+    "SELECT gen_random_uuid(), 'bench', 'past-' || g, 'bot', 12 * {per}, 2 * {per}, "
+    "{per} FROM generate_series(1, {sessions}) g",
+    "INSERT INTO turns (id, session_uid, seq, state, idempotency_key, input_seq, "
+    "fencing_token, attempts, started_at, finished_at) "
+    "SELECT gen_random_uuid(), s.uid, k, 'completed', md5(s.id || k), 2 * k - 1, 1, 1, now(), "
+    "now() FROM sessions s, generate_series(1, {per}) k WHERE s.id LIKE 'past-%'",
+    "INSERT INTO messages (session_uid, seq, role, content, turn_id) "
+    "SELECT t.session_uid, 2 * t.seq - 1 + r, (ARRAY['user', 'assistant'])[r + 1], "
+    "'a message of the past', t.id FROM turns t, generate_series(0, 1) r",
+    "INSERT INTO session_events (session_uid, id, turn_id, type, data) "
+    "SELECT t.session_uid, 12 * (t.seq - 1) + k, t.id, 'step.completed', "
+    "jsonb_build_object('step', 'call-model') FROM turns t, generate_series(1, 12) k",
+    "INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, fencing_token, "
+    "completed_at) SELECT t.id, k, 'call-model', 'model', 'completed', '{{}}', 1, now() "
+    "FROM turns t, generate_series(0, 2) k",
+]
+
+
+def prefill(url_db: LocalPostgres, turns: int) -> None:
+    """`turns` past turns (`PAST_TURNS_PER_SESSION` per session), then ANALYZE, as
+    autovacuum keeps a database in service: the plans each connection caches are then made
+    for tables of that size, not for the empty tables of a new database."""
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        sessions = max(1, turns // PAST_TURNS_PER_SESSION)
+        for sql in _PREFILL_SQL if turns else []:
+            cursor.execute(sql.format(per=PAST_TURNS_PER_SESSION, sessions=sessions))
+        connection.commit()
+        connection.autocommit = True
+        cursor.execute("ANALYZE")
+    finally:
+        connection.close()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (Linux /proc)."""
     total = 0
@@ -301,6 +341,11 @@ def parser() -> argparse.ArgumentParser:
         "as deployed, the gateway publishes to the Pub/Sub emulator, which pushes to a "
         "dispatch function (functions-framework) that runs the turns",
     )  # fmt: skip
+    parser.add_argument(
+        "--prefill-turns", type=int, default=0, metavar="N",
+        help="start from a database in service: N past turns (100 per session, with their "
+        "messages, events and steps) and ANALYZE, before the first turn",
+    )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -392,6 +437,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     with Client(base, TOKEN, timeout=60) as sdk:
         sdk.apply(items)
+    if args.prefill_turns:
+        prefill(pg, args.prefill_turns)
     if emulator:  # a dispatch function instance, `--worker-concurrency` requests at a time
         worker = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "dispatch",

@@ -142,6 +142,20 @@ def test_pool_reuses_connections(db: Database) -> None:
     assert len(pids) == 1
 
 
+def test_prepared_statements_keep_their_generic_plan(db: Database) -> None:
+    """Connections ask for generic plans: a statement prepared once is planned once, not
+    again at every execution (PostgreSQL's default when it guesses custom plans cheaper)."""
+    with db.transaction() as tx:
+        assert tx.scalar("SHOW plan_cache_mode") == "force_generic_plan"
+        for _ in range(3):
+            tx.one("SELECT count(*) AS n FROM sessions WHERE namespace = %s", ("acme",))
+        plans = tx.one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'SELECT count(*) AS n FROM sessions%%'"
+        )
+    assert plans == {"generic_plans": 3, "custom_plans": 0}
+
+
 def test_pool_replaces_a_connection_the_server_closed(database_url: str) -> None:
     db = Database(connector_from_url(database_url, 10), 2, ping_after_idle_seconds=0)
     try:

@@ -177,6 +177,15 @@ def _dicts(result: statements.Result) -> list[dict[str, Any]]:
     return [dict(zip(result.names, row, strict=True)) for row in result.rows]
 
 
+# Sent in every connection's startup message. Talon prepares each statement once per
+# connection (`statements.py`), and its statements are keyed lookups whose best plan does not
+# depend on the values bound: PostgreSQL's default re-plans a statement on every execution
+# whenever it estimates the generic plan dearer than the custom ones it tried, which costs
+# ~5% of its CPU per turn (issue 19, bench/turns.py --prefill-turns). Plans still follow
+# the tables: autovacuum's ANALYZE invalidates them.
+STARTUP_PARAMS = {"plan_cache_mode": "force_generic_plan"}
+
+
 def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
     """postgresql://user:pass@host:port/db[?unix_sock=/path/.s.PGSQL.5432]"""
     parsed = urlparse(url)
@@ -189,6 +198,7 @@ def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
         "database": (parsed.path or "/").lstrip("/") or "postgres",
         "timeout": timeout,
         "application_name": "talon",
+        "startup_params": STARTUP_PARAMS,
     }
     if "unix_sock" in query:
         kwargs["unix_sock"] = query["unix_sock"][0]

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from turns import commits, cpu_seconds, postgres_pids
 
 from talon.store import statements
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
 from talon.store.notify import Listener

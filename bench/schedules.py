@@ -25,7 +25,8 @@ from pathlib import Path
 from talon.config import TenancySettings
 from talon.resources.registry import parse_manifest
 from talon.services import resource_service
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
 from talon.tenancy.tenant_policy import TenancyPolicy

@@ -127,9 +127,9 @@ def prefill(url_db: LocalPostgres, turns: int) -> None:
     connection = url_db.connect("talon")
     try:
         cursor = connection.cursor()
-        sessions = max(1, turns // PAST_TURNS_PER_SESSION)
+        per = min(turns, PAST_TURNS_PER_SESSION)
         for sql in _PREFILL_SQL if turns else []:
-            cursor.execute(sql.format(per=PAST_TURNS_PER_SESSION, sessions=sessions))
+            cursor.execute(sql.format(per=per, sessions=turns // max(per, 1)))
         connection.commit()
         connection.autocommit = True
         cursor.execute("ANALYZE")

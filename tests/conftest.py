@@ -23,7 +23,8 @@ from werkzeug.serving import make_server
 
 from talon import entrypoints
 from talon.config import Settings, load_settings
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.local_postgres import LocalPostgres
 from talon.store.migrate import migrate
 from talon.tenancy.tenant_policy import TenancyPolicy

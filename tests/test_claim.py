@@ -330,17 +330,21 @@ def test_a_window_whose_copy_went_meanwhile_is_read_again_for_the_claimed_turn(
 def test_a_turn_whose_session_was_deleted_writes_nothing_more(
     api: Api, db: Database, session: uuid.UUID
 ) -> None:
-    """The session's rows have no foreign key to it (migration 0015): a worker still running
-    a turn of a deleted session must find its writes refused, not leave orphaned rows."""
-    from talon.runtime.journal import MODEL, Fenced, Step, complete, record, renew
+    """The session's rows have no foreign key to it (migration 0015): each write of a
+    session's events, messages or turns must itself find the session gone and write
+    nothing, not leave orphaned rows. Here each write runs without the renewal that would
+    have refused it first."""
+    from talon.runtime.journal import MODEL, Fenced, Step, complete, record
+    from talon.sessions import events
 
     claimed = claim(db, session, OPTIONS)
     assert isinstance(claimed, Claim)
     api.ok("DELETE", f"{BASE}/s1")
+    with db.transaction() as tx:
+        events.append(tx, session, [("step.started", {"step": "late"})], claimed.lease.turn_id)
     answer = {"role": "assistant", "content": "late", "tool_calls": None, "tool_call_id": None}
-    with pytest.raises(Fenced), db.transaction() as tx:
-        renew(tx, claimed.lease)
-        complete(tx, claimed.lease, 2, [answer], None, [])
+    with db.transaction() as tx:
+        complete(tx, claimed.lease, 2, [answer], None, [("step.completed", {"step": "late"})])
     model_step = Step(1, MODEL, "model", "completed", {"content": "late", "toolCalls": []})
     with pytest.raises(Fenced), db.transaction() as tx:
         record(tx, claimed.lease, model_step)

@@ -24,7 +24,8 @@ from talon.cli.manifest_files import read_documents
 from talon.config import Settings
 from talon.ops.mcp_app import OpsApp
 from talon.services import Services
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.local_postgres import free_port
 
 SESSIONS = "/v1/ns/acme/agents/customer-support/sessions"

@@ -130,6 +130,50 @@ def test_deleting_a_session_deletes_everything_it_held(
     assert held()["gone"] == [0, 0, 0]
 
 
+def test_a_message_waiting_behind_its_sessions_deletion_writes_nothing(
+    acme_bot: Api, db: Database
+) -> None:
+    """A post that waits for the session's lock while the session is being deleted finds it
+    gone once the deletion commits: a 404, and no message, turn or event of it left behind
+    (nothing but the statement itself ties those rows to the session, migration 0015)."""
+    import threading
+
+    acme_bot.ok("POST", BASE, 201, json={"id": "doomed"})
+    answers: list[int] = []
+    poster = threading.Thread(target=lambda: answers.append(
+        acme_bot.post(f"{BASE}/doomed/message", json={"content": "hi"},
+                      headers={"Idempotency-Key": "k1"}).status_code))  # fmt: skip
+    with db.transaction() as tx:
+        uid = tx.scalar("SELECT uid FROM sessions WHERE id = 'doomed' FOR UPDATE")
+        poster.start()
+        assert _waiting_for_session_locks(db, 1) == 1
+        tx.execute("DELETE FROM sessions WHERE uid = %s", (uid,))
+    poster.join(10)
+    assert answers == [404]
+    with db.transaction() as tx:
+        left = tx.one(
+            "SELECT (SELECT count(*) FROM messages WHERE session_uid = %s) AS messages, "
+            "(SELECT count(*) FROM turns WHERE session_uid = %s) AS turns, "
+            "(SELECT count(*) FROM session_events WHERE session_uid = %s) AS events",
+            (uid, uid, uid),
+        )
+    assert left == {"messages": 0, "turns": 0, "events": 0}
+
+
+def _waiting_for_session_locks(db: Database, count: int) -> int:
+    """How many statements wait for a row lock (`FOR UPDATE`), once `count` do or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        with db.transaction() as look:
+            waiting = int(look.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = %s "
+                "AND query LIKE %s", ("Lock", "%FOR UPDATE%"),
+            ))  # fmt: skip
+        if waiting >= count or time.monotonic() > deadline:
+            return waiting
+        time.sleep(0.02)
+
+
 def test_message_is_committed_before_202_and_runs_once(acme_bot: Api, start_worker) -> None:
     acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
     accepted = acme_bot.post(f"{BASE}/s1/message", json={"content": "Review renewals."})
@@ -255,17 +299,7 @@ def test_concurrent_retries_with_one_idempotency_key_queue_one_turn(
         tx.one("SELECT uid FROM sessions WHERE id = %s FOR UPDATE", ("s1",))
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with db.transaction() as look:
-                waiting = look.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = %s "
-                    "AND query LIKE %s", ("Lock", "%FOR UPDATE%"),
-                )  # fmt: skip
-            if waiting == len(threads):
-                break
-            time.sleep(0.02)
-        assert waiting == len(threads)
+        assert _waiting_for_session_locks(db, len(threads)) == len(threads)
     for thread in threads:
         thread.join()
     assert sorted(code for code, _ in answers) == [200] * 3 + [202]

@@ -9,11 +9,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pg8000.dbapi
 import pytest
 
 from conftest import ROOT, Cluster
-from talon.errors import Conflict
-from talon.store.database import Database, RollbackOnly, connector_from_url
+from talon.errors import Conflict, TalonError
+from talon.store.connect import connector_from_url
+from talon.store.database import Database, RollbackOnly
 from talon.store.migrate import migrate, migration_files
 
 
@@ -59,7 +61,8 @@ def test_concurrent_migrations_apply_each_file_once(blank_url: str) -> None:
 # and written its row, just before their commit: the worst moment for a crash.
 _CRASHING_MIGRATOR = """
 import os, signal, sys
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.migrate import migrate
 
 def die(version):
@@ -156,14 +159,14 @@ def test_prepared_statements_keep_their_generic_plan(db: Database) -> None:
     assert plans == {"generic_plans": 3, "custom_plans": 0}
 
 
-def test_no_tls_is_offered_to_a_server_on_this_machine(
+def test_tls_is_not_offered_on_this_machine_unless_sslmode_asks(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Offering TLS builds an SSL context per connection (~17 ms of CPU): not for loopback
     servers. A server elsewhere is still offered TLS (pg8000's default)."""
     import ssl
 
-    from talon.store import database
+    from talon.store import connect
 
     built: list[bool] = []
     real = ssl.create_default_context
@@ -176,9 +179,16 @@ def test_no_tls_is_offered_to_a_server_on_this_machine(
     connection = connector_from_url(database_url, 10)()
     connection.close()
     assert built == []
-    assert database._is_loopback("127.0.0.1") and database._is_loopback("::1")
-    assert database._is_loopback("localhost") and not database._is_loopback("db.internal")
-    assert not database._is_loopback("10.0.0.7")
+    assert connect._is_loopback("127.0.0.1") and connect._is_loopback("::1")
+    assert connect._is_loopback("localhost") and not connect._is_loopback("db.internal")
+    assert not connect._is_loopback("10.0.0.7")
+    # `sslmode` decides when given: this server has no TLS, so `require` cannot connect.
+    separator = "&" if "?" in database_url else "?"
+    with pytest.raises(pg8000.dbapi.InterfaceError, match="refuses SSL"):
+        connector_from_url(f"{database_url}{separator}sslmode=require", 10)()
+    connector_from_url(f"{database_url}{separator}sslmode=prefer", 10)().close()
+    with pytest.raises(TalonError, match="sslmode must be one of"):
+        connector_from_url(f"{database_url}{separator}sslmode=allow", 10)
 
 
 def test_pool_replaces_a_connection_the_server_closed(database_url: str) -> None:

@@ -19,7 +19,8 @@ from conftest import worker_for_tests
 from talon.config import load_settings
 from talon.runtime.providers.base import ToolSpec
 from talon.runtime.tools.base import AgentContext, ToolResult, Toolset
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.telemetry.setup import configure_telemetry, flush_telemetry
 
 

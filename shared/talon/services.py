@@ -23,7 +23,8 @@ from talon.scheduling.tasks import SCHEDULE_CHANGED, TaskScheduler
 from talon.sessions.events import EVENTS_CHANNEL
 from talon.sessions.service import SessionService
 from talon.sessions.usage import NamespaceUsageHook
-from talon.store.database import Database, connector_from_url
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.migrate import migrate
 from talon.store.notify import Listener
 from talon.telemetry import metrics

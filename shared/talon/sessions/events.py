@@ -165,12 +165,6 @@ def from_json(text: str | None) -> list[Event]:
     ]
 
 
-def forget_session(tx: Tx, session_uid: uuid.UUID) -> None:
-    """Delete the session's events (no foreign key does it: see migration 0015), sent with the
-    transaction's next statement."""
-    tx.defer("DELETE FROM session_events WHERE session_uid = %s", (session_uid,))
-
-
 def read_after(tx: Tx, session_uid: uuid.UUID, after: int, limit: int = READ_LIMIT) -> list[Event]:
     rows = tx.all(
         "SELECT id, type, turn_id, data, "

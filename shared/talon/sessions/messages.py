@@ -65,12 +65,6 @@ def completing(
     return Splice(_COMPLETING_CTES + event_ctes, params, "(SELECT count(*) FROM notified)")
 
 
-def forget_session(tx: Tx, session_uid: uuid.UUID) -> None:
-    """Delete the session's messages (no foreign key does it: see migration 0015), sent with
-    the transaction's next statement."""
-    tx.defer("DELETE FROM messages WHERE session_uid = %s", (session_uid,))
-
-
 def page(tx: Tx, session_uid: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` messages after seq `after`, oldest first."""
     return tx.all(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon.errors import Conflict, NotFound
-from talon.sessions import events, messages, posting, turn_queue
+from talon.sessions import events, messages, posting
 from talon.sessions.models import CreateSession, PostMessage
 from talon.sessions.posting import Accepted
 from talon.sessions.usage import UsageQuery, usage_view
@@ -98,9 +98,7 @@ class SessionService:
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id, lock=True)
             view = summary(tx, session)
-            # Its rows go first, in the same round trip (no foreign key cascades to them).
-            for owner in (events, messages, turn_queue):
-                owner.forget_session(tx, session["uid"])
+            # Its messages, turns (with their steps) and events go with it (migration 0016).
             tx.execute("DELETE FROM sessions WHERE uid = %s", (session["uid"],))
             # Open streams read, find the session gone and end.
             tx.execute(

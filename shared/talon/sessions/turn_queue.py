@@ -162,12 +162,6 @@ def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> Queu
     return _queued(tx, [turn], rows)[0]
 
 
-def forget_session(tx: Tx, session_uid: uuid.UUID) -> None:
-    """Delete the session's turns, and with them their journaled steps (no foreign key
-    deletes the turns: see migration 0015), sent with the transaction's next statement."""
-    tx.defer("DELETE FROM turns WHERE session_uid = %s", (session_uid,))
-
-
 def _records(turns: Sequence[NewTurn | PostedTurn]) -> str:
     # One JSON parameter: pg8000 spends far longer escaping arrays than PostgreSQL does
     # parsing JSON.

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from google.cloud.sql.connector import Connector, IPTypes, RefreshStrategy
 
 from talon.config import DatabaseSettings
-from talon.store.database import STARTUP_PARAMS, Connection
+from talon.store.database import Connection
 
 _IP_TYPES = {"private": IPTypes.PRIVATE, "public": IPTypes.PUBLIC, "psc": IPTypes.PSC}
 
@@ -26,7 +26,6 @@ def cloud_sql_connector(settings: DatabaseSettings) -> Callable[[], Connection]:
             ip_type=_IP_TYPES[settings.ip_type],
             enable_iam_auth=settings.iam_auth,
             timeout=int(settings.connect_timeout_seconds),
-            startup_params=STARTUP_PARAMS,
         )
 
     return connect

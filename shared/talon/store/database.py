@@ -7,21 +7,18 @@ so a state change is durable before any caller acknowledges it.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeAlias
-from urllib.parse import parse_qs, unquote, urlparse
 
 import pg8000.dbapi
 
-from talon.errors import Conflict, TalonError, Unavailable
+from talon.errors import Conflict, Unavailable
 from talon.store import statements
 
 log = logging.getLogger(__name__)
@@ -178,60 +175,18 @@ def _dicts(result: statements.Result) -> list[dict[str, Any]]:
     return [dict(zip(result.names, row, strict=True)) for row in result.rows]
 
 
-# Sent in every connection's startup message. Talon prepares each statement once per
-# connection (`statements.py`), and its statements are keyed lookups whose best plan does not
-# depend on the values bound: PostgreSQL's default re-plans a statement on every execution
-# whenever it estimates the generic plan dearer than the custom ones it tried, which costs
-# ~5% of its CPU per turn (issue 19, bench/turns.py --prefill-turns). Plans still follow
-# the tables: autovacuum's ANALYZE invalidates them.
-STARTUP_PARAMS = {"plan_cache_mode": "force_generic_plan"}
+# Run once on every new connection. Talon prepares each statement once per connection
+# (`statements.py`), and its statements are keyed lookups whose best plan does not depend on
+# the values bound: PostgreSQL's default re-plans a statement at every execution whenever it
+# estimates the generic plan dearer than the custom ones it tried, ~5% of its CPU per turn
+# (issue 19, bench/turns.py --prefill-turns). Plans still follow the tables: autovacuum's
+# ANALYZE invalidates them. A SET rather than a startup parameter, which PgBouncer refuses.
+SESSION_SETUP = "SET plan_cache_mode = force_generic_plan"
 
 
-def connector_from_url(url: str, timeout: float) -> Callable[[], Connection]:
-    """postgresql://user:pass@host:port/db[?unix_sock=/path/.s.PGSQL.5432]"""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("postgresql", "postgres"):
-        raise TalonError(f"database url must start with postgresql://, got {parsed.scheme!r}")
-    query = parse_qs(parsed.query)
-    kwargs: dict[str, Any] = {
-        "user": unquote(parsed.username or "postgres"),
-        "password": unquote(parsed.password) if parsed.password else None,
-        "database": (parsed.path or "/").lstrip("/") or "postgres",
-        "timeout": timeout,
-        "application_name": "talon",
-        "startup_params": STARTUP_PARAMS,
-    }
-    address = (parsed.hostname or "127.0.0.1", parsed.port or 5432)
-    # pg8000 offers TLS to every server it connects to, building a new SSL context for each
-    # connection (~17 ms of CPU loading the system's CA certificates): pointless on a unix
-    # socket or the loopback interface, so not offered there. Other hosts keep the offer.
-    if "unix_sock" in query or _is_loopback(address[0]):
-        kwargs["ssl_context"] = False
-    if "unix_sock" in query:
-        kwargs["unix_sock"] = query["unix_sock"][0]
-        return lambda: pg8000.dbapi.connect(**kwargs)
-
-    def connect() -> Connection:
-        try:
-            sock = socket.create_connection(address, timeout)
-        except OSError as exc:
-            raise pg8000.dbapi.InterfaceError(f"cannot connect to {address}: {exc}") from exc
-        # pg8000 leaves Nagle's algorithm on: a message over one TCP segment (a large
-        # batch parameter) then waits ~40 ms for the server's delayed ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return pg8000.dbapi.connect(sock=sock, **kwargs)
-
-    return connect
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _set_up(connection: Connection) -> Connection:
+    connection.execute_simple(SESSION_SETUP)  # outside a transaction: for the session
+    return connection
 
 
 class Database:
@@ -242,7 +197,7 @@ class Database:
         *,
         ping_after_idle_seconds: float = 30.0,
     ) -> None:
-        self._connect = connect
+        self._connect = lambda: _set_up(connect())
         # (connection, monotonic time it was returned to the pool)
         self._idle: queue.LifoQueue[tuple[Connection, float]] = queue.LifoQueue()
         self._ping_after = ping_after_idle_seconds

@@ -111,7 +111,7 @@ class LocalPostgres:
         )
 
     def connect(self, database: str = "postgres") -> pg8000.dbapi.Connection:
-        from talon.store.database import connector_from_url
+        from talon.store.connect import connector_from_url
 
         return connector_from_url(self.url(database), 10)()
 

@@ -277,6 +277,29 @@ def test_a_retried_key_finds_its_turn_within_its_session(db: Database) -> None:
     assert "session_events_pkey" in plan, plan
 
 
+def test_a_retry_answers_where_its_turn_started_without_reading_the_events(
+    acme_bot: Api, db: Database
+) -> None:
+    """Where a turn's events start is written with the turn, so a retried key answers with
+    it whatever the session's length; a turn queued before that column existed (NULL) is
+    still found from its events."""
+    acme_bot.ok("POST", BASE, 201, json={"id": "s1"})
+    first = post(acme_bot, "s1", "one", headers={"Idempotency-Key": "k-1"})
+    post(acme_bot, "s1", "two")
+    with db.transaction() as tx:
+        stored = tx.scalar("SELECT stream_from FROM turns WHERE id = %s", (first["turnId"],))
+        # The stored value is what the retry answers: move it, and the answer moves with it.
+        tx.execute("UPDATE turns SET stream_from = stream_from + 100 WHERE id = %s",
+                   (first["turnId"],))  # fmt: skip
+    assert stored == first["streamFrom"]
+    retried = post(acme_bot, "s1", "one", headers={"Idempotency-Key": "k-1"})
+    assert retried["streamFrom"] == first["streamFrom"] + 100
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET stream_from = NULL WHERE id = %s", (first["turnId"],))
+    legacy = post(acme_bot, "s1", "one", headers={"Idempotency-Key": "k-1"})
+    assert legacy["turnId"] == first["turnId"] and legacy["streamFrom"] == first["streamFrom"]
+
+
 def test_concurrent_retries_with_one_idempotency_key_queue_one_turn(
     acme_bot: Api, db: Database
 ) -> None:

@@ -69,12 +69,12 @@ _LOCK_FOR_QUEUE_SQL = (
 )
 # The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
 # statement of its own: it sees a turn that a concurrent request with the key committed while
-# this one waited for the lock. The turn's first event is found within its session's events
-# (no index leads with turn_id: without the session the lookup read every session's events).
+# this one waited for the lock. Where the turn's events start was written with it (migration
+# 0017); a turn queued before that is looked up within its session's events.
 _REPLAY_SQL = (
-    "SELECT t.id, t.input_seq, t.state, t.request_hash, (SELECT min(e.id) - 1 FROM "
-    "session_events e WHERE e.session_uid = t.session_uid AND e.turn_id = t.id) "
-    "AS stream_from FROM sessions s JOIN turns t "
+    "SELECT t.id, t.input_seq, t.state, t.request_hash, COALESCE(t.stream_from, (SELECT "
+    "min(e.id) - 1 FROM session_events e WHERE e.session_uid = t.session_uid "
+    "AND e.turn_id = t.id)) AS stream_from FROM sessions s JOIN turns t "
     "ON t.session_uid = s.uid WHERE s.namespace = %s AND s.id = %s AND t.idempotency_key = %s"
 )
 

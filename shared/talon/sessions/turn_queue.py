@@ -92,9 +92,9 @@ WITH input AS ({{input}}), numbered AS (
     SELECT session_uid, seq, 'user', content, turn_id FROM w
 ), t AS (
     INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, input_seq,
-                       traceparent)
+                       traceparent, stream_from)
     SELECT turn_id, session_uid, turn_seq, source, idempotency_key, request_hash, seq,
-           traceparent FROM w
+           traceparent, last_event - 2 FROM w
 ), e AS (
     INSERT INTO session_events (session_uid, id, turn_id, type, data)
     SELECT session_uid, last_event - 1, turn_id, 'message.created',

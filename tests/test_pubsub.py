@@ -120,6 +120,9 @@ class _Gated:
         threading.Thread(target=later, daemon=True).start()
         return future
 
+    def close(self) -> None:
+        self.publisher.close()
+
 
 def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_published(
     api: Api, broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
@@ -294,6 +297,9 @@ class _FailingAfter:
             return failed
         self.ok -= 1
         return self.publisher.submit(topic, payload, key=key, outbox_id=outbox_id)
+
+    def close(self) -> None:
+        self.publisher.close()
 
 
 def _published_rows_setup(

@@ -137,6 +137,7 @@ class Services:
                 self.relay.close()
             except Exception as exc:
                 log.warning("deleting published outbox rows at close failed: %s", exc)
+            self.relay.publisher.close()
         self.db.close()
 
 

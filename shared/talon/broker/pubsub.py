@@ -44,6 +44,10 @@ class PubSubPublisher:
             LIFECYCLE_TOPIC: self._client.topic_path(settings.project, settings.lifecycle_topic),
         }
 
+    def close(self) -> None:
+        """Stop the publishing threads once they have sent what was submitted."""
+        self._threads.shutdown(wait=False)
+
     def publish(self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int) -> str:
         """Publish and wait for the server's acknowledgement; return the message id."""
         future = self.submit(topic, payload, key=key, outbox_id=outbox_id)

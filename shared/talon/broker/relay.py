@@ -44,6 +44,10 @@ class Publisher(Protocol):
         """Start publishing; the future's result is the message id."""
         ...
 
+    def close(self) -> None:
+        """Release what publishing holds (threads, channels); nothing is submitted after."""
+        ...
+
 
 class OutboxRelay:
     def __init__(self, db: Database, publisher: Publisher, *, forget_after: float = 0.5) -> None:

@@ -424,6 +424,13 @@ def start_worker(settings: Settings) -> Iterator[Any]:
     assert errors.records == [], errors.records
 
 
+def row_counts(db: Database, tables: list[str], session_uid: Any = None) -> dict[str, int]:
+    """How many rows each table holds (of one session when `session_uid` is given)."""
+    where, params = (" WHERE session_uid = %s", (session_uid,)) if session_uid else ("", None)
+    with db.transaction() as tx:
+        return {t: int(tx.scalar(f"SELECT count(*) FROM {t}{where}", params)) for t in tables}
+
+
 def read_stream(
     api: Api,
     path: str,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import samples
-from conftest import Api, read_stream
+from conftest import Api, read_stream, row_counts
 from talon.sessions.events import Event
 from talon.store.database import Database
 
@@ -150,14 +150,8 @@ def test_a_message_waiting_behind_its_sessions_deletion_writes_nothing(
         tx.execute("DELETE FROM sessions WHERE uid = %s", (uid,))
     poster.join(10)
     assert answers == [404]
-    with db.transaction() as tx:
-        left = tx.one(
-            "SELECT (SELECT count(*) FROM messages WHERE session_uid = %s) AS messages, "
-            "(SELECT count(*) FROM turns WHERE session_uid = %s) AS turns, "
-            "(SELECT count(*) FROM session_events WHERE session_uid = %s) AS events",
-            (uid, uid, uid),
-        )
-    assert left == {"messages": 0, "turns": 0, "events": 0}
+    tables = ["messages", "turns", "session_events"]
+    assert row_counts(db, tables, uid) == dict.fromkeys(tables, 0)
 
 
 def _waiting_for_session_locks(db: Database, count: int) -> int:
@@ -348,13 +342,8 @@ def test_a_message_for_another_agents_session_writes_nothing(acme_bot: Api, db: 
     acme_bot.ok("POST", "/v1/apply", json={"items": items})
     acme_bot.ok("POST", "/v1/ns/globex/agents/bot/sessions", 201, json={"id": "g1"})
     assert acme_bot.post(f"{BASE}/g1/message", json={"content": "hi"}).status_code == 404
-    with db.transaction() as tx:
-        written = tx.one(
-            "SELECT (SELECT count(*) FROM messages) AS messages, "
-            "(SELECT count(*) FROM turns) AS turns, (SELECT count(*) FROM outbox) AS outbox, "
-            "(SELECT count(*) FROM session_events) AS events"
-        )
-    assert written == {"messages": 0, "turns": 0, "outbox": 0, "events": 0}
+    tables = ["messages", "turns", "outbox", "session_events"]
+    assert row_counts(db, tables) == dict.fromkeys(tables, 0)
     assert acme_bot.ok("GET", f"{BASE}/s1")["messageCount"] == 0
 
 

@@ -191,9 +191,17 @@ def main() -> int:
         help="three one-row durable commits with a notification each, no more",
     )
     args = parser.parse_args()
-    turn = bare_turn if args.bare else push_turn if args.push else one_turn
-    if args.listeners is None:
-        args.listeners = 1 if args.push else 2
+    shape = "bare" if args.bare else "push" if args.push else "turn"
+    print(json.dumps(measure(args.turns, shape, args.listeners), indent=2))
+    return 0
+
+
+def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> dict[str, Any]:
+    """The floor's figures for `turns` turns of `shape` (turn, push or bare) on a fresh
+    durable cluster, with `listeners` connections LISTENing (default: 2, or 1 for push)."""
+    turn = {"bare": bare_turn, "push": push_turn, "turn": one_turn}[shape]
+    if listeners is None:
+        listeners = 1 if shape == "push" else 2
     root = Path(tempfile.mkdtemp(prefix="talon-pg-floor-"))
     root.chmod(0o755)
     pg = LocalPostgres(root / "pg", durable=True)
@@ -202,14 +210,13 @@ def main() -> int:
         pg.ensure_database("talon")
         migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
         # Deployed, only the gateways listen (for session events).
-        channels = (
-            ("talon_session_events",) if args.push else ("talon_outbox", "talon_session_events")
-        )
-        listeners = [
-            Listener(lambda: pg.connect("talon"), (channel,))
-            for channel in channels[: args.listeners]
+        channels = ("talon_outbox", "talon_session_events")
+        if shape == "push":
+            channels = ("talon_session_events",)
+        listening = [
+            Listener(lambda: pg.connect("talon"), (channel,)) for channel in channels[:listeners]
         ]
-        for listener in listeners:
+        for listener in listening:
             listener.wait_ready()
         connection = pg.connect("talon")
         session = uuid.uuid4()
@@ -229,20 +236,19 @@ def main() -> int:
         cpu_before = cpu_seconds(postgres_pids(pg))
         own_before = time.process_time()
         started = time.perf_counter()
-        for n in range(args.turns):
+        for n in range(turns):
             turn(connection, session, n)
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
         own = time.process_time() - own_before
         connection.close()
-        for listener in listeners:
+        for listener in listening:
             listener.close()
         time.sleep(1)  # the closed backends' statistics
-        turns = args.turns
-        print(json.dumps({
+        return {
             "turns": turns,
-            "shape": "bare" if args.bare else "push" if args.push else "turn",
-            "listeners": args.listeners,
+            "shape": shape,
+            "listeners": listeners,
             "turns_per_second": round(turns / elapsed, 1),
             "turn_ms": round(elapsed * 1000 / turns, 2),
             "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
@@ -251,10 +257,9 @@ def main() -> int:
             "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
             # Minus this script's own query before the run.
             "commits_per_turn_all_processes": round((commits(pg) - commits_before - 1) / turns, 1),
-        }, indent=2))  # fmt: skip
+        }  # fmt: skip
     finally:
         pg.stop()
-    return 0
 
 
 if __name__ == "__main__":

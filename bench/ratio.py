@@ -3,13 +3,18 @@ drift falls on both: `bench/floor.py`'s measurement, then `bench/turns.py`'s, th
 again; the ratio is Talon's turns/s over the mean of the two floors' turns/s (what two cores
 allow the clients, functions-framework and the openai exchange with no Talon code). Beside it,
 the same ratio in the floor's own terms (two cores over the CPU per turn of every process),
-which other work on the machine does not move.
+which other work on the machine does not move. Last, `bench/pg_floor.py`'s database floor
+(the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
+client's) added to the floor's CPU: the ratio a stack doing only the floor's work and those
+statements would reach, so the share of the target left to Talon's own code is measured in the
+same run (`--no-database-floor` skips it).
 
     .venv/bin/python bench/ratio.py --clients 16 --turns 2000
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import turns
 from floor import floor
+from pg_floor import measure as measure_database_floor
 
 
 def main() -> int:
@@ -26,6 +32,8 @@ def main() -> int:
     parser.set_defaults(clients=16, turns=2000)
     parser.add_argument("--floor-turns", type=int, default=4000)
     parser.add_argument("--history", type=int, default=80, help="the floor's model history")
+    parser.add_argument("--no-database-floor", dest="database_floor", action="store_false")
+    parser.add_argument("--database-floor-turns", type=int, default=3000)
     args = parser.parse_args()
 
     # The floor's clients make the same requests per turn as Talon's (a held stream, which
@@ -45,7 +53,7 @@ def main() -> int:
     # In the floor's own terms: the turns/s two cores allow Talon's stack at the CPU it
     # spent per turn (every process of the run), unaffected by other work on the machine.
     talon_cpu = sum(talon["cpu_ms_per_turn"].values())
-    print(json.dumps({
+    report = {
         "talon": talon,
         "floor_before": before,
         "floor_after": after,
@@ -55,8 +63,32 @@ def main() -> int:
         "talon_cpu_ms_per_turn": round(talon_cpu, 2),
         "talon_ceiling_turns_per_second": round(2000 / talon_cpu, 1),
         "talon_ceiling_over_floor": round(2000 / talon_cpu / floor_tps, 3),
-    }, indent=2))  # fmt: skip
+    }  # fmt: skip
+    if args.database_floor:
+        report.update(with_database_floor(args, floor_tps, talon_cpu))
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def with_database_floor(
+    args: argparse.Namespace, floor_tps: float, talon_cpu: float
+) -> dict[str, object]:
+    """The floor plus the database's: what durability costs at the least, in the ratio's terms."""
+    shape = "push" if args.broker == "pubsub" else "turn"
+    database = measure_database_floor(args.database_floor_turns, shape)
+    database_cpu = float(database["postgres_cpu_ms_per_turn"]) + float(
+        database["client_cpu_ms_per_turn"]
+    )
+    combined_cpu = 2000 / floor_tps + database_cpu
+    return {
+        "database_floor": database,
+        "floor_with_database_cpu_ms_per_turn": round(combined_cpu, 2),
+        # The ratio a stack doing nothing beyond the floor and the fewest durable statements
+        # would reach; 0.6 of the floor leaves Talon's own code the difference in CPU.
+        "floor_with_database_over_floor": round(2000 / combined_cpu / floor_tps, 3),
+        "cpu_ms_per_turn_at_0_6_of_floor": round(2000 / (0.6 * floor_tps), 2),
+        "talon_cpu_ms_per_turn_above_floor_with_database": round(talon_cpu - combined_cpu, 2),
+    }
 
 
 if __name__ == "__main__":

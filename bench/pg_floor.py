@@ -7,8 +7,8 @@ Each turn is four round trips, one statement each, as few as the contract allows
   before it is acknowledged;
 - the stream's start: the session's events after a position (one read);
 - the claim: the turn's lease, the dispatch row's claim, the turn's start event and
-  notification, committed, with the history window (the last 80 messages) in the same
-  round trip;
+  notification, committed, with the history window in the same round trip (as a worker
+  with a copy of the window reads it: the messages it lacks, here the new one);
 - the final write: the answer, the model step's journal row, the turn's completion, its
   events, the dispatch row's removal and the notification, committed.
 Two connections LISTEN as the gateway's and the worker's do, so PostgreSQL wakes them for
@@ -65,7 +65,7 @@ WITH s AS (
 ), o AS (
     INSERT INTO outbox (topic, key, payload) SELECT 'dispatch', $1::text, '{}' FROM s RETURNING id
 )
-SELECT last_event_id, o.id, pg_notify('talon_outbox', $3::text) FROM s, o
+SELECT last_event_id, o.id, last_message, pg_notify('talon_outbox', $3::text) FROM s, o
 """
 
 STREAM = """
@@ -91,10 +91,12 @@ WITH c AS (
 SELECT c.fencing_token, pg_notify('talon_session_events', $1::text) FROM c, s
 """
 
+# The history window as a worker with a copy of it reads it (`runtime/history_cache.py`): the
+# messages after the last one it has (the new user message), at most a window's worth.
 WINDOW = f"""
 SELECT coalesce(json_agg(json_build_array(role, content) ORDER BY seq), '[]')::text FROM (
-    SELECT seq, role, content FROM messages WHERE session_uid = $1 ORDER BY seq DESC
-    LIMIT {HISTORY}
+    SELECT seq, role, content FROM messages WHERE session_uid = $1 AND seq > $2
+    ORDER BY seq DESC LIMIT {HISTORY}
 ) w
 """
 
@@ -141,14 +143,17 @@ def one_turn(connection: Any, session: uuid.UUID, n: int) -> None:
     turn = uuid.uuid4()
     [posted] = statements.run_batch(connection, [(MESSAGE, (session, f"turn {n}", turn))],
                                     commit=True)  # fmt: skip
-    after, delivery = posted.rows[0][0] - 1, posted.rows[0][1]
+    after, delivery, message = posted.rows[0][0] - 1, posted.rows[0][1], posted.rows[0][2]
     connection.autocommit = True
     statements.run_batch(connection, [(STREAM, (session, after))])
     connection.autocommit = False
-    claimed, _window = statements.run_batch(
-        connection, [(CLAIM, (turn, "worker-1", delivery)), (WINDOW, (session,))], commit=True
+    claimed, window = statements.run_batch(
+        connection,
+        [(CLAIM, (turn, "worker-1", delivery)), (WINDOW, (session, message - 1))],
+        commit=True,
     )
     fencing = claimed.rows[0][0]
+    assert f"turn {n}" in window.rows[0][0]
     statements.run_batch(
         connection, [(COMPLETE, (session, turn, "ok", fencing, delivery))], commit=True
     )
@@ -165,9 +170,12 @@ def push_turn(connection: Any, session: uuid.UUID, n: int) -> None:
     [posted] = statements.run_batch(connection, [(MESSAGE, (session, f"turn {n}", turn))],
                                     commit=True)  # fmt: skip
     _published.append(posted.rows[0][1])
+    message = posted.rows[0][2]
     no_row = -1
-    claimed, _window = statements.run_batch(
-        connection, [(CLAIM, (turn, "worker-1", no_row)), (WINDOW, (session,))], commit=True
+    claimed, window = statements.run_batch(
+        connection,
+        [(CLAIM, (turn, "worker-1", no_row)), (WINDOW, (session, message - 1))],
+        commit=True,
     )
     fencing = claimed.rows[0][0]
     statements.run_batch(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -103,11 +104,13 @@ class _Gated:
     def __init__(self, publisher: Any) -> None:
         self.publisher, self.gate = publisher, threading.Event()
         self.waiting = threading.Event()
+        self.submitted: list[str] = []  # the keys handed over, in order
 
     def submit(
         self, topic: str, payload: dict[str, Any], *, key: str, outbox_id: int
     ) -> Future[str]:
         self.waiting.set()
+        self.submitted.append(key)
         future: Future[str] = Future()
 
         def later() -> None:
@@ -428,6 +431,58 @@ def test_closing_the_relay_waits_for_background_publishes_and_deletes_their_rows
             assert tx.scalar("SELECT count(*) FROM outbox") == 1
         gated.gate.set()
     finally:
+        db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
+        subscriber.delete_subscription(subscription=pull)
+
+
+def test_background_publishes_beyond_the_bound_are_left_to_the_sweep(
+    broker_env: dict[str, str],
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Pub/Sub does not answer, background publishes wait (up to their timeout), each
+    holding its message: beyond `max_in_background` of them the relay hands no more over and
+    leaves the rows to the sweep, so a gateway's memory does not grow with the request rate
+    during an outage. Nothing is lost: the sweep publishes those rows, each once."""
+    subscriber, pull, settings = _published_rows_setup(broker_env, db, monkeypatch)
+    gated = _Gated(PubSubPublisher(settings))
+    relay = OutboxRelay(db, gated, forget_after=3600.0, max_in_background=2)
+    db.on_commit(OUTBOX_COMMITTED, relay.on_commit)
+
+    def commit_rows(keys: range) -> None:
+        with relay.in_background(), db.transaction() as tx:
+            for i in keys:
+                enqueue(tx, DISPATCH_TOPIC, {"sessionUid": f"s-{i}"}, key=f"k{i}")
+
+    def pending() -> list[str]:
+        with db.transaction() as tx:
+            return [r["key"] for r in tx.all("SELECT key FROM outbox ORDER BY id")]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="talon.broker.relay"):
+            commit_rows(range(0, 3))
+            commit_rows(range(3, 4))
+            assert gated.submitted == ["k0", "k1"]  # the bound: k2 and k3 were not handed over
+            gated.gate.set()
+            _wait_for(lambda: not relay._in_flight, "the answers to the first two")
+            assert relay.forget_published() == 2
+            assert pending() == ["k2", "k3"]
+            commit_rows(range(4, 5))  # answered again: publishing in the background resumes
+            assert gated.submitted == ["k0", "k1", "k4"]
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 2, warnings
+        assert "left to the sweep" in warnings[0] and "2 background publishes" in warnings[0]
+        assert warnings[1] == "publishing again: 2 outbox rows were left to the sweep"
+        _wait_for(lambda: not relay._in_flight, "the answer to k4")
+        relay.forget_published()
+        assert relay.flush() == 2  # the sweep
+        assert pending() == []
+        received = _pulled(subscriber, pull, 5)
+        assert sorted(m.message.attributes["key"] for m in received) == [f"k{i}" for i in range(5)]
+    finally:
+        gated.gate.set()
+        relay.close(wait_seconds=1)
         db.on_commit(OUTBOX_COMMITTED, lambda rows: None)
         subscriber.delete_subscription(subscription=pull)
 

@@ -30,6 +30,10 @@ from talon.store.database import Database
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 5.0  # within Cloud Run's 10 s between SIGTERM and SIGKILL
+# Background publishes not yet answered, at most: while Pub/Sub does not answer (an outage, a
+# quota), each holds its message until its 30 s timeout, so an unbounded queue would grow
+# with the request rate. Beyond it, rows are left to the sweep, as a crashed process's are.
+MAX_IN_BACKGROUND = 1000
 # Set while the request that commits goes on without waiting for the publish (`in_background`).
 _IN_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "talon_publish_in_background", default=False
@@ -50,13 +54,22 @@ class Publisher(Protocol):
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, publisher: Publisher, *, forget_after: float = 0.5) -> None:
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher,
+        *,
+        forget_after: float = 0.5,
+        max_in_background: int = MAX_IN_BACKGROUND,
+    ) -> None:
         self.db = db
         self.publisher = publisher
         self.forget_after = forget_after  # well below the sweep's age (10 s)
         self._changed = threading.Condition()
         self._published: list[int] = []  # published in the background, not yet deleted
         self._in_flight: set[Future[str]] = set()  # background publishes not yet answered
+        self.max_in_background = max_in_background
+        self._left_to_sweep = 0  # rows not published for the bound since the last warning
         self._closed = False
         self._forgetter: threading.Thread | None = None
         self._deleting = threading.Lock()  # one deletion at a time: close() waits for it
@@ -94,12 +107,29 @@ class OutboxRelay:
 
     def publish_in_background(self, rows: list[OutboxRow]) -> None:
         """Start publishing the rows and return; each that goes out is deleted within
-        `forget_after` seconds (`forget_published`)."""
+        `forget_after` seconds (`forget_published`). With `max_in_background` publishes
+        unanswered, the rest are left to the sweep (they are committed: nothing is lost)."""
         for row in rows:
-            future = self._submit(row)
             with self._changed:
+                if len(self._in_flight) >= self.max_in_background:
+                    self._leave_to_sweep(row)
+                    continue
+                future = self._submit(row)
                 self._in_flight.add(future)
+                left, self._left_to_sweep = self._left_to_sweep, 0
+            if left:
+                log.warning("publishing again: %d outbox rows were left to the sweep", left)
             future.add_done_callback(partial(self._answered, row.id))
+
+    def _leave_to_sweep(self, row: OutboxRow) -> None:
+        # Called with `_changed` held. One warning when the bound is first hit, one with the
+        # count when publishing resumes.
+        if not self._left_to_sweep:
+            log.warning(
+                "%d background publishes unanswered: outbox row %s and the next ones are left "
+                "to the sweep", len(self._in_flight), row.id,
+            )  # fmt: skip
+        self._left_to_sweep += 1
 
     def forget_published(self) -> int:
         """Delete the rows published in the background so far, in one round trip; their

@@ -178,6 +178,7 @@ def push_turn(connection: Any, session: uuid.UUID, n: int) -> None:
         commit=True,
     )
     fencing = claimed.rows[0][0]
+    assert f"turn {n}" in window.rows[0][0]
     statements.run_batch(
         connection, [(COMPLETE, (session, turn, "ok", fencing, no_row))], commit=True
     )

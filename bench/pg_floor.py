@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from turns import commits, cpu_seconds, postgres_pids
+from turns import commits, cpu_seconds, postgres_pids, wal_position
 
 from talon.store import statements
 from talon.store.connect import connector_from_url
@@ -242,6 +242,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             turn(connection, session, n)
         time.sleep(11)  # backends report their commit counts when idle for 10 s
         commits_before = commits(pg)
+        wal_before = wal_position(pg)
         cpu_before = cpu_seconds(postgres_pids(pg))
         own_before = time.process_time()
         started = time.perf_counter()
@@ -250,6 +251,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
         own = time.process_time() - own_before
+        wal_after = wal_position(pg)
         connection.close()
         for listener in listening:
             listener.close()
@@ -266,6 +268,8 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
             # Minus this script's own query before the run.
             "commits_per_turn_all_processes": round((commits(pg) - commits_before - 1) / turns, 1),
+            "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
+            "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),
         }  # fmt: skip
     finally:
         pg.stop()

@@ -92,7 +92,9 @@ SELECT c.fencing_token, pg_notify('talon_session_events', $1::text) FROM c, s
 """
 
 # The history window as a worker with a copy of it reads it (`runtime/history_cache.py`): the
-# messages after the last one it has (the new user message), at most a window's worth.
+# messages after the last one its copy has, the session's counter at the previous claim (the
+# previous turn's answer and the new input), at most a window's worth. Talon's read also
+# returns the window's turn ids and the session's counter; this one does not.
 WINDOW = f"""
 SELECT coalesce(json_agg(json_build_array(role, content) ORDER BY seq), '[]')::text FROM (
     SELECT seq, role, content FROM messages WHERE session_uid = $1 AND seq > $2
@@ -149,11 +151,11 @@ def one_turn(connection: Any, session: uuid.UUID, n: int) -> None:
     connection.autocommit = False
     claimed, window = statements.run_batch(
         connection,
-        [(CLAIM, (turn, "worker-1", delivery)), (WINDOW, (session, message - 1))],
+        [(CLAIM, (turn, "worker-1", delivery)), (WINDOW, (session, message - 2))],
         commit=True,
     )
     fencing = claimed.rows[0][0]
-    assert f"turn {n}" in window.rows[0][0]
+    _check_window(window.rows[0][0], n)
     statements.run_batch(
         connection, [(COMPLETE, (session, turn, "ok", fencing, delivery))], commit=True
     )
@@ -161,6 +163,13 @@ def one_turn(connection: Any, session: uuid.UUID, n: int) -> None:
 
 PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _published: list[int] = []
+
+
+def _check_window(window: str, n: int) -> None:
+    """The window read the messages a worker's copy lacks: the previous answer (none before
+    the first turn) and the new input, no more."""
+    rows = json.loads(window)
+    assert rows[-1] == ["user", f"turn {n}"] and rows[:-1] in ([], [["assistant", "ok"]]), rows
 
 
 def push_turn(connection: Any, session: uuid.UUID, n: int) -> None:
@@ -174,11 +183,11 @@ def push_turn(connection: Any, session: uuid.UUID, n: int) -> None:
     no_row = -1
     claimed, window = statements.run_batch(
         connection,
-        [(CLAIM, (turn, "worker-1", no_row)), (WINDOW, (session, message - 1))],
+        [(CLAIM, (turn, "worker-1", no_row)), (WINDOW, (session, message - 2))],
         commit=True,
     )
     fencing = claimed.rows[0][0]
-    assert f"turn {n}" in window.rows[0][0]
+    _check_window(window.rows[0][0], n)
     statements.run_batch(
         connection, [(COMPLETE, (session, turn, "ok", fencing, no_row))], commit=True
     )
@@ -209,6 +218,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
     """The floor's figures for `turns` turns of `shape` (turn, push or bare) on a fresh
     durable cluster, with `listeners` connections LISTENing (default: 2, or 1 for push)."""
     turn = {"bare": bare_turn, "push": push_turn, "turn": one_turn}[shape]
+    _published.clear()  # a previous call's, on a cluster gone since
     if listeners is None:
         listeners = 1 if shape == "push" else 2
     root = Path(tempfile.mkdtemp(prefix="talon-pg-floor-"))
@@ -251,11 +261,11 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
         own = time.process_time() - own_before
-        wal_after = wal_position(pg)
         connection.close()
         for listener in listening:
             listener.close()
         time.sleep(1)  # the closed backends' statistics
+        wal_after = wal_position(pg)  # its flushes as the closed backends reported them
         return {
             "turns": turns,
             "shape": shape,
@@ -266,8 +276,8 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             # This process: pg8000 and Talon's statement layer sending the statements and
             # reading their answers, and the listeners' threads reading the notifications.
             "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
-            # Minus this script's own query before the run.
-            "commits_per_turn_all_processes": round((commits(pg) - commits_before - 1) / turns, 1),
+            # Minus this script's own queries: the count before the run and the two WAL reads.
+            "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
             "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
             "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),
         }  # fmt: skip

@@ -7,7 +7,8 @@ which other work on the machine does not move. Last, `bench/pg_floor.py`'s datab
 (the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
 client's) added to the floor's CPU: the ratio a stack doing only the floor's work and those
 statements would reach, so the share of the target left to Talon's own code is measured in the
-same run (`--no-database-floor` skips it).
+same run (`--no-database-floor` skips it). The database floor is measured once, after the
+rest, on one core's worth of work: the host's drift within the run falls on it less evenly.
 
     .venv/bin/python bench/ratio.py --clients 16 --turns 2000
 """

@@ -165,9 +165,11 @@ def _relay(settings: Settings, db: Database) -> OutboxRelay | None:
     broker = settings.control_plane.message_broker
     if broker.driver != "gcp_pubsub":
         return None
-    from talon.broker.pubsub import PubSubPublisher  # Google import only when configured
+    from talon.broker.pubsub import PUBLISH_THREADS, PubSubPublisher  # only when configured
 
-    return OutboxRelay(db, PubSubPublisher(broker))
+    # Four waiting per publishing thread: far above what is in flight while Pub/Sub answers
+    # in milliseconds, and a request's own publish waits behind at most that many.
+    return OutboxRelay(db, PubSubPublisher(broker), max_in_background=4 * PUBLISH_THREADS)
 
 
 def _task_scheduler(settings: Settings, db: Database, firer: ScheduleFirer) -> TaskScheduler | None:

@@ -30,10 +30,12 @@ from talon.store.database import Database
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 5.0  # within Cloud Run's 10 s between SIGTERM and SIGKILL
-# Background publishes not yet answered, at most: while Pub/Sub does not answer (an outage, a
-# quota), each holds its message until its 30 s timeout, so an unbounded queue would grow
-# with the request rate. Beyond it, rows are left to the sweep, as a crashed process's are.
-MAX_IN_BACKGROUND = 1000
+# Background publishes not yet answered, at most (the default; `services.py` sets it from the
+# publisher's threads). While Pub/Sub does not answer (an outage, a quota), each waits for a
+# publishing thread and then up to its 30 s timeout, so an unbounded queue would grow with
+# the request rate, and a request's own publish would wait behind it. Beyond the bound, rows
+# are left to the sweep, as a crashed process's are.
+MAX_IN_BACKGROUND = 64
 # Set while the request that commits goes on without waiting for the publish (`in_background`).
 _IN_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "talon_publish_in_background", default=False
@@ -69,7 +71,8 @@ class OutboxRelay:
         self._published: list[int] = []  # published in the background, not yet deleted
         self._in_flight: set[Future[str]] = set()  # background publishes not yet answered
         self.max_in_background = max_in_background
-        self._left_to_sweep = 0  # rows not published for the bound since the last warning
+        self._unanswered = 0  # background publishes handed over (or being), not answered
+        self._left_to_sweep = 0  # rows left to the sweep since a background publish went out
         self._closed = False
         self._forgetter: threading.Thread | None = None
         self._deleting = threading.Lock()  # one deletion at a time: close() waits for it
@@ -111,25 +114,29 @@ class OutboxRelay:
         unanswered, the rest are left to the sweep (they are committed: nothing is lost)."""
         for row in rows:
             with self._changed:
-                if len(self._in_flight) >= self.max_in_background:
-                    self._leave_to_sweep(row)
-                    continue
+                full = self._unanswered >= self.max_in_background
+                first = full and not self._left_to_sweep
+                if full:
+                    self._left_to_sweep += 1
+                else:
+                    self._unanswered += 1  # its slot, taken before the publisher is called
+            if full:
+                if first:
+                    log.warning(
+                        "%d background publishes unanswered: outbox row %s and the next ones "
+                        "are left to the sweep until one is answered",
+                        self.max_in_background, row.id,
+                    )  # fmt: skip
+                continue
+            try:
                 future = self._submit(row)
+            except BaseException:
+                with self._changed:
+                    self._unanswered -= 1
+                raise
+            with self._changed:
                 self._in_flight.add(future)
-                left, self._left_to_sweep = self._left_to_sweep, 0
-            if left:
-                log.warning("publishing again: %d outbox rows were left to the sweep", left)
             future.add_done_callback(partial(self._answered, row.id))
-
-    def _leave_to_sweep(self, row: OutboxRow) -> None:
-        # Called with `_changed` held. One warning when the bound is first hit, one with the
-        # count when publishing resumes.
-        if not self._left_to_sweep:
-            log.warning(
-                "%d background publishes unanswered: outbox row %s and the next ones are left "
-                "to the sweep", len(self._in_flight), row.id,
-            )  # fmt: skip
-        self._left_to_sweep += 1
 
     def forget_published(self) -> int:
         """Delete the rows published in the background so far, in one round trip; their
@@ -145,20 +152,32 @@ class OutboxRelay:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+            left = self._left_to_sweep
+        if left:
+            log.warning("closing: %d outbox rows were left to the sweep", left)
         self.forget_published()
 
     def _submit(self, row: OutboxRow) -> Future[str]:
         return self.publisher.submit(row.topic, row.payload, key=row.key, outbox_id=row.id)
 
     def _answered(self, row_id: int, future: Future[str]) -> None:
-        with self._changed:
-            self._in_flight.discard(future)
         try:
             future.result()
         except BaseException as exc:
+            with self._changed:
+                self._in_flight.discard(future)
+                self._unanswered -= 1
             log.warning("publishing outbox row %s failed; left for the sweep: %s", row_id, exc)
             return
-        self._forget_soon([row_id])
+        # Answered and queued for deletion at once: whoever sees it leave `_in_flight` finds
+        # its row among the published.
+        with self._changed:
+            self._in_flight.discard(future)
+            self._unanswered -= 1
+            left, self._left_to_sweep = self._left_to_sweep, 0
+            self._forget_soon([row_id])
+        if left:
+            log.warning("Pub/Sub answers again: %d outbox rows were left to the sweep", left)
 
     def _forget_soon(self, ids: list[int]) -> None:
         with self._changed:

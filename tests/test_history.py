@@ -454,3 +454,29 @@ def test_copies_are_dropped_least_recently_used_beyond_the_budget() -> None:
     assert copies.sessions() == 3
     assert copies.after(sessions[1]) == 0  # the least recently used, dropped
     assert copies.after(sessions[0]) == 1
+
+
+def test_a_copy_keeps_its_size_exact_as_messages_leave_its_window() -> None:
+    """A copy's size moves by the messages that joined and left it (not measured whole at
+    every claim), so a long session's copy stays within the budget it fits."""
+    import uuid
+
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import WindowSince
+
+    copies = HistoryCache(max_bytes=10_000)
+    uid = uuid.uuid4()
+
+    def message(seq: int) -> tuple[int, str, dict[str, Any]]:
+        return (seq, f"t{seq}", {"role": "user", "content": "x" * 1000})
+
+    def turns(lo: int, last: int) -> list[str]:
+        return [f"t{seq}" for seq in range(lo, last + 1)]
+
+    copies.window(uid, WindowSince(turns(1, 5), 1, 5, [message(s) for s in range(1, 6)]), 0)
+    for last in range(6, 40):  # one message joins and the oldest leaves, claim after claim
+        lo = last - 4
+        since = WindowSince(turns(lo, last), lo, last, [message(last)])
+        window = copies.window(uid, since, last - 1)
+        assert window is not None and len(window) == 5
+        assert copies.after(uid) == last  # still kept: ~8.5 kB of a 10 kB budget

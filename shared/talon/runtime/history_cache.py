@@ -12,6 +12,7 @@ byte budget.
 
 from __future__ import annotations
 
+import bisect
 import sys
 import threading
 import uuid
@@ -57,16 +58,21 @@ class HistoryCache:
             if copy is not None:
                 self._bytes -= copy.size
             kept: list[tuple[int, str, dict[str, Any]]] = []
+            size = 0
             if after:
                 # A counter gone back (a database restored to an earlier point) would have
                 # the copy serve messages whose seqs are reused: read the window whole.
                 if (copy is None or copy.last != after or since.lo < copy.lo
                         or since.last < after):  # fmt: skip
                     return None
-                kept = [m for m in copy.messages if m[0] >= since.lo]
+                start = _first_at(copy.messages, since.lo)
+                kept = copy.messages[start:]
+                # The copy's size less what left the window: only the messages that moved
+                # are measured, not the whole window at every claim.
+                size = copy.size - sum(_size(m[2]) for m in copy.messages[:start])
             messages = kept + since.messages
             if since.turns:
-                size = sum(_size(m[2]) for m in messages)
+                size += sum(_size(m[2]) for m in since.messages)
                 self._keep(session_uid, _Copy(since.lo, since.last, messages, size))
         position = {turn: index for index, turn in enumerate(since.turns)}
         window = sorted(
@@ -93,6 +99,11 @@ class HistoryCache:
         while self._bytes > self._max_bytes:
             _, dropped = self._copies.popitem(last=False)
             self._bytes -= dropped.size
+
+
+def _first_at(messages: list[tuple[int, str, dict[str, Any]]], seq: int) -> int:
+    """The index of the first message numbered `seq` or later (`messages` in seq order)."""
+    return bisect.bisect_left(messages, seq, key=lambda m: m[0])
 
 
 def _size(message: dict[str, Any]) -> int:

@@ -16,18 +16,23 @@ from typing import Any
 
 from pg8000.converters import make_params
 from pg8000.core import (
+    BIND,
     COMMAND_COMPLETE,
     EMPTY_QUERY_RESPONSE,
     ERROR_RESPONSE,
+    EXECUTE_MSG,
+    NULL_BYTE,
     READY_FOR_QUERY,
     SYNC_MSG,
     Context,
+    H_pack,
     _flush,
     _read,
     _write,
     ci_unpack,
+    i_pack,
 )
-from pg8000.dbapi import Connection, convert_paramstyle
+from pg8000.dbapi import Connection, InterfaceError, convert_paramstyle
 
 MAX_STATEMENTS = 256
 _FEATURE_NOT_SUPPORTED = "0A000"  # "cached plan must not change result type" after DDL
@@ -62,12 +67,13 @@ def run_batch(
     round trip if `commit`; their results, in order.
 
     BEGIN (when the connection is idle), the statements and COMMIT are prepared statements
-    executed in one extended-protocol exchange with a single Sync: the server answers each in
-    order and flushes once, at the Sync's ReadyForQuery (it flushes at every ReadyForQuery:
-    a Sync per statement cost a send on each side per statement). A failing statement makes
-    the server skip the rest up to the Sync, COMMIT included, so nothing after it runs and
-    the transaction is left failed for the caller's ROLLBACK; every answer is read, so the
-    connection stays in step, before the error is raised."""
+    executed in one extended-protocol exchange with a single Sync and no Flush: the server
+    answers each in order and sends once, at the Sync's ReadyForQuery (it sends at every
+    ReadyForQuery and every Flush: a Sync per statement cost a send on each side per
+    statement, pg8000's Flush after each Bind and Execute two sends per statement). A
+    failing statement makes the server skip the rest up to the Sync, COMMIT included, so
+    nothing after it runs and the transaction is left failed for the caller's ROLLBACK;
+    every answer is read, so the connection stays in step, before the error is raised."""
     cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
     if cache is None:
         cache = OrderedDict()
@@ -89,9 +95,10 @@ def run_batch(
         # fails the batch with nothing half-written on the connection.
         prepared_work.append((sql, prepared, make_params(connection.py_types, params)))
     contexts: list[Context] = []
+    exchange = bytearray()
     for _, prepared, values in prepared_work:
-        connection.send_BIND(prepared.name, values)
-        connection.send_EXECUTE()
+        exchange += _bind(prepared.name, values, connection._client_encoding)
+        exchange += EXECUTE_MSG
         contexts.append(
             Context(
                 columns=prepared.columns,
@@ -99,7 +106,11 @@ def run_batch(
                 statement=prepared.statement,
             )
         )
-    _write(connection._sock, SYNC_MSG)
+    exchange += SYNC_MSG
+    try:
+        _write(connection._sock, exchange)
+    except (ValueError, AttributeError) as exc:  # as pg8000's own writes: a closed socket
+        raise InterfaceError("connection is closed") from exc
     _flush(connection._sock)
     failure = _read_answers(connection, contexts)
     if failure is not None:
@@ -113,6 +124,23 @@ def run_batch(
                context.rows or [], context.row_count)
         for context in statements[: len(batch)]
     ]  # fmt: skip
+
+
+def _bind(name: bytes, values: Sequence[str | None], encoding: str) -> bytes:
+    """A Bind message of `values` (text) to statement `name`, all results as text. pg8000's
+    `send_BIND` and `send_EXECUTE` each follow their message with a Flush, which makes the
+    server send what it has after every message: two sends (and two wake-ups of the
+    reader) per statement instead of one per exchange."""
+    body = bytearray(NULL_BYTE + name + H_pack(0) + H_pack(len(values)))
+    for value in values:
+        if value is None:
+            body += i_pack(-1)
+        else:
+            encoded = value.encode(encoding)
+            body += i_pack(len(encoded))
+            body += encoded
+    body += H_pack(0)
+    return BIND + i_pack(len(body) + 4) + body
 
 
 _BEGIN = "begin transaction"

@@ -1,0 +1,95 @@
+"""Prepared statements in one exchange (`store/statements.py`), seen on the wire: a relay
+between pg8000 and the test PostgreSQL records what each side sends."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from talon.store import statements
+from talon.store.connect import connector_from_url
+
+
+class _Relay:
+    """TCP from the client to `upstream`, keeping each chunk each side sent, in order."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.from_client: list[bytes] = []
+        self.from_server: list[bytes] = []
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def clear(self) -> None:
+        self.from_client.clear()
+        self.from_server.clear()
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._sockets]:
+            sock.close()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        server = socket.create_connection(self._upstream)
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sockets += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, self.from_client)).start()
+        threading.Thread(target=self._pump, args=(server, client, self.from_server)).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, chunks: list[bytes]) -> None:
+        try:
+            while chunk := source.recv(1 << 20):
+                chunks.append(chunk)  # before it is forwarded: the reader sees it recorded
+                target.sendall(chunk)
+        except OSError:
+            pass
+
+
+def _message_types(stream: bytes) -> list[str]:
+    types, at = [], 0
+    while at < len(stream):
+        (length,) = struct.unpack("!i", stream[at + 1 : at + 5])
+        types.append(chr(stream[at]))
+        at += 1 + length
+    return types
+
+
+@pytest.fixture
+def relay(database_url: str) -> Iterator[tuple[_Relay, str]]:
+    url = urlparse(database_url)
+    relay = _Relay((url.hostname or "127.0.0.1", url.port or 5432))
+    credentials = url.netloc.rpartition("@")[0]
+    yield relay, url._replace(netloc=f"{credentials}@127.0.0.1:{relay.port}").geturl()
+    relay.close()
+
+
+def test_a_batch_is_one_send_each_way_with_no_flush_between_statements(
+    relay: tuple[_Relay, str],
+) -> None:
+    wire, url = relay
+    connection = connector_from_url(url, 10)()
+    # Each statement takes a moment, so a server told to flush mid-exchange sends apart.
+    batch = [("SELECT %s::int FROM pg_sleep(0.005)", (n,)) for n in range(4)]
+    statements.run_batch(connection, batch, commit=True)  # prepares them: exchanges of their own
+    wire.clear()
+
+    results = statements.run_batch(connection, batch, commit=True)
+
+    assert [result.rows for result in results] == [[[n]] for n in range(4)]
+    assert len(wire.from_client) == 1
+    # BEGIN, the four statements and COMMIT, each a Bind and an Execute, then one Sync: a
+    # Flush ('H') after any of them would make the server send what it has at that point.
+    assert _message_types(wire.from_client[0]) == ["B", "E"] * 6 + ["S"]
+    assert len(wire.from_server) == 1, [_message_types(chunk) for chunk in wire.from_server]
+    answer = _message_types(wire.from_server[0])
+    assert answer.count("2") == 6 and answer.count("C") == 6 and answer[-1] == "Z"
+    connection.close()

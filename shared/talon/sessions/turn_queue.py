@@ -1,6 +1,7 @@
 """Queue user messages as turns, any number at once, in one statement: each gets its message
 row, its turn row, its `message.created` and `turn.queued` events and its dispatch outbox
-row. The API posts one; a scheduler tick posts a thousand with the same SQL.
+row. A scheduler tick queues a thousand in one statement; a posted message has a statement
+for one turn, the same writes with fewer plan nodes.
 
 Each outbox row is notified as "dispatch <row id> <payload>": the postgres broker hands it to
 a handler that claims it in the turn's own first transaction (`broker/postgres.py`)."""
@@ -49,22 +50,6 @@ _BY_UID = """
     FROM jsonb_to_recordset(%s::jsonb) AS i(session_uid uuid, turn_id uuid, content text,
                                             source text, idempotency_key text,
                                             request_hash text, traceparent text, ord bigint)
-"""
-# A posted message's turn, its session named as in the URL: nothing is queued when the session
-# is not the agent's, is not the one the caller's lock found (`talon.locked_session`, set by
-# that statement, before this one in the same round trip: the caller answers from what the
-# lock and the Idempotency-Key's lookup found), or when the key already queued a turn.
-_BY_NAME = """
-    SELECT s.uid AS session_uid, i.turn_id, i.content, i.source, i.idempotency_key,
-           decode(i.request_hash, 'hex') AS request_hash, i.traceparent, i.ord
-    FROM jsonb_to_recordset(%s::jsonb) AS i(namespace text, session_id text, agent text,
-                                            turn_id uuid, content text, source text,
-                                            idempotency_key text, request_hash text,
-                                            traceparent text, ord bigint)
-    JOIN sessions s ON s.namespace = i.namespace AND s.id = i.session_id AND s.agent = i.agent
-    WHERE s.uid = nullif(current_setting('talon.locked_session', true), '')::uuid
-      AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = s.uid
-                                             AND t.idempotency_key = i.idempotency_key)
 """
 # Sessions get their counters moved once for all their new turns (several turns for one
 # session keep their input order); every other table is only inserted into.
@@ -120,11 +105,59 @@ SELECT w.ord, w.seq, w.last_event, w.uid, {{events}} AS events, o.id AS outbox_i
        pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
-# The turn's first events come back only to a caller that streams them (`queue_posted`):
-# they carry the message, up to MAX_MESSAGE_CHARS, and a scheduler's tick queues thousands.
 _QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID, events="NULL")
-_QUEUE_BY_NAME_SQL = _QUEUE_SQL.format(input=_BY_NAME, events="NULL")
-_QUEUE_BY_NAME_WITH_EVENTS_SQL = _QUEUE_SQL.format(input=_BY_NAME, events="ev.events")
+# A posted message's turn (`queue_posted`), its session named as in the URL: nothing is queued
+# when the session is not the agent's, is not the one the caller's lock found
+# (`talon.locked_session`, set by that statement, before this one in the same round trip: the
+# caller answers from what the lock and the Idempotency-Key's lookup found), or when the key
+# already queued a turn. Otherwise the rows, events, outbox row and notifications of
+# `_QUEUE_SQL`, for one turn: without what numbering several turns per session takes (a record
+# set, a window, a grouping, the joins back), since PostgreSQL initialises every plan node at
+# every execution and this statement runs for every message.
+_POST_SQL = f"""
+WITH s AS (
+    UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1,
+                        last_event_id = last_event_id + 2, updated_at = now()
+    WHERE uid = nullif(current_setting('talon.locked_session', true), '')::uuid
+      AND namespace = %s AND id = %s AND agent = %s
+      AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = sessions.uid
+                                             AND t.idempotency_key = %s)
+    RETURNING uid, namespace, id, last_message AS seq, last_turn AS turn_seq,
+              last_event_id AS last_event
+), m AS (
+    INSERT INTO messages (session_uid, seq, role, content, turn_id)
+    SELECT uid, seq, 'user', %s, %s::uuid FROM s
+), t AS (
+    INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, input_seq,
+                       traceparent, stream_from)
+    SELECT %s::uuid, uid, turn_seq, %s, %s, decode(%s, 'hex'), seq, %s, last_event - 2 FROM s
+), e AS (
+    INSERT INTO session_events (session_uid, id, turn_id, type, data)
+    SELECT uid, last_event - 1, %s::uuid, 'message.created',
+           jsonb_build_object('seq', seq, 'role', 'user', 'content', %s::text) FROM s
+    UNION ALL
+    SELECT uid, last_event, %s::uuid, 'turn.queued',
+           jsonb_build_object('seq', turn_seq, 'source', %s::text) FROM s
+    RETURNING id, type, turn_id, data, created_at
+), ev AS (
+    SELECT {EVENTS_JSON_SQL.format(e="e")} AS events FROM e
+), o AS (
+    INSERT INTO outbox (topic, key, payload)
+    SELECT '{DISPATCH_TOPIC}', uid::text,
+           jsonb_strip_nulls(jsonb_build_object('sessionUid', uid::text, 'turnId', %s::text,
+                                                'traceparent', %s::text))
+    FROM s RETURNING id, payload
+)
+SELECT 1 AS ord, s.seq, s.last_event, s.uid, {{events}} AS events, o.id AS outbox_id,
+       o.payload AS outbox_payload,
+       pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="s", events="ev.events")}),
+       pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
+FROM s, o, ev
+"""
+# The turn's first events come back only to a caller that streams them: they carry the
+# message, up to MAX_MESSAGE_CHARS (and a scheduler's tick queues thousands).
+_POST_WITH_EVENTS_SQL = _POST_SQL.format(events="ev.events")
+_POST_SQL = _POST_SQL.format(events="NULL")
 
 
 def queue_turns(tx: Tx, turns: list[NewTurn], *, final: bool = False) -> list[QueuedTurn | None]:
@@ -157,12 +190,20 @@ def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> Queu
     (the session's lock and the Idempotency-Key's lookup: `sessions/posting.py`). None, and
     nothing written, when the session is not `turn.agent`'s or the key already queued a
     turn. `with_events`: the turn's first events come back (`QueuedTurn.events_json`)."""
-    sql = _QUEUE_BY_NAME_WITH_EVENTS_SQL if with_events else _QUEUE_BY_NAME_SQL
-    rows = tx.commit_with(sql, (_records([turn]),))
+    sql = _POST_WITH_EVENTS_SQL if with_events else _POST_SQL
+    turn_id, content = str(turn.turn_id), turn.content
+    params = (
+        turn.namespace, turn.session_id, turn.agent, turn.idempotency_key,  # s
+        content, turn_id,  # m
+        turn_id, turn.source, turn.idempotency_key, turn.request_hash.hex(), turn.traceparent,
+        turn_id, content, turn_id, turn.source,  # e
+        turn_id, turn.traceparent,  # o
+    )  # fmt: skip
+    rows = tx.commit_with(sql, params)
     return _queued(tx, [turn], rows)[0]
 
 
-def _records(turns: Sequence[NewTurn | PostedTurn]) -> str:
+def _records(turns: Sequence[NewTurn]) -> str:
     # One JSON parameter: pg8000 spends far longer escaping arrays than PostgreSQL does
     # parsing JSON.
     records = []
@@ -170,12 +211,8 @@ def _records(turns: Sequence[NewTurn | PostedTurn]) -> str:
         record: dict[str, Any] = {
             "turn_id": str(t.turn_id), "content": t.content, "source": t.source,
             "idempotency_key": t.idempotency_key, "request_hash": t.request_hash.hex(),
-            "traceparent": t.traceparent, "ord": n,
+            "traceparent": t.traceparent, "ord": n, "session_uid": str(t.session_uid),
         }  # fmt: skip
-        if isinstance(t, PostedTurn):
-            record.update(namespace=t.namespace, session_id=t.session_id, agent=t.agent)
-        else:
-            record["session_uid"] = str(t.session_uid)
         records.append(record)
     return json.dumps(records)
 

@@ -350,3 +350,69 @@ def test_a_turn_whose_session_was_deleted_writes_nothing_more(
         record(tx, claimed.lease, model_step)
     tables = ["messages", "turns", "session_events", "turn_steps"]
     assert row_counts(db, tables) == dict.fromkeys(tables, 0)
+
+
+def _knowledge_read(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each claim that leased a turn sent the knowledge read with it."""
+    read: list[bool] = []
+    take = claiming._take
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        taken = take(*args, **kwargs)
+        if isinstance(taken, claiming._Leased):
+            read.append(taken.knowledge_rows is not None)
+        return taken
+
+    monkeypatch.setattr(claiming, "_take", noting)
+    return read
+
+
+def test_a_session_seen_without_knowledge_claims_without_reading_it(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from talon.runtime.knowledge_hints import WithoutKnowledge
+
+    options = ClaimOptions(OPTIONS.worker_id, 30.0, 5, without_knowledge=WithoutKnowledge())
+    read, started = _knowledge_read(monkeypatch), _started_by_the_claim(monkeypatch)
+    for content in ("second", "third"):
+        assert isinstance(claim(db, session, options), Claim)
+        with db.transaction() as tx:
+            tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL")
+        api.ok("POST", f"{BASE}/s1/message", 202, json={"content": content})
+    assert read == [True, False] and started == [True, True]
+
+
+def test_a_session_seen_without_knowledge_still_gets_knowledge_added_since(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guess is the worker's; the database decides: with knowledge added since, the
+    claim's statement does not start the turn, and the second transaction retrieves it."""
+    from talon.runtime.knowledge_hints import WithoutKnowledge
+
+    hints = WithoutKnowledge()
+    options = ClaimOptions(OPTIONS.worker_id, 30.0, 5, without_knowledge=hints)
+    assert isinstance(claim(db, session, options), Claim) and hints.likely(session)
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL")
+    api.ok("POST", "/v1/ns/acme/knowledge", 201,
+           json=samples.knowledge("acme", content="# Greetings\nSay hello back."))  # fmt: skip
+    api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "hello again"})
+    read, started = _knowledge_read(monkeypatch), _started_by_the_claim(monkeypatch)
+    claimed = claim(db, session, options)
+    assert isinstance(claimed, Claim) and read == [False] and started == [False]
+    assert claimed.journal[0].output["documents"][0]["name"] == "faq"
+    assert not hints.likely(session)  # its next claim reads the knowledge with it
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL")
+    api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "and again"})
+    assert isinstance(claim(db, session, options), Claim) and read == [False, True]
+
+
+def test_sessions_seen_without_knowledge_are_bounded_least_recent_first() -> None:
+    from talon.runtime.knowledge_hints import WithoutKnowledge
+
+    hints = WithoutKnowledge(max_sessions=2)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for uid in (a, b, a, c):  # `a` seen again: `b` is the least recent
+        hints.note(uid, started_without=True)
+    assert [hints.likely(uid) for uid in (a, b, c)] == [True, False, True]

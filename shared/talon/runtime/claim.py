@@ -36,6 +36,7 @@ from talon.runtime.journal import (
     record,
 )
 from talon.runtime.journal import renew as journal_renew
+from talon.runtime.knowledge_hints import WithoutKnowledge
 from talon.runtime.tools.base import AgentContext
 from talon.sessions import events, messages
 from talon.store.database import Database, Tx, jsonb
@@ -64,6 +65,8 @@ class ClaimOptions:
     max_attempts: int  # deliveries of one turn before it is failed
     # The worker's copies of the windows it sent last (None: read each window whole).
     history: HistoryCache | None = field(default=None, compare=False)
+    # Sessions whose turns start without knowledge, as last seen (None: always read it).
+    without_knowledge: WithoutKnowledge | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class _Leased:
     row: dict[str, Any]
     window: list[dict[str, Any]]
     after: int
-    knowledge_rows: list[dict[str, Any]]
+    knowledge_rows: list[dict[str, Any]] | None  # None: not read (`WithoutKnowledge`)
     started: dict[str, Any] | None
 
 
@@ -244,16 +247,20 @@ def _take(
     """Claim the head turn; with `start`, start it too if it is the usual case, and commit.
     The window and the knowledge of the turn this claim leases go in the same round trip:
     they are read after the claim ran, by the lease (thrown away when nothing was claimed,
-    or when a resumed turn has its knowledge step already)."""
+    or when a resumed turn has its knowledge step already); the knowledge not at all when
+    the session's turns were last seen to start without (`knowledge_hints`)."""
     took = taking.took if taking is not None else _NO_DELIVERY
     after = options.history.after(session_uid) if options.history is not None else 0
+    hints = options.without_knowledge if start else None
+    guess = hints is not None and hints.likely(session_uid)  # the start will need none
     batch: list[tuple[str, Params]] = [
         (_CLAIM_SQL.format(took=took.sql),
          (session_uid, *took.params, options.worker_id, options.lease_seconds,
           options.max_attempts)),
         ctx.leased_history(session_uid, options.worker_id, after),
-        ctx.leased_knowledge(session_uid, options.worker_id),
     ]  # fmt: skip
+    if not guess:
+        batch.append(ctx.leased_knowledge(session_uid, options.worker_id))
     if start:
         batch.append(turn_start.start_statement(session_uid))
     results = tx.pipeline(batch, commit=start)
@@ -266,8 +273,10 @@ def _take(
         if row["head_leased"]:
             return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
         return _Exhausted(row)
-    started = results[3][0] if start and results[3][0]["started"] else None
-    return _Leased(row, results[1], after, results[2], started)
+    started = results[-1][0] if start and results[-1][0]["started"] else None
+    if hints is not None:
+        hints.note(session_uid, started_without=started is not None)
+    return _Leased(row, results[1], after, None if guess else results[2], started)
 
 
 def _started(

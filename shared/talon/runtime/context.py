@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from talon.knowledge.index import leased_retrieval, retrieved
+from talon.knowledge.index import leased_retrieval, retrieve, retrieved
 from talon.runtime.tools.base import AgentContext
 from talon.runtime.transcript import paired
 from talon.sessions import messages
@@ -56,10 +56,12 @@ def leased_knowledge(session_uid: uuid.UUID, owner: str) -> tuple[str, tuple[Any
 
 
 def knowledge_from(
-    tx: Tx, namespace: str, query: str, rows: list[dict[str, Any]]
+    tx: Tx, namespace: str, query: str, rows: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
     """The namespace's knowledge chunks that best match the turn's input (`query`), from the
-    rows of `leased_knowledge`."""
+    rows of `leased_knowledge`, or retrieved now if it was not sent (`rows` None)."""
+    if rows is None:
+        return retrieve(tx, namespace, query, budget_chars=KNOWLEDGE_BUDGET_CHARS)
     return retrieved(tx, namespace, query, rows, budget_chars=KNOWLEDGE_BUDGET_CHARS)
 
 

@@ -42,6 +42,7 @@ from talon.runtime.journal import (
     record,
     renew,
 )
+from talon.runtime.knowledge_hints import WithoutKnowledge
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.tools.base import AgentContext, ToolSource, turn_scope
 from talon.store.database import Database, Tx
@@ -79,6 +80,7 @@ class TurnRunner:
         self._cache_lock = threading.Lock()
         self._heartbeats = Heartbeats(db)
         self._history = HistoryCache()  # a claim reads only what its session's copy lacks
+        self._without_knowledge = WithoutKnowledge()  # and no knowledge it will not need
 
     def _clients(self, namespace: str, model_policy: dict[str, Any]) -> list[Any]:
         """Model clients per namespace and policy (grants are per namespace), reused across
@@ -122,6 +124,7 @@ class TurnRunner:
             self.settings.lease_seconds,
             self.settings.max_attempts,
             history=self._history,
+            without_knowledge=self._without_knowledge,
         )
         while True:
             claimed = claim(self.db, session_uid, options, first)

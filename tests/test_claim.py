@@ -416,3 +416,34 @@ def test_sessions_seen_without_knowledge_are_bounded_least_recent_first() -> Non
     for uid in (a, b, a, c):  # `a` seen again: `b` is the least recent
         hints.note(uid, started_without=True)
     assert [hints.likely(uid) for uid in (a, b, c)] == [True, False, True]
+
+
+def test_a_guessed_claim_of_a_resumed_or_failing_turn_needs_no_knowledge_read(
+    api: Api, db: Database, session: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left out on a guess, the knowledge read is not missed where the claim's statement does
+    not start the turn for another reason: a resumed turn has its knowledge step journaled,
+    and a turn whose agent does not resolve is failed."""
+    from talon.runtime.knowledge_hints import WithoutKnowledge
+
+    hints = WithoutKnowledge()
+    options = ClaimOptions(OPTIONS.worker_id, 30.0, 5, without_knowledge=hints)
+    first = claim(db, session, options)
+    assert isinstance(first, Claim) and hints.likely(session)
+    read, started = _knowledge_read(monkeypatch), _started_by_the_claim(monkeypatch)
+    with db.transaction() as tx:  # its worker died: the lease has run out
+        tx.execute("UPDATE turns SET lease_expires_at = now() - interval '1 second'")
+    resumed = claim(db, session, options)
+    assert isinstance(resumed, Claim) and resumed.turn["attempts"] == 2
+    assert read == [False] and started == [False]
+    assert resumed.journal[0].output == first.journal[0].output
+    with db.transaction() as tx:
+        tx.execute("UPDATE turns SET state = 'completed', lease_owner = NULL")
+    hints.note(session, started_without=True)
+    _set_phase(db, "Failed")
+    api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "again"})
+    assert claim(db, session, options) is None  # failed, and nothing else is open
+    assert read == [False, False] and started == [False, False]
+    with db.transaction() as tx:
+        failed = tx.one("SELECT error FROM turns WHERE seq = 2")
+    assert failed is not None and failed["error"]["code"] == "agent_not_resolved"

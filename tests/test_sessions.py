@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import samples
-from conftest import Api, read_stream, row_counts
+from conftest import Api, raw_connection, read_stream, row_counts
 from talon.sessions.events import Event
 from talon.store.database import Database
 
@@ -701,3 +701,70 @@ def test_a_terminal_event_read_from_the_table_ends_an_until_turn_end_stream() ->
     start = StreamStart(uuid.uuid4(), 6, [completed], open_turns=1)
     sent = list(follow(None, Quiet(), start, FollowOptions(until_turn_end=True)))  # type: ignore[arg-type]
     assert [e["id"] for e in sent] == [7]
+
+
+def _queued_as_written(db: Database, session_id: str) -> dict[str, Any]:
+    """What queueing a session's turn wrote, without what differs by session or instant."""
+    with db.transaction() as tx:
+        session = tx.one("SELECT uid, last_message, last_turn, last_event_id FROM sessions "
+                         "WHERE namespace = %s AND id = %s", (NS, session_id))  # fmt: skip
+        assert session is not None
+        uid = session.pop("uid")
+        turns = tx.all(
+            "SELECT id, seq, source, idempotency_key, input_seq, state, traceparent, "
+            "stream_from, attempts, fencing_token, octet_length(request_hash) AS hash_bytes "
+            "FROM turns WHERE session_uid = %s ORDER BY seq",
+            (uid,),
+        )
+        turn_ids = {turn.pop("id"): f"turn-{turn['seq']}" for turn in turns}
+        messages = tx.all("SELECT seq, role, content, turn_id FROM messages "
+                          "WHERE session_uid = %s ORDER BY seq", (uid,))  # fmt: skip
+        events = tx.all("SELECT id, type, data, turn_id FROM session_events "
+                        "WHERE session_uid = %s ORDER BY id", (uid,))  # fmt: skip
+        outbox = tx.all("SELECT topic, key, payload FROM outbox WHERE key = %s ORDER BY id",
+                        (str(uid),))  # fmt: skip
+    for row in [*messages, *events]:
+        row["turn_id"] = turn_ids[row["turn_id"]]
+    for row in outbox:
+        row["key"] = "session"
+        row["payload"] = {**row["payload"], "sessionUid": "session",
+                          "turnId": turn_ids[uuid.UUID(row["payload"]["turnId"])]}  # fmt: skip
+    return {"session": session, "turns": turns, "messages": messages, "events": events,
+            "outbox": outbox}  # fmt: skip
+
+
+def test_a_posted_turn_is_written_as_the_batch_statement_writes_one(
+    acme_bot: Api, db: Database, database_url: str
+) -> None:
+    """A posted message's turn is queued by a statement for one turn (`turn_queue._POST_SQL`),
+    every other strategy's and the scheduler's by one for any number (`_QUEUE_SQL`): the two
+    must write the same rows and notifications for one turn."""
+    listener = raw_connection(database_url)
+    listener.autocommit = True
+    for channel in ("talon_session_events", "talon_outbox"):
+        listener.cursor().execute(f"LISTEN {channel}")
+    heard: dict[str, list[tuple[str, Any]]] = {}
+    # `interrupt` with no open turn to cancel: the batch statement, queueing as `enqueue` does.
+    cases = [("one", "enqueue", "k-1"), ("two", "interrupt", "k-1"),
+             ("three", "enqueue", None), ("four", "interrupt", None)]  # fmt: skip
+    for session_id, strategy, key in cases:
+        acme_bot.ok("POST", BASE, 201, json={"id": session_id})
+        headers = {"Idempotency-Key": key} if key else {}
+        post(acme_bot, session_id, "a message", multitask_strategy=strategy, headers=headers)
+        listener.cursor().execute("SELECT 1")  # takes the notifications in
+        heard[session_id] = []
+        while listener.notifications:
+            _, channel, payload = listener.notifications.popleft()
+            head, _, rest = payload.partition(" ")
+            if channel == "talon_outbox":  # "dispatch <row id> <payload>"
+                sent = json.loads(rest.split(" ", 1)[1])
+                heard[session_id].append((head, sorted(sent)))
+            else:  # "<ns>/<id> <uid> <events>"
+                events = json.loads(rest.split(" ", 1)[1])
+                heard[session_id].append(
+                    (channel, [(e["id"], e["type"], e["data"], sorted(e)) for e in events])
+                )
+    listener.close()
+    for posted, batched in (("one", "two"), ("three", "four")):
+        assert _queued_as_written(db, posted) == _queued_as_written(db, batched)
+        assert heard[posted] == heard[batched] and len(heard[posted]) == 2

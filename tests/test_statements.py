@@ -3,6 +3,7 @@ between pg8000 and the test PostgreSQL records what each side sends."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -32,6 +33,9 @@ class _Relay:
         self.from_server.clear()
 
     def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in recv
         for sock in [self._listener, *self._sockets]:
             sock.close()
 
@@ -41,8 +45,11 @@ class _Relay:
         for sock in (client, server):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sockets += [client, server]
-        threading.Thread(target=self._pump, args=(client, server, self.from_client)).start()
-        threading.Thread(target=self._pump, args=(server, client, self.from_server)).start()
+        for source, target, chunks in (
+            (client, server, self.from_client),
+            (server, client, self.from_server),
+        ):
+            threading.Thread(target=self._pump, args=(source, target, chunks), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, target: socket.socket, chunks: list[bytes]) -> None:
@@ -77,19 +84,52 @@ def test_a_batch_is_one_send_each_way_with_no_flush_between_statements(
 ) -> None:
     wire, url = relay
     connection = connector_from_url(url, 10)()
-    # Each statement takes a moment, so a server told to flush mid-exchange sends apart.
-    batch = [("SELECT %s::int FROM pg_sleep(0.005)", (n,)) for n in range(4)]
-    statements.run_batch(connection, batch, commit=True)  # prepares them: exchanges of their own
-    wire.clear()
+    try:
+        # Each statement takes a moment, so a server told to flush mid-exchange sends apart.
+        batch = [("SELECT %s::int FROM pg_sleep(0.005)", (n,)) for n in range(4)]
+        statements.run_batch(connection, batch, commit=True)  # prepares: exchanges of their own
+        wire.clear()
 
-    results = statements.run_batch(connection, batch, commit=True)
+        results = statements.run_batch(connection, batch, commit=True)
 
-    assert [result.rows for result in results] == [[[n]] for n in range(4)]
-    assert len(wire.from_client) == 1
-    # BEGIN, the four statements and COMMIT, each a Bind and an Execute, then one Sync: a
-    # Flush ('H') after any of them would make the server send what it has at that point.
-    assert _message_types(wire.from_client[0]) == ["B", "E"] * 6 + ["S"]
-    assert len(wire.from_server) == 1, [_message_types(chunk) for chunk in wire.from_server]
-    answer = _message_types(wire.from_server[0])
-    assert answer.count("2") == 6 and answer.count("C") == 6 and answer[-1] == "Z"
-    connection.close()
+        assert [result.rows for result in results] == [[[n]] for n in range(4)]
+        assert len(wire.from_client) == 1
+        # BEGIN, the four statements and COMMIT, each a Bind and an Execute, then one Sync: a
+        # Flush ('H') after any of them would make the server send what it has at that point.
+        assert _message_types(wire.from_client[0]) == ["B", "E"] * 6 + ["S"]
+        assert len(wire.from_server) == 1, [_message_types(c) for c in wire.from_server]
+        answer = _message_types(wire.from_server[0])
+        assert answer.count("2") == 6 and answer.count("C") == 6 and answer[-1] == "Z"
+    finally:
+        connection.close()
+
+
+class _Recording:
+    """A connection's socket file that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("encoding", ["utf8", "latin-1"])
+def test_a_bind_is_the_bytes_pg8000_sends_without_its_flush(encoding: str) -> None:
+    """`statements._bind` stands in for pg8000's `send_BIND`: the same message, text values,
+    NULLs, empty and long values, in the connection's encoding."""
+    from pg8000.core import FLUSH_MSG, CoreConnection
+
+    values = [None, "", "plain", "é ü ß", "x" * 70_000]
+    connection = CoreConnection.__new__(CoreConnection)  # only its writer, no server
+    connection._sock = _Recording()
+    connection._client_encoding = encoding
+    connection.send_BIND(b"pg8000_statement_7", values)
+    theirs = bytes(connection._sock.written)
+
+    ours = statements._bind(b"pg8000_statement_7", values, encoding)
+
+    assert theirs == ours + FLUSH_MSG

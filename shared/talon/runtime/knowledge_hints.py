@@ -5,7 +5,9 @@ A guess, never a decision: the claim's start statement checks in the database th
 namespace has no knowledge (`turn_start.STARTABLE_CTE`), and a turn it does not start
 (knowledge added since, a resumed turn, an agent that does not resolve) is started by the
 claim's second transaction, which then retrieves the knowledge itself. A wrong guess costs
-that one statement, once: the session is forgotten until a claim starts its turn again.
+that one statement, once: the session is forgotten until a claim starts its turn again (so
+is a session whose turn is not started for another reason: its next claim reads the
+knowledge once more).
 """
 
 from __future__ import annotations

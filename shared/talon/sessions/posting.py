@@ -60,7 +60,7 @@ def request_hash(request: PostMessage) -> bytes:
 
 _LOCK_SQL = "SELECT uid, agent FROM sessions WHERE namespace = %s AND id = %s FOR UPDATE"
 # The same lock, leaving the uid it found for the queueing statement after it in the same
-# round trip (`turn_queue._BY_NAME`), which queues for that session only: a session created by
+# round trip (`turn_queue._POST_SQL`), which queues for that session only: a session created by
 # another request between the two statements (which the lock did not see, and which this one
 # answers 404 for) gets nothing.
 _LOCK_FOR_QUEUE_SQL = (

@@ -68,12 +68,19 @@ def run_batch(
 
     BEGIN (when the connection is idle), the statements and COMMIT are prepared statements
     executed in one extended-protocol exchange with a single Sync and no Flush: the server
-    answers each in order and sends once, at the Sync's ReadyForQuery (it sends at every
-    ReadyForQuery and every Flush: a Sync per statement cost a send on each side per
-    statement, pg8000's Flush after each Bind and Execute two sends per statement). A
-    failing statement makes the server skip the rest up to the Sync, COMMIT included, so
-    nothing after it runs and the transaction is left failed for the caller's ROLLBACK;
-    every answer is read, so the connection stays in step, before the error is raised."""
+    answers each in order and sends at the Sync's ReadyForQuery, or earlier only when its
+    8 kB output buffer fills (it sends at every ReadyForQuery and every Flush: a Sync per
+    statement cost a send on each side per statement, pg8000's Flush after each Bind and
+    Execute two sends per statement). A failing statement makes the server skip the rest up
+    to the Sync, COMMIT included, so nothing after it runs and the transaction is left
+    failed for the caller's ROLLBACK; every answer is read, so the connection stays in step,
+    before the error is raised.
+
+    Everything is written before anything is read, so a batch must not put a statement with
+    a large input (beyond the sockets' buffers, ~100s of kB) after one with a large answer:
+    the server would block sending that answer while this side still writes, until the
+    socket's timeout. Every value is converted before anything is written, so a value that
+    cannot be sent leaves nothing half-written on the connection."""
     cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
     if cache is None:
         cache = OrderedDict()
@@ -91,8 +98,6 @@ def run_batch(
             prepared = _prepare(connection, cache, sql, params)
         else:
             cache.move_to_end(sql)
-        # Every value converted before anything is written: a value pg8000 cannot send
-        # fails the batch with nothing half-written on the connection.
         prepared_work.append((sql, prepared, make_params(connection.py_types, params)))
     contexts: list[Context] = []
     exchange = bytearray()

@@ -379,3 +379,59 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     assert [len(statements_) for statements_ in ran] == [4, 3, 2, 2, 2]
     assert trips == [1, 2, 2, 2, 1]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7
+
+
+# Tables that grow with every turn: a statement of the turn path that scans one whole costs
+# more with every turn the database has served.
+_GROWING = ("turns", "messages", "session_events", "turn_steps", "model_usage", "outbox")
+
+
+def test_no_statement_of_a_turn_scans_a_growing_table_in_its_generic_plan(
+    api: Api, db: Database, database_url: str, model_server, monkeypatch
+) -> None:
+    """Each prepared statement runs on a generic plan after its fifth run, planned once per
+    connection with whatever statistics there were then (a young database has none): such a
+    plan must still find its rows by index. The Idempotency-Key's lookup once joined its
+    session by a filter, and its generic plan scanned every turn of the database."""
+    from pg8000.dbapi import convert_paramstyle
+
+    from conftest import raw_connection
+    from talon.store import statements
+
+    _agent_with_policy(api, policy(model_server.url, "primary"))
+    model_server.add(
+        {"tool_calls": [{"name": "get_renewals", "arguments": {"days": 7}}]},
+        {"content": "two accounts renew"},
+    )
+    sent: dict[str, int] = {}
+    run_batch = statements.run_batch
+
+    def noting(connection: Any, work: Any, *, commit: bool = False) -> Any:
+        for sql, params in work:
+            sent[sql] = len(params)
+        return run_batch(connection, work, commit=commit)
+
+    monkeypatch.setattr(statements, "run_batch", noting)
+    for status in (202, 200):  # the retry finds its turn
+        api.ok("POST", f"{BASE}/message", status, json={"content": "Review renewals."},
+               headers={"Idempotency-Key": "k-1"})  # fmt: skip
+    assert runner(db, RecordingTools(), "worker-a").drive(session_uid(db)) is None
+    monkeypatch.undo()
+    explain = raw_connection(database_url)
+    explain.autocommit = True
+    cursor = explain.cursor()
+    cursor.execute("SET plan_cache_mode = force_generic_plan")
+    scans: dict[str, list[str]] = {}
+    for sql, count in sent.items():
+        statement, _ = convert_paramstyle("format", sql, (None,) * count)
+        cursor.execute(f"PREPARE turn_path AS {statement}")
+        arguments = ", ".join(["NULL"] * count)
+        cursor.execute(f"EXPLAIN EXECUTE turn_path{f'({arguments})' if count else ''}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE turn_path")
+        found = [t for t in _GROWING if f"Seq Scan on {t} " in plan]
+        if found:
+            scans[" ".join(sql.split())[:120]] = found
+    explain.close()
+    assert len(sent) > 12  # the post, the claim, the steps and the completion were seen
+    assert scans == {}

@@ -70,12 +70,14 @@ _LOCK_FOR_QUEUE_SQL = (
 # The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
 # statement of its own: it sees a turn that a concurrent request with the key committed while
 # this one waited for the lock. Where the turn's events start was written with it (migration
-# 0017); a turn queued before that is looked up within its session's events.
+# 0017); a turn queued before that is looked up within its session's events. The session is
+# a scalar subquery so that the turn is found by the (session, key) index in any plan: as a
+# join, the generic plan a young database gets scanned every turn for the key.
 _REPLAY_SQL = (
     "SELECT t.id, t.input_seq, t.state, t.request_hash, COALESCE(t.stream_from, (SELECT "
     "min(e.id) - 1 FROM session_events e WHERE e.session_uid = t.session_uid "
-    "AND e.turn_id = t.id)) AS stream_from FROM sessions s JOIN turns t "
-    "ON t.session_uid = s.uid WHERE s.namespace = %s AND s.id = %s AND t.idempotency_key = %s"
+    "AND e.turn_id = t.id)) AS stream_from FROM turns t WHERE t.session_uid = "
+    "(SELECT uid FROM sessions WHERE namespace = %s AND id = %s) AND t.idempotency_key = %s"
 )
 
 

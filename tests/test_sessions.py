@@ -768,3 +768,18 @@ def test_a_posted_turn_is_written_as_the_batch_statement_writes_one(
     for posted, batched in (("one", "two"), ("three", "four")):
         assert _queued_as_written(db, posted) == _queued_as_written(db, batched)
         assert heard[posted] == heard[batched] and len(heard[posted]) == 2
+
+
+def test_a_turn_is_found_only_by_its_id_within_its_session(acme_bot: Api) -> None:
+    for session_id in ("s1", "s2"):
+        acme_bot.ok("POST", BASE, 201, json={"id": session_id})
+    turn = post(acme_bot, "s1", "hello")["turnId"]
+    assert acme_bot.ok("GET", f"{BASE}/s1/turns/{turn}")["id"] == turn
+    for path in (f"s2/turns/{turn}", f"s1/turns/{uuid.uuid4()}"):
+        response = acme_bot.get(f"{BASE}/{path}")
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["code"] == "not_found"
+    for bad in ("not-a-turn-id", turn.upper()):
+        response = acme_bot.get(f"{BASE}/s1/turns/{bad}")
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["details"][0]["path"] == "turn_id"

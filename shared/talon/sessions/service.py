@@ -123,10 +123,13 @@ class SessionService:
         shows them; the API does not, they can be large)."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id)
-            row = tx.one(
-                "SELECT * FROM turns WHERE session_uid = %s AND id::text = %s",
-                (session["uid"], turn_id),
-            )
+            try:  # by its key, not a scan of the session's turns for a text match
+                row = tx.one(
+                    "SELECT * FROM turns WHERE session_uid = %s AND id = %s",
+                    (session["uid"], uuid.UUID(turn_id)),
+                )
+            except ValueError:  # not a turn id at all
+                row = None
             if row is None:
                 raise NotFound(f"turn {turn_id!r} not found in session {session_id!r}")
             view = turn_view(row)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -43,19 +44,24 @@ def _written(db: Database) -> dict[str, Any]:
         }
 
 
-def _started_by_the_claim(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each claim's own statement started its turn (else `_begin` did)."""
+def _noting_leases(monkeypatch: pytest.MonkeyPatch, what: Callable[[Any], bool]) -> list[bool]:
+    """`what(leased)` for each claim that leased a turn (`claim._Leased`), in order."""
     said: list[bool] = []
     take = claiming._take
 
     def noting(*args: Any, **kwargs: Any) -> Any:
         taken = take(*args, **kwargs)
         if isinstance(taken, claiming._Leased):
-            said.append(taken.started is not None)
+            said.append(what(taken))
         return taken
 
     monkeypatch.setattr(claiming, "_take", noting)
     return said
+
+
+def _started_by_the_claim(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each claim's own statement started its turn (else `_begin` did)."""
+    return _noting_leases(monkeypatch, lambda leased: leased.started is not None)
 
 
 def test_the_usual_turn_is_started_by_its_claim(
@@ -354,17 +360,7 @@ def test_a_turn_whose_session_was_deleted_writes_nothing_more(
 
 def _knowledge_read(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each claim that leased a turn sent the knowledge read with it."""
-    read: list[bool] = []
-    take = claiming._take
-
-    def noting(*args: Any, **kwargs: Any) -> Any:
-        taken = take(*args, **kwargs)
-        if isinstance(taken, claiming._Leased):
-            read.append(taken.knowledge_rows is not None)
-        return taken
-
-    monkeypatch.setattr(claiming, "_take", noting)
-    return read
+    return _noting_leases(monkeypatch, lambda leased: leased.knowledge_rows is not None)
 
 
 def test_a_session_seen_without_knowledge_claims_without_reading_it(

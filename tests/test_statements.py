@@ -7,10 +7,13 @@ import contextlib
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from pg8000.dbapi import DatabaseError
 
 from talon.store import statements
 from talon.store.connect import connector_from_url
@@ -94,14 +97,84 @@ def test_a_batch_is_one_send_each_way_with_no_flush_between_statements(
 
         assert [result.rows for result in results] == [[[n]] for n in range(4)]
         assert len(wire.from_client) == 1
-        # BEGIN, the four statements and COMMIT, each a Bind and an Execute, then one Sync: a
-        # Flush ('H') after any of them would make the server send what it has at that point.
-        assert _message_types(wire.from_client[0]) == ["B", "E"] * 6 + ["S"]
+        # The four statements, each a Bind and an Execute, then one Sync: a Flush ('H') after
+        # any of them would make the server send what it has at that point. No BEGIN and no
+        # COMMIT: the exchange's implicit transaction is the batch's.
+        assert _message_types(wire.from_client[0]) == ["B", "E"] * 4 + ["S"]
         assert len(wire.from_server) == 1, [_message_types(c) for c in wire.from_server]
         answer = _message_types(wire.from_server[0])
-        assert answer.count("2") == 6 and answer.count("C") == 6 and answer[-1] == "Z"
+        assert answer.count("2") == 4 and answer.count("C") == 4 and answer[-1] == "Z"
     finally:
         connection.close()
+
+
+def test_a_transaction_spanning_batches_begins_and_commits_with_statements(
+    relay: tuple[_Relay, str],
+) -> None:
+    wire, url = relay
+    connection = connector_from_url(url, 10)()
+    try:
+        statement = ("SELECT %s::int", (1,))
+        statements.run_batch(connection, [statement])
+        statements.run_batch(connection, [statement], commit=True)  # prepared, all three
+        wire.clear()
+
+        statements.run_batch(connection, [statement])
+        assert connection._in_transaction
+        statements.run_batch(connection, [statement], commit=True)
+
+        assert not connection._in_transaction
+        sent = [_message_types(chunk) for chunk in wire.from_client]
+        assert sent == [["B", "E"] * 2 + ["S"], ["B", "E"] * 2 + ["S"]]  # BEGIN, ...; ..., COMMIT
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def numbers(database_url: str) -> Iterator[tuple[Any, Any, str]]:
+    """Two connections and a fresh table of positive numbers, named as the third item."""
+    connect = connector_from_url(database_url, 10)
+    writer, reader = connect(), connect()
+    table = f"numbers_{uuid.uuid4().hex}"
+    writer.execute_simple(f"CREATE TABLE {table} (n int CHECK (n > 0))")
+    yield writer, reader, table
+    statements.rollback(writer)
+    writer.execute_simple(f"DROP TABLE {table}")
+    writer.close()
+    reader.close()
+
+
+def _committed(reader: Any, table: str) -> list[int]:
+    rows = statements.run_batch(reader, [(f"SELECT n FROM {table} ORDER BY n", ())], commit=True)
+    return [row[0] for row in rows[0].rows]
+
+
+def test_a_batch_that_begins_and_commits_is_one_transaction_committed_at_its_end(
+    numbers: tuple[Any, Any, str],
+) -> None:
+    writer, reader, table = numbers
+    insert = f"INSERT INTO {table} (n) VALUES (%s) RETURNING pg_current_xact_id()::text"
+
+    first, second = statements.run_batch(writer, [(insert, (1,)), (insert, (2,))], commit=True)
+
+    assert first.rows == second.rows  # one transaction
+    assert not writer._in_transaction
+    assert _committed(reader, table) == [1, 2]
+
+
+def test_a_failing_statement_rolls_the_whole_batch_back_and_leaves_the_connection_idle(
+    numbers: tuple[Any, Any, str],
+) -> None:
+    writer, reader, table = numbers
+    insert = f"INSERT INTO {table} (n) VALUES (%s)"
+
+    with pytest.raises(DatabaseError, match="check constraint"):
+        statements.run_batch(writer, [(insert, (1,)), (insert, (-1,)), (insert, (3,))], commit=True)
+
+    assert not writer._in_transaction
+    assert _committed(reader, table) == []
+    statements.run_batch(writer, [(insert, (4,))], commit=True)  # the connection is usable
+    assert _committed(reader, table) == [4]
 
 
 class _Recording:

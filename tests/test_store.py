@@ -314,8 +314,8 @@ def test_deferred_statements_of_a_dry_run_are_checked_then_discarded(
 
 
 def test_deferred_statements_and_the_commit_cost_one_round_trip(one_connection: Database) -> None:
-    """What deferring is for: BEGIN, three writes and the COMMIT in one exchange with the
-    server (counted as the times the client sends what it wrote)."""
+    """What deferring is for: three writes and their commit in one exchange with the server
+    (counted as the times the client sends what it wrote)."""
     db = one_connection
     insert = "INSERT INTO deferred_trip (k) VALUES (%s)"
     count = "SELECT count(*) FROM deferred_trip WHERE k > %s"
@@ -324,7 +324,8 @@ def test_deferred_statements_and_the_commit_cost_one_round_trip(one_connection: 
         tx.execute(insert, (0,))  # prepared
         tx.scalar(count, (0,))  # prepared
     with db.transaction() as tx:
-        tx.defer(insert, (-1,))  # BEGIN and COMMIT prepared too
+        tx.scalar(count, (0,))  # BEGIN prepared,
+        tx.defer(insert, (-1,))  # and COMMIT
         counted = _FlushCounter(tx.connection._sock)
         tx.connection._sock = counted
     counted.flushes = 0  # the transaction above

@@ -25,8 +25,10 @@ MAX_CHUNKS = 8
 # the turn a worker has just leased (`leased_retrieval`).
 _RETRIEVE_TEMPLATE = """
 WITH given AS ({given}), stale AS (
-    SELECT r.name, r.resource_version, r.body FROM resources r, given
-    WHERE r.kind = 'Knowledge' AND r.namespace = given.ns AND NOT EXISTS (
+    SELECT r.name, r.resource_version, r.body FROM given, LATERAL (
+        SELECT name, namespace, resource_version, body FROM resources
+        WHERE kind = 'Knowledge' AND namespace = given.ns OFFSET 0) r
+    WHERE NOT EXISTS (
         SELECT 1 FROM knowledge_chunks c WHERE c.namespace = r.namespace
         AND c.document = r.name AND c.idx = 0 AND c.resource_version = r.resource_version)
 ), q AS (
@@ -60,9 +62,12 @@ _LEASED_RETRIEVE_SQL = _RETRIEVE_TEMPLATE.format(
 
 # True when namespace `{ns}` (an SQL expression) has no knowledge at all, no Knowledge
 # resource and no chunk (by the primary key's order, as above): any retrieval for it
-# returns `nothing_retrieved()`, so a statement can write that without running one.
+# returns `nothing_retrieved()`, so a statement can write that without running one. Scalar
+# subqueries, so that any plan looks in this namespace only (as an anti-join, a generic
+# plan read every namespace's Knowledge resources).
 WITHOUT_KNOWLEDGE_SQL = (
-    "NOT EXISTS (SELECT 1 FROM resources k WHERE k.kind = 'Knowledge' AND k.namespace = {ns}) "
+    "(SELECT 1 FROM resources k WHERE k.kind = 'Knowledge' AND k.namespace = {ns} "
+    "LIMIT 1) IS NULL "
     "AND (SELECT c.idx FROM knowledge_chunks c WHERE c.namespace = {ns} "
     "ORDER BY c.document, c.idx LIMIT 1) IS NULL"
 )

@@ -110,7 +110,7 @@ SELECT s.namespace, s.id AS session_id, s.agent,
        claimed.created_at, claimed.traceparent, claimed.attempt_span,
        r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
 FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
-LEFT JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
+LEFT JOIN LATERAL ({turn_start.AGENT_ROW_SQL.format(session="s")}) r ON true
 """
 
 

@@ -16,10 +16,18 @@ from talon.runtime.journal import KNOWLEDGE, MODEL, RECORDED_SQL, Step, record_w
 # knowledge step's output is known beforehand. Every other case is written by `claim._begin`,
 # in a transaction of its own. It returns the agent row it found resolved: each statement reads
 # the tables as of its own start, and the claim's may have seen another version of it.
+# The agent row of the session `{session}` (an alias), by its whole key in any plan: as a
+# plain join, a generic plan made on a young database (a handful of agents, equal costs)
+# looked it up by `kind` alone and filtered every tenant's agents. The LIMIT keeps PostgreSQL
+# from flattening it into that join.
+AGENT_ROW_SQL = (
+    "SELECT name, labels, status FROM resources WHERE kind = 'Agent' "
+    "AND namespace = {session}.namespace AND name = {session}.agent LIMIT 1"
+)
 STARTABLE_CTE = f"""startable AS (
     SELECT t.id AS turn_id, t.session_uid, t.fencing_token, r.labels, r.status FROM turns t
     JOIN sessions s ON s.uid = t.session_uid
-    JOIN resources r ON r.kind = 'Agent' AND r.namespace = s.namespace AND r.name = s.agent
+    CROSS JOIN LATERAL ({AGENT_ROW_SQL.format(session="s")}) r
     WHERE t.session_uid = %s AND t.state = 'running' AND t.attempts = 1
       AND t.xmin = pg_current_xact_id_if_assigned()::xid
       AND r.status->>'phase' = 'Resolved' AND {WITHOUT_KNOWLEDGE_SQL.format(ns="s.namespace")}

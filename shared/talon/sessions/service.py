@@ -123,14 +123,11 @@ class SessionService:
         shows them; the API does not, they can be large)."""
         with self.db.transaction() as tx:
             session = self._require(tx, namespace, agent, session_id)
-            try:  # by its key, not a scan of the session's turns for a text match
-                row = tx.one(
-                    "SELECT * FROM turns WHERE session_uid = %s AND id = %s",
-                    (session["uid"], uuid.UUID(turn_id)),
-                )
+            try:  # by its key alone: with the session too, a plan could scan the session's turns
+                row = tx.one("SELECT * FROM turns WHERE id = %s", (uuid.UUID(turn_id),))
             except ValueError:  # not a turn id at all
                 row = None
-            if row is None:
+            if row is None or row["session_uid"] != session["uid"]:
                 raise NotFound(f"turn {turn_id!r} not found in session {session_id!r}")
             view = turn_view(row)
             view["steps"] = steps_view(tx, row["id"], outputs=outputs)

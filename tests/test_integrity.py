@@ -192,3 +192,48 @@ def _waiting_for_a_lock(db: Database) -> bool:
                 return True
         threading.Event().wait(0.02)
     return False
+
+
+def test_truncating_the_turns_truncates_their_steps(db: Database) -> None:
+    lease = _running_turn(db)
+    with db.transaction() as tx:
+        assert turn_steps.renew_and_write(tx, lease, _step(0))
+        tx.execute("TRUNCATE turns")
+    with db.transaction() as tx:
+        assert tx.scalar("SELECT count(*) FROM turn_steps") == 0
+
+
+def test_a_step_for_a_deleted_sessions_turn_is_not_written(db: Database) -> None:
+    lease = _running_turn(db)
+    with db.transaction() as tx:
+        tx.execute("DELETE FROM sessions WHERE uid = %s", (lease.session_uid,))
+    with db.transaction() as tx:
+        assert not turn_steps.renew_and_write(tx, lease, _step(0))
+    assert _steps(db, lease.turn_id) == 0
+
+
+def test_the_open_turns_index_still_answers_for_the_state_domain(db: Database) -> None:
+    """Its predicate names the state, now a domain over text: a query for a session's open
+    turns still matches it (generic plan, sequential scans priced out)."""
+    with db.transaction() as tx:
+        tx.execute("SET LOCAL enable_seqscan = off")
+        tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = "\n".join(
+            row["QUERY PLAN"]
+            for row in tx.all(
+                "EXPLAIN SELECT id FROM turns WHERE session_uid = %s "
+                "AND state IN ('queued', 'running') ORDER BY seq",
+                (uuid.uuid4(),),
+            )
+        )
+    assert "turns_open" in plan, plan
+
+
+def test_a_tool_steps_start_is_not_journaled_with_a_deferred_renewal(db: Database) -> None:
+    from talon.runtime import journal
+
+    lease = _running_turn(db)
+    tool = Step(2, "call-x", "tool", "started", {"call": {}})
+    with pytest.raises(ValueError, match="tool step"), db.transaction() as tx:
+        journal.record(tx, lease, _step(1), tool, defer_events=True)
+    assert _steps(db, lease.turn_id) == 0

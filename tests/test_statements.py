@@ -206,3 +206,55 @@ def test_a_bind_is_the_bytes_pg8000_sends_without_its_flush(encoding: str) -> No
     ours = statements._bind(b"pg8000_statement_7", values, encoding)
 
     assert theirs == ours + FLUSH_MSG
+
+
+def test_a_batch_is_retried_whole_when_its_table_changed_shape_since_it_was_prepared(
+    numbers: tuple[Any, Any, str],
+) -> None:
+    """A migration retyping a column while this process runs: the server refuses the
+    prepared statement once ("cached plan must not change result type"); the batch was its
+    own transaction, rolled back whole, so it is prepared again and run once more."""
+    writer, reader, table = numbers
+    batch = [
+        (f"INSERT INTO {table} (n) VALUES (%s)", (5,)),
+        (f"SELECT n, pg_typeof(n)::text FROM {table} ORDER BY n", ()),
+    ]
+    statements.run_batch(writer, batch, commit=True)
+    reader.execute_simple(f"ALTER TABLE {table} ALTER COLUMN n TYPE bigint")
+
+    _, rows = statements.run_batch(writer, batch, commit=True)
+
+    assert rows.rows == [[5, "bigint"], [5, "bigint"]]  # inserted once more, not twice
+
+
+def test_a_changed_table_inside_a_longer_transaction_is_an_error_for_the_caller(
+    numbers: tuple[Any, Any, str],
+) -> None:
+    writer, reader, table = numbers
+    select = (f"SELECT n FROM {table}", ())
+    statements.run_batch(writer, [select], commit=True)
+    reader.execute_simple(f"ALTER TABLE {table} ALTER COLUMN n TYPE bigint")
+    statements.run_batch(writer, [("SELECT 1", ())])  # a transaction is open: no retry
+
+    with pytest.raises(DatabaseError, match="cached plan must not change result type"):
+        statements.run_batch(writer, [select], commit=True)
+
+    statements.rollback(writer)
+    assert statements.run_batch(writer, [select], commit=True)[0].rows == []  # prepared again
+
+
+def test_an_error_at_commit_is_raised_and_nothing_is_committed(
+    numbers: tuple[Any, Any, str],
+) -> None:
+    writer, reader, table = numbers
+    writer.execute_simple(
+        f"ALTER TABLE {table} ADD CONSTRAINT {table}_unique UNIQUE (n) "
+        "DEFERRABLE INITIALLY DEFERRED"
+    )
+    insert = f"INSERT INTO {table} (n) VALUES (%s)"
+
+    with pytest.raises(DatabaseError, match="duplicate key"):  # checked at the Sync's commit
+        statements.run_batch(writer, [(insert, (7,)), (insert, (8,)), (insert, (7,))], commit=True)
+
+    assert not writer._in_transaction
+    assert _committed(reader, table) == []

@@ -85,6 +85,9 @@ def record(
     resumed turn must not run it again (its effect may have happened) but answer it with an
     error result instead.
     """
+    if renewing and defer_events and starting is not None and starting.kind == "tool":
+        # Its row would be written unguarded in the round trip whose renewal may fail.
+        raise ValueError("a tool step's start is journaled after a renewal, not with one")
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
         if renewing and defer_events:

@@ -70,7 +70,12 @@ def run_batch(
     server runs every Execute up to the Sync in one transaction and commits it at the Sync
     (rolls it back if a statement failed, leaving the connection idle), so it needs neither
     a BEGIN nor a COMMIT statement, each a portal, a snapshot and a command tag of its own
-    (issue 19: 0.03-0.06 ms of PostgreSQL's CPU per turn). Otherwise BEGIN (when the
+    (issue 19: 0.03-0.06 ms of PostgreSQL's CPU per turn). Such a batch must not hold what
+    only a transaction block allows (`LOCK TABLE`, `SAVEPOINT`, `DECLARE`: refused; `SET
+    LOCAL`: a warning); none does. Because nothing of it is left when it fails, it is run
+    once more, prepared afresh, if the server refused a prepared statement whose tables
+    changed shape since ("cached plan must not change result type", e.g. a column retyped by
+    a migration while this process runs). Otherwise BEGIN (when the
     connection is idle), the statements and COMMIT (if `commit`) are prepared statements
     executed in one extended-protocol exchange with a single Sync and no Flush: the server
     answers each in order and sends at the Sync's ReadyForQuery, or earlier only when its
@@ -86,12 +91,19 @@ def run_batch(
     the server would block sending that answer while this side still writes, until the
     socket's timeout. Every value is converted before anything is written, so a value that
     cannot be sent leaves nothing half-written on the connection."""
+    return _run_batch(connection, batch, commit=commit, retry=True)
+
+
+def _run_batch(
+    connection: Connection, batch: Sequence[tuple[str, Params]], *, commit: bool, retry: bool
+) -> list[Result]:
     cache: OrderedDict[str, _Prepared] | None = getattr(connection, "_talon_statements", None)
     if cache is None:
         cache = OrderedDict()
         connection._talon_statements = cache
     begin = not connection._in_transaction and not connection.autocommit
-    if begin and commit:  # the Sync's implicit transaction
+    implicit = begin and commit
+    if implicit:  # the Sync's implicit transaction
         begin = commit = False
     work: list[tuple[str, Params]] = [
         *([(_BEGIN, ())] if begin else []),
@@ -129,6 +141,8 @@ def run_batch(
         if _sqlstate(failure) == _FEATURE_NOT_SUPPORTED:
             for sql, _, _ in prepared_work:  # a table changed shape: prepare afresh next time
                 cache.pop(sql, None)
+            if implicit and retry:  # rolled back whole: nothing ran
+                return _run_batch(connection, batch, commit=True, retry=False)
         raise failure
     statements = contexts[1:] if begin else contexts
     return [

@@ -66,7 +66,10 @@ class Tx:
         """Run `sql` later in this transaction, in order, without waiting for its answer: it
         is sent with the next statement, or with the COMMIT. A write whose result the caller
         does not need costs no round trip of its own. Should it fail, the statement it
-        travels with (or the commit) raises its error and the transaction rolls back."""
+        travels with (or the commit) raises its error and the transaction rolls back. A
+        transaction sent whole in one round trip runs without BEGIN (`statements.run_batch`),
+        so what needs a transaction block (`LOCK TABLE`, `SAVEPOINT`, `SET LOCAL`) must not
+        be its first statement sent with the commit."""
         self._queue(sql, params, None)
 
     def later(

@@ -68,8 +68,8 @@ class Tx:
         does not need costs no round trip of its own. Should it fail, the statement it
         travels with (or the commit) raises its error and the transaction rolls back. A
         transaction sent whole in one round trip runs without BEGIN (`statements.run_batch`),
-        so what needs a transaction block (`LOCK TABLE`, `SAVEPOINT`, `SET LOCAL`) must not
-        be its first statement sent with the commit."""
+        so one that uses what needs a transaction block (`LOCK TABLE`, `SAVEPOINT`, `SET
+        LOCAL`) must send a statement of its own before the round trip of its commit."""
         self._queue(sql, params, None)
 
     def later(

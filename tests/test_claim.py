@@ -338,8 +338,7 @@ def test_a_turn_whose_session_was_deleted_writes_nothing_more(
 ) -> None:
     """The session's rows have no foreign key to it (migration 0015): each write of a
     session's events, messages or turns must itself find the session gone and write
-    nothing, not leave orphaned rows. Here each write runs without the renewal that would
-    have refused it first."""
+    nothing, not leave orphaned rows. Here each write runs without a renewal before it."""
     from talon.runtime.journal import MODEL, Fenced, Step, complete, record
     from talon.sessions import events
 
@@ -349,7 +348,7 @@ def test_a_turn_whose_session_was_deleted_writes_nothing_more(
     with db.transaction() as tx:
         events.append(tx, session, [("step.started", {"step": "late"})], claimed.lease.turn_id)
     answer = {"role": "assistant", "content": "late", "tool_calls": None, "tool_call_id": None}
-    with db.transaction() as tx:
+    with pytest.raises(Fenced), db.transaction() as tx:  # the turn went with its session
         complete(tx, claimed.lease, 2, [answer], None, [("step.completed", {"step": "late"})])
     model_step = Step(1, MODEL, "model", "completed", {"content": "late", "toolCalls": []})
     with pytest.raises(Fenced), db.transaction() as tx:

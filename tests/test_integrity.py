@@ -227,13 +227,3 @@ def test_the_open_turns_index_still_answers_for_the_state_domain(db: Database) -
             )
         )
     assert "turns_open" in plan, plan
-
-
-def test_a_tool_steps_start_is_not_journaled_with_a_deferred_renewal(db: Database) -> None:
-    from talon.runtime import journal
-
-    lease = _running_turn(db)
-    tool = Step(2, "call-x", "tool", "started", {"call": {}})
-    with pytest.raises(ValueError, match="tool step"), db.transaction() as tx:
-        journal.record(tx, lease, _step(1), tool, defer_events=True)
-    assert _steps(db, lease.turn_id) == 0

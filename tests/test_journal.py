@@ -183,10 +183,11 @@ def test_a_worker_that_lost_its_lease_writes_nothing(api: Api, db: Database, mod
 def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
     api: Api, db: Database, model_server, monkeypatch
 ) -> None:
-    """The final write's renewal, its delivery's acknowledgement and the turn's completion
-    travel in one round trip with the COMMIT (the renewal's answer is read after it): a
-    worker whose lease was taken over while the model answered must still write nothing,
-    every write of that round trip guarded by the fencing token, and acknowledge nothing."""
+    """The final write (the session's lock, the delivery's acknowledgement, then the answer's
+    model step with its usage, the messages and the turn's completion in one statement)
+    travels in one round trip with the COMMIT: a worker whose lease was taken over while
+    the model answered must still write nothing, every write of that round trip guarded by
+    the fencing token, and acknowledge nothing."""
     import talon.runtime.deltas
     from talon.broker.outbox import DISPATCH_TOPIC
     from talon.broker.postgres import PostgresBroker
@@ -233,8 +234,13 @@ def test_a_worker_that_lost_its_lease_during_its_last_model_call_writes_nothing(
     with db.transaction() as tx:
         turn = tx.one("SELECT state, attempts, lease_owner FROM turns")
         usage = tx.scalar("SELECT count(*) FROM model_usage")
+        answers = tx.all(
+            "SELECT output->>'content' AS content, fencing_token FROM turn_steps "
+            "WHERE kind = 'model'"
+        )
     assert turn == {"state": "completed", "attempts": 2, "lease_owner": None}
     assert usage == 1  # worker-b's model step only
+    assert answers == [{"content": "from b", "fencing_token": 2}]
     assert len(acks) == 1 and not acks[0]()  # worker-a tried, and acknowledged nothing
     with db.transaction() as tx:
         assert tx.scalar("SELECT count(*) FROM outbox WHERE id = %s", (int(delivery.id),)) == 1
@@ -374,12 +380,13 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     monkeypatch.undo()
     # The claim, its reads and the turn's start (the knowledge step and its events), committed
     # in one round trip; the model's tool call with the tool step's start; the call marked as
-    # running; its result; the answer: its model step with the lease's renewal, then the
-    # three messages, the final step, the turn's completion and its events, committed in the
-    # same round trip.
+    # running; its result; the answer: the session's lock, then its model step, the three
+    # messages, the final step, the turn's completion and its events in one statement,
+    # committed in the same round trip.
     assert [len(statements_) for statements_ in ran] == [4, 3, 2, 2, 2]
     assert trips == [1, 2, 2, 2, 1]
-    assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 7
+    assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 6
+    assert "FOR UPDATE" in ran[-1][0] and "turn_steps" not in ran[-1][0]
 
 
 # Tables that grow with every turn: a statement of the turn path that scans one whole costs

@@ -72,27 +72,18 @@ def record(
     starting: Step | None = None,
     *,
     before: list[tuple[str, dict[str, Any]]] | None = None,
-    defer_events: bool = False,
     renewing: bool = True,
-) -> list[tuple[str, dict[str, Any]]]:
-    """In the caller's transaction: journal the step that just finished and announce the next.
-    With `defer_events` the events are returned for the caller to append with its own (one
-    statement for the lot); otherwise they are appended here. With `defer_events` and a
-    renewal, the renewal and the step travel with the caller's next statement too, and a
-    lost lease raises Fenced from that statement (the caller's writes roll back with it).
+) -> None:
+    """In the caller's transaction: journal the step that just finished and announce the next
+    (after the events `before`). The turn's answer is journaled by `complete` instead.
 
     A tool step is also journaled when it starts: if the worker dies during the call, the
     resumed turn must not run it again (its effect may have happened) but answer it with an
     error result instead.
     """
-    if renewing and defer_events and starting is not None and starting.kind == "tool":
-        # Its row would be written unguarded in the round trip whose renewal may fail.
-        raise ValueError("a tool step's start is journaled after a renewal, not with one")
     batch: list[tuple[str, dict[str, Any]]] = list(before or [])
     if done is not None:
-        if renewing and defer_events:
-            turn_steps.renew_and_write_later(tx, lease, done, usage_of(done), _fenced(lease))
-        elif renewing:  # False only right after the lease was taken in this transaction
+        if renewing:  # False only right after the lease was taken in this transaction
             if not turn_steps.renew_and_write(tx, lease, done, usage_of(done)):
                 raise Fenced(str(lease.turn_id))
         else:
@@ -102,10 +93,8 @@ def record(
     if starting is not None and starting.kind == "tool":
         turn_steps.write(tx, lease, starting)
     batch += _step_events(done, starting)
-    if batch and not defer_events:
+    if batch:
         events.append(tx, lease.session_uid, batch, lease.turn_id)
-        return []
-    return batch
 
 
 def record_when(
@@ -136,13 +125,6 @@ def _step_events(done: Step | None, starting: Step | None) -> list[tuple[str, di
     return said
 
 
-def _fenced(lease: Lease) -> Callable[[], None]:
-    def lost() -> None:
-        raise Fenced(str(lease.turn_id))
-
-    return lost
-
-
 def begin_tool_call(tx: Tx, lease: Lease, idx: int, name: str, call: dict[str, Any]) -> None:
     """Mark tool step `idx` as running its call, under this lease, before any side effect
     happens: a turn resumed after a crash answers such a call with an error result instead
@@ -159,19 +141,24 @@ def complete(
     provider: str | None,
     earlier: list[tuple[str, dict[str, Any]]],
     acknowledge: Callable[[Tx, Condition], None] | None = None,
+    answer: Step | None = None,
 ) -> int:
-    """The final step `idx`, as the transaction's last statement (it commits): the turn's
-    messages `written` (see `sessions/messages.completing`), its events after `earlier` (the
-    write step's, a `message.created` for each answer with text, `turn.completed`) and the
-    turn's completion, in one statement. `acknowledge(tx, when)` acknowledges a delivery in
-    the same round trip if the turn leaves its session with no open turn. Returns how many
-    other turns of the session are still open. The caller renewed the lease in this
-    transaction (the session row is locked)."""
+    """The final step `idx`, as the transaction's last statement (it commits): the model step
+    `answer` that gave the turn's answer (unless a resumed turn journaled it already) with
+    the tokens it spent, the turn's messages `written` (see `sessions/messages.completing`),
+    its events after `earlier` (the answer's step's end, the write step's, a
+    `message.created` for each answer with text, `turn.completed`) and the turn's
+    completion, in one statement after the session's lock, in one round trip.
+    `acknowledge(tx, when)` acknowledges a delivery in the same round trip if the turn
+    leaves its session with no open turn. Returns how many other turns of the session are
+    still open; raises Fenced, having written nothing, if this worker lost the turn."""
+    turn_steps.lock_session(tx, lease)
     if acknowledge is not None:
         acknowledge(tx, Condition(*turn_steps.idle_after_completion(lease)))
     write = {"step": WRITE, "index": idx, "kind": "write"}
+    said = [*earlier, *_step_events(answer, None)]
     new_events: list[tuple[str, dict[str, Any], int | None]] = [
-        *((event_type, data, None) for event_type, data in earlier),
+        *((event_type, data, None) for event_type, data in said),
         ("step.started", write, None),
     ]
     for ordinal, message in enumerate(written, start=1):
@@ -182,8 +169,16 @@ def complete(
     new_events.append(("turn.completed", {"provider": provider}, None))  # openTurns too
     step = Step(idx, WRITE, "write", "completed", {"messages": len(written)})
     splice = session_messages.completing(lease.session_uid, lease.turn_id, written, new_events)
-    remaining, _ = turn_steps.complete_turn(tx, lease, step, provider, splice)
-    return remaining
+    answered = None
+    if answer is not None:
+        usage = usage_of(answer)
+        if usage is None:
+            raise ValueError("a turn's answer is journaled with its model step")
+        answered = (answer, usage)
+    completed = turn_steps.complete_turn(tx, lease, step, provider, splice, answered)
+    if not completed.held:
+        raise Fenced(str(lease.turn_id))
+    return completed.open
 
 
 def usage_of(step: Step) -> ModelUsage | None:

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from talon.broker.base import Condition, DeliveryClaim
@@ -192,8 +191,9 @@ class TurnRunner:
             if time.monotonic() >= deadline:
                 raise ctx.TurnFailure("deadline_exceeded", "the turn ran past its deadline")
             step = journal.get(idx)
-            # This model step's record, unsaved: (tx, defer_events) -> the deferred events.
-            pending: Callable[..., list[tuple[str, dict[str, Any]]]] | None = None
+            fresh = step is None or step.state != "completed"  # not journaled yet
+            before: list[tuple[str, dict[str, Any]]] = []  # a fresh step's events before its own
+            following: Step | None = None  # the tool step a fresh step's calls start with
             if step is None or step.state != "completed":
                 deltas = DeltaBuffer(self.db, lease, idx)
                 with turn_telemetry.step(MODEL, "model", **{"talon.step.index": idx}) as span:
@@ -213,15 +213,11 @@ class TurnRunner:
                 }
                 step = Step(idx, MODEL, "model", "completed", output)
                 calls = output["toolCalls"]
-                following = (
-                    Step(idx + 1, f"call-{calls[0]['name']}", "tool", "started", {"call": calls[0]})
-                    if calls
-                    else None
-                )
-                if following is not None:
+                if calls:
+                    following = Step(idx + 1, f"call-{calls[0]['name']}", "tool", "started",
+                                     {"call": calls[0]})  # fmt: skip
                     journal[idx + 1] = following
                 before = notices + deltas.drain()
-                pending = partial(_record_model, lease, step, following, before)
                 notices = []
             calls = step.output.get("toolCalls", [])
             assistant = ctx.to_chat("assistant", step.output.get("content", ""), calls, None)
@@ -234,16 +230,13 @@ class TurnRunner:
                 # The answer: the model step and the turn's messages commit together (a crash
                 # before this commit asks the model again, exactly as with two commits).
                 with turn_telemetry.step(WRITE, "write"), self.db.transaction() as tx:
-                    recorded = []
-                    if pending is not None:
-                        recorded = pending(tx, defer_events=True)  # renews the lease
                     return self._write_in(
-                        tx, lease, written, idx, renewed=pending is not None, earlier=recorded,
-                        on_idle=on_idle,
+                        tx, lease, written, idx, answer=step if fresh else None,
+                        earlier=before, on_idle=on_idle,
                     )  # fmt: skip
-            if pending is not None:
+            if fresh:
                 with self.db.transaction() as tx:
-                    pending(tx)
+                    record(tx, lease, step, following, before=before)
             for position, call in enumerate(calls):
                 heartbeat.check()
                 result = self._tool_step(lease, agent, journal, idx, call, calls, position)
@@ -305,19 +298,18 @@ class TurnRunner:
         written: list[dict[str, Any]],
         idx: int,
         *,
-        renewed: bool,
+        answer: Step | None,
         earlier: list[tuple[str, dict[str, Any]]],
         on_idle: OnIdle | None,
     ) -> bool:
-        """The final step: the turn's messages and its completion, after `earlier` events
-        (appended together with this step's), as the caller's transaction's last statement.
-        Returns whether other turns of the session are still open."""
-        if not renewed:
-            renew(tx, lease)
+        """The final step: the model step `answer` (None: journaled already), the turn's
+        messages and its completion, after `earlier` events (appended together with this
+        step's), as the caller's transaction's last statement. Returns whether other turns
+        of the session are still open."""
         provider = None
         for message in written:
             provider = message.get("provider") or provider
-        return complete(tx, lease, idx, written, provider, earlier, on_idle) > 0
+        return complete(tx, lease, idx, written, provider, earlier, on_idle, answer) > 0
 
     def _fail(self, lease: Lease, code: str, message: str, **extra: Any) -> None:
         tracing.fail_current(f"{code}: {message}"[:300])
@@ -327,15 +319,3 @@ class TurnRunner:
                 finish_failed(tx, lease.session_uid, lease.turn_id, code, message, **extra)
         except Fenced:
             log.info("turn %s: fenced while recording its failure", lease.turn_id)
-
-
-def _record_model(
-    lease: Lease,
-    step: Step,
-    following: Step | None,
-    before: list[tuple[str, dict[str, Any]]],
-    tx: Tx,
-    *,
-    defer_events: bool = False,
-) -> list[tuple[str, dict[str, Any]]]:
-    return record(tx, lease, step, following, before=before, defer_events=defer_events)

@@ -42,7 +42,8 @@ def completing(
     """The turn's messages `written` (dicts with `role`, `content`, `tool_calls` and
     `tool_call_id`, in order) and its `new_events` (see `events.completion_ctes`), as a part
     of the statement that completes the turn (`store/turn_steps.complete_turn`); it returns
-    whether the events were announced. The caller's renewal locked the session row."""
+    whether the events were announced. The caller locked the session row (`turn_steps.
+    lock_session`)."""
     rows = []
     for ord_, message in enumerate(written, start=1):
         row = {"ord": ord_, "role": message["role"], "content": message["content"] or ""}

@@ -27,14 +27,14 @@ class ModelUsage:
     completion_tokens: int
 
 
-# A CTE continuing turn_steps' renew-and-write statement: `r` has a row only if the lease
-# held. The turn and session rows it reads are the ones that statement locks.
+# A CTE continuing a statement of turn_steps' that journals a model step: `{gate}` has a
+# row only if the lease held. The turn and session rows it reads are locked by then.
 RECORD_CTE = (
     "u AS (INSERT INTO model_usage (turn_id, idx, namespace, agent, session_id, session_uid, "
     "turn_seq, profile, provider, model, prompt_tokens, completion_tokens) "
     "SELECT t.id, %s::int, s.namespace, s.agent, s.id, s.uid, t.seq, %s::text, %s::text, "
     "%s::text, %s::bigint, %s::bigint FROM turns t JOIN sessions s ON s.uid = t.session_uid "
-    "WHERE t.id = %s::uuid AND EXISTS (SELECT 1 FROM r) "
+    "WHERE t.id = %s::uuid AND EXISTS (SELECT 1 FROM {gate}) "
     "ON CONFLICT (turn_id, idx) DO NOTHING)"
 )
 

@@ -8,15 +8,14 @@ and the sessions layer sits below the runtime (the runtime appends session event
 may not import `runtime/`. No other module names `turn_steps`.
 
 Every write is guarded by the lease. The renewal (lock the session row, extend the turn's
-lease if the fencing token still holds) travels with the step in one statement, and the
-turn's last step with its completion in another: one round trip each, which is most of what
-a turn costs (see Benchmarks in the README).
+lease if the fencing token still holds) travels with the step in one statement; the turn's
+answer, its last step and its completion are one statement after the session's lock, in one
+round trip: the round trips are most of what a turn costs (see Benchmarks in the README).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -66,18 +65,21 @@ _CONFLICT = (
     "output = EXCLUDED.output, fencing_token = EXCLUDED.fencing_token, "
     "completed_at = EXCLUDED.completed_at"
 )
-# Renewing and journaling a step in one statement: the step is written only if the lease held.
-_WRITE_CTE = (
-    "w AS (INSERT INTO turn_steps " + _COLUMNS + " "
+# A step written only if the CTE `{gate}` has a row (the lease held), as a CTE `{name}`.
+_GATED_WRITE_CTE = (
+    "{name} AS (INSERT INTO turn_steps " + _COLUMNS + " "
     "SELECT %s::uuid, %s::int, %s::text, %s::text, %s::text, %s::jsonb, %s::bigint, "
     "CASE WHEN %s::text = 'started' THEN NULL ELSE now() END "
-    "WHERE EXISTS (SELECT 1 FROM r) " + _CONFLICT + ")"
+    "WHERE EXISTS (SELECT 1 FROM {gate}) " + _CONFLICT + ")"
 )
+# Renewing and journaling a step in one statement: the step is written only if the lease held.
+_WRITE_CTE = _GATED_WRITE_CTE.format(name="w", gate="r")
 _RENEW_AND_WRITE_SQL = _RENEW_CTE + ", " + _WRITE_CTE + " SELECT count(*) FROM r"
 # A model step with the tokens it spent (model_usage), still one statement.
 _RENEW_AND_WRITE_MODEL_SQL = (
-    _RENEW_CTE + ", " + _WRITE_CTE + ", " + model_usage.RECORD_CTE + " SELECT count(*) FROM r"
-)
+    _RENEW_CTE + ", " + _WRITE_CTE + ", " + model_usage.RECORD_CTE.format(gate="r")
+    + " SELECT count(*) FROM r"
+)  # fmt: skip
 _WRITE_SQL = (
     f"INSERT INTO turn_steps {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
     f"CASE WHEN %s = 'started' THEN NULL ELSE now() END) {_CONFLICT}"
@@ -90,30 +92,38 @@ _BEGIN_CALL_SQL = (
     "ON CONFLICT (turn_id, idx) DO UPDATE SET output = EXCLUDED.output, "
     "fencing_token = EXCLUDED.fencing_token"
 )
-# The turn's last step, its completion and the count of the session's other open turns (the
-# session row is locked by the caller's renewal, so it is the count at commit; the splice's
-# CTEs may read it as `open`), after the CTEs of a splice (`{ctes}`) and with what it returns
-# (`{returns}`). Every write is guarded by `held` (a row only while this worker's fencing
-# token holds), so that when the renewal travels in the same round trip
-# (`renew_and_write_later`) and finds the lease lost, this statement has written nothing
-# either, and its COMMIT commits nothing.
+# The session's lock, taken by a statement of its own before the completion (below), so that
+# the completion, reading the tables as of its own start, sees every change committed to the
+# session before it: whether this worker's fencing token still holds, and the open turns.
+_LOCK_SESSION_SQL = "SELECT 1 FROM sessions WHERE uid = %s FOR UPDATE"
+# The turn's answer (the model step that gave it, with its usage: `{answer}`), its last step,
+# its completion and the count of the session's other open turns (the session row is locked,
+# so it is the count at commit; the splice's CTEs may read it as `open`), after the CTEs of a
+# splice (`{ctes}`) and with what it returns (`{returns}`). Every write is guarded by `held`
+# (a row only while this worker's fencing token holds): a worker that lost its lease writes
+# nothing, its COMMIT commits nothing, and `held` says so.
 _COMPLETE_SQL = (
     "WITH held AS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s "
     "  AND state = 'running'), "
     "open AS (SELECT count(*) AS n FROM turns WHERE session_uid = %s AND id <> %s "
     "  AND state IN ('queued', 'running')), "
-    "{ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
+    "{answer}{ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
     "  fencing_token, completed_at) "
     "  SELECT %s, %s, %s, 'write', 'completed', %s::jsonb, %s, now() "
     "  WHERE EXISTS (SELECT 1 FROM held)), "
     "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
     "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s "
     "  AND EXISTS (SELECT 1 FROM held)) "
-    "SELECT n AS open, {returns} AS spliced FROM open"
+    "SELECT n AS open, (SELECT count(*) FROM held) AS held, {returns} AS spliced FROM open"
 )
+# The answer's model step and its usage, as CTEs of the completion.
+_ANSWER_CTES = (
+    _GATED_WRITE_CTE.format(name="answer", gate="held") + ", "
+    + model_usage.RECORD_CTE.format(gate="held") + ", "
+)  # fmt: skip
 # A delivery of the session may be acknowledged with the completion (`Delivery.ack_in`) on
 # this condition, evaluated before it: the turn is still this lease's, and no other turn of
-# the session is open (none can be queued meanwhile: the renewal locked the session row).
+# the session is open (none can be queued meanwhile: `lock_session` locked the session row).
 IDLE_AFTER_COMPLETION_SQL = (
     "EXISTS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s AND state = 'running') "
     "AND NOT EXISTS (SELECT 1 FROM turns WHERE session_uid = %s AND id <> %s "
@@ -156,20 +166,6 @@ def renew_and_write(tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None =
     return bool(tx.scalar(*_renew_and_write(guard, step, usage)))
 
 
-def renew_and_write_later(
-    tx: Tx, guard: Guard, step: Step, usage: ModelUsage | None, lost: Callable[[], None]
-) -> None:
-    """`renew_and_write`, sent with the transaction's next statement (`Tx.later`): `lost()`
-    is called then if this worker no longer held the turn; it raises, so the statement it
-    travelled with, whatever it wrote, is rolled back with the transaction."""
-
-    def check(rows: list[dict[str, Any]]) -> None:
-        if not rows or not rows[0]["count"]:
-            lost()
-
-    tx.later(*_renew_and_write(guard, step, usage), then=check)
-
-
 def _renew_and_write(
     guard: Guard, step: Step, usage: ModelUsage | None
 ) -> tuple[str, tuple[Any, ...]]:
@@ -206,24 +202,54 @@ def begin_call(tx: Tx, guard: Guard, idx: int, name: str, output: dict[str, Any]
     tx.defer(_BEGIN_CALL_SQL, (guard.turn_id, idx, name, jsonb(output), guard.token))
 
 
+def lock_session(tx: Tx, guard: Guard) -> None:
+    """Lock the turn's session row (deferred: it travels with the transaction's next
+    statement), so that the statements after it see whatever was committed to the session
+    before: `complete_turn`'s checks need it."""
+    tx.defer(_LOCK_SESSION_SQL, (guard.session_uid,))
+
+
+@dataclass(frozen=True)
+class Completed:
+    held: bool  # False: this worker had lost the turn, and nothing was written
+    open: int  # the session's other open turns
+    spliced: Any  # what the splice returned
+
+
 def complete_turn(
-    tx: Tx, guard: Guard, step: Step, provider: str | None, splice: Splice | None = None
-) -> tuple[int, Any]:
-    """Write the turn's last step and complete the turn (with `splice`), in one statement
-    that commits the transaction (`Tx.commit_with`: with what was deferred before it, one
-    round trip); returns how many other turns of the session are still open, and what the
-    splice returns. The caller renewed in this transaction."""
+    tx: Tx,
+    guard: Guard,
+    step: Step,
+    provider: str | None,
+    splice: Splice | None = None,
+    answer: tuple[Step, ModelUsage] | None = None,
+) -> Completed:
+    """Write the turn's `answer` (the model step that gave it, unless journaled already, and
+    the tokens it spent), its last step `step`, and complete the turn (with `splice`), in one
+    statement that commits the transaction (`Tx.commit_with`: with what was deferred before
+    it, one round trip). The caller locked the session row earlier in this transaction
+    (`lock_session`)."""
+    answer_sql, answer_params = "", ()
+    if answer is not None:
+        answered, usage = answer
+        answer_sql = _ANSWER_CTES
+        answer_params = _step_params(guard, answered) + model_usage.record_params(
+            guard.turn_id, answered.idx, usage
+        )
     params = (
         guard.turn_id, guard.token, guard.session_uid, guard.turn_id,
+        *answer_params,
         *(splice.params if splice else ()),
         guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
         provider, guard.turn_id,
     )  # fmt: skip
     sql = _COMPLETE_SQL.format(
-        ctes=splice.ctes + ", " if splice else "", returns=splice.returns if splice else "NULL"
+        answer=answer_sql,
+        ctes=splice.ctes + ", " if splice else "",
+        returns=splice.returns if splice else "NULL",
     )
     row = tx.commit_with(sql, params)[0]  # an aggregate: always one row
-    return int(row["open"]), row["spliced"]
+    return Completed(bool(row["held"]), int(row["open"]), row["spliced"])
 
 
 def idle_after_completion(guard: Guard) -> tuple[str, tuple[Any, ...]]:

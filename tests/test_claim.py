@@ -61,7 +61,7 @@ def _noting_leases(monkeypatch: pytest.MonkeyPatch, what: Callable[[Any], bool])
 
 def _started_by_the_claim(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each claim's own statement started its turn (else `_begin` did)."""
-    return _noting_leases(monkeypatch, lambda leased: leased.started is not None)
+    return _noting_leases(monkeypatch, lambda leased: leased.started)
 
 
 def test_the_usual_turn_is_started_by_its_claim(
@@ -166,13 +166,14 @@ def test_a_resumed_turn_is_not_started_again_by_its_claim(
     assert after["events"] == [*before["events"], "turn.started"]
 
 
-def test_a_turn_whose_agent_resolves_during_the_claim_runs_with_the_agent_it_started_with(
+def test_a_claim_decides_on_the_agent_row_its_statement_read(
     api: Api, db: Database, session: uuid.UUID, database_url: str
 ) -> None:
-    """The claim's statements each read the tables as of their own start: the agent can
-    resolve between the claiming statement (which read it failing) and the start (which
-    finds it resolved and starts the turn). The claim then goes with the start's agent row,
-    not fail a turn it has just started."""
+    """The claiming statement reads the agent once and starts the usual turn in itself, so
+    what decides the turn is that one version of the agent row: an agent that resolves while
+    the claim's round trip is still being answered (its window's read waits here) cannot
+    have the turn both started and failed. It failed as the statement read it, with the
+    reason on its stream, and no step was journaled for it."""
     one = Database(db._connect, 1)  # one connection, its statements prepared by a first claim
     try:
         assert isinstance(claim(one, session, OPTIONS), Claim)
@@ -192,11 +193,22 @@ def test_a_turn_whose_agent_resolves_during_the_claim_runs_with_the_agent_it_sta
         runner.join(10)
     finally:
         one.close()
-    (claimed,) = outcome
-    assert isinstance(claimed, Claim), claimed
-    assert claimed.turn["seq"] == 2 and claimed.agent.agent == "bot"
+    assert outcome == [None]  # nothing left to run
     with db.transaction() as tx:
-        assert tx.scalar("SELECT count(*) FROM turns WHERE state = 'failed'") == 0
+        turn = tx.one("SELECT id, state, error->>'code' AS code FROM turns WHERE seq = 2")
+        assert turn is not None and (turn["state"], turn["code"]) == (
+            "failed",
+            "agent_not_resolved",
+        )
+        steps = tx.scalar("SELECT count(*) FROM turn_steps WHERE turn_id = %s", (turn["id"],))
+        types = [
+            r["type"]
+            for r in tx.all(
+                "SELECT type FROM session_events WHERE turn_id = %s ORDER BY id", (turn["id"],)
+            )
+        ]
+    assert steps == 0
+    assert types == ["message.created", "turn.queued", "turn.started", "turn.failed"]
 
 
 def test_a_failed_start_gives_the_turn_up_at_once(

@@ -378,12 +378,12 @@ def test_a_turn_costs_the_same_statements_and_transactions(
     monkeypatch.setattr(statements, "commit", committing)
     assert runner(db, RecordingTools(), "worker-a").drive(uid) is None
     monkeypatch.undo()
-    # The claim, its reads and the turn's start (the knowledge step and its events), committed
-    # in one round trip; the model's tool call with the tool step's start; the call marked as
-    # running; its result; the answer: the session's lock, then its model step, the three
-    # messages, the final step, the turn's completion and its events in one statement,
-    # committed in the same round trip.
-    assert [len(statements_) for statements_ in ran] == [4, 3, 2, 2, 2]
+    # The claim with the turn's start (the knowledge step and its events) in one statement,
+    # its reads, committed in one round trip; the model's tool call with the tool step's
+    # start; the call marked as running; its result; the answer: the session's lock, then
+    # its model step, the three messages, the final step, the turn's completion and its
+    # events in one statement, committed in the same round trip.
+    assert [len(statements_) for statements_ in ran] == [3, 3, 2, 2, 2]
     assert trips == [1, 2, 2, 2, 1]
     assert sum("turn_steps" in sql for sqls in ran for sql in sqls) == 6
     assert "FOR UPDATE" in ran[-1][0] and "turn_steps" not in ran[-1][0]

@@ -84,7 +84,9 @@ class Busy:
 # agent's resource row. `id` is NULL when nothing was taken (`head_*` say why). The CASE
 # asks about the owner only for an unexpired lease. `{took}`: whether the delivery naming
 # the session was taken (`DeliveryClaim.took`); if not, no row and no lock at all, so the
-# transaction writes nothing and its COMMIT flushes nothing.
+# transaction writes nothing and its COMMIT flushes nothing. `{start}`: the CTEs that start
+# the usual turn in the same statement (`turn_start.start_ctes`), and `{started}` whether
+# they did.
 _CLAIM_SQL = f"""
 WITH s AS (
     SELECT uid, namespace, id, agent FROM sessions WHERE uid = %s AND {{took}} FOR UPDATE
@@ -102,16 +104,19 @@ WITH s AS (
     FROM head WHERE turns.id = head.id AND NOT head.leased AND head.attempts < %s
     RETURNING turns.id, turns.seq, turns.attempts, turns.fencing_token, turns.started_at,
               turns.created_at, turns.traceparent, turns.attempt_span
-)
+), r AS (
+    SELECT a.* FROM s CROSS JOIN LATERAL ({turn_start.AGENT_ROW_SQL.format(session="s")}) a
+){{start}}
 SELECT s.namespace, s.id AS session_id, s.agent,
        head.id AS head_id, head.attempts AS head_attempts, head.leased AS head_leased,
        head.lease_expires_at AS head_lease, head.lease_owner AS head_owner,
        claimed.id, claimed.seq, claimed.attempts, claimed.fencing_token, claimed.started_at,
        claimed.created_at, claimed.traceparent, claimed.attempt_span,
-       r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status
-FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true
-LEFT JOIN LATERAL ({turn_start.AGENT_ROW_SQL.format(session="s")}) r ON true
+       r.name IS NOT NULL AS agent_found, r.labels AS agent_labels, r.status AS agent_status,
+       {{started}} AS started
+FROM s LEFT JOIN head ON true LEFT JOIN claimed ON true LEFT JOIN r ON true
 """
+_START_CTES, _START_PARAMS = turn_start.start_ctes()
 
 
 _NO_DELIVERY = Condition("TRUE", ())  # a claim with no delivery to depend on
@@ -135,14 +140,13 @@ class _Exhausted:
 @dataclass(frozen=True)
 class _Leased:
     """A turn this worker has just leased, with what the claim read for it (the window as
-    what the history copy asked after `after` lacks); if the claim's statement started it
-    (`turn_start.STARTABLE_CTE`), the agent row that statement found resolved."""
+    what the history copy asked after `after` lacks); `started`: its statement started it."""
 
     row: dict[str, Any]
     window: list[dict[str, Any]]
     after: int
     knowledge_rows: list[dict[str, Any]] | None  # None: not read (`WithoutKnowledge`)
-    started: dict[str, Any] | None
+    started: bool
 
 
 def claim(
@@ -166,7 +170,7 @@ def claim(
         taken = _take(tx, session_uid, options, taking, start=True)
     if isinstance(taken, _Leased):
         lease = _lease_of(taken.row, session_uid, options)
-        if taken.started is not None:
+        if taken.started:
             try:
                 return _started(db, taken, options, lease, started_ns)
             except BaseException:  # its history could not be read again
@@ -253,16 +257,16 @@ def _take(
     after = options.history.after(session_uid) if options.history is not None else 0
     hints = options.without_knowledge if start else None
     guess = hints is not None and hints.likely(session_uid)  # the start will need none
+    start_sql, started_sql = (f", {_START_CTES}", turn_start.STARTED_SQL) if start else ("", "0")
+    claiming = _CLAIM_SQL.format(took=took.sql, start=start_sql, started=started_sql)
     batch: list[tuple[str, Params]] = [
-        (_CLAIM_SQL.format(took=took.sql),
+        (claiming,
          (session_uid, *took.params, options.worker_id, options.lease_seconds,
-          options.max_attempts)),
+          options.max_attempts, *(_START_PARAMS if start else ()))),
         ctx.leased_history(session_uid, options.worker_id, after),
     ]  # fmt: skip
     if not guess:
         batch.append(ctx.leased_knowledge(session_uid, options.worker_id))
-    if start:
-        batch.append(turn_start.start_statement(session_uid))
     results = tx.pipeline(batch, commit=start)
     if taking is not None and not taking.taken():
         return NotTaken()  # another consumer's: the turn's claim depended on it, took nothing
@@ -273,9 +277,9 @@ def _take(
         if row["head_leased"]:
             return Busy(row["head_lease"], row["head_owner"] or "")  # another worker runs it
         return _Exhausted(row)
-    started = results[-1][0] if start and results[-1][0]["started"] else None
+    started = bool(row["started"])
     if hints is not None:
-        hints.note(session_uid, started_without=started is not None)
+        hints.note(session_uid, started_without=started)
     return _Leased(row, results[1], after, None if guess else results[2], started)
 
 
@@ -283,11 +287,8 @@ def _started(
     db: Database, leased: _Leased, options: ClaimOptions, lease: Lease, started_ns: int
 ) -> Claim:
     """The claim of a turn its claiming statement started (knowledge step and all)."""
-    row, found = leased.row, leased.started
-    assert found is not None
-    # The agent row the start statement found resolved (not the claim's, which may be an
-    # older version): this cannot raise TurnFailure.
-    agent = ctx.agent_from_row(_session_of(row), found)
+    row = leased.row
+    agent = _agent_of(row)  # the statement found it resolved: this cannot raise TurnFailure
 
     def read(sql: str, params: Params) -> dict[str, Any] | None:
         with db.transaction() as tx:
@@ -300,8 +301,11 @@ def _started(
     return Claim(lease, row, agent, journal, history, started_ns, (loaded, loaded))
 
 
-def _session_of(row: dict[str, Any]) -> dict[str, Any]:
-    return {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
+def _agent_of(row: dict[str, Any]) -> AgentContext:
+    """The claimed turn's agent, from the agent row its claim read (TurnFailure if none)."""
+    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
+    found = {"labels": row["agent_labels"], "status": row["agent_status"]}
+    return ctx.agent_from_row(session, found if row["agent_found"] else None)
 
 
 def _history(
@@ -340,8 +344,7 @@ def _begin(
     # Steps are only written under a claim: a turn claimed for the first time has none.
     journal = {} if attempt == 1 else {s.idx: s for s in load(tx, row["id"])}
     try:
-        found = {"labels": row["agent_labels"], "status": row["agent_status"]}
-        agent = ctx.agent_from_row(_session_of(row), found if row["agent_found"] else None)
+        agent = _agent_of(row)
     except ctx.TurnFailure as failure:
         events.append(tx, session_uid, [turn_start.turn_started(attempt)], row["id"])
         finish_failed(tx, session_uid, row["id"], failure.code, failure.message)

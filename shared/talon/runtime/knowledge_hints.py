@@ -1,8 +1,8 @@
 """Which sessions' turns this worker last saw start without knowledge, so that their next
 claim can leave the knowledge read out of its round trip (`runtime/claim.py`).
 
-A guess, never a decision: the claim's start statement checks in the database that the
-namespace has no knowledge (`turn_start.STARTABLE_CTE`), and a turn it does not start
+A guess, never a decision: the claiming statement checks in the database that the
+namespace has no knowledge (`turn_start.start_ctes`), and a turn it does not start
 (knowledge added since, a resumed turn, an agent that does not resolve) is started by the
 claim's second transaction, which then retrieves the knowledge itself. A wrong guess costs
 that one statement, once: the session is forgotten until a claim starts its turn again (so

@@ -1,8 +1,8 @@
 """Claiming a session's next turn for this worker: the lease, the fencing token, the attempt
 count, and what the turn runs with (its agent, history and journal). A turn's first step
 (loading knowledge) completes with the claim: in the usual case (a first attempt, an agent
-that resolves, a namespace without knowledge) in the claim's own statements and round trip,
-COMMIT included; otherwise in a second transaction that renews the lease first.
+that resolves, a namespace without knowledge) in the claiming statement, its round trip
+and its COMMIT; otherwise in a second transaction that renews the lease first.
 
 A turn that cannot run (its agent is gone or does not resolve, or it has used up its
 attempts) is failed here and the next one is looked at.
@@ -288,7 +288,7 @@ def _started(
 ) -> Claim:
     """The claim of a turn its claiming statement started (knowledge step and all)."""
     row = leased.row
-    agent = _agent_of(row)  # the statement found it resolved: this cannot raise TurnFailure
+    agent = ctx.claimed_agent(row)  # the statement found it resolved: it cannot raise
 
     def read(sql: str, params: Params) -> dict[str, Any] | None:
         with db.transaction() as tx:
@@ -299,13 +299,6 @@ def _started(
     # No time of its own: it was a condition of the claim's round trip.
     loaded = time.time_ns()
     return Claim(lease, row, agent, journal, history, started_ns, (loaded, loaded))
-
-
-def _agent_of(row: dict[str, Any]) -> AgentContext:
-    """The claimed turn's agent, from the agent row its claim read (TurnFailure if none)."""
-    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
-    found = {"labels": row["agent_labels"], "status": row["agent_status"]}
-    return ctx.agent_from_row(session, found if row["agent_found"] else None)
 
 
 def _history(
@@ -344,7 +337,7 @@ def _begin(
     # Steps are only written under a claim: a turn claimed for the first time has none.
     journal = {} if attempt == 1 else {s.idx: s for s in load(tx, row["id"])}
     try:
-        agent = _agent_of(row)
+        agent = ctx.claimed_agent(row, tx)
     except ctx.TurnFailure as failure:
         events.append(tx, session_uid, [turn_start.turn_started(attempt)], row["id"])
         finish_failed(tx, session_uid, row["id"], failure.code, failure.message)

@@ -34,6 +34,29 @@ def agent_context(tx: Tx, session: dict[str, Any]) -> AgentContext:
     return agent_from_row(session, row)
 
 
+# An agent's resource row as of now, by its whole key.
+_AGENT_ROW_NOW_SQL = (
+    "SELECT labels, status FROM resources WHERE kind = 'Agent' AND namespace = %s AND name = %s"
+)
+
+
+def claimed_agent(row: dict[str, Any], tx: Tx | None = None) -> AgentContext:
+    """A claimed turn's agent, from the agent row its claiming statement read (the row's
+    `agent_found`, `agent_labels` and `agent_status`). With `tx`, a row that does not resolve
+    is read again first: failing the turn cannot be undone, and the claim read the row as of
+    its statement's start, which may have come before a wait for the session's lock.
+    TurnFailure if it does not resolve."""
+    session = {"namespace": row["namespace"], "id": row["session_id"], "agent": row["agent"]}
+    found = {"labels": row["agent_labels"], "status": row["agent_status"]}
+    try:
+        return agent_from_row(session, found if row["agent_found"] else None)
+    except TurnFailure:
+        if tx is None:
+            raise
+    now = tx.one(_AGENT_ROW_NOW_SQL, (row["namespace"], row["agent"]))
+    return agent_from_row(session, now)
+
+
 def agent_from_row(session: dict[str, Any], row: dict[str, Any] | None) -> AgentContext:
     """The session's agent from its resource row (`labels`, `status`; None: it is gone)."""
     if row is None:

@@ -152,6 +152,12 @@ def complete(
     `acknowledge(tx, when)` acknowledges a delivery in the same round trip if the turn
     leaves its session with no open turn. Returns how many other turns of the session are
     still open; raises Fenced, having written nothing, if this worker lost the turn."""
+    answered = None
+    if answer is not None:
+        usage = usage_of(answer)
+        if usage is None:
+            raise ValueError("a turn's answer is journaled with its model step")
+        answered = (answer, usage)
     turn_steps.lock_session(tx, lease)
     if acknowledge is not None:
         acknowledge(tx, Condition(*turn_steps.idle_after_completion(lease)))
@@ -169,12 +175,6 @@ def complete(
     new_events.append(("turn.completed", {"provider": provider}, None))  # openTurns too
     step = Step(idx, WRITE, "write", "completed", {"messages": len(written)})
     splice = session_messages.completing(lease.session_uid, lease.turn_id, written, new_events)
-    answered = None
-    if answer is not None:
-        usage = usage_of(answer)
-        if usage is None:
-            raise ValueError("a turn's answer is journaled with its model step")
-        answered = (answer, usage)
     completed = turn_steps.complete_turn(tx, lease, step, provider, splice, answered)
     if not completed.held:
         raise Fenced(str(lease.turn_id))

@@ -82,9 +82,9 @@ class Tx:
         statement it travels with has run (a claim whose answer is only needed after the
         next statement, which then costs no round trip of its own). `then(rows)` is called
         as they arrive; an exception it raises comes out of the statement sent with it, so
-        the transaction rolls back (a lease found lost), unless that statement carried the
-        COMMIT (`commit_with`): then what was sent with it must guard its own writes (a
-        turn's final write: every statement checks the fencing token)."""
+        the transaction rolls back, unless that statement carried the COMMIT
+        (`commit_with`): then what was sent with it must guard its own writes (a turn's
+        final write: each of its statements checks the fencing token itself)."""
         result = Later(then)
         self._queue(sql, params, result)
         return result

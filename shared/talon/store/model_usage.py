@@ -28,7 +28,8 @@ class ModelUsage:
 
 
 # A CTE continuing a statement of turn_steps' that journals a model step: `{gate}` has a
-# row only if the lease held. The turn and session rows it reads are locked by then.
+# row only if the lease held. The session row it reads is locked by then (and the turn's
+# cannot change meanwhile: every writer of a turn locks its session first).
 RECORD_CTE = (
     "u AS (INSERT INTO model_usage (turn_id, idx, namespace, agent, session_id, session_uid, "
     "turn_seq, profile, provider, model, prompt_tokens, completion_tokens) "

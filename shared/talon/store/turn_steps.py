@@ -11,6 +11,10 @@ Every write is guarded by the lease. The renewal (lock the session row, extend t
 lease if the fencing token still holds) travels with the step in one statement; the turn's
 answer, its last step and its completion are one statement after the session's lock, in one
 round trip: the round trips are most of what a turn costs (see Benchmarks in the README).
+Either way a step is written by a transaction holding its session's lock, after checking
+that its turn is still this lease's: every writer of a turn (and the session's deletion,
+which takes its turns and their steps) locks the session first, which is what lets
+`turn_steps` do without a foreign key to `turns` (migration 0018).
 """
 
 from __future__ import annotations

@@ -26,14 +26,19 @@ BASE = "/v1/ns/acme/agents/bot/sessions"
 OPTIONS = ClaimOptions("worker-a", 30.0, 5)
 
 
-@pytest.fixture
-def session(api: Api, db: Database) -> uuid.UUID:
+def queued_session(api: Api, db: Database) -> uuid.UUID:
+    """acme's agent `bot`, its session s1 with one message queued: the session's uid."""
     items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
     api.ok("POST", "/v1/apply", json={"items": items})
     api.ok("POST", BASE, 201, json={"id": "s1"})
     api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "hello"})
     with db.transaction() as tx:
         return tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
+
+
+@pytest.fixture
+def session(api: Api, db: Database) -> uuid.UUID:
+    return queued_session(api, db)
 
 
 def _written(db: Database) -> dict[str, Any]:

@@ -8,13 +8,12 @@ With the final write's lock statement left out, the first two fail."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
+from test_claim import _wait_for_a_lock_wait, queued_session
 
-import samples
 from conftest import Api
 from talon.runtime.claim import Claim, ClaimOptions, claim
 from talon.runtime.journal import MODEL, Fenced, Step, complete
@@ -27,25 +26,7 @@ OPTIONS = ClaimOptions("worker-a", 30.0, 5)
 
 @pytest.fixture
 def session(api: Api, db: Database) -> uuid.UUID:
-    items = [samples.namespace("acme"), samples.template("acme"), samples.agent("acme")]
-    api.ok("POST", "/v1/apply", json={"items": items})
-    api.ok("POST", BASE, 201, json={"id": "s1"})
-    api.ok("POST", f"{BASE}/s1/message", 202, json={"content": "hello"})
-    with db.transaction() as tx:
-        return tx.scalar("SELECT uid FROM sessions WHERE id = 's1'")
-
-
-def _wait_for_a_lock_wait(db: Database) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with db.transaction() as tx:
-            if tx.scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            ):
-                return
-        time.sleep(0.02)
-    raise AssertionError("nothing waited for the lock")
+    return queued_session(api, db)
 
 
 class Holder:
@@ -79,6 +60,31 @@ class Holder:
         assert not self.error, self.error
 
 
+def behind(db: Database, holder: Holder, work: Any) -> Any:
+    """`work()` in a thread that waits for the session's lock `holder` holds, then commits
+    the holder; what `work` returned or raised."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for_a_lock_wait(db)
+    holder.commit()
+    thread.join(20)
+    assert len(outcome) == 1, outcome
+    return outcome[0]
+
+
+def _final_write(db: Database, lease: Any, acknowledge: Any = None) -> Any:
+    with db.transaction() as tx:
+        return complete(tx, lease, 2, [_ANSWER], None, [], acknowledge, _answer_step())
+
+
 def _answer_step() -> Step:
     output = {"content": "late", "toolCalls": [], "provider": "p/openai:m",
               "usage": {"promptTokens": 3, "completionTokens": 4}}  # fmt: skip
@@ -97,21 +103,7 @@ def test_the_final_write_waiting_for_a_cancel_writes_nothing(
     holder = Holder(db, session, lambda tx: tx.execute(
         "UPDATE turns SET state = 'cancelled', fencing_token = fencing_token + 1, "
         "lease_owner = NULL WHERE id = %s", (lease.turn_id,)))  # fmt: skip
-    outcome: list[Any] = []
-
-    def final() -> None:
-        try:
-            with db.transaction() as tx:
-                outcome.append(complete(tx, lease, 2, [_ANSWER], None, [], None, _answer_step()))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    writer = threading.Thread(target=final)
-    writer.start()
-    _wait_for_a_lock_wait(db)  # the final write waits for the session's lock
-    holder.commit()
-    writer.join(20)
-    assert len(outcome) == 1 and isinstance(outcome[0], Fenced), outcome
+    assert isinstance(behind(db, holder, lambda: _final_write(db, lease)), Fenced)
     with db.transaction() as tx:
         assert tx.scalar("SELECT count(*) FROM turn_steps WHERE idx > 0") == 0
         assert tx.scalar("SELECT count(*) FROM model_usage") == 0
@@ -126,27 +118,13 @@ def test_the_final_write_waiting_for_a_queued_turn_counts_it(
     assert isinstance(claimed, Claim)
     lease = claimed.lease
     holder = Holder(db, session, lambda tx: queue_turns(tx, [NewTurn(session, "second")]))
-    outcome: list[Any] = []
     asked: list[Any] = []
 
     def acknowledge(tx: Any, when: Any) -> None:
         asked.append(tx.later(f"SELECT ({when.sql}) AS idle", when.params))
 
-    def final() -> None:
-        try:
-            with db.transaction() as tx:
-                outcome.append(
-                    complete(tx, lease, 2, [_ANSWER], None, [], acknowledge, _answer_step())
-                )
-        except BaseException as exc:
-            outcome.append(exc)
-
-    writer = threading.Thread(target=final)
-    writer.start()
-    _wait_for_a_lock_wait(db)
-    holder.commit()
-    writer.join(20)
-    assert outcome == [1]  # the turn queued while the final write waited is open
+    # The turn queued while the final write waited is open.
+    assert behind(db, holder, lambda: _final_write(db, lease, acknowledge)) == 1
     assert asked[0].rows == [{"idle": False}]  # so the delivery is not acknowledged
     with db.transaction() as tx:
         ids = [r["id"] for r in tx.all("SELECT id FROM session_events ORDER BY id")]
@@ -162,20 +140,8 @@ def test_the_claim_waiting_for_a_queueing_transaction_starts_its_turn_after_its_
     then has to work on the version the queueing transaction committed, not on its
     snapshot's."""
     holder = Holder(db, session, lambda tx: queue_turns(tx, [NewTurn(session, "second")]))
-    outcome: list[Any] = []
-
-    def claiming() -> None:
-        try:
-            outcome.append(claim(db, session, OPTIONS))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    runner = threading.Thread(target=claiming)
-    runner.start()
-    _wait_for_a_lock_wait(db)
-    holder.commit()
-    runner.join(20)
-    assert len(outcome) == 1 and isinstance(outcome[0], Claim), outcome
+    claimed = behind(db, holder, lambda: claim(db, session, OPTIONS))
+    assert isinstance(claimed, Claim), claimed
     with db.transaction() as tx:
         rows = tx.all("SELECT id, type FROM session_events ORDER BY id")
         last = tx.scalar("SELECT last_event_id FROM sessions")
@@ -195,21 +161,7 @@ def test_the_final_write_waiting_for_the_sessions_deletion_writes_nothing(
     lease = claimed.lease
     holder = Holder(db, session, lambda tx: tx.execute(
         "DELETE FROM sessions WHERE uid = %s", (session,)))  # fmt: skip
-    outcome: list[Any] = []
-
-    def final() -> None:
-        try:
-            with db.transaction() as tx:
-                outcome.append(complete(tx, lease, 2, [_ANSWER], None, [], None, _answer_step()))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    writer = threading.Thread(target=final)
-    writer.start()
-    _wait_for_a_lock_wait(db)
-    holder.commit()
-    writer.join(20)
-    assert len(outcome) == 1 and isinstance(outcome[0], Fenced), outcome
+    assert isinstance(behind(db, holder, lambda: _final_write(db, lease)), Fenced)
     with db.transaction() as tx:
         for table in ("turn_steps", "model_usage", "messages", "turns", "session_events"):
             assert tx.scalar(f"SELECT count(*) FROM {table}") == 0, table

@@ -26,7 +26,9 @@ round trips on two connections (a gateway's and a worker's, as deployed):
   statement, committed.
 Two connections LISTEN as the gateway's and the worker's do. The open turns are counted as
 the session's turns after this one (the session's turns finish in order); everything else
-is checked as Talon checks it.
+is checked as Talon checks it. `--push`: the deployed topology's (Pub/Sub push): the dispatch
+row is published, not claimed or removed by the worker, the published rows are deleted 64 at
+a time in a transaction of their own, and only the gateway listens.
 
     .venv/bin/python bench/pg_contract.py --turns 3000
 """
@@ -222,6 +224,24 @@ SELECT cs.open, pg_notify('talon_session_events',
 FROM cs, ej
 """
 
+# Deployed, Pub/Sub delivers the dispatch row (published by the gateway) and takes its
+# acknowledgement: the claim does not claim it, the final write does not remove it.
+_DELIVERY_CLAIM = """d AS (
+    UPDATE outbox SET attempts = 1, claimed_until = now() + interval '30 seconds',
+                      claimed_by = $2
+    WHERE id = $3 AND attempts = 0 AND claimed_by IS NULL RETURNING 1
+), """
+_ACK = """, ack AS (
+    DELETE FROM outbox WHERE id = $8 AND EXISTS (SELECT 1 FROM cs WHERE open = 0)
+)"""
+CLAIM_PUSHED = (
+    CLAIM.replace(_DELIVERY_CLAIM, "")
+    .replace(" AND EXISTS (SELECT 1 FROM d)", "")
+    .replace("$4::jsonb", "$3::jsonb")
+)
+FINAL_PUSHED = FINAL.replace(_ACK, "")
+PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+
 
 def final_events(answer: str) -> str:
     usage = {"promptTokens": 12, "completionTokens": 1}
@@ -245,7 +265,10 @@ class Copy:
         self.last = 0
 
 
-def one_turn(gateway: Any, worker: Any, session: uuid.UUID, copy: Copy, n: int) -> None:
+def one_turn(
+    gateway: Any, worker: Any, session: uuid.UUID, copy: Copy, n: int, published: list[int] | None
+) -> None:
+    """One turn; `published`: as deployed (`--push`), the dispatch rows published so far."""
     turn = uuid.uuid4()
     text = f"turn {n}"
     [posted] = statements.run_batch(
@@ -255,12 +278,13 @@ def one_turn(gateway: Any, worker: Any, session: uuid.UUID, copy: Copy, n: int) 
     )
     assert posted.rows, "the message queued nothing"
     delivery = posted.rows[0][2]
+    claiming = (CLAIM, (session, WORKER, delivery, START_EVENTS))
+    if published is not None:
+        published.append(delivery)
+        claiming = (CLAIM_PUSHED, (session, WORKER, START_EVENTS))
     claimed, window = statements.run_batch(
-        worker,
-        [(CLAIM, (session, WORKER, delivery, START_EVENTS)),
-         (WINDOW, (session, WORKER, copy.last))],
-        commit=True,
-    )  # fmt: skip
+        worker, [claiming, (WINDOW, (session, WORKER, copy.last))], commit=True
+    )
     fencing, attempts, started, _ = claimed.rows[0]
     assert attempts == 1 and started, claimed.rows
     messages = json.loads(window.rows[0][1])
@@ -269,16 +293,21 @@ def one_turn(gateway: Any, worker: Any, session: uuid.UUID, copy: Copy, n: int) 
     answer = "ok"
     output = json.dumps({"content": answer, "provider": "zero/openai:zero-latency",
                          "usage": {"promptTokens": 12, "completionTokens": 1}})  # fmt: skip
+    params = (session, turn, fencing, answer, "zero/openai:zero-latency", output,
+              final_events(answer))  # fmt: skip
+    final_sql = FINAL if published is None else FINAL_PUSHED
     [final] = statements.run_batch(
         worker,
-        [(FINAL, (session, turn, fencing, answer, "zero/openai:zero-latency", output,
-                  final_events(answer), delivery))],
+        [(final_sql, params + (() if published is not None else (delivery,)))],
         commit=True,
-    )  # fmt: skip
+    )
     assert final.rows and final.rows[0][0] == 0, final.rows
+    if published is not None and len(published) >= 64:
+        statements.run_batch(gateway, [(PUBLISHED, (published[:],))], commit=True)
+        published.clear()
 
 
-def measure(turns: int) -> dict[str, Any]:
+def measure(turns: int, push: bool = False) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="talon-pg-contract-"))
     root.chmod(0o755)
     pg = LocalPostgres(root / "pg", durable=True)
@@ -288,8 +317,9 @@ def measure(turns: int) -> dict[str, Any]:
         migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
         listening = [
             Listener(lambda: pg.connect("talon"), (channel,))
-            for channel in ("talon_outbox", "talon_session_events")
-        ]
+            for channel in (("talon_session_events",) if push else
+                            ("talon_outbox", "talon_session_events"))
+        ]  # fmt: skip
         for listener in listening:
             listener.wait_ready()
         gateway, worker = pg.connect("talon"), pg.connect("talon")
@@ -302,15 +332,16 @@ def measure(turns: int) -> dict[str, Any]:
              (session,)),
         ], commit=True)  # fmt: skip
         copy = Copy()
+        published: list[int] | None = [] if push else None
         for n in range(2 * HISTORY_TURNS):  # warm: a full window, prepared statements
-            one_turn(gateway, worker, session, copy, n)
+            one_turn(gateway, worker, session, copy, n, published)
         time.sleep(11)  # backends report their commit counts when idle for 10 s
         commits_before = commits(pg)
         wal_before = wal_position(pg)
         cpu_before = cpu_seconds(postgres_pids(pg))
         started = time.perf_counter()
         for n in range(turns):
-            one_turn(gateway, worker, session, copy, n)
+            one_turn(gateway, worker, session, copy, n, published)
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
         # What the turns left, per turn (every turn of the session: the warm-up's too).
@@ -329,6 +360,7 @@ def measure(turns: int) -> dict[str, Any]:
         wal_after = wal_position(pg)
         return {
             "turns": turns,
+            "push": push,
             "turns_per_second": round(turns / elapsed, 1),
             "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
             "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
@@ -345,7 +377,10 @@ def measure(turns: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=3000)
-    print(json.dumps(measure(parser.parse_args().turns), indent=2))
+    parser.add_argument("--push", action="store_true",
+                        help="the deployed topology's (Pub/Sub push)")  # fmt: skip
+    args = parser.parse_args()
+    print(json.dumps(measure(args.turns, args.push), indent=2))
     return 0
 
 

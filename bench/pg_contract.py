@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -46,14 +45,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg_floor import PUBLISHED, listening, migrated_cluster
 from turns import commits, cpu_seconds, postgres_pids, wal_position
 
 from talon.store import statements
-from talon.store.connect import connector_from_url
-from talon.store.database import Database
-from talon.store.local_postgres import LocalPostgres
-from talon.store.migrate import migrate
-from talon.store.notify import Listener
 
 HISTORY_TURNS = 40
 WORKER = "worker-1"
@@ -240,7 +235,6 @@ CLAIM_PUSHED = (
     .replace("$4::jsonb", "$3::jsonb")
 )
 FINAL_PUSHED = FINAL.replace(_ACK, "")
-PUBLISHED = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
 def final_events(answer: str) -> str:
@@ -308,20 +302,10 @@ def one_turn(
 
 
 def measure(turns: int, push: bool = False) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="talon-pg-contract-"))
-    root.chmod(0o755)
-    pg = LocalPostgres(root / "pg", durable=True)
-    pg.start()
-    try:
-        pg.ensure_database("talon")
-        migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
-        listening = [
-            Listener(lambda: pg.connect("talon"), (channel,))
-            for channel in (("talon_session_events",) if push else
-                            ("talon_outbox", "talon_session_events"))
-        ]  # fmt: skip
-        for listener in listening:
-            listener.wait_ready()
+    with migrated_cluster("talon-pg-contract-") as pg:
+        # Deployed, only the gateways listen (for session events).
+        channels = ["talon_session_events"] if push else ["talon_outbox", "talon_session_events"]
+        woken = listening(pg, channels)
         gateway, worker = pg.connect("talon"), pg.connect("talon")
         session = uuid.uuid4()
         statements.run_batch(gateway, [
@@ -354,7 +338,7 @@ def measure(turns: int, push: bool = False) -> dict[str, Any]:
             "FROM turns", ())])  # fmt: skip
         for connection in (gateway, worker):
             connection.close()
-        for listener in listening:
+        for listener in woken:
             listener.close()
         time.sleep(1)
         wal_after = wal_position(pg)
@@ -370,8 +354,6 @@ def measure(turns: int, push: bool = False) -> dict[str, Any]:
                 ["events", "steps", "usage", "messages", "outbox left", "open turns left"],
                 counted.rows[0], strict=True)),
         }  # fmt: skip
-    finally:
-        pg.stop()
 
 
 def main() -> int:

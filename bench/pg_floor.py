@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +217,31 @@ def main() -> int:
     return 0
 
 
+@contextmanager
+def migrated_cluster(prefix: str) -> Iterator[LocalPostgres]:
+    """A fresh durable cluster with Talon's schema in its database `talon`, stopped and
+    removed after."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    pg = LocalPostgres(root / "pg", durable=True)
+    pg.start()
+    try:
+        pg.ensure_database("talon")
+        migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def listening(pg: LocalPostgres, channels: Sequence[str]) -> list[Listener]:
+    """A connection LISTENing on each channel, as a gateway's or a worker's does, ready."""
+    listeners = [Listener(lambda: pg.connect("talon"), (channel,)) for channel in channels]
+    for listener in listeners:
+        listener.wait_ready()
+    return listeners
+
+
 def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> dict[str, Any]:
     """The floor's figures for `turns` turns of `shape` (turn, push or bare) on a fresh
     durable cluster, with `listeners` connections LISTENing (default: 2, or 1 for push)."""
@@ -221,22 +249,12 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
     _published.clear()  # a previous call's, on a cluster gone since
     if listeners is None:
         listeners = 1 if shape == "push" else 2
-    root = Path(tempfile.mkdtemp(prefix="talon-pg-floor-"))
-    root.chmod(0o755)
-    pg = LocalPostgres(root / "pg", durable=True)
-    pg.start()
-    try:
-        pg.ensure_database("talon")
-        migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
+    with migrated_cluster("talon-pg-floor-") as pg:
         # Deployed, only the gateways listen (for session events).
         channels = ("talon_outbox", "talon_session_events")
         if shape == "push":
             channels = ("talon_session_events",)
-        listening = [
-            Listener(lambda: pg.connect("talon"), (channel,)) for channel in channels[:listeners]
-        ]
-        for listener in listening:
-            listener.wait_ready()
+        woken = listening(pg, channels[:listeners])
         connection = pg.connect("talon")
         session = uuid.uuid4()
         statements.run_batch(connection, [(
@@ -262,7 +280,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
         cpu_after = cpu_seconds(postgres_pids(pg))
         own = time.process_time() - own_before
         connection.close()
-        for listener in listening:
+        for listener in woken:
             listener.close()
         time.sleep(1)  # the closed backends' statistics
         wal_after = wal_position(pg)  # its flushes as the closed backends reported them
@@ -281,8 +299,6 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
             "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),
         }  # fmt: skip
-    finally:
-        pg.stop()
 
 
 if __name__ == "__main__":

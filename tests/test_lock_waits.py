@@ -16,7 +16,7 @@ from test_claim import _wait_for_a_lock_wait, queued_session
 
 from conftest import Api
 from talon.runtime.claim import Claim, ClaimOptions, claim
-from talon.runtime.journal import MODEL, Fenced, Step, complete
+from talon.runtime.journal import MODEL, Fenced, Lease, Step, complete
 from talon.sessions.turn_queue import NewTurn, queue_turns
 from talon.store.database import Database
 
@@ -85,6 +85,13 @@ def _final_write(db: Database, lease: Any, acknowledge: Any = None) -> Any:
         return complete(tx, lease, 2, [_ANSWER], None, [], acknowledge, _answer_step())
 
 
+def _leased(db: Database, session: uuid.UUID) -> Lease:
+    """The session's turn, claimed by worker-a: its lease."""
+    claimed = claim(db, session, OPTIONS)
+    assert isinstance(claimed, Claim)
+    return claimed.lease
+
+
 def _answer_step() -> Step:
     output = {"content": "late", "toolCalls": [], "provider": "p/openai:m",
               "usage": {"promptTokens": 3, "completionTokens": 4}}  # fmt: skip
@@ -97,9 +104,7 @@ _ANSWER = {"role": "assistant", "content": "late", "tool_calls": None, "tool_cal
 def test_the_final_write_waiting_for_a_cancel_writes_nothing(
     db: Database, session: uuid.UUID
 ) -> None:
-    claimed = claim(db, session, OPTIONS)
-    assert isinstance(claimed, Claim)
-    lease = claimed.lease
+    lease = _leased(db, session)
     holder = Holder(db, session, lambda tx: tx.execute(
         "UPDATE turns SET state = 'cancelled', fencing_token = fencing_token + 1, "
         "lease_owner = NULL WHERE id = %s", (lease.turn_id,)))  # fmt: skip
@@ -114,9 +119,7 @@ def test_the_final_write_waiting_for_a_cancel_writes_nothing(
 def test_the_final_write_waiting_for_a_queued_turn_counts_it(
     db: Database, session: uuid.UUID
 ) -> None:
-    claimed = claim(db, session, OPTIONS)
-    assert isinstance(claimed, Claim)
-    lease = claimed.lease
+    lease = _leased(db, session)
     holder = Holder(db, session, lambda tx: queue_turns(tx, [NewTurn(session, "second")]))
     asked: list[Any] = []
 
@@ -156,9 +159,7 @@ def test_the_claim_waiting_for_a_queueing_transaction_starts_its_turn_after_its_
 def test_the_final_write_waiting_for_the_sessions_deletion_writes_nothing(
     db: Database, session: uuid.UUID
 ) -> None:
-    claimed = claim(db, session, OPTIONS)
-    assert isinstance(claimed, Claim)
-    lease = claimed.lease
+    lease = _leased(db, session)
     holder = Holder(db, session, lambda tx: tx.execute(
         "DELETE FROM sessions WHERE uid = %s", (session,)))  # fmt: skip
     assert isinstance(behind(db, holder, lambda: _final_write(db, lease)), Fenced)

@@ -30,7 +30,15 @@ is checked as Talon checks it. `--push`: the deployed topology's (Pub/Sub push):
 row is published, not claimed or removed by the worker, the published rows are deleted 64 at
 a time in a transaction of their own, and only the gateway listens.
 
+What PostgreSQL spends per turn depends on how the turns arrive, not only on the statements:
+`--clients N` drives N sessions at once (a thread each, with its own gateway and worker
+connections), as `bench/turns.py --clients N` does; `--think-ms T` pauses T ms before each of
+a turn's three round trips, as the HTTP hops and the model call do in a Talon turn (a backend
+woken from idle costs more than one kept busy). Compare Talon with the floor run the same way.
+
     .venv/bin/python bench/pg_contract.py --turns 3000
+    .venv/bin/python bench/pg_contract.py --turns 3000 --clients 16
+    .venv/bin/python bench/pg_contract.py --turns 3000 --think-ms 2
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -173,7 +182,7 @@ SELECT (SELECT input_seq FROM turns WHERE session_uid = $1
 
 FINAL = f"""
 WITH lk AS (
-    SELECT uid FROM sessions WHERE uid = $1 FOR UPDATE
+    SELECT uid, id FROM sessions WHERE uid = $1 FOR UPDATE
 ), done AS (
     UPDATE turns SET state = 'completed', finished_at = now(), provider = $5,
                      lease_owner = NULL, lease_expires_at = NULL
@@ -189,8 +198,9 @@ WITH lk AS (
 ), u AS (
     INSERT INTO model_usage (turn_id, idx, namespace, agent, session_id, session_uid, turn_seq,
                              profile, provider, model, prompt_tokens, completion_tokens)
-    SELECT id, 1, 'bench', 'bot', 'c0', $1, seq, 'zero', 'openai', 'zero-latency', 12, 1
-    FROM done
+    SELECT done.id, 1, 'bench', 'bot', lk.id, $1, done.seq, 'zero', 'openai', 'zero-latency',
+           12, 1
+    FROM done, lk
 ), cs AS (
     UPDATE sessions SET last_message = last_message + 1, last_event_id = last_event_id + 6,
                         updated_at = now()
@@ -252,22 +262,29 @@ def final_events(answer: str) -> str:
     ])  # fmt: skip
 
 
-class Copy:
-    """The worker's copy of the session's messages (what the window read adds to)."""
+class Client:
+    """One session and what drives it: a gateway's and a worker's connection, the worker's
+    copy of the session's messages (what the window read adds to) and, as deployed
+    (`--push`), the dispatch rows published so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway: Any, worker: Any, session_id: str, push: bool) -> None:
+        self.gateway, self.worker = gateway, worker
+        self.session = uuid.uuid4()
+        self.session_id = session_id
         self.last = 0
+        self.published: list[int] | None = [] if push else None
 
 
-def one_turn(
-    gateway: Any, worker: Any, session: uuid.UUID, copy: Copy, n: int, published: list[int] | None
-) -> None:
-    """One turn; `published`: as deployed (`--push`), the dispatch rows published so far."""
+def one_turn(client: Client, n: int, think: float = 0.0) -> None:
+    """One turn, pausing `think` seconds before each round trip."""
+    gateway, worker, session = client.gateway, client.worker, client.session
+    published = client.published
     turn = uuid.uuid4()
     text = f"turn {n}"
+    time.sleep(think)
     [posted] = statements.run_batch(
         gateway,
-        [(MESSAGE, ("bench", "c0", "bot", turn, f"key-{turn}", turn.bytes, text))],
+        [(MESSAGE, ("bench", client.session_id, "bot", turn, f"key-{turn}", turn.bytes, text))],
         commit=True,
     )
     assert posted.rows, "the message queued nothing"
@@ -276,20 +293,22 @@ def one_turn(
     if published is not None:
         published.append(delivery)
         claiming = (CLAIM_PUSHED, (session, WORKER, START_EVENTS))
+    time.sleep(think)
     claimed, window = statements.run_batch(
-        worker, [claiming, (WINDOW, (session, WORKER, copy.last))], commit=True
+        worker, [claiming, (WINDOW, (session, WORKER, client.last))], commit=True
     )
     fencing, attempts, started, _ = claimed.rows[0]
     assert attempts == 1 and started, claimed.rows
     messages = json.loads(window.rows[0][1])
     assert messages[-1][2] == text, messages
-    copy.last = messages[-1][0] + 1  # and the answer below
+    client.last = messages[-1][0] + 1  # and the answer below
     answer = "ok"
     output = json.dumps({"content": answer, "provider": "zero/openai:zero-latency",
                          "usage": {"promptTokens": 12, "completionTokens": 1}})  # fmt: skip
     params = (session, turn, fencing, answer, "zero/openai:zero-latency", output,
               final_events(answer))  # fmt: skip
     final_sql = FINAL if published is None else FINAL_PUSHED
+    time.sleep(think)
     [final] = statements.run_batch(
         worker,
         [(final_sql, params + (() if published is not None else (delivery,)))],
@@ -301,33 +320,53 @@ def one_turn(
         published.clear()
 
 
-def measure(turns: int, push: bool = False) -> dict[str, Any]:
+def measure(
+    turns: int, push: bool = False, clients: int = 1, think_ms: float = 0.0
+) -> dict[str, Any]:
+    """The contract floor's figures for `turns` turns (rounded down to a multiple of
+    `clients`), `clients` sessions at once, pausing `think_ms` before each round trip."""
+    per_client = turns // clients
+    turns = per_client * clients
     with migrated_cluster("talon-pg-contract-") as pg:
         # Deployed, only the gateways listen (for session events).
         channels = ["talon_session_events"] if push else ["talon_outbox", "talon_session_events"]
         woken = listening(pg, channels)
-        gateway, worker = pg.connect("talon"), pg.connect("talon")
-        session = uuid.uuid4()
-        statements.run_batch(gateway, [
+        driven = [Client(pg.connect("talon"), pg.connect("talon"), f"c{n}", push)
+                  for n in range(clients)]  # fmt: skip
+        statements.run_batch(driven[0].gateway, [
             ("INSERT INTO resources (kind, namespace, name, uid, resource_version, body, status) "
              "VALUES ('Agent', 'bench', 'bot', $1, 1, '{}', '{\"phase\": \"Resolved\"}')",
              (uuid.uuid4(),)),
-            ("INSERT INTO sessions (uid, namespace, id, agent) VALUES ($1, 'bench', 'c0', 'bot')",
-             (session,)),
+            *[("INSERT INTO sessions (uid, namespace, id, agent) VALUES ($1, 'bench', $2, 'bot')",
+               (client.session, client.session_id)) for client in driven],
         ], commit=True)  # fmt: skip
-        copy = Copy()
-        published: list[int] | None = [] if push else None
-        for n in range(2 * HISTORY_TURNS):  # warm: a full window, prepared statements
-            one_turn(gateway, worker, session, copy, n, published)
+        for client in driven:
+            for n in range(2 * HISTORY_TURNS):  # warm: a full window, prepared statements
+                one_turn(client, n)
         time.sleep(11)  # backends report their commit counts when idle for 10 s
         commits_before = commits(pg)
         wal_before = wal_position(pg)
         cpu_before = cpu_seconds(postgres_pids(pg))
+        failures: list[BaseException] = []
+
+        def drive(client: Client) -> None:
+            try:
+                for n in range(per_client):
+                    one_turn(client, n, think_ms / 1000)
+            except BaseException as exc:  # reported below, not lost in the thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=drive, args=(client,)) for client in driven]
         started = time.perf_counter()
-        for n in range(turns):
-            one_turn(gateway, worker, session, copy, n, published)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
+        if failures:
+            raise failures[0]
+        worker = driven[0].worker
         # What the turns left, per turn (every turn of the session: the warm-up's too).
         [counted] = statements.run_batch(worker, [(
             "SELECT (SELECT count(*) FROM session_events)::float / count(*), "
@@ -336,14 +375,17 @@ def measure(turns: int, push: bool = False) -> dict[str, Any]:
             "(SELECT count(*) FROM messages)::float / count(*), "
             "(SELECT count(*) FROM outbox), count(*) FILTER (WHERE state <> 'completed') "
             "FROM turns", ())])  # fmt: skip
-        for connection in (gateway, worker):
-            connection.close()
+        for client in driven:
+            client.gateway.close()
+            client.worker.close()
         for listener in woken:
             listener.close()
         time.sleep(1)
         wal_after = wal_position(pg)
         return {
             "turns": turns,
+            "clients": clients,
+            "think_ms": think_ms,
             "push": push,
             "turns_per_second": round(turns / elapsed, 1),
             "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
@@ -359,10 +401,18 @@ def measure(turns: int, push: bool = False) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=3000)
-    parser.add_argument("--push", action="store_true",
-                        help="the deployed topology's (Pub/Sub push)")  # fmt: skip
+    parser.add_argument(
+        "--push", action="store_true", help="the deployed topology's (Pub/Sub push)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=1, help="sessions driven at once, a thread each"
+    )
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="pause before each of a turn's round trips")  # fmt: skip
     args = parser.parse_args()
-    print(json.dumps(measure(args.turns, args.push), indent=2))
+    if args.clients < 1 or args.think_ms < 0:
+        parser.error("--clients must be at least 1 and --think-ms not negative")
+    print(json.dumps(measure(args.turns, args.push, args.clients, args.think_ms), indent=2))
     return 0
 
 

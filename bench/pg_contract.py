@@ -357,6 +357,7 @@ def measure(
                 failures.append(exc)
 
         threads = [threading.Thread(target=drive, args=(client,)) for client in driven]
+        own_before = time.process_time()  # this process: pg8000 and the threads driving it
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -364,6 +365,7 @@ def measure(
             thread.join()
         elapsed = time.perf_counter() - started
         cpu_after = cpu_seconds(postgres_pids(pg))
+        own = time.process_time() - own_before
         if failures:
             raise failures[0]
         worker = driven[0].worker
@@ -389,6 +391,7 @@ def measure(
             "push": push,
             "turns_per_second": round(turns / elapsed, 1),
             "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
+            "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
             "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
             "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
             "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),

@@ -7,8 +7,10 @@ which other work on the machine does not move. Last, `bench/pg_floor.py`'s datab
 (the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
 client's) added to the floor's CPU: the ratio a stack doing only the floor's work and those
 statements would reach, so the share of the target left to Talon's own code is measured in the
-same run (`--no-database-floor` skips it). The database floor is measured once, after the
-rest, on one core's worth of work: the host's drift within the run falls on it less evenly.
+same run (`--no-database-floor` skips it), and the same with `bench/pg_contract.py`'s floor
+under Talon's contract (every statement's promise kept, the cheapest way found), driven by as
+many clients as Talon's run. The database floors are measured once, after the rest, on one
+core's worth of work: the host's drift within the run falls on them less evenly.
 
     .venv/bin/python bench/ratio.py --clients 16 --turns 2000
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import turns
 from floor import floor
+from pg_contract import measure as measure_contract_floor
 from pg_floor import measure as measure_database_floor
 
 
@@ -48,7 +51,7 @@ def main() -> int:
     before = measure_floor()
     talon = turns.run(args)
     after = measure_floor()
-    floors = [float(f["ceiling_turns_per_second"]) for f in (before, after)]  # type: ignore[arg-type]
+    floors = [float(f["ceiling_turns_per_second"]) for f in (before, after)]
     floor_tps = sum(floors) / len(floors)
     talon_tps = float(talon["turns_per_second"])
     # In the floor's own terms: the turns/s two cores allow Talon's stack at the CPU it
@@ -74,22 +77,26 @@ def main() -> int:
 def with_database_floor(
     args: argparse.Namespace, floor_tps: float, talon_cpu: float
 ) -> dict[str, object]:
-    """The floor plus the database's: what durability costs at the least, in the ratio's terms."""
-    shape = "push" if args.broker == "pubsub" else "turn"
-    database = measure_database_floor(args.database_floor_turns, shape)
-    database_cpu = float(database["postgres_cpu_ms_per_turn"]) + float(
-        database["client_cpu_ms_per_turn"]
-    )
-    combined_cpu = 2000 / floor_tps + database_cpu
-    return {
-        "database_floor": database,
-        "floor_with_database_cpu_ms_per_turn": round(combined_cpu, 2),
-        # The ratio a stack doing nothing beyond the floor and the fewest durable statements
-        # would reach; 0.6 of the floor leaves Talon's own code the difference in CPU.
-        "floor_with_database_over_floor": round(2000 / combined_cpu / floor_tps, 3),
-        "cpu_ms_per_turn_at_0_6_of_floor": round(2000 / (0.6 * floor_tps), 2),
-        "talon_cpu_ms_per_turn_above_floor_with_database": round(talon_cpu - combined_cpu, 2),
-    }
+    """The floor plus the database's: what durability costs at the least, in the ratio's terms,
+    and what durability and Talon's contract cost at the least."""
+    push = args.broker == "pubsub"
+    database = measure_database_floor(args.database_floor_turns, "push" if push else "turn")
+    contract = measure_contract_floor(args.database_floor_turns, push, args.clients)
+    report: dict[str, object] = {"database_floor": database, "contract_floor": contract}
+    for name, measured in (("database", database), ("contract", contract)):
+        database_cpu = float(measured["postgres_cpu_ms_per_turn"]) + float(
+            measured["client_cpu_ms_per_turn"]
+        )
+        combined_cpu = 2000 / floor_tps + database_cpu
+        report.update({
+            f"floor_with_{name}_cpu_ms_per_turn": round(combined_cpu, 2),
+            # The ratio a stack doing nothing beyond the floor and these statements would
+            # reach; 0.6 of the floor leaves Talon's own code the difference in CPU.
+            f"floor_with_{name}_over_floor": round(2000 / combined_cpu / floor_tps, 3),
+            f"talon_cpu_ms_per_turn_above_floor_with_{name}": round(talon_cpu - combined_cpu, 2),
+        })  # fmt: skip
+    report["cpu_ms_per_turn_at_0_6_of_floor"] = round(2000 / (0.6 * floor_tps), 2)
+    return report
 
 
 if __name__ == "__main__":

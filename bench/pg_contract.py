@@ -31,13 +31,15 @@ row is published, not claimed or removed by the worker, the published rows are d
 a time in a transaction of their own, and only the gateway listens.
 
 What PostgreSQL spends per turn depends on how the turns arrive, not only on the statements:
-`--clients N` drives N sessions at once (a thread each, with its own gateway and worker
-connections), as `bench/turns.py --clients N` does; `--think-ms T` pauses T ms before each of
-a turn's three round trips, as the HTTP hops and the model call do in a Talon turn (a backend
-woken from idle costs more than one kept busy). Compare Talon with the floor run the same way.
+`--clients N` drives N sessions at once (a thread each), as `bench/turns.py --clients N`
+does, each with a gateway's and a worker's connection of its own or, with `--connections K`,
+over K such pairs taken a round trip at a time, as a pool shares them (fewer backends cost
+less: compare K); `--think-ms T` pauses T ms before each of a turn's three round trips, as
+the HTTP hops and the model call do in a Talon turn (a backend woken from idle costs more
+than one kept busy). Compare Talon with the floor run the same way.
 
     .venv/bin/python bench/pg_contract.py --turns 3000
-    .venv/bin/python bench/pg_contract.py --turns 3000 --clients 16
+    .venv/bin/python bench/pg_contract.py --turns 3200 --clients 16 --connections 2
     .venv/bin/python bench/pg_contract.py --turns 3000 --think-ms 2
 """
 
@@ -54,8 +56,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pg_floor import PUBLISHED, listening, migrated_cluster
-from turns import commits, cpu_seconds, postgres_pids, wal_position
+from pg_floor import (
+    PUBLISHED,
+    cpu_by_process,
+    cpu_since,
+    listening,
+    listening_afresh,
+    migrated_cluster,
+)
+from turns import commits, wal_position
 
 from talon.store import statements
 
@@ -262,12 +271,25 @@ def final_events(answer: str) -> str:
     ])  # fmt: skip
 
 
-class Client:
-    """One session and what drives it: a gateway's and a worker's connection, the worker's
-    copy of the session's messages (what the window read adds to) and, as deployed
-    (`--push`), the dispatch rows published so far."""
+class Shared:
+    """A connection that several clients' threads take turns on, a round trip at a time."""
 
-    def __init__(self, gateway: Any, worker: Any, session_id: str, push: bool) -> None:
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()
+
+    def run(self, work: list[tuple[str, Any]], *, commit: bool = True) -> list[Any]:
+        with self.lock:
+            return statements.run_batch(self.connection, work, commit=commit)
+
+
+class Client:
+    """One session and what drives it: a gateway's and a worker's connection (shared with
+    other clients under `--connections`), the worker's copy of the session's messages (what
+    the window read adds to) and, as deployed (`--push`), the dispatch rows published so
+    far."""
+
+    def __init__(self, gateway: Shared, worker: Shared, session_id: str, push: bool) -> None:
         self.gateway, self.worker = gateway, worker
         self.session = uuid.uuid4()
         self.session_id = session_id
@@ -282,10 +304,8 @@ def one_turn(client: Client, n: int, think: float = 0.0) -> None:
     turn = uuid.uuid4()
     text = f"turn {n}"
     time.sleep(think)
-    [posted] = statements.run_batch(
-        gateway,
-        [(MESSAGE, ("bench", client.session_id, "bot", turn, f"key-{turn}", turn.bytes, text))],
-        commit=True,
+    [posted] = gateway.run(
+        [(MESSAGE, ("bench", client.session_id, "bot", turn, f"key-{turn}", turn.bytes, text))]
     )
     assert posted.rows, "the message queued nothing"
     delivery = posted.rows[0][2]
@@ -294,9 +314,7 @@ def one_turn(client: Client, n: int, think: float = 0.0) -> None:
         published.append(delivery)
         claiming = (CLAIM_PUSHED, (session, WORKER, START_EVENTS))
     time.sleep(think)
-    claimed, window = statements.run_batch(
-        worker, [claiming, (WINDOW, (session, WORKER, client.last))], commit=True
-    )
+    claimed, window = worker.run([claiming, (WINDOW, (session, WORKER, client.last))])
     fencing, attempts, started, _ = claimed.rows[0]
     assert attempts == 1 and started, claimed.rows
     messages = json.loads(window.rows[0][1])
@@ -309,44 +327,49 @@ def one_turn(client: Client, n: int, think: float = 0.0) -> None:
               final_events(answer))  # fmt: skip
     final_sql = FINAL if published is None else FINAL_PUSHED
     time.sleep(think)
-    [final] = statements.run_batch(
-        worker,
-        [(final_sql, params + (() if published is not None else (delivery,)))],
-        commit=True,
-    )
+    [final] = worker.run([(final_sql, params + (() if published is not None else (delivery,)))])
     assert final.rows and final.rows[0][0] == 0, final.rows
     if published is not None and len(published) >= 64:
-        statements.run_batch(gateway, [(PUBLISHED, (published[:],))], commit=True)
+        gateway.run([(PUBLISHED, (published[:],))])
         published.clear()
 
 
 def measure(
-    turns: int, push: bool = False, clients: int = 1, think_ms: float = 0.0
+    turns: int,
+    push: bool = False,
+    clients: int = 1,
+    think_ms: float = 0.0,
+    connections: int | None = None,
 ) -> dict[str, Any]:
     """The contract floor's figures for `turns` turns (rounded down to a multiple of
-    `clients`), `clients` sessions at once, pausing `think_ms` before each round trip."""
+    `clients`), `clients` sessions at once over `connections` pairs of a gateway's and a
+    worker's connection (default: a pair each), pausing `think_ms` before each round trip."""
     per_client = turns // clients
     turns = per_client * clients
+    pairs = min(connections or clients, clients)
     with migrated_cluster("talon-pg-contract-") as pg:
         # Deployed, only the gateways listen (for session events).
         channels = ["talon_session_events"] if push else ["talon_outbox", "talon_session_events"]
         woken = listening(pg, channels)
-        driven = [Client(pg.connect("talon"), pg.connect("talon"), f"c{n}", push)
+        gateways = [Shared(pg.connect("talon")) for _ in range(pairs)]
+        workers = [Shared(pg.connect("talon")) for _ in range(pairs)]
+        driven = [Client(gateways[n % pairs], workers[n % pairs], f"c{n}", push)
                   for n in range(clients)]  # fmt: skip
-        statements.run_batch(driven[0].gateway, [
+        gateways[0].run([
             ("INSERT INTO resources (kind, namespace, name, uid, resource_version, body, status) "
              "VALUES ('Agent', 'bench', 'bot', $1, 1, '{}', '{\"phase\": \"Resolved\"}')",
              (uuid.uuid4(),)),
             *[("INSERT INTO sessions (uid, namespace, id, agent) VALUES ($1, 'bench', $2, 'bot')",
                (client.session, client.session_id)) for client in driven],
-        ], commit=True)  # fmt: skip
+        ])  # fmt: skip
         for client in driven:
             for n in range(2 * HISTORY_TURNS):  # warm: a full window, prepared statements
                 one_turn(client, n)
+        woken = listening_afresh(pg, woken, channels)
         time.sleep(11)  # backends report their commit counts when idle for 10 s
         commits_before = commits(pg)
         wal_before = wal_position(pg)
-        cpu_before = cpu_seconds(postgres_pids(pg))
+        cpu_before = cpu_by_process(pg)
         failures: list[BaseException] = []
 
         def drive(client: Client) -> None:
@@ -364,22 +387,20 @@ def measure(
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
-        cpu_after = cpu_seconds(postgres_pids(pg))
+        cpu = cpu_since(pg, cpu_before)
         own = time.process_time() - own_before
         if failures:
             raise failures[0]
-        worker = driven[0].worker
         # What the turns left, per turn (every turn of the session: the warm-up's too).
-        [counted] = statements.run_batch(worker, [(
+        [counted] = workers[0].run([(
             "SELECT (SELECT count(*) FROM session_events)::float / count(*), "
             "(SELECT count(*) FROM turn_steps)::float / count(*), "
             "(SELECT count(*) FROM model_usage)::float / count(*), "
             "(SELECT count(*) FROM messages)::float / count(*), "
             "(SELECT count(*) FROM outbox), count(*) FILTER (WHERE state <> 'completed') "
-            "FROM turns", ())])  # fmt: skip
-        for client in driven:
-            client.gateway.close()
-            client.worker.close()
+            "FROM turns", ())], commit=False)  # fmt: skip
+        for shared in gateways + workers:
+            shared.connection.close()
         for listener in woken:
             listener.close()
         time.sleep(1)
@@ -387,10 +408,11 @@ def measure(
         return {
             "turns": turns,
             "clients": clients,
+            "connection_pairs": pairs,
             "think_ms": think_ms,
             "push": push,
             "turns_per_second": round(turns / elapsed, 1),
-            "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
+            "postgres_cpu_ms_per_turn": round(cpu * 1000 / turns, 2),
             "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
             "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
             "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
@@ -410,12 +432,21 @@ def main() -> int:
     parser.add_argument(
         "--clients", type=int, default=1, help="sessions driven at once, a thread each"
     )
-    parser.add_argument("--think-ms", type=float, default=0.0,
-                        help="pause before each of a turn's round trips")  # fmt: skip
+    parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="pause before each of a turn's round trips"
+    )
+    parser.add_argument("--connections", type=int, default=None,
+                        help="pairs of a gateway's and a worker's connection the clients "
+                        "share, a round trip at a time (default: a pair each)")  # fmt: skip
     args = parser.parse_args()
-    if args.clients < 1 or args.think_ms < 0:
-        parser.error("--clients must be at least 1 and --think-ms not negative")
-    print(json.dumps(measure(args.turns, args.push, args.clients, args.think_ms), indent=2))
+    if (
+        args.clients < 1
+        or args.think_ms < 0
+        or (args.connections is not None and args.connections < 1)
+    ):
+        parser.error("--clients and --connections must be at least 1, --think-ms not negative")
+    print(json.dumps(measure(args.turns, args.push, args.clients, args.think_ms,
+                             args.connections), indent=2))  # fmt: skip
     return 0
 
 

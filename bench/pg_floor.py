@@ -242,6 +242,27 @@ def listening(pg: LocalPostgres, channels: Sequence[str]) -> list[Listener]:
     return listeners
 
 
+def listening_afresh(
+    pg: LocalPostgres, woken: list[Listener], channels: Sequence[str]
+) -> list[Listener]:
+    """Close `woken` and listen again: a listening backend reports its commits (one for each
+    wake-up) only when it exits, so the warm-up's are counted now rather than in the run."""
+    for listener in woken:
+        listener.close()
+    return listening(pg, channels)
+
+
+def cpu_by_process(pg: LocalPostgres) -> dict[int, float]:
+    """Each PostgreSQL process's CPU seconds so far."""
+    return {pid: cpu_seconds([pid]) for pid in postgres_pids(pg)}
+
+
+def cpu_since(pg: LocalPostgres, before: dict[int, float]) -> float:
+    """PostgreSQL's CPU seconds since `before` (`cpu_by_process`), process by process: one
+    started since counts from zero, one gone since (a script's own query) is left out."""
+    return sum(cpu_seconds([pid]) - before.get(pid, 0.0) for pid in postgres_pids(pg))
+
+
 def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> dict[str, Any]:
     """The floor's figures for `turns` turns of `shape` (turn, push or bare) on a fresh
     durable cluster, with `listeners` connections LISTENing (default: 2, or 1 for push)."""
@@ -254,7 +275,8 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
         channels = ("talon_outbox", "talon_session_events")
         if shape == "push":
             channels = ("talon_session_events",)
-        woken = listening(pg, channels[:listeners])
+        channels = channels[:listeners]
+        woken = listening(pg, channels)
         connection = pg.connect("talon")
         session = uuid.uuid4()
         statements.run_batch(connection, [(
@@ -268,16 +290,17 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
         )  # fmt: skip
         for n in range(HISTORY):  # warm: a full history window, prepared statements
             turn(connection, session, n)
+        woken = listening_afresh(pg, woken, channels)
         time.sleep(11)  # backends report their commit counts when idle for 10 s
         commits_before = commits(pg)
         wal_before = wal_position(pg)
-        cpu_before = cpu_seconds(postgres_pids(pg))
+        cpu_before = cpu_by_process(pg)
         own_before = time.process_time()
         started = time.perf_counter()
         for n in range(turns):
             turn(connection, session, n)
         elapsed = time.perf_counter() - started
-        cpu_after = cpu_seconds(postgres_pids(pg))
+        cpu = cpu_since(pg, cpu_before)
         own = time.process_time() - own_before
         connection.close()
         for listener in woken:
@@ -290,7 +313,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             "listeners": listeners,
             "turns_per_second": round(turns / elapsed, 1),
             "turn_ms": round(elapsed * 1000 / turns, 2),
-            "postgres_cpu_ms_per_turn": round((cpu_after - cpu_before) * 1000 / turns, 2),
+            "postgres_cpu_ms_per_turn": round(cpu * 1000 / turns, 2),
             # This process: pg8000 and Talon's statement layer sending the statements and
             # reading their answers, and the listeners' threads reading the notifications.
             "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),

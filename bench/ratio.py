@@ -9,8 +9,10 @@ client's) added to the floor's CPU: the ratio a stack doing only the floor's wor
 statements would reach, so the share of the target left to Talon's own code is measured in the
 same run (`--no-database-floor` skips it), and the same with `bench/pg_contract.py`'s floor
 under Talon's contract (every statement's promise kept, the cheapest way found), driven by as
-many clients as Talon's run. The database floors are measured once, after the rest, on one
-core's worth of work: the host's drift within the run falls on them less evenly.
+many clients as Talon's run over two pairs of connections. Both floors' client CPU is pg8000's
+(the prescribed driver) sending their statements. The database floors are measured once,
+after the rest, on one core's worth of work: the host's drift within the run falls on them
+less evenly.
 
     .venv/bin/python bench/ratio.py --clients 16 --turns 2000
 """
@@ -81,7 +83,10 @@ def with_database_floor(
     and what durability and Talon's contract cost at the least."""
     push = args.broker == "pubsub"
     database = measure_database_floor(args.database_floor_turns, "push" if push else "turn")
-    contract = measure_contract_floor(args.database_floor_turns, push, args.clients)
+    # As many sessions as Talon's run, over two pairs of connections: fewer backends cost
+    # PostgreSQL less than a pair per session (Talon's pools open what their load needs).
+    contract = measure_contract_floor(args.database_floor_turns, push, args.clients,
+                                      connections=2)  # fmt: skip
     report: dict[str, object] = {"database_floor": database, "contract_floor": contract}
     for name, measured in (("database", database), ("contract", contract)):
         database_cpu = float(measured["postgres_cpu_ms_per_turn"]) + float(

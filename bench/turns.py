@@ -346,9 +346,9 @@ def parser() -> argparse.ArgumentParser:
         help="start from a database in service: N past turns (100 per session, with their "
         "messages, events and steps) and ANALYZE, before the first turn",
     )  # fmt: skip
-    parser.add_argument("--pool-size", type=int, default=20,
+    parser.add_argument("--pool-size", type=int, default=None,
                         help="database connections per process at most (the gateway's, the "
-                        "worker's)")  # fmt: skip
+                        "worker's); default: Talon's own (5)")  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -392,7 +392,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
         **(broker_env(emulator) if emulator else {}),
         "TALON_CONTROL_PLANE_DATABASE_URL": pg.url("talon"),
-        "TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": str(args.pool_size),
         "TALON_ADMIN_TOKEN": TOKEN,
         "TALON_LOG_LEVEL": "WARNING",
         # Every client uses the one admin token: lift the per-token stream cap (meant for one
@@ -400,6 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TALON_GATEWAY_MAX_OPEN_STREAMS": str(args.clients * 2 + 4),
         "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(args.clients * 2 + 4),
     }
+    if args.pool_size is not None:
+        env["TALON_CONTROL_PLANE_DATABASE_POOL_SIZE"] = str(args.pool_size)
     if emulator:
         emulator.wait()
         dispatch_port = free_port()

@@ -29,6 +29,7 @@ import httpx
 from pubsub_stack import Emulator, broker_env, push_topology
 
 from talon.client import Client, Event
+from talon.config import DatabaseSettings
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,15 +347,22 @@ def parser() -> argparse.ArgumentParser:
         help="start from a database in service: N past turns (100 per session, with their "
         "messages, events and steps) and ANALYZE, before the first turn",
     )  # fmt: skip
-    parser.add_argument("--pool-size", type=int, default=None,
+    parser.add_argument("--pool-size", type=_positive, default=None,
                         help="database connections per process at most (the gateway's, the "
-                        "worker's); default: Talon's own (5)")  # fmt: skip
+                        "worker's); default: Talon's own")  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
         help="report the N statements with the most PostgreSQL time (pg_stat_statements)",
     )  # fmt: skip
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main() -> int:
@@ -573,6 +581,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "stream": args.stream,
         "broker": args.broker,
+        "pool_size": args.pool_size or DatabaseSettings.model_fields["pool_size"].default,
         "message_bytes": args.message_bytes,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),

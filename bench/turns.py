@@ -29,7 +29,7 @@ import httpx
 from pubsub_stack import Emulator, broker_env, push_topology
 
 from talon.client import Client, Event
-from talon.config import DatabaseSettings
+from talon.config import DatabaseSettings, WorkerSettings
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,9 +347,13 @@ def parser() -> argparse.ArgumentParser:
         help="start from a database in service: N past turns (100 per session, with their "
         "messages, events and steps) and ANALYZE, before the first turn",
     )  # fmt: skip
-    parser.add_argument("--pool-size", type=_positive, default=None,
-                        help="database connections per process at most (the gateway's, the "
-                        "worker's); default: Talon's own")  # fmt: skip
+    parser.add_argument(
+        "--pool-size",
+        type=_positive,
+        default=None,
+        help="database connections per process at most (the gateway's, the "
+        "worker's); default: Talon's own (the gateway's 5, a worker's 2)",
+    )
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -407,8 +411,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TALON_GATEWAY_MAX_OPEN_STREAMS": str(args.clients * 2 + 4),
         "TALON_GATEWAY_MAX_STREAMS_PER_TOKEN": str(args.clients * 2 + 4),
     }
-    if args.pool_size is not None:
+    if args.pool_size is not None:  # the gateway's (and a dispatch function's) and the worker's
         env["TALON_CONTROL_PLANE_DATABASE_POOL_SIZE"] = str(args.pool_size)
+        env["TALON_WORKER_POOL_SIZE"] = str(args.pool_size)
     if emulator:
         emulator.wait()
         dispatch_port = free_port()
@@ -581,7 +586,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "stream": args.stream,
         "broker": args.broker,
-        "pool_size": args.pool_size or DatabaseSettings.model_fields["pool_size"].default,
+        "pool_size": args.pool_size or {
+            "gateway": DatabaseSettings.model_fields["pool_size"].default,
+            "worker": WorkerSettings.model_fields["pool_size"].default,
+        },
         "message_bytes": args.message_bytes,
         "turns": turns,
         "turns_per_second": round(turns / elapsed, 1),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from talon.config import env_variables, load_settings
+from talon.config import env_variables, for_worker, load_settings
 from talon.errors import ConfigError
 
 pytestmark = pytest.mark.fast
@@ -54,6 +54,22 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert settings.worker.pull_mode is False
     assert settings.worker.mcp_routes == ["/mcp/a", "/mcp/b"]
     assert settings.control_plane.message_broker.driver == "gcp_pubsub"
+
+
+def test_a_worker_process_runs_on_its_own_pool_size() -> None:
+    """`talon worker` takes worker.poolSize (default 2) for its pool; the other processes keep
+    control_plane.database.poolSize, and everything else is the same settings."""
+    settings = load_settings(environ={"TALON_CONTROL_PLANE_DATABASE_POOL_SIZE": "9"})
+    worker = for_worker(settings)
+    assert worker.control_plane.database.pool_size == 2
+    assert settings.control_plane.database.pool_size == 9  # not changed in place
+    assert worker.control_plane.database.url == settings.control_plane.database.url
+    assert worker.worker == settings.worker
+    assert worker.gateway == settings.gateway
+    tuned = load_settings(environ={"TALON_WORKER_POOL_SIZE": "3"})
+    assert for_worker(tuned).control_plane.database.pool_size == 3
+    with pytest.raises(ConfigError, match="poolSize"):
+        load_settings(environ={"TALON_WORKER_POOL_SIZE": "0"})
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:

@@ -28,12 +28,12 @@ def run_worker(
     max_attempts: int = 5,
 ) -> int:
     from talon.cli.client import CliError
-    from talon.config import load_settings
+    from talon.config import for_worker, load_settings
     from talon.services import Services
 
     configure_logging()
     configure_telemetry()
-    settings = load_settings()
+    settings = for_worker(load_settings())
     broker = settings.control_plane.message_broker
     if not settings.worker.pull_mode:
         raise CliError(

@@ -63,6 +63,7 @@ from pg_floor import (
     listening,
     listening_afresh,
     migrated_cluster,
+    per_turn,
 )
 from turns import commits, wal_position
 
@@ -412,11 +413,7 @@ def measure(
             "think_ms": think_ms,
             "push": push,
             "turns_per_second": round(turns / elapsed, 1),
-            "postgres_cpu_ms_per_turn": round(cpu * 1000 / turns, 2),
-            "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
-            "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
-            "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
-            "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),
+            **per_turn(pg, turns, cpu, own, commits_before, (wal_before, wal_after)),
             "rows_per_turn": dict(zip(
                 ["events", "steps", "usage", "messages", "outbox left", "open turns left"],
                 counted.rows[0], strict=True)),

@@ -263,6 +263,29 @@ def cpu_since(pg: LocalPostgres, before: dict[int, float]) -> float:
     return sum(cpu_seconds([pid]) - before.get(pid, 0.0) for pid in postgres_pids(pg))
 
 
+def per_turn(
+    pg: LocalPostgres,
+    turns: int,
+    cpu: float,
+    own: float,
+    commits_before: int,
+    wal: tuple[tuple[int, int], tuple[int, int]],
+) -> dict[str, float]:
+    """A floor's figures per turn: PostgreSQL's CPU (`cpu` seconds), this process's (`own`:
+    pg8000 and Talon's statement layer sending the statements and reading their answers, and
+    the listeners' threads reading the notifications), the commits since `commits_before`
+    and the WAL between the two `wal_position` readings."""
+    (bytes_before, syncs_before), (bytes_after, syncs_after) = wal
+    return {
+        "postgres_cpu_ms_per_turn": round(cpu * 1000 / turns, 2),
+        "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
+        # Minus the script's own queries: the count before the run and the two WAL reads.
+        "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
+        "wal_bytes_per_turn": round((bytes_after - bytes_before) / turns),
+        "wal_syncs_per_turn": round((syncs_after - syncs_before) / turns, 2),
+    }
+
+
 def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> dict[str, Any]:
     """The floor's figures for `turns` turns of `shape` (turn, push or bare) on a fresh
     durable cluster, with `listeners` connections LISTENing (default: 2, or 1 for push)."""
@@ -313,14 +336,7 @@ def measure(turns: int, shape: str = "turn", listeners: int | None = None) -> di
             "listeners": listeners,
             "turns_per_second": round(turns / elapsed, 1),
             "turn_ms": round(elapsed * 1000 / turns, 2),
-            "postgres_cpu_ms_per_turn": round(cpu * 1000 / turns, 2),
-            # This process: pg8000 and Talon's statement layer sending the statements and
-            # reading their answers, and the listeners' threads reading the notifications.
-            "client_cpu_ms_per_turn": round(own * 1000 / turns, 2),
-            # Minus this script's own queries: the count before the run and the two WAL reads.
-            "commits_per_turn_all_processes": round((commits(pg) - commits_before - 3) / turns, 1),
-            "wal_bytes_per_turn": round((wal_after[0] - wal_before[0]) / turns),
-            "wal_syncs_per_turn": round((wal_after[1] - wal_before[1]) / turns, 2),
+            **per_turn(pg, turns, cpu, own, commits_before, (wal_before, wal_after)),
         }  # fmt: skip
 
 

@@ -1,7 +1,10 @@
 """Benchmark: Talon's turns/s against the floor, measured in one invocation so the machine's
-drift falls on both: `bench/floor.py`'s measurement, then `bench/turns.py`'s, then the floor
-again; the ratio is Talon's turns/s over the mean of the two floors' turns/s (what two cores
-allow the clients, functions-framework and the openai exchange with no Talon code). Beside it,
+drift falls on both: `bench/floor.py`'s measurement, then `bench/turns.py`'s, then the same
+run of `bench/skeleton.py`'s stack (with `--stream post` and the local broker; `--no-skeleton`
+skips it), then the floor again; the ratio is Talon's turns/s over the mean of the two floors'
+turns/s (what two cores allow the clients, functions-framework and the openai exchange with no
+Talon code), and the skeleton's the same: what a stack of Talon's layout reaches with the
+contract's statements and the least glue found, the most any implementation of it can. Beside it,
 the same ratio in the floor's own terms (two cores over the CPU per turn of every process),
 which other work on the machine does not move. Last, `bench/pg_floor.py`'s database floor
 (the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
@@ -40,7 +43,13 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=80, help="the floor's model history")
     parser.add_argument("--no-database-floor", dest="database_floor", action="store_false")
     parser.add_argument("--database-floor-turns", type=int, default=3000)
+    parser.add_argument(
+        "--no-skeleton", dest="skeleton", action="store_false",
+        help="skip bench/skeleton.py's stack (run only with --stream post and the postgres "
+        "broker)",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.skeleton = args.skeleton and args.stream == "post" and args.broker == "postgres"
 
     # The floor's clients make the same requests per turn as Talon's (a held stream, which
     # the floor's app cannot hold, is measured against per-turn streams).
@@ -52,6 +61,12 @@ def main() -> int:
 
     before = measure_floor()
     talon = turns.run(args)
+    # The skeleton: the same run with the least a stack of Talon's layout does per turn.
+    skeleton = (
+        turns.run(argparse.Namespace(**{**vars(args), "stack": "skeleton"}))
+        if args.skeleton
+        else None
+    )
     after = measure_floor()
     floors = [float(f["ceiling_turns_per_second"]) for f in (before, after)]
     floor_tps = sum(floors) / len(floors)
@@ -70,6 +85,18 @@ def main() -> int:
         "talon_ceiling_turns_per_second": round(2000 / talon_cpu, 1),
         "talon_ceiling_over_floor": round(2000 / talon_cpu / floor_tps, 3),
     }  # fmt: skip
+    if skeleton is not None:
+        skeleton_tps = float(skeleton["turns_per_second"])
+        skeleton_cpu = sum(skeleton["cpu_ms_per_turn"].values())
+        report.update({
+            "skeleton": skeleton,
+            "skeleton_turns_per_second": skeleton_tps,
+            "skeleton_over_floor": round(skeleton_tps / floor_tps, 3),
+            "skeleton_cpu_ms_per_turn": round(skeleton_cpu, 2),
+            "skeleton_ceiling_over_floor": round(2000 / skeleton_cpu / floor_tps, 3),
+            "talon_over_skeleton": round(talon_tps / skeleton_tps, 3),
+            "talon_cpu_ms_per_turn_above_skeleton": round(talon_cpu - skeleton_cpu, 2),
+        })  # fmt: skip
     if args.database_floor:
         report.update(with_database_floor(args, floor_tps, talon_cpu))
     print(json.dumps(report, indent=2))

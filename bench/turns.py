@@ -30,7 +30,10 @@ from pubsub_stack import Emulator, broker_env, push_topology
 
 from talon.client import Client, Event
 from talon.config import DatabaseSettings, WorkerSettings
+from talon.store.connect import connector_from_url
+from talon.store.database import Database
 from talon.store.local_postgres import LocalPostgres, free_port, wait_for_port
+from talon.store.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -354,6 +357,12 @@ def parser() -> argparse.ArgumentParser:
         help="database connections per process at most (the gateway's, the "
         "worker's); default: Talon's own (the gateway's 5, a worker's 2)",
     )
+    parser.add_argument(
+        "--stack", choices=["talon", "skeleton"], default="talon",
+        help="talon: Talon's gateway and worker; skeleton: bench/skeleton.py's, the prescribed "
+        "parts in Talon's process layout joined by the contract's statements (--stream post, "
+        "the local broker)",
+    )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
         "--pg-statements", type=int, default=0, metavar="N",
@@ -376,6 +385,10 @@ def main() -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One benchmark run with `args` (as `parser()` makes them); the figures it prints."""
+    skeleton = args.stack == "skeleton"
+    if skeleton and (args.stream != "post" or args.broker != "postgres" or args.model != "server"):
+        raise SystemExit("--stack skeleton runs with --stream post, the postgres broker and "
+                         "the model server only")  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
     # --pg-log: every statement in the server log, to see where the commits come from.
@@ -414,14 +427,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.pool_size is not None:  # the gateway's (and a dispatch function's) and the worker's
         env["TALON_CONTROL_PLANE_DATABASE_POOL_SIZE"] = str(args.pool_size)
         env["TALON_WORKER_POOL_SIZE"] = str(args.pool_size)
+    if skeleton:  # its schema is Talon's, migrated here (Talon's gateway migrates at start)
+        env |= {"SKELETON_MODEL_URL": model_url, "SKELETON_POOL_SIZE": str(args.pool_size or 2)}
+        migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
     if emulator:
         emulator.wait()
         dispatch_port = free_port()
         push_topology(f"http://127.0.0.1:{dispatch_port}/")
     server = {"functions-framework": "functions_framework", "talon": "talon.serve"}[args.server]
+    source = ROOT / ("bench/skeleton.py" if skeleton else "functions/gateway/main.py")
     gateway = subprocess.Popen(
-        [sys.executable, "-m", server, "--target", "gateway",
-         "--source", str(ROOT / "functions" / "gateway" / "main.py"),
+        [sys.executable, "-m", server, "--target", "gateway", "--source", str(source),
          "--host", "127.0.0.1", "--port", str(port)],
         env={**env, "THREADS": str(max(8, args.clients * 3))}, cwd=ROOT,
     )  # fmt: skip
@@ -452,8 +468,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {"apiVersion": "talon.dev/v1alpha1", "kind": "Agent",
          "metadata": {"name": "bot", "namespace": "bench"}, "spec": {"templateRef": "bench"}},
     ]  # fmt: skip
-    with Client(base, TOKEN, timeout=60) as sdk:
-        sdk.apply(items)
+    if skeleton:  # the agent as Talon resolves it, read by the claim
+        setup = pg.connect("talon")
+        setup.cursor().execute(
+            "INSERT INTO resources (kind, namespace, name, uid, resource_version, body, status) "
+            "VALUES ('Agent', 'bench', 'bot', gen_random_uuid(), 1, '{}', "
+            '\'{"phase": "Resolved"}\')'
+        )
+        setup.commit()
+        setup.close()
+    else:
+        with Client(base, TOKEN, timeout=60) as sdk:
+            sdk.apply(items)
     if args.prefill_turns:
         prefill(pg, args.prefill_turns)
     if emulator:  # a dispatch function instance, `--worker-concurrency` requests at a time
@@ -465,15 +491,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         wait_for_port("127.0.0.1", dispatch_port)
     else:
+        command = (["bench/skeleton.py", "worker"] if skeleton
+                   else ["-m", "talon.cli.main", "worker", "--concurrency"])  # fmt: skip
         worker = subprocess.Popen(
-            [sys.executable, "-m", "talon.cli.main", "worker",
-             "--concurrency", str(args.worker_concurrency)],
-            env=env, cwd=ROOT,
-        )  # fmt: skip
+            [sys.executable, *command, str(args.worker_concurrency)], env=env, cwd=ROOT
+        )
     time.sleep(2)
 
     # Warm up (connections, caches), then measure.
-    client_loop(base, -1, 5, None)
+    client_loop(base, -1, 5, None, "post" if skeleton else "per-turn")
     # Clients run in several processes (threads within each), so the benchmark's own GIL
     # does not become the bottleneck it measures.
     context = multiprocessing.get_context("spawn")
@@ -582,11 +608,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           for role, spent in sorted(pg_cpu.items())}  # fmt: skip
 
     result = {
+        "stack": args.stack,
         "clients": args.clients,
         "model": args.model,
         "stream": args.stream,
         "broker": args.broker,
-        "pool_size": args.pool_size or {
+        "pool_size": args.pool_size or (2 if skeleton else None) or {
             "gateway": DatabaseSettings.model_fields["pool_size"].default,
             "worker": WorkerSettings.model_fields["pool_size"].default,
         },

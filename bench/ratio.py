@@ -1,10 +1,10 @@
 """Benchmark: Talon's turns/s against the floor, measured in one invocation so the machine's
 drift falls on both: `bench/floor.py`'s measurement, then `bench/turns.py`'s, then the same
-run of `bench/skeleton.py`'s stack (with `--stream post` and the local broker; `--no-skeleton`
-skips it), then the floor again; the ratio is Talon's turns/s over the mean of the two floors'
-turns/s (what two cores allow the clients, functions-framework and the openai exchange with no
-Talon code), and the skeleton's the same: what a stack of Talon's layout reaches with the
-contract's statements and the least glue found, the most any implementation of it can. Beside it,
+run of `bench/skeleton.py`'s stack (with `--stream post`; `--no-skeleton` skips it), then the
+floor again; the ratio is Talon's turns/s over the mean of the two floors' turns/s (what two
+cores allow the clients, functions-framework and the openai exchange with no Talon code), and
+the skeleton's the same: what a stack of Talon's layout reaches with the contract's statements
+and the least glue found, the most any implementation of it can. Beside it,
 the same ratio in the floor's own terms (two cores over the CPU per turn of every process),
 which other work on the machine does not move. Last, `bench/pg_floor.py`'s database floor
 (the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
@@ -45,11 +45,10 @@ def main() -> int:
     parser.add_argument("--database-floor-turns", type=int, default=3000)
     parser.add_argument(
         "--no-skeleton", dest="skeleton", action="store_false",
-        help="skip bench/skeleton.py's stack (run only with --stream post and the postgres "
-        "broker)",
+        help="skip bench/skeleton.py's stack (run only with --stream post)",
     )  # fmt: skip
     args = parser.parse_args()
-    args.skeleton = args.skeleton and args.stream == "post" and args.broker == "postgres"
+    args.skeleton = args.skeleton and args.stream == "post"
 
     # The floor's clients make the same requests per turn as Talon's (a held stream, which
     # the floor's app cannot hold, is measured against per-turn streams).

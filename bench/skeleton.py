@@ -16,7 +16,12 @@ is run (the same clients, model server, durable PostgreSQL and accounting):
 - the worker (`python bench/skeleton.py worker`): one connection LISTENs for dispatch rows, a
   pool of threads claims each (the contract's claim and window read in one round trip), keeps
   the session's window, calls the model through Talon's openai adapter (as `bench/floor.py`
-  does) and writes the contract's final statement.
+  does) and writes the contract's final statement;
+- deployed (`bench/turns.py --broker pubsub`): the gateway publishes each dispatch row to the
+  Pub/Sub emulator in the background (the API's call, as Talon does) and deletes the published
+  rows 64 at a time, and the emulator pushes each message to the dispatch function
+  (`--target dispatch`), which runs the turn as the worker does with the contract's deployed
+  statements (the row neither claimed nor removed); only the gateway listens.
 
 What it leaves out is what Talon adds beyond the prescribed path: authentication, validation
 of the request, error handling and retries, leases renewed, tools, logs, limits. A turn of
@@ -26,6 +31,7 @@ this stack is what any implementation of Talon's contract on these parts spends 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -39,7 +45,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pg_contract import CLAIM, FINAL, HISTORY_TURNS, MESSAGE, START_EVENTS, WINDOW, final_events
+from pg_contract import (
+    CLAIM,
+    CLAIM_PUSHED,
+    FINAL,
+    FINAL_PUSHED,
+    HISTORY_TURNS,
+    MESSAGE,
+    START_EVENTS,
+    WINDOW,
+    final_events,
+)
+from pg_floor import PUBLISHED
 
 from talon.runtime.providers.base import ModelRequest
 from talon.runtime.providers.openai_chat import OpenAIChatModel
@@ -48,6 +65,10 @@ from talon.store.connect import connector_from_url
 from talon.store.notify import Listener
 
 DATABASE_URL = "TALON_CONTROL_PLANE_DATABASE_URL"
+# Deployed (`bench/turns.py --broker pubsub`): the Pub/Sub project and dispatch topic, as
+# `bench/pubsub_stack.broker_env` names them for Talon.
+PROJECT = "TALON_CONTROL_PLANE_MESSAGE_BROKER_PROJECT"
+DISPATCH_TOPIC = "TALON_CONTROL_PLANE_MESSAGE_BROKER_DISPATCH_TOPIC"
 MODEL_URL = "SKELETON_MODEL_URL"
 POOL_SIZE = "SKELETON_POOL_SIZE"
 WORKER = "skeleton-worker"
@@ -89,20 +110,62 @@ def _pool() -> Pool:
     return Pool(_connector(), int(os.environ.get(POOL_SIZE, "2")))
 
 
-# The gateway. functions-framework imports this module in its server process; the pool and
-# the listener start with the first request.
+# The gateway. functions-framework imports this module in its server process; its parts start
+# with the first request.
 
-_gateway: tuple[Pool, Listener] | None = None
+
+class Publisher:
+    """Deployed: each dispatch row published on its own by the API's call (as Talon's
+    `broker/pubsub.py` does), in the background; the published rows deleted 64 at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        # Imported here: the local stack needs no Google client.
+        import google.cloud.pubsub_v1 as pubsub_v1
+        from google.pubsub_v1 import PublisherClient, PubsubMessage
+
+        self._publish = PublisherClient.publish
+        self._message = PubsubMessage
+        self._client = pubsub_v1.PublisherClient()
+        self._topic = self._client.topic_path(os.environ[PROJECT], os.environ[DISPATCH_TOPIC])
+        self._threads = ThreadPoolExecutor(16)
+        self._pool = pool
+        self._published: list[int] = []
+        self._lock = threading.Lock()
+
+    def submit(self, row_id: int, payload: dict[str, str]) -> None:
+        self._threads.submit(self._send, row_id, payload)
+
+    def _send(self, row_id: int, payload: dict[str, str]) -> None:
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        message = self._message(data=data, attributes={"outboxId": str(row_id)})
+        self._publish(self._client, topic=self._topic, messages=[message], timeout=30)
+        with self._lock:
+            self._published.append(row_id)
+            done = self._published[:] if len(self._published) >= 64 else None
+            if done:
+                self._published.clear()
+        if done:
+            self._pool.run([(PUBLISHED, (done,))])
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.pool = _pool()
+        self.listener = Listener(_connector(), ("talon_session_events",))
+        self.listener.wait_ready()
+        self.publisher = Publisher(self.pool) if os.environ.get(DISPATCH_TOPIC) else None
+        self.sessions: dict[tuple[str, str], uuid.UUID] = {}  # (namespace, id): uid
+
+
+_gateway: Gateway | None = None
 _gateway_lock = threading.Lock()
 
 
-def _gateway_parts() -> tuple[Pool, Listener]:
+def _gateway_parts() -> Gateway:
     global _gateway
     with _gateway_lock:
         if _gateway is None:
-            listener = Listener(_connector(), ("talon_session_events",))
-            listener.wait_ready()
-            _gateway = (_pool(), listener)
+            _gateway = Gateway()
         return _gateway
 
 
@@ -113,28 +176,34 @@ def gateway(request: Any) -> Any:
         return "ok"
     namespace, agent = request.path.split("/")[3], request.path.split("/")[5]
     body = request.get_json()
-    pool, listener = _gateway_parts()
+    parts = _gateway_parts()
     if request.path.endswith("/sessions"):
-        pool.run([(
-            "INSERT INTO sessions (uid, namespace, id, agent) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING", (uuid.uuid4(), namespace, body["id"], agent))])  # fmt: skip
+        [found] = parts.pool.run([(
+            "WITH n AS (INSERT INTO sessions (uid, namespace, id, agent) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING uid) "
+            "SELECT uid FROM n UNION ALL SELECT uid FROM sessions WHERE namespace = $2 "
+            "AND id = $3", (uuid.uuid4(), namespace, body["id"], agent))])  # fmt: skip
+        parts.sessions[(namespace, body["id"])] = found.rows[0][0]
         return flask.jsonify({"id": body["id"], "agent": agent, "ns": namespace,
                               "status": "idle"})  # fmt: skip
     session = request.path.split("/")[7]
     turn = uuid.uuid4()
-    inbox = listener.subscribe("talon_session_events", f"{namespace}/{session}")
+    inbox = parts.listener.subscribe("talon_session_events", f"{namespace}/{session}")
     try:
-        [posted] = pool.run([(MESSAGE, (namespace, session, agent, turn, f"key-{turn}",
-                                        turn.bytes, body["content"]))])  # fmt: skip
+        [posted] = parts.pool.run([(MESSAGE, (namespace, session, agent, turn, f"key-{turn}",
+                                              turn.bytes, body["content"]))])  # fmt: skip
     except BaseException:
         inbox.close()
         raise
-    stream_from = posted.rows[0][1] - 2
+    _, last_event_id, row_id, first_events = posted.rows[0][:4]
+    if parts.publisher is not None:
+        uid = parts.sessions[(namespace, session)]
+        parts.publisher.submit(row_id, {"sessionUid": str(uid), "turnId": str(turn)})
 
     def events() -> Iterator[str]:
         # The message's own events, then each notified batch ("<session uid> <events>").
         with inbox:
-            batches = [posted.rows[0][3]]
+            batches = [first_events]
             while True:
                 for batch in batches:
                     assert batch is not None, "the skeleton does not re-read missed events"
@@ -148,11 +217,12 @@ def gateway(request: Any) -> Any:
                     raise TimeoutError(f"turn {turn}: no events for 60 s")
                 batches = [item and item.partition(" ")[2] for item in items]
 
-    headers = {"Talon-Turn-Id": str(turn), "Talon-Stream-From": str(stream_from)}
+    headers = {"Talon-Turn-Id": str(turn), "Talon-Stream-From": str(last_event_id - 2)}
     return flask.Response(events(), 202, headers, mimetype="text/event-stream")
 
 
-# The worker.
+# The worker: locally a process of its own (`main`), deployed the dispatch function that
+# Pub/Sub pushes to (`dispatch`).
 
 
 class Worker:
@@ -164,25 +234,29 @@ class Worker:
         self.threads = ThreadPoolExecutor(concurrency)
         # Each session's window as the worker keeps it: (seq, role, content) of its messages.
         self.windows: dict[str, list[tuple[int, str, str]]] = {}
-        self.listener = Listener(_connector(), ("talon_outbox",))
-        self.deliveries = self.listener.subscribe("talon_outbox", "dispatch")
 
     def serve(self) -> None:
-        self.listener.wait_ready()
+        listener = Listener(_connector(), ("talon_outbox",))
+        deliveries = listener.subscribe("talon_outbox", "dispatch")
+        listener.wait_ready()
         while True:
-            for item in self.deliveries.get(60):
+            for item in deliveries.get(60):
                 if item is not None:
                     delivery, _, payload = item.partition(" ")
-                    self.threads.submit(self.run, int(delivery), json.loads(payload))
+                    self.threads.submit(self.run, json.loads(payload), int(delivery))
 
-    def run(self, delivery: int, payload: dict[str, str]) -> None:
+    def run(self, payload: dict[str, str], delivery: int | None = None) -> None:
+        """The turn `payload` names; `delivery`: the dispatch row to claim and remove with it
+        (locally), or None (deployed: Pub/Sub delivered it)."""
         session = uuid.UUID(payload["sessionUid"])
         window = self.windows.setdefault(payload["sessionUid"], [])
         last = window[-1][0] if window else 0
-        claimed, read = self.pool.run([
-            (CLAIM, (session, WORKER, delivery, START_EVENTS)),
-            (WINDOW, (session, WORKER, last)),
-        ])  # fmt: skip
+        claiming = (
+            (CLAIM, (session, WORKER, delivery, START_EVENTS))
+            if delivery is not None
+            else (CLAIM_PUSHED, (session, WORKER, START_EVENTS))
+        )
+        claimed, read = self.pool.run([claiming, (WINDOW, (session, WORKER, last))])
         if not claimed.rows or not claimed.rows[0][2]:
             return  # another worker's, or not startable: not on the skeleton's path
         fencing = claimed.rows[0][0]
@@ -194,10 +268,27 @@ class Worker:
         answer = self.model.complete(ModelRequest(messages, [], 30.0, lambda text: None))
         output = json.dumps({"content": answer.content, "provider": answer.provider,
                              "usage": answer.usage})  # fmt: skip
-        self.pool.run([(FINAL, (session, payload["turnId"], fencing, answer.content,
-                                answer.provider, output, final_events(answer.content),
-                                delivery))])  # fmt: skip
+        params = (session, payload["turnId"], fencing, answer.content, answer.provider, output,
+                  final_events(answer.content))  # fmt: skip
+        if delivery is None:
+            self.pool.run([(FINAL_PUSHED, params)])
+        else:
+            self.pool.run([(FINAL, (*params, delivery))])
         # The answer joins the window at the next read (it is after `last`).
+
+
+_dispatcher: Worker | None = None
+
+
+def dispatch(request: Any) -> Any:
+    """Deployed: a Pub/Sub push of one dispatch message, answered once its turn is done."""
+    global _dispatcher
+    with _gateway_lock:
+        if _dispatcher is None:
+            _dispatcher = Worker(1)
+    message = request.get_json()["message"]
+    _dispatcher.run(json.loads(base64.b64decode(message["data"])))
+    return "", 204
 
 
 def main() -> int:

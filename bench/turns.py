@@ -360,8 +360,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stack", choices=["talon", "skeleton"], default="talon",
         help="talon: Talon's gateway and worker; skeleton: bench/skeleton.py's, the prescribed "
-        "parts in Talon's process layout joined by the contract's statements (--stream post, "
-        "the local broker)",
+        "parts in Talon's process layout joined by the contract's statements (--stream post)",
     )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
@@ -386,9 +385,8 @@ def main() -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One benchmark run with `args` (as `parser()` makes them); the figures it prints."""
     skeleton = args.stack == "skeleton"
-    if skeleton and (args.stream != "post" or args.broker != "postgres" or args.model != "server"):
-        raise SystemExit("--stack skeleton runs with --stream post, the postgres broker and "
-                         "the model server only")  # fmt: skip
+    if skeleton and (args.stream != "post" or args.model != "server"):
+        raise SystemExit("--stack skeleton runs with --stream post and the model server only")
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
     # --pg-log: every statement in the server log, to see where the commits come from.
@@ -483,9 +481,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.prefill_turns:
         prefill(pg, args.prefill_turns)
     if emulator:  # a dispatch function instance, `--worker-concurrency` requests at a time
+        source = ROOT / ("bench/skeleton.py" if skeleton else "functions/dispatch/main.py")
         worker = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "dispatch",
-             "--source", str(ROOT / "functions" / "dispatch" / "main.py"),
+             "--source", str(source),
              "--host", "127.0.0.1", "--port", str(dispatch_port)],
             env={**env, "THREADS": str(args.worker_concurrency)}, cwd=ROOT,
         )  # fmt: skip

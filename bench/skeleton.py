@@ -201,24 +201,38 @@ def gateway(request: Any) -> Any:
         parts.publisher.submit(row_id, {"sessionUid": str(uid), "turnId": str(turn)})
 
     def events() -> Iterator[str]:
-        # The message's own events, then each notified batch ("<session uid> <events>").
+        # The message's own events, then each notified batch ("<session uid> <events>"), a
+        # write each; the message's own batch, notified too, is not sent again.
         with inbox:
-            batches = [first_events]
+            first = json.loads(first_events)
+            last = first[-1]["id"]
+            yield "".join(_frame(event) for event in first)
+            mine = str(turn)
             while True:
-                for batch in batches:
-                    assert batch is not None, "the skeleton does not re-read missed events"
-                    for event in json.loads(batch):
-                        yield (f"id: {event['id']}\nevent: {event['type']}\n"
-                               f"data: {json.dumps(event)}\n\n")  # fmt: skip
-                        if event["type"] == "turn.completed" and event["turnId"] == str(turn):
-                            return
                 items = inbox.get(60)
                 if not items:
                     raise TimeoutError(f"turn {turn}: no events for 60 s")
-                batches = [item and item.partition(" ")[2] for item in items]
+                frames, done = [], False
+                for item in items:
+                    assert item is not None, "the skeleton does not re-read missed events"
+                    for event in json.loads(item.partition(" ")[2]):
+                        if event["id"] <= last:
+                            continue
+                        last = event["id"]
+                        frames.append(_frame(event))
+                        done = done or (event["type"] == "turn.completed"
+                                        and event["turnId"] == mine)  # fmt: skip
+                if frames:
+                    yield "".join(frames)
+                if done:
+                    return
 
     headers = {"Talon-Turn-Id": str(turn), "Talon-Stream-From": str(last_event_id - 2)}
     return flask.Response(events(), 202, headers, mimetype="text/event-stream")
+
+
+def _frame(event: dict[str, Any]) -> str:
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
 
 # The worker: locally a process of its own (`main`), deployed the dispatch function that
@@ -237,13 +251,16 @@ class Worker:
 
     def serve(self) -> None:
         listener = Listener(_connector(), ("talon_outbox",))
-        deliveries = listener.subscribe("talon_outbox", "dispatch")
+        listener.watch("talon_outbox", self._dispatch)
         listener.wait_ready()
-        while True:
-            for item in deliveries.get(60):
-                if item is not None:
-                    delivery, _, payload = item.partition(" ")
-                    self.threads.submit(self.run, json.loads(payload), int(delivery))
+        threading.Event().wait()
+
+    def _dispatch(self, notified: str | None) -> None:
+        # On the listener's thread: each dispatch row straight to the pool of threads.
+        topic, _, rest = (notified or "").partition(" ")
+        if topic == "dispatch":
+            delivery, _, payload = rest.partition(" ")
+            self.threads.submit(self.run, json.loads(payload), int(delivery))
 
     def run(self, payload: dict[str, str], delivery: int | None = None) -> None:
         """The turn `payload` names; `delivery`: the dispatch row to claim and remove with it

@@ -256,9 +256,13 @@ def _read_turn(
     events: Iterator[Event], turn_id: str | None, started: float
 ) -> tuple[float | None, float | None]:
     """Reads up to `turn_id`'s completion (None: the first event's turn); (first event,
-    completion) seconds after `started`."""
-    first = None
+    completion) seconds after `started`. An event sent twice, or out of order, fails the
+    run: a stream's ids only grow."""
+    first, last = None, 0
     for event in events:
+        if event.id <= last:
+            raise RuntimeError(f"event {event.id} came after event {last}")
+        last = event.id
         turn_id = turn_id or event.turn_id
         if event.turn_id != turn_id:
             continue  # a held stream has no other turns' events left; this is a guard

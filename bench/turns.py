@@ -11,6 +11,7 @@ and a `talon worker`, then drives N concurrent clients, each on its own session.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -387,7 +388,23 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """One benchmark run with `args` (as `parser()` makes them); the figures it prints."""
+    """One benchmark run with `args` (as `parser()` makes them); the figures it prints. What
+    it started is stopped whatever happens (a failed run left its servers running, holding
+    the ports and the output of a pipe it was read through)."""
+    with contextlib.ExitStack() as started:
+        return _run(args, started)
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, Any]:
     skeleton = args.stack == "skeleton"
     if skeleton and (args.stream != "post" or args.model != "server"):
         raise SystemExit("--stack skeleton runs with --stream post and the model server only")
@@ -400,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         options["pg_stat_statements.track_planning"] = "on"
     pg = LocalPostgres(root / "pg", durable=True, options=options)
     pg.start()
+    started.callback(pg.stop)
     pg.ensure_database("talon")
     if args.pg_statements:
         setup = pg.connect("talon")
@@ -411,10 +429,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         [sys.executable, str(ROOT / "tests" / "model_server.py")],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    started.callback(_stop, model_process)
     assert model_process.stdout is not None
     model_url = model_process.stdout.readline().strip()
     port = free_port()
     emulator = Emulator() if args.broker == "pubsub" else None
+    if emulator:
+        started.callback(emulator.stop)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TALON_")},
         **(broker_env(emulator) if emulator else {}),
@@ -443,6 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          "--host", "127.0.0.1", "--port", str(port)],
         env={**env, "THREADS": str(max(8, args.clients * 3))}, cwd=ROOT,
     )  # fmt: skip
+    started.callback(_stop, gateway)
     wait_for_port("127.0.0.1", port)
     base = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
@@ -492,6 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "--host", "127.0.0.1", "--port", str(dispatch_port)],
             env={**env, "THREADS": str(args.worker_concurrency)}, cwd=ROOT,
         )  # fmt: skip
+        started.callback(_stop, worker)
         wait_for_port("127.0.0.1", dispatch_port)
     else:
         command = (["bench/skeleton.py", "worker"] if skeleton
@@ -499,6 +522,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker = subprocess.Popen(
             [sys.executable, *command, str(args.worker_concurrency)], env=env, cwd=ROOT
         )
+        started.callback(_stop, worker)
     time.sleep(2)
 
     # Warm up (connections, caches), then measure.

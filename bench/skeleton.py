@@ -11,12 +11,13 @@ is run (the same clients, model server, durable PostgreSQL and accounting):
 
 - the gateway (a functions-framework function, `--target gateway`): a session's create inserts
   its row; a message posted for its events subscribes to the session's notifications, runs the
-  contract's message statement, sends its two events and then each notified batch as SSE, to
-  the turn's `turn.completed`;
-- the worker (`python bench/skeleton.py worker`): one connection LISTENs for dispatch rows, a
-  pool of threads claims each (the contract's claim and window read in one round trip), keeps
-  the session's window, calls the model through Talon's openai adapter (as `bench/floor.py`
-  does) and writes the contract's final statement;
+  contract's message statement, sends its two events and then each notified batch as SSE (a
+  write each; its own message's notification, which arrives too, is not sent again), to the
+  turn's `turn.completed`;
+- the worker (`python bench/skeleton.py worker`): one connection LISTENs for dispatch rows,
+  handed from its thread to a pool of threads that claims each (the contract's claim and
+  window read in one round trip), keeps the session's window, calls the model through
+  Talon's openai adapter (as `bench/floor.py` does) and writes the contract's final statement;
 - deployed (`bench/turns.py --broker pubsub`): the gateway publishes each dispatch row to the
   Pub/Sub emulator in the background (the API's call, as Talon does) and deletes the published
   rows 64 at a time, and the emulator pushes each message to the dispatch function
@@ -24,9 +25,10 @@ is run (the same clients, model server, durable PostgreSQL and accounting):
   statements (the row neither claimed nor removed); only the gateway listens.
 
 What it leaves out is what Talon adds beyond the prescribed path: authentication, validation
-of the request, error handling and retries, leases renewed, tools, logs, limits. A turn of
-this stack is what any implementation of Talon's contract on these parts spends at least;
-`bench/ratio.py --skeleton` measures it beside the floor and Talon.
+of the request, error handling and retries, leases renewed, tools, logs, limits, the
+Idempotency-Key's replay, re-reading missed notifications. A turn of this stack is the least
+found that an implementation of Talon's contract on these parts spends; `bench/ratio.py`
+measures it beside the floor and Talon (`--no-skeleton` skips it).
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from pg_contract import (
     CLAIM_PUSHED,
     FINAL,
     FINAL_PUSHED,
-    HISTORY_TURNS,
     MESSAGE,
     START_EVENTS,
     WINDOW,
@@ -316,5 +317,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    assert HISTORY_TURNS  # the window's length is the contract's, in WINDOW
     sys.exit(main())

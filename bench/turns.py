@@ -363,9 +363,11 @@ def parser() -> argparse.ArgumentParser:
         "worker's); default: Talon's own (the gateway's 5, a worker's 2)",
     )
     parser.add_argument(
-        "--stack", choices=["talon", "skeleton"], default="talon",
+        "--stack", choices=["talon", "skeleton", "talon-gateway"], default="talon",
         help="talon: Talon's gateway and worker; skeleton: bench/skeleton.py's, the prescribed "
-        "parts in Talon's process layout joined by the contract's statements (--stream post)",
+        "parts in Talon's process layout joined by the contract's statements (--stream post); "
+        "talon-gateway: Talon's gateway with the skeleton's worker (which side holds a "
+        "difference)",
     )  # fmt: skip
     parser.add_argument("--pg-log", help="copy the PostgreSQL log (every statement) here")
     parser.add_argument(
@@ -406,8 +408,9 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, Any]:
     skeleton = args.stack == "skeleton"
-    if skeleton and (args.stream != "post" or args.model != "server"):
-        raise SystemExit("--stack skeleton runs with --stream post and the model server only")
+    skeleton_worker = args.stack != "talon"
+    if skeleton_worker and (args.stream != "post" or args.model != "server"):
+        raise SystemExit(f"--stack {args.stack} runs with --stream post and the model server only")
     root = Path(tempfile.mkdtemp(prefix="talon-bench-"))
     root.chmod(0o755)
     # --pg-log: every statement in the server log, to see where the commits come from.
@@ -450,8 +453,9 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
     if args.pool_size is not None:  # the gateway's (and a dispatch function's) and the worker's
         env["TALON_CONTROL_PLANE_DATABASE_POOL_SIZE"] = str(args.pool_size)
         env["TALON_WORKER_POOL_SIZE"] = str(args.pool_size)
-    if skeleton:  # its schema is Talon's, migrated here (Talon's gateway migrates at start)
+    if skeleton_worker:
         env |= {"SKELETON_MODEL_URL": model_url, "SKELETON_POOL_SIZE": str(args.pool_size or 2)}
+    if skeleton:  # its schema is Talon's, migrated here (Talon's gateway migrates at start)
         migrate(Database(connector_from_url(pg.url("talon"), 10), 1))
     if emulator:
         emulator.wait()
@@ -507,7 +511,7 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
     if args.prefill_turns:
         prefill(pg, args.prefill_turns)
     if emulator:  # a dispatch function instance, `--worker-concurrency` requests at a time
-        source = ROOT / ("bench/skeleton.py" if skeleton else "functions/dispatch/main.py")
+        source = ROOT / ("bench/skeleton.py" if skeleton_worker else "functions/dispatch/main.py")
         worker = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "dispatch",
              "--source", str(source),
@@ -517,7 +521,7 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
         started.callback(_stop, worker)
         wait_for_port("127.0.0.1", dispatch_port)
     else:
-        command = (["bench/skeleton.py", "worker"] if skeleton
+        command = (["bench/skeleton.py", "worker"] if skeleton_worker
                    else ["-m", "talon.cli.main", "worker", "--concurrency"])  # fmt: skip
         worker = subprocess.Popen(
             [sys.executable, *command, str(args.worker_concurrency)], env=env, cwd=ROOT
@@ -526,7 +530,7 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
     time.sleep(2)
 
     # Warm up (connections, caches), then measure.
-    client_loop(base, -1, 5, None, "post" if skeleton else "per-turn")
+    client_loop(base, -1, 5, None, "post" if skeleton_worker else "per-turn")
     # Clients run in several processes (threads within each), so the benchmark's own GIL
     # does not become the bottleneck it measures.
     context = multiprocessing.get_context("spawn")

@@ -4,7 +4,7 @@ run of `bench/skeleton.py`'s stack (with `--stream post`; `--no-skeleton` skips 
 floor again; the ratio is Talon's turns/s over the mean of the two floors' turns/s (what two
 cores allow the clients, functions-framework and the openai exchange with no Talon code), and
 the skeleton's the same: what a stack of Talon's layout reaches with the contract's statements
-and the least glue found, the most any implementation of it can. Beside it,
+and the least glue found (not a bound proved for every implementation). Beside it,
 the same ratio in the floor's own terms (two cores over the CPU per turn of every process),
 which other work on the machine does not move. Last, `bench/pg_floor.py`'s database floor
 (the fewest durable statements a turn takes on Talon's schema: PostgreSQL's CPU and the
@@ -60,7 +60,7 @@ def main() -> int:
 
     before = measure_floor()
     talon = turns.run(args)
-    # The skeleton: the same run with the least a stack of Talon's layout does per turn.
+    # The skeleton: the same run with the least glue found between the prescribed parts.
     skeleton = (
         turns.run(argparse.Namespace(**{**vars(args), "stack": "skeleton"}))
         if args.skeleton

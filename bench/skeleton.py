@@ -159,12 +159,12 @@ class Gateway:
 
 
 _gateway: Gateway | None = None
-_gateway_lock = threading.Lock()
+_parts_lock = threading.Lock()
 
 
 def _gateway_parts() -> Gateway:
     global _gateway
-    with _gateway_lock:
+    with _parts_lock:
         if _gateway is None:
             _gateway = Gateway()
         return _gateway
@@ -301,7 +301,7 @@ _dispatcher: Worker | None = None
 def dispatch(request: Any) -> Any:
     """Deployed: a Pub/Sub push of one dispatch message, answered once its turn is done."""
     global _dispatcher
-    with _gateway_lock:
+    with _parts_lock:
         if _dispatcher is None:
             _dispatcher = Worker(1)
     message = request.get_json()["message"]

@@ -25,20 +25,23 @@ from talon.sessions.messages import WindowSince
 WINDOW_TURNS = 40
 
 
-def _message(seq: int) -> tuple[int, str, dict[str, Any]]:
+def _message(seq: int) -> tuple[int, int, dict[str, Any]]:
     role = "user" if seq % 2 else "assistant"
     content = f"message {seq}"
-    return (seq, f"turn-{(seq + 1) // 2}", {"role": role, "content": content,
-                                            "tool_calls": None, "tool_call_id": None})  # fmt: skip
+    return (seq, (seq + 1) // 2, {"role": role, "content": content,
+                                  "tool_calls": None, "tool_call_id": None})  # fmt: skip
 
 
 def _since(last: int, after: int) -> WindowSince:
     """The read of a claim whose input is message `last`, for a copy up to `after`."""
     first_turn = max(1, (last + 1) // 2 - WINDOW_TURNS + 1)
     lo = 2 * first_turn - 1
-    turns = [f"turn-{t}" for t in range(first_turn, (last + 1) // 2 + 1)]
     return WindowSince(
-        turns, lo, last, [_message(s) for s in range(max(after, lo - 1) + 1, last + 1)]
+        (last + 1) // 2,
+        first_turn - 1,
+        lo,
+        last,
+        [_message(s) for s in range(max(after, lo - 1) + 1, last + 1)],
     )
 
 

@@ -314,7 +314,7 @@ def _history(
     rows = copies.window(session_uid, messages.window_since(leased.window[0]), leased.after)
     if rows is None:  # by the claimed turn's id: the claim has committed, the lease may be gone
         row = read(*ctx.turn_history(session_uid, leased.row["id"]))
-        rows = copies.window(session_uid, messages.window_since(row or {"turns": None}), 0)
+        rows = copies.window(session_uid, messages.window_since(row or {"head": None}), 0)
     return ctx.chat_history(rows or [])
 
 

@@ -30,7 +30,7 @@ _OVERHEAD = 650  # bytes a message's dict, tuple, keys and turn id cost beyond i
 class _Copy:
     lo: int
     last: int
-    messages: list[tuple[int, str, dict[str, Any]]]  # (seq, turn id, message), in seq order
+    messages: list[tuple[int, int, dict[str, Any]]]  # (seq, turn seq, message), in seq order
     size: int
 
 
@@ -57,7 +57,7 @@ class HistoryCache:
             copy = self._copies.pop(session_uid, None)
             if copy is not None:
                 self._bytes -= copy.size
-            kept: list[tuple[int, str, dict[str, Any]]] = []
+            kept: list[tuple[int, int, dict[str, Any]]] = []
             size = 0
             if after:
                 # A counter gone back (a database restored to an earlier point) would have
@@ -71,13 +71,10 @@ class HistoryCache:
                 # are measured, not the whole window at every claim.
                 size = copy.size - sum(_size(m[2]) for m in copy.messages[:start])
             messages = kept + since.messages
-            if since.turns:
+            if since.head:
                 size += sum(_size(m[2]) for m in since.messages)
                 self._keep(session_uid, _Copy(since.lo, since.last, messages, size))
-        position = {turn: index for index, turn in enumerate(since.turns)}
-        window = sorted(
-            (m for m in messages if m[1] in position), key=lambda m: (position[m[1]], m[0])
-        )
+        window = sorted((m for m in messages if since.holds(m[1])), key=lambda m: (m[1], m[0]))
         return [m[2] for m in window]
 
     def forget(self, session_uid: uuid.UUID) -> None:
@@ -101,7 +98,7 @@ class HistoryCache:
             self._bytes -= dropped.size
 
 
-def _first_at(messages: list[tuple[int, str, dict[str, Any]]], seq: int) -> int:
+def _first_at(messages: list[tuple[int, int, dict[str, Any]]], seq: int) -> int:
     """The index of the first message numbered `seq` or later (`messages` in seq order)."""
     return bisect.bisect_left(messages, seq, key=lambda m: m[0])
 

@@ -95,7 +95,7 @@ def leased_window_since(
         "(SELECT seq FROM turns WHERE session_uid = %s AND state = 'running' "
         "AND lease_owner = %s ORDER BY seq LIMIT 1)"
     )
-    params = (session_uid, owner, session_uid, turns + 1, session_uid, session_uid, after)
+    params = (session_uid, owner, turns + 1, session_uid, session_uid, session_uid, after)
     return _WINDOW_SINCE_SQL.format(head=head), params
 
 
@@ -104,7 +104,7 @@ def turn_window_since(
 ) -> tuple[str, tuple[Any, ...]]:
     """`leased_window_since` for the turn `turn_id`, whoever holds it now."""
     head = "(SELECT seq FROM turns WHERE session_uid = %s AND id = %s)"
-    params = (session_uid, turn_id, session_uid, turns + 1, session_uid, session_uid, after)
+    params = (session_uid, turn_id, turns + 1, session_uid, session_uid, session_uid, after)
     return _WINDOW_SINCE_SQL.format(head=head), params
 
 
@@ -112,20 +112,26 @@ def turn_window_since(
 class WindowSince:
     """A window as `leased_window_since` reads it."""
 
-    turns: list[str]  # the window's turns' ids, oldest first (none: nothing was leased)
+    head: int  # the seq of the window's last turn (0: nothing was leased)
+    since: int  # its turns are those numbered after `since`, up to `head`
     lo: int  # the seq of its first message (every message of its turns comes at or after it)
     last: int  # the session's message counter: every message up to it was committed
     # Every message of the session in [lo, last] after the copy's `after`, whichever its
-    # turn, in seq order: (seq, turn id, message: `role`, `content`, `tool_calls`,
+    # turn, in seq order: (seq, its turn's seq, message: `role`, `content`, `tool_calls`,
     # `tool_call_id`).
-    messages: list[tuple[int, str, dict[str, Any]]]
+    messages: list[tuple[int, int, dict[str, Any]]]
+
+    def holds(self, turn_seq: int) -> bool:
+        """Whether the turn numbered `turn_seq` is one of the window's."""
+        return self.since < turn_seq <= self.head
 
 
 def window_since(row: dict[str, Any]) -> WindowSince:
-    if row["turns"] is None:
-        return WindowSince([], 0, 0, [])
+    if row["head"] is None:
+        return WindowSince(0, 0, 0, 0, [])
     return WindowSince(
-        json.loads(row["turns"]),
+        int(row["head"]),
+        int(row["since"]),
         int(row["lo"]),
         int(row["last"]),
         [
@@ -137,27 +143,31 @@ def window_since(row: dict[str, Any]) -> WindowSince:
 
 
 # The window of the turn whose seq `{head}` (a one-row subquery) names, as what a worker's
-# copy of it lacks: its turns in order, its first message's seq, the session's message
+# copy of it lacks: its bounds by turn seq, its first message's seq, the session's message
 # counter, and every message of the session in [lo, that counter] after the copy's last,
-# whichever its turn (the input of a turn queued behind the window is there: the next window
-# needs it), as one JSON text of arrays. Every bound is a value (a scalar subquery), none a
-# join, and the turns come in the (session_uid, seq) key's order, which only that index
-# yields without a sort: so both tables are read for the window alone whatever the planner's
-# statistics say of the session's size (tests/test_history.py). Joined to the head, a plan
-# made for one-turn sessions read the whole session; without the order, the planner took the
-# idempotency keys' index; newest first with a LIMIT, it read the session under fresher
-# statistics; and without its upper bound, the messages' range looked like a third of the
+# whichever its turn, with that turn's seq (the input of a turn queued behind the window is
+# there: the next window needs it; an earlier turn's answer may come after the window's first
+# input: the worker leaves both out by their turn's seq), as one JSON text of arrays. The
+# first message is the first turn's input: a session's turns and messages are numbered
+# together under its lock, so its turns' inputs come in turn order. Its turns are not read:
+# each message's turn is one lookup by key, and a copy asks only for the few messages it
+# lacks (reading the window's 41 turns at every claim cost 40 us of its 70, issue 19).
+# Every bound is a value (a scalar subquery), none a join, so both tables are read for the
+# window alone whatever the planner's statistics say of the session's size
+# (tests/test_history.py). Joined to the head, a plan made for one-turn sessions read the
+# whole session; without its upper bound, the messages' range looked like a third of the
 # session and was scanned whole. JSON text because decoding it is one C call, where pg8000
 # converts each column of each row in Python (and parses each uuid).
 _WINDOW_SINCE_SQL = (
     "WITH h AS MATERIALIZED {head}, "
-    "t AS MATERIALIZED (SELECT array_agg(id ORDER BY seq) AS ids, min(input_seq) AS lo "
-    "  FROM (SELECT id, seq, input_seq FROM turns WHERE session_uid = %s "
-    "  AND seq > (SELECT seq FROM h) - %s AND seq <= (SELECT seq FROM h) ORDER BY seq) w), "
+    "w AS MATERIALIZED (SELECT seq AS head, seq - %s AS since FROM h), "
+    "t AS MATERIALIZED (SELECT input_seq AS lo FROM turns WHERE session_uid = %s "
+    "  AND seq > (SELECT since FROM w) AND seq <= (SELECT head FROM w) ORDER BY seq LIMIT 1), "
     "c AS MATERIALIZED (SELECT last_message FROM sessions WHERE uid = %s) "
-    "SELECT (SELECT array_to_json(ids)::text FROM t) AS turns, (SELECT lo FROM t) AS lo, "
-    "(SELECT last_message FROM c) AS last, "
-    "(SELECT json_agg(json_build_array(m.seq, m.turn_id, m.role, m.content, m.tool_calls, "
+    "SELECT (SELECT head FROM w) AS head, (SELECT since FROM w) AS since, "
+    "(SELECT lo FROM t) AS lo, (SELECT last_message FROM c) AS last, "
+    "(SELECT json_agg(json_build_array(m.seq, "
+    "  (SELECT seq FROM turns WHERE id = m.turn_id), m.role, m.content, m.tool_calls, "
     "  m.tool_call_id) ORDER BY m.seq)::text FROM messages m WHERE m.session_uid = %s "
     "  AND m.seq >= (SELECT lo FROM t) AND m.seq > %s AND m.seq <= (SELECT last_message FROM c)"
     ") AS messages"

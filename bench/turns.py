@@ -195,6 +195,43 @@ def postgres_roles(url_db: LocalPostgres) -> dict[int, str]:
         connection.close()
 
 
+def postgres_clients(url_db: LocalPostgres, owners: dict[str, list[int]]) -> dict[int, str]:
+    """Which of `owners` (a name: its processes) each client connection serves, by the TCP
+    port its client end holds; "other" for the rest (this script's own, unix sockets)."""
+    by_port = {port: name for name, pids in owners.items() for port in _local_ports(pids)}
+    connection = url_db.connect("talon")
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        )
+        return {int(pid): by_port.get(port or -1, "other") for pid, port in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
+def _local_ports(pids: list[int]) -> set[int]:
+    """The local ports of the TCP sockets `pids` hold (from /proc: their socket inodes)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # gone
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -605,11 +642,15 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
     # PostgreSQL's CPU by process role (processes started during the run count from zero;
     # the postmaster and anything gone before the end are "other").
     roles_now = postgres_roles(pg)
+    served = postgres_clients(pg, {"gateway": roles["gateway"], "worker": roles["worker"]})
     pg_cpu: dict[str, float] = {}
+    pg_cpu_by_client: dict[str, float] = {}  # the client connections' by whom they serve
     for pid in postgres_pids(pg):
         role = roles_now.get(pid, "other")
         spent = cpu_seconds([pid]) - pg_cpu_before.get(pid, 0.0)
         pg_cpu[role] = pg_cpu.get(role, 0.0) + spent
+        if pid in served:
+            pg_cpu_by_client[served[pid]] = pg_cpu_by_client.get(served[pid], 0.0) + spent
     http.close()
     for process in (worker, gateway):
         process.terminate()
@@ -637,6 +678,9 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
     cpu_ms_per_turn["bench clients"] = round(clients_cpu * 1000 / turns, 2)
     pg_cpu_ms_per_turn = {role: round(spent * 1000 / turns, 2)
                           for role, spent in sorted(pg_cpu.items())}  # fmt: skip
+    pg_cpu_ms_per_turn_by_client = {
+        name: round(spent * 1000 / turns, 2) for name, spent in sorted(pg_cpu_by_client.items())
+    }
 
     result = {
         "stack": args.stack,
@@ -673,6 +717,9 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
         # Where the two cores went: CPU milliseconds per turn by process.
         "cpu_ms_per_turn": cpu_ms_per_turn,
         "postgres_cpu_ms_per_turn_by_process": pg_cpu_ms_per_turn,
+        # The client connections' share (listening or not) by the process they serve: the
+        # gateway's (or, deployed, also the dispatch function's: "worker") and the worker's.
+        "postgres_cpu_ms_per_turn_by_client": pg_cpu_ms_per_turn_by_client,
     }  # fmt: skip
     # Inside the database: a turn's wait from its commit to its claim, and its run.
     connection = pg.connect("talon")

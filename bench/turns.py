@@ -650,7 +650,9 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
         spent = cpu_seconds([pid]) - pg_cpu_before.get(pid, 0.0)
         pg_cpu[role] = pg_cpu.get(role, 0.0) + spent
         if pid in served:
-            pg_cpu_by_client[served[pid]] = pg_cpu_by_client.get(served[pid], 0.0) + spent
+            what = "listening" if role == "listening connections" else "the rest"
+            client = f"{served[pid]}: {what}"
+            pg_cpu_by_client[client] = pg_cpu_by_client.get(client, 0.0) + spent
     http.close()
     for process in (worker, gateway):
         process.terminate()
@@ -717,8 +719,8 @@ def _run(args: argparse.Namespace, started: contextlib.ExitStack) -> dict[str, A
         # Where the two cores went: CPU milliseconds per turn by process.
         "cpu_ms_per_turn": cpu_ms_per_turn,
         "postgres_cpu_ms_per_turn_by_process": pg_cpu_ms_per_turn,
-        # The client connections' share (listening or not) by the process they serve: the
-        # gateway's (or, deployed, also the dispatch function's: "worker") and the worker's.
+        # The client connections' share by the process they serve (the gateway; the worker, or
+        # deployed the dispatch function), its listening connection apart from the rest.
         "postgres_cpu_ms_per_turn_by_client": pg_cpu_ms_per_turn_by_client,
     }  # fmt: skip
     # Inside the database: a turn's wait from its commit to its claim, and its run.

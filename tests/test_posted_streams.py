@@ -118,7 +118,7 @@ def test_a_new_turns_stream_reads_nothing_back(acme_bot: Api, monkeypatch: Any) 
     monkeypatch.undo()
     assert status == 202
     assert [e["type"] for e in events] == ["message.created", "turn.queued"]
-    assert trips == [(2, True)]  # the session's lock and the queueing, with the COMMIT
+    assert trips == [(1, True)]  # the lock and the queueing: one statement, with the COMMIT
 
 
 def test_a_retry_with_its_idempotency_key_streams_the_same_turn(

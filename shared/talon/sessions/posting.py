@@ -59,14 +59,6 @@ def request_hash(request: PostMessage) -> bytes:
 
 
 _LOCK_SQL = "SELECT uid, agent FROM sessions WHERE namespace = %s AND id = %s FOR UPDATE"
-# The same lock, leaving the uid it found for the queueing statement after it in the same
-# round trip (`turn_queue._POST_SQL`), which queues for that session only: a session created by
-# another request between the two statements (which the lock did not see, and which this one
-# answers 404 for) gets nothing.
-_LOCK_FOR_QUEUE_SQL = (
-    "SELECT uid, agent, set_config('talon.locked_session', uid::text, true) FROM sessions "
-    "WHERE namespace = %s AND id = %s FOR UPDATE"
-)
 # The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
 # statement of its own: it sees a turn that a concurrent request with the key committed while
 # this one waited for the lock. Where the turn's events start was written with it (migration
@@ -106,6 +98,11 @@ def lock(tx: Tx, namespace: str, session_id: str, idempotency_key: str | None) -
     return Locked(session[0]["uid"], session[0]["agent"], previous[0] if previous else None)
 
 
+class KeyUsed:
+    """`post_enqueued` found the message's Idempotency-Key's turn queued already (nothing
+    written): `replayed` answers with it, in a transaction of its own."""
+
+
 def post_enqueued(
     tx: Tx,
     namespace: str,
@@ -116,28 +113,33 @@ def post_enqueued(
     source: str,
     *,
     with_events: bool = False,
-) -> Accepted | None:
-    """`lock` and `post` in one round trip, COMMIT included, for a message that queues behind
-    whatever is open (strategy `enqueue`, which looks at no open turn): the session's lock,
-    the key's lookup, and the queueing, which writes only if the session is `agent`'s and the
-    key queued nothing yet, so the answer can be decided from the first two once all three
-    have run. None (nothing written): no such session for `agent`. The transaction is over.
-    `with_events`: a new turn's first events come back (`Accepted.first_events_json`)."""
+) -> Accepted | KeyUsed | None:
+    """Queue a message behind whatever is open (strategy `enqueue`, which looks at no open
+    turn) in one statement with its COMMIT: the session's lock and the queueing, which writes
+    only if the session is `agent`'s and the key queued nothing yet (`turn_queue._POST_SQL`).
+    None (nothing written): no such session for `agent`; KeyUsed: the key's turn is the
+    answer. The transaction is over. `with_events`: a new turn's first events come back
+    (`Accepted.first_events_json`)."""
     digest = request_hash(request)
-    locked = tx.later(_LOCK_FOR_QUEUE_SQL, (namespace, session_id))
-    previous = None
-    if idempotency_key is not None:
-        previous = tx.later(_REPLAY_SQL, (namespace, session_id, idempotency_key))
     turn = PostedTurn(
         namespace, session_id, agent, request.content, source, idempotency_key, digest
     )
-    queued = queue_posted(tx, turn, with_events=with_events)
-    if not locked.rows or locked.rows[0]["agent"] != agent:
+    posted = queue_posted(tx, turn, with_events=with_events)
+    if posted is None or posted.agent != agent:
         return None
-    if previous is not None and previous.rows:
-        return _replay(previous.rows[0], digest)
-    assert queued is not None  # the session is the agent's and the key is new
-    return _queued(queued)
+    if posted.queued is None:
+        return KeyUsed()
+    return _queued(posted.queued)
+
+
+def replayed(
+    tx: Tx, namespace: str, session_id: str, request: PostMessage, idempotency_key: str
+) -> Accepted:
+    """The answer to a message whose Idempotency-Key queued a turn already (`KeyUsed`): that
+    turn, read after the statement that found it committed."""
+    previous = tx.one(_REPLAY_SQL, (namespace, session_id, idempotency_key))
+    assert previous is not None  # turns are not deleted while their session is
+    return _replay(previous, request_hash(request))
 
 
 def post(

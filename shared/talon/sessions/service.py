@@ -173,12 +173,14 @@ class SessionService:
         """Queue the message's turn (or answer an Idempotency-Key retry with the turn it
         queued). `with_events`: the new turn's first events come back, for a stream of it
         (`Accepted.first_events_json`; only for strategy `enqueue`, the usual one)."""
+        posted: posting.Accepted | posting.KeyUsed | None = None
         with self.db.transaction() as tx:
             if request.multitask_strategy == "enqueue":
-                found = posting.post_enqueued(
+                posted = posting.post_enqueued(
                     tx, namespace, agent, session_id, request, idempotency_key, source,
                     with_events=with_events,
                 )  # fmt: skip
+                found = None if isinstance(posted, posting.KeyUsed) else posted
             else:
                 session = posting.lock(tx, namespace, session_id, idempotency_key)
                 found = None
@@ -186,6 +188,10 @@ class SessionService:
                     found = posting.post(
                         tx, session, session_id, request, idempotency_key, source, final=True
                     )
+        if isinstance(posted, posting.KeyUsed):  # a retry: its turn, read once committed
+            assert idempotency_key is not None
+            with self.db.transaction() as tx:
+                found = posting.replayed(tx, namespace, session_id, request, idempotency_key)
         if found is None:
             with self.db.transaction() as tx:
                 self._require_agent(tx, namespace, agent)

@@ -106,31 +106,39 @@ SELECT w.ord, w.seq, w.last_event, w.uid, {{events}} AS events, o.id AS outbox_i
 FROM w JOIN o ON o.turn_id = w.turn_id JOIN ev ON ev.turn_id = w.turn_id ORDER BY w.ord
 """
 _QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID, events="NULL")
-# A posted message's turn (`queue_posted`), its session named as in the URL: nothing is queued
-# when the session is not the agent's, is not the one the caller's lock found
-# (`talon.locked_session`, set by that statement, before this one in the same round trip: the
-# caller answers from what the lock and the Idempotency-Key's lookup found), or when the key
-# already queued a turn. Otherwise the rows, events, outbox row and notifications of
-# `_QUEUE_SQL`, for one turn: without what numbering several turns per session takes (a record
-# set, a window, a grouping, the joins back), since PostgreSQL initialises every plan node at
-# every execution and this statement runs for every message.
+# A posted message's turn (`queue_posted`), in one statement with the session's lock, its
+# session named as in the URL: the turn is inserted first, only if the session is the agent's,
+# and the (session, key) unique index decides whether the Idempotency-Key queued one already
+# (`ON CONFLICT DO NOTHING`, which also waits for a request with the key that is still being
+# written, and sees one committed after this statement began); every other write depends on
+# that insert, so a refused key or another agent's session writes nothing. The counters come
+# from the session row as its lock found it (the newest: FOR UPDATE reads what a transaction
+# it waited for committed), and the session's UPDATE moves them from that row. The row says
+# whose the session is, and the queued turn if one was (none: the key's turn is the answer).
+# Otherwise the rows, events, outbox row and notifications of `_QUEUE_SQL` for one turn,
+# without what numbering several turns per session takes (a record set, a window, a grouping,
+# the joins back): PostgreSQL initialises every plan node at every execution, and this
+# statement runs for every message.
 _POST_SQL = f"""
-WITH s AS (
-    UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1,
-                        last_event_id = last_event_id + 2, updated_at = now()
-    WHERE uid = nullif(current_setting('talon.locked_session', true), '')::uuid
-      AND namespace = %s AND id = %s AND agent = %s
-      AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.session_uid = sessions.uid
-                                             AND t.idempotency_key = %s)
-    RETURNING uid, namespace, id, last_message AS seq, last_turn AS turn_seq,
-              last_event_id AS last_event
-), m AS (
-    INSERT INTO messages (session_uid, seq, role, content, turn_id)
-    SELECT uid, seq, 'user', %s, %s::uuid FROM s
+WITH lk AS (
+    SELECT uid, agent, last_message, last_turn, last_event_id FROM sessions
+    WHERE namespace = %s AND id = %s FOR UPDATE
 ), t AS (
     INSERT INTO turns (id, session_uid, seq, source, idempotency_key, request_hash, input_seq,
                        traceparent, stream_from)
-    SELECT %s::uuid, uid, turn_seq, %s, %s, decode(%s, 'hex'), seq, %s, last_event - 2 FROM s
+    SELECT %s::uuid, uid, last_turn + 1, %s, %s, decode(%s, 'hex'), last_message + 1, %s,
+           last_event_id
+    FROM lk WHERE agent = %s
+    ON CONFLICT (session_uid, idempotency_key) DO NOTHING RETURNING session_uid
+), s AS (
+    UPDATE sessions SET last_message = last_message + 1, last_turn = last_turn + 1,
+                        last_event_id = last_event_id + 2, updated_at = now()
+    FROM t WHERE sessions.uid = t.session_uid
+    RETURNING sessions.uid, sessions.namespace, sessions.id, last_message AS seq,
+              last_turn AS turn_seq, last_event_id AS last_event
+), m AS (
+    INSERT INTO messages (session_uid, seq, role, content, turn_id)
+    SELECT uid, seq, 'user', %s, %s::uuid FROM s
 ), e AS (
     INSERT INTO session_events (session_uid, id, turn_id, type, data)
     SELECT uid, last_event - 1, %s::uuid, 'message.created',
@@ -147,12 +155,16 @@ WITH s AS (
            jsonb_strip_nulls(jsonb_build_object('sessionUid', uid::text, 'turnId', %s::text,
                                                 'traceparent', %s::text))
     FROM s RETURNING id, payload
+), q AS (
+    SELECT 1 AS ord, s.seq, s.last_event, s.uid, {{events}} AS events, o.id AS outbox_id,
+           o.payload AS outbox_payload,
+           pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="s", events="ev.events")})
+               AS notified_events,
+           pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
+               AS notified_dispatch
+    FROM s, o, ev
 )
-SELECT 1 AS ord, s.seq, s.last_event, s.uid, {{events}} AS events, o.id AS outbox_id,
-       o.payload AS outbox_payload,
-       pg_notify('{EVENTS_CHANNEL}', {NOTIFY_PAYLOAD_SQL.format(s="s", events="ev.events")}),
-       pg_notify('{OUTBOX_CHANNEL}', '{DISPATCH_TOPIC} ' || o.id || ' ' || o.payload::text)
-FROM s, o, ev
+SELECT lk.agent, q.* FROM lk LEFT JOIN q ON true
 """
 # The turn's first events come back only to a caller that streams them: they carry the
 # message, up to MAX_MESSAGE_CHARS (and a scheduler's tick queues thousands).
@@ -185,22 +197,34 @@ class PostedTurn:
     traceparent: str | None = field(default_factory=current_traceparent)
 
 
-def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> QueuedTurn | None:
-    """Queue `turn` and COMMIT, in one round trip with whatever the caller deferred before it
-    (the session's lock and the Idempotency-Key's lookup: `sessions/posting.py`). None, and
-    nothing written, when the session is not `turn.agent`'s or the key already queued a
-    turn. `with_events`: the turn's first events come back (`QueuedTurn.events_json`)."""
+@dataclass(frozen=True)
+class Posted:
+    """What `queue_posted` found: whose the session is, and the turn it queued (None: it
+    was another agent's, or the Idempotency-Key had queued one already)."""
+
+    agent: str
+    queued: QueuedTurn | None
+
+
+def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> Posted | None:
+    """Lock the session, queue `turn` (`_POST_SQL`) and COMMIT, in one statement and round
+    trip. None, and nothing written, when there is no such session. `with_events`: the
+    turn's first events come back (`QueuedTurn.events_json`)."""
     sql = _POST_WITH_EVENTS_SQL if with_events else _POST_SQL
     turn_id, content = str(turn.turn_id), turn.content
     params = (
-        turn.namespace, turn.session_id, turn.agent, turn.idempotency_key,  # s
-        content, turn_id,  # m
+        turn.namespace, turn.session_id,  # lk
         turn_id, turn.source, turn.idempotency_key, turn.request_hash.hex(), turn.traceparent,
+        turn.agent,  # t
+        content, turn_id,  # m
         turn_id, content, turn_id, turn.source,  # e
         turn_id, turn.traceparent,  # o
     )  # fmt: skip
     rows = tx.commit_with(sql, params)
-    return _queued(tx, [turn], rows)[0]
+    if not rows:
+        return None
+    queued = _queued(tx, [turn], rows if rows[0]["ord"] is not None else [])[0]
+    return Posted(rows[0]["agent"], queued)
 
 
 def _records(turns: Sequence[NewTurn]) -> str:

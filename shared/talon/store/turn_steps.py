@@ -103,21 +103,19 @@ _LOCK_SESSION_SQL = "SELECT 1 FROM sessions WHERE uid = %s FOR UPDATE"
 # The turn's answer (the model step that gave it, with its usage: `{answer}`), its last step,
 # its completion and the count of the session's other open turns (the session row is locked,
 # so it is the count at commit; the splice's CTEs may read it as `open`), after the CTEs of a
-# splice (`{ctes}`) and with what it returns (`{returns}`). Every write is guarded by `held`
-# (a row only while this worker's fencing token holds): a worker that lost its lease writes
-# nothing, its COMMIT commits nothing, and `held` says so.
+# splice (`{ctes}`) and with what it returns (`{returns}`). `held` is the completion itself
+# (a row only if this worker's fencing token held), and every other write is guarded by it: a
+# worker that lost its lease writes nothing, its COMMIT commits nothing, and `held` says so.
 _COMPLETE_SQL = (
-    "WITH held AS (SELECT 1 FROM turns WHERE id = %s AND fencing_token = %s "
-    "  AND state = 'running'), "
+    "WITH held AS (UPDATE turns SET state = 'completed', finished_at = now(), provider = %s, "
+    "  lease_owner = NULL, lease_expires_at = NULL "
+    "  WHERE id = %s AND fencing_token = %s AND state = 'running' RETURNING 1), "
     "open AS (SELECT count(*) AS n FROM turns WHERE session_uid = %s AND id <> %s "
     "  AND state IN ('queued', 'running')), "
     "{answer}{ctes}step AS (INSERT INTO turn_steps (turn_id, idx, name, kind, state, output, "
     "  fencing_token, completed_at) "
     "  SELECT %s, %s, %s, 'write', 'completed', %s::jsonb, %s, now() "
-    "  WHERE EXISTS (SELECT 1 FROM held)), "
-    "done AS (UPDATE turns SET state = 'completed', finished_at = now(), "
-    "  provider = %s, lease_owner = NULL, lease_expires_at = NULL WHERE id = %s "
-    "  AND EXISTS (SELECT 1 FROM held)) "
+    "  WHERE EXISTS (SELECT 1 FROM held)) "
     "SELECT n AS open, (SELECT count(*) FROM held) AS held, {returns} AS spliced FROM open"
 )
 # The answer's model step and its usage, as CTEs of the completion.
@@ -241,11 +239,10 @@ def complete_turn(
             guard.turn_id, answered.idx, usage
         )
     params = (
-        guard.turn_id, guard.token, guard.session_uid, guard.turn_id,
+        provider, guard.turn_id, guard.token, guard.session_uid, guard.turn_id,
         *answer_params,
         *(splice.params if splice else ()),
         guard.turn_id, step.idx, step.name, jsonb(step.output), guard.token,
-        provider, guard.turn_id,
     )  # fmt: skip
     sql = _COMPLETE_SQL.format(
         answer=answer_sql,

@@ -437,6 +437,24 @@ def test_a_copy_replaced_since_it_was_asked_after_is_not_used() -> None:
 
 
 @pytest.mark.fast
+def test_a_message_of_no_turn_is_in_no_window() -> None:
+    """`messages.turn_id` may be NULL: such a message comes with no turn seq and is left out
+    (it was never a turn's), in the window read whole and in the one from the copy."""
+    import uuid
+
+    from talon.runtime.history_cache import HistoryCache
+    from talon.sessions.messages import WindowSince
+
+    uid, copies = uuid.uuid4(), HistoryCache()
+    first = WindowSince(1, 0, 1, 3, [(1, 1, {"content": "q1"}), (2, None, {"content": "x"}),
+                                     (3, 1, {"content": "a1"})])  # fmt: skip
+    assert copies.window(uid, first, 0) == [{"content": "q1"}, {"content": "a1"}]
+    later = WindowSince(2, 0, 1, 4, [(4, 2, {"content": "q2"})])
+    assert copies.window(uid, later, 3) == [{"content": "q1"}, {"content": "a1"},
+                                            {"content": "q2"}]  # fmt: skip
+
+
+@pytest.mark.fast
 def test_copies_are_dropped_least_recently_used_beyond_the_budget() -> None:
     import uuid
 

@@ -30,7 +30,7 @@ _OVERHEAD = 650  # bytes a message's dict, tuple, keys and turn id cost beyond i
 class _Copy:
     lo: int
     last: int
-    messages: list[tuple[int, int, dict[str, Any]]]  # (seq, turn seq, message), in seq order
+    messages: list[tuple[int, int | None, dict[str, Any]]]  # (seq, turn seq, message)
     size: int
 
 
@@ -57,7 +57,7 @@ class HistoryCache:
             copy = self._copies.pop(session_uid, None)
             if copy is not None:
                 self._bytes -= copy.size
-            kept: list[tuple[int, int, dict[str, Any]]] = []
+            kept: list[tuple[int, int | None, dict[str, Any]]] = []
             size = 0
             if after:
                 # A counter gone back (a database restored to an earlier point) would have
@@ -98,7 +98,7 @@ class HistoryCache:
             self._bytes -= dropped.size
 
 
-def _first_at(messages: list[tuple[int, int, dict[str, Any]]], seq: int) -> int:
+def _first_at(messages: list[tuple[int, int | None, dict[str, Any]]], seq: int) -> int:
     """The index of the first message numbered `seq` or later (`messages` in seq order)."""
     return bisect.bisect_left(messages, seq, key=lambda m: m[0])
 

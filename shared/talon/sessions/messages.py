@@ -118,12 +118,12 @@ class WindowSince:
     last: int  # the session's message counter: every message up to it was committed
     # Every message of the session in [lo, last] after the copy's `after`, whichever its
     # turn, in seq order: (seq, its turn's seq, message: `role`, `content`, `tool_calls`,
-    # `tool_call_id`).
-    messages: list[tuple[int, int, dict[str, Any]]]
+    # `tool_call_id`); the turn's seq is None for a message of no turn (the column allows it).
+    messages: list[tuple[int, int | None, dict[str, Any]]]
 
-    def holds(self, turn_seq: int) -> bool:
+    def holds(self, turn_seq: int | None) -> bool:
         """Whether the turn numbered `turn_seq` is one of the window's."""
-        return self.since < turn_seq <= self.head
+        return turn_seq is not None and self.since < turn_seq <= self.head
 
 
 def window_since(row: dict[str, Any]) -> WindowSince:

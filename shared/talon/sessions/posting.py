@@ -59,18 +59,25 @@ def request_hash(request: PostMessage) -> bytes:
 
 
 _LOCK_SQL = "SELECT uid, agent FROM sessions WHERE namespace = %s AND id = %s FOR UPDATE"
-# The turn an earlier request with the same Idempotency-Key queued. Run after the lock, as a
-# statement of its own: it sees a turn that a concurrent request with the key committed while
-# this one waited for the lock. Where the turn's events start was written with it (migration
-# 0017); a turn queued before that is looked up within its session's events. The session is
-# a scalar subquery so that the turn is found by the (session, key) index in any plan: as a
-# join, the generic plan a young database gets scanned every turn for the key.
-_REPLAY_SQL = (
+# The turn an earlier request with the same Idempotency-Key queued, in the session `{session}`
+# (a value). Where the turn's events start was written with it (migration 0017); a turn
+# queued before that is looked up within its session's events.
+_REPLAY_IN_SQL = (
     "SELECT t.id, t.input_seq, t.state, t.request_hash, COALESCE(t.stream_from, (SELECT "
     "min(e.id) - 1 FROM session_events e WHERE e.session_uid = t.session_uid "
-    "AND e.turn_id = t.id)) AS stream_from FROM turns t WHERE t.session_uid = "
-    "(SELECT uid FROM sessions WHERE namespace = %s AND id = %s) AND t.idempotency_key = %s"
+    "AND e.turn_id = t.id)) AS stream_from FROM turns t WHERE t.session_uid = {session} "
+    "AND t.idempotency_key = %s"
 )
+# ...its session named as in the URL, run after the lock, as a statement of its own: it sees a
+# turn that a concurrent request with the key committed while this one waited for the lock.
+# The session is a scalar subquery so that the turn is found by the (session, key) index in
+# any plan: as a join, the generic plan a young database gets scanned every turn for the key.
+_REPLAY_SQL = _REPLAY_IN_SQL.format(
+    session="(SELECT uid FROM sessions WHERE namespace = %s AND id = %s)"
+)
+# ...in the session a posted message's statement locked (`KeyUsed`), by its uid: a session
+# deleted since, or deleted and made again under its id, has no such turn.
+_REPLAY_BY_UID_SQL = _REPLAY_IN_SQL.format(session="%s")
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,13 @@ def lock(tx: Tx, namespace: str, session_id: str, idempotency_key: str | None) -
     return Locked(session[0]["uid"], session[0]["agent"], previous[0] if previous else None)
 
 
+@dataclass(frozen=True)
 class KeyUsed:
-    """`post_enqueued` found the message's Idempotency-Key's turn queued already (nothing
-    written): `replayed` answers with it, in a transaction of its own."""
+    """`post_enqueued` found the message's Idempotency-Key's turn queued already in the
+    session `session_uid` (nothing written): `replayed` answers with it, in a transaction of
+    its own."""
+
+    session_uid: uuid.UUID
 
 
 def post_enqueued(
@@ -128,18 +139,16 @@ def post_enqueued(
     if posted is None or posted.agent != agent:
         return None
     if posted.queued is None:
-        return KeyUsed()
+        return KeyUsed(posted.session_uid)
     return _queued(posted.queued)
 
 
-def replayed(
-    tx: Tx, namespace: str, session_id: str, request: PostMessage, idempotency_key: str
-) -> Accepted:
-    """The answer to a message whose Idempotency-Key queued a turn already (`KeyUsed`): that
-    turn, read after the statement that found it committed."""
-    previous = tx.one(_REPLAY_SQL, (namespace, session_id, idempotency_key))
-    assert previous is not None  # turns are not deleted while their session is
-    return _replay(previous, request_hash(request))
+def replayed(tx: Tx, used: KeyUsed, request: PostMessage, idempotency_key: str) -> Accepted | None:
+    """The answer to a message whose Idempotency-Key queued a turn already (`used`): that
+    turn, read after the statement that found it committed; None if its session was deleted
+    since (the request then finds no session, as it would a moment later)."""
+    previous = tx.one(_REPLAY_BY_UID_SQL, (used.session_uid, idempotency_key))
+    return None if previous is None else _replay(previous, request_hash(request))
 
 
 def post(

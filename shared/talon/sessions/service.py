@@ -191,7 +191,7 @@ class SessionService:
         if isinstance(posted, posting.KeyUsed):  # a retry: its turn, read once committed
             assert idempotency_key is not None
             with self.db.transaction() as tx:
-                found = posting.replayed(tx, namespace, session_id, request, idempotency_key)
+                found = posting.replayed(tx, posted, request, idempotency_key)
         if found is None:
             with self.db.transaction() as tx:
                 self._require_agent(tx, namespace, agent)

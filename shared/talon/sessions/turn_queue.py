@@ -114,7 +114,8 @@ _QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID, events="NULL")
 # that insert, so a refused key or another agent's session writes nothing. The counters come
 # from the session row as its lock found it (the newest: FOR UPDATE reads what a transaction
 # it waited for committed), and the session's UPDATE moves them from that row. The row says
-# whose the session is, and the queued turn if one was (none: the key's turn is the answer).
+# which session it locked and whose it is, and the queued turn if one was (none: the key's
+# turn is the answer).
 # Otherwise the rows, events, outbox row and notifications of `_QUEUE_SQL` for one turn,
 # without what numbering several turns per session takes (a record set, a window, a grouping,
 # the joins back): PostgreSQL initialises every plan node at every execution, and this
@@ -164,7 +165,7 @@ WITH lk AS (
                AS notified_dispatch
     FROM s, o, ev
 )
-SELECT lk.agent, q.* FROM lk LEFT JOIN q ON true
+SELECT lk.uid AS locked_uid, lk.agent, q.* FROM lk LEFT JOIN q ON true
 """
 # The turn's first events come back only to a caller that streams them: they carry the
 # message, up to MAX_MESSAGE_CHARS (and a scheduler's tick queues thousands).
@@ -199,9 +200,10 @@ class PostedTurn:
 
 @dataclass(frozen=True)
 class Posted:
-    """What `queue_posted` found: whose the session is, and the turn it queued (None: it
-    was another agent's, or the Idempotency-Key had queued one already)."""
+    """What `queue_posted` found: the session it locked, whose it is, and the turn it queued
+    (None: it was another agent's, or the Idempotency-Key had queued one already)."""
 
+    session_uid: uuid.UUID
     agent: str
     queued: QueuedTurn | None
 
@@ -224,7 +226,7 @@ def queue_posted(tx: Tx, turn: PostedTurn, *, with_events: bool = False) -> Post
     if not rows:
         return None
     queued = _queued(tx, [turn], rows if rows[0]["ord"] is not None else [])[0]
-    return Posted(rows[0]["agent"], queued)
+    return Posted(rows[0]["locked_uid"], rows[0]["agent"], queued)
 
 
 def _records(turns: Sequence[NewTurn]) -> str:

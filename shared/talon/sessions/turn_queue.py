@@ -113,13 +113,12 @@ _QUEUE_BY_UID_SQL = _QUEUE_SQL.format(input=_BY_UID, events="NULL")
 # written, and sees one committed after this statement began); every other write depends on
 # that insert, so a refused key or another agent's session writes nothing. The counters come
 # from the session row as its lock found it (the newest: FOR UPDATE reads what a transaction
-# it waited for committed), and the session's UPDATE moves them from that row. The row says
-# which session it locked and whose it is, and the queued turn if one was (none: the key's
-# turn is the answer).
-# Otherwise the rows, events, outbox row and notifications of `_QUEUE_SQL` for one turn,
-# without what numbering several turns per session takes (a record set, a window, a grouping,
-# the joins back): PostgreSQL initialises every plan node at every execution, and this
-# statement runs for every message.
+# it waited for committed), and the session's UPDATE moves them from that row. The rows,
+# events, outbox row and notifications are `_QUEUE_SQL`'s for one turn, without what numbering
+# several turns per session takes (a record set, a window, a grouping, the joins back):
+# PostgreSQL initialises every plan node at every execution, and this statement runs for every
+# message. Its one row says which session it locked and whose it is, and the queued turn if
+# one was (none: the key's turn is the answer).
 _POST_SQL = f"""
 WITH lk AS (
     SELECT uid, agent, last_message, last_turn, last_event_id FROM sessions

@@ -13,7 +13,7 @@ import pg8000.dbapi
 import pytest
 
 from conftest import ROOT, Cluster
-from talon.errors import Conflict, TalonError
+from talon.errors import Conflict, TalonError, Unavailable
 from talon.store.connect import connector_from_url
 from talon.store.database import Database, RollbackOnly
 from talon.store.migrate import migrate, migration_files
@@ -205,6 +205,67 @@ def test_pool_replaces_a_connection_the_server_closed(database_url: str) -> None
             assert tx.scalar("SELECT pg_backend_pid()") != victim
     finally:
         db.close()
+
+
+def test_pool_hands_out_its_size_and_gives_a_failed_connect_s_slot_back(
+    database_url: str,
+) -> None:
+    """A pool of two hands out two connections at once and counts them; a connection that
+    cannot be opened answers Unavailable and leaves its slot free, so the pool is not
+    drained by a database that was briefly away."""
+    real = connector_from_url(database_url, 10)
+    failing = [True]
+
+    def connect() -> Any:
+        if failing[0]:
+            raise pg8000.dbapi.InterfaceError("refused")
+        return real()
+
+    db = Database(connect, 2)
+    try:
+        for _ in range(3):  # more failures than slots: each gave its slot back
+            with pytest.raises(Unavailable), db.transaction():
+                pass
+        assert db.in_use == 0
+        failing[0] = False
+        with db.transaction() as first, db.transaction() as second:
+            assert db.in_use == 2
+            pids = {first.scalar("SELECT pg_backend_pid()"),
+                    second.scalar("SELECT pg_backend_pid()")}  # fmt: skip
+        assert len(pids) == 2 and db.in_use == 0
+        # The last connection returned is the next handed out: one stays warm.
+        with db.transaction() as tx:
+            assert tx.scalar("SELECT pg_backend_pid()") in pids
+    finally:
+        db.close()
+
+
+def test_timestamps_read_back_as_postgresql_wrote_them(db: Database) -> None:
+    """`timestamptz` values are parsed by Talon's reader (fast), with pg8000's for what it
+    refuses: the same instant whatever the session's time zone, and the values outside
+    `datetime` (infinity, BC, years past 9999) as pg8000 gives them."""
+    from datetime import UTC, datetime, timedelta
+
+    instant = "'2026-12-02 12:27:28.030123+00'::timestamptz"
+    with db.transaction() as tx:
+        for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+            tx.execute(f"SET LOCAL TimeZone = '{zone}'")
+            read = tx.scalar(f"SELECT {instant}")
+            assert read == datetime(2026, 12, 2, 12, 27, 28, 30123, tzinfo=UTC)
+        tx.execute("SET LOCAL TimeZone = 'Europe/Amsterdam'")  # local mean time: +00:19:32
+        old = tx.scalar("SELECT '1900-01-01 00:00:00+00'::timestamptz")
+        assert old == datetime(1900, 1, 1, tzinfo=UTC)
+        assert old.utcoffset() == timedelta(minutes=19, seconds=32)
+        assert tx.scalar("SELECT '2026-01-01 00:00:00+00'::timestamptz") == datetime(
+            2026, 1, 1, tzinfo=UTC
+        )
+        assert tx.scalar("SELECT 'infinity'::timestamptz") == "infinity"
+        assert tx.scalar("SELECT '-infinity'::timestamptz") == "-infinity"
+        assert str(tx.scalar("SELECT '0044-03-15 00:00:00+00 BC'::timestamptz")).endswith("BC")
+        tx.execute("SET LOCAL TimeZone = 'UTC'")
+        assert tx.scalar("SELECT '20000-01-01 00:00:00+00'::timestamptz") == (
+            "20000-01-01 00:00:00+00"
+        )
 
 
 def test_a_prepared_first_statement_runs_inside_its_transaction(database_url: str) -> None:

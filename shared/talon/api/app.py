@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -37,6 +37,7 @@ from talon.telemetry import tracing
 
 log = logging.getLogger("talon.gateway")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ROUTE_KEY = "talon.route"  # the request's matched route, in its WSGI environ
 
 
 class Gateway:
@@ -136,6 +137,15 @@ class Gateway:
             )
         return response
 
+    def match(self, request: flask.Request) -> tuple[str, dict[str, Any]]:
+        """The request's route (its endpoint) and path arguments, or werkzeug's routing
+        exception. Matched once per request: the front door asks first, for streams."""
+        matched = request.environ.get(_ROUTE_KEY)
+        if matched is None:
+            matched = self.url_map.bind_to_environ(request.environ).match()
+            request.environ[_ROUTE_KEY] = matched
+        return cast(tuple[str, dict[str, Any]], matched)
+
     def _handle(
         self, request: flask.Request, request_id: str, span: tracing.Span
     ) -> tuple[flask.Response, Principal | None, bool]:
@@ -146,7 +156,7 @@ class Gateway:
             if self.ops_proxy is not None and self.ops_proxy.handles(request.path):
                 proxied = self.ops_proxy(request, self.services.settings.gateway.max_body_bytes)
                 return proxied, None, True
-            endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            endpoint, args = self.match(request)
             route = self._by_endpoint[endpoint]
             span.update_name(f"{request.method} {route.rule}")
             span.set_attribute("http.route", route.rule)

@@ -143,7 +143,7 @@ def _stream_secret(request: flask.Request, gateway: Gateway) -> bytes | None:
     if not request.path.rstrip("/").endswith(suffix):
         return None
     try:
-        endpoint, _ = gateway.url_map.bind_to_environ(request.environ).match()
+        endpoint, _ = gateway.match(request)
     except Exception:  # no such route: the gateway answers it
         return None
     if not str(endpoint).endswith(suffix):

@@ -240,6 +240,42 @@ def test_pool_hands_out_its_size_and_gives_a_failed_connect_s_slot_back(
         db.close()
 
 
+def test_pool_keeps_its_slot_through_an_interrupt_and_closes_what_is_returned_late(
+    database_url: str,
+) -> None:
+    """An interrupt while a connection is being opened leaves its slot free; a connection
+    returned while the pool closes (after `_release` saw it open, before it put the
+    connection back) is closed, not kept in a closed pool."""
+    real = connector_from_url(database_url, 10)
+    interrupt = [True]
+
+    def connect() -> Any:
+        if interrupt[0]:
+            interrupt[0] = False
+            raise KeyboardInterrupt
+        return real()
+
+    db = Database(connect, 1)
+    with pytest.raises(KeyboardInterrupt), db.transaction():
+        pass
+    with db.transaction() as tx:  # the pool's one slot is free again
+        assert tx.scalar("SELECT 1") == 1
+        connection = tx.connection
+        assert db.in_use == 1
+
+        class ClosingMeanwhile(list[Any]):
+            def append(self, item: Any) -> None:
+                db.close()  # lands between `_release`'s check and its append
+                super().append(item)
+
+        db._idle = ClosingMeanwhile()  # type: ignore[assignment]
+    assert not db._idle and db.closed and db.in_use == 0
+    with pytest.raises(pg8000.dbapi.InterfaceError):
+        connection.cursor().execute("SELECT 1")
+    with pytest.raises(Unavailable):
+        db._acquire()
+
+
 def test_timestamps_read_back_as_postgresql_wrote_them(db: Database) -> None:
     """`timestamptz` values are parsed by Talon's reader (fast), with pg8000's for what it
     refuses: the same instant whatever the session's time zone, and the values outside

@@ -241,6 +241,26 @@ def test_stopping_ends_every_stream_cleanly() -> None:
     assert late.finished.wait(5)
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["advance-returns", "advance-fails"])
+def test_a_stream_advancing_as_the_hub_stops_still_ends_cleanly(fails: bool) -> None:
+    """A stop that lands while a stream's advance runs on the pool (the gateway's SIGTERM as
+    a stream reads its events; seen under load in test_sse_handover) ends that stream
+    cleanly once the advance is back, whatever it returned: its client resumes. Before, the
+    stop's clean end was forgotten and the client saw the connection drop mid-response."""
+    hub = StreamHub(workers=2)
+    client, server = _pair()
+    program = _Program([b"a"], wait=0.01, end=False)
+    hub.adopt(server, program, chunked=True)
+    assert _read_until(client, b"a") == b"1\r\na\r\n"
+    program.delay = 0.5
+    program.fail = fails  # e.g. the database pool already closed by the shutdown
+    assert program.running.wait(5)  # an advance is under way...
+    hub.stop()  # ...when the hub is told to stop
+    assert _closed(client) == b"0\r\n\r\n"
+    assert program.finished.wait(5)
+    assert not program.overlapped
+
+
 def test_a_stream_handed_over_as_the_hub_stops_still_ends_cleanly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

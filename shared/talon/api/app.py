@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -140,11 +140,14 @@ class Gateway:
     def match(self, request: flask.Request) -> tuple[str, dict[str, Any]]:
         """The request's route (its endpoint) and path arguments, or werkzeug's routing
         exception. Matched once per request: the front door asks first, for streams."""
-        matched = request.environ.get(_ROUTE_KEY)
-        if matched is None:
-            matched = self.url_map.bind_to_environ(request.environ).match()
-            request.environ[_ROUTE_KEY] = matched
-        return cast(tuple[str, dict[str, Any]], matched)
+        cached = request.environ.get(_ROUTE_KEY)
+        if cached is not None and cached[0] is self.url_map:
+            endpoint, args = cached[1]
+        else:
+            endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            # Kept with the map that made it: another gateway's match is not this one's.
+            request.environ[_ROUTE_KEY] = (self.url_map, (endpoint, args))
+        return str(endpoint), dict(args)
 
     def _handle(
         self, request: flask.Request, request_id: str, span: tracing.Span

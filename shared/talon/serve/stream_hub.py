@@ -49,8 +49,8 @@ class Program(Protocol):
 
 
 class _Stream:
-    __slots__ = ("again", "buffer", "chunked", "closing", "deadline", "ended", "mask",
-                 "program", "progress", "received", "running", "sock", "waiting",
+    __slots__ = ("again", "buffer", "chunked", "closing", "closing_clean", "deadline", "ended",
+                 "mask", "program", "progress", "received", "running", "sock", "waiting",
                  "watch_reads")  # fmt: skip
 
     def __init__(
@@ -69,6 +69,7 @@ class _Stream:
         self.waiting = False  # woken while its client was behind: advance once it catches up
         self.ended = False  # the program said it is over: close once the buffer is sent
         self.closing = False  # close as soon as no advance runs
+        self.closing_clean = True  # ...with a clean end (every `_end` that asked wanted one)
         self.mask = 0  # the selector events it is registered for
 
 
@@ -247,12 +248,14 @@ class StreamHub:
 
     def _failed(self, stream: _Stream) -> None:
         stream.running = False
-        self._close(stream, clean=False)  # no clean end: the client must not think it complete
+        # No clean end: the client must not think it complete; unless the stream was being
+        # ended cleanly anyway (the hub stopping), its client resuming from its last event.
+        self._close(stream, clean=stream.closing and stream.closing_clean)
 
     def _advanced(self, stream: _Stream, data: bytes, wait: float | None) -> None:
         stream.running = False
         if stream.closing:
-            self._close(stream, clean=False)
+            self._close(stream, clean=stream.closing_clean)
             return
         if wait is None:
             stream.ended = True
@@ -345,6 +348,7 @@ class StreamHub:
     def _end(self, stream: _Stream, clean: bool) -> None:
         """Close now, or (an advance running) as soon as it returns."""
         if stream.running:
+            stream.closing_clean = stream.closing_clean and clean
             stream.closing = True
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(stream.sock)  # type: ignore[union-attr]

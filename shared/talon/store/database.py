@@ -201,8 +201,9 @@ _TIMESTAMPTZ_OID = 1184
 def _timestamptz_in(text: str) -> Any:
     """A `timestamptz` as PostgreSQL writes it (`2026-12-02 12:27:28.030123+00`): pg8000
     parses it with `strptime`, ~6 us each, a few times in every turn's claim;
-    `fromisoformat` reads the same in 0.1 us. What it refuses (infinity, BC, years past
-    9999) goes to pg8000's parser as before."""
+    `fromisoformat` reads the same in 0.1 us, and offsets with seconds (local mean time,
+    before 1900 or so), which pg8000 left as text. What it refuses (infinity, BC, years past
+    9999, a DateStyle other than ISO) goes to pg8000's parser."""
     try:
         return datetime.fromisoformat(text)
     except ValueError:
@@ -267,6 +268,13 @@ class Database:
             self._slots.get(timeout=30)
         except queue.Empty:
             raise Unavailable("database connection pool exhausted") from None
+        try:
+            return self._idle_or_new()
+        except BaseException:  # the slot is not taken after all (an interrupt included)
+            self._slots.put(None)
+            raise
+
+    def _idle_or_new(self) -> Connection:
         while True:
             try:
                 connection, since = self._idle.pop()
@@ -280,19 +288,21 @@ class Database:
         try:
             return self._connect()
         except Exception as exc:
-            self._slots.put(None)
             log.error("database connection failed: %s", exc)
             raise Unavailable("database is unavailable") from exc
 
     @property
     def in_use(self) -> int:
-        """Connections of the pool in use right now (a metric: a moment's count)."""
+        """The pool's connections in use or being opened right now (a metric: a moment's
+        count; while the database is away, the callers waiting for a connection)."""
         return max(0, self.size - self._slots.qsize())
 
     def _release(self, connection: Connection, healthy: bool) -> None:
         try:
             if healthy and not self._closed:
                 self._idle.append((connection, time.monotonic()))
+                if self._closed:  # close() emptied the pool in between: this one too
+                    self._close_idle()
             else:
                 _close_quietly(connection)
         finally:
@@ -347,6 +357,9 @@ class Database:
 
     def close(self) -> None:
         self._closed = True
+        self._close_idle()
+
+    def _close_idle(self) -> None:
         while True:
             try:
                 _close_quietly(self._idle.pop()[0])

@@ -130,8 +130,7 @@ class StreamHub:
 
     def _call_soon(self, work: Callable[[], None], *, start: bool = False) -> bool:
         """Queue `work` for the loop. `start` (a stream taken over): start the loop on first
-        use and queue in one step, under the lock stop() takes; False, and nothing queued,
-        once stopped."""
+        use and queue in one step, under stop()'s lock; False (nothing queued) once stopped."""
         with self._lock:
             if start and self._stopped:
                 return False
@@ -248,8 +247,7 @@ class StreamHub:
 
     def _failed(self, stream: _Stream) -> None:
         stream.running = False
-        # No clean end: the client must not think it complete; unless the stream was being
-        # ended cleanly anyway (the hub stopping), its client resuming from its last event.
+        # No clean end (the client must not think it complete) unless one was asked for.
         self._close(stream, clean=stream.closing and stream.closing_clean)
 
     def _advanced(self, stream: _Stream, data: bytes, wait: float | None) -> None:
@@ -301,8 +299,7 @@ class StreamHub:
             self._advance(stream)
 
     def _watch(self, stream: _Stream, writes: bool) -> None:
-        """Register for what the stream waits for: reads (its client going), writes (bytes
-        waiting for its client)."""
+        """Register for what the stream waits for: reads (its client going), writes."""
         assert self._selector is not None
         mask = (selectors.EVENT_READ if stream.watch_reads else 0) | (
             selectors.EVENT_WRITE if writes else 0

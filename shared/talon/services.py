@@ -99,7 +99,7 @@ class Services:
                         lambda: [(depth, {"topic": t}) for t, depth, _ in backlog()])  # fmt: skip
         metrics.observe("talon.outbox.oldest_age", "s", "Age of the oldest undelivered row.",
                         lambda: [(age, {"topic": t}) for t, _, age in backlog()])  # fmt: skip
-        metrics.observe("talon.db.pool.in_use", "{connection}", "Pool connections in use.",
+        metrics.observe("talon.db.pool.in_use", "{connection}", "Pool connections busy.",
                         lambda: [(self.db.in_use, {"size": self.db.size})])  # fmt: skip
 
     def listener(self) -> Listener:

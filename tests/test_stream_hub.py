@@ -261,6 +261,32 @@ def test_a_stream_advancing_as_the_hub_stops_still_ends_cleanly(fails: bool) -> 
     assert not program.overlapped
 
 
+def test_a_stream_whose_advance_waits_in_the_pool_as_the_hub_stops_ends_at_once() -> None:
+    """A stop that finds a stream's advance still queued behind a slow one (every worker
+    busy) calls it off and ends that stream cleanly at once; before, the pool's shutdown
+    cancelled the advance and the stream was never ended or finished."""
+    hub = StreamHub(workers=1)
+    (slow_client, slow_server), (queued_client, queued_server) = _pair(), _pair()
+    slow, queued = _Program([b"a", b"b"], end=False), _Program([b"a", b"b"], end=False)
+    hub.adopt(slow_server, slow, chunked=True)
+    hub.adopt(queued_server, queued, chunked=True)
+    _read_until(slow_client, b"a")
+    _read_until(queued_client, b"a")
+    assert slow.wake is not None and queued.wake is not None
+    slow.delay = 1.5
+    slow.wake()
+    assert slow.running.wait(5)  # the one worker is busy...
+    queued.wake()  # ...so this advance waits in the pool's queue
+    time.sleep(0.1)
+    started = time.monotonic()
+    hub.stop(timeout=0.3)
+    assert _closed(queued_client, within=5) == b"0\r\n\r\n"
+    assert time.monotonic() - started < 1.2  # not after the slow advance
+    assert queued.finished.is_set() and queued.advances == 1 and not queued.overlapped
+    assert _closed(slow_client, within=5) == b"0\r\n\r\n"  # once its advance is back
+    assert slow.finished.wait(5) and not slow.overlapped
+
+
 def test_a_stream_handed_over_as_the_hub_stops_still_ends_cleanly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,9 +10,9 @@ on the loop, and never twice at once for one stream.
 Backpressure, not buffering: a stream is not asked for more while more than LOW_WATER bytes
 wait for its client (what it would produce stays in the table until then), and a client that
 takes nothing for `stall_seconds` while bytes wait for it is cut off (it resumes from its
-Last-Event-ID and misses nothing). A client that sends more than MAX_RECEIVED bytes after its
-request is cut off too. Stopping the hub ends every stream (cleanly where nothing is left
-half-sent), and their clients resume elsewhere.
+Last-Event-ID and misses nothing), as is one that sends over MAX_RECEIVED bytes after its
+request. Stopping the hub ends every stream, cleanly where no bytes wait, and their clients
+resume elsewhere.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Protocol
 
@@ -50,8 +50,8 @@ class Program(Protocol):
 
 class _Stream:
     __slots__ = ("again", "buffer", "chunked", "closing", "closing_clean", "deadline", "ended",
-                 "mask", "program", "progress", "received", "running", "sock", "waiting",
-                 "watch_reads")  # fmt: skip
+                 "future", "mask", "program", "progress", "received", "running", "sock",
+                 "waiting", "watch_reads")  # fmt: skip
 
     def __init__(
         self, sock: socket.socket, program: Program, chunked: bool, watch_reads: bool
@@ -64,7 +64,8 @@ class _Stream:
         self.deadline = 0.0
         self.progress = 0.0  # when the client last took bytes (or the buffer filled)
         self.received = 0
-        self.running = False  # an advance is on the pool
+        self.running = False  # an advance is on the pool (`future`: queued or under way)
+        self.future: Future[None] | None = None
         self.again = False  # woken while it ran: advance once more
         self.waiting = False  # woken while its client was behind: advance once it catches up
         self.ended = False  # the program said it is over: close once the buffer is sent
@@ -105,8 +106,7 @@ class StreamHub:
         `watch_reads=False` for a connection whose read side was shut (a request body left
         unread): its end of input is then no sign of the client going."""
         stream = _Stream(sock, program, chunked, watch_reads)
-        # Started and queued in one step: a stop() between the two left the stream queued
-        # behind the loop's last look, never ended (its client saw no clean end).
+        # Started and queued in one step: a stop() in between left it queued, never ended.
         if not self._call_soon(lambda: self._add(stream), start=True):  # stopped: end it here
             with contextlib.suppress(OSError):
                 if chunked:
@@ -141,8 +141,7 @@ class StreamHub:
                 self._wake_w.setblocking(False)
                 self._selector.register(self._wake_r, selectors.EVENT_READ, None)
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="talon-stream")
-                self._thread = threading.Thread(target=self._run, name="talon-streams",
-                                                daemon=True)  # fmt: skip
+                self._thread = threading.Thread(target=self._run, name="talon-streams", daemon=True)
                 self._thread.start()
             self._inbox.append(work)
             wake = None if self._woken else self._wake_w
@@ -233,7 +232,7 @@ class StreamHub:
             return
         stream.running = True
         assert self._pool is not None
-        self._pool.submit(self._run_program, stream)
+        stream.future = self._pool.submit(self._run_program, stream)
 
     def _run_program(self, stream: _Stream) -> None:
         """On the pool: one step of the program, its result handed back to the loop."""
@@ -247,7 +246,7 @@ class StreamHub:
 
     def _failed(self, stream: _Stream) -> None:
         stream.running = False
-        # No clean end (the client must not think it complete) unless one was asked for.
+        # No clean end (the client must not think it complete) unless the hub stopping asked.
         self._close(stream, clean=stream.closing and stream.closing_clean)
 
     def _advanced(self, stream: _Stream, data: bytes, wait: float | None) -> None:
@@ -301,9 +300,8 @@ class StreamHub:
     def _watch(self, stream: _Stream, writes: bool) -> None:
         """Register for what the stream waits for: reads (its client going), writes."""
         assert self._selector is not None
-        mask = (selectors.EVENT_READ if stream.watch_reads else 0) | (
-            selectors.EVENT_WRITE if writes else 0
-        )
+        mask = selectors.EVENT_READ if stream.watch_reads else 0
+        mask |= selectors.EVENT_WRITE if writes else 0
         if mask == stream.mask:
             return
         if not mask:
@@ -331,8 +329,7 @@ class StreamHub:
         if not data:  # the client went away
             self._end(stream, clean=False)
         elif stream.received > MAX_RECEIVED:
-            log.info("stream hub: a client sent %d bytes after its request; cut off",
-                     stream.received)  # fmt: skip
+            log.info("stream hub: a client sent %d bytes past its request: cut", stream.received)
             self._end(stream, clean=False)
 
     def _cut_stalled(self) -> None:
@@ -343,7 +340,10 @@ class StreamHub:
             self._end(stream, clean=False)
 
     def _end(self, stream: _Stream, clean: bool) -> None:
-        """Close now, or (an advance running) as soon as it returns."""
+        """Close now, or (an advance running) as soon as it returns; one still queued (or
+        called off by the pool's shutdown at a stop) never runs."""
+        if stream.running and stream.future is not None and stream.future.cancel():
+            stream.running = False
         if stream.running:
             stream.closing_clean = stream.closing_clean and clean
             stream.closing = True

@@ -282,8 +282,12 @@ class Database:
                 break
             # A connection idle for a while may have been cut by the server, a proxy or a
             # restart; check it rather than fail the caller's first statement.
-            if time.monotonic() - since < self._ping_after or _alive(connection):
-                return connection
+            try:
+                if time.monotonic() - since < self._ping_after or _alive(connection):
+                    return connection
+            except BaseException:  # interrupted while checking: not left open
+                _close_quietly(connection)
+                raise
             _close_quietly(connection)
         try:
             return self._connect()
@@ -294,7 +298,7 @@ class Database:
     @property
     def in_use(self) -> int:
         """The pool's connections in use or being opened right now (a metric: a moment's
-        count; while the database is away, the callers waiting for a connection)."""
+        count; while the database is away, every slot may be waiting on a connect)."""
         return max(0, self.size - self._slots.qsize())
 
     def _release(self, connection: Connection, healthy: bool) -> None:

@@ -159,6 +159,10 @@ def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_publ
     assert received[0]["type"] == "message.created"
     rest = received
     assert rest[-1]["type"] == "turn.completed"
+    # The server ends the stream's subscription a moment after its last event: until then a
+    # JSON post sees an open stream and publishes beside it without waiting (below).
+    listener = entrypoints.services().listener()
+    _wait_for(lambda: listener.subscribers() == 0, "the posted stream's subscription to end")
     gated.gate.clear()
     gated.waiting.clear()
     answered = threading.Event()
@@ -181,7 +185,6 @@ def test_a_message_posted_for_its_events_streams_them_while_its_dispatch_is_publ
     _wait_for(lambda: api.ok("GET", f"{BASE}/s1")["activeTurn"] is None, "the last turn")
     gated.gate.clear()
     gated.waiting.clear()
-    listener = entrypoints.services().listener()
     held: list[dict[str, Any]] = []
     position = api.ok("GET", f"{BASE}/s1")["lastEventId"]
 

@@ -83,8 +83,10 @@ def summary(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, Any]
 
 
 def worktree(revision: str, into: Path) -> Path:
-    subprocess.run(["git", "worktree", "add", "--detach", str(into), revision],
-                   cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    made = subprocess.run(["git", "worktree", "add", "--detach", str(into), revision],
+                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        raise SystemExit(f"bench/ab.py: no worktree of {revision!r}: {made.stderr.strip()}")
     return into
 
 
